@@ -1,0 +1,3 @@
+from aggscope.cli import main
+
+main()

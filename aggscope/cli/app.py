@@ -1,0 +1,77 @@
+"""The typer application, its one place for error handling, and ``--version``."""
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from aggscope import __version__
+from aggscope.errors import AggscopeError
+
+# typer >= 0.26 vendors click; reach its exception base through a public subclass either way.
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_PREFIX = "aggscope: error: "
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Group(TyperGroup):
+    """Prints every usage or input error as one line on stderr, with exit code 2, no traceback."""
+
+    def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None, **extra: Any) -> Any:  # type: ignore[override]
+        extra["standalone_mode"] = False
+        try:
+            code = super().main(args, prog_name or "aggscope", **extra)
+            # Without standalone mode, typer.Exit(n) comes back as the return value n.
+            sys.exit(code if isinstance(code, int) else 0)
+        except AggscopeError as exc:
+            typer.echo(_PREFIX + exc.message, err=True)
+            sys.exit(2)
+        except _ClickException as exc:
+            message = exc.format_message()  # type: ignore[attr-defined]
+            hint = ""
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None and ctx.command_path:
+                hint = f" (see '{ctx.command_path} --help')"
+            typer.echo(_PREFIX + _one_line(message) + hint, err=True)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        except typer.Abort:
+            typer.echo("aggscope: aborted", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            typer.echo("aggscope: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="aggscope",
+    help="See how much gradient each token, response and prompt of your RL batches gets, under every loss "
+    "aggregation mode and trainer layout.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aggscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """See how much gradient each token, response and prompt of your RL batches gets, under every loss
+    aggregation mode and trainer layout."""

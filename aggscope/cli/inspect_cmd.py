@@ -1,0 +1,60 @@
+"""``aggscope inspect``: what the input holds and how its columns were read."""
+
+import json
+
+import typer
+from rich.table import Table
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, Json, input_options
+from aggscope.cli.render import fmt_int, stdout_console, with_progress
+
+
+@app.command(epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json")
+@input_options
+def inspect(source: InputSpec, json_output: Json = False) -> None:
+    """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths."""
+    from aggscope.describe import describe
+
+    rollouts = source.open()
+    description = describe(rollouts, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading"))
+    if json_output:
+        typer.echo(json.dumps(description.to_dict()))
+        return
+    console = stdout_console()
+    files = description.files
+    console.print(f"[bold]{description.source}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.layout} layout")
+    mapping = Table(title="columns", title_justify="left", pad_edge=False)
+    mapping.add_column("role")
+    mapping.add_column("column")
+    for role in ("uid", "uid_text", "advantages", "loss_mask", "response_length", "reward", "step", "sequence"):
+        if role in description.columns:
+            mapping.add_row(role, description.columns[role])
+    console.print(mapping)
+    for note in description.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    if not any(role in description.columns for role in ("uid", "uid_text")):
+        console.print(
+            "[yellow]no uid column: prompt_mean and prompt-level checks are unavailable (set one with --col uid=NAME)[/yellow]"
+        )
+    steps = Table(title="steps", title_justify="left", pad_edge=False)
+    for header in ("step", "sequences", "prompts", "group sizes", "tokens", "loss tokens", "p10", "p50", "p90", "max"):
+        steps.add_column(header, justify="right" if header != "group sizes" else "left", no_wrap=header != "group sizes")
+    for step in description.steps:
+        sizes = (
+            "-" if step.group_sizes is None else ", ".join(f"{size}×{count}" for size, count in sorted(step.group_sizes.items()))
+        )
+        pct = step.loss_tokens_percentiles
+        steps.add_row(
+            str(step.step),
+            fmt_int(step.sequences),
+            fmt_int(step.prompts),
+            sizes,
+            fmt_int(step.tokens),
+            fmt_int(step.loss_tokens),
+            *(fmt_int(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
+        )
+    console.print(steps)
+    console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
+    if description.lengths_estimated:
+        console.print("[yellow]token counts are estimated from text[/yellow]")

@@ -1,0 +1,179 @@
+"""Options shared by the commands, each defined once.
+
+Commands take the input (``PATH``, ``--col``) and the layout options through the decorators
+below, which add those parameters to the command and hand it one ``InputSpec`` or ``Layout``.
+Nothing here imports torch, pandas or pyarrow, so ``aggscope --help`` stays fast.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+LAYOUT_PANEL = "Layout (how the trainer splits a step)"
+INPUT_PANEL = "Input"
+
+Modes = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--mode",
+        "-m",
+        help="Aggregation mode, canonical name or a framework's alias (repeatable). Default: every mode that applies.",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where the rollout batches come from, as given on the command line."""
+
+    path: Optional[str]
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def open(self) -> Any:
+        """Open the rollouts (imports the loading machinery only now)."""
+        from aggscope.loading import open_rollouts
+
+        return open_rollouts(self.path, columns=self.columns)
+
+
+def _param(name: str, annotation: Any, default: Any, kind: Any = inspect.Parameter.KEYWORD_ONLY) -> inspect.Parameter:
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
+_INPUT_PARAMS = [
+    _param(
+        "path",
+        Annotated[
+            Optional[Path],
+            typer.Argument(
+                help="Parquet file, directory or glob of rollout batches. Default: the bundled sample.",
+                show_default=False,
+            ),
+        ],
+        None,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ),
+    _param(
+        "col",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--col",
+                help="Set a column's role, ROLE=NAME (repeatable), e.g. --col uid=prompt_id. "
+                "Roles: uid, uid_text, advantages, loss_mask, reward, response_length, step, sequence.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
+_LAYOUT_PARAMS = [
+    _param(
+        "mini_batch_size",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Sequences per optimizer step (default: the whole step).", rich_help_panel=LAYOUT_PANEL, show_default=False
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "mini_batch_prompts",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Prompts per optimizer step, counted as SkyRL counts them (runs of equal consecutive uids). "
+                "verl's ppo_mini_batch_size is in prompts but slices prompts x n rows: give that as --mini-batch-size.",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "micro_batch_size",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Sequences per micro-batch per rank (default: the whole rank shard).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param("dp_size", Annotated[int, typer.Option(help="Data-parallel ranks.", rich_help_panel=LAYOUT_PANEL)], 1),
+    _param(
+        "max_seq_len",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Horizon H of seq_mean_token_sum_norm (Dr. GRPO); enables that mode.",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "order",
+        Annotated[
+            str, typer.Option(help="Row order the trainer sees: logged, grouped or shuffle.", rich_help_panel=LAYOUT_PANEL)
+        ],
+        "logged",
+    ),
+    _param("seed", Annotated[int, typer.Option(help="Seed of --order shuffle.", rich_help_panel=LAYOUT_PANEL)], 0),
+]
+LAYOUT_OPTION_NAMES = [p.name for p in _LAYOUT_PARAMS]
+
+
+def _inject(
+    params: list[inspect.Parameter], target: str, build: Callable[..., Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Replace the command's ``target`` parameter by ``params``; call ``build`` on them at run time."""
+    names = [p.name for p in params]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        kept = [p for p in signature.parameters.values() if p.name != target]
+        positional = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        keyword = [p for p in params if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        kept_positional = [p for p in kept if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        kept_keyword = [p for p in kept if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            built = build(**{name: kwargs.pop(name) for name in names})
+            return command(*args, **{target: built}, **kwargs)
+
+        ordered = positional + kept_positional + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept_keyword] + keyword
+        wrapper.__signature__ = signature.replace(parameters=ordered)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _build_input(path: Optional[Path], col: Optional[list[str]]) -> InputSpec:
+    from aggscope.columns import parse_column_overrides
+
+    return InputSpec(str(path) if path is not None else None, parse_column_overrides(col or []))
+
+
+def _build_layout(**values: Any) -> Any:
+    from aggscope.layout import Layout
+
+    return Layout(**values)
+
+
+input_options = _inject(_INPUT_PARAMS, "source", _build_input)
+layout_options = _inject(_LAYOUT_PARAMS, "layout", _build_layout)

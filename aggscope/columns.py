@@ -1,0 +1,82 @@
+"""Column roles of the canonical rollout table, detected from common names or set explicitly."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from aggscope.errors import AggscopeError
+
+# Candidate names per role, first match wins (dump-formats.md); `inspect` shows what was taken.
+ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "uid": ("uid", "prompt_id", "group_id", "group_index", "index"),
+    "uid_text": ("prompt", "input"),
+    "advantages": ("advantages", "advantage"),
+    "loss_mask": ("loss_mask", "token_loss_mask", "action_mask", "completion_mask", "response_mask"),
+    "reward": ("reward", "rewards", "score", "scores"),
+    "response_length": ("response_length", "completion_length"),
+    "step": ("step", "global_step"),
+    "sequence": ("seq_id", "sequence_id", "sample_id", "response_id"),
+}
+
+ROLE_ALIASES = {
+    "advantage": "advantages",
+    "mask": "loss_mask",
+    "length": "response_length",
+    "seq_id": "sequence",
+    "prompt": "uid_text",
+}
+
+ROLE_HELP = {
+    "uid": "prompt-group id (string or integer)",
+    "uid_text": "prompt text to group by when there is no uid (hashed to a short uid)",
+    "advantages": "advantage: a list per row (per token) or one float per row",
+    "loss_mask": "per-token 0/1 or bool loss mask",
+    "reward": "reward per row",
+    "response_length": "number of loss tokens per row, where there is no mask",
+    "step": "training step (integer)",
+    "sequence": "sequence id, for the long layout (one row per token)",
+}
+
+_STEP_IN_NAME = re.compile(r"^(?:global_step_?|step_?|completions_|train_data_step)?(\d+)(?:_training_input)?$")
+
+
+def parse_column_overrides(specs: Iterable[str]) -> dict[str, str]:
+    """Parse repeated ``ROLE=NAME`` options into ``{role: column}``."""
+    overrides: dict[str, str] = {}
+    for spec in specs:
+        role, sep, name = spec.partition("=")
+        role = ROLE_ALIASES.get(role.strip(), role.strip())
+        if not sep or not name.strip():
+            raise AggscopeError(f"--col {spec!r}: expected ROLE=NAME, e.g. --col uid=prompt_id")
+        if role not in ROLE_CANDIDATES:
+            raise AggscopeError(f"--col {spec!r}: unknown role {role!r}; roles: {', '.join(ROLE_CANDIDATES)}")
+        overrides[role] = name.strip()
+    return overrides
+
+
+def detect_columns(available: Iterable[str], overrides: Mapping[str, str], source: str) -> dict[str, str]:
+    """Map each role to a column of ``available``: explicit overrides first, then common names."""
+    names = list(available)
+    present = set(names)
+    mapping: dict[str, str] = {}
+    for role, candidates in ROLE_CANDIDATES.items():
+        if role in overrides:
+            if overrides[role] not in present:
+                raise AggscopeError(
+                    f"{source}: column {overrides[role]!r} given for {role} is not in the file; columns: {', '.join(names)}"
+                )
+            mapping[role] = overrides[role]
+            continue
+        found = next((c for c in candidates if c in present), None)
+        if found is not None:
+            mapping[role] = found
+    if "uid" in mapping:
+        mapping.pop("uid_text", None)
+    return mapping
+
+
+def step_from_name(stem: str) -> int | None:
+    """The step number in a file or folder name (``12``, ``step_12``, ``global_step_12``, ...)."""
+    match = _STEP_IN_NAME.match(stem)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,18 @@
+"""The one exception type aggscope raises for bad input or bad usage."""
+
+from __future__ import annotations
+
+
+class AggscopeError(Exception):
+    """Bad input or an impossible request, with a message that says what to do.
+
+    The message is a single line that names the file, column or row at fault. The command line
+    prints it on stderr and exits with code 2; library callers catch it like any exception.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,69 @@
+"""Per-token weights written to Parquet (``aggscope weights --out``), one row group per step.
+
+One row per input sequence in input order: ``step``, ``seq_index``, ``uid`` and, for every mode,
+``weight_<mode>`` and ``grad_<mode>`` (list of float32 aligned with the sequence's tokens, 0 on
+masked tokens). The file appears whole when the writer closes, or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aggscope.errors import AggscopeError
+from aggscope.modes import Mode
+from aggscope.weights import StepAnalysis
+from aggscope.writing import atomic_output, list_array
+
+
+def weights_schema(modes: Sequence[Mode]) -> pa.Schema:
+    fields = [pa.field("step", pa.int64()), pa.field("seq_index", pa.int64()), pa.field("uid", pa.string())]
+    for mode in modes:
+        fields.append(pa.field(f"weight_{mode.name}", pa.list_(pa.float32())))
+        fields.append(pa.field(f"grad_{mode.name}", pa.list_(pa.float32())))
+    return pa.schema(fields)
+
+
+def weights_table(analysis: StepAnalysis, schema: pa.Schema) -> pa.Table:
+    """The per-token weights of one analysed step as a table of ``schema``."""
+    batch = analysis.batch
+    offsets = batch.offsets.cpu().numpy()
+    columns: dict[str, pa.Array] = {
+        "step": pa.array(np.full(batch.n_sequences, batch.step, dtype=np.int64)),
+        "seq_index": pa.array(np.arange(batch.n_sequences, dtype=np.int64)),
+        "uid": pa.array(batch.row_uids(), type=pa.string()),
+    }
+    for name, result in analysis.weights.items():
+        columns[f"weight_{name}"] = list_array(result.token_weights().cpu().numpy(), offsets)
+        columns[f"grad_{name}"] = list_array(result.grad_weights().cpu().numpy(), offsets)
+    return pa.Table.from_pydict(columns).cast(schema)
+
+
+class WeightsParquetWriter:
+    """Writes analysed steps as they come; the output file appears only on a clean close."""
+
+    def __init__(self, path: str | os.PathLike[str], modes: Sequence[Mode]) -> None:
+        self.path = Path(path)
+        if self.path.suffix != ".parquet":
+            raise AggscopeError(f"{self.path}: the output file must end in .parquet")
+        self.schema = weights_schema(modes)
+        self._stack = ExitStack()
+        temporary = self._stack.enter_context(atomic_output(self.path))
+        self._writer = pq.ParquetWriter(temporary, self.schema)
+
+    def write(self, analysis: StepAnalysis) -> None:
+        self._writer.write_table(weights_table(analysis, self.schema))
+
+    def __enter__(self) -> WeightsParquetWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
+        self._writer.close()
+        self._stack.__exit__(kind, value, traceback)

@@ -1,0 +1,488 @@
+"""Reading logged rollout batches from Parquet into one ``StepBatch`` per step.
+
+Accepted input: a Parquet file, a directory of Parquet files (read recursively, in sorted path
+order) or a glob; local paths or any URI pyarrow's filesystems understand. Two layouts:
+
+- wide: one row per sequence, with list columns (``advantages``, ``loss_mask``) or a scalar
+  ``advantage`` broadcast over the row's loss tokens;
+- long: one row per token, with a sequence id column; sequences in order of first appearance.
+
+Each step is an independent batch. Steps are read one at a time: a first pass reads only the step
+column to learn which row groups of which files hold each step, and each step then reads just
+those row groups and the columns it needs.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from aggscope.batch import StepBatch
+from aggscope.columns import detect_columns, step_from_name
+from aggscope.errors import AggscopeError
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class _FilePlan:
+    """Which row groups of one file hold which steps."""
+
+    path: str
+    row_group_steps: tuple[frozenset[int], ...]
+    row_group_starts: tuple[int, ...]
+    num_rows: int
+
+
+@dataclass
+class ParquetRollouts:
+    """A set of Parquet files holding one or more steps of rollout batches.
+
+    Attributes:
+        source: the path as given, for messages.
+        files: the files in reading order.
+        columns: role -> column name, as detected or set.
+        layout: ``wide`` (one row per sequence) or ``long`` (one row per token).
+        steps: the step numbers present, ascending.
+    """
+
+    source: str
+    files: list[str]
+    columns: dict[str, str]
+    layout: str
+    steps: list[int]
+    notes: list[str] = field(default_factory=list)
+    _filesystem: pafs.FileSystem | None = None
+    _plans: list[_FilePlan] = field(default_factory=list)
+
+    @property
+    def has_groups(self) -> bool:
+        return "uid" in self.columns or "uid_text" in self.columns
+
+    @property
+    def lengths_estimated(self) -> bool:
+        return False
+
+    def iter_steps(self) -> Iterator[StepBatch]:
+        """Yield one ``StepBatch`` per step, ascending, holding only that step in memory."""
+        for step in self.steps:
+            yield self.read_step(step)
+
+    def read_step(self, step: int) -> StepBatch:
+        tables: list[pa.Table] = []
+        origins: list[np.ndarray] = []
+        needed = sorted(set(self.columns.values()))
+        for file_index, plan in enumerate(self._plans):
+            groups = [g for g, steps in enumerate(plan.row_group_steps) if step in steps]
+            if not groups:
+                continue
+            parquet = _open_parquet(plan.path, self._filesystem)
+            for group in groups:
+                table = parquet.read_row_group(group, columns=needed)
+                rows = np.arange(plan.row_group_starts[group], plan.row_group_starts[group] + table.num_rows)
+                if "step" in self.columns:
+                    keep = pc.equal(table.column(self.columns["step"]), step)
+                    table = table.filter(keep)
+                    rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
+                tables.append(table)
+                origins.append(np.stack([np.full(rows.size, file_index), rows], axis=1))
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        where = _RowLocator([p.path for p in self._plans], np.concatenate(origins))
+        source = self.files[0] if len(self.files) == 1 else self.source
+        if self.layout == "long":
+            return _decode_long(table, self.columns, step, source, where)
+        return _decode_wide(table, self.columns, step, source, where)
+
+
+@dataclass(frozen=True)
+class _RowLocator:
+    """Names the file and row behind a row of a step, for error messages."""
+
+    paths: list[str]
+    origin: np.ndarray  # [n_rows, 2] (file index, row in file)
+
+    def __call__(self, row: int) -> str:
+        file_index, file_row = self.origin[row]
+        return f"{self.paths[int(file_index)]}: row {int(file_row)}"
+
+
+def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
+    """The Parquet files behind a file, directory or glob (local, or a pyarrow filesystem URI)."""
+    if "://" in path:
+        try:
+            filesystem, root = pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise AggscopeError(f"{path}: cannot open this location ({_first_line(exc)})") from None
+        info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise AggscopeError(f"{path}: no such file or directory")
+        if info.type == pafs.FileType.Directory:
+            found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+            files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+            if not files:
+                raise AggscopeError(f"{path}: no .parquet files in this directory")
+            return files, filesystem
+        return [root], filesystem
+    if any(ch in path for ch in _GLOB_CHARS) and not os.path.exists(path):
+        files = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise AggscopeError(f"{path}: no file matches this pattern")
+        return files, None
+    if not os.path.exists(path):
+        raise AggscopeError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(path)
+            for name in names
+            if name.endswith(".parquet") and not name.startswith(".")
+        )
+        if not files:
+            raise AggscopeError(f"{path}: no .parquet files in this directory")
+        return files, None
+    return [path], None
+
+
+def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -> ParquetRollouts:
+    """Open Parquet rollout files: detect column roles and index the steps (reads no token data).
+
+    Args:
+        path: a file, directory or glob, or a filesystem URI.
+        columns: explicit ``{role: column}`` overrides (see ``aggscope.columns.ROLE_CANDIDATES``).
+    """
+    files, filesystem = resolve_paths(path)
+    overrides = dict(columns or {})
+    schemas = []
+    for file in files:
+        parquet = _open_parquet(file, filesystem)
+        if parquet.metadata.num_rows == 0:
+            raise AggscopeError(f"{file}: the file holds no rows")
+        schemas.append(parquet.schema_arrow)
+    mapping = detect_columns(schemas[0].names, overrides, files[0])
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
+        missing = [name for name in mapping.values() if name not in schema.names]
+        if missing:
+            raise AggscopeError(f"{file}: missing column {missing[0]!r} that {files[0]} has")
+    layout, notes = _check_roles(mapping, schemas[0], files[0])
+    plans = [_plan_file(file, filesystem, mapping.get("step")) for file in files]
+    steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
+    return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans)
+
+
+def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
+    try:
+        if filesystem is not None:
+            return pq.ParquetFile(filesystem.open_input_file(path))
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not os.path.exists(path):
+            raise AggscopeError(f"{path}: no such file") from None
+        if os.path.exists(path) and os.path.getsize(path) == 0:
+            raise AggscopeError(f"{path}: the file is empty") from None
+        raise AggscopeError(f"{path}: not a Parquet file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type))
+
+
+def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tuple[str, list[str]]:
+    """Decide wide or long layout and check that the roles present can describe a batch."""
+    if "advantages" not in mapping:
+        raise AggscopeError(
+            f"{source}: no advantage column (looked for advantages, advantage; set one with --col advantages=NAME)"
+        )
+    notes: list[str] = []
+    adv_type = schema.field(mapping["advantages"]).type
+    mask_type = schema.field(mapping["loss_mask"]).type if "loss_mask" in mapping else None
+    for role in ("advantages", "loss_mask"):
+        if role in mapping:
+            data_type = schema.field(mapping[role]).type
+            inner = data_type.value_type if _is_list(data_type) else data_type
+            if not (pa.types.is_floating(inner) or pa.types.is_integer(inner) or pa.types.is_boolean(inner)):
+                raise AggscopeError(
+                    f"{source}: column {mapping[role]!r} ({role}) has type {data_type}; expected numbers or lists of numbers"
+                )
+    if not _is_list(adv_type) and mask_type is not None and not _is_list(mask_type):
+        if "sequence" not in mapping:
+            raise AggscopeError(
+                f"{source}: advantages and loss mask are one value per row (the long layout) but there is no "
+                "sequence id column; set one with --col sequence=NAME"
+            )
+        return "long", notes
+    mapping.pop("sequence", None)
+    if mask_type is not None and not _is_list(mask_type):
+        raise AggscopeError(f"{source}: column {mapping['loss_mask']!r} (loss mask) must hold a list per row when advantages do")
+    if mask_type is None:
+        if "response_length" in mapping:
+            notes.append(f"no loss mask column: {mapping['response_length']!r} gives each row's loss-token count")
+        elif _is_list(adv_type):
+            notes.append("no loss mask column: every listed advantage is a loss token")
+        else:
+            raise AggscopeError(
+                f"{source}: one advantage per row but no loss_mask or response_length column to say how many "
+                "tokens it covers; set one with --col loss_mask=NAME or --col response_length=NAME"
+            )
+    else:
+        mapping.pop("response_length", None)
+    return "wide", notes
+
+
+def _plan_file(path: str, filesystem: pafs.FileSystem | None, step_column: str | None) -> _FilePlan:
+    parquet = _open_parquet(path, filesystem)
+    metadata = parquet.metadata
+    starts = tuple(int(s) for s in np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
+    if step_column is None:
+        stem = PurePosixPath(path).name.split(".")[0]
+        step = step_from_name(stem)
+        fixed = frozenset({step if step is not None else 0})
+        return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows)
+    steps = []
+    for group in range(metadata.num_row_groups):
+        column = parquet.read_row_group(group, columns=[step_column]).column(0)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
+        if column.null_count:
+            first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + starts[group]
+            raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
+        values = pc.unique(column).to_numpy(zero_copy_only=False)
+        if not np.all(values == np.round(values)):
+            raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
+        steps.append(frozenset(int(v) for v in values))
+    return _FilePlan(path, tuple(steps), starts, metadata.num_rows)
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _list_parts(array: pa.Array, name: str, where: _RowLocator) -> tuple[pa.Array, np.ndarray]:
+    """Flat values and rebased ``[n_rows + 1]`` offsets of a list column."""
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise AggscopeError(f"{where(row)}: column {name!r} is null")
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+        offsets = np.arange(len(array) + 1, dtype=np.int64) * width
+        return array.flatten(), offsets
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    return array.flatten(), offsets - offsets[0]
+
+
+def _floats(array: pa.Array) -> np.ndarray:
+    """Float values (float32 kept as float32); nulls become NaN."""
+    if pa.types.is_float32(array.type) or pa.types.is_float64(array.type):
+        return np.asarray(array.to_numpy(zero_copy_only=False))
+    if pa.types.is_float16(array.type):
+        return np.asarray(array.cast(pa.float32()).to_numpy(zero_copy_only=False))
+    return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False))
+
+
+def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: _RowLocator) -> np.ndarray:
+    """Check a flat mask holds only 0/1 and return it as bool."""
+    if values.null_count:
+        token = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        row = int(np.searchsorted(offsets, token, side="right") - 1)
+        raise AggscopeError(f"{where(row)}: column {name!r} holds a null at token {token - int(offsets[row])}")
+    if pa.types.is_boolean(values.type):
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
+    raw = values.to_numpy(zero_copy_only=False)
+    bad = (raw != 0) & (raw != 1)
+    if bad.any():
+        token = int(np.flatnonzero(bad)[0])
+        row = int(np.searchsorted(offsets, token, side="right") - 1)
+        raise AggscopeError(
+            f"{where(row)}: column {name!r} holds {raw[token]!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
+        )
+    return raw != 0
+
+
+def _group_ids(
+    table: pa.Table, columns: Mapping[str, str], where: _RowLocator
+) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+    if "uid" in columns:
+        name = columns["uid"]
+        array = _column(table, name)
+        hashed = False
+    elif "uid_text" in columns:
+        name = columns["uid_text"]
+        array = _column(table, name)
+        hashed = True
+    else:
+        return None, None
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise AggscopeError(f"{where(row)}: column {name!r} (uid) is null")
+    if _is_list(array.type) or pa.types.is_struct(array.type):
+        raise AggscopeError(f"{where(0)}: column {name!r} (uid) has type {array.type}; expected strings or integers")
+    encoded = array.dictionary_encode()
+    codes = torch.from_numpy(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    labels = [str(v) for v in encoded.dictionary.to_pylist()]
+    if hashed:
+        labels = [text_uid(text) for text in labels]
+    return codes, tuple(labels)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory. Arrow hands out read-only buffers; nothing in aggscope
+    writes into a batch's tensors, so torch's warning about that is silenced, not the data copied."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def text_uid(text: str) -> str:
+    """A short stable uid for a prompt text: the same text gives the same uid in every file and step."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _rewards(table: pa.Table, columns: Mapping[str, str], where: _RowLocator) -> torch.Tensor | None:
+    if "reward" not in columns:
+        return None
+    array = _column(table, columns["reward"])
+    if _is_list(array.type):
+        values, offsets = _list_parts(array, columns["reward"], where)
+        per_row = np.add.reduceat(_floats(values).astype(np.float64), offsets[:-1]) if len(values) else np.zeros(len(array))
+        per_row[offsets[1:] == offsets[:-1]] = np.nan
+        return torch.from_numpy(per_row)
+    if not (pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type)):
+        raise AggscopeError(f"{where(0)}: column {columns['reward']!r} (reward) has type {array.type}; expected numbers")
+    return torch.from_numpy(_floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64))
+
+
+def _decode_wide(table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: _RowLocator) -> StepBatch:
+    adv_name = columns["advantages"]
+    adv_array = _column(table, adv_name)
+    n_rows = table.num_rows
+    mask: np.ndarray | None = None
+    if _is_list(adv_array.type):
+        adv_values, offsets = _list_parts(adv_array, adv_name, where)
+        advantages = _floats(adv_values)
+    else:
+        advantages_per_row = _floats(adv_array)
+        offsets = None
+    if "loss_mask" in columns:
+        mask_name = columns["loss_mask"]
+        mask_values, mask_offsets = _list_parts(_column(table, mask_name), mask_name, where)
+        if offsets is not None:
+            lengths, mask_lengths = np.diff(offsets), np.diff(mask_offsets)
+            if not np.array_equal(lengths, mask_lengths):
+                row = int(np.flatnonzero(lengths != mask_lengths)[0])
+                raise AggscopeError(
+                    f"{where(row)}: {adv_name!r} has {lengths[row]} values but {mask_name!r} has {mask_lengths[row]}"
+                )
+        offsets = mask_offsets
+        mask = _mask_values(mask_values, offsets, mask_name, where)
+    elif "response_length" in columns:
+        length_name = columns["response_length"]
+        length_array = _column(table, length_name)
+        if length_array.null_count or not pa.types.is_integer(length_array.type):
+            raise AggscopeError(f"{where(0)}: column {length_name!r} (response_length) must hold integers, without nulls")
+        loss_lengths = length_array.to_numpy().astype(np.int64)
+        if (loss_lengths < 0).any():
+            row = int(np.flatnonzero(loss_lengths < 0)[0])
+            raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
+        if offsets is None:
+            offsets = np.concatenate([[0], np.cumsum(loss_lengths)]).astype(np.int64)
+            mask = np.ones(int(offsets[-1]), dtype=bool)
+        else:
+            listed = np.diff(offsets)
+            if (loss_lengths > listed).any():
+                row = int(np.flatnonzero(loss_lengths > listed)[0])
+                raise AggscopeError(
+                    f"{where(row)}: {length_name!r} is {loss_lengths[row]} but {adv_name!r} lists only {listed[row]} values"
+                )
+            position = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], listed)
+            mask = position < np.repeat(loss_lengths, listed)
+    assert offsets is not None
+    if mask is None:
+        mask = np.ones(int(offsets[-1]), dtype=bool)
+    if not _is_list(adv_array.type):
+        advantages = np.repeat(advantages_per_row, np.diff(offsets))
+    group_ids, labels = _group_ids(table, columns, where)
+    assert len(offsets) == n_rows + 1
+    return StepBatch(
+        step=step,
+        advantages=_tensor(advantages),
+        loss_mask=_tensor(mask),
+        offsets=_tensor(offsets),
+        group_ids=group_ids,
+        uid_labels=labels,
+        rewards=_rewards(table, columns, where),
+        source=source,
+    )
+
+
+def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: _RowLocator) -> StepBatch:
+    sequence = _column(table, columns["sequence"])
+    if sequence.null_count:
+        row = int(np.flatnonzero(sequence.is_null().to_numpy(zero_copy_only=False))[0])
+        raise AggscopeError(f"{where(row)}: column {columns['sequence']!r} (sequence id) is null")
+    codes = sequence.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)  # [n_tokens]
+    token_order = np.argsort(codes, kind="stable")  # tokens of sequence 0, then 1, ... in row order
+    lengths = np.bincount(codes)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    first_row = token_order[offsets[:-1]]  # [n_seqs] the first token row of each sequence
+    advantages = _floats(_column(table, columns["advantages"]))[token_order]
+    if "loss_mask" in columns:
+        mask_array = _column(table, columns["loss_mask"])
+        mask = _mask_values(mask_array, np.arange(len(mask_array) + 1), columns["loss_mask"], where)[token_order]
+    else:
+        mask = np.ones(advantages.size, dtype=bool)
+    per_sequence = table.take(pa.array(first_row))
+    first_where = _RowLocator(where.paths, where.origin[first_row])
+    token_groups, labels = _group_ids(table, columns, where)
+    group_ids = None
+    if token_groups is not None:
+        # Sequences are ordered by their first row, so the first-appearance numbering of uids over
+        # token rows is also their first-appearance order over sequences.
+        token_uid = token_groups.numpy()[token_order]  # [n_tokens] in sequence order
+        sequence_uid = token_uid[offsets[:-1]]  # [n_seqs]
+        differs = token_uid != np.repeat(sequence_uid, lengths)
+        if differs.any():
+            token = int(np.flatnonzero(differs)[0])
+            raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
+        group_ids = torch.from_numpy(sequence_uid.copy())
+    return StepBatch(
+        step=step,
+        advantages=_tensor(advantages),
+        loss_mask=_tensor(mask),
+        offsets=_tensor(offsets),
+        group_ids=group_ids,
+        uid_labels=labels,
+        rewards=_rewards(per_sequence, columns, first_where),
+        source=source,
+    )
+
+
+def open_rollouts(path: str | None = None, *, columns: Mapping[str, str] | None = None, **options: Any) -> ParquetRollouts:
+    """Open rollout batches; with no path, the bundled sample. (Other formats plug in here.)"""
+    from aggscope.sample import bundled_sample_path
+
+    del options
+    return open_parquet_rollouts(str(path) if path is not None else str(bundled_sample_path()), columns)
+
+
+def load_steps(path: str | None = None, *, columns: Mapping[str, str] | None = None) -> list[StepBatch]:
+    """Read every step into memory (convenient for small inputs and notebooks)."""
+    return list(open_rollouts(path, columns=columns).iter_steps())

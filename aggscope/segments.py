@@ -1,0 +1,66 @@
+"""Reductions over ragged segments of a flat array (one segment per sequence).
+
+Notation: a flat token array of length ``n_tokens`` is cut into ``n_seqs`` contiguous segments by
+``offsets`` (``[n_seqs + 1]``, non-decreasing, ``offsets[0] == 0``, ``offsets[-1] == n_tokens``).
+Every function here is vectorised: no Python loop over segments or tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def segment_sum(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Sum of ``values`` over each segment, accumulated in ``dtype``.
+
+    Args:
+        values: ``[n_tokens]`` numbers or booleans.
+        offsets: ``[n_seqs + 1]`` int64 segment boundaries.
+        dtype: accumulation and result dtype (float64 for sums, int64 for counts).
+
+    Returns:
+        ``[n_seqs]`` tensor of ``dtype`` on the device of ``values``; empty segments sum to 0.
+    """
+    n_seqs = offsets.numel() - 1
+    if values.device.type == "cpu":
+        return torch.from_numpy(_segment_sum_numpy(values.numpy(), offsets.numpy(), dtype))
+    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
+    segment_of_token = torch.repeat_interleave(torch.arange(n_seqs, device=values.device), lengths)  # [n_tokens]
+    out = torch.zeros(n_seqs, dtype=dtype, device=values.device)
+    return out.index_add_(0, segment_of_token, values.to(dtype))
+
+
+def _segment_sum_numpy(values: np.ndarray, offsets: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    np_dtype = np.float64 if dtype.is_floating_point else np.int64
+    n_seqs = offsets.size - 1
+    out = np.zeros(n_seqs, dtype=np_dtype)
+    if values.size == 0 or n_seqs == 0:
+        return out
+    starts = offsets[:-1]
+    nonempty = offsets[1:] > starts  # [n_seqs]
+    # reduceat sums from one index to the next; passing only the starts of non-empty segments makes
+    # each sum stop exactly at its segment's end, since the empty segments in between have no length.
+    out[nonempty] = np.add.reduceat(values, starts[nonempty], dtype=np_dtype)
+    return out
+
+
+def expand_to_tokens(per_segment: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Repeat each segment's value over its tokens: ``[n_seqs] -> [n_tokens]``."""
+    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
+    return torch.repeat_interleave(per_segment, lengths, output_size=n_tokens)
+
+
+def group_sum(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum of per-row ``values`` within each group id in ``[0, n_groups)``: ``[n_rows] -> [n_groups]``."""
+    out = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, group, values)
+
+
+def run_ids(keys: torch.Tensor) -> torch.Tensor:
+    """Index of the run of equal consecutive values each element belongs to: ``[n] -> [n]``."""
+    if keys.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=keys.device)
+    starts_run = torch.ones_like(keys, dtype=torch.int64)  # [n]
+    starts_run[1:] = (keys[1:] != keys[:-1]).to(torch.int64)
+    return torch.cumsum(starts_run, 0) - 1

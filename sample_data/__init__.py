@@ -1,0 +1,1 @@
+"""The bundled sample rollouts (package data; see aggscope.sample)."""
