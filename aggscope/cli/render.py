@@ -2,7 +2,7 @@
 
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional, TypeVar
 
 from rich.console import Console
@@ -38,14 +38,22 @@ def fmt_float(value: Optional[float], digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def with_progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar on stderr when it is a terminal and there is work to show."""
+def with_progress(items: Iterable[T], total: int, description: str, tokens: Optional[Callable[[T], int]] = None) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar on stderr when it is a terminal and there is work to show.
+
+    ``tokens`` gives the token count of an item, to show the tokens done so far beside the steps.
+    """
     if total <= 1 or not sys.stderr.isatty():
         yield from items
         return
-    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if tokens is not None:
+        columns.append(TextColumn("{task.fields[tokens]:,} tokens"))
+    columns.append(TimeElapsedColumn())
     with Progress(*columns, console=stderr_console(), transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, tokens=0)
+        done = 0
         for item in items:
             yield item
-            progress.advance(task)
+            done += tokens(item) if tokens is not None else 0
+            progress.update(task, advance=1, tokens=done)

@@ -1,0 +1,43 @@
+"""``aggscope compare``: what switching mode or layout does, candidates against a base, as a report."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, input_options, layout_options
+from aggscope.cli.render import with_progress
+from aggscope.cli.report_cmd import print_summary
+
+SPEC_HELP = (
+    "MODE[,key=value,...]: a mode (any name or alias) plus layout overrides, keys as the layout options without "
+    "dashes: mini-batch-size, mini-batch-prompts, micro-batch-size, dp-size, max-seq-len, order, seed."
+)
+
+
+@app.command(
+    epilog="Example: aggscope compare rollouts/ --from token_mean --to prompt_mean,mini-batch-prompts=16,micro-batch-size=4 "
+    "--to seq-mean-token-mean -o compare"
+)
+@input_options
+@layout_options
+def compare(
+    source: InputSpec,
+    layout: Any,
+    *,
+    base: Annotated[str, typer.Option("--from", help=f"The configuration you have. {SPEC_HELP}", show_default=False)],
+    candidates: Annotated[
+        list[str], typer.Option("--to", help="A configuration to compare against it (repeatable); same form.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")],
+) -> None:
+    """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
+    from aggscope.reports import compare as compare_report
+    from aggscope.specs import parse_specs
+
+    specs = parse_specs(base, candidates, layout)
+    rollouts = source.open()
+    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "compare", tokens=lambda batch: batch.n_tokens)
+    result = compare_report(steps, specs, source=rollouts.source)
+    print_summary(result, result.write(out))

@@ -1,0 +1,51 @@
+"""``aggscope plot``: figures of where the gradient goes under each mode."""
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, Modes, input_options, layout_options
+from aggscope.cli.render import stdout_console, with_progress
+
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
+
+
+@app.command(
+    epilog="Example: aggscope plot rollouts/ -m token_mean -m prompt_mean --mini-batch-prompts 16 --micro-batch-size 4 "
+    "-o figures --image-format svg"
+)
+@input_options
+@layout_options
+def plot(
+    source: InputSpec,
+    layout: Any,
+    *,
+    out: OutDir,
+    mode: Modes = None,
+    image_format: Annotated[str, typer.Option("--image-format", help="png, svg or pdf.")] = "png",
+    figure: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--figure",
+            help="Only this figure (repeatable): weight_distribution, mass_vs_length, prompt_concentration, split_map, "
+            "zero_grad_causes, steps. Default: all.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Draw where the gradient goes under each mode: one image file per figure, named after it."""
+    from aggscope.figures import check_figure_names, check_image_format, plot
+    from aggscope.specs import Spec
+    from aggscope.weights import select_modes
+
+    check_image_format(image_format)
+    check_figure_names(figure)
+    rollouts = source.open()
+    modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
+    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "plotting", tokens=lambda batch: batch.n_tokens)
+    paths = plot(steps, [Spec(m, layout) for m in modes], out, image_format, figure, source=rollouts.source)
+    console = stdout_console()
+    for name, path in paths.items():
+        console.print(f"{name:<22} {path}")

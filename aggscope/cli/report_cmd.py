@@ -1,0 +1,73 @@
+"""``aggscope report``: every applicable mode at one layout, with figures, as one HTML page and JSON."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, Modes, input_options, layout_options
+from aggscope.cli.render import fmt_int, stdout_console, with_progress
+
+
+@app.command(
+    epilog="Example: aggscope report rollouts/ --mini-batch-size 256 --micro-batch-size 8 --dp-size 4 --max-seq-len 4096 "
+    "-o reports"
+)
+@input_options
+@layout_options
+def report(
+    source: InputSpec,
+    layout: Any,
+    mode: Modes = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")] = Path(
+        "reports"
+    ),
+) -> None:
+    """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
+    from aggscope.reports import full_report
+    from aggscope.weights import select_modes
+
+    rollouts = source.open()
+    modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
+    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "report", tokens=lambda batch: batch.n_tokens)
+    result = full_report(steps, modes, layout, source=rollouts.source)
+    print_summary(result, result.write(out))
+
+
+def print_summary(result: Any, files: Any) -> None:
+    """The opening sentences, one line per mode or SPEC, and where the files are (fits 100 columns)."""
+    console = stdout_console()
+    for sentence in result.summary:
+        console.print(sentence)
+    document = result.document
+    with_checks = any(r["checks"] is not None for r in document["results"].values())
+    table = Table(pad_edge=False, title_justify="left")
+    table.add_column("mode" if result.kind == "report" else "SPEC", overflow="fold")
+    for header in ("ESS tokens", "longest ¼ mass", "positive-A mass", "no gradient"):
+        table.add_column(header, justify="right", no_wrap=True)
+    if with_checks:
+        table.add_column("findings E/W/I", justify="right", no_wrap=True)
+    for spec in document["specs"]:
+        entry = document["results"][spec["label"]]
+        total = entry["total"]
+        ess = total["ess_tokens"]
+        cells = [
+            f"[{spec['colour']}]■[/] {spec['label']}",
+            fmt_int(None if ess is None else round(ess)),
+            _share(entry["length_quartiles"]["grad_mass_share"][3]),
+            _share(entry["advantage_sign"]["positive_share"]),
+            fmt_int(total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]),
+        ]
+        if with_checks:
+            counts = (entry["checks"] or {}).get("counts", {})
+            cells.append("/".join(str(counts.get(level, 0)) for level in ("error", "warning", "info")))
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}")
+    console.print(f"report: [bold]{files.html.resolve()}[/bold]")
+
+
+def _share(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
