@@ -261,5 +261,11 @@ def test_error_out_is_an_input(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_error_sample_arguments(tmp_path: Path) -> None:
+    assert_error(run("sample", str(tmp_path), "--steps", "0"), "Invalid value for '--steps'")
+    (tmp_path / "file").write_text("x")
+    assert_error(run("sample", str(tmp_path / "file")), f"{tmp_path / 'file'}: File exists")
+
+
 def test_error_unknown_command() -> None:
     assert_error(run("wieghts"), "No such command 'wieghts'")
