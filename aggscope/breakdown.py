@@ -121,6 +121,7 @@ class Breakdown:
         prompt_uid: ``[n_prompts]`` uid text of each prompt.
         prompt_rows: ``[n_prompts]`` sequences of each prompt.
         prompt_reward: ``[n_prompts]`` mean finite reward of each prompt (NaN: none), or None.
+        reward_range: lowest and highest finite reward of any row, or None.
         results: SPEC label -> its weights and engine summaries.
         splits: layout -> the split of each step.
         group_ids: the uid codes of each step (None without uids), for split pictures.
@@ -139,6 +140,7 @@ class Breakdown:
     prompt_uid: list[str]
     prompt_rows: torch.Tensor
     prompt_reward: torch.Tensor | None
+    reward_range: tuple[float, float] | None
     results: dict[str, SpecResult]
     splits: dict[Layout, list[Split]]
     group_ids: list[torch.Tensor | None]
@@ -233,14 +235,12 @@ class Breakdown:
         uids or rewards, or when every finite reward is the same.
         """
         reward = self.prompt_reward
-        if reward is None:
+        if reward is None or self.reward_range is None:
             return None
-        finite = torch.isfinite(reward)
-        if not bool(finite.any()):
-            return None
-        low, high = float(reward[finite].min()), float(reward[finite].max())
+        low, high = self.reward_range
         if high == low:
             return None
+        finite = torch.isfinite(reward)
         position = (reward - low) / (high - low)  # [n_prompts] in [0, 1]
         level = torch.where(position < 1 / 3, 0, torch.where(position < 2 / 3, 1, 2))
         return torch.where(finite, level, 3)
@@ -453,6 +453,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
     row_prompt = torch.cat(row_prompts) if has_groups else None
     prompt_step = torch.cat(prompt_steps) if has_groups else torch.zeros(0, dtype=torch.int64)
     prompt_reward = None
+    reward_range = None
     if has_groups and any_rewards:
         assert row_prompt is not None
         reward = torch.cat(rewards)  # [n_rows]
@@ -460,6 +461,8 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         scored = group_sum(finite.to(torch.float64), row_prompt, n_prompts)  # [n_prompts]
         reward_sum = group_sum(torch.where(finite, reward, torch.zeros_like(reward)), row_prompt, n_prompts)
         prompt_reward = torch.where(scored > 0, reward_sum / scored.clamp(min=1), torch.full_like(reward_sum, math.nan))
+        if bool(finite.any()):
+            reward_range = (float(reward[finite].min()), float(reward[finite].max()))
     first = next(iter(reports.values()))
     return Breakdown(
         source=source,
@@ -475,6 +478,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         if row_prompt is not None
         else torch.zeros(0, dtype=torch.int64),
         prompt_reward=prompt_reward,
+        reward_range=reward_range,
         results=results,
         splits=splits,
         group_ids=group_ids,

@@ -450,6 +450,7 @@ def plot(
     """
     check_image_format(image_format)
     check_figure_names(names)
+    check_output_directory(out_dir)
     return save_figures(make_figures(run_breakdown(batches, specs, source=source), names), out_dir, image_format)
 
 
@@ -487,11 +488,17 @@ def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str],
     return paths
 
 
-def ensure_directory(path: str | os.PathLike[str]) -> Path:
-    """The output directory, created with its parents if missing; a one-line error if it cannot be."""
+def check_output_directory(path: str | os.PathLike[str]) -> Path:
+    """Fail early, before any work, when the output directory is an existing file."""
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise AggscopeError(f"{directory}: exists and is not a directory; give a directory for the output")
+    return directory
+
+
+def ensure_directory(path: str | os.PathLike[str]) -> Path:
+    """The output directory, created with its parents if missing; a one-line error if it cannot be."""
+    directory = check_output_directory(path)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

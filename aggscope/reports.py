@@ -499,9 +499,8 @@ FIGURE_CAPTIONS = {
     "split_map": "How the trainer cuts a step into mini-batches, rank shards and micro-batches. Prompt groups "
     "cut by a boundary are coloured by the coarsest boundary that cuts them.",
     "zero_grad_causes": "Loss tokens whose gradient weight is zero or not finite, by cause.",
-    "steps": "Per-step trends: tokens with no gradient, gradient mass on the longest quarter of responses, and the "
-    "effective number of tokens.",
-    "weight_ratio": "",
+    "steps": "For each training step: the share of loss tokens with no gradient, the share of gradient mass on that "
+    "step's longest quarter of responses, and the effective number of tokens.",
 }
 FIGURE_TITLES = {
     "weight_distribution": "Per-token gradient weight",

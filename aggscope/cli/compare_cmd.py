@@ -33,10 +33,12 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")],
 ) -> None:
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
+    from aggscope.figures import check_output_directory
     from aggscope.reports import compare as compare_report
     from aggscope.specs import parse_specs
 
     specs = parse_specs(base, candidates, layout)
+    check_output_directory(out)
     rollouts = source.open()
     steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "compare", tokens=lambda batch: batch.n_tokens)
     result = compare_report(steps, specs, source=rollouts.source)

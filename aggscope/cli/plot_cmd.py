@@ -36,12 +36,13 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
-    from aggscope.figures import check_figure_names, check_image_format, plot
+    from aggscope.figures import check_figure_names, check_image_format, check_output_directory, plot
     from aggscope.specs import Spec
     from aggscope.weights import select_modes
 
     check_image_format(image_format)
     check_figure_names(figure)
+    check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "plotting", tokens=lambda batch: batch.n_tokens)

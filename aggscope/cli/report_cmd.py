@@ -26,9 +26,11 @@ def report(
     ),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
+    from aggscope.figures import check_output_directory
     from aggscope.reports import full_report
     from aggscope.weights import select_modes
 
+    check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "report", tokens=lambda batch: batch.n_tokens)

@@ -1,0 +1,157 @@
+"""Figures: real image files of sensible size, one per figure name, drawn headless; one colour per mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+from PIL import Image
+from typer.testing import CliRunner
+
+from aggscope.batch import StepBatch
+from aggscope.breakdown import run_breakdown
+from aggscope.cli import app
+from aggscope.figures import FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
+from aggscope.layout import Layout
+from aggscope.loading import load_steps
+from aggscope.modes import MODES
+from aggscope.specs import parse_spec
+
+runner = CliRunner()
+FIGURE_NAMES = ["weight_distribution", "mass_vs_length", "prompt_concentration", "split_map", "zero_grad_causes", "steps"]
+
+
+def test_the_figure_list_is_the_issues() -> None:
+    assert list(FIGURES) == FIGURE_NAMES
+
+
+def test_every_mode_has_its_own_colour() -> None:
+    assert set(MODE_COLOURS) == set(MODES)
+    assert len(set(MODE_COLOURS.values())) == len(MODE_COLOURS)
+    assert all(mode_colour(name) == MODE_COLOURS[name] for name in MODES)
+    # SPECs sharing a mode keep its colour and differ by line style.
+    layout = Layout()
+    styles = spec_styles([parse_spec("prompt_mean", layout), parse_spec("prompt_mean,dp-size=2", layout)])
+    first, second = styles.values()
+    assert first.colour == second.colour == MODE_COLOURS["prompt_mean"]
+    assert first.line != second.line
+
+
+def test_plot_writes_one_png_per_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    result = runner.invoke(
+        app,
+        [
+            "plot",
+            "--mini-batch-size",
+            "100",
+            "--micro-batch-size",
+            "8",
+            "--dp-size",
+            "2",
+            "--max-seq-len",
+            "1024",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in FIGURE_NAMES)
+    for name in FIGURE_NAMES:
+        path = out / f"{name}.png"
+        assert f"{name}" in result.stdout and str(path) in result.stdout
+        assert 20_000 < path.stat().st_size < 2_000_000, name
+        with Image.open(path) as image:
+            image.load()
+            assert image.format == "PNG"
+            width, height = image.size
+            assert width >= 1000 and 300 <= height <= 2000, (name, image.size)
+            # Not a blank canvas: a drawn figure has many distinct colours.
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, name
+
+
+@pytest.mark.parametrize(("image_format", "magic"), [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_svg_and_pdf(tmp_path: Path, image_format: str, magic: bytes) -> None:
+    steps = load_steps()[:2]
+    breakdown = run_breakdown(steps, [parse_spec(name, Layout()) for name in ("token_mean", "sequence_mean")])
+    paths = save_figures(make_figures(breakdown), tmp_path, image_format)
+    assert list(paths) == FIGURE_NAMES
+    for path in paths.values():
+        data = path.read_bytes()
+        assert path.suffix == f".{image_format}" and data.startswith(magic)
+        assert 5_000 < len(data) < 3_000_000
+
+
+def test_plotting_is_headless(tmp_path: Path) -> None:
+    """No display and no pyplot: the figures are drawn by the Agg canvas alone."""
+    env = {key: value for key, value in os.environ.items() if key not in {"DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"}}
+    script = (
+        "import sys; from aggscope.cli import main; sys.argv = ['aggscope', 'plot', '-o', sys.argv[1], '--figure', "
+        "'split_map']\ntry:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "split_map.png").stat().st_size > 10_000
+
+
+def test_figures_without_uids(tmp_path: Path) -> None:
+    """No uid column: concentration is over responses, the split map has no prompt lane; all figures draw."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=24)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    per_row = rng.choice([-1.0, 0.0, 1.0], size=24)
+    batches = [
+        StepBatch.from_flat(np.repeat(per_row, lengths), np.ones(int(offsets[-1]), dtype=bool), offsets, step=step)
+        for step in range(2)
+    ]
+    breakdown = run_breakdown(
+        batches, [parse_spec("token_mean", Layout(mini_batch_size=10)), parse_spec("sequence_mean", Layout())]
+    )
+    paths = save_figures(make_figures(breakdown), tmp_path)
+    assert list(paths) == FIGURE_NAMES
+
+
+def test_plot_on_a_file_without_uids_by_the_cli(tmp_path: Path) -> None:
+    table = pa.table({"advantages": [[1.0, 1.0], [-1.0, -1.0, -1.0], [0.5]], "loss_mask": [[1, 1], [1, 1, 0], [1]]})
+    pq.write_table(table, tmp_path / "plain.parquet")
+    result = runner.invoke(
+        app, ["plot", str(tmp_path / "plain.parquet"), "-o", str(tmp_path / "out"), "--figure", "prompt_concentration"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "prompt_concentration.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image-format", "jpg"], "unknown image format 'jpg'; formats: png, svg, pdf"),
+        (["--figure", "heatmap"], "unknown figure 'heatmap'; figures: weight_distribution, mass_vs_length"),
+        (["-m", "token_mena"], "unknown mode 'token_mena'"),
+        (["-m", "dr_grpo"], "needs the horizon: give --max-seq-len H"),
+        (["--dp-size", "0"], "--dp-size must be a whole number of at least 1"),
+    ],
+)
+def test_plot_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["plot", "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aggscope: error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_plot_needs_an_output_directory_that_is_not_a_file(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["plot"])
+    assert missing.exit_code == 2 and "Missing option '--out'" in missing.stderr
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    result = runner.invoke(app, ["plot", "-o", str(blocker), "--figure", "steps"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"aggscope: error: {blocker}: exists and is not a directory; give a directory for the output"
