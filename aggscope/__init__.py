@@ -38,6 +38,11 @@ _EXPORTS = {
     "summarize": "aggscope.weights",
     "open_rollouts": "aggscope.loading",
     "load_steps": "aggscope.loading",
+    "parse_spec": "aggscope.specs",
+    "run_breakdown": "aggscope.breakdown",
+    "make_figures": "aggscope.figures",
+    "compare": "aggscope.reports",
+    "full_report": "aggscope.reports",
 }
 
 __all__ = ["__version__", *_EXPORTS]
