@@ -4,7 +4,15 @@ Each command lives in its own module and registers itself on ``app``; importing 
 imports none of torch, pandas, matplotlib or pyarrow (commands import the library when they run).
 """
 
-from aggscope.cli import compare_cmd, inspect_cmd, plot_cmd, report_cmd, sample_cmd, weights_cmd  # noqa: F401  (registers the commands)
+from aggscope.cli import (  # noqa: F401  (registers the commands)
+    check_cmd,
+    compare_cmd,
+    inspect_cmd,
+    plot_cmd,
+    report_cmd,
+    sample_cmd,
+    weights_cmd,
+)
 from aggscope.cli.app import app
 
 
