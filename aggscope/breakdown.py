@@ -1,8 +1,9 @@
 """Where the gradient goes under each SPEC: one pass over the steps, then breakdowns by row group.
 
 ``run_breakdown`` reads every step once and, for each distinct layout among the SPECs, runs the
-engine (``analyse_step``) on it, so every summary here is the engine's own (the same numbers as
-``aggscope weights``). It keeps only per-sequence data (memory grows with sequences, not tokens),
+engine (``analyse_step``) and ``check`` (``check_step``) on it with the SPECs' modes, so every
+summary here is the engine's own (the same numbers as ``aggscope weights``) and every finding and
+zero-gradient cause is check's (the same as ``aggscope check``). It keeps only per-sequence data (memory grows with sequences, not tokens),
 plus one fixed-bin histogram of per-token gradient weights per SPEC. The breakdowns below (by
 response length, prompt difficulty, prompt) group those per-row quantities; figures and reports
 are built from them.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from aggscope.batch import SequenceStats, StepBatch
+from aggscope.checks import CheckAccumulator, check_step
 from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split
 from aggscope.segments import group_sum
@@ -125,8 +127,11 @@ class Breakdown:
         results: SPEC label -> its weights and engine summaries.
         splits: layout -> the split of each step.
         group_ids: the uid codes of each step (None without uids), for split pictures.
-        checks: what ``check`` reports under each layout (JSON-ready ``CheckReport.to_dict()``);
-            empty when checks were not run.
+        uid_labels: the uid text of each code, per step (None without uids).
+        checks: what ``check`` reports under each layout, JSON-ready (``CheckReport.to_dict()``),
+            with the modes of the SPECs at that layout.
+        cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
+            ``rank``, ``micro_batch``).
     """
 
     source: str
@@ -144,7 +149,9 @@ class Breakdown:
     results: dict[str, SpecResult]
     splits: dict[Layout, list[Split]]
     group_ids: list[torch.Tensor | None]
-    checks: dict[Layout, dict[str, Any]] = field(default_factory=dict)
+    uid_labels: list[tuple[str, ...] | None]
+    checks: dict[Layout, dict[str, Any]]
+    cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
 
     @property
     def labels(self) -> list[str]:
@@ -166,11 +173,14 @@ class Breakdown:
     def loss_tokens(self) -> int:
         return int(self.stats.loss_tokens.sum())
 
-    def zero_grad_causes(self) -> dict[str, dict[str, int]] | None:
-        """label -> cause -> loss tokens with no gradient, from ``check`` (None without checks)."""
-        if not self.checks:
-            return None
-        return {spec.label: dict(self.checks[spec.layout]["zero_grad"].get(spec.mode.name, {})) for spec in self.specs}
+    def zero_grad_causes(self) -> dict[str, dict[str, int]]:
+        """label -> cause -> loss tokens with no gradient (``check``'s accounting over all steps)."""
+        return {spec.label: dict(self.checks[spec.layout]["zero_grad"][spec.mode.name]) for spec in self.specs}
+
+    def step_zero_grad_causes(self, label: str) -> list[dict[str, int]]:
+        """The same, step by step."""
+        spec = next(s for s in self.specs if s.label == label)
+        return [dict(step["zero_grad"][spec.mode.name]) for step in self.checks[spec.layout]["steps"]]
 
     # ---- per-row quantities --------------------------------------------------------------------
     def row_grad_mass(self, label: str) -> torch.Tensor:
@@ -387,11 +397,14 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
     for spec in specs:
         layouts.setdefault(spec.layout, []).append(spec)
     engines = {layout: WeightsAccumulator(layout, [s.mode for s in group]) for layout, group in layouts.items()}
+    checkers = {layout: CheckAccumulator(layout) for layout in layouts}
+    cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]] = {layout: [] for layout in layouts}
     spec_acc = {spec.label: _SpecAccumulator(spec) for spec in specs}
     splits: dict[Layout, list[Split]] = {layout: [] for layout in layouts}
     stats_parts: list[SequenceStats] = []
     steps: list[int] = []
     group_ids: list[torch.Tensor | None] = []
+    uid_labels: list[tuple[str, ...] | None] = []
     row_steps: list[torch.Tensor] = []
     row_prompts: list[torch.Tensor] = []
     prompt_steps: list[torch.Tensor] = []
@@ -413,6 +426,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         row_steps.append(torch.full((batch.n_sequences,), index, dtype=torch.int64))
         codes = None if batch.group_ids is None else batch.group_ids.cpu()
         group_ids.append(codes)
+        uid_labels.append(batch.uid_labels)
         if codes is not None and batch.uid_labels is not None:
             row_prompts.append(codes + n_prompts)
             prompt_steps.append(torch.full((batch.n_groups,), index, dtype=torch.int64))
@@ -424,9 +438,13 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         )
         tokens = _StepTokens.of(batch)
         for layout, group in layouts.items():
-            analysis = analyse_step(batch, [s.mode for s in group], layout)
+            modes = [s.mode for s in group]
+            analysis = analyse_step(batch, modes, layout)
             engines[layout].add(analysis)
             splits[layout].append(_split_cpu(analysis.split))
+            check = check_step(batch, modes, layout, analysis.split)
+            checkers[layout].add(check)
+            cut_prompts[layout].append(check.cut_prompts)
             for spec in group:
                 result = analysis.weights[spec.mode.name]
                 accumulator = spec_acc[spec.label]
@@ -482,28 +500,12 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         results=results,
         splits=splits,
         group_ids=group_ids,
+        uid_labels=uid_labels,
+        checks={layout: checker.report().to_dict() for layout, checker in checkers.items()},
+        cut_prompts=cut_prompts,
     )
 
 
 def _split_cpu(split: Split) -> Split:
     tensors: dict[str, Any] = {name: value.cpu() for name, value in vars(split).items() if isinstance(value, torch.Tensor)}
     return dataclasses.replace(split, **tensors)
-
-
-def prompt_spans(level: torch.Tensor, group_ids: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``[n_groups]`` True where a prompt's rows fall in more than one unit of ``level`` (``[n_rows]``)."""
-    big = torch.iinfo(torch.int64).max
-    low = torch.full((n_groups,), big, dtype=torch.int64).scatter_reduce(0, group_ids, level, reduce="amin")
-    high = torch.full((n_groups,), -1, dtype=torch.int64).scatter_reduce(0, group_ids, level, reduce="amax")
-    return (high > low) & (high >= 0)
-
-
-def cut_prompt_counts(split: Split, group_ids: torch.Tensor | None, n_groups: int) -> dict[str, int] | None:
-    """Prompts cut by a mini-batch, rank or micro-batch boundary in one step (None without uids)."""
-    if group_ids is None:
-        return None
-    return {
-        "mini_batch": int(prompt_spans(split.mini_batch, group_ids, n_groups).sum()),
-        "rank": int(prompt_spans(split.rank_unit, group_ids, n_groups).sum()),
-        "micro_batch": int(prompt_spans(split.micro_unit, group_ids, n_groups).sum()),
-    }

@@ -26,9 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from aggscope.batch import StepBatch
-from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown, prompt_spans, run_breakdown
+from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown, run_breakdown
+from aggscope.checks import ZERO_GRAD_CAUSES
 from aggscope.errors import AggscopeError
-from aggscope.layout import Split
 from aggscope.modes import MODES
 from aggscope.specs import Spec, describe_layout
 from aggscope.writing import atomic_output
@@ -49,8 +49,9 @@ MODE_COLOURS: dict[str, str] = {
 FALLBACK_COLOURS = ("#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
 LINE_STYLES = ("-", "--", ":", "-.")
 REFERENCE_COLOUR = "#555555"
-# Prompts cut by a boundary, coarsest level first: mini-batch, rank shard, micro-batch.
-CUT_COLOURS = {"mini-batch": "#C62828", "rank": "#EF6C00", "micro-batch": "#F9A825"}
+# Prompts cut by a boundary (check's levels), coarsest first: mini-batch, rank shard, micro-batch.
+CUT_NAMES = {"mini_batch": "mini-batch", "rank": "rank", "micro_batch": "micro-batch"}
+CUT_COLOURS = {"mini_batch": "#C62828", "rank": "#EF6C00", "micro_batch": "#F9A825"}
 RUN_SHADES = ("#9E9E9E", "#D6D6D6")
 CAUSE_COLOURS = ("#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#9C755F", "#BAB0AC")
 
@@ -208,12 +209,12 @@ def prompt_concentration(breakdown: Breakdown) -> Figure:
 
 
 def split_map(breakdown: Breakdown) -> Figure:
-    """The split of one step under each layout: mini-batch, rank, micro-batch lanes, cut prompts in red."""
+    """The split of one step under each layout: mini-batch, rank, micro-batch lanes; cut prompts coloured."""
     layouts = list(breakdown.splits)
     step_index = _worst_step(breakdown)
     group_ids = breakdown.group_ids[step_index]
+    labels = breakdown.uid_labels[step_index]
     n_rows = breakdown.step_sizes[step_index].sequences
-    n_groups = breakdown.step_sizes[step_index].prompts or 0
     lanes = (["prompt groups"] if group_ids is not None else []) + ["mini-batches", "ranks", "micro-batches"]
     fig = Figure(figsize=(10, 0.9 + (0.75 + 0.32 * len(lanes)) * len(layouts)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(layouts), 1, squeeze=False)[:, 0])
@@ -221,10 +222,9 @@ def split_map(breakdown: Breakdown) -> Figure:
         split = breakdown.splits[layout][step_index]
         order = split.order  # [n_rows] seq_index at each trainer position
         bands: list[tuple[str, torch.Tensor, np.ndarray | None]] = []
-        counts = None
-        if group_ids is not None:
-            colours, counts = _cut_colours(split, group_ids, n_groups)
-            bands.append(("prompt groups", group_ids[order], colours))
+        cuts = breakdown.cut_prompts[layout][step_index]
+        if group_ids is not None and labels is not None:
+            bands.append(("prompt groups", group_ids[order], _cut_colours(cuts, labels)))
         bands += [
             ("mini-batches", split.mini_batch[order], None),
             ("ranks", split.rank_unit[order], None),
@@ -237,14 +237,16 @@ def split_map(breakdown: Breakdown) -> Figure:
         ax.set_ylim(-0.6, len(bands) - 0.4)
         ax.grid(False)
         ax.spines["left"].set_visible(False)
-        cut_text = "" if counts is None else "\nprompts cut: " + ", ".join(f"{n} by a {level}" for level, n in counts.items())
+        cut_text = ""
+        if group_ids is not None:
+            cut_text = "\nprompts cut: " + ", ".join(f"{len(cuts[level])} by a {CUT_NAMES[level]}" for level in CUT_NAMES)
         ax.set_title(describe_layout(layout) + cut_text, loc="left", fontsize=9.5)
     axes[-1].set_xlabel("position in the order the trainer sees (sequences)")
     fig.suptitle(f"How step {breakdown.steps[step_index]} is split ({n_rows:,} sequences)")
     if group_ids is not None:
         fig.legend(
-            [Patch(color=RUN_SHADES[0]), *(Patch(color=colour) for colour in CUT_COLOURS.values())],
-            ["one unit (shades alternate)", *(f"prompt cut by a {level}" for level in CUT_COLOURS)],
+            [Patch(color=RUN_SHADES[0]), *(Patch(color=CUT_COLOURS[level]) for level in CUT_NAMES)],
+            ["one unit (shades alternate)", *(f"prompt cut by a {name}" for name in CUT_NAMES.values())],
             loc="outside lower center",
             ncols=4,
         )
@@ -253,26 +255,21 @@ def split_map(breakdown: Breakdown) -> Figure:
 
 def _worst_step(breakdown: Breakdown) -> int:
     """The step with the most prompts cut by a mini-batch boundary under any layout (first on ties)."""
-    best, best_cut = 0, -1
-    for index, group_ids in enumerate(breakdown.group_ids):
-        if group_ids is None:
-            return 0
-        n_groups = breakdown.step_sizes[index].prompts or 0
-        cut = max(int(prompt_spans(s[index].mini_batch, group_ids, n_groups).sum()) for s in breakdown.splits.values())
-        if cut > best_cut:
-            best, best_cut = index, cut
-    return best
+    cut = [
+        max(len(per_layout[index]["mini_batch"]) for per_layout in breakdown.cut_prompts.values())
+        for index in range(len(breakdown.steps))
+    ]
+    return int(np.argmax(cut)) if cut else 0
 
 
-def _cut_colours(split: Split, group_ids: torch.Tensor, n_groups: int) -> tuple[np.ndarray, dict[str, int]]:
-    """``[n_groups]`` colour of each prompt (its coarsest cut, else None) and the count per level."""
-    colours = np.full(n_groups, None, dtype=object)
-    counts = {}
-    for level, unit in (("micro-batch", split.micro_unit), ("rank", split.rank_unit), ("mini-batch", split.mini_batch)):
-        cut = prompt_spans(unit, group_ids, n_groups).numpy()
-        colours[cut] = CUT_COLOURS[level]  # coarser levels, drawn later, win
-        counts[level] = int(cut.sum())
-    return colours, dict(reversed(list(counts.items())))
+def _cut_colours(cuts: Mapping[str, Sequence[str]], labels: Sequence[str]) -> np.ndarray:
+    """``[n_groups]`` colour of each prompt: that of the coarsest level cutting it, else None."""
+    code = {label: index for index, label in enumerate(labels)}
+    colours = np.full(len(labels), None, dtype=object)
+    for level in reversed(CUT_NAMES):  # coarser levels, painted later, win
+        for uid in cuts[level]:
+            colours[code[uid]] = CUT_COLOURS[level]
+    return colours
 
 
 def _draw_runs(ax: Axes, y: float, key: torch.Tensor, colour_of_key: np.ndarray | None) -> None:
@@ -300,19 +297,12 @@ def _draw_runs(ax: Axes, y: float, key: torch.Tensor, colour_of_key: np.ndarray 
     )
 
 
-def zero_grad_causes(breakdown: Breakdown, causes: Mapping[str, Mapping[str, int]] | None = None) -> Figure:
-    """Loss tokens with no gradient per SPEC, stacked by cause, as a share of all loss tokens.
-
-    Args:
-        causes: label -> cause -> tokens; default: ``check``'s causes when the breakdown has them,
-            else the engine's own split into zero and non-finite gradient weights.
-    """
-    causes = causes if causes is not None else breakdown.zero_grad_causes() or engine_zero_grad(breakdown)
+def zero_grad_causes(breakdown: Breakdown) -> Figure:
+    """Loss tokens with no gradient per SPEC, stacked by ``check``'s cause, as a share of all loss tokens."""
+    causes = breakdown.zero_grad_causes()
     styles = spec_styles(breakdown.specs)
     loss_tokens = max(breakdown.loss_tokens, 1)
-    names: list[str] = []
-    for per_cause in causes.values():
-        names += [name for name in per_cause if name not in names]
+    names = [name for name in ZERO_GRAD_CAUSES if any(per_cause.get(name, 0) for per_cause in causes.values())]
     labels = breakdown.labels[::-1]
     fig = Figure(figsize=(10, 1.6 + 0.45 * len(labels)), layout="constrained")
     ax = fig.subplots()
@@ -335,17 +325,6 @@ def zero_grad_causes(breakdown: Breakdown, causes: Mapping[str, Mapping[str, int
     return fig
 
 
-def engine_zero_grad(breakdown: Breakdown) -> dict[str, dict[str, int]]:
-    """label -> {zero/non-finite gradient: tokens}, from the engine's totals alone (no causes)."""
-    return {
-        label: {
-            "zero gradient weight": result.total.zero_grad_tokens,
-            "non-finite gradient weight": result.total.nonfinite_grad_tokens,
-        }
-        for label, result in breakdown.results.items()
-    }
-
-
 def steps(breakdown: Breakdown) -> Figure:
     """Per-step trends: tokens with no gradient, gradient mass on the longest quarter, effective tokens."""
     styles = spec_styles(breakdown.specs)
@@ -356,19 +335,18 @@ def steps(breakdown: Breakdown) -> Figure:
     fig = Figure(figsize=(10, 7.2), layout="constrained")
     axes = fig.subplots(3, 1, sharex=True)
     marker = "o" if n_steps <= 40 else ""
-    zero = {
-        label: np.array([s.zero_grad_tokens + s.nonfinite_grad_tokens for s in r.steps]) / loss_tokens * 100
-        for label, r in breakdown.results.items()
-    }
-    first = next(iter(zero.values()))
-    if all(np.array_equal(values, first) for values in zero.values()):
-        axes[0].plot(step_numbers, first, color="black", marker=marker, label="every mode (the same)")
+    base = breakdown.specs[0]
+    per_step = breakdown.step_zero_grad_causes(base.label)
+    for index, cause in enumerate(ZERO_GRAD_CAUSES):
+        share = np.array([causes.get(cause, 0) for causes in per_step]) / loss_tokens * 100
+        if share.any():
+            axes[0].plot(
+                step_numbers, share, color=CAUSE_COLOURS[index], marker=marker, markersize=4, label=cause.replace("_", " ")
+            )
+    if axes[0].lines:
         axes[0].legend(loc="best")
-    else:
-        for label, values in zero.items():
-            axes[0].plot(step_numbers, values, color=styles[label].colour, linestyle=styles[label].line, marker=marker)
     axes[0].set_ylabel("no gradient\n(% of loss tokens)")
-    axes[0].set_title("Loss tokens whose gradient weight is zero or not finite")
+    axes[0].set_title(f"Loss tokens with no gradient under {base.label}, by cause")
     for spec in breakdown.specs:
         style = styles[spec.label]
         mass = quarters.grad_mass[spec.label].reshape(n_steps, 4)
@@ -410,16 +388,8 @@ FIGURES: dict[str, FigureBuilder] = {
 }
 
 
-def make_figures(
-    breakdown: Breakdown,
-    names: Sequence[str] | None = None,
-    zero_grad: Mapping[str, Mapping[str, int]] | None = None,
-) -> dict[str, Figure]:
-    """Build the named figures (default: all of ``FIGURES``), in ``FIGURES`` order.
-
-    Args:
-        zero_grad: label -> cause -> tokens for ``zero_grad_causes`` (default: the engine's split).
-    """
+def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> dict[str, Figure]:
+    """Build the named figures (default: all of ``FIGURES``), in ``FIGURES`` order."""
     check_figure_names(names)
     wanted = list(FIGURES) if not names else list(names)
     figures = {}
@@ -427,10 +397,7 @@ def make_figures(
         for name in FIGURES:
             if name not in wanted:
                 continue
-            if name == "zero_grad_causes":
-                figures[name] = zero_grad_causes(breakdown, zero_grad)
-            else:
-                figures[name] = FIGURES[name](breakdown)
+            figures[name] = FIGURES[name](breakdown)
     return figures
 
 

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 
 from aggscope import __version__
 from aggscope.batch import StepBatch
-from aggscope.breakdown import Breakdown, Buckets, cut_prompt_counts, run_breakdown
-from aggscope.figures import engine_zero_grad, ensure_directory, figure_bytes, make_figures, mode_colour
+from aggscope.breakdown import Breakdown, Buckets, run_breakdown
+from aggscope.figures import ensure_directory, figure_bytes, make_figures, mode_colour
 from aggscope.layout import Layout
 from aggscope.modes import Mode
 from aggscope.specs import Spec, describe_layout
@@ -126,12 +126,12 @@ def build_document(breakdown: Breakdown, kind: str) -> dict[str, Any]:
     quartiles = breakdown.length_buckets(4)
     deciles = breakdown.length_buckets(10)
     difficulty = breakdown.difficulty_buckets()
-    zero_grad = breakdown.zero_grad_causes() or engine_zero_grad(breakdown)
+    zero_grad = breakdown.zero_grad_causes()
     results = {}
     for spec in breakdown.specs:
         result = breakdown.results[spec.label]
         total = result.total
-        checks = breakdown.checks.get(spec.layout)
+        checks = breakdown.checks[spec.layout]
         results[spec.label] = {
             "total": total.to_dict(),
             "steps": [{"step": step, **summary.to_dict()} for step, summary in zip(breakdown.steps, result.steps, strict=True)],
@@ -141,8 +141,7 @@ def build_document(breakdown: Breakdown, kind: str) -> dict[str, Any]:
             "advantage_sign": _sign_shares(total.grad_pos_sum, total.grad_neg_sum),
             "prompt_concentration": _concentration(breakdown, spec.label),
             "zero_grad": zero_grad[spec.label],
-            "cut_prompts": _cut_prompts(breakdown, spec.layout),
-            "checks": None if checks is None else _spec_checks(checks, spec),
+            "checks": _spec_checks(checks),
         }
     changes = [_change(breakdown, base, candidate, results) for candidate in breakdown.specs[1:]]
     document: dict[str, Any] = {
@@ -176,7 +175,6 @@ def build_document(breakdown: Breakdown, kind: str) -> dict[str, Any]:
         },
         "results": results,
         "changes": changes,
-        "findings": {spec.label: results[spec.label]["checks"] for spec in breakdown.specs},
     }
     document["summary"] = summary_sentences(document)
     return _json_ready(document)
@@ -242,24 +240,16 @@ def _concentration(breakdown: Breakdown, label: str) -> dict[str, Any]:
     }
 
 
-def _cut_prompts(breakdown: Breakdown, layout: Layout) -> dict[str, int] | None:
-    """Prompts cut at each level, summed over steps (None without uids)."""
-    totals: dict[str, int] | None = None
-    for index, split in enumerate(breakdown.splits[layout]):
-        counts = cut_prompt_counts(split, breakdown.group_ids[index], breakdown.step_sizes[index].prompts or 0)
-        if counts is None:
-            return None
-        totals = counts if totals is None else {level: totals[level] + n for level, n in counts.items()}
-    return totals
-
-
-def _spec_checks(checks: dict[str, Any], spec: Spec) -> dict[str, Any]:
-    """The check findings under a SPEC's layout, counted by severity."""
-    findings = list(checks.get("findings", []))
-    by_severity: dict[str, int] = {}
-    for finding in findings:
-        by_severity[finding["severity"]] = by_severity.get(finding["severity"], 0) + 1
-    return {"counts": by_severity, "findings": findings, "cut_prompts": checks.get("cut_prompts")}
+def _spec_checks(checks: dict[str, Any]) -> dict[str, Any]:
+    """What ``check`` finds under a SPEC's layout (with the modes of the SPECs at that layout)."""
+    return {
+        "modes": checks["modes"],
+        "counts": checks["counts"],
+        "findings": checks["findings"],
+        "cut_prompts": checks["cut_prompts"],
+        "cut_prompt_counts": {level: len(entries) for level, entries in checks["cut_prompts"].items()},
+        "notes": checks["notes"],
+    }
 
 
 def _change(breakdown: Breakdown, base: Spec, candidate: Spec, results: dict[str, Any]) -> dict[str, Any]:
@@ -361,14 +351,16 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
         f"{source['loss_tokens']:,} loss tokens."
     ]
     sentences.append(_zero_grad_sentence(document, base))
-    findings = base_result["checks"]
-    if findings is not None:
-        counts = findings["counts"]
-        if counts:
-            listed = ", ".join(f"{n} {severity}{'s' * (n != 1)}" for severity, n in sorted(counts.items(), key=_severity_rank))
-            sentences.append(f"check finds {listed} under the {base} layout (see Findings).")
-        else:
-            sentences.append(f"check finds nothing to report under the {base} layout.")
+    checks = base_result["checks"]
+    where = "" if document["kind"] == "report" else f" under the {base} layout"
+    counted = [(severity, n) for severity, n in checks["counts"].items() if n]
+    if counted:
+        errors = sorted({f["code"] for f in checks["findings"] if f["severity"] == "error"})
+        listed = ", ".join(f"{n} {severity}{'s' * (n != 1)}" for severity, n in counted)
+        detail = f"; errors: {', '.join(errors)}" if errors else ""
+        sentences.append(f"check finds {listed}{where}{detail} (see Findings).")
+    else:
+        sentences.append(f"check finds nothing to report{where}.")
     per_change = [_change_sentences(document, change) for change in document["changes"]]
     if document["kind"] == "compare":
         # Each candidate: its length shift (or that nothing moved), then its next biggest change.
@@ -386,14 +378,9 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
             candidates = [found[kind] for found in per_change if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
             if candidates:
                 sentences.append(max(candidates, key=lambda item: item[0])[1])
-            if len(sentences) >= 2 + MAX_SENTENCES + (findings is not None):
+            if len(sentences) >= 3 + MAX_SENTENCES:
                 break
     return sentences
-
-
-def _severity_rank(item: tuple[str, int]) -> int:
-    order = {"error": 0, "warning": 1, "info": 2}
-    return order.get(item[0], 3)
 
 
 def _zero_grad_sentence(document: dict[str, Any], base: str) -> str:
@@ -403,7 +390,7 @@ def _zero_grad_sentence(document: dict[str, Any], base: str) -> str:
     none = total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]
     text = f"{100 * none / loss_tokens:.1f}% of loss tokens ({none:,}) get no gradient under {base}"
     causes = {cause: n for cause, n in result["zero_grad"].items() if n}
-    if causes and document["results"][base]["checks"] is not None:
+    if causes:
         cause, tokens = max(causes.items(), key=lambda item: item[1])
         text += f"; the largest cause is {cause.replace('_', ' ')} ({100 * tokens / loss_tokens:.1f}% of loss tokens)"
     return text + "."
@@ -421,8 +408,7 @@ def _change_sentences(document: dict[str, Any], change: dict[str, Any]) -> dict[
             bounds = document["buckets"]["length_quartiles"]
 
             def quarter(i: int) -> str:
-                low, high = bounds["min_loss_tokens"][i], bounds["max_loss_tokens"][i]
-                return f"the {QUARTILE_NAMES[i]} of responses ({low:,}–{high:,} loss tokens)"
+                return f"the {QUARTILE_NAMES[i]} of responses ({_token_span(bounds, i)} loss tokens)"
 
             before, after = quartiles["base_share"], quartiles["candidate_share"]
             text = (
@@ -472,19 +458,30 @@ def _change_sentences(document: dict[str, Any], change: dict[str, Any]) -> dict[
     return out
 
 
+def _token_span(bounds: dict[str, Any], i: int) -> str:
+    low, high = bounds["min_loss_tokens"][i], bounds["max_loss_tokens"][i]
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
 def _check_sentence(document: dict[str, Any], base: str, candidate: str) -> tuple[float, str] | None:
+    """What check finds under the candidate's layout that it does not under the base's (errors)."""
     before, after = document["results"][base]["checks"], document["results"][candidate]["checks"]
-    if before is None or after is None:
-        return None
     errors_before, errors_after = before["counts"].get("error", 0), after["counts"].get("error", 0)
     if errors_after == errors_before:
         return None
     codes = sorted({f["code"] for f in after["findings"] if f["severity"] == "error"})
-    detail = f" ({', '.join(codes)})" if codes else ""
-    return (
-        100.0,
-        f"Under the {candidate} layout check finds {errors_after} error(s){detail}, against {errors_before} under {base}.",
+    text = (
+        f"Under the {candidate} layout check finds {errors_after} error{'s' * (errors_after != 1)} "
+        f"({', '.join(codes)}), against {errors_before} under {base}"
     )
+    silent = [f for f in after["findings"] if f["code"] == "silent_zero_advantage"]
+    if silent:
+        tokens = sum(f["tokens"] for f in silent)
+        text += (
+            f": a boundary-based prompt_mean (SkyRL's) would leave {tokens:,} loss tokens of {len(silent)} cut "
+            f"prompt{'s' * (len(silent) != 1)} with no gradient"
+        )
+    return (100.0, text + ".")
 
 
 # ---- rendering -----------------------------------------------------------------------------------
@@ -552,7 +549,8 @@ def _tables(document: dict[str, Any]) -> dict[str, Any]:
     specs = document["specs"]
     results = document["results"]
     colour = {spec["label"]: spec["colour"] for spec in specs}
-    with_checks = any(results[s["label"]]["checks"] is not None for s in specs)
+    # Under one layout every mode shares check's findings: they get their own section instead.
+    with_checks = document["kind"] == "compare"
     glance_headers = [
         "mode",
         "Σ weight",
@@ -580,8 +578,7 @@ def _tables(document: dict[str, Any]) -> dict[str, Any]:
             _fmt(total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]),
         ]
         if with_checks:
-            counts = (result["checks"] or {}).get("counts", {})
-            row.append("/".join(str(counts.get(level, 0)) for level in ("error", "warning", "info")))
+            row.append(severity_counts(result["checks"]))
         glance_rows.append(row)
     tables: dict[str, Any] = {
         "specs": _Table(
@@ -597,8 +594,14 @@ def _tables(document: dict[str, Any]) -> dict[str, Any]:
         tables["difficulty"] = _bucket_table(document, "difficulty", "prompt difficulty")
     tables["changes"] = [_change_tables(document, change) for change in document["changes"]]
     tables["steps"] = _steps_table(document)
-    tables["findings"] = _findings_table(document)
+    tables["findings"] = _findings_tables(document)
+    tables["zero_grad"] = _zero_grad_table(document)
     return tables
+
+
+def severity_counts(checks: dict[str, Any]) -> str:
+    """``errors/warnings/infos`` of check's findings, e.g. ``1/4/12``."""
+    return "/".join(str(checks["counts"].get(level, 0)) for level in ("error", "warning", "info"))
 
 
 def _bucket_table(document: dict[str, Any], key: str, title: str) -> _Table:
@@ -611,7 +614,7 @@ def _bucket_table(document: dict[str, Any], key: str, title: str) -> _Table:
             continue
         span = ""
         if key.startswith("length"):
-            span = f" ({definition['min_loss_tokens'][i]:,}–{definition['max_loss_tokens'][i]:,} tokens)"
+            span = f" ({_token_span(definition, i)} tokens)"
         rows.append(
             [
                 name + span,
@@ -731,29 +734,55 @@ def _steps_table(document: dict[str, Any]) -> _Table:
     return _Table(headers, rows, [None] * len(rows))
 
 
-def _findings_table(document: dict[str, Any]) -> dict[str, _Table]:
-    """One table of findings per distinct layout (SPECs of one layout share their findings)."""
-    out: dict[str, _Table] = {}
+def _findings_tables(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """check's findings, once per distinct layout (the SPECs of one layout share them)."""
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for spec in document["specs"]:
-        checks = document["results"][spec["label"]]["checks"]
-        if checks is None or spec["layout_text"] in seen:
+        if spec["layout_text"] in seen:
             continue
         seen.add(spec["layout_text"])
+        checks = document["results"][spec["label"]]["checks"]
         findings = checks["findings"]
         rows = [
             [
                 f["severity"],
                 f["code"],
-                str(f.get("step", "")),
-                "–" if f.get("uid") is None else str(f["uid"]),
-                _fmt(f.get("tokens")),
-                str(f.get("message", "")),
+                str(f["step"]),
+                "–" if f["uid"] is None else str(f["uid"]),
+                _fmt(f["tokens"]),
+                f["message"],
             ]
             for f in findings[:HTML_FINDING_ROWS]
         ]
-        out[spec["layout_text"]] = _Table(["severity", "code", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 6)
+        out.append(
+            {
+                "layout": spec["layout_text"],
+                "modes": ", ".join(checks["modes"]),
+                "table": _Table(["severity", "code", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 6),
+                "more": len(findings) - len(rows),
+                "notes": checks["notes"],
+            }
+        )
     return out
+
+
+def _zero_grad_table(document: dict[str, Any]) -> _Table:
+    """Loss tokens with no gradient by check's cause (rows) and SPEC (columns)."""
+    labels = [spec["label"] for spec in document["specs"]]
+    loss_tokens = max(document["input"]["loss_tokens"], 1)
+    causes: list[str] = []
+    for label in labels:
+        causes += [c for c, n in document["results"][label]["zero_grad"].items() if n and c not in causes]
+    rows = []
+    for cause in [*causes, "total"]:
+        cells = [cause.replace("_", " ")]
+        for label in labels:
+            per_cause = document["results"][label]["zero_grad"]
+            tokens = sum(per_cause.values()) if cause == "total" else per_cause.get(cause, 0)
+            cells.append(f"{tokens:,} ({100 * tokens / loss_tokens:.1f}%)")
+        rows.append(cells)
+    return _Table(["cause", *labels], rows, [None] * len(rows))
 
 
 # ---- HTML ----------------------------------------------------------------------------------------
@@ -866,12 +895,16 @@ def render_html(document: dict[str, Any], images: dict[str, bytes]) -> str:
                     parts.append(f"<h3>{heading} (share of their step's weight)</h3>")
                     parts.append(_html_table(change["prompts"][key]))
     parts.append('<h2 id="findings">Findings</h2>')
-    if tables["findings"]:
-        for layout_text, table in tables["findings"].items():
-            parts.append(f"<h3>{e(layout_text)}</h3>")
-            parts.append(_html_table(table) if table.rows else '<p class="note">No findings.</p>')
-    else:
-        parts.append('<p class="note">check was not run for this report.</p>')
+    parts.append('<p class="note">What <code>aggscope check</code> finds under each layout, worst first.</p>')
+    for block in tables["findings"]:
+        parts.append(f"<h3>{e(block['layout'])}</h3>")
+        parts.append(f'<p class="note">modes checked: {e(block["modes"])}</p>')
+        parts.append(_html_table(block["table"]) if block["table"].rows else '<p class="note">No findings.</p>')
+        if block["more"] > 0:
+            parts.append(f'<p class="note">{block["more"]:,} more findings in report.json.</p>')
+        parts += [f'<p class="note">note: {e(note)}</p>' for note in block["notes"]]
+    parts.append("<h3>Why tokens get no gradient</h3>")
+    parts.append(_html_table(tables["zero_grad"]))
     parts += [
         '<h2 id="steps">Steps</h2>',
         _html_table(tables["steps"]),
@@ -918,11 +951,13 @@ def render_markdown(document: dict[str, Any]) -> str:
             if key in change["prompts"] and change["prompts"][key].rows:
                 out += [f"### {heading} (share of their step's weight)", "", _md_table(change["prompts"][key]), ""]
     out += ["## Findings", ""]
-    if tables["findings"]:
-        for layout_text, table in tables["findings"].items():
-            out += [f"### {layout_text}", "", _md_table(table) if table.rows else "No findings.", ""]
-    else:
-        out += ["check was not run for this report.", ""]
+    for block in tables["findings"]:
+        out += [f"### {block['layout']}", "", f"modes checked: {block['modes']}", ""]
+        out += [_md_table(block["table"]) if block["table"].rows else "No findings.", ""]
+        if block["more"] > 0:
+            out += [f"{block['more']:,} more findings in report.json.", ""]
+        out += [f"note: {note}" for note in block["notes"]] + ([""] if block["notes"] else [])
+    out += ["### Why tokens get no gradient", "", _md_table(tables["zero_grad"]), ""]
     out += [
         "## Steps",
         "",

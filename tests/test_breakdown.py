@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggscope.batch import StepBatch
-from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, cut_prompt_counts, run_breakdown
+from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, run_breakdown
 from aggscope.errors import AggscopeError
-from aggscope.layout import Layout, split_step
+from aggscope.layout import Layout
 from aggscope.loading import load_steps
 from aggscope.specs import Spec, parse_spec
 from aggscope.weights import compute_weights, run_weights
@@ -233,16 +233,6 @@ def test_histogram_counts_every_token_with_a_nonzero_finite_gradient() -> None:
         expected_negative = sum(int((b.loss_mask & (b.advantages < 0)).sum()) for b in steps)
         assert int(histogram.positive.sum()) == expected_positive
         assert int(histogram.negative.sum()) == expected_negative
-
-
-def test_cut_prompt_counts() -> None:
-    # Rows a a b b b c, mini-batches of 3: b is cut (rows 2 | 3 4); two ranks of 3 rows... per mini-batch of 3:
-    # ranks hold 2 + 1 rows, so a (rows 0-1) is whole, b is cut by the rank boundary in mini-batch 0 and
-    # by the mini-batch boundary. c is alone.
-    codes = torch.tensor([0, 0, 1, 1, 1, 2])
-    split = split_step(6, codes, Layout(mini_batch_size=3, dp_size=2), 0, torch.device("cpu"))
-    assert cut_prompt_counts(split, codes, 3) == {"mini_batch": 1, "rank": 1, "micro_batch": 1}
-    assert cut_prompt_counts(split, None, 0) is None
 
 
 def test_no_steps_and_mixed_uids_are_errors() -> None:

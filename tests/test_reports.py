@@ -324,3 +324,61 @@ def test_report_output_that_is_a_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip() == f"aggscope: error: {blocker}: exists and is not a directory; give a directory for the output"
     assert blocker.read_text() == "x"
+
+
+# ---- check's findings and zero-gradient causes --------------------------------------------------
+FAULTY = Path(__file__).resolve().parents[1] / "sample_data" / "faulty.parquet"
+
+
+@pytest.fixture(scope="module")
+def faulty_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    out = tmp_path_factory.mktemp("faulty")
+    args = ["compare", str(FAULTY), "--from", "token_mean", "--to", "prompt_mean,mini-batch-size=10", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result, out
+
+
+def test_findings_are_checks_own_under_each_layout(faulty_compare: tuple[Any, Path]) -> None:
+    from aggscope.checks import run_checks
+
+    _, out = faulty_compare
+    document = load(out)
+    steps = load_steps(str(FAULTY))
+    for spec in document["specs"]:
+        expected = run_checks(steps, [spec["mode"]], Layout(**spec["layout"])).to_dict()
+        checks = document["results"][spec["label"]]["checks"]
+        assert checks["findings"] == expected["findings"]
+        assert checks["counts"] == expected["counts"]
+        assert checks["cut_prompts"] == expected["cut_prompts"]
+        assert checks["modes"] == [spec["mode"]]
+        assert document["results"][spec["label"]]["zero_grad"] == expected["zero_grad"][spec["mode"]]
+    silent = [
+        f
+        for f in document["results"]["prompt_mean,mini-batch-size=10"]["checks"]["findings"]
+        if f["code"] == "silent_zero_advantage"
+    ]
+    assert silent, "the faulty sample at 10 sequences per mini-batch cuts prompts"
+    tokens = sum(f["tokens"] for f in silent)
+    sentence = next(s for s in document["summary"] if "silent_zero_advantage" in s)
+    assert f"would leave {tokens:,} loss tokens of {len(silent)} cut prompts with no gradient" in sentence
+
+
+def test_zero_gradient_causes_add_up_to_the_engines_count(faulty_compare: tuple[Any, Path], report_run: tuple[Any, Path]) -> None:
+    for _, out in (faulty_compare, report_run):
+        document = load(out)
+        for result in document["results"].values():
+            total = result["total"]
+            assert sum(result["zero_grad"].values()) == total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]
+    # On the faulty sample the causes are varied: all four data causes appear.
+    causes = load(faulty_compare[1])["results"]["token_mean"]["zero_grad"]
+    assert causes["zero_variance_group"] > 0 and causes["nonfinite_advantage"] > 0 and causes["zero_advantage"] > 0
+
+
+def test_findings_are_in_the_html_and_markdown(faulty_compare: tuple[Any, Path]) -> None:
+    _, out = faulty_compare
+    page = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for code in ("silent_zero_advantage", "nonfinite_advantage", "prompt_cut_by_mini_batch"):
+        assert code in page and code in markdown
+    assert "Why tokens get no gradient" in page and "zero variance group" in page

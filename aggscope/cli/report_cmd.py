@@ -43,8 +43,10 @@ def print_summary(result: Any, files: Any) -> None:
     console = stdout_console()
     for sentence in result.summary:
         console.print(sentence)
+    from aggscope.reports import severity_counts
+
     document = result.document
-    with_checks = any(r["checks"] is not None for r in document["results"].values())
+    with_checks = result.kind == "compare"
     table = Table(pad_edge=False, title_justify="left")
     table.add_column("mode" if result.kind == "report" else "SPEC", overflow="fold")
     for header in ("ESS tokens", "longest ¼ mass", "positive-A mass", "no gradient"):
@@ -56,15 +58,14 @@ def print_summary(result: Any, files: Any) -> None:
         total = entry["total"]
         ess = total["ess_tokens"]
         cells = [
-            f"[{spec['colour']}]■[/] {spec['label']}",
+            f"[{spec['colour']}]■[/] {spec['label'].replace(',', ', ')}",
             fmt_int(None if ess is None else round(ess)),
             _share(entry["length_quartiles"]["grad_mass_share"][3]),
             _share(entry["advantage_sign"]["positive_share"]),
             fmt_int(total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]),
         ]
         if with_checks:
-            counts = (entry["checks"] or {}).get("counts", {})
-            cells.append("/".join(str(counts.get(level, 0)) for level in ("error", "warning", "info")))
+            cells.append(severity_counts(entry["checks"]))
         table.add_row(*cells)
     console.print(table)
     console.print(f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}")
