@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,23 +356,21 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
     where = "" if document["kind"] == "report" else f" under the {base} layout"
     counted = [(severity, n) for severity, n in checks["counts"].items() if n]
     if counted:
-        errors = sorted({f["code"] for f in checks["findings"] if f["severity"] == "error"})
         listed = ", ".join(f"{n} {severity}{'s' * (n != 1)}" for severity, n in counted)
-        detail = f"; errors: {', '.join(errors)}" if errors else ""
-        sentences.append(f"check finds {listed}{where}{detail} (see Findings).")
+        codes = Counter(f["code"] for f in checks["findings"])  # findings come worst first
+        detail = ", ".join(f"{code} ×{n}" for code, n in list(codes.items())[:3])
+        sentences.append(f"check finds {listed}{where}: {detail} (see Findings).")
     else:
         sentences.append(f"check finds nothing to report{where}.")
     per_change = [_change_sentences(document, change) for change in document["changes"]]
     if document["kind"] == "compare":
-        # Each candidate: its length shift (or that nothing moved), then its next biggest change.
+        # Each candidate: its changes in order of importance (lost gradient, check errors, length, ...).
+        per_candidate = max(2, MAX_SENTENCES // len(per_change))
         for change, found in zip(document["changes"], per_change, strict=True):
-            picked = [found[kind] for kind in SENTENCE_KINDS if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
+            picked = [found[kind][1] for kind in SENTENCE_KINDS if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
             if not picked:
-                sentences.append(f"{change['candidate']} gives the same distribution of gradient as {base} on this input.")
-                continue
-            first = picked[0]
-            rest = sorted(picked[1:], key=lambda item: -item[0])
-            sentences += [first[1], *(text for _, text in rest[: max(1, MAX_SENTENCES // len(per_change) - 1)])]
+                picked = [f"{change['candidate']} gives the same distribution of gradient as {base} on this input."]
+            sentences += picked[:per_candidate]
     else:
         # Every mode against the base: for each kind of change, the mode that changes most.
         for kind in SENTENCE_KINDS:
