@@ -31,7 +31,9 @@ from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split
 from aggscope.segments import group_sum
 from aggscope.specs import Spec, check_specs
-from aggscope.weights import ModeSummary, StepSummary, WeightsAccumulator, analyse_step
+
+# The engine's own helpers for per-sequence data: moved to the CPU, concatenated over steps.
+from aggscope.weights import ModeSummary, StepSummary, WeightsAccumulator, _concat_stats, _to_cpu, analyse_step
 
 DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")
 # Per-token gradient weights relative to the mode's mean: 10^-3 .. 10^3, ten bins per decade;
@@ -422,7 +424,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         index = len(steps)
         steps.append(batch.step)
         stats = batch.stats
-        stats_parts.append(SequenceStats(**{name: value.cpu() for name, value in vars(stats).items()}))
+        stats_parts.append(_to_cpu(stats))  # the engine's helpers, as its accumulator keeps them
         row_steps.append(torch.full((batch.n_sequences,), index, dtype=torch.int64))
         codes = None if batch.group_ids is None else batch.group_ids.cpu()
         group_ids.append(codes)
@@ -464,9 +466,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
             total=report.total.modes[spec.mode.name],
             histogram=TokenHistogram(HISTOGRAM_LOG10_EDGES, accumulator.positive, accumulator.negative),
         )
-    stats_all = SequenceStats(
-        **{name: torch.cat([getattr(p, name) for p in stats_parts]) for name in SequenceStats.__dataclass_fields__}
-    )
+    stats_all = _concat_stats(stats_parts)
     row_step = torch.cat(row_steps)
     row_prompt = torch.cat(row_prompts) if has_groups else None
     prompt_step = torch.cat(prompt_steps) if has_groups else torch.zeros(0, dtype=torch.int64)

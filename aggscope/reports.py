@@ -626,20 +626,25 @@ def _bucket_table(document: dict[str, Any], key: str, title: str) -> _Table:
     return _Table(headers, rows, [None] * len(rows))
 
 
+def _shift_lines(shift: dict[str, Any], names: Sequence[str | None]) -> list[list[str]]:
+    """One table line per bucket (None: an empty bucket, left out): base share, candidate share, change."""
+    return [
+        [
+            f"gradient mass on {name}",
+            _pct(shift["base_share"][i]),
+            _pct(shift["candidate_share"][i]),
+            _points(shift["change_points"][i]),
+        ]
+        for i, name in enumerate(names)
+        if name is not None
+    ]
+
+
 def _change_tables(document: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     base, candidate = change["base"], change["candidate"]
     lines = []
-    quartiles = change["length_quartiles"]
-    if quartiles is not None:
-        for i, name in enumerate(QUARTILE_NAMES):
-            lines.append(
-                [
-                    f"gradient mass on the {name} of responses",
-                    _pct(quartiles["base_share"][i]),
-                    _pct(quartiles["candidate_share"][i]),
-                    _points(quartiles["change_points"][i]),
-                ]
-            )
+    if change["length_quartiles"] is not None:
+        lines += _shift_lines(change["length_quartiles"], [f"the {name} of responses" for name in QUARTILE_NAMES])
     sign = change["advantage_sign"]
     b_pos, c_pos = sign["base"]["positive_share"], sign["candidate"]["positive_share"]
     lines.append(
@@ -650,19 +655,10 @@ def _change_tables(document: dict[str, Any], change: dict[str, Any]) -> dict[str
             "–" if b_pos is None or c_pos is None else _points(100 * (c_pos - b_pos)),
         ]
     )
-    difficulty = change["difficulty"]
-    if difficulty is not None:
+    if change["difficulty"] is not None:
         definition = document["buckets"]["difficulty"]
-        for i, name in enumerate(definition["names"]):
-            if definition["sequences"][i]:
-                lines.append(
-                    [
-                        f"gradient mass on {name} prompts",
-                        _pct(difficulty["base_share"][i]),
-                        _pct(difficulty["candidate_share"][i]),
-                        _points(difficulty["change_points"][i]),
-                    ]
-                )
+        names = [f"{name} prompts" if definition["sequences"][i] else None for i, name in enumerate(definition["names"])]
+        lines += _shift_lines(change["difficulty"], names)
     ess = change["ess_tokens"]
     lines.append(
         [

@@ -382,3 +382,28 @@ def test_findings_are_in_the_html_and_markdown(faulty_compare: tuple[Any, Path])
     for code in ("silent_zero_advantage", "nonfinite_advantage", "prompt_cut_by_mini_batch"):
         assert code in page and code in markdown
     assert "Why tokens get no gradient" in page and "zero variance group" in page
+
+
+def test_compare_summary_fits_100_columns(compare_run: tuple[Any, Path], faulty_compare: tuple[Any, Path]) -> None:
+    for result, _ in (compare_run, faulty_compare):
+        lines = result.stdout.rstrip("\n").splitlines()
+        assert lines[-1].startswith("report: ")
+        assert all(len(line) <= 100 for line in lines[:-1]), max(lines[:-1], key=len)
+
+
+def test_progress_shows_steps_and_tokens_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from aggscope.cli import render
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    items = list(render.with_progress(iter([3, 4, 5]), 3, "report", tokens=lambda n: n * 1000))
+    assert items == [3, 4, 5]
+    err = capsys.readouterr().err
+    assert "report" in err and "12,000 tokens" in err and "3/3" in err
+    # Not a terminal, or a single step: no bar at all.
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert list(render.with_progress(iter([1, 2]), 2, "report", tokens=lambda n: n)) == [1, 2]
+    assert capsys.readouterr().err == ""
