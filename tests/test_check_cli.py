@@ -44,7 +44,7 @@ def test_check_faulty_sample_terminal_output():
     ]
     assert order == sorted(order)
     assert "prompt_cut_by_mini_batch  7 findings · 28 rows" in out
-    assert "… 2 more (--verbose lists every finding)" in out
+    assert "… 4 more (--verbose lists every finding)" in out
     # The picture of the worst step (step 0): mini-batch lanes, cut prompts uppercase, silent rows marked.
     assert "step 0: 32 rows in trainer order, 4 mini-batches, 1 char = 1 row" in out
     assert "mb 1 │CCddddeeee│ 10 rows, 3 prompts, 1 cut" in out
