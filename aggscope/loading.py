@@ -312,7 +312,7 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: _RowLo
         token = int(np.flatnonzero(bad)[0])
         row = int(np.searchsorted(offsets, token, side="right") - 1)
         raise AggscopeError(
-            f"{where(row)}: column {name!r} holds {raw[token]!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
+            f"{where(row)}: column {name!r} holds {raw[token].item()!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
         )
     return raw != 0
 
