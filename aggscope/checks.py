@@ -197,6 +197,10 @@ def _intersect(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 class StepCheck:
     """The checks of one step, ready to merge with other steps.
 
+    Messages of ``prompt_cut_by_mini_batch`` and ``silent_zero_advantage`` get their advice (mini-batch
+    sizes that cut no prompt of the whole data) when merged by ``CheckAccumulator``; merge the steps of
+    a run through it, even when they were checked elsewhere (the object pickles).
+
     Attributes:
         cut_prompts: ``{level: uids cut at that level}`` for every level in ``CUT_LEVELS``.
         zero_grad: ``{mode: {cause: loss tokens}}``.
@@ -671,7 +675,8 @@ class _RowFindings:
             if rewards is not None:
                 values = ", ".join(f"{v:.4g}" for v in rewards[members][:4].tolist())
                 mean = groups.reward_mean[groups.code[members[0]]]
-                why = f"reward {values}{' …' if members.size > 4 else ''} against a group mean of {mean:.4g}"
+                against = f"a group mean of {mean:.4g}" if np.isfinite(mean) else "no finite reward in the group"
+                why = f"reward {values}{' …' if members.size > 4 else ''} against {against}"
             else:
                 why = "no reward column, so a reward at the group mean cannot be told apart"
             return (
@@ -735,23 +740,25 @@ def _group_findings(batch: StepBatch, rows: _Rows, groups: _Groups) -> list[Find
         )
     for group in np.flatnonzero(groups.zero_variance).tolist():
         members = groups.rows(group)
+        loss_tokens = int(rows.loss[members].sum())
+        nonzero = loss_tokens - int(rows.zero_adv[members].sum())
         if rewards is not None and np.isfinite(rewards[members]).any():
             finite = rewards[members][np.isfinite(rewards[members])]
             why = f"all {plural(int(finite.size), 'finite reward')} are {finite[0]:.4g}"
         else:
             why = "all advantages are 0"
-        out.append(
-            _group_finding(
-                "zero_variance_group",
-                step,
-                groups,
-                group,
-                rows,
-                f"prompt {groups.labels[group]} ({plural(int(members.size), 'sample')}): {why}, so GRPO gives every sample "
-                f"advantage 0; its {plural(int(rows.loss[members].sum()), 'loss token')} get no gradient but still count in "
-                "every denominator (prime-rl excepted). DAPO-style dynamic sampling filters such groups.",
+        if nonzero:
+            effect = (
+                f"yet {plural(nonzero, 'loss token')} carry a non-zero advantage: they come from something other than "
+                "this group's rewards (a value baseline, another group's statistics), so check the estimator."
             )
-        )
+        else:
+            effect = (
+                f"so GRPO gives every sample advantage 0; its {plural(loss_tokens, 'loss token')} get no gradient but "
+                "still count in every denominator (prime-rl excepted). DAPO-style dynamic sampling filters such groups."
+            )
+        message = f"prompt {groups.labels[group]} ({plural(int(members.size), 'sample')}): {why}, {effect}"
+        out.append(_group_finding("zero_variance_group", step, groups, group, rows, message))
     return out
 
 

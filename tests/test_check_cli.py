@@ -246,3 +246,22 @@ def test_sample_faults_errors(tmp_path):
     result = invoke("sample", str(tmp_path), "--faults", "--group-size", "0")
     assert result.exit_code == 2
     assert "--group-size" in result.stderr
+
+
+def test_sample_faults_into_a_file_path(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    result = invoke("sample", str(target), "--faults")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("aggscope: error: ") and str(target) in result.stderr
+
+
+def test_readme_shows_the_real_check_output():
+    readme = (REPO / "README.md").read_text()
+    command = "$ aggscope check sample_data/faulty.parquet --mini-batch-size 10\n"
+    shown = readme.split(command, 1)[1].split("\n$ echo $?", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "aggscope", *command[2:].split()[1:]], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert shown == result.stdout.rstrip("\n"), "README: paste the real output of the command again"
