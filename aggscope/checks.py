@@ -197,6 +197,10 @@ def _intersect(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 class StepCheck:
     """The checks of one step, ready to merge with other steps.
 
+    Messages of ``prompt_cut_by_mini_batch`` and ``silent_zero_advantage`` get their advice (mini-batch
+    sizes that cut no prompt of the whole data) when merged by ``CheckAccumulator``; merge the steps of
+    a run through it, even when they were checked elsewhere (the object pickles).
+
     Attributes:
         cut_prompts: ``{level: uids cut at that level}`` for every level in ``CUT_LEVELS``.
         zero_grad: ``{mode: {cause: loss tokens}}``.
@@ -473,8 +477,9 @@ def format_rows(rows: Sequence[int] | np.ndarray, limit: int | None = None) -> s
     return ", ".join(pieces)
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 row``, ``3 rows``; ``many`` for irregular plurals (``mini-batches``)."""
+    return f"{count:,} {word if count == 1 else many or word + 's'}"
 
 
 def layout_flags(layout: Layout, **changes: Any) -> str:
@@ -634,9 +639,9 @@ class _RowFindings:
         def message(members: np.ndarray, uid: str | None) -> str:
             count = int(rows.nonfinite_adv[members].sum())
             return (
-                f"{_plural(count, 'loss token')} of {_who(uid, members)} {_has(count)} a NaN or infinite advantage: the "
-                "gradient there is not finite in every mode, and one NaN in the loss poisons the whole update. Fix the advantage at its "
-                "source (a NaN reward, a 0/0 in the std normalisation) or drop these rows."
+                f"{plural(count, 'loss token')} of {_who(uid, members)} {_has(count)} a NaN or infinite advantage: "
+                "the gradient there is not finite in every mode, and one NaN in the loss poisons the whole update. Fix "
+                "the advantage at its source (a NaN reward, a 0/0 in the std normalisation) or drop these rows."
             )
 
         return self._per_uid("nonfinite_advantage", rows.nonfinite_adv > 0, rows.nonfinite_adv, message)
@@ -645,9 +650,9 @@ class _RowFindings:
         def message(members: np.ndarray, uid: str | None) -> str:
             count = int(rows.masked_nonzero[members].sum())
             return (
-                f"{_plural(count, 'masked token')} of {_who(uid, members)} {'carries' if count == 1 else 'carry'} a non-zero advantage: harmless where the "
-                "loss masks its numerator, a bug where it does not (ROLL's token-mean, open PR #444). Multiply the "
-                "advantages by the loss mask."
+                f"{plural(count, 'masked token')} of {_who(uid, members)} {'carries' if count == 1 else 'carry'} a "
+                "non-zero advantage: harmless where the loss masks its numerator, a bug where it does not (ROLL's "
+                "token-mean, open PR #444). Multiply the advantages by the loss mask."
             )
 
         return self._per_uid("masked_token_advantage", rows.masked_nonzero > 0, rows.masked_nonzero, message)
@@ -670,12 +675,13 @@ class _RowFindings:
             if rewards is not None:
                 values = ", ".join(f"{v:.4g}" for v in rewards[members][:4].tolist())
                 mean = groups.reward_mean[groups.code[members[0]]]
-                why = f"reward {values}{' …' if members.size > 4 else ''} against a group mean of {mean:.4g}"
+                against = f"a group mean of {mean:.4g}" if np.isfinite(mean) else "no finite reward in the group"
+                why = f"reward {values}{' …' if members.size > 4 else ''} against {against}"
             else:
                 why = "no reward column, so a reward at the group mean cannot be told apart"
             return (
                 f"every loss token of {_who(uid, members)} has advantage 0 although the group's rewards vary ({why}): "
-                f"{_plural(int(rows.loss[members].sum()), 'token')} get no gradient but count in every denominator. "
+                f"{plural(int(rows.loss[members].sum()), 'token')} get no gradient but count in every denominator. "
                 "Look for an advantage zeroed after the estimator (a NaN reward replaced by 0, earlier turns of a "
                 "multi-turn rollout left at 0, a mask applied twice)."
             )
@@ -734,23 +740,25 @@ def _group_findings(batch: StepBatch, rows: _Rows, groups: _Groups) -> list[Find
         )
     for group in np.flatnonzero(groups.zero_variance).tolist():
         members = groups.rows(group)
+        loss_tokens = int(rows.loss[members].sum())
+        nonzero = loss_tokens - int(rows.zero_adv[members].sum())
         if rewards is not None and np.isfinite(rewards[members]).any():
             finite = rewards[members][np.isfinite(rewards[members])]
-            why = f"all {_plural(int(finite.size), 'finite reward')} are {finite[0]:.4g}"
+            why = f"all {plural(int(finite.size), 'finite reward')} are {finite[0]:.4g}"
         else:
             why = "all advantages are 0"
-        out.append(
-            _group_finding(
-                "zero_variance_group",
-                step,
-                groups,
-                group,
-                rows,
-                f"prompt {groups.labels[group]} ({_plural(int(members.size), 'sample')}): {why}, so GRPO gives every sample "
-                f"advantage 0; its {_plural(int(rows.loss[members].sum()), 'loss token')} get no gradient but still count in "
-                "every denominator (prime-rl excepted). DAPO-style dynamic sampling filters such groups.",
+        if nonzero:
+            effect = (
+                f"yet {plural(nonzero, 'loss token')} carry a non-zero advantage: they come from something other than "
+                "this group's rewards (a value baseline, another group's statistics), so check the estimator."
             )
-        )
+        else:
+            effect = (
+                f"so GRPO gives every sample advantage 0; its {plural(loss_tokens, 'loss token')} get no gradient but "
+                "still count in every denominator (prime-rl excepted). DAPO-style dynamic sampling filters such groups."
+            )
+        message = f"prompt {groups.labels[group]} ({plural(int(members.size), 'sample')}): {why}, {effect}"
+        out.append(_group_finding("zero_variance_group", step, groups, group, rows, message))
     return out
 
 
@@ -830,7 +838,7 @@ def _spread(members: np.ndarray, unit: np.ndarray, name: str) -> str:
 
 
 def _cut_message(level: str, uid: str, members: np.ndarray, rows: _Rows, *, legacy: bool, boundary: bool) -> str:
-    size = _plural(int(members.size), "row")
+    size = plural(int(members.size), "row")
     if level == "mini_batch":
         text = (
             f"prompt {uid} ({size}: {_spread(members, rows.mini_batch, 'mini-batch')}): one group's update is spread over "
@@ -887,7 +895,7 @@ def _boundary_prompt_mean(
         message = (
             f"rows {format_rows(members, 6)} of prompt {groups.labels[group]} lie in mini-batch "
             f"{', '.join(map(str, lanes))} but the prompt's run starts in mini-batch {start}, so a boundary-based "
-            f"prompt_mean (SkyRL) leaves them at weight 0: {_plural(tokens, 'loss token')} with non-zero advantage get no "
+            f"prompt_mean (SkyRL) leaves them at weight 0: {plural(tokens, 'loss token')} with non-zero advantage get no "
             f"gradient. Gradient mass lost: {lost:.4g} (sum of |A| x canonical prompt_mean weight over them, "
             f"{share:.1%} of that mini-batch's)"
             f"{f'; {nonfinite} non-finite advantages left out of the sum' if nonfinite else ''}. Make mini-batches whole "
@@ -906,7 +914,7 @@ def _boundary_prompt_mean(
         for value in np.unique(np.round(ratio, 6)).tolist():
             picked = members[np.isclose(ratio, value, rtol=0, atol=5e-7)]
             prompts = np.unique(groups.code[picked]).size
-            parts.append(f"{_plural(int(picked.size), 'row')} of {_plural(prompts, 'prompt')} at {value:.4g}x")
+            parts.append(f"{plural(int(picked.size), 'row')} of {plural(prompts, 'prompt')} at {value:.4g}x")
         zeroed = members[rebased[members] == 0]
         note = " (the rows at 0x have advantage 0, so no gradient is lost there)" if zeroed.size else ""
         rebased_prompts = int(runs_starting[mini_batch])

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from aggscope.checks import StepLanes
+from aggscope.checks import StepLanes, plural
 
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 MAX_LANES = 12
@@ -47,7 +47,7 @@ def split_picture(lanes: StepLanes, width: int = 100) -> list[str]:
         legend.append("¦: rank shard boundary")
     if lanes.no_gradient.any():
         legend.append("^: no gradient under the boundary-based prompt_mean")
-    lines = [f"step {lanes.step}: {n_rows:,} rows in trainer order, {_count(n_lanes, 'mini-batch', 'mini-batches')}, {scale}"]
+    lines = [f"step {lanes.step}: {n_rows:,} rows in trainer order, {plural(n_lanes, 'mini-batch', 'mini-batches')}, {scale}"]
     lines += _wrap(legend, width)
     drawn = []
     for lane in shown.tolist():
@@ -55,7 +55,7 @@ def split_picture(lanes: StepLanes, width: int = 100) -> list[str]:
         text, marks = _lane_text(lanes, begin, end, per_char, show_ranks)
         prompts = np.unique(lanes.prompt[begin:end]).size
         cut = np.unique(lanes.prompt[begin:end][lanes.cut_by_mini_batch[begin:end]]).size
-        suffix = f" {end - begin:,} rows, {_count(prompts, 'prompt', 'prompts')}" + (f", {cut} cut" if cut else "")
+        suffix = f" {end - begin:,} rows, {plural(prompts, 'prompt')}" + (f", {cut} cut" if cut else "")
         drawn.append((lane, text, marks, suffix))
     content = max(len(text) for _, text, _, _ in drawn)
     for lane, text, marks, suffix in drawn:
@@ -65,7 +65,7 @@ def split_picture(lanes: StepLanes, width: int = 100) -> list[str]:
     hidden = n_lanes - shown.size
     if hidden:
         what = "without a cut prompt " if cut_lanes.size and cut_lanes.size <= MAX_LANES else ""
-        lines.append(f"… {_count(hidden, 'more mini-batch', 'more mini-batches')} {what}not shown")
+        lines.append(f"… {plural(hidden, 'more mini-batch', 'more mini-batches')} {what}not shown")
     return [line[:width] for line in lines]
 
 
@@ -78,10 +78,6 @@ def _wrap(parts: list[str], width: int) -> list[str]:
         else:
             lines.append(part)
     return lines
-
-
-def _count(value: int, one: str, many: str) -> str:
-    return f"{value:,} {one if value == 1 else many}"
 
 
 def _lane_text(lanes: StepLanes, begin: int, end: int, per_char: int, show_ranks: bool) -> tuple[str, str]:

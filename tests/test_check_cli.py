@@ -44,7 +44,7 @@ def test_check_faulty_sample_terminal_output():
     ]
     assert order == sorted(order)
     assert "prompt_cut_by_mini_batch  7 findings · 28 rows" in out
-    assert "… 2 more (--verbose lists every finding)" in out
+    assert "… 4 more (--verbose lists every finding)" in out
     # The picture of the worst step (step 0): mini-batch lanes, cut prompts uppercase, silent rows marked.
     assert "step 0: 32 rows in trainer order, 4 mini-batches, 1 char = 1 row" in out
     assert "mb 1 │CCddddeeee│ 10 rows, 3 prompts, 1 cut" in out
@@ -246,3 +246,22 @@ def test_sample_faults_errors(tmp_path):
     result = invoke("sample", str(tmp_path), "--faults", "--group-size", "0")
     assert result.exit_code == 2
     assert "--group-size" in result.stderr
+
+
+def test_sample_faults_into_a_file_path(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    result = invoke("sample", str(target), "--faults")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("aggscope: error: ") and str(target) in result.stderr
+
+
+def test_readme_shows_the_real_check_output():
+    readme = (REPO / "README.md").read_text()
+    command = "$ aggscope check sample_data/faulty.parquet --mini-batch-size 10\n"
+    shown = readme.split(command, 1)[1].split("\n$ echo $?", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "aggscope", *command[2:].split()[1:]], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert shown == result.stdout.rstrip("\n"), "README: paste the real output of the command again"

@@ -210,6 +210,16 @@ def test_zero_variance_ignores_nan_rewards_and_falls_back_on_advantages():
     assert zeroed == [(5,)]
 
 
+def test_zero_variance_message_notices_advantages_that_are_not_zero():
+    # Rewards equal (1, 1) but advantages 0.3 and -0.3 (a value baseline, say): still zero-variance by the
+    # rewards, and the message says the advantages do not come from them; no token lacks gradient.
+    batch = batch_of(["g", "g"], [2, 3], [0.3, -0.3], rewards=[1.0, 1.0])
+    (finding,) = check_step(batch, ["token_mean"]).findings
+    assert (finding.code, finding.rows, finding.tokens) == ("zero_variance_group", (0, 1), 5)
+    assert "yet 5 loss tokens carry a non-zero advantage" in finding.message
+    assert sum(check_step(batch, ["token_mean"]).zero_grad["token_mean"].values()) == 0
+
+
 def test_row_level_findings_without_uid():
     mask = [True, True, False, True, False, False, True]  # rows of 4, 2 and 1 tokens
     batch = batch_of(None, [4, 2, 1], [2.0, 0.5, math.nan], mask=mask)

@@ -15,7 +15,7 @@ from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Json, Modes, input_options, layout_options
 from aggscope.cli.render import WIDTH, fmt_int, stdout_console, with_progress
 
-SHOWN_PER_CODE = 5
+SHOWN_PER_CODE = 3
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 ADDED_CAUSES = ("zero_weight", "nonfinite_weight")
 
@@ -97,7 +97,7 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
 
 
 def _render_findings(console: Console, report: Any, verbose: bool) -> None:
-    from aggscope.checks import format_rows
+    from aggscope.checks import format_rows, plural
 
     if not report.findings:
         console.print(Text("no findings", style="green"))
@@ -112,14 +112,14 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
         header = Text()
         header.append(f"{severity.upper():<8}", style=STYLE[severity])
         header.append(code, style="bold")
-        header.append(f"  {_count(len(findings), 'finding')} · {_count(rows, 'row')} · {_count(tokens, 'token')}", style="dim")
+        header.append(f"  {plural(len(findings), 'finding')} · {plural(rows, 'row')} · {plural(tokens, 'token')}", style="dim")
         console.print(header)
         shown = findings if verbose else findings[:SHOWN_PER_CODE]
         for index, finding in enumerate(shown):
             where = f"step {finding.step}" + (f" · prompt {finding.uid}" if finding.uid is not None else "")
             row_text = format_rows(finding.rows, None if verbose else 4)
             noun = "row" if len(finding.rows) == 1 else "rows"
-            console.print(Text(f"  {where} · {noun} {row_text} · {_count(finding.tokens, 'token')}"))
+            console.print(Text(f"  {where} · {noun} {row_text} · {plural(finding.tokens, 'token')}"))
             if verbose or index == 0:
                 console.print(Text(_wrap(finding.message, console.width, "    "), style="dim"))
         hidden = len(findings) - len(shown)
@@ -179,7 +179,3 @@ def _share(tokens: int, total: int) -> str:
 
 def _wrap(text: str, width: int, indent: str) -> str:
     return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
-
-
-def _count(value: int, word: str) -> str:
-    return f"{value:,} {word}{'' if value == 1 else 's'}"
