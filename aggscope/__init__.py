@@ -1,16 +1,49 @@
-"""aggscope: see where the gradient goes under every loss aggregation mode.
+"""aggscope: see how much gradient each token, response and prompt of an RL batch gets.
 
-The trainer-facing helpers are imported on first use, so ``import aggscope`` stays light:
-``aggscope.log_batch``, ``aggscope.flush_batch_logs``, ``aggscope.close_batch_logs``,
-``aggscope.BatchLogger`` (``aggscope.batch_log``) and ``aggscope.assert_prompts_intact``
-(``aggscope.guards``).
+The library behind the ``aggscope`` command. Typical use::
+
+    import aggscope
+    rollouts = aggscope.open_rollouts("rollouts/")            # Parquet file, directory or glob
+    layout = aggscope.Layout(mini_batch_size=256, micro_batch_size=8, dp_size=4)
+    for batch in rollouts.iter_steps():
+        weights = aggscope.compute_weights(batch, "token_mean", layout)
+        print(batch.step, weights.summary())
+
+or, inside a trainer, log the batch it trains on (a background thread writes one Parquet file per
+step; ``aggscope.flush_batch_logs()`` at the end of training)::
+
+    aggscope.log_batch("runs/exp1/batches", step=step, uids=uids, advantages=advantages,
+                       loss_mask=loss_mask, rewards=rewards)
+
+or analyse the tensors it is about to train on (results stay on their device)::
+
+    batch = aggscope.StepBatch.from_padded(advantages, loss_mask, uids=uids)   # [B, L]
+    per_token = aggscope.compute_weights(batch, "seq-mean-token-mean").token_weights().view(B, L)
+
+Names are imported on first use, so ``import aggscope`` does not import torch or pyarrow.
 """
 
+from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_EXPORTS = {
+    "AggscopeError": "aggscope.errors",
+    "StepBatch": "aggscope.batch",
+    "SequenceStats": "aggscope.batch",
+    "Layout": "aggscope.layout",
+    "split_step": "aggscope.layout",
+    "MODES": "aggscope.modes",
+    "resolve_mode": "aggscope.modes",
+    "register": "aggscope.modes",
+    "compute_weights": "aggscope.weights",
+    "analyse_step": "aggscope.weights",
+    "run_weights": "aggscope.weights",
+    "select_modes": "aggscope.weights",
+    "summarize": "aggscope.weights",
+    "open_rollouts": "aggscope.loading",
+    "load_steps": "aggscope.loading",
     "log_batch": "aggscope.batch_log",
     "flush_batch_logs": "aggscope.batch_log",
     "close_batch_logs": "aggscope.batch_log",
@@ -18,17 +51,11 @@ _LAZY = {
     "assert_prompts_intact": "aggscope.guards",
 }
 
+__all__ = ["__version__", *_EXPORTS]
+
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'aggscope' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return getattr(import_module(module), name)

@@ -83,7 +83,7 @@ def detect_format(path: str) -> str:
     """The format of ``path`` from its file names and first line or schema, or a one-line error."""
     if "://" in path:
         return "parquet"
-    files = list_files(path, _SUFFIXES, "rollout (.parquet, .jsonl, .pt, .pkl)")
+    files = list_files(path, _SUFFIXES, ".parquet files (nor .jsonl, .pt or .pkl dumps)")
     kinds = {os.path.splitext(f)[1] for f in files}
     if kinds & {".pkl", ".pickle"} and len(kinds) == 1:
         return "skyrl"
@@ -95,7 +95,7 @@ def detect_format(path: str) -> str:
         return _jsonl_kind(files)
     if len(kinds) > 1:
         raise AggscopeError(f"{path}: holds {', '.join(sorted(kinds))} files; say which format to read with --format")
-    raise AggscopeError(f"{path}: cannot tell the format from the name; choose one with --format ({', '.join(FORMATS)})")
+    return "parquet"  # one file of another name: the Parquet reader says precisely what is wrong
 
 
 def _parquet_kind(file: str) -> str:

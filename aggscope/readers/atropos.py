@@ -41,7 +41,7 @@ class AtroposRollouts(DumpRollouts):
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> AtroposRollouts:
         reject_options(options, cls.format)
-        files = list_files(path, (".jsonl",), "Atropos .jsonl")
+        files = list_files(path, (".jsonl",), "Atropos .jsonl files")
         first = first_record(files[0])
         score_field = options.reward_col or "scores"
         for name in ("tokens", "masks", score_field):

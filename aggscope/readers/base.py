@@ -141,7 +141,7 @@ def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(os.path.join(root, n) for n in names if n.endswith(tuple(suffixes)) and not n.startswith("."))
     if not files:
-        raise AggscopeError(f"{path}: no {what} files in this directory")
+        raise AggscopeError(f"{path}: no {what} in this directory")
     return sorted(files, key=natural_key)
 
 

@@ -50,7 +50,7 @@ class NemoRlRollouts(DumpRollouts):
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> NemoRlRollouts:
         reject_options(options, cls.format)
-        files = list_files(path, (".jsonl",), "NeMo-RL train_data_step*.jsonl")
+        files = list_files(path, (".jsonl",), "NeMo-RL train_data_step*.jsonl files")
         files = [f for f in files if not f.rsplit("/", 1)[-1].startswith("val_data")] or files
         first = first_record(files[0])
         missing = [name for name in ("advantages", "token_loss_mask") if name not in first]

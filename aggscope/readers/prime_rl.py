@@ -35,7 +35,7 @@ class PrimeRlRollouts(DumpRollouts):
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> PrimeRlRollouts:
         reject_options(options, cls.format, advantage=False)
-        files = list_files(path, (".jsonl",), "prime-rl rank_*.jsonl")
+        files = list_files(path, (".jsonl",), "prime-rl rank_*.jsonl files")
         first = first_record(files[0])
         for name in ("position_ids", "loss_mask", "advantages"):
             if name not in first:

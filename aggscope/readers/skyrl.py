@@ -35,7 +35,7 @@ class SkyrlRollouts(DumpRollouts):
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> SkyrlRollouts:
         reject_options(options, cls.format, advantage=False)
-        files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl")
+        files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl files")
         plan, notes = plan_by_name(files)
         reward_key = options.reward_col or "rewards"
         rollouts = cls(path, plan, columns={}, notes=notes, has_groups=False)

@@ -44,7 +44,7 @@ class SlimeRollouts(DumpRollouts):
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> SlimeRollouts:
         reject_options(options, cls.format)
-        files = list_files(path, (".pt",), "slime .pt")
+        files = list_files(path, (".pt",), "slime .pt files")
         if os.path.isdir(path):
             files = [f for f in files if not os.path.basename(f).startswith("eval_")] or files
         plan, notes = plan_by_name(files)

@@ -51,7 +51,7 @@ class TrlRollouts(DumpRollouts):
     def open(cls, path: str, options: ReadOptions) -> TrlRollouts:
         reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
         lengths = check_tokenizer(options.tokenizer)
-        files = list_files(path, (".parquet",), "TRL completions .parquet")
+        files = list_files(path, (".parquet",), "TRL completions .parquet files")
         schema = _schema(files[0])
         text_column = options.columns.get("uid_text", "prompt")
         uid_column = options.columns.get("uid")

@@ -50,7 +50,7 @@ class VerlRollouts(DumpRollouts):
     def open(cls, path: str, options: ReadOptions) -> VerlRollouts:
         reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
         lengths = check_tokenizer(options.tokenizer)
-        files = list_files(path, (".jsonl",), "verl .jsonl")
+        files = list_files(path, (".jsonl",), "verl .jsonl files")
         first = first_record(files[0])
         reward_field = options.columns.get("reward", options.reward_col or "score")
         uid_field = options.columns.get("uid", "uid")
