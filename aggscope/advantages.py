@@ -77,6 +77,7 @@ def _constant_groups(rewards: np.ndarray, group_of_row: np.ndarray, n_groups: in
     """``[n_groups]`` True where every reward of the group is the same finite value."""
     highest = np.full(n_groups, -np.inf)
     lowest = np.full(n_groups, np.inf)
-    np.maximum.at(highest, group_of_row, rewards)
-    np.minimum.at(lowest, group_of_row, rewards)
+    with np.errstate(invalid="ignore"):  # NaN rewards make their group non-constant, as they should
+        np.maximum.at(highest, group_of_row, rewards)
+        np.minimum.at(lowest, group_of_row, rewards)
     return (highest == lowest) & np.isfinite(highest)

@@ -120,8 +120,8 @@ class BatchLogger:
                 f"log_batch step {step}: log the same fields every step (the first step logged {said}); "
                 "every file of a folder must hold the same columns"
             )
-        self._fields = fields
         host = _host_batch(int(step), advantages, loss_mask, uids, rewards, attention_mask)
+        self._fields = fields
         path = self._next_path(int(step))
         self._queue.put((path, host))
         return path

@@ -107,8 +107,9 @@ def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterabl
     if path.suffix != ".parquet":
         raise AggscopeError(f"{path}: the output file must end in .parquet")
     metadata = rollouts_metadata(rollouts)
-    texts: Mapping[str, str] = getattr(rollouts, "uid_texts", None) or {}
-    with_prompt = bool(getattr(rollouts, "uid_texts", None) is not None and rollouts.has_groups)
+    known: Mapping[str, str] | None = getattr(rollouts, "uid_texts", None)  # filled as the steps are read
+    texts: Mapping[str, str] = known if known is not None else {}
+    with_prompt = bool(getattr(rollouts, "texts_known", False)) and bool(rollouts.has_groups)
     steps = sequences = tokens = loss_tokens = 0
     estimated = False
     with atomic_output(path) as temporary:

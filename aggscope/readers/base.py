@@ -51,6 +51,7 @@ class DumpRollouts:
     """
 
     format: ClassVar[str] = ""
+    texts_known: ClassVar[bool] = False  # True where uids are hashed from prompt texts kept in uid_texts
 
     def __init__(
         self,

@@ -45,7 +45,6 @@ class NemoRlRollouts(DumpRollouts):
     _reward_field: str | None
     _has_tokens: bool
     _estimator: str | None
-    _mask_types: tuple[pa.DataType, pa.DataType]
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> NemoRlRollouts:
@@ -84,20 +83,22 @@ class NemoRlRollouts(DumpRollouts):
             notes.append(estimator_note(options.advantage, str(reward_field)))
         rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=has_tokens)
         rollouts._reward_field, rollouts._has_tokens, rollouts._estimator = reward_field, has_tokens, options.advantage
-        rollouts._mask_types = (pa.list_(_mask_type(first["token_loss_mask"])), _mask_type(first.get("sample_loss_mask")))
         return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
-        fields = {
-            "token_loss_mask": self._mask_types[0],
-            "sample_loss_mask": self._mask_types[1],
-            "advantages": pa.list_(pa.float64()),
-            "input_lengths": pa.int64(),
-            "token_ids": pa.list_(pa.int64()),
-        }
-        if self._reward_field is not None:
-            fields[self._reward_field] = pa.float64()
-        decoded = [self._decode(read_jsonl(file, fields)) for file in files]
+        decoded = []
+        for file in files:
+            first = first_record(file)  # masks are logged as numbers or true/false: read as this file has them
+            fields = {
+                "token_loss_mask": pa.list_(_mask_type(first.get("token_loss_mask"))),
+                "sample_loss_mask": _mask_type(first.get("sample_loss_mask")),
+                "advantages": pa.list_(pa.float64()),
+                "input_lengths": pa.int64(),
+                "token_ids": pa.list_(pa.int64()),
+            }
+            if self._reward_field is not None:
+                fields[self._reward_field] = pa.float64()
+            decoded.append(self._decode(read_jsonl(file, fields)))
         lengths = np.concatenate([d[0] for d in decoded])
         uids = np.concatenate([d[4] for d in decoded]) if self._has_tokens else None
         rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None

@@ -29,7 +29,6 @@ from aggscope.readers.nemo_rl import _check_equal, _mask_type
 
 class PrimeRlRollouts(DumpRollouts):
     format = "prime-rl"
-    _mask_list: pa.DataType
     _reward_field: str | None
 
     @classmethod
@@ -71,15 +70,18 @@ class PrimeRlRollouts(DumpRollouts):
         if reward_field is not None:
             columns["reward"] = reward_field
         rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=False)
-        rollouts._mask_list = pa.list_(_mask_type(first["loss_mask"]))
         rollouts._reward_field = reward_field
         return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
-        fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": self._mask_list, "advantages": pa.list_(pa.float64())}
-        if self._reward_field is not None:
-            fields[self._reward_field] = pa.list_(pa.float64())
-        decoded = [self._decode(read_jsonl(file, fields)) for file in files]
+        decoded = []
+        for file in files:
+            # masks are logged as 0/1 or as true/false: read each file as its first line has them
+            mask_type = pa.list_(_mask_type(first_record(file).get("loss_mask")))
+            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_type, "advantages": pa.list_(pa.float64())}
+            if self._reward_field is not None:
+                fields[self._reward_field] = pa.list_(pa.float64())
+            decoded.append(self._decode(read_jsonl(file, fields)))
         rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None
         return build_batch(
             step,

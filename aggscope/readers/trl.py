@@ -39,6 +39,7 @@ _NOT_REWARDS = ("step", "advantage")
 
 class TrlRollouts(DumpRollouts):
     format = "trl"
+    texts_known = True
     _text_column: str
     _uid_column: str | None
     _reward_columns: list[str]

@@ -40,6 +40,7 @@ TOOL_MARKER = "<tool_response>"
 
 class VerlRollouts(DumpRollouts):
     format = "verl"
+    texts_known = True
     _fields: dict[str, pa.DataType]
     _names: tuple[str, str | None, str]
     _lengths: TextLengths
