@@ -44,6 +44,7 @@ _EXPORTS = {
     "summarize": "aggscope.weights",
     "open_rollouts": "aggscope.loading",
     "load_steps": "aggscope.loading",
+    "text_uid": "aggscope.loading",
     "log_batch": "aggscope.batch_log",
     "flush_batch_logs": "aggscope.batch_log",
     "close_batch_logs": "aggscope.batch_log",

@@ -160,6 +160,8 @@ def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]
         for file, number in zip(files, numbers, strict=True):
             plan.setdefault(int(number), []).append(file)  # type: ignore[arg-type]
         return plan, []
+    if len(files) == 1:
+        return {0: list(files)}, []
     return {i: [f] for i, f in enumerate(files)}, ["file names hold no step numbers: steps are numbered by file order"]
 
 

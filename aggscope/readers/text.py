@@ -13,12 +13,15 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aggscope.batch import StepBatch
 from aggscope.errors import AggscopeError
+from aggscope.readers.base import DumpRollouts, ReadOptions, build_batch, rebuild_advantages, reject_options
 
 BYTES_PER_TOKEN = 4
 ESTIMATE_RULE = f"ceil(UTF-8 bytes / {BYTES_PER_TOKEN})"
@@ -87,3 +90,62 @@ def check_tokenizer(path: str | None) -> TextLengths:
     if path is not None:
         load_tokenizer(path)
     return TextLengths(path)
+
+
+class TextDumpRollouts(DumpRollouts):
+    """A dump of decoded text only (verl, TRL): uids hashed from the prompt text (or a uid field),
+    token counts from the response text, advantages given per row or rebuilt from the rewards."""
+
+    texts_known = True
+    _lengths: TextLengths
+    _estimator: str | None
+
+    @classmethod
+    def text_options(cls, options: ReadOptions) -> TextLengths:
+        """Check the options a text dump takes and load ``--tokenizer`` early."""
+        reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
+        return check_tokenizer(options.tokenizer)
+
+    def text_batch(
+        self,
+        step: int,
+        source: str,
+        *,
+        prompts: pa.Array,
+        responses: pa.Array,
+        uid_values: pa.Array | None,
+        rewards: np.ndarray | None,
+        row_advantages: np.ndarray | None = None,
+    ) -> StepBatch:
+        """One step from ``[n]`` prompt and response texts, uids, rewards and advantages (or the estimator)."""
+        prompts = prompts.cast(pa.string())
+        uids: Any
+        if uid_values is not None:
+            uids = np.asarray(uid_values.cast(pa.string()).to_pylist(), dtype=object)
+            self.uid_texts.update(dict(zip(uids.tolist(), prompts.to_pylist(), strict=True)))
+        else:
+            uids = hashed_uids(prompts, self.uid_texts)
+        if row_advantages is None:
+            assert rewards is not None and self._estimator is not None
+            row_advantages = rebuild_advantages(rewards, uids, self._estimator, source)
+        return build_batch(
+            step,
+            source,
+            lengths=self._lengths.count(responses),
+            row_advantages=row_advantages,
+            uids=uids,
+            rewards=rewards,
+            lengths_estimated=self._lengths.estimated,
+        )
+
+
+def hashed_uids(texts: pa.Array, uid_texts: dict[str, str]) -> np.ndarray:
+    """``[n]`` uids hashed from prompt texts (each distinct text hashed once), recording the texts."""
+    from aggscope.loading import text_uid
+
+    encoded = texts.dictionary_encode()
+    distinct = encoded.dictionary.to_pylist()
+    labels = [text_uid(text) for text in distinct]  # a loop over distinct prompt texts
+    uid_texts.update(zip(labels, distinct, strict=True))
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    return np.asarray(labels, dtype=object)[codes]

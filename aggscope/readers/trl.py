@@ -21,37 +21,23 @@ import pyarrow.parquet as pq
 
 from aggscope.batch import StepBatch
 from aggscope.errors import AggscopeError
-from aggscope.readers.base import (
-    DumpRollouts,
-    ReadOptions,
-    build_batch,
-    estimator_note,
-    list_files,
-    plan_by_name,
-    rebuild_advantages,
-    reject_options,
-)
-from aggscope.readers.text import TextLengths, check_tokenizer
-from aggscope.readers.verl import hashed_uids
+from aggscope.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
+from aggscope.readers.text import TextDumpRollouts
 
 _NOT_REWARDS = ("step", "advantage")
 
 
-class TrlRollouts(DumpRollouts):
+class TrlRollouts(TextDumpRollouts):
     format = "trl"
-    texts_known = True
     _text_column: str
     _uid_column: str | None
     _reward_columns: list[str]
-    _estimator: str | None
-    _lengths: TextLengths
     _has_step: bool
     _reward_sum: bool
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> TrlRollouts:
-        reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
-        lengths = check_tokenizer(options.tokenizer)
+        lengths = cls.text_options(options)
         files = list_files(path, (".parquet",), "TRL completions .parquet files")
         schema = _schema(files[0])
         text_column = options.columns.get("uid_text", "prompt")
@@ -123,30 +109,18 @@ class TrlRollouts(DumpRollouts):
             if column.null_count:
                 row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
                 raise AggscopeError(f"{source}: step {step} row {row}: column {name!r} is null")
-        texts = table.column(self._text_column).combine_chunks().cast(pa.string())
-        if self._uid_column:
-            uids = np.asarray(table.column(self._uid_column).cast(pa.string()).to_pylist(), dtype=object)
-            self.uid_texts.update(dict(zip(uids.tolist(), texts.to_pylist(), strict=True)))
-        else:
-            uids = hashed_uids(texts, self.uid_texts)
         rewards = None
         if self._reward_columns:
             stacked = np.stack([table.column(c).cast(pa.float64()).to_numpy() for c in self._reward_columns])  # [n_cols, n]
             rewards = np.nansum(stacked, axis=0) if self._reward_sum else stacked[0]
-        if self._estimator is not None:
-            assert rewards is not None
-            row_advantages = rebuild_advantages(rewards, uids, self._estimator, source)
-        else:
-            row_advantages = table.column("advantage").cast(pa.float64()).to_numpy()
-        lengths = self._lengths.count(table.column("completion").combine_chunks())
-        return build_batch(
+        return self.text_batch(
             step,
             source,
-            lengths=lengths,
-            row_advantages=row_advantages,
-            uids=uids,
+            prompts=table.column(self._text_column).combine_chunks(),
+            responses=table.column("completion").combine_chunks(),
+            uid_values=table.column(self._uid_column).combine_chunks() if self._uid_column else None,
             rewards=rewards,
-            lengths_estimated=self._lengths.estimated,
+            row_advantages=None if self._estimator is not None else table.column("advantage").cast(pa.float64()).to_numpy(),
         )
 
 

@@ -22,35 +22,22 @@ import pyarrow.compute as pc
 
 from aggscope.batch import StepBatch
 from aggscope.errors import AggscopeError
-from aggscope.readers.base import (
-    DumpRollouts,
-    ReadOptions,
-    build_batch,
-    estimator_note,
-    list_files,
-    plan_by_name,
-    rebuild_advantages,
-    reject_options,
-)
+from aggscope.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
 from aggscope.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
-from aggscope.readers.text import TextLengths, check_tokenizer
+from aggscope.readers.text import TextDumpRollouts
 
 TOOL_MARKER = "<tool_response>"
 
 
-class VerlRollouts(DumpRollouts):
+class VerlRollouts(TextDumpRollouts):
     format = "verl"
-    texts_known = True
     _fields: dict[str, pa.DataType]
     _names: tuple[str, str | None, str]
-    _lengths: TextLengths
-    _estimator: str
     _step_from_field: bool
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> VerlRollouts:
-        reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
-        lengths = check_tokenizer(options.tokenizer)
+        lengths = cls.text_options(options)
         files = list_files(path, (".jsonl",), "verl .jsonl files")
         first = first_record(files[0])
         reward_field = options.columns.get("reward", options.reward_col or "score")
@@ -103,15 +90,7 @@ class VerlRollouts(DumpRollouts):
             part.require([name for name in (text_field, "output", reward_field, uid_field) if name is not None])
             if self._step_from_field:
                 _check_step(part, step)
-        texts = pa.concat_arrays([p.column(text_field) for p in parts])
         outputs = pa.concat_arrays([p.column("output") for p in parts])
-        rewards = pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False)
-        if uid_field is not None:
-            uids = np.asarray(pa.concat_arrays([p.column(uid_field) for p in parts]).cast(pa.string()).to_pylist(), dtype=object)
-            self.uid_texts.update(dict(zip(uids.tolist(), texts.to_pylist(), strict=True)))
-        else:
-            uids = hashed_uids(texts, self.uid_texts)
-        lengths = self._lengths.count(outputs)
         with_tools = int(pc.sum(pc.match_substring(outputs, TOOL_MARKER).cast(pa.int64())).as_py() or 0)
         if with_tools:
             note = (
@@ -119,29 +98,14 @@ class VerlRollouts(DumpRollouts):
             )
             if note not in self.notes:
                 self.notes.append(note)
-        source = self.step_source(files)
-        advantages = rebuild_advantages(rewards, uids, self._estimator, source)
-        return build_batch(
+        return self.text_batch(
             step,
-            source,
-            lengths=lengths,
-            row_advantages=advantages,
-            uids=uids,
-            rewards=rewards,
-            lengths_estimated=self._lengths.estimated,
+            self.step_source(files),
+            prompts=pa.concat_arrays([p.column(text_field) for p in parts]),
+            responses=outputs,
+            uid_values=None if uid_field is None else pa.concat_arrays([p.column(uid_field) for p in parts]),
+            rewards=pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False),
         )
-
-
-def hashed_uids(texts: pa.Array, uid_texts: dict[str, str]) -> np.ndarray:
-    """``[n]`` uids hashed from prompt texts (each distinct text hashed once), recording the texts."""
-    from aggscope.loading import text_uid
-
-    encoded = texts.dictionary_encode()
-    distinct = encoded.dictionary.to_pylist()
-    labels = [text_uid(text) for text in distinct]  # a loop over distinct prompt texts
-    uid_texts.update(zip(labels, distinct, strict=True))
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    return np.asarray(labels, dtype=object)[codes]
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str], bool]:
