@@ -253,5 +253,19 @@ def test_error_out_must_be_parquet(tmp_path: Path) -> None:
     assert_error(run("weights", "--out", str(tmp_path / "no" / "w.parquet")), "does not exist")
 
 
+def test_error_out_is_an_input(tmp_path: Path) -> None:
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"advantages": [[1.0]], "loss_mask": [[1]]}), path)
+    before = path.read_bytes()
+    assert_error(run("weights", str(path), "--out", str(path)), "is one of the input files")
+    assert path.read_bytes() == before
+
+
+def test_error_sample_arguments(tmp_path: Path) -> None:
+    assert_error(run("sample", str(tmp_path), "--steps", "0"), "Invalid value for '--steps'")
+    (tmp_path / "file").write_text("x")
+    assert_error(run("sample", str(tmp_path / "file")), f"{tmp_path / 'file'}: File exists")
+
+
 def test_error_unknown_command() -> None:
     assert_error(run("wieghts"), "No such command 'wieghts'")
