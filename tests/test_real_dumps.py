@@ -7,8 +7,8 @@ groups (all rewards of the group equal). PROVENANCE.md states the same facts ind
 verl step has 64 prompts x 16 samples, 691 rewards of 1 and one zero-variance group; the Atropos
 subjreward file has only zero scores.
 
-The ``check`` command is written on another branch; until it is merged these tests find the
-zero-variance groups from the rewards and group ids directly, and check that ``weights`` gives
+The zero-variance groups are found three ways against the plain loop: from the batch's rewards and
+group ids, by ``aggscope check`` (its ``zero_variance_group`` findings), and by ``weights`` giving
 their loss tokens exactly zero gradient (GRPO gives such a group advantage 0).
 """
 
@@ -100,3 +100,18 @@ def test_zero_variance_groups_get_no_gradient(real_data: Path, name: str) -> Non
     assert report["lengths_estimated"] is (name == VERL)
     for mode in ("token_mean", "sequence_mean", "prompt_mean"):
         assert report["total"]["modes"][mode]["zero_grad_tokens"] == want["zero_variance_tokens"], mode
+
+
+@pytest.mark.parametrize("name", [VERL, *ATROPOS])
+def test_check_reports_the_zero_variance_groups(real_data: Path, name: str) -> None:
+    path = real_data / name
+    want = plain_verl(path) if name == VERL else plain_atropos(path)
+    result = runner.invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    found = [f for f in report["findings"] if f["code"] == "zero_variance_group"]
+    assert len(found) == want["zero_variance_groups"]
+    assert sum(f["tokens"] for f in found) == want["zero_variance_tokens"]
+    assert report["lengths_estimated"] is (name == VERL)
+    text = runner.invoke(app, ["check", str(path)])
+    assert ("token counts are estimated from text" in text.stdout) is (name == VERL)
