@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_readers import VERL_ROWS, cli_error, write_jsonl
+from test_readers import VERL_ROWS, cli_error, stand_in_skyrl, write_jsonl  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from aggscope.cli import app
@@ -72,3 +72,44 @@ def test_convert_writes_whole_or_nothing(tmp_path: Path) -> None:
 def test_convert_errors(tmp_path: Path, args: list[str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert expected in cli_error("convert", *args)
+
+
+def every_format(root: Path, skyrl_class: type) -> dict[str, Path]:
+    """One small dump of every format, built from the fixtures of test_readers."""
+    import pyarrow.parquet as pq
+    import torch
+    from test_readers import nemo_record, skyrl_dump, slime_sample, trl_table
+
+    paths = {"verl": write_jsonl(root / "verl" / "5.jsonl", VERL_ROWS)}
+    (root / "trl").mkdir()
+    pq.write_table(trl_table(1), root / "trl" / "completions_00001.parquet")
+    paths["trl"] = root / "trl"
+    paths["nemo-rl"] = write_jsonl(
+        root / "nemo" / "train_data_step2.jsonl", [nemo_record([1, 2], [3], 1.0, 1.0), nemo_record([1, 2], [4, 5], -1.0, 0.0)]
+    )
+    paths["prime-rl"] = write_jsonl(
+        root / "prime" / "step_3" / "rank_0.jsonl",
+        [{"position_ids": [0, 1, 0, 1, 2], "loss_mask": [0, 1, 0, 1, 1], "advantages": [0, 1, 0, -1, -1]}],
+    )
+    paths["atropos"] = write_jsonl(
+        root / "atropos" / "g.jsonl", [{"tokens": [[1, 2], [1, 3]], "masks": [[-100, 2], [-100, 3]], "scores": [1, 0]}]
+    )
+    (root / "slime").mkdir()
+    torch.save({"rollout_id": 4, "samples": [slime_sample(0, 2, 1.0), slime_sample(0, 1, 0.0)]}, root / "slime" / "4.pt")
+    paths["slime"] = root / "slime" / "4.pt"
+    paths["skyrl"] = skyrl_dump(
+        root / "skyrl" / "global_step_6_training_input.pkl", skyrl_class, {"policy_prompt_boundaries": [(0, 2), (2, 4)]}
+    )
+    return paths
+
+
+def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) -> None:  # noqa: F811  (the fixture)
+    for fmt, path in every_format(tmp_path, stand_in_skyrl).items():
+        described = invoke("inspect", str(path), "--json")
+        assert described["layout"] == fmt
+        checked = runner.invoke(app, ["check", str(path), "--json", "--fail-on", "never"])
+        assert checked.exit_code == 0, (fmt, checked.output)
+        out = tmp_path / f"{fmt}.parquet"
+        invoke("convert", str(path), "-o", str(out), "--json")
+        assert weights_json(out) == weights_json(path), fmt
+        assert json.loads(checked.stdout)["lengths_estimated"] is (fmt in ("verl", "trl"))
