@@ -50,6 +50,10 @@ def plain_atropos(path: Path) -> dict:
     return summary(groups)
 
 
+def plain(path: Path) -> dict:
+    return plain_verl(path) if path.name == VERL else plain_atropos(path)
+
+
 def summary(groups: list[list[tuple[float, int]]]) -> dict:
     zero_variance = [g for g in groups if len({score for score, _ in g}) == 1]
     return {
@@ -73,7 +77,7 @@ def zero_variance_groups(batch: object) -> int:
 @pytest.mark.parametrize("name", [VERL, *ATROPOS])
 def test_real_dump_groups_samples_loss_tokens(real_data: Path, name: str) -> None:
     path = real_data / name
-    want = plain_verl(path) if name == VERL else plain_atropos(path)
+    want = plain(path)
     (batch,) = list(open_rollouts(str(path)).iter_steps())
     assert batch.n_groups == want["groups"]
     assert batch.n_sequences == want["samples"]
@@ -93,7 +97,7 @@ def test_provenance_facts(real_data: Path) -> None:
 @pytest.mark.parametrize("name", [VERL, ATROPOS[1]])
 def test_zero_variance_groups_get_no_gradient(real_data: Path, name: str) -> None:
     path = real_data / name
-    want = plain_verl(path) if name == VERL else plain_atropos(path)
+    want = plain(path)
     result = runner.invoke(app, ["weights", str(path), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -105,7 +109,7 @@ def test_zero_variance_groups_get_no_gradient(real_data: Path, name: str) -> Non
 @pytest.mark.parametrize("name", [VERL, *ATROPOS])
 def test_check_reports_the_zero_variance_groups(real_data: Path, name: str) -> None:
     path = real_data / name
-    want = plain_verl(path) if name == VERL else plain_atropos(path)
+    want = plain(path)
     result = runner.invoke(app, ["check", str(path), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
