@@ -9,7 +9,13 @@ The library behind the ``aggscope`` command. Typical use::
         weights = aggscope.compute_weights(batch, "token_mean", layout)
         print(batch.step, weights.summary())
 
-or, inside a trainer, on the tensors it is about to train on (results stay on their device)::
+or, inside a trainer, log the batch it trains on (a background thread writes one Parquet file per
+step; ``aggscope.flush_batch_logs()`` at the end of training)::
+
+    aggscope.log_batch("runs/exp1/batches", step=step, uids=uids, advantages=advantages,
+                       loss_mask=loss_mask, rewards=rewards)
+
+or analyse the tensors it is about to train on (results stay on their device)::
 
     batch = aggscope.StepBatch.from_padded(advantages, loss_mask, uids=uids)   # [B, L]
     per_token = aggscope.compute_weights(batch, "seq-mean-token-mean").token_weights().view(B, L)
@@ -43,6 +49,12 @@ _EXPORTS = {
     "make_figures": "aggscope.figures",
     "compare": "aggscope.reports",
     "full_report": "aggscope.reports",
+    "text_uid": "aggscope.loading",
+    "log_batch": "aggscope.batch_log",
+    "flush_batch_logs": "aggscope.batch_log",
+    "close_batch_logs": "aggscope.batch_log",
+    "BatchLogger": "aggscope.batch_log",
+    "assert_prompts_intact": "aggscope.guards",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -973,6 +973,7 @@ class CheckReport:
     sequences: int
     notes: list[str]
     worst_step: StepLanes | None = None
+    lengths_estimated: bool = False
 
     def counts(self) -> dict[str, int]:
         counts = Counter(f.severity for f in self.findings)
@@ -999,6 +1000,7 @@ class CheckReport:
             "layout": self.layout.to_dict(),
             "modes": self.modes,
             "notes": self.notes,
+            "lengths_estimated": self.lengths_estimated,
         }
 
 
@@ -1133,8 +1135,11 @@ def run_checks(
     """
     layout = layout or Layout()
     accumulator = CheckAccumulator(layout)
+    estimated = False
     for batch in batches:
         if modes is None:
             modes = default_modes(has_groups=batch.has_groups, max_seq_len=layout.max_seq_len)
         accumulator.add(check_step(batch, modes, layout))
-    return accumulator.report()
+        estimated = estimated or batch.lengths_estimated
+    report = accumulator.report()
+    return replace(report, lengths_estimated=True) if estimated else report

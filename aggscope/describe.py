@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -106,3 +107,51 @@ def describe(rollouts: Rollouts, batches: Iterable[StepBatch] | None = None) -> 
         steps=steps,
         lengths_estimated=estimated,
     )
+
+
+@dataclass(frozen=True)
+class UidOccurrence:
+    """The rows of one uid in one step (``rows`` are 0-based positions in the step's input order)."""
+
+    step: int
+    rows: list[int]
+    rewards: list[float | None] | None
+    loss_tokens: list[int]
+
+
+@dataclass(frozen=True)
+class UidDescription:
+    """Where a uid appears and, where the input holds it, the prompt text behind it."""
+
+    uid: str
+    text: str | None
+    occurrences: list[UidOccurrence]
+    lengths_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | None = None) -> UidDescription:
+    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its text."""
+    from aggscope.errors import AggscopeError
+    from aggscope.readers import uid_text
+
+    if not rollouts.has_groups:
+        raise AggscopeError(f"{rollouts.source}: the input has no uids (set a uid column with --col uid=NAME)")
+    occurrences = []
+    estimated = False
+    for batch in rollouts.iter_steps() if batches is None else batches:
+        estimated = estimated or batch.lengths_estimated
+        if batch.uid_labels is None or uid not in batch.uid_labels or batch.group_ids is None:
+            continue
+        code = batch.uid_labels.index(uid)
+        rows = torch.nonzero(batch.group_ids == code).reshape(-1).cpu()  # [n_rows_of_uid]
+        rewards = None
+        if batch.rewards is not None:
+            rewards = [value if math.isfinite(value) else None for value in batch.rewards.cpu()[rows].tolist()]
+        loss_tokens = batch.stats.loss_tokens.cpu()[rows].tolist()
+        occurrences.append(UidOccurrence(batch.step, rows.tolist(), rewards, [int(n) for n in loss_tokens]))
+    if not occurrences:
+        raise AggscopeError(f"{rollouts.source}: uid {uid!r} is in no step (aggscope inspect PATH --json lists the steps)")
+    return UidDescription(uid, uid_text(rollouts, uid), occurrences, estimated)

@@ -475,12 +475,27 @@ def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source:
     )
 
 
-def open_rollouts(path: str | None = None, *, columns: Mapping[str, str] | None = None, **options: Any) -> ParquetRollouts:
-    """Open rollout batches; with no path, the bundled sample. (Other formats plug in here.)"""
+def open_rollouts(
+    path: str | None = None, *, columns: Mapping[str, str] | None = None, format: str | None = None, **options: Any
+) -> Any:
+    """Open rollout batches of any supported format; with no path, the bundled sample.
+
+    Args:
+        path: a file, directory or glob (Parquet also a filesystem URI).
+        columns: explicit ``{role: column}`` overrides.
+        format: ``parquet``, ``trl``, ``verl``, ``nemo-rl``, ``prime-rl``, ``atropos``, ``slime`` or
+            ``skyrl`` (see ``aggscope.readers``); None detects it from the files.
+        options: ``reward_col``, ``advantage`` (grpo, dr_grpo, rloo), ``tokenizer`` (a local folder).
+
+    Returns:
+        An object with ``source``, ``files``, ``columns``, ``layout``, ``steps``, ``notes``,
+        ``has_groups`` and ``iter_steps()``: a ``ParquetRollouts`` for Parquet input.
+    """
+    from aggscope.readers import open_any
     from aggscope.sample import bundled_sample_path
 
-    del options
-    return open_parquet_rollouts(str(path) if path is not None else str(bundled_sample_path()), columns)
+    target = str(path) if path is not None else str(bundled_sample_path())
+    return open_any(target, columns=columns, format=format, **options)
 
 
 def load_steps(path: str | None = None, *, columns: Mapping[str, str] | None = None) -> list[StepBatch]:

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aggscope.advantages import GRPO_EPSILON, outcome_advantages
 from aggscope.writing import atomic_output, list_array
 
 SAMPLE_FILE = "rollouts.parquet"
-GRPO_EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
@@ -41,23 +41,12 @@ def bundled_sample_path() -> Path:
 
 
 def grpo_advantages(rewards: np.ndarray, group_of_row: np.ndarray, epsilon: float = GRPO_EPSILON) -> np.ndarray:
-    """GRPO outcome advantages per row: ``(r - mean_g) / (std_g + eps)``, unbiased std.
-
-    Args:
-        rewards: ``[n_rows]`` rewards.
-        group_of_row: ``[n_rows]`` group codes ``0..n_groups-1``.
+    """GRPO outcome advantages per row, ``(r - mean_g) / (std_g + eps)`` with the unbiased std.
 
     A zero-variance group gets 0; a group of one gets its raw reward (mean 0, std 1, as verl).
+    The estimators live in ``aggscope.advantages``; this is its ``grpo``.
     """
-    n_groups = int(group_of_row.max()) + 1 if group_of_row.size else 0
-    count = np.bincount(group_of_row, minlength=n_groups).astype(np.float64)  # [n_groups]
-    mean = np.bincount(group_of_row, weights=rewards, minlength=n_groups) / np.maximum(count, 1)
-    centred = rewards - mean[group_of_row]  # [n_rows]
-    squares = np.bincount(group_of_row, weights=centred * centred, minlength=n_groups)
-    std = np.sqrt(squares / np.maximum(count - 1, 1))  # unbiased
-    single = count[group_of_row] == 1
-    advantages = np.where(single, rewards, centred / (std[group_of_row] + epsilon))
-    return np.where(~single & (std[group_of_row] == 0), 0.0, advantages)
+    return outcome_advantages(rewards, group_of_row, "grpo", epsilon)
 
 
 def generate_step(config: SampleConfig, step: int) -> pa.Table:

@@ -7,6 +7,7 @@ imports none of torch, pandas, matplotlib or pyarrow (commands import the librar
 from aggscope.cli import (  # noqa: F401  (registers the commands)
     check_cmd,
     compare_cmd,
+    convert_cmd,
     inspect_cmd,
     plot_cmd,
     report_cmd,

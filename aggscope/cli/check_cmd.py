@@ -84,6 +84,8 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
         console.print(_zero_grad_table(report))
     for note in report.notes:
         console.print(Text(_wrap(f"note: {note}", console.width, ""), style="dim"))
+    if report.lengths_estimated:
+        console.print("[yellow]token counts are estimated from text: every token count here is an estimate[/yellow]")
     counts = report.counts()
     summary = " · ".join(f"{counts[s]:,} {s}{'s' if counts[s] != 1 else ''}" for s in ("error", "warning", "info"))
     verdict = (

@@ -1,22 +1,40 @@
 """``aggscope inspect``: what the input holds and how its columns were read."""
 
 import json
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Json, input_options
-from aggscope.cli.render import fmt_int, stdout_console, with_progress
+from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
 
 
-@app.command(epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json")
+@app.command(epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json; aggscope inspect 2.jsonl --uid 3f2a9c1b0d4e")
 @input_options
-def inspect(source: InputSpec, json_output: Json = False) -> None:
+def inspect(
+    source: InputSpec,
+    json_output: Json = False,
+    uid: Annotated[
+        Optional[str],
+        typer.Option(
+            "--uid", help="Show the prompt text behind this uid and its rows, rewards and loss tokens.", show_default=False
+        ),
+    ] = None,
+) -> None:
     """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths."""
-    from aggscope.describe import describe
+    from aggscope.describe import describe, describe_uid
 
     rollouts = source.open()
+    if uid is not None:
+        found = describe_uid(rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading"))
+        if json_output:
+            typer.echo(json.dumps(found.to_dict()))
+        else:
+            _print_uid(found)
+        return
     description = describe(rollouts, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading"))
     if json_output:
         typer.echo(json.dumps(description.to_dict()))
@@ -57,4 +75,25 @@ def inspect(source: InputSpec, json_output: Json = False) -> None:
     console.print(steps)
     console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
     if description.lengths_estimated:
+        console.print("[yellow]token counts are estimated from text[/yellow]")
+
+
+def _print_uid(found: Any) -> None:
+    console = stdout_console()
+    rows = sum(len(o.rows) for o in found.occurrences)
+    console.print(f"[bold]uid {escape(found.uid)}[/bold]: {rows:,} rows in {len(found.occurrences)} step(s)")
+    if found.text is None:
+        console.print("[dim]the input holds no prompt text for this uid[/dim]")
+    else:
+        console.print("prompt text:")
+        console.print(found.text, markup=False, highlight=False, soft_wrap=True)
+    table = Table(title="rows", title_justify="left", pad_edge=False)
+    for header in ("step", "row", "reward", "loss tokens"):
+        table.add_column(header, justify="right")
+    for occurrence in found.occurrences:
+        rewards = occurrence.rewards or [None] * len(occurrence.rows)
+        for row, reward, tokens in zip(occurrence.rows, rewards, occurrence.loss_tokens, strict=True):
+            table.add_row(str(occurrence.step), str(row), fmt_float(reward), fmt_int(tokens))
+    console.print(table)
+    if found.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")

@@ -31,16 +31,27 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on s
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Where the rollout batches come from, as given on the command line."""
+    """Where the rollout batches come from and how to read them, as given on the command line."""
 
     path: Optional[str]
     columns: dict[str, str] = field(default_factory=dict)
+    format: Optional[str] = None
+    reward_col: Optional[str] = None
+    advantage: Optional[str] = None
+    tokenizer: Optional[str] = None
 
     def open(self) -> Any:
         """Open the rollouts (imports the loading machinery only now)."""
         from aggscope.loading import open_rollouts
 
-        return open_rollouts(self.path, columns=self.columns)
+        return open_rollouts(
+            self.path,
+            columns=self.columns,
+            format=self.format,
+            reward_col=self.reward_col,
+            advantage=self.advantage,
+            tokenizer=self.tokenizer,
+        )
 
 
 def _param(name: str, annotation: Any, default: Any, kind: Any = inspect.Parameter.KEYWORD_ONLY) -> inspect.Parameter:
@@ -53,7 +64,8 @@ _INPUT_PARAMS = [
         Annotated[
             Optional[Path],
             typer.Argument(
-                help="Parquet file, directory or glob of rollout batches. Default: the bundled sample.",
+                help="Rollout batches: a file, directory or glob (canonical Parquet or a trainer's dump, see --format). "
+                "Default: the bundled sample.",
                 show_default=False,
             ),
         ],
@@ -68,6 +80,60 @@ _INPUT_PARAMS = [
                 "--col",
                 help="Set a column's role, ROLE=NAME (repeatable), e.g. --col uid=prompt_id. "
                 "Roles: uid, uid_text, advantages, loss_mask, reward, response_length, step, sequence.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "format",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--format",
+                help="Input format: parquet, trl, verl, nemo-rl, prime-rl, atropos, slime, skyrl. Default: detected.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "reward_col",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--reward-col",
+                help="Field or column holding the reward, where a dump has several (e.g. a TRL reward function, verl's acc).",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "advantage",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--advantage",
+                help="Rebuild advantages from rewards per prompt group: grpo, dr_grpo or rloo. Default: the dump's own "
+                "advantages, grpo where it has none.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "tokenizer",
+        Annotated[
+            Optional[Path],
+            typer.Option(
+                "--tokenizer",
+                help="Local tokenizer folder to count the tokens of text-only dumps (verl, trl); needs transformers "
+                "(pip install 'aggscope\\[tokenizer]'). Default: estimate from the text.",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
             ),
@@ -163,10 +229,24 @@ def _inject(
     return decorate
 
 
-def _build_input(path: Optional[Path], col: Optional[list[str]]) -> InputSpec:
+def _build_input(
+    path: Optional[Path],
+    col: Optional[list[str]],
+    format: Optional[str],
+    reward_col: Optional[str],
+    advantage: Optional[str],
+    tokenizer: Optional[Path],
+) -> InputSpec:
     from aggscope.columns import parse_column_overrides
 
-    return InputSpec(str(path) if path is not None else None, parse_column_overrides(col or []))
+    return InputSpec(
+        str(path) if path is not None else None,
+        parse_column_overrides(col or []),
+        format=format,
+        reward_col=reward_col,
+        advantage=advantage,
+        tokenizer=str(tokenizer) if tokenizer is not None else None,
+    )
 
 
 def _build_layout(**values: Any) -> Any:

@@ -1,0 +1,42 @@
+"""``aggscope convert``: write any supported input as the canonical Parquet, to analyse it many times."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, Json, input_options
+from aggscope.cli.render import fmt_int, stdout_console, with_progress
+
+
+@app.command(epilog="Example: aggscope convert rollout_data_dir/ -o rollouts.parquet --format verl --advantage grpo")
+@input_options
+def convert(
+    source: InputSpec,
+    *,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The canonical .parquet file to write (whole or not at all).")],
+    json_output: Json = False,
+) -> None:
+    """Convert a trainer's dump (or any input) to the canonical Parquet that every command reads."""
+    import json
+
+    from aggscope.canonical import write_canonical
+
+    rollouts = source.open()
+    summary = write_canonical(rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting"))
+    if json_output:
+        typer.echo(json.dumps(summary.to_dict()))
+        return
+    console = stdout_console()
+    console.print(
+        f"wrote {summary.path}: {fmt_int(summary.steps)} step(s), {fmt_int(summary.sequences)} sequences, "
+        f"{fmt_int(summary.tokens)} tokens ({fmt_int(summary.loss_tokens)} loss tokens)",
+        markup=False,
+    )
+    for note in summary.notes:
+        console.print(f"note: {note}", markup=False, style="dim")
+    if summary.lengths_estimated:
+        console.print(
+            "[yellow]token counts are estimated from text; the file records it, so every command reading it says so[/yellow]"
+        )
