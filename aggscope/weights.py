@@ -41,18 +41,26 @@ class StepWeights:
     split: Split
     row_weight: torch.Tensor
 
-    def token_weights(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[n_tokens]`` weight of every token, 0 on masked tokens."""
-        batch = self.batch
-        per_token = expand_to_tokens(self.row_weight.to(dtype), batch.offsets, batch.n_tokens)  # [n_tokens]
-        return per_token.masked_fill_(~batch.loss_mask, 0.0)
+    def token_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` weight of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, _ = self._per_token(dtype, rows)
+        return per_token.masked_fill_(~mask, 0.0)
 
-    def grad_weights(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens."""
+    def grad_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, advantages = self._per_token(dtype, rows)
+        per_token.mul_(advantages.to(dtype))
+        return per_token.masked_fill_(~mask, 0.0)
+
+    def _per_token(self, dtype: torch.dtype, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's weight repeated over its tokens, with the mask and advantages of those tokens."""
         batch = self.batch
-        per_token = expand_to_tokens(self.row_weight.to(dtype), batch.offsets, batch.n_tokens)  # [n_tokens]
-        per_token.mul_(batch.advantages.to(dtype))
-        return per_token.masked_fill_(~batch.loss_mask, 0.0)
+        first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
+        offsets = batch.offsets[first : last + 1]  # [rows + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        weight = self.row_weight[first:last].to(dtype)  # [rows]
+        per_token = expand_to_tokens(weight, offsets - start, stop - start)  # [tokens of rows]
+        return per_token, batch.loss_mask[start:stop], batch.advantages[start:stop]
 
     def summary(self) -> ModeSummary:
         return summarize(self.batch.stats, self.row_weight)
@@ -344,4 +352,6 @@ def run_weights(
             accumulator.add(analysis)
             if writer is not None:
                 writer.write(analysis)
+            # Drop this step before the next one is read, so that only one step is ever held.
+            del batch, analysis
     return accumulator.report()
