@@ -524,7 +524,9 @@ def _rewards(table: pa.Table, columns: Mapping[str, str], where: _RowLocator) ->
     return torch.from_numpy(_floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64))
 
 
-def _decode_wide_tokens(table: pa.Table, columns: Mapping[str, str], where: _RowLocator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_wide_tokens(
+    table: pa.Table, columns: Mapping[str, str], where: _RowLocator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tokens of some rows of the wide layout: ``(advantages, mask bool, offsets)`` of the rows."""
     adv_name = columns["advantages"]
     adv_array = _column(table, adv_name)

@@ -7,6 +7,8 @@ Every function here is vectorised: no Python loop over segments or tokens.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -65,7 +67,7 @@ def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, in
     targets = np.arange(chunk_tokens, int(offsets[-1]), chunk_tokens)
     cuts = np.searchsorted(offsets, targets, side="left")  # first segment starting at or after each target
     bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n_seqs), [n_seqs]]))
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def expand_to_tokens(per_segment: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:

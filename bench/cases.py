@@ -217,7 +217,7 @@ def main(argv: list[str]) -> None:
     case, path, out_dir = argv[0], argv[1], argv[2] if len(argv) > 2 else "."
     # Import what every case imports before measuring the resident baseline (read_table imports
     # pyarrow.dataset on its first call: that is start-up, not reading).
-    import pyarrow.dataset  # noqa: F401
+    import pyarrow.dataset
     import pyarrow.parquet  # noqa: F401
 
     if case not in ("read", "read_write"):

@@ -45,7 +45,9 @@ def data_file(data_dir: Path, tokens: int, seed: int) -> Path:
         partial = path.with_suffix(".partial")
         write_synthetic(partial, SynthConfig(tokens=tokens, seed=seed))
         partial.rename(path)
-        print(f"  generated {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"  generated {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s", flush=True
+        )
     return path
 
 
