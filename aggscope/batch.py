@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aggscope.errors import AggscopeError
-from aggscope.segments import segment_chunks, segment_sum, segment_sum_numpy
+from aggscope.segments import segment_chunks, segment_count_numpy, segment_sum, segment_sum_numpy
 
 
 @dataclass(frozen=True)
@@ -291,19 +291,25 @@ def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offse
         rows = slice(first, last)
         a, m = adv[start:stop], mask[start:stop]  # [chunk]
         local = offs[first : last + 1] - start  # [rows + 1]
-        all_loss = bool(m.all())
-        finite = np.isfinite(a)  # [chunk]
-        all_finite = bool(finite.all())
-        if not all_loss:
-            loss_tokens[rows] = segment_sum_numpy(m, local, np.int64)
-            masked_nonzero[rows] = segment_sum_numpy(~m & (a != 0), local, np.int64)
-        if not all_finite:
-            nonfinite[rows] = segment_sum_numpy(m & ~finite, local, np.int64)
-        # Sums run over loss tokens whose advantage is finite: the others count as 0.
-        trained = a.astype(np.float64) if all_loss and all_finite else np.where(m & finite, a, a.dtype.type(0)).astype(np.float64)
-        adv_sum[rows] = segment_sum_numpy(trained, local, np.float64)
+        masked = ~m  # [chunk]
+        nonzero = a != 0  # [chunk]
+        loss_tokens[rows] = np.diff(local) - segment_count_numpy(masked, local)
+        masked_nonzero[rows] = segment_count_numpy(nonzero & masked, local)
+        zero_adv[rows] = segment_count_numpy(m & ~nonzero, local)
+        # Sums run over loss tokens whose advantage is finite; every other token counts as +0.0
+        # (as np.where(m & finite, a, 0) gives it; copyto is the cheaper way to say that).
+        trained = a.astype(np.float64)  # [chunk]
+        np.copyto(trained, 0.0, where=masked)
+        sums = segment_sum_numpy(trained, local, np.float64)
+        if not np.isfinite(sums).all():
+            # A sum is finite when all its loss tokens are (float32 values summed in float64
+            # cannot overflow), so only a chunk with a non-finite sum looks at each token.
+            nonfinite_loss = m & ~np.isfinite(a)  # [chunk]
+            nonfinite[rows] = segment_count_numpy(nonfinite_loss, local)
+            np.copyto(trained, 0.0, where=nonfinite_loss)
+            sums = segment_sum_numpy(trained, local, np.float64)
+        adv_sum[rows] = sums
         adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
-        zero_adv[rows] = segment_sum_numpy(m & (a == 0), local, np.int64)
     return SequenceStats(
         lengths=offsets[1:] - offsets[:-1],
         loss_tokens=torch.from_numpy(loss_tokens),

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -191,7 +191,7 @@ class ParquetRollouts:
         return _decode_long(table, self.columns, step, self._step_source, where)
 
 
-READ_BATCH_TOKENS = 1 << 21  # tokens decoded per batch: ~10 MB of a float32 and an int8 column
+READ_BATCH_TOKENS = 1 << 20  # tokens decoded per batch: ~5 MB of a float32 and an int8 column
 
 
 def _rows_per_batch(row_group: Any, token_columns: list[str], parquet: pq.ParquetFile) -> int:
@@ -461,14 +461,25 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: _RowLo
     if pa.types.is_boolean(values.type):
         return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
     raw = values.to_numpy(zero_copy_only=False)
+    if raw.dtype.kind in "iu":
+        # Seen as unsigned, a 0/1 mask has a maximum of at most 1 (negatives turn huge): one
+        # pass without temporaries; a one-byte 0/1 mask then already is a valid bool array.
+        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
+        if unsigned.size and unsigned.max() > 1:
+            _bad_mask_value(raw, (raw != 0) & (raw != 1), offsets, name, where)
+        return raw.view(bool) if raw.dtype.itemsize == 1 else raw != 0
     bad = (raw != 0) & (raw != 1)
     if bad.any():
-        token = int(np.flatnonzero(bad)[0])
-        row = int(np.searchsorted(offsets, token, side="right") - 1)
-        raise AggscopeError(
-            f"{where(row)}: column {name!r} holds {raw[token]!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
-        )
+        _bad_mask_value(raw, bad, offsets, name, where)
     return raw != 0
+
+
+def _bad_mask_value(raw: np.ndarray, bad: np.ndarray, offsets: np.ndarray, name: str, where: _RowLocator) -> NoReturn:
+    token = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(offsets, token, side="right") - 1)
+    raise AggscopeError(
+        f"{where(row)}: column {name!r} holds {raw[token]!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
+    )
 
 
 def _group_ids(

@@ -55,6 +55,27 @@ def segment_sum_numpy(values: np.ndarray, offsets: np.ndarray, np_dtype: type[np
     return out
 
 
+def segment_count_numpy(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Number of True ``flags`` in each segment: ``[n_tokens] bool -> [n_seqs] int64``.
+
+    Most flags counted here (masked tokens, non-finite or masked non-zero advantages) are rare,
+    so the count first looks at how many there are (a fast pass with no temporaries): none or
+    all need no segment sums, a few are located and binned by their segment's offsets.
+    """
+    hits = int(np.count_nonzero(flags))
+    if hits == 0:
+        return np.zeros(offsets.size - 1, dtype=np.int64)
+    if hits == flags.size:
+        return np.diff(offsets).astype(np.int64, copy=False)
+    if hits <= flags.size // 32:
+        positions = np.flatnonzero(flags)  # [hits]
+        return np.diff(np.searchsorted(positions, offsets)).astype(np.int64, copy=False)
+    # Summing the flags as int8 into int32 is about twice as fast as bool into int64; only an
+    # input of 2**31 tokens or more could overflow int32, and it takes int64.
+    accumulate = np.int32 if flags.size < 2**31 else np.int64
+    return segment_sum_numpy(flags.view(np.int8), offsets, accumulate).astype(np.int64, copy=False)
+
+
 def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
     """Cut segments into consecutive runs ``[first, last)`` of about ``chunk_tokens`` tokens each.
 
@@ -73,6 +94,9 @@ def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, in
 def expand_to_tokens(per_segment: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:
     """Repeat each segment's value over its tokens: ``[n_seqs] -> [n_tokens]``."""
     lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
+    if per_segment.device.type == "cpu" and per_segment.dtype != torch.bfloat16 and not per_segment.requires_grad:
+        # numpy's repeat is about 30x faster than torch.repeat_interleave on the CPU.
+        return torch.from_numpy(np.repeat(per_segment.numpy(), lengths.numpy()))
     return torch.repeat_interleave(per_segment, lengths, output_size=n_tokens)
 
 
