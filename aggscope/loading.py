@@ -478,7 +478,7 @@ def _bad_mask_value(raw: np.ndarray, bad: np.ndarray, offsets: np.ndarray, name:
     token = int(np.flatnonzero(bad)[0])
     row = int(np.searchsorted(offsets, token, side="right") - 1)
     raise AggscopeError(
-        f"{where(row)}: column {name!r} holds {raw[token]!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
+        f"{where(row)}: column {name!r} holds {raw[token].item()!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
     )
 
 

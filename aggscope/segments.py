@@ -51,7 +51,8 @@ def segment_sum_numpy(values: np.ndarray, offsets: np.ndarray, np_dtype: type[np
         # Converting first gives the same sums bit for bit and is several times faster than
         # letting reduceat convert (it then goes through its buffered casting loop).
         values = values.astype(np_dtype)
-    out[nonempty] = np.add.reduceat(values, starts[nonempty], dtype=np_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf advantages are data here
+        out[nonempty] = np.add.reduceat(values, starts[nonempty], dtype=np_dtype)
     return out
 
 
