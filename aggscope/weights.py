@@ -8,9 +8,10 @@ caller asks for per-token output.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from aggscope.batch import SequenceStats, StepBatch
+from aggscope.engines import Engine, SteppedRollouts
+from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split, split_step
 from aggscope.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_modes
 from aggscope.segments import expand_to_tokens
@@ -272,6 +275,32 @@ def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> Ste
     return StepAnalysis(batch, split, weights, summary)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What the all-steps total needs from one step: its summary and per-sequence data (no tokens).
+
+    Small enough to send back from a Ray task; ``row_weights`` holds each mode's ``[n_seqs]``
+    float64 weights and ``stats`` the step's ``SequenceStats``, both on the CPU.
+    """
+
+    summary: StepSummary
+    stats: SequenceStats
+    row_weights: dict[str, torch.Tensor]
+    has_groups: bool
+    lengths_estimated: bool
+
+    @classmethod
+    def of(cls, analysis: StepAnalysis) -> StepResult:
+        batch = analysis.batch
+        row_weights = {name: result.row_weight.cpu() for name, result in analysis.weights.items()}
+        return cls(analysis.summary, _to_cpu(batch.stats), row_weights, batch.has_groups, batch.lengths_estimated)
+
+
+def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
+    """The per-step work of ``aggscope weights`` (what an engine runs for each step)."""
+    return StepResult.of(analyse_step(batch, modes, layout))
+
+
 @dataclass
 class WeightsAccumulator:
     """Collects per-step summaries and the per-sequence data the all-steps total needs.
@@ -288,13 +317,15 @@ class WeightsAccumulator:
     lengths_estimated: bool = False
 
     def add(self, analysis: StepAnalysis) -> None:
-        batch = analysis.batch
-        self.steps.append(analysis.summary)
-        self._stats.append(_to_cpu(batch.stats))
-        for name, result in analysis.weights.items():
-            self._row_weights.setdefault(name, []).append(result.row_weight.cpu())
-        self._any_groups = self._any_groups or batch.has_groups
-        self.lengths_estimated = self.lengths_estimated or batch.lengths_estimated
+        self.add_result(StepResult.of(analysis))
+
+    def add_result(self, result: StepResult) -> None:
+        self.steps.append(result.summary)
+        self._stats.append(result.stats)
+        for name, row_weight in result.row_weights.items():
+            self._row_weights.setdefault(name, []).append(row_weight)
+        self._any_groups = self._any_groups or result.has_groups
+        self.lengths_estimated = self.lengths_estimated or result.lengths_estimated
 
     def report(self) -> WeightsReport:
         stats = _concat_stats(self._stats)
@@ -354,4 +385,34 @@ def run_weights(
                 writer.write(analysis)
             # Drop this step before the next one is read, so that only one step is ever held.
             del batch, analysis
+    return accumulator.report()
+
+
+def run_weights_on(
+    engine: Engine,
+    rollouts: SteppedRollouts,
+    modes: Sequence[Mode],
+    layout: Layout,
+    out: str | os.PathLike[str] | None = None,
+    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
+) -> WeightsReport:
+    """``run_weights`` with the per-step work on an engine (one Ray task per step, say).
+
+    The steps' results are merged in step order, so the report equals the local engine's.
+    Per-token output (``out``) is written by the local engine only.
+
+    Args:
+        engine: where the steps run (``aggscope.engines.open_engine``).
+        rollouts: the opened input (``open_rollouts``).
+        out: optional ``.parquet`` file for per-token weights (local engine).
+        progress: optional wrapper of the steps or results as they come (a progress bar).
+    """
+    wrap = progress or (lambda items: items)
+    if engine.name == "local":
+        return run_weights(wrap(rollouts.iter_steps()), modes, layout, out=out)
+    if out is not None:
+        raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
+    accumulator = WeightsAccumulator(layout, list(modes))
+    for result in wrap(engine.map_steps(rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout))):
+        accumulator.add_result(result)
     return accumulator.report()

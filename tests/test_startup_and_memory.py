@@ -37,7 +37,9 @@ def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
 def _peak_rss_of(command: list[str], stdout: Path) -> int:
     """Run a command to completion and return its peak resident memory in bytes."""
     with stdout.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         _, status, usage = os.wait4(process.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read() if process.stderr else ""
     return usage.ru_maxrss * 1024

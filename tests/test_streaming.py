@@ -3,6 +3,7 @@ as one-piece computations, however the input is cut into files, row groups and b
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def test_chunked_stats_match_a_plain_loop(data: tuple[np.ndarray, np.ndarray, np
 
 @settings(max_examples=40, deadline=None)
 @given(ragged_batches(), st.integers(1, 50))
-def test_chunked_stats_equal_the_one_piece_reduction_bit_for_bit(data: tuple[np.ndarray, np.ndarray, np.ndarray], chunk: int) -> None:
+def test_chunked_stats_equal_the_one_piece_reduction_bit_for_bit(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], chunk: int
+) -> None:
     """The chunked CPU path and the one-piece torch path (the GPU code) agree exactly."""
     adv, mask, offsets = data
     args = (torch.from_numpy(adv), torch.from_numpy(mask), torch.from_numpy(offsets))
@@ -135,7 +138,7 @@ def test_segment_count_matches_a_loop_at_any_density(density: float) -> None:
     rng = np.random.default_rng(7)
     offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 300, 200))])
     flags = rng.random(int(offsets[-1])) < density
-    expected = [int(flags[a:b].sum()) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    expected = [int(flags[a:b].sum()) for a, b in itertools.pairwise(offsets)]
     assert segment_count_numpy(flags, offsets).tolist() == expected
 
 
@@ -177,7 +180,9 @@ def write_split(table: pa.Table, directory: Path, files: int, row_group_size: in
     directory.mkdir()
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     for i in range(files):
-        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), directory / f"part{i:02d}.parquet", row_group_size=row_group_size)
+        pq.write_table(
+            table.slice(bounds[i], bounds[i + 1] - bounds[i]), directory / f"part{i:02d}.parquet", row_group_size=row_group_size
+        )
     return directory
 
 
