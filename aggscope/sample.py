@@ -91,10 +91,23 @@ def generate_step(config: SampleConfig, step: int) -> pa.Table:
     # verl multiplies the broadcast advantage by the response mask, so tool tokens carry 0.
     advantages = np.repeat(advantages_per_row, lengths).astype(np.float32) * loss_mask
     uids = [f"{value:08x}" for value in rng.integers(0, 2**32, size=config.prompts)]
+    return step_table(step, [uids[g] for g in group_of_row], rewards, lengths, advantages, loss_mask, offsets)
+
+
+def step_table(
+    step: int,
+    uids: list[str],
+    rewards: np.ndarray,
+    lengths: np.ndarray,
+    advantages: np.ndarray,
+    loss_mask: np.ndarray,
+    offsets: np.ndarray,
+) -> pa.Table:
+    """The canonical table of one step from per-row ``[n_rows]`` and flat per-token ``[n_tokens]`` arrays."""
     return pa.table(
         {
-            "step": pa.array(np.full(n_rows, step, dtype=np.int64)),
-            "uid": pa.array([uids[g] for g in group_of_row], type=pa.string()),
+            "step": pa.array(np.full(len(uids), step, dtype=np.int64)),
+            "uid": pa.array(uids, type=pa.string()),
             "reward": pa.array(rewards),
             "response_length": pa.array(lengths.astype(np.int32)),
             "advantages": list_array(advantages.astype(np.float32), offsets),

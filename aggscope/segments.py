@@ -24,9 +24,14 @@ def segment_sum(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype 
     Returns:
         ``[n_seqs]`` tensor of ``dtype`` on the device of ``values``; empty segments sum to 0.
     """
-    n_seqs = offsets.numel() - 1
     if values.device.type == "cpu":
         return torch.from_numpy(_segment_sum_numpy(values.numpy(), offsets.numpy(), dtype))
+    return _segment_sum_torch(values, offsets, dtype)
+
+
+def _segment_sum_torch(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The same in torch on any device (used for GPU tensors, so results stay on the device)."""
+    n_seqs = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
     segment_of_token = torch.repeat_interleave(torch.arange(n_seqs, device=values.device), lengths)  # [n_tokens]
     out = torch.zeros(n_seqs, dtype=dtype, device=values.device)

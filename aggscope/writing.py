@@ -42,3 +42,11 @@ def list_array(values: np.ndarray | pa.Array, offsets: np.ndarray) -> pa.Array:
     if offsets.size and int(offsets[-1]) >= 2**31 - 1:
         return pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)), flat)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
+
+
+def refuse_to_overwrite_inputs(output: str | os.PathLike[str], inputs: list[str]) -> None:
+    """Raise when an output path is one of the input files: input files are never modified."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if "://" not in source and Path(source).resolve() == target:
+            raise AggscopeError(f"{output}: is one of the input files; choose another output name")

@@ -4,7 +4,7 @@ Each command lives in its own module and registers itself on ``app``; importing 
 imports none of torch, pandas, matplotlib or pyarrow (commands import the library when they run).
 """
 
-from aggscope.cli import inspect_cmd, sample_cmd, weights_cmd  # noqa: F401  (registers the commands)
+from aggscope.cli import check_cmd, inspect_cmd, sample_cmd, weights_cmd  # noqa: F401  (registers the commands)
 from aggscope.cli.app import app
 
 

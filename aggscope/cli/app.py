@@ -48,6 +48,12 @@ class _Group(TyperGroup):
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)
+        except OSError as exc:
+            # The file system said no (permissions, a full disk, a file where a folder should be):
+            # a problem with the paths given, reported like any other bad input.
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(_PREFIX + _one_line(where + (exc.strerror or str(exc))), err=True)
+            sys.exit(2)
 
 
 app = typer.Typer(

@@ -40,8 +40,11 @@ def weights(
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
     from aggscope.weights import run_weights_on, select_modes
+    from aggscope.writing import refuse_to_overwrite_inputs
 
     rollouts = source.open()
+    if out is not None:
+        refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_weights_on(
         engine, rollouts, modes, layout, out=out, progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights")

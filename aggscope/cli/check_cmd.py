@@ -1,0 +1,181 @@
+"""``aggscope check``: prompt groups cut by the split, silent zero-advantage rows, tokens without gradient."""
+
+import json
+import re
+import textwrap
+from collections import defaultdict
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from aggscope.cli.app import app
+from aggscope.cli.options import InputSpec, Json, Modes, input_options, layout_options
+from aggscope.cli.render import WIDTH, fmt_int, stdout_console, with_progress
+
+SHOWN_PER_CODE = 3
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+ADDED_CAUSES = ("zero_weight", "nonfinite_weight")
+
+
+@app.command(
+    epilog="Example: aggscope check sample_data/faulty.parquet --mini-batch-size 10 --fail-on warning "
+    "(exit 0: nothing at or above --fail-on; 1: something is; 2: bad usage or input)"
+)
+@input_options
+@layout_options
+def check(
+    source: InputSpec,
+    layout: Any,
+    mode: Modes = None,
+    json_output: Json = False,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            "--fail-on", help="Exit with code 1 when a finding is at or above this severity: error, warning, info or never."
+        ),
+    ] = "error",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="List every finding with its message and all its rows.")
+    ] = False,
+) -> None:
+    """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
+    from aggscope.checks import parse_fail_on, run_checks
+    from aggscope.weights import select_modes
+
+    threshold = parse_fail_on(fail_on)
+    rollouts = source.open()
+    modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
+    report = run_checks(with_progress(rollouts.iter_steps(), len(rollouts.steps), "checking"), modes, layout)
+    if json_output:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        _render(report, rollouts.source, len(rollouts.steps), threshold, verbose)
+    if report.fails(threshold):
+        raise typer.Exit(1)
+
+
+def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool) -> None:
+    from aggscope.checks import layout_flags
+
+    console = stdout_console()
+    console.print(
+        Text(
+            f"{source} · {n_steps:,} step{'s' * (n_steps != 1)} · {report.sequences:,} sequences · "
+            f"{report.loss_tokens:,} loss tokens",
+            style="bold",
+        )
+    )
+    flags = layout_flags(report.layout) or "one mini-batch per step, one rank"
+    console.print(Text(_wrap(f"layout: {flags} · modes: {', '.join(report.modes)}", console.width, ""), style="dim"))
+    console.print()
+    _render_findings(console, report, verbose)
+    if report.worst_step is not None:
+        from aggscope.lanes import split_picture
+
+        console.print(Text("split of the step with the worst findings", style="bold"))
+        for line in split_picture(report.worst_step, min(console.width, WIDTH)):
+            console.print(_lane_text(line), no_wrap=True, crop=True)
+        console.print()
+    if report.modes:
+        console.print(Text(f"loss tokens without gradient (w x A is 0 or not finite), of {report.loss_tokens:,}", style="bold"))
+        console.print(_zero_grad_table(report))
+    for note in report.notes:
+        console.print(Text(_wrap(f"note: {note}", console.width, ""), style="dim"))
+    counts = report.counts()
+    summary = " · ".join(f"{counts[s]:,} {s}{'s' if counts[s] != 1 else ''}" for s in ("error", "warning", "info"))
+    verdict = (
+        "[bold red]fails[/bold red]"
+        if report.fails(threshold)
+        else "[green]passes[/green]"
+        if threshold != "never"
+        else "[dim]not gated[/dim]"
+    )
+    console.print(f"{summary} — {verdict} --fail-on {threshold}")
+
+
+def _render_findings(console: Console, report: Any, verbose: bool) -> None:
+    from aggscope.checks import format_rows, plural
+
+    if not report.findings:
+        console.print(Text("no findings", style="green"))
+        console.print()
+        return
+    by_code: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for finding in report.findings:  # already worst first
+        by_code[(finding.severity, finding.code)].append(finding)
+    for (severity, code), findings in by_code.items():
+        rows = sum(len(f.rows) for f in findings)
+        tokens = sum(f.tokens for f in findings)
+        header = Text()
+        header.append(f"{severity.upper():<8}", style=STYLE[severity])
+        header.append(code, style="bold")
+        header.append(f"  {plural(len(findings), 'finding')} · {plural(rows, 'row')} · {plural(tokens, 'token')}", style="dim")
+        console.print(header)
+        shown = findings if verbose else findings[:SHOWN_PER_CODE]
+        for index, finding in enumerate(shown):
+            where = f"step {finding.step}" + (f" · prompt {finding.uid}" if finding.uid is not None else "")
+            row_text = format_rows(finding.rows, None if verbose else 4)
+            noun = "row" if len(finding.rows) == 1 else "rows"
+            console.print(Text(f"  {where} · {noun} {row_text} · {plural(finding.tokens, 'token')}"))
+            if verbose or index == 0:
+                console.print(Text(_wrap(finding.message, console.width, "    "), style="dim"))
+        hidden = len(findings) - len(shown)
+        if hidden:
+            console.print(Text(f"  … {hidden:,} more (--verbose lists every finding)", style="dim"))
+        console.print()
+
+
+_UPPER = re.compile(r"[A-Z^]")
+
+
+def _lane_text(line: str) -> Text:
+    """A line of the split picture, with cut prompts and no-gradient marks highlighted inside the lane."""
+    text = Text(line)
+    if line.count("│") == 2:
+        begin, end = line.index("│"), line.rindex("│")
+        for match in _UPPER.finditer(line, begin, end):
+            text.stylize("bold red", match.start(), match.end())
+    return text
+
+
+def _zero_grad_table(report: Any) -> Table:
+    from aggscope.checks import ZERO_GRAD_CAUSES
+
+    total = report.loss_tokens
+    # Modes with the same accounting share a column (every canonical mode gives each loss token a
+    # positive weight, so they usually all agree).
+    columns: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for mode, causes in report.zero_grad.items():
+        columns[tuple(causes[c] for c in ZERO_GRAD_CAUSES)].append(mode)
+    shown_causes = [
+        (index, cause)
+        for index, cause in enumerate(ZERO_GRAD_CAUSES)
+        if cause not in ADDED_CAUSES or any(counts[index] for counts in columns)
+    ]
+    table = Table(pad_edge=False)
+    table.add_column("cause", no_wrap=True)
+    for modes in columns.values():
+        header = f"every mode ({len(modes)})" if len(columns) == 1 else "\n".join(modes)
+        table.add_column(header, justify="right", no_wrap=True)
+    for index, cause in shown_causes:
+        table.add_row(cause, *(_share(counts[index], total) for counts in columns))
+    table.add_section()
+    table.add_row("total", *(_share(sum(counts), total) for counts in columns), style="bold")
+    return table
+
+
+def _share(tokens: int, total: int) -> str:
+    if not total:
+        share = "-"
+    elif 0 < tokens < 0.001 * total:
+        share = "<0.1%"
+    else:
+        share = f"{tokens / total:.1%}"
+    return f"{fmt_int(tokens)}  {share:>6}"
+
+
+def _wrap(text: str, width: int, indent: str) -> str:
+    return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
