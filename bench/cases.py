@@ -109,7 +109,7 @@ def case_check(path: str, out_dir: str) -> dict[str, Any]:
     from aggscope.loading import open_rollouts
 
     start = time.perf_counter()
-    result = checks.run_checks(open_rollouts(path), Layout())
+    result = checks.run_checks(open_rollouts(path).iter_steps(), None, Layout())
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "findings": len(getattr(result, "findings", []))}
 

@@ -194,3 +194,16 @@ def test_a_missing_s3_prefix_is_one_line(s3_server: str) -> None:
     result = CliRunner().invoke(app, ["weights", f"s3://runs/nothing-here?endpoint_override={s3_server}&scheme=http"])
     assert result.exit_code == 2
     assert "s3://runs/nothing-here" in result.output and "no such file or directory" in result.output
+
+
+def test_check_on_ray_equals_local(ray_cluster: Any) -> None:
+    """Findings, counts and the split picture of `check` are the same from Ray tasks."""
+    faulty = str(REPO / "sample_data" / "faulty.parquet")
+    runner = CliRunner()
+    args = ["check", faulty, "--mini-batch-size", "10", "--json", "--fail-on", "never"]
+    local = runner.invoke(app, args)
+    distributed = runner.invoke(app, [*args, "--engine", "ray"])
+    assert local.exit_code == 0 and distributed.exit_code == 0, distributed.output
+    report = json.loads(distributed.stdout)
+    assert report == json.loads(local.stdout)
+    assert report["findings"], "the faulty sample should give findings to compare"
