@@ -99,16 +99,8 @@ class ParquetRollouts:
         where = _RowLocator(self._paths, np.concatenate(origins))
         advantages, mask, offsets = tokens.finish()
         group_ids, labels = _group_ids(rows, self.columns, where)
-        return StepBatch(
-            step=step,
-            advantages=_tensor(advantages),
-            loss_mask=_tensor(mask),
-            offsets=_tensor(offsets),
-            group_ids=group_ids,
-            uid_labels=labels,
-            rewards=_rewards(rows, self.columns, where),
-            source=self._step_source,
-        )
+        rewards = _rewards(rows, self.columns, where)
+        return _step_batch(step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards)
 
     # ---- reading internals ---------------------------------------------------------------------
     @property
@@ -616,16 +608,22 @@ def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source:
             token = int(np.flatnonzero(differs)[0])
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
         group_ids = torch.from_numpy(sequence_uid.copy())
-    return StepBatch(
-        step=step,
-        advantages=_tensor(advantages),
-        loss_mask=_tensor(mask),
-        offsets=_tensor(offsets),
-        group_ids=group_ids,
-        uid_labels=labels,
-        rewards=_rewards(per_sequence, columns, first_where),
-        source=source,
-    )
+    rewards = _rewards(per_sequence, columns, first_where)
+    return _step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards)
+
+
+def _step_batch(
+    step: int,
+    source: str,
+    advantages: np.ndarray,
+    mask: np.ndarray,
+    offsets: np.ndarray,
+    group_ids: torch.Tensor | None,
+    labels: tuple[str, ...] | None,
+    rewards: torch.Tensor | None,
+) -> StepBatch:
+    """The batch of decoded arrays (tensors share their memory)."""
+    return StepBatch(step, _tensor(advantages), _tensor(mask), _tensor(offsets), group_ids, labels, rewards, source)
 
 
 def open_rollouts(path: str | None = None, *, columns: Mapping[str, str] | None = None, **options: Any) -> ParquetRollouts:
