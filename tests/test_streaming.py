@@ -295,3 +295,20 @@ def test_lengths_that_differ_in_a_later_row_group_name_the_row(tmp_path: Path, m
     result = CliRunner().invoke(app, ["weights", str(path)])
     assert result.exit_code == 2, result.output
     assert f"{path}: row 6: 'advantages' has 1 values but 'loss_mask' has 2" in result.output
+
+
+@pytest.mark.parametrize("capacity", [None, 0, 4, 9, 100])
+def test_token_accumulator_joins_batches_whatever_its_capacity(capacity: int | None) -> None:
+    """A wrong metadata bound (too small) or none at all still gives the batches joined in order."""
+    accumulator = loading_module._TokenAccumulator(capacity)
+    parts = [
+        (np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([1, 0, 1], dtype=bool), np.array([0, 1, 3])),
+        (np.array([4.0, 5.0], dtype=np.float32), np.array([1, 1], dtype=bool), np.array([0, 0, 2])),
+        (np.array([6.0, 7.0, 8.0, 9.0], dtype=np.float32), np.array([0, 0, 1, 1], dtype=bool), np.array([0, 4])),
+    ]
+    for adv, mask, offsets in parts:
+        accumulator.add(adv, mask, offsets)
+    advantages, mask, offsets = accumulator.finish()
+    assert advantages.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert mask.tolist() == [True, False, True, True, True, False, False, True, True]
+    assert offsets.tolist() == [0, 1, 3, 3, 5, 9]
