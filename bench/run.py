@@ -39,7 +39,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def data_file(data_dir: Path, tokens: int, seed: int) -> Path:
-    path = data_dir / f"synth_{tokens:.0e}_{seed}.parquet".replace("+", "")
+    path = data_dir / f"synth_{tokens:.2g}_{seed}.parquet".replace("+", "")
     if not path.exists():
         start = time.perf_counter()
         partial = path.with_suffix(".partial")
@@ -129,7 +129,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         for case, result in results.items():
             if "seconds" not in result:
                 reason = result.get("skipped") or result.get("error") or "-"
-                lines.append(f"| {tokens:.0e} | {case} | {reason} | | | | | | |")
+                lines.append(f"| {tokens:.2g} | {case} | {reason} | | | | | | |")
                 continue
             seconds = result["seconds"]
             working = result["peak_rss"] - result["base_rss"]
@@ -140,10 +140,10 @@ def render(rows: list[dict[str, Any]]) -> str:
             if case in REFERENCES and "agrees" in result:
                 faster += "" if result["agrees"] else " (DISAGREES)"
             lines.append(
-                f"| {tokens:.0e} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
+                f"| {tokens:.2g} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
                 f"{mib(working)} | {working / decoded:.2f} | {vs_read} | {faster} |"
                 if decoded
-                else f"| {tokens:.0e} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
+                else f"| {tokens:.2g} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
                 f"{mib(working)} | - | {vs_read} | {faster} |"
             )
     return "\n".join(lines)
@@ -166,7 +166,7 @@ def main() -> None:
     process_sizes = parse_sizes(args.process_sizes)
     rows = []
     for tokens in sizes:
-        print(f"{tokens:.0e} tokens", flush=True)
+        print(f"{tokens:.2g} tokens", flush=True)
         path = data_file(args.data_dir, tokens, args.seed)
         runs: dict[str, list[dict[str, Any]]] = {}
         with tempfile.TemporaryDirectory(dir=args.data_dir) as work:
@@ -193,8 +193,8 @@ def main() -> None:
     processes = {}
     for tokens in process_sizes:
         path = data_file(args.data_dir, tokens, args.seed)
-        processes[f"{tokens:.0e}"] = whole_process(path, args.repeat)
-        print(f"whole process at {tokens:.0e} tokens: {processes[f'{tokens:.0e}']}", flush=True)
+        processes[f"{tokens:.2g}"] = whole_process(path, args.repeat)
+        print(f"whole process at {tokens:.2g} tokens: {processes[f'{tokens:.2g}']}", flush=True)
 
     print()
     print(render(rows))
