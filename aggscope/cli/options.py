@@ -145,7 +145,7 @@ _ENGINE_PARAMS = [
             str,
             typer.Option(
                 help="local (this process, one step at a time) or ray (one Ray task per step, reading the files on the "
-                "workers; needs pip install 'aggscope[ray]').",
+                "workers; needs pip install 'aggscope\\[ray]').",
                 rich_help_panel=ENGINE_PANEL,
             ),
         ],
