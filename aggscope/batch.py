@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aggscope.errors import AggscopeError
-from aggscope.segments import segment_sum
+from aggscope.segments import segment_chunks, segment_count_numpy, segment_sum, segment_sum_numpy
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,74 @@ def factorize_uids(
     return codes, tuple(str(v) for v in encoded.dictionary.to_pylist())
 
 
+STATS_CHUNK_TOKENS = 1 << 20  # tokens per chunk of the per-sequence reductions (CPU)
+
+
 def _sequence_stats(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    if advantages.device.type == "cpu":
+        return _sequence_stats_cpu(advantages, loss_mask, offsets)
+    return _sequence_stats_tensor(advantages, loss_mask, offsets)
+
+
+def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    """The per-sequence reductions in chunks of whole sequences, with numpy.
+
+    Working on about ``STATS_CHUNK_TOKENS`` tokens at a time keeps every temporary (the finite
+    flags, the float64 copy of the advantages, the comparison masks) a few MB and in the CPU
+    caches instead of several full-size arrays: memory stays near the batch's own size and the
+    passes over the data run at cache speed. Each sequence is reduced exactly as in one piece,
+    so the sums are the same bit for bit.
+    """
+    if advantages.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+        advantages = advantages.to(torch.float32)
+    adv = advantages.numpy()  # [n_tokens]
+    mask = loss_mask.numpy()  # [n_tokens] bool
+    offs = offsets.numpy()  # [n_seqs + 1]
+    n_seqs = offs.size - 1
+    lengths = offs[1:] - offs[:-1]  # [n_seqs]
+    loss_tokens = lengths.copy()
+    adv_sum = np.zeros(n_seqs, dtype=np.float64)
+    adv_abs_sum = np.zeros(n_seqs, dtype=np.float64)
+    zero_adv = np.zeros(n_seqs, dtype=np.int64)
+    nonfinite = np.zeros(n_seqs, dtype=np.int64)
+    masked_nonzero = np.zeros(n_seqs, dtype=np.int64)
+    for first, last in segment_chunks(offs, STATS_CHUNK_TOKENS):
+        start, stop = int(offs[first]), int(offs[last])
+        rows = slice(first, last)
+        a, m = adv[start:stop], mask[start:stop]  # [chunk]
+        local = offs[first : last + 1] - start  # [rows + 1]
+        masked = ~m  # [chunk]
+        nonzero = a != 0  # [chunk]
+        loss_tokens[rows] = np.diff(local) - segment_count_numpy(masked, local)
+        masked_nonzero[rows] = segment_count_numpy(nonzero & masked, local)
+        zero_adv[rows] = segment_count_numpy(m & ~nonzero, local)
+        # Sums run over loss tokens whose advantage is finite; every other token counts as +0.0
+        # (as np.where(m & finite, a, 0) gives it; copyto is the cheaper way to say that).
+        trained = a.astype(np.float64)  # [chunk]
+        np.copyto(trained, 0.0, where=masked)
+        sums = segment_sum_numpy(trained, local, np.float64)
+        if not np.isfinite(sums).all():
+            # A sum is finite when all its loss tokens are (float32 values summed in float64
+            # cannot overflow), so only a chunk with a non-finite sum looks at each token.
+            nonfinite_loss = m & ~np.isfinite(a)  # [chunk]
+            nonfinite[rows] = segment_count_numpy(nonfinite_loss, local)
+            np.copyto(trained, 0.0, where=nonfinite_loss)
+            sums = segment_sum_numpy(trained, local, np.float64)
+        adv_sum[rows] = sums
+        adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
+    return SequenceStats(
+        lengths=offsets[1:] - offsets[:-1],
+        loss_tokens=torch.from_numpy(loss_tokens),
+        adv_abs_sum=torch.from_numpy(adv_abs_sum),
+        adv_sum=torch.from_numpy(adv_sum),
+        zero_adv_tokens=torch.from_numpy(zero_adv),
+        nonfinite_adv_tokens=torch.from_numpy(nonfinite),
+        masked_nonzero_adv_tokens=torch.from_numpy(masked_nonzero),
+    )
+
+
+def _sequence_stats_tensor(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    """The same reductions with torch, on the batch's device (for GPU tensors)."""
     lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
     finite = torch.isfinite(advantages)  # [n_tokens]
     all_loss = bool(loss_mask.all())

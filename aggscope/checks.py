@@ -45,8 +45,9 @@ causes add up to ``zero_grad_tokens + nonfinite_grad_tokens`` of ``weights`` for
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -54,6 +55,7 @@ import numpy as np
 import torch
 
 from aggscope.batch import StepBatch
+from aggscope.engines import Engine, SteppedRollouts
 from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split, split_step
 from aggscope.modes import Mode, default_modes, resolve_modes
@@ -1143,3 +1145,30 @@ def run_checks(
         estimated = estimated or batch.lengths_estimated
     report = accumulator.report()
     return replace(report, lengths_estimated=True) if estimated else report
+
+
+def run_checks_on(
+    engine: Engine,
+    rollouts: SteppedRollouts,
+    modes: Sequence[Mode | str],
+    layout: Layout | None = None,
+    progress: Callable[[Iterator[StepCheck]], Iterable[StepCheck]] | None = None,
+) -> CheckReport:
+    """``run_checks`` with the per-step work on an engine (``local``, or one Ray task per step).
+
+    The steps' ``StepCheck`` results are merged in step order, so the report is the same on
+    every engine.
+
+    Args:
+        engine: where the steps run (``aggscope.engines.open_engine``).
+        rollouts: the opened input (``open_rollouts``).
+        modes: the modes the user trains with.
+        progress: optional wrapper of the results as they arrive (a progress bar).
+    """
+    layout = layout or Layout()
+    accumulator = CheckAccumulator(layout)
+    results = engine.map_steps(rollouts, functools.partial(check_step, modes=list(modes), layout=layout))
+    for check in progress(results) if progress is not None else results:
+        accumulator.add(check)
+    report = accumulator.report()
+    return replace(report, lengths_estimated=True) if getattr(rollouts, "lengths_estimated", False) else report

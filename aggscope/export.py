@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from aggscope.errors import AggscopeError
 from aggscope.modes import Mode
+from aggscope.segments import segment_chunks
 from aggscope.weights import StepAnalysis
 from aggscope.writing import atomic_output, list_array
 
@@ -31,19 +32,28 @@ def weights_schema(modes: Sequence[Mode]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def weights_table(analysis: StepAnalysis, schema: pa.Schema) -> pa.Table:
-    """The per-token weights of one analysed step as a table of ``schema``."""
+ROW_GROUP_TOKENS = 1 << 22  # tokens per row group of the output (bounds the memory of --out)
+
+
+def weights_table(analysis: StepAnalysis, schema: pa.Schema, rows: slice | None = None) -> pa.Table:
+    """The per-token weights of one analysed step (or of its ``rows``) as a table of ``schema``."""
     batch = analysis.batch
-    offsets = batch.offsets.cpu().numpy()
-    columns: dict[str, pa.Array] = {
-        "step": pa.array(np.full(batch.n_sequences, batch.step, dtype=np.int64)),
-        "seq_index": pa.array(np.arange(batch.n_sequences, dtype=np.int64)),
-        "uid": pa.array(batch.row_uids(), type=pa.string()),
-    }
-    for name, result in analysis.weights.items():
-        columns[f"weight_{name}"] = list_array(result.token_weights().cpu().numpy(), offsets)
-        columns[f"grad_{name}"] = list_array(result.grad_weights().cpu().numpy(), offsets)
-    return pa.Table.from_pydict(columns).cast(schema)
+    first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
+    offsets = batch.offsets[first : last + 1].cpu().numpy()
+    offsets = offsets - offsets[0]
+    if batch.group_ids is None or batch.uid_labels is None:
+        uids = pa.nulls(last - first, pa.string())
+    else:
+        uids = pa.array(batch.uid_labels, type=pa.string()).take(pa.array(batch.group_ids[first:last].cpu().numpy()))
+    columns: list[pa.Array] = [
+        pa.array(np.full(last - first, batch.step, dtype=np.int64)),
+        pa.array(np.arange(first, last, dtype=np.int64)),
+        uids,
+    ]
+    for result in analysis.weights.values():
+        columns.append(list_array(result.token_weights(rows=slice(first, last)).cpu().numpy(), offsets))
+        columns.append(list_array(result.grad_weights(rows=slice(first, last)).cpu().numpy(), offsets))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class WeightsParquetWriter:
@@ -59,7 +69,10 @@ class WeightsParquetWriter:
         self._writer = pq.ParquetWriter(temporary, self.schema)
 
     def write(self, analysis: StepAnalysis) -> None:
-        self._writer.write_table(weights_table(analysis, self.schema))
+        """Write one step as row groups of about ``ROW_GROUP_TOKENS`` tokens, one at a time."""
+        offsets = analysis.batch.offsets.cpu().numpy()
+        for first, last in segment_chunks(offsets, ROW_GROUP_TOKENS):
+            self._writer.write_table(weights_table(analysis, self.schema, slice(first, last)))
 
     def __enter__(self) -> WeightsParquetWriter:
         return self

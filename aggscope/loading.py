@@ -20,8 +20,9 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -82,29 +83,174 @@ class ParquetRollouts:
             yield self.read_step(step)
 
     def read_step(self, step: int) -> StepBatch:
-        tables: list[pa.Table] = []
+        """Read one step: its row groups only, the needed columns only, in batches of rows."""
+        if self.layout == "long":
+            return self._read_long_step(step)
+        tokens = _TokenAccumulator(self._token_capacity(step))
+        row_tables: list[pa.Table] = []
         origins: list[np.ndarray] = []
-        needed = sorted(set(self.columns.values()))
+        for batch, origin in self._batches(step):
+            where = _RowLocator(self._paths, origin)
+            tokens.add(*_decode_wide_tokens(batch, self.columns, where))
+            row_tables.append(batch.drop_columns([name for name in self._token_list_columns if name in batch.column_names]))
+            origins.append(origin)
+        rows = pa.concat_tables(row_tables) if len(row_tables) > 1 else row_tables[0]
+        del row_tables
+        where = _RowLocator(self._paths, np.concatenate(origins))
+        advantages, mask, offsets = tokens.finish()
+        group_ids, labels = _group_ids(rows, self.columns, where)
+        rewards = _rewards(rows, self.columns, where)
+        return _step_batch(step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards)
+
+    # ---- reading internals ---------------------------------------------------------------------
+    @property
+    def _paths(self) -> list[str]:
+        return [plan.path for plan in self._plans]
+
+    @property
+    def _step_source(self) -> str:
+        return self.files[0] if len(self.files) == 1 else self.source
+
+    @cached_property
+    def _token_list_columns(self) -> list[str]:
+        """The list columns holding one value per token (decoded batch by batch, never kept whole)."""
+        schema = _open_parquet(self._plans[0].path, self._filesystem).schema_arrow if self._plans else None
+        roles = [role for role in ("advantages", "loss_mask") if role in self.columns]
+        return [self.columns[r] for r in roles if schema is not None and _is_list(schema.field(self.columns[r]).type)]
+
+    def _groups_of(self, step: int) -> Iterator[tuple[int, _FilePlan, list[int]]]:
         for file_index, plan in enumerate(self._plans):
             groups = [g for g, steps in enumerate(plan.row_group_steps) if step in steps]
-            if not groups:
-                continue
+            if groups:
+                yield file_index, plan, groups
+
+    def _batches(self, step: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """The step's rows in input order, as tables of about ``READ_BATCH_TOKENS`` tokens.
+
+        Decoding a large row group in batches keeps memory at a batch's size (a trainer often
+        writes a whole step as one row group) and is faster than one big read, since each batch's
+        buffers stay in the CPU caches. Yields ``(table, origin)`` with ``origin`` the
+        ``[n_rows, 2]`` (file index, row in file) of each row.
+        """
+        needed = sorted(set(self.columns.values()))
+        step_column = self.columns.get("step")
+        for file_index, plan, groups in self._groups_of(step):
             parquet = _open_parquet(plan.path, self._filesystem)
             for group in groups:
-                table = parquet.read_row_group(group, columns=needed)
-                rows = np.arange(plan.row_group_starts[group], plan.row_group_starts[group] + table.num_rows)
-                if "step" in self.columns:
-                    keep = pc.equal(table.column(self.columns["step"]), step)
-                    table = table.filter(keep)
-                    rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
-                tables.append(table)
-                origins.append(np.stack([np.full(rows.size, file_index), rows], axis=1))
+                shared = len(plan.row_group_steps[group]) > 1
+                row = plan.row_group_starts[group]
+                batch_rows = _rows_per_batch(parquet.metadata.row_group(group), self._token_list_columns, parquet)
+                for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed):
+                    table = pa.Table.from_batches([record_batch])
+                    rows = np.arange(row, row + table.num_rows)
+                    row += table.num_rows
+                    if shared and step_column is not None:  # only rows of this step
+                        keep = np.asarray(pc.equal(table.column(step_column), step).to_numpy(zero_copy_only=False), dtype=bool)
+                        table, rows = table.filter(pa.array(keep)), rows[keep]
+                    if table.num_rows:
+                        yield table, np.stack([np.full(rows.size, file_index), rows], axis=1)
+
+    def _token_capacity(self, step: int) -> int | None:
+        """An upper bound on the step's tokens from the Parquet metadata, when it is a tight one.
+
+        A list column's leaf holds one entry per value plus one per empty or null list, so the
+        sum over the step's row groups bounds its token count. It is used only when those row
+        groups hold nothing but this step, so the bound is (nearly) exact.
+        """
+        names = self._token_list_columns
+        if not names:
+            return None
+        total = 0
+        for _, plan, groups in self._groups_of(step):
+            if any(len(plan.row_group_steps[g]) > 1 for g in groups):
+                return None
+            metadata = _open_parquet(plan.path, self._filesystem).metadata
+            leaf = _leaf_index(metadata, names[0])
+            if leaf is None:
+                return None
+            total += sum(metadata.row_group(g).column(leaf).num_values for g in groups)
+        return total
+
+    def _read_long_step(self, step: int) -> StepBatch:
+        """The long layout (one row per token) is decoded as one table: its sequences are ordered by
+        first appearance over all the step's rows."""
+        tables, origins = [], []
+        for table, origin in self._batches(step):
+            tables.append(table)
+            origins.append(origin)
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-        where = _RowLocator([p.path for p in self._plans], np.concatenate(origins))
-        source = self.files[0] if len(self.files) == 1 else self.source
-        if self.layout == "long":
-            return _decode_long(table, self.columns, step, source, where)
-        return _decode_wide(table, self.columns, step, source, where)
+        where = _RowLocator(self._paths, np.concatenate(origins))
+        return _decode_long(table, self.columns, step, self._step_source, where)
+
+
+READ_BATCH_TOKENS = 1 << 20  # tokens decoded per batch: ~5 MB of a float32 and an int8 column
+
+
+def _rows_per_batch(row_group: Any, token_columns: list[str], parquet: pq.ParquetFile) -> int:
+    """Rows per batch so that a batch holds about ``READ_BATCH_TOKENS`` tokens."""
+    if not token_columns or row_group.num_rows == 0:
+        return 65536
+    leaf = _leaf_index(parquet.metadata, token_columns[0])
+    tokens = row_group.column(leaf).num_values if leaf is not None else row_group.num_rows
+    per_row = max(1.0, tokens / row_group.num_rows)
+    return max(1, int(READ_BATCH_TOKENS / per_row))
+
+
+def _leaf_index(metadata: pq.FileMetaData, name: str) -> int | None:
+    """The Parquet leaf column of a (list) column of the Arrow schema, or None if not exactly one."""
+    leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] == name]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+class _TokenAccumulator:
+    """The flat token arrays of one step, filled batch by batch.
+
+    With a known capacity the values are copied straight into preallocated arrays, so the step
+    never exists twice in memory (pages past the end are never touched, so an over-estimate costs
+    no memory). Without one, batches are kept and joined at the end.
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self.advantages: np.ndarray | None = None
+        self.mask: np.ndarray | None = None
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, advantages: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> None:
+        n = advantages.size
+        self.lengths.append(np.diff(offsets))
+        if self.capacity is not None and self.advantages is None:
+            self.advantages = np.empty(self.capacity, dtype=advantages.dtype)
+            self.mask = np.empty(self.capacity, dtype=bool)
+        if self.advantages is not None and self.mask is not None:
+            fits = self.size + n <= self.advantages.size and advantages.dtype == self.advantages.dtype
+            if fits:
+                self.advantages[self.size : self.size + n] = advantages
+                self.mask[self.size : self.size + n] = mask
+                self.size += n
+                return
+            # The bound was wrong: keep what is filled as one part and go on without it.
+            self.parts.append((self.advantages[: self.size], self.mask[: self.size]))
+            self.advantages = self.mask = None
+            self.capacity = None
+        self.parts.append((advantages, mask))
+        self.size += n
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(advantages [n_tokens], mask [n_tokens] bool, offsets [n_seqs + 1] int64)``."""
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if self.advantages is not None and self.mask is not None:
+            return self.advantages[: self.size], self.mask[: self.size], offsets
+        if len(self.parts) == 1:
+            return self.parts[0][0], self.parts[0][1], offsets
+        dtype = np.result_type(*(p[0].dtype for p in self.parts)) if self.parts else np.float32
+        advantages = np.concatenate([p[0] for p in self.parts]).astype(dtype, copy=False) if self.parts else np.zeros(0, dtype)
+        mask = np.concatenate([p[1] for p in self.parts]) if self.parts else np.zeros(0, dtype=bool)
+        return advantages, mask, offsets
 
 
 @dataclass(frozen=True)
@@ -307,14 +453,25 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: _RowLo
     if pa.types.is_boolean(values.type):
         return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
     raw = values.to_numpy(zero_copy_only=False)
+    if raw.dtype.kind in "iu":
+        # Seen as unsigned, a 0/1 mask has a maximum of at most 1 (negatives turn huge): one
+        # pass without temporaries; a one-byte 0/1 mask then already is a valid bool array.
+        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
+        if unsigned.size and unsigned.max() > 1:
+            _bad_mask_value(raw, (raw != 0) & (raw != 1), offsets, name, where)
+        return raw.view(bool) if raw.dtype.itemsize == 1 else raw != 0
     bad = (raw != 0) & (raw != 1)
     if bad.any():
-        token = int(np.flatnonzero(bad)[0])
-        row = int(np.searchsorted(offsets, token, side="right") - 1)
-        raise AggscopeError(
-            f"{where(row)}: column {name!r} holds {raw[token].item()!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
-        )
+        _bad_mask_value(raw, bad, offsets, name, where)
     return raw != 0
+
+
+def _bad_mask_value(raw: np.ndarray, bad: np.ndarray, offsets: np.ndarray, name: str, where: _RowLocator) -> NoReturn:
+    token = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(offsets, token, side="right") - 1)
+    raise AggscopeError(
+        f"{where(row)}: column {name!r} holds {raw[token].item()!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
+    )
 
 
 def _group_ids(
@@ -370,10 +527,12 @@ def _rewards(table: pa.Table, columns: Mapping[str, str], where: _RowLocator) ->
     return torch.from_numpy(_floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64))
 
 
-def _decode_wide(table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: _RowLocator) -> StepBatch:
+def _decode_wide_tokens(
+    table: pa.Table, columns: Mapping[str, str], where: _RowLocator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tokens of some rows of the wide layout: ``(advantages, mask bool, offsets)`` of the rows."""
     adv_name = columns["advantages"]
     adv_array = _column(table, adv_name)
-    n_rows = table.num_rows
     mask: np.ndarray | None = None
     if _is_list(adv_array.type):
         adv_values, offsets = _list_parts(adv_array, adv_name, where)
@@ -384,13 +543,10 @@ def _decode_wide(table: pa.Table, columns: Mapping[str, str], step: int, source:
     if "loss_mask" in columns:
         mask_name = columns["loss_mask"]
         mask_values, mask_offsets = _list_parts(_column(table, mask_name), mask_name, where)
-        if offsets is not None:
+        if offsets is not None and not np.array_equal(offsets, mask_offsets):
             lengths, mask_lengths = np.diff(offsets), np.diff(mask_offsets)
-            if not np.array_equal(lengths, mask_lengths):
-                row = int(np.flatnonzero(lengths != mask_lengths)[0])
-                raise AggscopeError(
-                    f"{where(row)}: {adv_name!r} has {lengths[row]} values but {mask_name!r} has {mask_lengths[row]}"
-                )
+            row = int(np.flatnonzero(lengths != mask_lengths)[0])
+            raise AggscopeError(f"{where(row)}: {adv_name!r} has {lengths[row]} values but {mask_name!r} has {mask_lengths[row]}")
         offsets = mask_offsets
         mask = _mask_values(mask_values, offsets, mask_name, where)
     elif "response_length" in columns:
@@ -414,23 +570,12 @@ def _decode_wide(table: pa.Table, columns: Mapping[str, str], step: int, source:
                 )
             position = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], listed)
             mask = position < np.repeat(loss_lengths, listed)
-    assert offsets is not None
+    assert offsets is not None and len(offsets) == table.num_rows + 1
     if mask is None:
         mask = np.ones(int(offsets[-1]), dtype=bool)
     if not _is_list(adv_array.type):
         advantages = np.repeat(advantages_per_row, np.diff(offsets))
-    group_ids, labels = _group_ids(table, columns, where)
-    assert len(offsets) == n_rows + 1
-    return StepBatch(
-        step=step,
-        advantages=_tensor(advantages),
-        loss_mask=_tensor(mask),
-        offsets=_tensor(offsets),
-        group_ids=group_ids,
-        uid_labels=labels,
-        rewards=_rewards(table, columns, where),
-        source=source,
-    )
+    return advantages, mask, offsets
 
 
 def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: _RowLocator) -> StepBatch:
@@ -463,16 +608,22 @@ def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source:
             token = int(np.flatnonzero(differs)[0])
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
         group_ids = torch.from_numpy(sequence_uid.copy())
-    return StepBatch(
-        step=step,
-        advantages=_tensor(advantages),
-        loss_mask=_tensor(mask),
-        offsets=_tensor(offsets),
-        group_ids=group_ids,
-        uid_labels=labels,
-        rewards=_rewards(per_sequence, columns, first_where),
-        source=source,
-    )
+    rewards = _rewards(per_sequence, columns, first_where)
+    return _step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards)
+
+
+def _step_batch(
+    step: int,
+    source: str,
+    advantages: np.ndarray,
+    mask: np.ndarray,
+    offsets: np.ndarray,
+    group_ids: torch.Tensor | None,
+    labels: tuple[str, ...] | None,
+    rewards: torch.Tensor | None,
+) -> StepBatch:
+    """The batch of decoded arrays (tensors share their memory)."""
+    return StepBatch(step, _tensor(advantages), _tensor(mask), _tensor(offsets), group_ids, labels, rewards, source)
 
 
 def open_rollouts(

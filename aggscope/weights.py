@@ -8,9 +8,10 @@ caller asks for per-token output.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from aggscope.batch import SequenceStats, StepBatch
+from aggscope.engines import Engine, SteppedRollouts
+from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split, split_step
 from aggscope.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_modes
 from aggscope.segments import expand_to_tokens
@@ -41,18 +44,26 @@ class StepWeights:
     split: Split
     row_weight: torch.Tensor
 
-    def token_weights(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[n_tokens]`` weight of every token, 0 on masked tokens."""
-        batch = self.batch
-        per_token = expand_to_tokens(self.row_weight.to(dtype), batch.offsets, batch.n_tokens)  # [n_tokens]
-        return per_token.masked_fill_(~batch.loss_mask, 0.0)
+    def token_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` weight of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, _ = self._per_token(dtype, rows)
+        return per_token.masked_fill_(~mask, 0.0)
 
-    def grad_weights(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens."""
+    def grad_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, advantages = self._per_token(dtype, rows)
+        per_token.mul_(advantages.to(dtype))
+        return per_token.masked_fill_(~mask, 0.0)
+
+    def _per_token(self, dtype: torch.dtype, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's weight repeated over its tokens, with the mask and advantages of those tokens."""
         batch = self.batch
-        per_token = expand_to_tokens(self.row_weight.to(dtype), batch.offsets, batch.n_tokens)  # [n_tokens]
-        per_token.mul_(batch.advantages.to(dtype))
-        return per_token.masked_fill_(~batch.loss_mask, 0.0)
+        first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
+        offsets = batch.offsets[first : last + 1]  # [rows + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        weight = self.row_weight[first:last].to(dtype)  # [rows]
+        per_token = expand_to_tokens(weight, offsets - start, stop - start)  # [tokens of rows]
+        return per_token, batch.loss_mask[start:stop], batch.advantages[start:stop]
 
     def summary(self) -> ModeSummary:
         return summarize(self.batch.stats, self.row_weight)
@@ -264,6 +275,32 @@ def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> Ste
     return StepAnalysis(batch, split, weights, summary)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What the all-steps total needs from one step: its summary and per-sequence data (no tokens).
+
+    Small enough to send back from a Ray task; ``row_weights`` holds each mode's ``[n_seqs]``
+    float64 weights and ``stats`` the step's ``SequenceStats``, both on the CPU.
+    """
+
+    summary: StepSummary
+    stats: SequenceStats
+    row_weights: dict[str, torch.Tensor]
+    has_groups: bool
+    lengths_estimated: bool
+
+    @classmethod
+    def of(cls, analysis: StepAnalysis) -> StepResult:
+        batch = analysis.batch
+        row_weights = {name: result.row_weight.cpu() for name, result in analysis.weights.items()}
+        return cls(analysis.summary, _to_cpu(batch.stats), row_weights, batch.has_groups, batch.lengths_estimated)
+
+
+def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
+    """The per-step work of ``aggscope weights`` (what an engine runs for each step)."""
+    return StepResult.of(analyse_step(batch, modes, layout))
+
+
 @dataclass
 class WeightsAccumulator:
     """Collects per-step summaries and the per-sequence data the all-steps total needs.
@@ -280,13 +317,15 @@ class WeightsAccumulator:
     lengths_estimated: bool = False
 
     def add(self, analysis: StepAnalysis) -> None:
-        batch = analysis.batch
-        self.steps.append(analysis.summary)
-        self._stats.append(_to_cpu(batch.stats))
-        for name, result in analysis.weights.items():
-            self._row_weights.setdefault(name, []).append(result.row_weight.cpu())
-        self._any_groups = self._any_groups or batch.has_groups
-        self.lengths_estimated = self.lengths_estimated or batch.lengths_estimated
+        self.add_result(StepResult.of(analysis))
+
+    def add_result(self, result: StepResult) -> None:
+        self.steps.append(result.summary)
+        self._stats.append(result.stats)
+        for name, row_weight in result.row_weights.items():
+            self._row_weights.setdefault(name, []).append(row_weight)
+        self._any_groups = self._any_groups or result.has_groups
+        self.lengths_estimated = self.lengths_estimated or result.lengths_estimated
 
     def report(self) -> WeightsReport:
         stats = _concat_stats(self._stats)
@@ -344,4 +383,36 @@ def run_weights(
             accumulator.add(analysis)
             if writer is not None:
                 writer.write(analysis)
+            # Drop this step before the next one is read, so that only one step is ever held.
+            del batch, analysis
+    return accumulator.report()
+
+
+def run_weights_on(
+    engine: Engine,
+    rollouts: SteppedRollouts,
+    modes: Sequence[Mode],
+    layout: Layout,
+    out: str | os.PathLike[str] | None = None,
+    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
+) -> WeightsReport:
+    """``run_weights`` with the per-step work on an engine (one Ray task per step, say).
+
+    The steps' results are merged in step order, so the report equals the local engine's.
+    Per-token output (``out``) is written by the local engine only.
+
+    Args:
+        engine: where the steps run (``aggscope.engines.open_engine``).
+        rollouts: the opened input (``open_rollouts``).
+        out: optional ``.parquet`` file for per-token weights (local engine).
+        progress: optional wrapper of the steps or results as they come (a progress bar).
+    """
+    wrap = progress or (lambda items: items)
+    if engine.name == "local":
+        return run_weights(wrap(rollouts.iter_steps()), modes, layout, out=out)
+    if out is not None:
+        raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
+    accumulator = WeightsAccumulator(layout, list(modes))
+    for result in wrap(engine.map_steps(rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout))):
+        accumulator.add_result(result)
     return accumulator.report()

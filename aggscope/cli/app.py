@@ -1,5 +1,6 @@
 """The typer application, its one place for error handling, and ``--version``."""
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, Optional
@@ -81,3 +82,8 @@ def _root(
 ) -> None:
     """See how much gradient each token, response and prompt of your RL batches gets, under every loss
     aggregation mode and trainer layout."""
+    # Per-token work runs in numpy; torch only sees per-sequence tensors, too small for its
+    # intra-op threads to pay: they only add waits, which on a busy machine (one running a
+    # trainer, say) made the summaries 10-40x slower. Set before torch is imported; an explicit
+    # OMP_NUM_THREADS wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, input_options, layout_options
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
 from aggscope.cli.render import WIDTH, fmt_int, stdout_console, with_progress
 
 SHOWN_PER_CODE = 3
@@ -26,9 +26,11 @@ ADDED_CAUSES = ("zero_weight", "nonfinite_weight")
 )
 @input_options
 @layout_options
+@engine_options
 def check(
     source: InputSpec,
     layout: Any,
+    engine: Any,
     mode: Modes = None,
     json_output: Json = False,
     fail_on: Annotated[
@@ -42,13 +44,15 @@ def check(
     ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
-    from aggscope.checks import parse_fail_on, run_checks
+    from aggscope.checks import parse_fail_on, run_checks_on
     from aggscope.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    report = run_checks(with_progress(rollouts.iter_steps(), len(rollouts.steps), "checking"), modes, layout)
+    report = run_checks_on(
+        engine, rollouts, modes, layout, progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking")
+    )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
     else:

@@ -62,9 +62,11 @@ _INPUT_PARAMS = [
     _param(
         "path",
         Annotated[
-            Optional[Path],
+            # A string, not a Path: Path would fold the '//' of an object-storage URI (s3://...).
+            Optional[str],
             typer.Argument(
-                help="Rollout batches: a file, directory or glob (canonical Parquet or a trainer's dump, see --format). "
+                help="Rollout batches: a file, directory or glob (canonical Parquet or a trainer's dump, see --format), "
+                "local or a URI such as s3://bucket/run/. "
                 "Default: the bundled sample.",
                 show_default=False,
             ),
@@ -202,6 +204,35 @@ _LAYOUT_PARAMS = [
 ]
 LAYOUT_OPTION_NAMES = [p.name for p in _LAYOUT_PARAMS]
 
+ENGINE_PANEL = "Engine (where the per-step work runs)"
+_ENGINE_PARAMS = [
+    _param(
+        "engine",
+        Annotated[
+            str,
+            typer.Option(
+                help="local (this process, one step at a time) or ray (one Ray task per step, reading the files on the "
+                "workers; needs pip install 'aggscope\\[ray]').",
+                rich_help_panel=ENGINE_PANEL,
+            ),
+        ],
+        "local",
+    ),
+    _param(
+        "address",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                help="Ray cluster to use with --engine ray: auto, HOST:PORT or ray://HOST:PORT. Default: a running Ray "
+                "(RAY_ADDRESS) or a new local one.",
+                rich_help_panel=ENGINE_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
 
 def _inject(
     params: list[inspect.Parameter], target: str, build: Callable[..., Any]
@@ -230,7 +261,7 @@ def _inject(
 
 
 def _build_input(
-    path: Optional[Path],
+    path: Optional[str],
     col: Optional[list[str]],
     format: Optional[str],
     reward_col: Optional[str],
@@ -255,5 +286,12 @@ def _build_layout(**values: Any) -> Any:
     return Layout(**values)
 
 
+def _build_engine(engine: str, address: Optional[str]) -> Any:
+    from aggscope.engines import open_engine
+
+    return open_engine(engine, address)
+
+
 input_options = _inject(_INPUT_PARAMS, "source", _build_input)
+engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
 layout_options = _inject(_LAYOUT_PARAMS, "layout", _build_layout)

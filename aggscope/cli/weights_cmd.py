@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, input_options, layout_options
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
 from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
 
 PER_STEP_TABLES = 8
@@ -16,13 +16,16 @@ PER_STEP_TABLES = 8
 
 @app.command(
     epilog="Example: aggscope weights rollouts.parquet --mini-batch-size 256 --micro-batch-size 8 --dp-size 4 "
-    "-m token_mean -m seq-mean-token-mean --out weights.parquet"
+    "-m token_mean -m seq-mean-token-mean --out weights.parquet; on a Ray cluster: aggscope weights "
+    "s3://bucket/run/ --engine ray --address auto --json"
 )
 @input_options
 @layout_options
+@engine_options
 def weights(
     source: InputSpec,
     layout: Any,
+    engine: Any,
     mode: Modes = None,
     json_output: Json = False,
     out: Annotated[
@@ -36,15 +39,16 @@ def weights(
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
-    from aggscope.weights import run_weights, select_modes
+    from aggscope.weights import run_weights_on, select_modes
     from aggscope.writing import refuse_to_overwrite_inputs
 
     rollouts = source.open()
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "weights")
-    report = run_weights(steps, modes, layout, out=out)
+    report = run_weights_on(
+        engine, rollouts, modes, layout, out=out, progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights")
+    )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
         return

@@ -1,0 +1,211 @@
+"""Benchmark aggscope against the bare Parquet read and two straightforward references.
+
+    python bench/run.py --sizes 1e6,3e6,1e7,3e7,1e8,1.8e8
+
+For every size it writes one synthetic step of that many tokens (``bench/synth.py``; cached in
+``--data-dir``, which is outside git), runs every case in its own process on that same file
+(``bench/cases.py``; the best of ``--repeat`` runs) and prints tokens per second, peak memory and
+the ratios the targets are stated in. The references run up to ``--ref-max`` tokens. Then it times
+whole processes: ``aggscope weights --json`` against a process that only imports pyarrow and
+reads the same columns. Results also go to ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.cases import NEEDED  # noqa: E402
+from bench.synth import SynthConfig, write_synthetic  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+REFERENCES = ("pandas", "padded")
+DEFAULT_CASES = ("read", "summary", "out", "read_write", "check", "pandas", "padded")
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(float(part)) for part in text.split(",") if part.strip()]
+
+
+def data_file(data_dir: Path, tokens: int, seed: int) -> Path:
+    path = data_dir / f"synth_{tokens:.2g}_{seed}.parquet".replace("+", "")
+    if not path.exists():
+        start = time.perf_counter()
+        partial = path.with_suffix(".partial")
+        write_synthetic(partial, SynthConfig(tokens=tokens, seed=seed))
+        partial.rename(path)
+        print(
+            f"  generated {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s", flush=True
+        )
+    return path
+
+
+def run_case(case: str, path: Path, work_dir: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cases", case, str(path), str(work_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run's result, with the highest peak memory of all runs."""
+    good = [r for r in runs if "seconds" in r]
+    if not good:
+        return runs[0]
+    best = dict(min(good, key=lambda r: r["seconds"]))
+    best["peak_rss"] = max(r["peak_rss"] for r in good)
+    best["runs"] = [round(r["seconds"], 4) for r in good]
+    return best
+
+
+def whole_process(path: Path, repeat: int) -> dict[str, float]:
+    """Wall time of ``aggscope weights --json`` and of a process that only reads the same columns."""
+    read = f"import pyarrow.parquet as pq; pq.read_table({str(path)!r}, columns={NEEDED!r})"
+    commands = {
+        "aggscope_weights_json": [sys.executable, "-m", "aggscope", "weights", str(path), "--json"],
+        "pyarrow_read": [sys.executable, "-c", read],
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    times: dict[str, float] = {}
+    for name, command in commands.items():
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    times["ratio"] = times["aggscope_weights_json"] / times["pyarrow_read"]
+    return times
+
+
+def agree(reference: dict[str, Any], ours: dict[str, Any], rtol: float) -> bool:
+    """True when a reference's per-mode sums and counts match aggscope's."""
+    for mode, values in reference.items():
+        for key, value in values.items():
+            mine = ours[mode][key]
+            if isinstance(value, int):
+                if value != mine:
+                    return False
+            elif abs(value - mine) > rtol * max(abs(mine), 1e-300):
+                return False
+    return True
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| tokens | case | seconds | Mtokens/s | peak RSS MiB | working MiB | x decoded | vs read | aggscope faster by |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [header]
+    for row in rows:
+        tokens = row["tokens"]
+        results = row["cases"]
+        read = results.get("read", {})
+        decoded = read.get("decoded_bytes")
+        summary_seconds = results.get("summary", {}).get("seconds")
+        for case, result in results.items():
+            if "seconds" not in result:
+                reason = result.get("skipped") or result.get("error") or "-"
+                lines.append(f"| {tokens:.2g} | {case} | {reason} | | | | | | |")
+                continue
+            seconds = result["seconds"]
+            working = result["peak_rss"] - result["base_rss"]
+            vs_read = f"{seconds / read['seconds']:.2f}" if "seconds" in read else "-"
+            if case == "out" and "seconds" in results.get("read_write", {}):
+                vs_read = f"{seconds / results['read_write']['seconds']:.2f} (vs read+write)"
+            faster = f"{seconds / summary_seconds:.1f}x" if case in REFERENCES and summary_seconds else ""
+            if case in REFERENCES and "agrees" in result:
+                faster += "" if result["agrees"] else " (DISAGREES)"
+            lines.append(
+                f"| {tokens:.2g} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
+                f"{mib(working)} | {working / decoded:.2f} | {vs_read} | {faster} |"
+                if decoded
+                else f"| {tokens:.2g} | {case} | {seconds:.3f} | {tokens / seconds / 1e6:,.1f} | {mib(result['peak_rss'])} | "
+                f"{mib(working)} | - | {vs_read} | {faster} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1e6,3e6,1e7,3e7", help="tokens per step, comma-separated")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="cases to run, comma-separated")
+    parser.add_argument("--ref-max", type=float, default=3e7, help="largest size the references run at")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (the fastest is kept; peak memory is the max)")
+    parser.add_argument("--process-sizes", default="1.8e8", help="sizes for the whole-process comparison")
+    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "aggscope-bench", help="where inputs go")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    cases = [c for c in args.cases.split(",") if c]
+    sizes = parse_sizes(args.sizes)
+    process_sizes = parse_sizes(args.process_sizes)
+    rows = []
+    for tokens in sizes:
+        print(f"{tokens:.2g} tokens", flush=True)
+        path = data_file(args.data_dir, tokens, args.seed)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        with tempfile.TemporaryDirectory(dir=args.data_dir) as work:
+            # Rounds of every case in turn (not all runs of one case, then the next), so that
+            # a busy spell of the machine does not land on one case only.
+            rounds = args.repeat if tokens < 1e8 else min(args.repeat, 2)
+            for round_index in range(rounds):
+                for case in cases:
+                    if case in REFERENCES and (tokens > args.ref_max or (round_index > 0 and tokens > 1e7)):
+                        continue
+                    if case == "read_write" and not any("seconds" in r for r in runs.get("out", [])):
+                        continue
+                    result = run_case(case, path, Path(work))
+                    runs.setdefault(case, []).append(result)
+                    print(f"  {case}: {result.get('seconds', result)}", flush=True)
+        results: dict[str, Any] = {case: merge_runs(case_runs) for case, case_runs in runs.items()}
+        ours = results.get("summary", {}).get("digest")
+        for case in REFERENCES:
+            if ours and "digest" in results.get(case, {}):
+                results[case]["agrees"] = agree(results[case].pop("digest"), ours, rtol=1e-5)
+        for result in results.values():
+            result.pop("report", None)
+        rows.append({"tokens": tokens, "file_bytes": path.stat().st_size, "cases": results})
+    processes = {}
+    for tokens in process_sizes:
+        path = data_file(args.data_dir, tokens, args.seed)
+        processes[f"{tokens:.2g}"] = whole_process(path, args.repeat)
+        print(f"whole process at {tokens:.2g} tokens: {processes[f'{tokens:.2g}']}", flush=True)
+
+    print()
+    print(render(rows))
+    for size, times in processes.items():
+        print(
+            f"\nwhole process, {size} tokens: aggscope weights --json {times['aggscope_weights_json']:.2f} s, "
+            f"import pyarrow + read_table {times['pyarrow_read']:.2f} s, ratio {times['ratio']:.2f}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps({"sizes": rows, "processes": processes}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
