@@ -9,6 +9,7 @@ This is the single representation every analysis shares. Notation used in shape 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -45,6 +46,18 @@ class SequenceStats:
     def adv_neg_sum(self) -> torch.Tensor:
         """Sum of the negative finite advantages over loss tokens (a value <= 0)."""
         return (self.adv_sum - self.adv_abs_sum) / 2
+
+    def cpu(self) -> SequenceStats:
+        """The same quantities on the CPU (what accumulators keep and Ray tasks send back)."""
+        return SequenceStats(**{name: value.cpu() for name, value in vars(self).items()})
+
+    @classmethod
+    def concat(cls, parts: Sequence[SequenceStats]) -> SequenceStats:
+        """The rows of several steps, in order (empty tensors when ``parts`` is empty)."""
+        names = list(cls.__dataclass_fields__)
+        if not parts:
+            return cls(**{name: torch.zeros(0, dtype=torch.float64 if "sum" in name else torch.int64) for name in names})
+        return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
 
 
 @dataclass(frozen=True, eq=False)

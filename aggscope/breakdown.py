@@ -17,8 +17,9 @@ finite advantage, its weight mass ``w_i * L_i``; their sums over all rows are th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +27,13 @@ import numpy as np
 import torch
 
 from aggscope.batch import SequenceStats, StepBatch
-from aggscope.checks import CheckAccumulator, check_step
+from aggscope.checks import CheckAccumulator, StepCheck, check_step
+from aggscope.engines import Engine, SteppedRollouts
 from aggscope.errors import AggscopeError
 from aggscope.layout import Layout, Split
 from aggscope.segments import group_sum
 from aggscope.specs import Spec, check_specs
-
-# The engine's own helpers for per-sequence data: moved to the CPU, concatenated over steps.
-from aggscope.weights import ModeSummary, StepSummary, WeightsAccumulator, _concat_stats, _to_cpu, analyse_step
+from aggscope.weights import ModeSummary, StepResult, StepSummary, WeightsAccumulator, analyse_step
 
 DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")
 # Per-token gradient weights relative to the mode's mean: 10^-3 .. 10^3, ten bins per decade;
@@ -134,6 +134,7 @@ class Breakdown:
             with the modes of the SPECs at that layout.
         cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
             ``rank``, ``micro_batch``).
+        lengths_estimated: True when some step's token counts were estimated from text.
     """
 
     source: str
@@ -154,6 +155,7 @@ class Breakdown:
     uid_labels: list[tuple[str, ...] | None]
     checks: dict[Layout, dict[str, Any]]
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
+    lengths_estimated: bool = False
 
     @property
     def labels(self) -> list[str]:
@@ -367,22 +369,91 @@ class _StepTokens:
         return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
 
 
-def _add_histogram(accumulator: _SpecAccumulator, tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSummary) -> None:
+def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
     """Count a step's tokens by ``log10(|g| / mean |g|)``, ``g = w_i * A``, mean over its loss tokens.
 
-    Tokens whose gradient weight is 0 or not finite are left out (``zero_grad_causes`` shows them).
+    Returns the (positive, negative) advantage counts per bin. Tokens whose gradient weight is 0
+    or not finite are left out (``zero_grad_causes`` shows them).
     """
+    bins = HISTOGRAM_LOG10_EDGES.size - 1
+    positive, negative = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
     if summary.loss_tokens == 0 or not summary.grad_abs_sum > 0 or not math.isfinite(summary.grad_abs_sum):
-        return
+        return positive, negative
     mean_abs = summary.grad_abs_sum / summary.loss_tokens
     with np.errstate(divide="ignore", invalid="ignore"):
         log_weight = np.log10(row_weight.cpu().to(torch.float64).numpy() / mean_abs)  # [n_seqs], -inf where w = 0
     valid = np.isfinite(log_weight)[tokens.row]  # [n_counted]
     low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
     values = np.clip(tokens.log10_abs_adv + log_weight[tokens.row], low, high)
-    bins = HISTOGRAM_LOG10_EDGES.size - 1
-    for counts, keep in ((accumulator.positive, valid & tokens.positive), (accumulator.negative, valid & ~tokens.positive)):
+    for counts, keep in ((positive, valid & tokens.positive), (negative, valid & ~tokens.positive)):
         counts += np.histogram(values[keep], bins=bins, range=(low, high))[0]
+    return positive, negative
+
+
+@dataclass(frozen=True)
+class _LayoutPart:
+    """One step under one layout: the engine's result, the split and check's findings (CPU)."""
+
+    weights: StepResult
+    split: Split
+    check: StepCheck
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]]  # SPEC label -> (positive, negative) counts
+
+
+@dataclass(frozen=True)
+class BreakdownStep:
+    """What ``run_breakdown`` keeps of one step: per-sequence data only, no tokens.
+
+    Small enough to send back from a Ray task (``breakdown_step`` is the per-step work).
+    """
+
+    step: int
+    source: str
+    has_groups: bool
+    lengths_estimated: bool
+    n_sequences: int
+    n_tokens: int
+    n_groups: int
+    group_ids: torch.Tensor | None
+    uid_labels: tuple[str, ...] | None
+    rewards: torch.Tensor | None
+    layouts: dict[Layout, _LayoutPart]
+
+
+def _by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
+    layouts: dict[Layout, list[Spec]] = {}
+    for spec in specs:
+        layouts.setdefault(spec.layout, []).append(spec)
+    return layouts
+
+
+def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
+    """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step)."""
+    check_specs(specs, has_groups=batch.has_groups, source=batch.source)
+    tokens = _StepTokens.of(batch)
+    parts = {}
+    for layout, group in _by_layout(specs).items():
+        modes = [s.mode for s in group]
+        analysis = analyse_step(batch, modes, layout)
+        histograms = {}
+        for spec in group:
+            row_weight = analysis.weights[spec.mode.name].row_weight
+            histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
+        check = check_step(batch, modes, layout, analysis.split)
+        parts[layout] = _LayoutPart(StepResult.of(analysis), _split_cpu(analysis.split), check, histograms)
+    return BreakdownStep(
+        step=batch.step,
+        source=batch.source,
+        has_groups=batch.has_groups,
+        lengths_estimated=batch.lengths_estimated,
+        n_sequences=batch.n_sequences,
+        n_tokens=batch.n_tokens,
+        n_groups=batch.n_groups if batch.has_groups else 0,
+        group_ids=None if batch.group_ids is None else batch.group_ids.cpu(),
+        uid_labels=batch.uid_labels,
+        rewards=None if batch.rewards is None else batch.rewards.cpu(),
+        layouts=parts,
+    )
 
 
 def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source: str = "input") -> Breakdown:
@@ -395,15 +466,43 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
     """
     if not specs:
         raise AggscopeError("nothing to analyse: give at least one mode")
-    layouts: dict[Layout, list[Spec]] = {}
-    for spec in specs:
-        layouts.setdefault(spec.layout, []).append(spec)
+    return merge_breakdown((breakdown_step(batch, specs) for batch in batches), specs, source=source)
+
+
+def run_breakdown_on(
+    engine: Engine,
+    rollouts: SteppedRollouts,
+    specs: Sequence[Spec],
+    *,
+    source: str = "input",
+    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
+) -> Breakdown:
+    """``run_breakdown`` with the per-step work on an engine (``local``, or one Ray task per step).
+
+    The steps' results are merged in step order, so the breakdown equals the local engine's.
+
+    Args:
+        engine: where the steps run (``aggscope.engines.open_engine``).
+        rollouts: the opened input (``open_rollouts``).
+        progress: optional wrapper of the steps or results as they come (a progress bar).
+    """
+    if not specs:
+        raise AggscopeError("nothing to analyse: give at least one mode")
+    wrap = progress or (lambda items: items)
+    if engine.name == "local":
+        return run_breakdown(wrap(rollouts.iter_steps()), specs, source=source)
+    parts = engine.map_steps(rollouts, functools.partial(breakdown_step, specs=list(specs)))
+    return merge_breakdown(wrap(parts), specs, source=source)
+
+
+def merge_breakdown(parts: Iterable[BreakdownStep], specs: Sequence[Spec], *, source: str = "input") -> Breakdown:
+    """Merge the steps' ``BreakdownStep`` results, in the order given, into one ``Breakdown``."""
+    layouts = _by_layout(specs)
     engines = {layout: WeightsAccumulator(layout, [s.mode for s in group]) for layout, group in layouts.items()}
     checkers = {layout: CheckAccumulator(layout) for layout in layouts}
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]] = {layout: [] for layout in layouts}
     spec_acc = {spec.label: _SpecAccumulator(spec) for spec in specs}
     splits: dict[Layout, list[Split]] = {layout: [] for layout in layouts}
-    stats_parts: list[SequenceStats] = []
     steps: list[int] = []
     group_ids: list[torch.Tensor | None] = []
     uid_labels: list[tuple[str, ...] | None] = []
@@ -414,44 +513,42 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
     rewards: list[torch.Tensor] = []
     any_rewards = False
     has_groups: bool | None = None
+    lengths_estimated = False
     n_prompts = 0
-    for batch in batches:
-        if has_groups is None:
-            check_specs(specs, has_groups=batch.has_groups, source=batch.source)
-        elif batch.has_groups != has_groups:
-            raise AggscopeError(f"{batch.source}: step {batch.step} has {'no ' * has_groups}uid column unlike earlier steps")
-        has_groups = batch.has_groups
+    stats_parts: list[SequenceStats] = []
+    first_layout = next(iter(layouts))
+    for part in parts:
+        if has_groups is not None and part.has_groups != has_groups:
+            raise AggscopeError(f"{part.source}: step {part.step} has {'no ' * has_groups}uid column unlike earlier steps")
+        has_groups = part.has_groups
+        lengths_estimated = lengths_estimated or part.lengths_estimated
         index = len(steps)
-        steps.append(batch.step)
-        stats = batch.stats
-        stats_parts.append(_to_cpu(stats))  # the engine's helpers, as its accumulator keeps them
-        row_steps.append(torch.full((batch.n_sequences,), index, dtype=torch.int64))
-        codes = None if batch.group_ids is None else batch.group_ids.cpu()
-        group_ids.append(codes)
-        uid_labels.append(batch.uid_labels)
-        if codes is not None and batch.uid_labels is not None:
-            row_prompts.append(codes + n_prompts)
-            prompt_steps.append(torch.full((batch.n_groups,), index, dtype=torch.int64))
-            prompt_uids.extend(batch.uid_labels)
-            n_prompts += batch.n_groups
-        any_rewards = any_rewards or batch.rewards is not None
+        steps.append(part.step)
+        stats_parts.append(part.layouts[first_layout].weights.stats)  # the same under every layout
+        row_steps.append(torch.full((part.n_sequences,), index, dtype=torch.int64))
+        group_ids.append(part.group_ids)
+        uid_labels.append(part.uid_labels)
+        if part.group_ids is not None and part.uid_labels is not None:
+            row_prompts.append(part.group_ids + n_prompts)
+            prompt_steps.append(torch.full((part.n_groups,), index, dtype=torch.int64))
+            prompt_uids.extend(part.uid_labels)
+            n_prompts += part.n_groups
+        any_rewards = any_rewards or part.rewards is not None
         rewards.append(
-            batch.rewards.cpu() if batch.rewards is not None else torch.full((batch.n_sequences,), math.nan, dtype=torch.float64)
+            part.rewards if part.rewards is not None else torch.full((part.n_sequences,), math.nan, dtype=torch.float64)
         )
-        tokens = _StepTokens.of(batch)
         for layout, group in layouts.items():
-            modes = [s.mode for s in group]
-            analysis = analyse_step(batch, modes, layout)
-            engines[layout].add(analysis)
-            splits[layout].append(_split_cpu(analysis.split))
-            check = check_step(batch, modes, layout, analysis.split)
-            checkers[layout].add(check)
-            cut_prompts[layout].append(check.cut_prompts)
+            layout_part = part.layouts[layout]
+            engines[layout].add_result(layout_part.weights)
+            splits[layout].append(layout_part.split)
+            checkers[layout].add(layout_part.check)
+            cut_prompts[layout].append(layout_part.check.cut_prompts)
             for spec in group:
-                result = analysis.weights[spec.mode.name]
                 accumulator = spec_acc[spec.label]
-                accumulator.row_weights.append(result.row_weight.cpu())
-                _add_histogram(accumulator, tokens, result.row_weight, analysis.summary.modes[spec.mode.name])
+                accumulator.row_weights.append(layout_part.weights.row_weights[spec.mode.name])
+                positive, negative = layout_part.histograms[spec.label]
+                accumulator.positive += positive
+                accumulator.negative += negative
     if not steps:
         raise AggscopeError(f"{source}: no steps to analyse")
     reports = {layout: engine.report() for layout, engine in engines.items()}
@@ -466,7 +563,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
             total=report.total.modes[spec.mode.name],
             histogram=TokenHistogram(HISTOGRAM_LOG10_EDGES, accumulator.positive, accumulator.negative),
         )
-    stats_all = _concat_stats(stats_parts)
+    stats_all = SequenceStats.concat(stats_parts)
     row_step = torch.cat(row_steps)
     row_prompt = torch.cat(row_prompts) if has_groups else None
     prompt_step = torch.cat(prompt_steps) if has_groups else torch.zeros(0, dtype=torch.int64)
@@ -503,6 +600,7 @@ def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source
         uid_labels=uid_labels,
         checks={layout: checker.report().to_dict() for layout, checker in checkers.items()},
         cut_prompts=cut_prompts,
+        lengths_estimated=lengths_estimated,
     )
 
 

@@ -314,14 +314,20 @@ def zero_grad_causes(breakdown: Breakdown) -> Figure:
     for y, (label, total) in enumerate(zip(labels, left, strict=True)):
         tokens = sum(causes.get(label, {}).values())
         ax.text(total, y, f"  {total:.1f}% ({tokens:,})", va="center", fontsize=9)
-    for tick in ax.get_yticklabels():
-        tick.set_color(styles[tick.get_text()].colour)
+    # Label the bars by SPEC even when no cause drew one (every token has a gradient).
+    ax.set_yticks(range(len(labels)), labels)
+    for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
+        tick.set_color(styles[label].colour)
         tick.set_fontweight("bold")
+    ax.set_ylim(-0.6, len(labels) - 0.4)
     ax.set_xlim(0, max(float(left.max()) * 1.25, 1.0))
     ax.set_xlabel(f"loss tokens with zero or non-finite gradient weight (% of {breakdown.loss_tokens:,} loss tokens)")
     ax.grid(axis="y", visible=False)
-    ax.set_title("Why tokens get no gradient")
-    fig.legend(loc="outside lower center", ncols=min(len(names), 4))
+    if names:
+        ax.set_title("Why tokens get no gradient")
+        fig.legend(loc="outside lower center", ncols=min(len(names), 4))
+    else:
+        ax.set_title("Why tokens get no gradient: every loss token gets a gradient under every mode")
     return fig
 
 

@@ -101,27 +101,32 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 # ---- entry points --------------------------------------------------------------------------------
-def compare(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source: str = "input") -> Report:
-    """Compare ``specs[1:]`` against ``specs[0]`` on every step (``aggscope compare``)."""
-    return build_report(run_breakdown(batches, specs, source=source), "compare")
+def compare(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source: str = "input", notes: Sequence[str] = ()) -> Report:
+    """Compare ``specs[1:]`` against ``specs[0]`` on every step (``aggscope compare``).
+
+    ``notes`` are the reader's remarks on the input (``rollouts.notes``), shown in the report.
+    """
+    return build_report(run_breakdown(batches, specs, source=source), "compare", notes)
 
 
-def full_report(batches: Iterable[StepBatch], modes: Sequence[Mode], layout: Layout, *, source: str = "input") -> Report:
+def full_report(
+    batches: Iterable[StepBatch], modes: Sequence[Mode], layout: Layout, *, source: str = "input", notes: Sequence[str] = ()
+) -> Report:
     """Every given mode at one layout, against the first (``aggscope report``)."""
     specs = [Spec(mode, layout) for mode in modes]
-    return build_report(run_breakdown(batches, specs, source=source), "report")
+    return build_report(run_breakdown(batches, specs, source=source), "report", notes)
 
 
-def build_report(breakdown: Breakdown, kind: str) -> Report:
+def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> Report:
     """The document and figures of a breakdown; the first SPEC is the base of every comparison."""
     figures = make_figures(breakdown)
-    document = build_document(breakdown, kind)
+    document = build_document(breakdown, kind, notes)
     document["figures"] = {name: f"{name}.png" for name in figures}
     return Report(kind, document, figures)
 
 
 # ---- the document --------------------------------------------------------------------------------
-def build_document(breakdown: Breakdown, kind: str) -> dict[str, Any]:
+def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> dict[str, Any]:
     """Every number of the report, JSON-ready. The first SPEC is the base."""
     base = breakdown.specs[0]
     quartiles = breakdown.length_buckets(4)
@@ -155,6 +160,8 @@ def build_document(breakdown: Breakdown, kind: str) -> dict[str, Any]:
             "prompts": breakdown.n_prompts if breakdown.has_groups else None,
             "loss_tokens": breakdown.loss_tokens,
             "tokens": sum(size.tokens for size in breakdown.step_sizes),
+            "lengths_estimated": breakdown.lengths_estimated,
+            "notes": list(notes),
         },
         "base": base.label,
         "specs": [
@@ -336,8 +343,8 @@ def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
-def _points(change: float) -> str:
-    return f"{change:+.1f} points".replace("-", "−")
+def _points(change: float | None) -> str:
+    return "–" if change is None else f"{change:+.1f} points".replace("-", "−")
 
 
 def summary_sentences(document: dict[str, Any]) -> list[str]:
@@ -351,6 +358,11 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
         f"{source['source']}: {steps} step{'s' * (steps != 1)}, {source['sequences']:,} responses{prompts}, "
         f"{source['loss_tokens']:,} loss tokens."
     ]
+    if source["lengths_estimated"]:
+        sentences.append(
+            "Response lengths are estimated from the text (the input has no token counts): every length and "
+            "per-token number here is an estimate; give --tokenizer to count real tokens."
+        )
     sentences.append(_zero_grad_sentence(document, base))
     checks = base_result["checks"]
     where = "" if document["kind"] == "report" else f" under the {base} layout"
@@ -362,6 +374,7 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
         sentences.append(f"check finds {listed}{where}: {detail} (see Findings).")
     else:
         sentences.append(f"check finds nothing to report{where}.")
+    opening = len(sentences)
     per_change = [_change_sentences(document, change) for change in document["changes"]]
     if document["kind"] == "compare":
         # Each candidate: its changes in order of importance (lost gradient, check errors, length, ...).
@@ -377,7 +390,7 @@ def summary_sentences(document: dict[str, Any]) -> list[str]:
             candidates = [found[kind] for found in per_change if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
             if candidates:
                 sentences.append(max(candidates, key=lambda item: item[0])[1])
-            if len(sentences) >= 3 + MAX_SENTENCES:
+            if len(sentences) >= opening + MAX_SENTENCES:
                 break
     return sentences
 
@@ -848,6 +861,7 @@ def render_html(document: dict[str, Any], images: dict[str, bytes]) -> str:
         f"<h1>{e(_title(document))}</h1>",
         f'<p class="meta">{e(source["source"])} · aggscope {e(document["aggscope_version"])}</p>',
         '<section class="summary">' + "".join(f"<p>{e(text)}</p>" for text in document["summary"]) + "</section>",
+        "".join(f'<p class="note">input: {e(note)}</p>' for note in source.get("notes", [])),
         '<nav><a href="#glance">At a glance</a><a href="#figures">Figures</a>'
         + ('<a href="#changes">Changes</a>' if document["changes"] else "")
         + '<a href="#findings">Findings</a><a href="#steps">Steps</a></nav>',
@@ -930,6 +944,7 @@ def render_markdown(document: dict[str, Any]) -> str:
     source = document["input"]
     out = [f"# {_title(document)}", "", f"{source['source']} · aggscope {document['aggscope_version']}", ""]
     out += [f"> {text}" + ("  " if i < len(document["summary"]) - 1 else "") for i, text in enumerate(document["summary"])]
+    out += [""] + [f"input: {note}  " for note in source.get("notes", [])]
     out += ["", "## At a glance", "", _md_table(tables["specs"]), "", _md_table(tables["glance"]), ""]
     out += ["### Gradient mass by response length", ""]
     out += [_md_table(tables["quartiles"]), ""]

@@ -293,7 +293,7 @@ class StepResult:
     def of(cls, analysis: StepAnalysis) -> StepResult:
         batch = analysis.batch
         row_weights = {name: result.row_weight.cpu() for name, result in analysis.weights.items()}
-        return cls(analysis.summary, _to_cpu(batch.stats), row_weights, batch.has_groups, batch.lengths_estimated)
+        return cls(analysis.summary, batch.stats.cpu(), row_weights, batch.has_groups, batch.lengths_estimated)
 
 
 def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
@@ -328,7 +328,7 @@ class WeightsAccumulator:
         self.lengths_estimated = self.lengths_estimated or result.lengths_estimated
 
     def report(self) -> WeightsReport:
-        stats = _concat_stats(self._stats)
+        stats = SequenceStats.concat(self._stats)
         steps = self.steps
         prompts = [s.prompts for s in steps]
         total = StepSummary(
@@ -343,18 +343,6 @@ class WeightsAccumulator:
             },
         )
         return WeightsReport(self.layout, [m.name for m in self.modes], steps, total, self.lengths_estimated)
-
-
-def _to_cpu(stats: SequenceStats) -> SequenceStats:
-    return SequenceStats(**{name: value.cpu() for name, value in vars(stats).items()})
-
-
-def _concat_stats(parts: list[SequenceStats]) -> SequenceStats:
-    names = list(SequenceStats.__dataclass_fields__)
-    if not parts:
-        empty = {name: torch.zeros(0, dtype=torch.float64 if "sum" in name else torch.int64) for name in names}
-        return SequenceStats(**empty)
-    return SequenceStats(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
 
 
 def run_weights(

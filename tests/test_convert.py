@@ -113,3 +113,21 @@ def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) 
         invoke("convert", str(path), "-o", str(out), "--json")
         assert weights_json(out) == weights_json(path), fmt
         assert json.loads(checked.stdout)["lengths_estimated"] is (fmt in ("verl", "trl"))
+        reported = runner.invoke(app, ["report", str(path), "-o", str(tmp_path / f"{fmt}-report")])
+        assert reported.exit_code == 0, (fmt, reported.output)
+
+
+def test_report_says_lengths_are_estimates_for_text_dumps(tmp_path: Path) -> None:
+    """A verl dump has no token counts: the report's JSON, HTML and terminal summary say so."""
+    write_jsonl(tmp_path / "dump" / "5.jsonl", VERL_ROWS)
+    result = runner.invoke(app, ["report", str(tmp_path / "dump"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert document["input"]["lengths_estimated"] is True
+    assert any("estimated from text" in note for note in document["input"]["notes"])
+    assert "Response lengths are estimated from the text" in " ".join(document["summary"])
+    assert "Response lengths are estimated" in (tmp_path / "out" / "report.html").read_text()
+    assert "Response lengths are estimated" in " ".join(result.stdout.split())
+    canonical = runner.invoke(app, ["report", "-o", str(tmp_path / "sample")])
+    assert canonical.exit_code == 0 and "estimated" not in canonical.stdout
+    assert json.loads((tmp_path / "sample" / "report.json").read_text())["input"]["lengths_estimated"] is False

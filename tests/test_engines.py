@@ -207,3 +207,38 @@ def test_check_on_ray_equals_local(ray_cluster: Any) -> None:
     report = json.loads(distributed.stdout)
     assert report == json.loads(local.stdout)
     assert report["findings"], "the faulty sample should give findings to compare"
+
+
+def test_report_and_compare_on_ray_equal_local(ray_cluster: Any, split_input: Path, tmp_path: Path) -> None:
+    """`report` and `compare` from Ray tasks write the same report.json as the local engine."""
+    runner = CliRunner()
+    jobs = {
+        "report": ["report", str(split_input), "--mini-batch-size", "17", "--micro-batch-size", "4"],
+        "compare": ["compare", str(split_input), "--from", "token_mean", "--to", "prompt_mean,mini-batch-prompts=3"],
+    }
+    for name, args in jobs.items():
+        documents = []
+        for engine in ("local", "ray"):
+            out = tmp_path / f"{name}-{engine}"
+            result = runner.invoke(app, [*args, "-o", str(out), "--engine", engine])
+            assert result.exit_code == 0, result.output
+            documents.append(json.loads((out / "report.json").read_text()))
+        assert documents[0] == documents[1]
+        assert documents[0]["input"]["steps"] == [0, 1, 2, 3, 4]
+
+
+def test_breakdown_merged_from_ray_parts_equals_local(ray_cluster: Any, split_input: Path) -> None:
+    """Per-row weights, histograms and splits of the breakdown are the same from Ray tasks."""
+    import torch
+
+    from aggscope.breakdown import run_breakdown_on
+    from aggscope.specs import parse_specs
+
+    specs = parse_specs("seq-mean-token-mean", ["prompt_mean,mini-batch-prompts=4", "token_mean"], Layout(dp_size=2))
+    local = run_breakdown_on(Engine(), open_rollouts(str(split_input)), specs)
+    distributed = run_breakdown_on(Engine("ray"), open_rollouts(str(split_input)), specs)
+    for label in local.labels:
+        assert torch.equal(local.results[label].row_weight, distributed.results[label].row_weight)
+        assert (local.results[label].histogram.positive == distributed.results[label].histogram.positive).all()
+    assert local.checks == distributed.checks and local.cut_prompts == distributed.cut_prompts
+    assert torch.equal(local.stats.adv_abs_sum, distributed.stats.adv_abs_sum)

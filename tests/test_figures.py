@@ -155,3 +155,20 @@ def test_plot_needs_an_output_directory_that_is_not_a_file(tmp_path: Path) -> No
     result = runner.invoke(app, ["plot", "-o", str(blocker), "--figure", "steps"])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"aggscope: error: {blocker}: exists and is not a directory; give a directory for the output"
+
+
+def test_figures_when_every_token_gets_a_gradient(tmp_path: Path) -> None:
+    """No zero-gradient cause at all: the causes figure still labels every mode and says so."""
+    lengths = np.array([3, 5, 2, 4])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    advantages = np.repeat(np.array([1.0, -1.0, 0.5, -0.5]), lengths)
+    batch = StepBatch.from_flat(
+        advantages, np.ones(int(offsets[-1]), dtype=bool), offsets, uids=["a", "a", "b", "b"], rewards=[1.0, 0.0, 1.0, 0.0]
+    )
+    breakdown = run_breakdown([batch], [parse_spec("token_mean", Layout()), parse_spec("prompt_mean", Layout())])
+    assert all(sum(causes.values()) == 0 for causes in breakdown.zero_grad_causes().values())
+    figure = make_figures(breakdown, ["zero_grad_causes"])["zero_grad_causes"]
+    axis = figure.axes[0]
+    assert [tick.get_text() for tick in axis.get_yticklabels()] == ["prompt_mean", "token_mean"]
+    assert "every loss token gets a gradient" in axis.get_title()
+    assert save_figures({"zero_grad_causes": figure}, tmp_path)["zero_grad_causes"].stat().st_size > 5_000

@@ -407,3 +407,27 @@ def test_progress_shows_steps_and_tokens_on_a_terminal(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert list(render.with_progress(iter([1, 2]), 2, "report", tokens=lambda n: n)) == [1, 2]
     assert capsys.readouterr().err == ""
+
+
+def test_report_and_compare_when_no_token_gets_a_gradient(tmp_path: Path) -> None:
+    """Every group zero-variance (all advantages 0): shares are undefined, shown as '-', never a crash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "uid": ["a", "a", "b", "b"],
+            "advantages": [[0.0] * 3, [0.0] * 5, [0.0] * 2, [0.0] * 4],
+            "loss_mask": [[1] * 3, [1] * 5, [1] * 2, [1] * 4],
+            "reward": [1.0, 1.0, 0.0, 0.0],
+        }
+    )
+    pq.write_table(table, tmp_path / "flat.parquet")
+    for args in (["report"], ["compare", "--from", "token_mean", "--to", "sequence_mean"]):
+        out = tmp_path / args[0]
+        result = runner.invoke(app, [args[0], str(tmp_path / "flat.parquet"), *args[1:], "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        document = json.loads((out / "report.json").read_text())
+        assert document["results"]["token_mean"]["total"]["zero_grad_tokens"] == 14
+        assert document["changes"][0]["length_quartiles"]["change_points"] == [None] * 4
+        assert "100.0% of loss tokens (14) get no gradient" in " ".join(document["summary"])

@@ -6,9 +6,8 @@ from typing import Annotated, Any
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, input_options, layout_options
-from aggscope.cli.render import with_progress
-from aggscope.cli.report_cmd import print_summary
+from aggscope.cli.options import InputSpec, engine_options, input_options, layout_options
+from aggscope.cli.report_cmd import analyse, print_summary
 
 SPEC_HELP = (
     "MODE[,key=value,...]: a mode (any name or alias) plus layout overrides, keys as the layout options without "
@@ -22,9 +21,11 @@ SPEC_HELP = (
 )
 @input_options
 @layout_options
+@engine_options
 def compare(
     source: InputSpec,
     layout: Any,
+    engine: Any,
     *,
     base: Annotated[str, typer.Option("--from", help=f"The configuration you have. {SPEC_HELP}", show_default=False)],
     candidates: Annotated[
@@ -34,12 +35,11 @@ def compare(
 ) -> None:
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
     from aggscope.figures import check_output_directory
-    from aggscope.reports import compare as compare_report
+    from aggscope.reports import build_report
     from aggscope.specs import parse_specs
 
     specs = parse_specs(base, candidates, layout)
     check_output_directory(out)
     rollouts = source.open()
-    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "compare", tokens=lambda batch: batch.n_tokens)
-    result = compare_report(steps, specs, source=rollouts.source)
+    result = build_report(analyse(rollouts, specs, engine, "compare"), "compare", rollouts.notes)
     print_summary(result, result.write(out))

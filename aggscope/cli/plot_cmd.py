@@ -6,8 +6,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, input_options, layout_options
-from aggscope.cli.render import stdout_console, with_progress
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
+from aggscope.cli.render import stdout_console
+from aggscope.cli.report_cmd import analyse
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
 
@@ -18,9 +19,11 @@ OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write in
 )
 @input_options
 @layout_options
+@engine_options
 def plot(
     source: InputSpec,
     layout: Any,
+    engine: Any,
     *,
     out: OutDir,
     mode: Modes = None,
@@ -36,7 +39,7 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
-    from aggscope.figures import check_figure_names, check_image_format, check_output_directory, plot
+    from aggscope.figures import check_figure_names, check_image_format, check_output_directory, make_figures, save_figures
     from aggscope.specs import Spec
     from aggscope.weights import select_modes
 
@@ -45,8 +48,8 @@ def plot(
     check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "plotting", tokens=lambda batch: batch.n_tokens)
-    paths = plot(steps, [Spec(m, layout) for m in modes], out, image_format, figure, source=rollouts.source)
+    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "plotting")
+    paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
     for name, path in paths.items():
         console.print(f"{name:<22} {path}")

@@ -7,19 +7,21 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, input_options, layout_options
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
 from aggscope.cli.render import fmt_int, stdout_console, with_progress
 
 
 @app.command(
     epilog="Example: aggscope report rollouts/ --mini-batch-size 256 --micro-batch-size 8 --dp-size 4 --max-seq-len 4096 "
-    "-o reports"
+    "-o reports; on a Ray cluster: aggscope report s3://bucket/run/ --engine ray --address auto -o reports"
 )
 @input_options
 @layout_options
+@engine_options
 def report(
     source: InputSpec,
     layout: Any,
+    engine: Any,
     mode: Modes = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")] = Path(
         "reports"
@@ -27,15 +29,26 @@ def report(
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
     from aggscope.figures import check_output_directory
-    from aggscope.reports import full_report
+    from aggscope.reports import build_report
+    from aggscope.specs import Spec
     from aggscope.weights import select_modes
 
     check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    steps = with_progress(rollouts.iter_steps(), len(rollouts.steps), "report", tokens=lambda batch: batch.n_tokens)
-    result = full_report(steps, modes, layout, source=rollouts.source)
+    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "report")
+    result = build_report(breakdown, "report", rollouts.notes)
     print_summary(result, result.write(out))
+
+
+def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
+    """The breakdown of every step under the SPECs, on the engine, with a progress bar."""
+    from aggscope.breakdown import run_breakdown_on
+
+    def progress(items: Any) -> Any:
+        return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens)
+
+    return run_breakdown_on(engine, rollouts, specs, source=rollouts.source, progress=progress)
 
 
 def print_summary(result: Any, files: Any) -> None:
@@ -43,6 +56,8 @@ def print_summary(result: Any, files: Any) -> None:
     console = stdout_console()
     for sentence in result.summary:
         console.print(sentence)
+    for note in result.document["input"]["notes"]:
+        console.print(f"[dim]input: {note}[/dim]")
     from aggscope.reports import severity_counts
 
     document = result.document
