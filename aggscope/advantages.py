@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import choose
 
 GRPO_EPSILON = 1e-6
 ESTIMATORS = ("grpo", "dr_grpo", "rloo")
@@ -29,11 +29,7 @@ _ALIASES = {"dr-grpo": "dr_grpo", "drgrpo": "dr_grpo", "reinforce_loo": "rloo"}
 
 def resolve_estimator(name: str) -> str:
     """The canonical estimator name, or a one-line error listing the valid ones."""
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ESTIMATORS:
-        raise AggscopeError(f"--advantage {name!r}: unknown estimator; choose one of {', '.join(ESTIMATORS)}")
-    return key
+    return choose("--advantage", name, ESTIMATORS, _ALIASES, "estimator")
 
 
 def outcome_advantages(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 
 class AggscopeError(Exception):
     """Bad input or an impossible request, with a message that says what to do.
@@ -16,3 +18,13 @@ class AggscopeError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+
+def choose(option: str, name: str, choices: Sequence[str], aliases: Mapping[str, str], what: str) -> str:
+    """The canonical name among ``choices`` (case and spaces ignored, ``aliases`` followed), or a
+    one-line error naming ``option`` and listing the valid names."""
+    key = name.strip().lower()
+    key = aliases.get(key, key)
+    if key not in choices:
+        raise AggscopeError(f"{option} {name!r}: unknown {what}; choose one of {', '.join(choices)}")
+    return key

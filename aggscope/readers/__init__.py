@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, choose
 from aggscope.readers.base import ReadOptions, list_files
 
 READERS = {
@@ -44,11 +44,7 @@ _SUFFIXES = (".parquet", ".jsonl", ".pt", ".pkl", ".pickle")
 
 
 def resolve_format(name: str) -> str:
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in FORMATS:
-        raise AggscopeError(f"--format {name!r}: unknown format; choose one of {', '.join(FORMATS)}")
-    return key
+    return choose("--format", name, FORMATS, _ALIASES, "format")
 
 
 def open_any(
