@@ -17,8 +17,9 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
+import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
@@ -184,6 +185,7 @@ class ParquetRollouts:
 
 
 READ_BATCH_TOKENS = 1 << 20  # tokens decoded per batch: ~5 MB of a float32 and an int8 column
+TOUCH_PAGES_FROM = 1 << 24  # steps of this many tokens or more get their pages touched ahead of the copy
 
 
 def _rows_per_batch(row_group: Any, token_columns: list[str], parquet: pq.ParquetFile) -> int:
@@ -202,12 +204,61 @@ def _leaf_index(metadata: pq.FileMetaData, name: str) -> int | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
+class _PageToucher:
+    """Touches the pages of freshly allocated arrays while the reader fills them.
+
+    The first write to a page of new memory costs a page fault; for a step of 1e8 tokens that is
+    about a second of the read. A background thread takes those faults while the reading thread
+    decodes Parquet (both release the GIL). The reader fills the arrays from the start, the thread
+    touches them from the end, one zero per page, a chunk at a time. Under a lock, the reader
+    claims ``[0, claimed)`` before each write and the thread reserves each chunk at or above
+    ``claimed`` before touching it; when the reader needs a place the thread has reserved, the two
+    have met and the reader stops the thread and waits for it. So they never write the same place.
+    """
+
+    CHUNK_BYTES = 16 << 20
+    PAGE_BYTES = 4096
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self._arrays = list(arrays)
+        self._chunk = max(1, self.CHUNK_BYTES // max(a.itemsize for a in self._arrays))
+        self._lock = threading.Lock()
+        self._reserved = min(a.size for a in self._arrays)  # the thread writes only at or above this
+        self._claimed = 0  # the reader writes only below this
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aggscope-page-toucher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                end = self._reserved
+                start = max(self._claimed, end - self._chunk)
+                if start >= end:
+                    return
+                self._reserved = start
+            for array in self._arrays:
+                array[start : end : max(1, self.PAGE_BYTES // array.itemsize)] = 0
+
+    def before_write(self, end: int) -> None:
+        """Call before writing elements ``[.., end)``; stops the thread once the two would meet."""
+        with self._lock:
+            if end <= self._reserved:
+                self._claimed = max(self._claimed, end)
+                return
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class _TokenAccumulator:
     """The flat token arrays of one step, filled batch by batch.
 
     With a known capacity the values are copied straight into preallocated arrays, so the step
-    never exists twice in memory (pages past the end are never touched, so an over-estimate costs
-    no memory). Without one, batches are kept and joined at the end.
+    never exists twice in memory; their pages are touched ahead of the copy by a ``_PageToucher``.
+    Without one, batches are kept and joined at the end.
     """
 
     def __init__(self, capacity: int | None) -> None:
@@ -215,6 +266,7 @@ class _TokenAccumulator:
         self.size = 0
         self.advantages: np.ndarray | None = None
         self.mask: np.ndarray | None = None
+        self.toucher: _PageToucher | None = None
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.lengths: list[np.ndarray] = []
 
@@ -224,8 +276,12 @@ class _TokenAccumulator:
         if self.capacity is not None and self.advantages is None:
             self.advantages = np.empty(self.capacity, dtype=advantages.dtype)
             self.mask = np.empty(self.capacity, dtype=bool)
+            if self.capacity >= TOUCH_PAGES_FROM:
+                self.toucher = _PageToucher([self.advantages, self.mask])
         if self.advantages is not None and self.mask is not None:
             fits = self.size + n <= self.advantages.size and advantages.dtype == self.advantages.dtype
+            if self.toucher is not None:
+                self.toucher.before_write(self.size + n if fits else self.advantages.size)
             if fits:
                 self.advantages[self.size : self.size + n] = advantages
                 self.mask[self.size : self.size + n] = mask
@@ -240,6 +296,8 @@ class _TokenAccumulator:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(advantages [n_tokens], mask [n_tokens] bool, offsets [n_seqs + 1] int64)``."""
+        if self.toucher is not None:
+            self.toucher.stop()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

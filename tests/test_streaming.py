@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,35 @@ def test_token_accumulator_joins_batches_whatever_its_capacity(capacity: int | N
     assert advantages.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
     assert mask.tolist() == [True, False, True, True, True, False, False, True, True]
     assert offsets.tolist() == [0, 1, 3, 3, 5, 9]
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_page_toucher_never_changes_what_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repeat: int) -> None:
+    """Touching the pages of the step's arrays from a thread, in tiny chunks that race the reader,
+    gives exactly the tokens of a read without it."""
+    table = rollout_table(seed=repeat, steps=1, rows=300)
+    path = tmp_path / "one_step.parquet"
+    pq.write_table(table, path, row_group_size=300)
+    plain = open_rollouts(str(path)).read_step(0)
+    monkeypatch.setattr(loading_module, "TOUCH_PAGES_FROM", 1)
+    monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 64)
+    monkeypatch.setattr(loading_module._PageToucher, "CHUNK_BYTES", 32)
+    monkeypatch.setattr(loading_module._PageToucher, "PAGE_BYTES", 4)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL back and forth all the time, so the two threads interleave
+    try:
+        touched = open_rollouts(str(path)).read_step(0)
+    finally:
+        sys.setswitchinterval(switch)
+    assert torch.equal(touched.advantages.view(torch.int32), plain.advantages.view(torch.int32))  # bits, NaN too
+    assert torch.equal(touched.loss_mask, plain.loss_mask)
+    assert torch.equal(touched.offsets, plain.offsets)
+
+
+def test_page_toucher_stops_where_the_reader_arrives() -> None:
+    arrays = [np.full(1 << 16, 7.0, dtype=np.float32), np.ones(1 << 16, dtype=bool)]
+    toucher = loading_module._PageToucher(arrays)
+    toucher.before_write(1 << 16)  # the reader wants everything: the thread is stopped before this returns
+    assert not toucher._thread.is_alive()
+    arrays[0][:] = 3.0
+    assert (arrays[0] == 3.0).all()
