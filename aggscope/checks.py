@@ -977,8 +977,9 @@ class CheckReport:
     worst_step: StepLanes | None = None
     lengths_estimated: bool = False
 
-    def counts(self) -> dict[str, int]:
-        counts = Counter(f.severity for f in self.findings)
+    def counts(self, step: int | None = None) -> dict[str, int]:
+        """Findings per severity, over all steps or in one step."""
+        counts = Counter(f.severity for f in self.findings if step is None or f.step == step)
         return {severity: counts[severity] for severity in SEVERITIES}
 
     def fails(self, fail_on: str) -> bool:
@@ -1003,6 +1004,9 @@ class CheckReport:
             "modes": self.modes,
             "notes": self.notes,
             "lengths_estimated": self.lengths_estimated,
+            "worst_step": None
+            if self.worst_step is None
+            else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
         }
 
 

@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 from aggscope.batch import StepBatch
 from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown, run_breakdown
-from aggscope.checks import ZERO_GRAD_CAUSES
+from aggscope.checks import SEVERITIES, ZERO_GRAD_CAUSES
 from aggscope.errors import AggscopeError
 from aggscope.modes import MODES
 from aggscope.specs import Spec, describe_layout
@@ -254,12 +254,17 @@ def split_map(breakdown: Breakdown) -> Figure:
 
 
 def _worst_step(breakdown: Breakdown) -> int:
-    """The step with the most prompts cut by a mini-batch boundary under any layout (first on ties)."""
-    cut = [
-        max(len(per_layout[index]["mini_batch"]) for per_layout in breakdown.cut_prompts.values())
-        for index in range(len(breakdown.steps))
-    ]
-    return int(np.argmax(cut)) if cut else 0
+    """The index of the step that ``check`` pictures: the one with the worst findings (most errors,
+    then warnings, then infos) under any layout, the first layout and step on ties."""
+    best: tuple[tuple[int, ...], int] | None = None
+    for report in breakdown.checks.values():
+        worst = report.get("worst_step")
+        if worst is None:
+            continue
+        key = tuple(worst["counts"][severity] for severity in SEVERITIES)
+        if best is None or key > best[0]:
+            best = (key, breakdown.steps.index(worst["step"]))
+    return 0 if best is None else best[1]
 
 
 def _cut_colours(cuts: Mapping[str, Sequence[str]], labels: Sequence[str]) -> np.ndarray:
@@ -395,9 +400,16 @@ FIGURES: dict[str, FigureBuilder] = {
 
 
 def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> dict[str, Figure]:
-    """Build the named figures (default: all of ``FIGURES``), in ``FIGURES`` order."""
+    """Build the named figures (default: all of ``FIGURES``), in ``FIGURES`` order.
+
+    ``steps`` shows trends over steps, so it is left out of the default for a one-step input
+    (and asking for it by name there is an error).
+    """
     check_figure_names(names)
-    wanted = list(FIGURES) if not names else list(names)
+    several_steps = len(breakdown.steps) > 1
+    if names and "steps" in names and not several_steps:
+        raise AggscopeError("figure 'steps' shows per-step trends; this input has a single step")
+    wanted = list(names) if names else [name for name in FIGURES if several_steps or name != "steps"]
     figures = {}
     with _style():
         for name in FIGURES:

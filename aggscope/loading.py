@@ -380,6 +380,14 @@ def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -
         missing = [name for name in mapping.values() if name not in schema.names]
         if missing:
             raise AggscopeError(f"{file}: missing column {missing[0]!r} that {files[0]} has")
+        # Every file must give every role the same column: a column that only some files have
+        # (a `step` in the second file, say) would otherwise be ignored and steps merged.
+        extra = {role: name for role, name in detect_columns(schema.names, overrides, file).items() if role not in mapping}
+        if extra:
+            role, name = next(iter(extra.items()))
+            raise AggscopeError(
+                f"{file}: has column {name!r} ({role}) that {files[0]} lacks; files of one input must have the same columns"
+            )
     layout, notes = _check_roles(mapping, schemas[0], files[0])
     plans = [_plan_file(file, filesystem, mapping.get("step")) for file in files]
     steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))

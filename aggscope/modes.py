@@ -179,4 +179,7 @@ def check_applicable(mode: Mode, *, has_groups: bool, max_seq_len: int | None, s
     if mode.needs_horizon and max_seq_len is None:
         raise AggscopeError(f"mode {mode.name} needs the horizon: give --max-seq-len H")
     if mode.needs_groups and not has_groups:
-        raise AggscopeError(f"{source}: mode {mode.name} is unavailable without a uid column (set one with --col uid=NAME)")
+        raise AggscopeError(
+            f"{source}: mode {mode.name} is unavailable without a uid column (no prompt-group ids in this input; "
+            "for Parquet input, name the column with --col uid=NAME)"
+        )

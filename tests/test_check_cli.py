@@ -265,3 +265,23 @@ def test_readme_shows_the_real_check_output():
     )
     assert result.returncode == 1
     assert shown == result.stdout.rstrip("\n"), "README: paste the real output of the command again"
+
+
+def test_report_pictures_the_step_check_pictures() -> None:
+    """The split map of a report shows the step whose split ``check`` draws: the worst findings."""
+    from aggscope.breakdown import run_breakdown
+    from aggscope.figures import _worst_step
+    from aggscope.layout import Layout
+    from aggscope.loading import load_steps
+    from aggscope.specs import parse_spec
+
+    checked = json.loads(invoke(*FAULTY_ARGS, "--json").stdout)
+    worst = checked["worst_step"]
+    assert worst["counts"] == {
+        severity: sum(f["severity"] == severity and f["step"] == worst["step"] for f in checked["findings"])
+        for severity in ("error", "warning", "info")
+    }
+    breakdown = run_breakdown(
+        load_steps(str(FAULTY)), [parse_spec("token_mean", Layout()), parse_spec("token_mean,mini-batch-size=10", Layout())]
+    )
+    assert breakdown.steps[_worst_step(breakdown)] == worst["step"]

@@ -219,6 +219,8 @@ def test_error_impossible_layouts() -> None:
     assert_error(run("weights", "--dp-size", "0"), "--dp-size must be a whole number of at least 1")
     assert_error(run("weights", "-m", "dr_grpo"), "mode seq_mean_token_sum_norm needs the horizon: give --max-seq-len H")
     assert_error(run("weights", "--micro-batch-size", "many"), "Invalid value for '--micro-batch-size'")
+    assert_error(run("weights", "--seed", "3"), "--seed applies only to --order shuffle")
+    assert run("weights", "--order", "shuffle", "--seed", "3", "--json").exit_code == 0
 
 
 def test_error_layout_needs_uids(tmp_path: Path) -> None:

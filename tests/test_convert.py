@@ -61,6 +61,21 @@ def test_convert_writes_whole_or_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [tmp_path / "dump"]  # no output, no temporary file left
 
 
+def test_convert_never_overwrites_its_input(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "dump" / "1.jsonl", VERL_ROWS)
+    first = tmp_path / "first.parquet"
+    invoke("convert", str(source), "-o", str(first), "--json")
+    before = first.read_bytes()
+    assert cli_error("convert", str(first), "-o", str(first)).endswith(f"{first}: is one of the input files; choose another output name")
+    assert first.read_bytes() == before
+    # Converting a directory into itself works once; a second run would read its own output.
+    folder = tmp_path / "canon"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(before)
+    invoke("convert", str(folder), "-o", str(folder / "all.parquet"), "--json")
+    assert "all.parquet: is one of the input files" in cli_error("convert", str(folder), "-o", str(folder / "all.parquet"))
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

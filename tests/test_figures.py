@@ -129,6 +129,19 @@ def test_plot_on_a_file_without_uids_by_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "prompt_concentration.png").is_file()
 
 
+def test_one_step_has_no_steps_figure(tmp_path: Path) -> None:
+    table = pa.table(
+        {"uid": ["a", "a", "b"], "advantages": [[1.0, 1.0], [-1.0, -1.0, -1.0], [0.5]], "loss_mask": [[1, 1], [1, 1, 0], [1]]}
+    )
+    pq.write_table(table, tmp_path / "one.parquet")
+    result = runner.invoke(app, ["plot", str(tmp_path / "one.parquet"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == sorted(n for n in FIGURE_NAMES if n != "steps")
+    asked = runner.invoke(app, ["plot", str(tmp_path / "one.parquet"), "-o", str(tmp_path / "out2"), "--figure", "steps"])
+    assert asked.exit_code == 2
+    assert "figure 'steps' shows per-step trends; this input has a single step" in asked.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -215,6 +215,16 @@ def test_files_must_share_columns(tmp_path: Path) -> None:
     assert f"{tmp_path / 'b.parquet'}: missing column 'uid'" in error_of(str(tmp_path))
 
 
+def test_a_column_only_later_files_have_is_an_error(tmp_path: Path) -> None:
+    # Without this, b's steps 0 and 1 would be merged into one step under a's default step 0.
+    write(tmp_path / "a.parquet", WIDE)
+    write(tmp_path / "b.parquet", {**WIDE, "step": [0, 1, 1]})
+    assert error_of(str(tmp_path)) == (
+        f"{tmp_path / 'b.parquet'}: has column 'step' (step) that {tmp_path / 'a.parquet'} lacks; "
+        "files of one input must have the same columns"
+    )
+
+
 def test_uid_must_be_constant_within_a_sequence(tmp_path: Path) -> None:
     long = {"seq_id": [1, 1], "uid": ["a", "b"], "advantages": [1.0, 1.0], "loss_mask": [1, 1]}
     path = write(tmp_path / "r.parquet", long)

@@ -447,3 +447,9 @@ def test_reader_errors_are_aggscope_errors_in_the_library(tmp_path: Path) -> Non
     path = write_jsonl(tmp_path / "5.jsonl", VERL_ROWS)
     with pytest.raises(AggscopeError, match="unknown format"):
         open_rollouts(str(path), format="openrlhf")
+
+
+def test_verl_col_uid_must_name_a_field(tmp_path: Path) -> None:
+    # An explicit --col is never ignored: a uid field that is not there is an error, not text grouping.
+    path = write_jsonl(tmp_path / "5.jsonl", VERL_ROWS)
+    assert "first line has no 'nothere' field" in cli_error("inspect", str(path), "--col", "uid=nothere")

@@ -22,8 +22,10 @@ def convert(
     import json
 
     from aggscope.canonical import write_canonical
+    from aggscope.writing import refuse_to_overwrite_inputs
 
     rollouts = source.open()
+    refuse_to_overwrite_inputs(out, rollouts.files)
     summary = write_canonical(rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting"))
     if json_output:
         typer.echo(json.dumps(summary.to_dict()))

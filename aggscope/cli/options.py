@@ -200,7 +200,13 @@ _LAYOUT_PARAMS = [
         ],
         "logged",
     ),
-    _param("seed", Annotated[int, typer.Option(help="Seed of --order shuffle.", rich_help_panel=LAYOUT_PANEL)], 0),
+    _param(
+        "seed",
+        Annotated[
+            Optional[int], typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False)
+        ],
+        None,
+    ),
 ]
 LAYOUT_OPTION_NAMES = [p.name for p in _LAYOUT_PARAMS]
 
@@ -281,8 +287,13 @@ def _build_input(
 
 
 def _build_layout(**values: Any) -> Any:
+    from aggscope.errors import AggscopeError
     from aggscope.layout import Layout
 
+    if values["seed"] is None:
+        values["seed"] = 0
+    elif values["order"].strip().lower() != "shuffle":
+        raise AggscopeError("--seed applies only to --order shuffle; add --order shuffle or drop --seed")
     return Layout(**values)
 
 

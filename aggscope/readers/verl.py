@@ -43,7 +43,8 @@ class VerlRollouts(TextDumpRollouts):
         reward_field = options.columns.get("reward", options.reward_col or "score")
         uid_field = options.columns.get("uid", "uid")
         text_field = options.columns.get("uid_text", "input")
-        for name in (text_field, "output", reward_field):
+        required = (text_field, "output", reward_field, *([uid_field] if "uid" in options.columns else []))
+        for name in required:
             if name not in first:
                 raise AggscopeError(
                     f"{files[0]}: first line has no {name!r} field (fields: {', '.join(first)}); "
