@@ -209,7 +209,12 @@ def _table(host: _HostBatch) -> pa.Table:
         step=host.step,
         source="log_batch",
     )
-    return canonical_table(batch, canonical_schema(batch, metadata=WRITER_METADATA))
+    table = canonical_table(batch, canonical_schema(batch, metadata=WRITER_METADATA))
+    if host.uids is not None and all(isinstance(u, int) and not isinstance(u, bool) for u in host.uids):
+        # Integer uids stay integers (the canonical uid column is a string or an integer).
+        index = table.schema.get_field_index("uid")
+        table = table.set_column(index, pa.field("uid", pa.int64()), pa.array(host.uids, type=pa.int64()))
+    return table
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -19,7 +19,8 @@ import hashlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
@@ -83,6 +84,10 @@ class ParquetRollouts:
         for step in self.steps:
             yield self.read_step(step)
 
+    def step_tokens(self, step: int) -> int | None:
+        """The step's token count from the Parquet metadata alone, when the metadata tells it."""
+        return self._token_capacity(step)
+
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
         if self.layout == "long":
@@ -92,7 +97,9 @@ class ParquetRollouts:
         origins: list[np.ndarray] = []
         for batch, origin in self._batches(step):
             where = _RowLocator(self._paths, origin)
-            tokens.add(*_decode_wide_tokens(batch, self.columns, where))
+            advantages, mask, offsets = _decode_wide_tokens(batch, self.columns, where)
+            tokens.add(advantages, mask, offsets)
+            _tell_listeners(advantages.size)
             row_tables.append(batch.drop_columns([name for name in self._token_list_columns if name in batch.column_names]))
             origins.append(origin)
         rows = pa.concat_tables(row_tables) if len(row_tables) > 1 else row_tables[0]
@@ -179,9 +186,28 @@ class ParquetRollouts:
         for table, origin in self._batches(step):
             tables.append(table)
             origins.append(origin)
+            _tell_listeners(table.num_rows)
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
         where = _RowLocator(self._paths, np.concatenate(origins))
         return _decode_long(table, self.columns, step, self._step_source, where)
+
+
+_read_listeners: list[Callable[[int], None]] = []
+
+
+@contextmanager
+def reading_progress(listener: Callable[[int], None]) -> Iterator[None]:
+    """Call ``listener(tokens)`` after each batch of tokens that Parquet reading in this process decodes."""
+    _read_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _read_listeners.remove(listener)
+
+
+def _tell_listeners(tokens: int) -> None:
+    for listener in _read_listeners:
+        listener(tokens)
 
 
 READ_BATCH_TOKENS = 1 << 20  # tokens decoded per batch: ~5 MB of a float32 and an int8 column

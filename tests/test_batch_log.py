@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import REPO
@@ -107,6 +108,8 @@ def test_ragged_round_trip_is_exact(tmp_path_factory: pytest.TempPathFactory, ro
     (batch,) = load_steps(str(folder))
     offsets = batch.offsets.tolist()
     assert batch.step == step and batch.row_uids() == [str(u) for u in uids]
+    (written,) = folder.glob("*.parquet")
+    assert pq.read_table(written, columns=["uid"]).column("uid").to_pylist() == uids  # integers stay integers
     for row in range(len(rows)):
         assert batch.advantages[offsets[row] : offsets[row + 1]].tolist() == advantages[row]  # float64 kept exactly
         assert batch.loss_mask[offsets[row] : offsets[row + 1]].tolist() == [bool(m) for m in masks[row]]

@@ -129,7 +129,7 @@ def test_verl_truncated_line(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "5.jsonl", VERL_ROWS[:2])
     path.write_text(path.read_text() + '{"input": "Q9", "outp')  # a writer killed mid-line
     message = cli_error("weights", str(path), "--format", "verl")
-    assert f"{path}: line 3: not valid JSON" in message and "cut short" in message
+    assert f"{path}: line 3: not valid JSON (Unterminated string starting at column 17)" in message and "cut short" in message
 
 
 def test_verl_wrong_type_and_missing_field(tmp_path: Path) -> None:

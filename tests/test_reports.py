@@ -409,6 +409,38 @@ def test_progress_shows_steps_and_tokens_on_a_terminal(
     assert capsys.readouterr().err == ""
 
 
+def test_progress_moves_within_one_big_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A single step large enough gets a bar over tokens, advanced as its batches are decoded."""
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aggscope import loading
+    from aggscope.cli import render
+
+    lengths = [50] * 400
+    table = pa.table({"advantages": [[1.0] * n for n in lengths], "loss_mask": [[1] * n for n in lengths]})
+    pq.write_table(table, tmp_path / "one.parquet")
+    rollouts = loading.open_rollouts(str(tmp_path / "one.parquet"))
+    assert rollouts.step_tokens(0) == sum(lengths)
+    monkeypatch.setattr(loading, "READ_BATCH_TOKENS", 2_000)  # 10 batches
+    monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 10_000)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    seen: list[int] = []
+    with loading.reading_progress(seen.append):
+        (batch,) = list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))
+    assert batch.n_tokens == sum(seen) == 20_000 and len(seen) == 10
+    err = capsys.readouterr().err
+    assert "weights" in err and "1/1 steps" in err and "20,000 tokens" in err
+    # Below the threshold a one-step input shows no bar.
+    monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 1 << 30)
+    assert len(list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))) == 1
+    assert capsys.readouterr().err == ""
+
+
 def test_report_and_compare_when_no_token_gets_a_gradient(tmp_path: Path) -> None:
     """Every group zero-variance (all advantages 0): shares are undefined, shown as '-', never a crash."""
     import pyarrow as pa

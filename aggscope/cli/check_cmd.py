@@ -51,7 +51,11 @@ def check(
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks_on(
-        engine, rollouts, modes, layout, progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking")
+        engine,
+        rollouts,
+        modes,
+        layout,
+        progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
     )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))

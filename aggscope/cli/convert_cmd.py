@@ -26,7 +26,9 @@ def convert(
 
     rollouts = source.open()
     refuse_to_overwrite_inputs(out, rollouts.files)
-    summary = write_canonical(rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting"))
+    summary = write_canonical(
+        rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting", rollouts=rollouts)
+    )
     if json_output:
         typer.echo(json.dumps(summary.to_dict()))
         return

@@ -29,13 +29,15 @@ def inspect(
 
     rollouts = source.open()
     if uid is not None:
-        found = describe_uid(rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading"))
+        found = describe_uid(
+            rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts)
+        )
         if json_output:
             typer.echo(json.dumps(found.to_dict()))
         else:
             _print_uid(found)
         return
-    description = describe(rollouts, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading"))
+    description = describe(rollouts, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts))
     if json_output:
         typer.echo(json.dumps(description.to_dict()))
         return

@@ -203,7 +203,8 @@ _LAYOUT_PARAMS = [
     _param(
         "seed",
         Annotated[
-            Optional[int], typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False)
+            Optional[int],
+            typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False),
         ],
         None,
     ),

@@ -46,7 +46,7 @@ def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
     from aggscope.breakdown import run_breakdown_on
 
     def progress(items: Any) -> Any:
-        return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens)
+        return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens, rollouts=rollouts)
 
     return run_breakdown_on(engine, rollouts, specs, source=rollouts.source, progress=progress)
 

@@ -47,7 +47,12 @@ def weights(
         refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_weights_on(
-        engine, rollouts, modes, layout, out=out, progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights")
+        engine,
+        rollouts,
+        modes,
+        layout,
+        out=out,
+        progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights", rollouts=rollouts),
     )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))

@@ -116,7 +116,10 @@ def _parse_line(path: str, number: int, raw: bytes) -> dict[str, Any]:
     try:
         record = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        if isinstance(exc, json.JSONDecodeError):
+            detail = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+        else:
+            detail = "not UTF-8 text"
         hint = "; the line is cut short (was the writer stopped mid-write?)" if not raw.endswith(b"\n") else ""
         raise AggscopeError(f"{path}: line {number}: not valid JSON ({detail}){hint}") from None
     if not isinstance(record, dict):
