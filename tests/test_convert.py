@@ -66,7 +66,9 @@ def test_convert_never_overwrites_its_input(tmp_path: Path) -> None:
     first = tmp_path / "first.parquet"
     invoke("convert", str(source), "-o", str(first), "--json")
     before = first.read_bytes()
-    assert cli_error("convert", str(first), "-o", str(first)).endswith(f"{first}: is one of the input files; choose another output name")
+    assert cli_error("convert", str(first), "-o", str(first)).endswith(
+        f"{first}: is one of the input files; choose another output name"
+    )
     assert first.read_bytes() == before
     # Converting a directory into itself works once; a second run would read its own output.
     folder = tmp_path / "canon"
