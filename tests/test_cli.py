@@ -220,6 +220,7 @@ def test_error_impossible_layouts() -> None:
     assert_error(run("weights", "-m", "dr_grpo"), "mode seq_mean_token_sum_norm needs the horizon: give --max-seq-len H")
     assert_error(run("weights", "--micro-batch-size", "many"), "Invalid value for '--micro-batch-size'")
     assert_error(run("weights", "--seed", "3"), "--seed applies only to --order shuffle")
+    assert_error(run("weights", "a.parquet", "b.parquet"), "quote a glob, 'runs/*.parquet', or give the directory")
     assert run("weights", "--order", "shuffle", "--seed", "3", "--json").exit_code == 0
 
 

@@ -36,7 +36,9 @@ class _Group(TyperGroup):
             message = exc.format_message()  # type: ignore[attr-defined]
             hint = ""
             ctx = getattr(exc, "ctx", None)
-            if ctx is not None and ctx.command_path:
+            if "unexpected extra argument" in message:
+                hint = " (one PATH per command: quote a glob, 'runs/*.parquet', or give the directory)"
+            elif ctx is not None and ctx.command_path:
                 hint = f" (see '{ctx.command_path} --help')"
             typer.echo(_PREFIX + _one_line(message) + hint, err=True)
             sys.exit(int(getattr(exc, "exit_code", 2)))
