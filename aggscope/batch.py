@@ -134,6 +134,17 @@ class StepBatch:
         """Per-sequence loss-token counts and advantage sums (computed once, then shared)."""
         return _sequence_stats(self.advantages, self.loss_mask, self.offsets)
 
+    def with_stats(self, stats: SequenceStats) -> StepBatch:
+        """This batch with ``stats`` already in place of computing them from the tokens.
+
+        For readers that reduce each part of a step as they decode it (``sequence_stats_numpy``
+        on each part, then ``SequenceStats.concat``): the result must be what ``stats`` computes.
+        """
+        if stats.lengths.shape != (self.n_sequences,):
+            raise AggscopeError(f"{self.source}: stats of {stats.lengths.numel()} sequences for {self.n_sequences}")
+        self.__dict__["stats"] = stats  # where cached_property keeps its value
+        return self
+
     def row_uids(self) -> list[str | None]:
         """The uid text of every row in input order (None where the input has no uid)."""
         if self.group_ids is None or self.uid_labels is None:
@@ -288,9 +299,16 @@ def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offse
     """
     if advantages.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
         advantages = advantages.to(torch.float32)
-    adv = advantages.numpy()  # [n_tokens]
-    mask = loss_mask.numpy()  # [n_tokens] bool
-    offs = offsets.numpy()  # [n_seqs + 1]
+    return sequence_stats_numpy(advantages.numpy(), loss_mask.numpy(), offsets.numpy())
+
+
+def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) -> SequenceStats:
+    """``SequenceStats`` of flat numpy arrays: ``adv [n_tokens]`` float, ``mask [n_tokens]`` bool,
+    ``offs [n_seqs + 1]`` int64 from 0.
+
+    Every sequence is reduced on its own, so the stats of consecutive parts of a step, concatenated,
+    equal those of the whole step bit for bit (readers use this to reduce each part as it is decoded).
+    """
     n_seqs = offs.size - 1
     lengths = offs[1:] - offs[:-1]  # [n_seqs]
     loss_tokens = lengths.copy()
@@ -306,13 +324,26 @@ def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offse
         local = offs[first : last + 1] - start  # [rows + 1]
         masked = ~m  # [chunk]
         nonzero = a != 0  # [chunk]
-        loss_tokens[rows] = np.diff(local) - segment_count_numpy(masked, local)
-        masked_nonzero[rows] = segment_count_numpy(nonzero & masked, local)
-        zero_adv[rows] = segment_count_numpy(m & ~nonzero, local)
         # Sums run over loss tokens whose advantage is finite; every other token counts as +0.0
-        # (as np.where(m & finite, a, 0) gives it; copyto is the cheaper way to say that).
+        # (as np.where(m & finite, a, 0) gives it, here by zeroing the masked places of a copy).
         trained = a.astype(np.float64)  # [chunk]
-        np.copyto(trained, 0.0, where=masked)
+        n_masked = int(np.count_nonzero(masked))
+        if n_masked == 0:
+            masked_count = masked_nonzero_count = np.zeros(last - first, dtype=np.int64)
+        elif n_masked <= masked.size // 4:
+            # Few masked tokens (prompt or tool spans): work on their positions only.
+            where_masked = np.flatnonzero(masked)  # [n_masked] ascending
+            masked_count = np.diff(np.searchsorted(where_masked, local))
+            masked_nonzero_count = np.diff(np.searchsorted(where_masked[nonzero[where_masked]], local))
+            trained[where_masked] = 0.0
+        else:
+            masked_count = segment_count_numpy(masked, local)
+            masked_nonzero_count = segment_count_numpy(nonzero & masked, local)
+            np.copyto(trained, 0.0, where=masked)
+        loss_tokens[rows] = np.diff(local) - masked_count
+        masked_nonzero[rows] = masked_nonzero_count
+        # Zero advantages on loss tokens: all zeros minus the masked ones.
+        zero_adv[rows] = segment_count_numpy(~nonzero, local) - (masked_count - masked_nonzero_count)
         sums = segment_sum_numpy(trained, local, np.float64)
         if not np.isfinite(sums).all():
             # A sum is finite when all its loss tokens are (float32 values summed in float64
@@ -324,7 +355,7 @@ def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offse
         adv_sum[rows] = sums
         adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
     return SequenceStats(
-        lengths=offsets[1:] - offsets[:-1],
+        lengths=torch.from_numpy(lengths),
         loss_tokens=torch.from_numpy(loss_tokens),
         adv_abs_sum=torch.from_numpy(adv_abs_sum),
         adv_sum=torch.from_numpy(adv_sum),

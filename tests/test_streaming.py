@@ -60,7 +60,9 @@ def ragged_batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     n = sum(lengths)
     special = st.sampled_from([0.0, -0.0, 1.5, -2.25, math.nan, math.inf, -math.inf, 3e-8])
     values = draw(st.lists(st.one_of(st.floats(-1e3, 1e3, width=32), special), min_size=n, max_size=n))
-    mask = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    # Masks with about half, few (the sparse path of the reduction) or no masked tokens.
+    mask_value = draw(st.sampled_from([st.booleans(), st.sampled_from([True] * 9 + [False]), st.just(True)]))
+    mask = draw(st.lists(mask_value, min_size=n, max_size=n))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return np.array(values, dtype=np.float32), np.array(mask, dtype=bool), offsets
 
@@ -103,6 +105,44 @@ def test_chunked_stats_equal_the_one_piece_reduction_bit_for_bit(
         assert a.dtype == b.dtype, name
         # Same bits, signs of zero included: compare the raw bytes.
         assert a.numpy().tobytes() == b.numpy().tobytes(), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(ragged_batches(), st.data())
+def test_stats_of_parts_concatenated_equal_the_whole_bit_for_bit(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], draw: st.DataObject
+) -> None:
+    """What the Parquet reader relies on when it reduces each decoded part on its own."""
+    adv, mask, offsets = data
+    n_seqs = offsets.size - 1
+    cuts = sorted(set(draw.draw(st.lists(st.integers(0, n_seqs), max_size=4))) | {0, n_seqs})
+    parts = [
+        batch_module.sequence_stats_numpy(
+            adv[offsets[a] : offsets[b]], mask[offsets[a] : offsets[b]], offsets[a : b + 1] - offsets[a]
+        )
+        for a, b in itertools.pairwise(cuts)
+    ]
+    joined = batch_module.SequenceStats.concat(parts)
+    whole = batch_module._sequence_stats_tensor(torch.from_numpy(adv), torch.from_numpy(mask), torch.from_numpy(offsets))
+    for name in vars(whole):
+        assert getattr(joined, name).numpy().tobytes() == getattr(whole, name).numpy().tobytes(), name
+
+
+def test_read_step_stats_equal_those_computed_from_its_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_step reduces each decoded batch on a second thread; the result is what the tokens give."""
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(0, 300, size=500)
+    adv = [np.where(rng.random(n) < 0.1, 0.0, rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    adv[7][3:5] = [np.nan, np.inf]
+    mask = [rng.random(n) < 0.8 for n in lengths]
+    table = pa.table({"advantages": adv, "loss_mask": mask, "uid": [f"u{i // 8}" for i in range(lengths.size)]})
+    pq.write_table(table, tmp_path / "r.parquet", row_group_size=120)
+    monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 5_000)  # many batches, several in flight
+    (batch,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+    primed = batch.stats
+    recomputed = StepBatch.from_flat(batch.advantages, batch.loss_mask, batch.offsets).stats
+    for name in vars(recomputed):
+        assert getattr(primed, name).numpy().tobytes() == getattr(recomputed, name).numpy().tobytes(), name
 
 
 def test_long_sequences_sum_exactly_as_numpy_reduceat_does() -> None:
