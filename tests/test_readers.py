@@ -453,3 +453,11 @@ def test_verl_col_uid_must_name_a_field(tmp_path: Path) -> None:
     # An explicit --col is never ignored: a uid field that is not there is an error, not text grouping.
     path = write_jsonl(tmp_path / "5.jsonl", VERL_ROWS)
     assert "first line has no 'nothere' field" in cli_error("inspect", str(path), "--col", "uid=nothere")
+
+
+def test_a_folder_mixing_two_trainers_dumps_is_refused_up_front(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "a_atropos.jsonl", [{"tokens": [[1]], "masks": [[1]], "scores": [1.0]}])
+    write_jsonl(tmp_path / "b_verl" / "5.jsonl", VERL_ROWS)
+    assert cli_error("weights", str(tmp_path)).endswith(
+        f"{tmp_path}: mixes dumps of atropos (a_atropos.jsonl) and verl (5.jsonl); give one file or a glob of one kind"
+    )

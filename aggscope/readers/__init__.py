@@ -88,7 +88,7 @@ def detect_format(path: str) -> str:
     if kinds == {".parquet"}:
         return _parquet_kind(files[0])
     if kinds == {".jsonl"}:
-        return _jsonl_kind(files)
+        return _jsonl_kind(path, files)
     if len(kinds) > 1:
         raise AggscopeError(f"{path}: holds {', '.join(sorted(kinds))} files; say which format to read with --format")
     return "parquet"  # one file of another name: the Parquet reader says precisely what is wrong
@@ -107,14 +107,25 @@ def _parquet_kind(file: str) -> str:
     return "parquet"
 
 
-def _jsonl_kind(files: list[str]) -> str:
-    from aggscope.readers.jsonl import first_record
-
+def _jsonl_kind(path: str, files: list[str]) -> str:
     if all(re.fullmatch(r"rank_\d+\.jsonl", os.path.basename(f)) for f in files):
         return "prime-rl"
     if all(re.fullmatch(r"train_data_step\d+\.jsonl", os.path.basename(f)) for f in files):
         return "nemo-rl"
-    keys = set(first_record(files[0]))
+    # Every file's first line: a folder that mixes dumps of two trainers is an error up front.
+    by_kind: dict[str, list[str]] = {}
+    for file in files:
+        by_kind.setdefault(_jsonl_file_kind(file), []).append(file)
+    if len(by_kind) > 1:
+        parts = [f"{kind} ({os.path.basename(names[0])}{', ...' if len(names) > 1 else ''})" for kind, names in by_kind.items()]
+        raise AggscopeError(f"{path}: mixes dumps of {' and '.join(parts)}; give one file or a glob of one kind")
+    return next(iter(by_kind))
+
+
+def _jsonl_file_kind(file: str) -> str:
+    from aggscope.readers.jsonl import first_record
+
+    keys = set(first_record(file))
     if {"input", "output"} <= keys:
         return "verl"
     if {"tokens", "masks", "scores"} <= keys:
@@ -124,7 +135,7 @@ def _jsonl_kind(files: list[str]) -> str:
     if {"position_ids", "loss_mask", "advantages"} <= keys:
         return "prime-rl"
     raise AggscopeError(
-        f"{files[0]}: cannot tell which trainer wrote this JSON-lines file (first line has {', '.join(sorted(keys))}); "
+        f"{file}: cannot tell which trainer wrote this JSON-lines file (first line has {', '.join(sorted(keys))}); "
         f"choose one with --format ({', '.join(FORMATS)})"
     )
 
