@@ -210,11 +210,18 @@ def _table(host: _HostBatch) -> pa.Table:
         source="log_batch",
     )
     table = canonical_table(batch, canonical_schema(batch, metadata=WRITER_METADATA))
-    if host.uids is not None and all(isinstance(u, int) and not isinstance(u, bool) for u in host.uids):
-        # Integer uids stay integers (the canonical uid column is a string or an integer).
+    if host.uids is not None and _int64_values(host.uids):
+        # Integer uids stay integers (the canonical uid column is a string or an integer); others,
+        # and integers beyond int64 (64-bit hashes held as uint64), are written as their text.
         index = table.schema.get_field_index("uid")
-        table = table.set_column(index, pa.field("uid", pa.int64()), pa.array(host.uids, type=pa.int64()))
+        table = table.set_column(index, pa.field("uid", pa.int64()), pa.array([int(u) for u in host.uids], type=pa.int64()))
     return table
+
+
+def _int64_values(values: list[Any]) -> bool:
+    return all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and -(2**63) <= int(v) < 2**63 for v in values
+    )
 
 
 def _numpy(value: Any) -> np.ndarray:

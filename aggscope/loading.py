@@ -50,6 +50,7 @@ class _FilePlan:
     row_group_steps: tuple[frozenset[int], ...]
     row_group_starts: tuple[int, ...]
     num_rows: int
+    row_group_tokens: tuple[int, ...] | None = None  # entries of the first token list column's leaf
 
 
 @dataclass
@@ -72,6 +73,11 @@ class ParquetRollouts:
     notes: list[str] = field(default_factory=list)
     _filesystem: pafs.FileSystem | None = None
     _plans: list[_FilePlan] = field(default_factory=list)
+    _open_file: tuple[str, pq.ParquetFile] | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for Ray tasks) without the open file, which each process opens for itself."""
+        return {**self.__dict__, "_open_file": None}
 
     @property
     def has_groups(self) -> bool:
@@ -106,7 +112,7 @@ class ParquetRollouts:
                 _tell_listeners(advantages.size)
                 row_tables.append(batch.drop_columns([name for name in self._token_list_columns if name in batch.column_names]))
                 origins.append(origin)
-            rows = pa.concat_tables(row_tables) if len(row_tables) > 1 else row_tables[0]
+            rows = _concat_rows(row_tables, self.columns, self._step_source)
             del row_tables
             where = _RowLocator(self._paths, np.concatenate(origins))
             advantages, mask, offsets = tokens.finish()
@@ -131,11 +137,22 @@ class ParquetRollouts:
         roles = [role for role in ("advantages", "loss_mask") if role in self.columns]
         return [self.columns[r] for r in roles if schema is not None and _is_list(schema.field(self.columns[r]).type)]
 
-    def _groups_of(self, step: int) -> Iterator[tuple[int, _FilePlan, list[int]]]:
+    def _groups_of(self, step: int) -> list[tuple[int, _FilePlan, list[int]]]:
+        """``(file index, plan, row groups)`` of every file holding ``step``, in file order."""
+        return self._step_index.get(step, [])
+
+    @cached_property
+    def _step_index(self) -> dict[int, list[tuple[int, _FilePlan, list[int]]]]:
+        """Where each step is, built once: a run of thousands of steps looks each one up in O(1)."""
+        index: dict[int, list[tuple[int, _FilePlan, list[int]]]] = {}
         for file_index, plan in enumerate(self._plans):
-            groups = [g for g, steps in enumerate(plan.row_group_steps) if step in steps]
-            if groups:
-                yield file_index, plan, groups
+            groups_of_step: dict[int, list[int]] = {}
+            for group, steps in enumerate(plan.row_group_steps):
+                for step in steps:
+                    groups_of_step.setdefault(step, []).append(group)
+            for step, groups in groups_of_step.items():
+                index.setdefault(step, []).append((file_index, plan, groups))
+        return index
 
     def _batches(self, step: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """The step's rows in input order, as tables of about ``READ_BATCH_TOKENS`` tokens.
@@ -148,11 +165,14 @@ class ParquetRollouts:
         needed = sorted(set(self.columns.values()))
         step_column = self.columns.get("step")
         for file_index, plan, groups in self._groups_of(step):
-            parquet = _open_parquet(plan.path, self._filesystem)
+            parquet = self._parquet_file(plan.path)
             for group in groups:
                 shared = len(plan.row_group_steps[group]) > 1
                 row = plan.row_group_starts[group]
-                batch_rows = _rows_per_batch(parquet.metadata.row_group(group), self._token_list_columns, parquet)
+                batch_rows = _rows_per_batch(
+                    parquet.metadata.row_group(group).num_rows,
+                    None if plan.row_group_tokens is None else plan.row_group_tokens[group],
+                )
                 for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed):
                     table = pa.Table.from_batches([record_batch])
                     rows = np.arange(row, row + table.num_rows)
@@ -163,6 +183,13 @@ class ParquetRollouts:
                     if table.num_rows:
                         yield table, np.stack([np.full(rows.size, file_index), rows], axis=1)
 
+    def _parquet_file(self, path: str) -> pq.ParquetFile:
+        """The file, kept open from one step to the next: consecutive steps are mostly in the same
+        file, whose footer (one entry per row group) can take milliseconds to parse."""
+        if self._open_file is None or self._open_file[0] != path:
+            self._open_file = (path, _open_parquet(path, self._filesystem))
+        return self._open_file[1]
+
     def _token_capacity(self, step: int) -> int | None:
         """An upper bound on the step's tokens from the Parquet metadata, when it is a tight one.
 
@@ -170,18 +197,12 @@ class ParquetRollouts:
         sum over the step's row groups bounds its token count. It is used only when those row
         groups hold nothing but this step, so the bound is (nearly) exact.
         """
-        names = self._token_list_columns
-        if not names:
-            return None
         total = 0
         for _, plan, groups in self._groups_of(step):
-            if any(len(plan.row_group_steps[g]) > 1 for g in groups):
+            counts = plan.row_group_tokens
+            if counts is None or any(len(plan.row_group_steps[g]) > 1 for g in groups):
                 return None
-            metadata = _open_parquet(plan.path, self._filesystem).metadata
-            leaf = _leaf_index(metadata, names[0])
-            if leaf is None:
-                return None
-            total += sum(metadata.row_group(g).column(leaf).num_values for g in groups)
+            total += sum(counts[g] for g in groups)
         return total
 
     def _read_long_step(self, step: int) -> StepBatch:
@@ -219,13 +240,30 @@ READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 an
 TOUCH_PAGES_FROM = 1 << 24  # steps of this many tokens or more get their pages touched ahead of the copy
 
 
-def _rows_per_batch(row_group: Any, token_columns: list[str], parquet: pq.ParquetFile) -> int:
-    """Rows per batch so that a batch holds about ``READ_BATCH_TOKENS`` tokens."""
-    if not token_columns or row_group.num_rows == 0:
+def _concat_rows(tables: list[pa.Table], columns: Mapping[str, str], source: str) -> pa.Table:
+    """The per-row columns of a step's batches as one table.
+
+    Files of one input may store a column with different types: numbers are promoted (float32
+    and float64 rewards, say); a uid stored as integers in some files and as text in others is
+    read as text, which is how uids are compared anyway.
+    """
+    if len(tables) == 1:
+        return tables[0]
+    uid = columns.get("uid")
+    if uid is not None and len({t.schema.field(uid).type for t in tables}) > 1:
+        tables = [t.set_column(t.schema.get_field_index(uid), uid, pc.cast(t.column(uid), pa.string())) for t in tables]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise AggscopeError(f"{source}: the files store a column with types that do not combine ({_first_line(exc)})") from None
+
+
+def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
+    """Rows per batch so that a batch of a row group of ``num_rows`` rows and ``tokens`` token
+    entries (None: not known) holds about ``READ_BATCH_TOKENS`` tokens."""
+    if tokens is None or num_rows == 0:
         return 65536
-    leaf = _leaf_index(parquet.metadata, token_columns[0])
-    tokens = row_group.column(leaf).num_values if leaf is not None else row_group.num_rows
-    per_row = max(1.0, tokens / row_group.num_rows)
+    per_row = max(1.0, tokens / num_rows)
     return max(1, int(READ_BATCH_TOKENS / per_row))
 
 
@@ -284,6 +322,27 @@ class _PageToucher:
         self._thread.join()
 
 
+_stats_pool: ThreadPoolExecutor | None = None
+_stats_pool_lock = threading.Lock()
+
+
+def _stats_worker() -> ThreadPoolExecutor:
+    """The one thread that reduces decoded parts, started on first use and kept for the next steps."""
+    global _stats_pool
+    with _stats_pool_lock:
+        if _stats_pool is None:
+            _stats_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggscope-stats")
+        return _stats_pool
+
+
+def _forget_stats_pool() -> None:
+    global _stats_pool
+    _stats_pool = None  # a forked child has no threads: it starts its own
+
+
+os.register_at_fork(after_in_child=_forget_stats_pool)
+
+
 class _StatsPipeline:
     """Reduces each decoded part of a step to its per-sequence stats on a second thread.
 
@@ -291,13 +350,14 @@ class _StatsPipeline:
     release the GIL), so the reductions cost little beyond the read, and each runs on a part still
     warm in the CPU caches. Each sequence is reduced on its own, so the concatenated stats equal
     those of the whole step bit for bit. At most ``IN_FLIGHT`` parts wait, which bounds the memory
-    they hold when the reductions fall behind.
+    they hold when the reductions fall behind. A step of a single part is reduced right here: for
+    small steps handing work to the thread costs more than it saves.
     """
 
     IN_FLIGHT = 4
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggscope-stats")
+        self._first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending: deque[Future[SequenceStats]] = deque()
         self._done: list[SequenceStats] = []
 
@@ -305,17 +365,29 @@ class _StatsPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for future in self._pending:
+        for future in self._pending:  # on an error: drop what has not started, wait for the rest
             future.cancel()
-        self._pool.shutdown(wait=True)
+        for future in self._pending:
+            if not future.cancelled():
+                future.exception()
+        self._pending.clear()
 
     def submit(self, advantages: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> None:
+        if self._first is None and not self._pending and not self._done:
+            self._first = (advantages, mask, offsets)
+            return
+        if self._first is not None:
+            first, self._first = self._first, None
+            self._pending.append(_stats_worker().submit(sequence_stats_numpy, *first))
         if len(self._pending) >= self.IN_FLIGHT:
             self._done.append(self._pending.popleft().result())
-        self._pending.append(self._pool.submit(sequence_stats_numpy, advantages, mask, offsets))
+        self._pending.append(_stats_worker().submit(sequence_stats_numpy, advantages, mask, offsets))
 
     def result(self) -> SequenceStats:
         """The stats of every part submitted, in order."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return sequence_stats_numpy(*first)
         while self._pending:
             self._done.append(self._pending.popleft().result())
         return SequenceStats.concat(self._done)
@@ -457,7 +529,10 @@ def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -
                 f"{file}: has column {name!r} ({role}) that {files[0]} lacks; files of one input must have the same columns"
             )
     layout, notes = _check_roles(mapping, schemas[0], files[0])
-    plans = [_plan_file(file, filesystem, mapping.get("step")) for file in files]
+    token_lists = [
+        mapping[r] for r in ("advantages", "loss_mask") if r in mapping and _is_list(schemas[0].field(mapping[r]).type)
+    ]
+    plans = [_plan_file(file, filesystem, mapping.get("step"), token_lists[0] if token_lists else None) for file in files]
     steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
     return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans)
 
@@ -526,15 +601,20 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
     return "wide", notes
 
 
-def _plan_file(path: str, filesystem: pafs.FileSystem | None, step_column: str | None) -> _FilePlan:
+def _plan_file(path: str, filesystem: pafs.FileSystem | None, step_column: str | None, token_column: str | None) -> _FilePlan:
+    """Which steps each row group holds, and (from the footer) how many token entries it has."""
     parquet = _open_parquet(path, filesystem)
     metadata = parquet.metadata
     starts = tuple(int(s) for s in np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
+    leaf = None if token_column is None else _leaf_index(metadata, token_column)
+    tokens = (
+        None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
+    )
     if step_column is None:
         stem = PurePosixPath(path).name.split(".")[0]
         step = step_from_name(stem)
         fixed = frozenset({step if step is not None else 0})
-        return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows)
+        return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []
     for group in range(metadata.num_row_groups):
         column = parquet.read_row_group(group, columns=[step_column]).column(0)
@@ -547,7 +627,7 @@ def _plan_file(path: str, filesystem: pafs.FileSystem | None, step_column: str |
         if not np.all(values == np.round(values)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
         steps.append(frozenset(int(v) for v in values))
-    return _FilePlan(path, tuple(steps), starts, metadata.num_rows)
+    return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)
 
 
 # ---- decoding ------------------------------------------------------------------------------------

@@ -78,6 +78,10 @@ def parse_spec(text: str, base: Layout) -> Spec:
         layout = base.replace(**changes)
     except AggscopeError as exc:
         raise AggscopeError(f"SPEC {text!r}: {exc.message}") from None
+    if layout.order != "shuffle":
+        if "seed" in overrides:
+            raise AggscopeError(f"SPEC {text!r}: seed applies only to order=shuffle")
+        layout = layout.replace(seed=0)  # a seed means nothing to other orders: layouts compare equal without it
     return Spec(mode, layout, tuple(overrides.items()))
 
 
@@ -93,7 +97,8 @@ def _value(text: str, key: str, value: str) -> object:
 
 
 def parse_specs(base_text: str, candidate_texts: Sequence[str], layout: Layout) -> list[Spec]:
-    """The base SPEC followed by the candidates; rejects a candidate that repeats an earlier one."""
+    """The base SPEC followed by the candidates; rejects a candidate that repeats an earlier one,
+    and a command-line seed (other than the default 0) that no SPEC shuffles with."""
     if not candidate_texts:
         raise AggscopeError("give at least one --to SPEC to compare against --from")
     specs: list[Spec] = []
@@ -103,6 +108,8 @@ def parse_specs(base_text: str, candidate_texts: Sequence[str], layout: Layout) 
             if (earlier.mode.name, earlier.layout) == (spec.mode.name, spec.layout):
                 raise AggscopeError(f"SPEC {text!r}: the same mode and layout as {earlier.label!r}; compare something different")
         specs.append(spec)
+    if layout.seed != 0 and not any(spec.layout.order == "shuffle" for spec in specs):
+        raise AggscopeError("--seed applies only to shuffled layouts: give --order shuffle or order=shuffle in a SPEC")
     return specs
 
 

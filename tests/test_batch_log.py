@@ -139,6 +139,28 @@ def test_log_batch_folder_is_a_multi_step_dataset_for_every_command(tmp_path: Pa
     aggscope.close_batch_logs()
 
 
+def test_uid_types_int_text_and_beyond_int64(tmp_path: Path) -> None:
+    """uids keep their type where int64 holds them; 64-bit hashes become text; a folder whose files
+    (ranks, steps) store uids differently still reads, the uids compared as text."""
+    ones = np.ones((4, 3), dtype=np.float32)
+    mask = np.ones((4, 3), dtype=bool)
+    hashes = np.array([2**63 + 5] * 2 + [7] * 2, dtype=np.uint64)
+    with BatchLogger(tmp_path / "h") as logger:
+        logger.log(step=0, uids=hashes, advantages=ones, loss_mask=mask)
+        logger.log(step=1, uids=list(np.array([3, 3, 4, 4])), advantages=ones, loss_mask=mask)  # numpy ints
+    first, second = sorted((tmp_path / "h").glob("*.parquet"))
+    assert pq.read_table(first).column("uid").to_pylist() == [str(2**63 + 5)] * 2 + ["7"] * 2
+    assert pq.read_table(second).column("uid").to_pylist() == [3, 3, 4, 4]
+    # One step written by two ranks, one with integer uids and one with text.
+    with BatchLogger(tmp_path / "mixed", rank=0) as logger:
+        logger.log(step=5, uids=[1, 1, 2, 2], advantages=ones, loss_mask=mask)
+    with BatchLogger(tmp_path / "mixed", rank=1) as logger:
+        logger.log(step=5, uids=["3", "3", "1", "1"], advantages=ones, loss_mask=mask)
+    (batch,) = load_steps(str(tmp_path / "mixed"))
+    assert batch.row_uids() == ["1", "1", "2", "2", "3", "3", "1", "1"]
+    assert batch.n_groups == 3
+
+
 def test_log_returns_before_a_slow_write_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = batch_log._write_table
 

@@ -212,7 +212,7 @@ def test_error_unknown_mode() -> None:
     )
 
 
-def test_error_impossible_layouts() -> None:
+def test_error_impossible_layouts(tmp_path: Path) -> None:
     assert_error(run("weights", "--mini-batch-size", "0"), "--mini-batch-size must be a whole number of at least 1")
     assert_error(run("weights", "--mini-batch-size", "4", "--mini-batch-prompts", "2"), "not both")
     assert_error(run("weights", "--order", "sorted"), "unknown order 'sorted'; valid orders: logged, grouped, shuffle")
@@ -222,6 +222,8 @@ def test_error_impossible_layouts() -> None:
     assert_error(run("weights", "--seed", "3"), "--seed applies only to --order shuffle")
     assert_error(run("weights", "a.parquet", "b.parquet"), "quote a glob, 'runs/*.parquet', or give the directory")
     assert run("weights", "--order", "shuffle", "--seed", "3", "--json").exit_code == 0
+    compare = ["compare", "--from", "token_mean", "--to", "token_mean,order=shuffle", "--seed", "7", "-o"]
+    assert run(*compare, str(tmp_path / "c")).exit_code == 0  # the seed serves the SPEC that shuffles
 
 
 def test_error_layout_needs_uids(tmp_path: Path) -> None:

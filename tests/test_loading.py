@@ -225,6 +225,23 @@ def test_a_column_only_later_files_have_is_an_error(tmp_path: Path) -> None:
     )
 
 
+def test_files_may_store_a_column_with_different_number_types(tmp_path: Path) -> None:
+    for name, dtype in (("a", pa.float32()), ("b", pa.float64())):
+        table = pa.table(
+            {
+                "uid": pa.array(["a", "a"] if name == "a" else ["b", "b"]),
+                "advantage": pa.array([0.5, -0.5], type=dtype),
+                "reward": pa.array([1.0, 0.0], type=dtype),
+                "response_length": pa.array([2, 3], type=pa.int32() if name == "a" else pa.int64()),
+            }
+        )
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    (batch,) = load_steps(str(tmp_path))
+    assert batch.rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert batch.stats.loss_tokens.tolist() == [2, 3, 2, 3]
+    assert batch.uid_labels == ("a", "b")
+
+
 def test_uid_must_be_constant_within_a_sequence(tmp_path: Path) -> None:
     long = {"seq_id": [1, 1], "uid": ["a", "b"], "advantages": [1.0, 1.0], "loss_mask": [1, 1]}
     path = write(tmp_path / "r.parquet", long)

@@ -435,6 +435,12 @@ def test_progress_moves_within_one_big_step(
     assert batch.n_tokens == sum(seen) == 20_000 and len(seen) == 10
     err = capsys.readouterr().err
     assert "weights" in err and "1/1 steps" in err and "20,000 tokens" in err
+    # A consumer that stops after the first step leaves no listener behind.
+    bar = render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts)
+    next(bar)
+    assert loading._read_listeners == []
+    bar.close()
+    capsys.readouterr()
     # Below the threshold a one-step input shows no bar.
     monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 1 << 30)
     assert len(list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))) == 1

@@ -66,6 +66,7 @@ def test_none_unsets_an_optional_key() -> None:
         ("token_mean,order=sorted", "unknown order 'sorted'"),
         ("token_mean,dp-size=2,dp_size=4", "key 'dp-size' is given twice"),
         ("token_mean,mini-batch-size=8,mini-batch-prompts=2", "mini-batch-size or mini-batch-prompts, not both"),
+        ("token_mean,seed=3", "seed applies only to order=shuffle"),
     ],
 )
 def test_bad_specs_name_what_is_wrong(text: str, expected: str) -> None:
@@ -110,3 +111,12 @@ def test_describe_layout() -> None:
     assert describe_layout(Layout(mini_batch_prompts=8, order="shuffle", seed=3)) == (
         "mini-batches of 8 prompts · 1 rank · no micro-batching · shuffle order (seed 3)"
     )
+
+
+def test_a_command_line_seed_serves_the_specs_that_shuffle() -> None:
+    seeded = BASE.replace(seed=7)
+    base, shuffled = parse_specs("token_mean", ["token_mean,order=shuffle"], seeded)
+    assert (shuffled.layout.order, shuffled.layout.seed) == ("shuffle", 7)
+    assert base.layout.seed == 0  # a seed means nothing to the logged order
+    with pytest.raises(AggscopeError, match="--seed applies only to shuffled layouts"):
+        parse_specs("token_mean", ["sequence_mean"], seeded)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, engine_options, input_options, layout_options
+from aggscope.cli.options import InputSpec, engine_options, input_options, spec_layout_options
 from aggscope.cli.report_cmd import analyse, print_summary
 
 SPEC_HELP = (
@@ -20,7 +20,7 @@ SPEC_HELP = (
     "--to seq-mean-token-mean -o compare"
 )
 @input_options
-@layout_options
+@spec_layout_options
 @engine_options
 def compare(
     source: InputSpec,

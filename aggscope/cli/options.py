@@ -287,13 +287,15 @@ def _build_input(
     )
 
 
-def _build_layout(**values: Any) -> Any:
+def _build_layout(*, seed_for_specs: bool = False, **values: Any) -> Any:
+    """The layout of the options; ``seed_for_specs``: a ``--seed`` may serve SPECs that shuffle
+    (``compare`` checks it once the SPECs are known)."""
     from aggscope.errors import AggscopeError
     from aggscope.layout import Layout
 
     if values["seed"] is None:
         values["seed"] = 0
-    elif values["order"].strip().lower() != "shuffle":
+    elif values["order"].strip().lower() != "shuffle" and not seed_for_specs:
         raise AggscopeError("--seed applies only to --order shuffle; add --order shuffle or drop --seed")
     return Layout(**values)
 
@@ -307,3 +309,4 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
 input_options = _inject(_INPUT_PARAMS, "source", _build_input)
 engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
 layout_options = _inject(_LAYOUT_PARAMS, "layout", _build_layout)
+spec_layout_options = _inject(_LAYOUT_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True))

@@ -108,9 +108,16 @@ def _token_progress(items: Iterable[T], sizes: list[int], description: str) -> I
             state["done"] = min(state["done"] + tokens, ends[min(state["step"], len(ends) - 1)])
             progress.update(task, completed=state["done"], tokens=state["done"])
 
-        with reading_progress(read):
-            for item in items:
-                state["done"] = ends[min(state["step"], len(ends) - 1)]
-                state["step"] += 1
-                progress.update(task, completed=state["done"], tokens=state["done"], steps=f"{state['step']}/{len(sizes)} steps")
-                yield item
+        iterator = iter(items)
+        while True:
+            # Listen only while the next step is produced, never across a yield: a consumer that
+            # stops early leaves no listener behind.
+            with reading_progress(read):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            state["done"] = ends[min(state["step"], len(ends) - 1)]
+            state["step"] += 1
+            progress.update(task, completed=state["done"], tokens=state["done"], steps=f"{state['step']}/{len(sizes)} steps")
+            yield item
