@@ -340,7 +340,8 @@ def _forget_stats_pool() -> None:
     _stats_pool = None  # a forked child has no threads: it starts its own
 
 
-os.register_at_fork(after_in_child=_forget_stats_pool)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_stats_pool)
 
 
 class _StatsPipeline:
