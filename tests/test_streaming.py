@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -385,3 +386,35 @@ def test_page_toucher_stops_where_the_reader_arrives() -> None:
     assert not toucher._thread.is_alive()
     arrays[0][:] = 3.0
     assert (arrays[0] == 3.0).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_reads_with_its_own_stats_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reducing thread is kept across steps; a child forked after it was started has no such
+    thread and must start its own rather than wait forever on the parent's."""
+    import time
+
+    lengths = [40] * 200
+    table = pa.table({"advantages": [[1.0] * n for n in lengths], "loss_mask": [[1] * n for n in lengths]})
+    pq.write_table(table, tmp_path / "r.parquet")
+    monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 1_000)  # several parts: the thread is used
+    (parent,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when it reads the same loss tokens
+        try:
+            (child,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+            os._exit(0 if int(child.stats.loss_tokens.sum()) == sum(lengths) else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung reading a step")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(parent.stats.loss_tokens.sum()) == sum(lengths)
