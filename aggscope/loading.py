@@ -73,6 +73,7 @@ class ParquetRollouts:
     notes: list[str] = field(default_factory=list)
     _filesystem: pafs.FileSystem | None = None
     _plans: list[_FilePlan] = field(default_factory=list)
+    _token_columns: list[str] = field(default_factory=list)  # list columns of one value per token
     _open_file: tuple[str, pq.ParquetFile] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -92,15 +93,11 @@ class ParquetRollouts:
         for step in self.steps:
             yield self.read_step(step)
 
-    def step_tokens(self, step: int) -> int | None:
-        """The step's token count from the Parquet metadata alone, when the metadata tells it."""
-        return self._token_capacity(step)
-
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
         if self.layout == "long":
             return self._read_long_step(step)
-        tokens = _TokenAccumulator(self._token_capacity(step))
+        tokens = _TokenAccumulator(self.step_tokens(step))
         row_tables: list[pa.Table] = []
         origins: list[np.ndarray] = []
         with _StatsPipeline() as stats:
@@ -110,7 +107,7 @@ class ParquetRollouts:
                 tokens.add(advantages, mask, offsets)
                 stats.submit(advantages, mask, offsets)
                 _tell_listeners(advantages.size)
-                row_tables.append(batch.drop_columns([name for name in self._token_list_columns if name in batch.column_names]))
+                row_tables.append(batch.drop_columns([name for name in self._token_columns if name in batch.column_names]))
                 origins.append(origin)
             rows = _concat_rows(row_tables, self.columns, self._step_source)
             del row_tables
@@ -129,13 +126,6 @@ class ParquetRollouts:
     @property
     def _step_source(self) -> str:
         return self.files[0] if len(self.files) == 1 else self.source
-
-    @cached_property
-    def _token_list_columns(self) -> list[str]:
-        """The list columns holding one value per token (decoded batch by batch, never kept whole)."""
-        schema = _open_parquet(self._plans[0].path, self._filesystem).schema_arrow if self._plans else None
-        roles = [role for role in ("advantages", "loss_mask") if role in self.columns]
-        return [self.columns[r] for r in roles if schema is not None and _is_list(schema.field(self.columns[r]).type)]
 
     def _groups_of(self, step: int) -> list[tuple[int, _FilePlan, list[int]]]:
         """``(file index, plan, row groups)`` of every file holding ``step``, in file order."""
@@ -190,8 +180,8 @@ class ParquetRollouts:
             self._open_file = (path, _open_parquet(path, self._filesystem))
         return self._open_file[1]
 
-    def _token_capacity(self, step: int) -> int | None:
-        """An upper bound on the step's tokens from the Parquet metadata, when it is a tight one.
+    def step_tokens(self, step: int) -> int | None:
+        """The step's token count from the Parquet metadata alone: an upper bound, used only where it is tight.
 
         A list column's leaf holds one entry per value plus one per empty or null list, so the
         sum over the step's row groups bounds its token count. It is used only when those row
@@ -213,7 +203,7 @@ class ParquetRollouts:
             tables.append(table)
             origins.append(origin)
             _tell_listeners(table.num_rows)
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        table = _concat_rows(tables, self.columns, self._step_source)
         where = _RowLocator(self._paths, np.concatenate(origins))
         return _decode_long(table, self.columns, step, self._step_source, where)
 
@@ -510,32 +500,42 @@ def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -
     """
     files, filesystem = resolve_paths(path)
     overrides = dict(columns or {})
-    schemas = []
-    for file in files:
-        parquet = _open_parquet(file, filesystem)
-        if parquet.metadata.num_rows == 0:
-            raise AggscopeError(f"{file}: the file holds no rows")
-        schemas.append(parquet.schema_arrow)
-    mapping = detect_columns(schemas[0].names, overrides, files[0])
-    for file, schema in zip(files[1:], schemas[1:], strict=True):
-        missing = [name for name in mapping.values() if name not in schema.names]
-        if missing:
-            raise AggscopeError(f"{file}: missing column {missing[0]!r} that {files[0]} has")
-        # Every file must give every role the same column: a column that only some files have
-        # (a `step` in the second file, say) would otherwise be ignored and steps merged.
-        extra = {role: name for role, name in detect_columns(schema.names, overrides, file).items() if role not in mapping}
-        if extra:
-            role, name = next(iter(extra.items()))
-            raise AggscopeError(
-                f"{file}: has column {name!r} ({role}) that {files[0]} lacks; files of one input must have the same columns"
-            )
-    layout, notes = _check_roles(mapping, schemas[0], files[0])
-    token_lists = [
-        mapping[r] for r in ("advantages", "loss_mask") if r in mapping and _is_list(schemas[0].field(mapping[r]).type)
-    ]
-    plans = [_plan_file(file, filesystem, mapping.get("step"), token_lists[0] if token_lists else None) for file in files]
+    first = _open_nonempty(files[0], filesystem)
+    schema = first.schema_arrow
+    mapping = detect_columns(schema.names, overrides, files[0])
+    layout, notes = _check_roles(mapping, schema, files[0])
+    token_columns = [mapping[r] for r in ("advantages", "loss_mask") if r in mapping and _is_list(schema.field(mapping[r]).type)]
+    plans = []
+    for file in files:  # each file is opened once, here, and planned while open
+        parquet = first if file == files[0] else _open_nonempty(file, filesystem)
+        if parquet is not first:
+            _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
+        plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
     steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
-    return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans)
+    return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans, token_columns)
+
+
+def _open_nonempty(file: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
+    parquet = _open_parquet(file, filesystem)
+    if parquet.metadata.num_rows == 0:
+        raise AggscopeError(f"{file}: the file holds no rows")
+    return parquet
+
+
+def _check_same_columns(
+    file: str, schema: pa.Schema, mapping: Mapping[str, str], overrides: Mapping[str, str], first: str
+) -> None:
+    """Every file of one input gives every role the same column: a column that only some files have
+    (a `step` in the second file, say) would otherwise be ignored and steps merged."""
+    missing = [name for name in mapping.values() if name not in schema.names]
+    if missing:
+        raise AggscopeError(f"{file}: missing column {missing[0]!r} that {first} has")
+    extra = {role: name for role, name in detect_columns(schema.names, overrides, file).items() if role not in mapping}
+    if extra:
+        role, name = next(iter(extra.items()))
+        raise AggscopeError(
+            f"{file}: has column {name!r} ({role}) that {first} lacks; files of one input must have the same columns"
+        )
 
 
 def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
@@ -602,9 +602,8 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
     return "wide", notes
 
 
-def _plan_file(path: str, filesystem: pafs.FileSystem | None, step_column: str | None, token_column: str | None) -> _FilePlan:
+def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None) -> _FilePlan:
     """Which steps each row group holds, and (from the footer) how many token entries it has."""
-    parquet = _open_parquet(path, filesystem)
     metadata = parquet.metadata
     starts = tuple(int(s) for s in np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
     leaf = None if token_column is None else _leaf_index(metadata, token_column)
