@@ -161,11 +161,16 @@ class EstimatedParquetRollouts:
         return getattr(self._inner, name)
 
     def read_step(self, step: int) -> StepBatch:
-        return replace(self._inner.read_step(step), lengths_estimated=True)
+        return _estimated(self._inner.read_step(step))
 
     def iter_steps(self) -> Iterator[StepBatch]:
         for batch in self._inner.iter_steps():
-            yield replace(batch, lengths_estimated=True)
+            yield _estimated(batch)
+
+
+def _estimated(batch: StepBatch) -> StepBatch:
+    """The batch marked as having estimated lengths, keeping the stats the reader computed."""
+    return replace(batch, lengths_estimated=True).with_stats(batch.stats)
 
 
 def open_canonical(path: str, options: Any) -> Any:
