@@ -40,9 +40,10 @@ def current_rss() -> int:
 
 
 def _weights_report(path: str, out: str | None) -> dict[str, Any]:
-    from aggscope.layout import Layout
-    from aggscope.loading import open_rollouts
-    from aggscope.weights import run_weights, select_modes
+    from aggscope.analysis.weights import run_weights
+    from aggscope.core.layout import Layout
+    from aggscope.core.weights import select_modes
+    from aggscope.io.open import open_rollouts
 
     rollouts = open_rollouts(path)
     layout = Layout()
@@ -102,11 +103,11 @@ def case_read_write(path: str, out_dir: str) -> dict[str, Any]:
 
 def case_check(path: str, out_dir: str) -> dict[str, Any]:
     try:
-        from aggscope import checks  # type: ignore[attr-defined]
+        from aggscope.analysis import checks
     except ImportError:
-        return {"skipped": "aggscope.checks is not in this version of the package"}
-    from aggscope.layout import Layout
-    from aggscope.loading import open_rollouts
+        return {"skipped": "aggscope.analysis.checks is not in this version of the package"}
+    from aggscope.core.layout import Layout
+    from aggscope.io.open import open_rollouts
 
     start = time.perf_counter()
     result = checks.run_checks(open_rollouts(path).iter_steps(), None, Layout())
@@ -223,7 +224,7 @@ def main(argv: list[str]) -> None:
     if case not in ("read", "read_write"):
         import torch  # noqa: F401
 
-        import aggscope.weights  # noqa: F401
+        import aggscope.core.weights  # noqa: F401
     if case == "pandas":
         import pandas  # noqa: F401
     base = current_rss()

@@ -1,6 +1,6 @@
 """Synthetic GRPO steps of any size, written straight to Parquet in bounded memory.
 
-The same ideas as ``aggscope.sample`` (prompt groups with their own difficulty, binary rewards,
+The same ideas as ``aggscope.samples.generate`` (prompt groups with their own difficulty, binary rewards,
 long-tailed response lengths capped at a maximum, masked tool-output spans, GRPO advantages
 broadcast over each response's loss tokens), but built chunk by chunk so that a step of 2e8
 tokens costs about its Arrow size in memory. The schema is the sample's.
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aggscope.sample import grpo_advantages
-from aggscope.writing import list_array
+from aggscope.io.writing import list_array
+from aggscope.samples.generate import grpo_advantages
 
 CHUNK_ROWS = 4096  # rows generated at a time (bounds the generator's own temporaries)
 

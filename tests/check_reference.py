@@ -1,6 +1,6 @@
 """A straightforward, loop-by-loop re-implementation of the rules of ``aggscope check`` (issue 3).
 
-It shares nothing with ``aggscope.checks`` except the split (``split_step``, tested by the core): every
+It shares nothing with ``aggscope.analysis.checks`` except the split (``split_step``, tested by the core): every
 count, group statistic, prompt_mean weight and finding is rebuilt here with plain Python loops over
 rows and tokens, the way one would write it on paper, so the tests can compare the two.
 """
@@ -11,8 +11,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from aggscope.batch import StepBatch
-from aggscope.layout import Layout, split_step
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout, split_step
 
 CUT_CODES = {"mini_batch": "prompt_cut_by_mini_batch", "rank": "prompt_cut_by_rank", "micro_batch": "prompt_cut_by_micro_batch"}
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggscope.advantages import ESTIMATORS, outcome_advantages, resolve_estimator
+from aggscope.core.advantages import ESTIMATORS, outcome_advantages, resolve_estimator
 from aggscope.errors import AggscopeError
-from aggscope.sample import grpo_advantages
+from aggscope.samples.generate import grpo_advantages
 
 
 def loop_advantages(rewards: list[float], groups: list[int], estimator: str) -> list[float]:

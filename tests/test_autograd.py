@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trainer_reference import TrainerConfig, split_rows, trainer_loss
 
-from aggscope.batch import StepBatch
-from aggscope.layout import Layout
-from aggscope.modes import MODES
-from aggscope.weights import compute_weights
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.modes import MODES
+from aggscope.core.weights import compute_weights
 
 ALL_MODES = list(MODES)
 

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import aggscope
-from aggscope import batch_log
-from aggscope.batch_log import BatchLogger
 from aggscope.cli import app
 from aggscope.errors import AggscopeError
-from aggscope.loading import load_steps
+from aggscope.io.open import load_steps
+from aggscope.trainer import batch_log
+from aggscope.trainer.batch_log import BatchLogger
 
 runner = CliRunner()
 
@@ -184,7 +184,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     import pyarrow.parquet as pq
-    from aggscope import batch_log
+    from aggscope.trainer import batch_log
 
     folder = sys.argv[1]
     logger = batch_log.BatchLogger(folder)

@@ -11,13 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggscope.batch import StepBatch
-from aggscope.breakdown import HISTOGRAM_LOG10_EDGES, run_breakdown
+from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, run_breakdown
+from aggscope.analysis.specs import Spec, parse_spec
+from aggscope.analysis.weights import run_weights
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.weights import compute_weights
 from aggscope.errors import AggscopeError
-from aggscope.layout import Layout
-from aggscope.loading import load_steps
-from aggscope.specs import Spec, parse_spec
-from aggscope.weights import compute_weights, run_weights
+from aggscope.io.open import load_steps
 
 
 def worked_example() -> StepBatch:

@@ -269,11 +269,11 @@ def test_readme_shows_the_real_check_output():
 
 def test_report_pictures_the_step_check_pictures() -> None:
     """The split map of a report shows the step whose split ``check`` draws: the worst findings."""
-    from aggscope.breakdown import run_breakdown
-    from aggscope.figures import _worst_step
-    from aggscope.layout import Layout
-    from aggscope.loading import load_steps
-    from aggscope.specs import parse_spec
+    from aggscope.analysis.breakdown import run_breakdown
+    from aggscope.analysis.specs import parse_spec
+    from aggscope.core.layout import Layout
+    from aggscope.io.open import load_steps
+    from aggscope.present.figures import _worst_step
 
     checked = json.loads(invoke(*FAULTY_ARGS, "--json").stdout)
     worst = checked["worst_step"]

@@ -1,4 +1,4 @@
-"""Tests of ``aggscope.checks``: hand-worked cases, the faulty sample, and a plain-loop reference."""
+"""Tests of ``aggscope.analysis.checks``: hand-worked cases, the faulty sample, and a plain-loop reference."""
 
 import math
 from collections import Counter
@@ -19,8 +19,7 @@ from check_reference import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggscope.batch import StepBatch
-from aggscope.checks import (
+from aggscope.analysis.checks import (
     CODES,
     CUT_LEVELS,
     ZERO_GRAD_CAUSES,
@@ -34,14 +33,15 @@ from aggscope.checks import (
     safe_chunk_sizes,
     zero_grad_causes,
 )
+from aggscope.analysis.weights import run_weights
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout, split_step
+from aggscope.core.modes import default_modes
 from aggscope.errors import AggscopeError
-from aggscope.lanes import split_picture
-from aggscope.layout import Layout, split_step
-from aggscope.loading import open_rollouts
-from aggscope.modes import default_modes
-from aggscope.sample import SampleConfig, write_sample
-from aggscope.sample_faults import FAULTY_CONFIG, MASKED_SPAN, faulty_layout, generate_faulty, write_faulty_sample
-from aggscope.weights import run_weights
+from aggscope.io.open import open_rollouts
+from aggscope.present.lanes import split_picture
+from aggscope.samples.faulty import FAULTY_CONFIG, MASKED_SPAN, faulty_layout, generate_faulty, write_faulty_sample
+from aggscope.samples.generate import SampleConfig, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTY = REPO / "sample_data" / "faulty.parquet"
@@ -523,7 +523,7 @@ def test_boundary_prompt_mean_equals_the_pseudocode(batch, layout):
     got = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split).tolist()
     assert got == pytest.approx(expected, rel=1e-12, abs=0)
     # And the loop version of the canonical mode agrees with the engine's.
-    from aggscope.weights import compute_weights
+    from aggscope.core.weights import compute_weights
 
     canonical = compute_weights(batch, "prompt_mean", layout, split).row_weight.tolist()
     assert canonical == pytest.approx(canonical_prompt_mean(rows, units), rel=1e-12, abs=0)
@@ -535,7 +535,7 @@ def test_zero_grad_table_sums_to_the_weights_counts(batch, layout, modes):
     layout, modes = _applicable(batch, layout, modes)
     check = check_step(batch, modes, layout)
     weights = run_weights([batch], default_modes(has_groups=batch.has_groups, max_seq_len=None), layout)
-    from aggscope.weights import compute_weights
+    from aggscope.core.weights import compute_weights
 
     for mode in modes:
         summary = weights.steps[0].modes[mode]

@@ -17,11 +17,10 @@ from conftest import REPO, SAMPLE_DATA
 from typer.testing import CliRunner
 
 from aggscope.cli import app
-from aggscope.layout import Layout
-from aggscope.loading import load_steps
-from aggscope.modes import MODES
-from aggscope.sample import bundled_sample_path
-from aggscope.weights import compute_weights
+from aggscope.core.layout import Layout
+from aggscope.core.modes import MODES
+from aggscope.core.weights import compute_weights
+from aggscope.io.open import bundled_sample_path, load_steps
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from test_readers import VERL_ROWS, cli_error, stand_in_skyrl, write_jsonl  # no
 from typer.testing import CliRunner
 
 from aggscope.cli import app
-from aggscope.loading import text_uid
+from aggscope.core.batch import text_uid
 
 runner = CliRunner()
 LAYOUT = ["--mini-batch-size", "4", "--micro-batch-size", "2", "--dp-size", "2", "--max-seq-len", "16"]

@@ -16,12 +16,13 @@ import pytest
 from test_streaming import rollout_table, write_split
 from typer.testing import CliRunner
 
+from aggscope.analysis.runner import Engine, open_engine
+from aggscope.analysis.weights import run_weights, run_weights_on
 from aggscope.cli import app
-from aggscope.engines import Engine, open_engine
+from aggscope.core.layout import Layout
+from aggscope.core.weights import select_modes
 from aggscope.errors import AggscopeError
-from aggscope.layout import Layout
-from aggscope.loading import open_rollouts
-from aggscope.weights import run_weights, run_weights_on, select_modes
+from aggscope.io.open import open_rollouts
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = [Layout(), Layout(mini_batch_size=17, micro_batch_size=4, dp_size=2, max_seq_len=64), Layout(order="shuffle", seed=3)]
@@ -231,8 +232,8 @@ def test_breakdown_merged_from_ray_parts_equals_local(ray_cluster: Any, split_in
     """Per-row weights, histograms and splits of the breakdown are the same from Ray tasks."""
     import torch
 
-    from aggscope.breakdown import run_breakdown_on
-    from aggscope.specs import parse_specs
+    from aggscope.analysis.breakdown import run_breakdown_on
+    from aggscope.analysis.specs import parse_specs
 
     specs = parse_specs("seq-mean-token-mean", ["prompt_mean,mini-batch-prompts=4", "token_mean"], Layout(dp_size=2))
     local = run_breakdown_on(Engine(), open_rollouts(str(split_input)), specs)

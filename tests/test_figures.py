@@ -15,14 +15,14 @@ from conftest import REPO
 from PIL import Image
 from typer.testing import CliRunner
 
-from aggscope.batch import StepBatch
-from aggscope.breakdown import run_breakdown
+from aggscope.analysis.breakdown import run_breakdown
+from aggscope.analysis.specs import parse_spec
 from aggscope.cli import app
-from aggscope.figures import FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
-from aggscope.layout import Layout
-from aggscope.loading import load_steps
-from aggscope.modes import MODES
-from aggscope.specs import parse_spec
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.modes import MODES
+from aggscope.io.open import load_steps
+from aggscope.present.figures import FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
 
 runner = CliRunner()
 FIGURE_NAMES = ["weight_distribution", "mass_vs_length", "prompt_concentration", "split_map", "zero_grad_causes", "steps"]

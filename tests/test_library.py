@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aggscope
-from aggscope.batch import StepBatch, factorize_uids
-from aggscope.segments import _segment_sum_numpy, _segment_sum_torch
+from aggscope.core.batch import StepBatch, factorize_uids
+from aggscope.core.segments import _segment_sum_numpy, _segment_sum_torch
 
 
 def test_public_names_are_importable() -> None:

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from aggscope.core.batch import text_uid
 from aggscope.errors import AggscopeError
-from aggscope.loading import load_steps, open_rollouts, text_uid
+from aggscope.io.open import load_steps, open_rollouts
 
 
 def write(path: Path, columns: dict, row_group_size: int | None = None) -> Path:

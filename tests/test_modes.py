@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggscope.batch import StepBatch
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout, split_step
+from aggscope.core.modes import MODES, default_modes, resolve_mode
+from aggscope.core.weights import compute_weights, summarize
 from aggscope.errors import AggscopeError
-from aggscope.layout import Layout, split_step
-from aggscope.modes import MODES, default_modes, resolve_mode
-from aggscope.weights import compute_weights, summarize
 
 
 def worked_example() -> StepBatch:

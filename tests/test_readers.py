@@ -23,10 +23,10 @@ import torch
 from test_advantages import loop_advantages
 from typer.testing import CliRunner
 
-from aggscope.batch import StepBatch
 from aggscope.cli import app
+from aggscope.core.batch import StepBatch, text_uid
 from aggscope.errors import AggscopeError
-from aggscope.loading import open_rollouts, text_uid
+from aggscope.io.open import open_rollouts
 
 runner = CliRunner()
 

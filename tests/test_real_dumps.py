@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from aggscope.cli import app
-from aggscope.loading import open_rollouts
+from aggscope.io.open import open_rollouts
 
 runner = CliRunner()
 

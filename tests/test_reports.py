@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
-from aggscope.figures import MODE_COLOURS
-from aggscope.layout import Layout
-from aggscope.loading import load_steps
-from aggscope.modes import resolve_mode
-from aggscope.weights import compute_weights, run_weights
+from aggscope.core.layout import Layout
+from aggscope.core.modes import resolve_mode
+from aggscope.core.weights import compute_weights
+from aggscope.io.open import load_steps
+from aggscope.present.figures import MODE_COLOURS
 
 runner = CliRunner()
 LAYOUT_ARGS = ["--mini-batch-size", "100", "--micro-batch-size", "8", "--dp-size", "2", "--max-seq-len", "1024"]
@@ -340,7 +341,7 @@ def faulty_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]
 
 
 def test_findings_are_checks_own_under_each_layout(faulty_compare: tuple[Any, Path]) -> None:
-    from aggscope.checks import run_checks
+    from aggscope.analysis.checks import run_checks
 
     _, out = faulty_compare
     document = load(out)
@@ -418,13 +419,14 @@ def test_progress_moves_within_one_big_step(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aggscope import loading
     from aggscope.cli import render
+    from aggscope.io import parquet as loading
+    from aggscope.io.open import open_rollouts
 
     lengths = [50] * 400
     table = pa.table({"advantages": [[1.0] * n for n in lengths], "loss_mask": [[1] * n for n in lengths]})
     pq.write_table(table, tmp_path / "one.parquet")
-    rollouts = loading.open_rollouts(str(tmp_path / "one.parquet"))
+    rollouts = open_rollouts(str(tmp_path / "one.parquet"))
     assert rollouts.step_tokens(0) == sum(lengths)
     monkeypatch.setattr(loading, "READ_BATCH_TOKENS", 2_000)  # 10 batches
     monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 10_000)

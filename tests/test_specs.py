@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from aggscope.analysis.specs import SPEC_KEYS, check_specs, describe_layout, parse_spec, parse_specs
+from aggscope.core.layout import Layout
 from aggscope.errors import AggscopeError
-from aggscope.layout import Layout
-from aggscope.specs import SPEC_KEYS, check_specs, describe_layout, parse_spec, parse_specs
 
 BASE = Layout(mini_batch_size=64, micro_batch_size=4, dp_size=2, max_seq_len=1024)
 

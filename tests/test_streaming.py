@@ -18,16 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import aggscope.batch as batch_module
-import aggscope.export as export_module
-import aggscope.loading as loading_module
-from aggscope.batch import StepBatch
+import aggscope.core.batch as batch_module
+import aggscope.io.export as export_module
+import aggscope.io.parquet as loading_module
+from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
-from aggscope.layout import Layout
-from aggscope.loading import open_rollouts
-from aggscope.segments import expand_to_tokens, segment_chunks, segment_count_numpy
-from aggscope.weights import compute_weights, run_weights, select_modes
-from aggscope.writing import list_array
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.segments import expand_to_tokens, segment_chunks, segment_count_numpy
+from aggscope.core.weights import compute_weights, select_modes
+from aggscope.io.open import load_steps, open_rollouts
+from aggscope.io.writing import list_array
 
 
 # ---- the per-sequence reductions ---------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_read_step_stats_equal_those_computed_from_its_tokens(tmp_path: Path, mo
     table = pa.table({"advantages": adv, "loss_mask": mask, "uid": [f"u{i // 8}" for i in range(lengths.size)]})
     pq.write_table(table, tmp_path / "r.parquet", row_group_size=120)
     monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 5_000)  # many batches, several in flight
-    (batch,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+    (batch,) = load_steps(str(tmp_path / "r.parquet"))
     primed = batch.stats
     recomputed = StepBatch.from_flat(batch.advantages, batch.loss_mask, batch.offsets).stats
     for name in vars(recomputed):
@@ -398,11 +399,11 @@ def test_a_forked_child_reads_with_its_own_stats_thread(tmp_path: Path, monkeypa
     table = pa.table({"advantages": [[1.0] * n for n in lengths], "loss_mask": [[1] * n for n in lengths]})
     pq.write_table(table, tmp_path / "r.parquet")
     monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 1_000)  # several parts: the thread is used
-    (parent,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+    (parent,) = load_steps(str(tmp_path / "r.parquet"))
     pid = os.fork()
     if pid == 0:  # the child: exit 0 when it reads the same loss tokens
         try:
-            (child,) = loading_module.load_steps(str(tmp_path / "r.parquet"))
+            (child,) = load_steps(str(tmp_path / "r.parquet"))
             os._exit(0 if int(child.stats.loss_tokens.sum()) == sum(lengths) else 1)
         except BaseException:
             os._exit(2)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_readers import cli_error, per_row, read_all, write_jsonl
 
-import aggscope.readers.text as text_module
+import aggscope.io.readers.text as text_module
 
 ROWS = [
     {"input": "Q1", "output": "hello world hello", "score": 1.0, "step": 1},

@@ -44,8 +44,8 @@ def check(
     ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
-    from aggscope.checks import parse_fail_on, run_checks_on
-    from aggscope.weights import select_modes
+    from aggscope.analysis.checks import parse_fail_on, run_checks_on
+    from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
     rollouts = source.open()
@@ -66,7 +66,7 @@ def check(
 
 
 def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool) -> None:
-    from aggscope.checks import layout_flags
+    from aggscope.analysis.checks import layout_flags
 
     console = stdout_console()
     console.print(
@@ -81,7 +81,7 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
     console.print()
     _render_findings(console, report, verbose)
     if report.worst_step is not None:
-        from aggscope.lanes import split_picture
+        from aggscope.present.lanes import split_picture
 
         console.print(Text("split of the step with the worst findings", style="bold"))
         for line in split_picture(report.worst_step, min(console.width, WIDTH)):
@@ -107,7 +107,7 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
 
 
 def _render_findings(console: Console, report: Any, verbose: bool) -> None:
-    from aggscope.checks import format_rows, plural
+    from aggscope.analysis.checks import format_rows, plural
 
     if not report.findings:
         console.print(Text("no findings", style="green"))
@@ -152,7 +152,7 @@ def _lane_text(line: str) -> Text:
 
 
 def _zero_grad_table(report: Any) -> Table:
-    from aggscope.checks import ZERO_GRAD_CAUSES
+    from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 
     total = report.loss_tokens
     # Modes with the same accounting share a column (every canonical mode gives each loss token a

@@ -34,9 +34,9 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")],
 ) -> None:
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
-    from aggscope.figures import check_output_directory
-    from aggscope.reports import build_report
-    from aggscope.specs import parse_specs
+    from aggscope.analysis.specs import parse_specs
+    from aggscope.present.figures import check_output_directory
+    from aggscope.present.report import build_report
 
     specs = parse_specs(base, candidates, layout)
     check_output_directory(out)

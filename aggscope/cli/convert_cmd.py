@@ -21,8 +21,8 @@ def convert(
     """Convert a trainer's dump (or any input) to the canonical Parquet that every command reads."""
     import json
 
-    from aggscope.canonical import write_canonical
-    from aggscope.writing import refuse_to_overwrite_inputs
+    from aggscope.io.canonical import write_canonical
+    from aggscope.io.writing import refuse_to_overwrite_inputs
 
     rollouts = source.open()
     refuse_to_overwrite_inputs(out, rollouts.files)

@@ -25,7 +25,7 @@ def inspect(
     ] = None,
 ) -> None:
     """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths."""
-    from aggscope.describe import describe, describe_uid
+    from aggscope.analysis.describe import describe, describe_uid
 
     rollouts = source.open()
     if uid is not None:

@@ -42,7 +42,7 @@ class InputSpec:
 
     def open(self) -> Any:
         """Open the rollouts (imports the loading machinery only now)."""
-        from aggscope.loading import open_rollouts
+        from aggscope.io.open import open_rollouts
 
         return open_rollouts(
             self.path,
@@ -275,7 +275,7 @@ def _build_input(
     advantage: Optional[str],
     tokenizer: Optional[Path],
 ) -> InputSpec:
-    from aggscope.columns import parse_column_overrides
+    from aggscope.io.columns import parse_column_overrides
 
     return InputSpec(
         str(path) if path is not None else None,
@@ -290,8 +290,8 @@ def _build_input(
 def _build_layout(*, seed_for_specs: bool = False, **values: Any) -> Any:
     """The layout of the options; ``seed_for_specs``: a ``--seed`` may serve SPECs that shuffle
     (``compare`` checks it once the SPECs are known)."""
+    from aggscope.core.layout import Layout
     from aggscope.errors import AggscopeError
-    from aggscope.layout import Layout
 
     if values["seed"] is None:
         values["seed"] = 0
@@ -301,7 +301,7 @@ def _build_layout(*, seed_for_specs: bool = False, **values: Any) -> Any:
 
 
 def _build_engine(engine: str, address: Optional[str]) -> Any:
-    from aggscope.engines import open_engine
+    from aggscope.analysis.runner import open_engine
 
     return open_engine(engine, address)
 

@@ -39,9 +39,15 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
-    from aggscope.figures import check_figure_names, check_image_format, check_output_directory, make_figures, save_figures
-    from aggscope.specs import Spec
-    from aggscope.weights import select_modes
+    from aggscope.analysis.specs import Spec
+    from aggscope.core.weights import select_modes
+    from aggscope.present.figures import (
+        check_figure_names,
+        check_image_format,
+        check_output_directory,
+        make_figures,
+        save_figures,
+    )
 
     check_image_format(image_format)
     check_figure_names(figure)

@@ -28,10 +28,10 @@ def report(
     ),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
-    from aggscope.figures import check_output_directory
-    from aggscope.reports import build_report
-    from aggscope.specs import Spec
-    from aggscope.weights import select_modes
+    from aggscope.analysis.specs import Spec
+    from aggscope.core.weights import select_modes
+    from aggscope.present.figures import check_output_directory
+    from aggscope.present.report import build_report
 
     check_output_directory(out)
     rollouts = source.open()
@@ -43,7 +43,7 @@ def report(
 
 def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
     """The breakdown of every step under the SPECs, on the engine, with a progress bar."""
-    from aggscope.breakdown import run_breakdown_on
+    from aggscope.analysis.breakdown import run_breakdown_on
 
     def progress(items: Any) -> Any:
         return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens, rollouts=rollouts)
@@ -58,7 +58,7 @@ def print_summary(result: Any, files: Any) -> None:
         console.print(sentence)
     for note in result.document["input"]["notes"]:
         console.print(f"[dim]input: {note}[/dim]")
-    from aggscope.reports import severity_counts
+    from aggscope.present.report import severity_counts
 
     document = result.document
     with_checks = result.kind == "compare"

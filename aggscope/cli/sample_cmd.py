@@ -47,15 +47,15 @@ def sample(
     """Write a deterministic sample of GRPO steps (binary rewards, long-tailed lengths, GRPO advantages)."""
     from dataclasses import replace
 
-    from aggscope.sample import SampleConfig, write_sample
+    from aggscope.samples.generate import SampleConfig, write_sample
 
     chosen = {"steps": steps, "prompts": prompts, "group_size": group_size, "max_len": max_len}
     changes = {name: value for name, value in chosen.items() if value is not None}
     if not faults:
         typer.echo(f"wrote {write_sample(out_dir, SampleConfig(seed=seed, **changes))}")
         return
-    from aggscope.checks import layout_flags
-    from aggscope.sample_faults import FAULTY_CONFIG, faulty_layout, write_faulty_sample
+    from aggscope.analysis.checks import layout_flags
+    from aggscope.samples.faulty import FAULTY_CONFIG, faulty_layout, write_faulty_sample
 
     config = replace(FAULTY_CONFIG, seed=seed, **changes)
     path = write_faulty_sample(out_dir, config)

@@ -39,8 +39,9 @@ def weights(
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
-    from aggscope.weights import run_weights_on, select_modes
-    from aggscope.writing import refuse_to_overwrite_inputs
+    from aggscope.analysis.weights import run_weights_on
+    from aggscope.core.weights import select_modes
+    from aggscope.io.writing import refuse_to_overwrite_inputs
 
     rollouts = source.open()
     if out is not None:

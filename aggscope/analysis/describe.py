@@ -1,0 +1,157 @@
+"""What a set of rollout batches holds: the column mapping, steps, groups and lengths (``inspect``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from aggscope.core.batch import StepBatch
+
+PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
+
+
+class Rollouts(Protocol):
+    """What every reader returns: a source of one ``StepBatch`` per step."""
+
+    source: str
+    files: list[str]
+    columns: dict[str, str]
+    layout: str
+    steps: list[int]
+    notes: list[str]
+
+    @property
+    def has_groups(self) -> bool: ...
+
+    def iter_steps(self) -> Iterable[StepBatch]: ...
+
+
+@dataclass(frozen=True)
+class StepDescription:
+    """Sizes of one step.
+
+    Attributes:
+        group_sizes: ``{group size: number of prompts with that many sequences}``, or None.
+        loss_tokens_percentiles: loss tokens per sequence at the percentiles in ``PERCENTILES``.
+    """
+
+    step: int
+    sequences: int
+    prompts: int | None
+    group_sizes: dict[int, int] | None
+    tokens: int
+    loss_tokens: int
+    loss_tokens_percentiles: dict[str, float]
+    has_rewards: bool
+
+
+@dataclass(frozen=True)
+class RolloutsDescription:
+    source: str
+    files: list[str]
+    layout: str
+    columns: dict[str, str]
+    notes: list[str]
+    steps: list[StepDescription] = field(default_factory=list)
+    lengths_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for step in doc["steps"]:
+            if step["group_sizes"] is not None:
+                step["group_sizes"] = {str(k): v for k, v in step["group_sizes"].items()}
+        return doc
+
+
+def describe_step(batch: StepBatch) -> StepDescription:
+    loss_tokens = batch.stats.loss_tokens.to(torch.float64).cpu()  # [n_seqs]
+    group_sizes = None
+    if batch.group_ids is not None:
+        per_group = torch.bincount(batch.group_ids.cpu(), minlength=batch.n_groups)  # [n_groups]
+        sizes, counts = torch.unique(per_group, return_counts=True)
+        group_sizes = {int(s): int(c) for s, c in zip(sizes.tolist(), counts.tolist(), strict=True)}
+    if loss_tokens.numel():
+        quantiles = torch.quantile(loss_tokens, torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64))
+        percentiles = {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles.tolist(), strict=True)}
+    else:
+        percentiles = {}
+    return StepDescription(
+        step=batch.step,
+        sequences=batch.n_sequences,
+        prompts=batch.n_groups if batch.has_groups else None,
+        group_sizes=group_sizes,
+        tokens=batch.n_tokens,
+        loss_tokens=int(loss_tokens.sum()),
+        loss_tokens_percentiles=percentiles,
+        has_rewards=batch.rewards is not None,
+    )
+
+
+def describe(rollouts: Rollouts, batches: Iterable[StepBatch] | None = None) -> RolloutsDescription:
+    """Read every step once and describe it (``batches``: the steps, if already being iterated)."""
+    steps = []
+    estimated = False
+    for batch in rollouts.iter_steps() if batches is None else batches:
+        steps.append(describe_step(batch))
+        estimated = estimated or batch.lengths_estimated
+    return RolloutsDescription(
+        source=rollouts.source,
+        files=list(rollouts.files),
+        layout=rollouts.layout,
+        columns=dict(rollouts.columns),
+        notes=list(rollouts.notes),
+        steps=steps,
+        lengths_estimated=estimated,
+    )
+
+
+@dataclass(frozen=True)
+class UidOccurrence:
+    """The rows of one uid in one step (``rows`` are 0-based positions in the step's input order)."""
+
+    step: int
+    rows: list[int]
+    rewards: list[float | None] | None
+    loss_tokens: list[int]
+
+
+@dataclass(frozen=True)
+class UidDescription:
+    """Where a uid appears and, where the input holds it, the prompt text behind it."""
+
+    uid: str
+    text: str | None
+    occurrences: list[UidOccurrence]
+    lengths_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | None = None) -> UidDescription:
+    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its text."""
+    from aggscope.errors import AggscopeError
+    from aggscope.io.open import uid_text
+
+    if not rollouts.has_groups:
+        raise AggscopeError(f"{rollouts.source}: the input has no uids (set a uid column with --col uid=NAME)")
+    occurrences = []
+    estimated = False
+    for batch in rollouts.iter_steps() if batches is None else batches:
+        estimated = estimated or batch.lengths_estimated
+        if batch.uid_labels is None or uid not in batch.uid_labels or batch.group_ids is None:
+            continue
+        code = batch.uid_labels.index(uid)
+        rows = torch.nonzero(batch.group_ids == code).reshape(-1).cpu()  # [n_rows_of_uid]
+        rewards = None
+        if batch.rewards is not None:
+            rewards = [value if math.isfinite(value) else None for value in batch.rewards.cpu()[rows].tolist()]
+        loss_tokens = batch.stats.loss_tokens.cpu()[rows].tolist()
+        occurrences.append(UidOccurrence(batch.step, rows.tolist(), rewards, [int(n) for n in loss_tokens]))
+    if not occurrences:
+        raise AggscopeError(f"{rollouts.source}: uid {uid!r} is in no step (aggscope inspect PATH --json lists the steps)")
+    return UidDescription(uid, uid_text(rollouts, uid), occurrences, estimated)

@@ -1,0 +1,135 @@
+"""Where the per-step work of a command runs: here, one step at a time, or as Ray tasks.
+
+Every analysing command does its heavy work step by step (``step -> small result``) and merges
+the small results in step order. An engine maps that per-step function over the steps:
+
+- ``local``: reads and processes the steps one after another in this process, holding one step.
+- ``ray``: one Ray task per step. A task reads its step's Parquet row groups itself (the
+  workers open the same paths or object-storage URIs), runs the function and sends back only its
+  small result; the driver merges the results in step order, so every count and every float sum
+  is the same as with the local engine.
+
+Ray is an optional extra (``pip install 'aggscope[ray]'``), imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aggscope.errors import AggscopeError
+
+if TYPE_CHECKING:  # this module is imported before torch is needed
+    from aggscope.core.batch import StepBatch
+
+ENGINES = ("local", "ray")
+RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'aggscope[ray]'"
+
+T = TypeVar("T")
+
+
+class SteppedRollouts(Protocol):
+    """What an engine needs from a reader: its steps, and a way to read one of them."""
+
+    steps: list[int]
+
+    def iter_steps(self) -> Iterator[StepBatch]: ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine: ``local``, or ``ray`` at ``address`` (None: a Ray already running or a new local one).
+
+    Attributes:
+        name: ``local`` or ``ray``.
+        address: the Ray cluster (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or None.
+        max_in_flight: Ray tasks submitted ahead of the one being merged (None: twice the
+            cluster's CPUs), which bounds the results waiting on the driver.
+    """
+
+    name: str = "local"
+    address: str | None = None
+    max_in_flight: int | None = None
+
+    def map_steps(self, rollouts: SteppedRollouts, work: Callable[[StepBatch], T]) -> Iterator[T]:
+        """``work(batch)`` for every step of ``rollouts``, yielded in step order.
+
+        ``work`` must be picklable for Ray (a module-level function, or a ``functools.partial``
+        of one) and should return a small result: never the batch itself.
+        """
+        if self.name == "local":
+            for batch in rollouts.iter_steps():
+                result = work(batch)
+                del batch  # let the step go before the next one is read
+                yield result
+            return
+        yield from _ray_map(rollouts, work, self.address, self.max_in_flight)
+
+
+def open_engine(name: str = "local", address: str | None = None) -> Engine:
+    """Check an engine's name (and that Ray is installed for ``ray``) and return it."""
+    if name not in ENGINES:
+        raise AggscopeError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
+    if name == "local":
+        if address is not None:
+            raise AggscopeError("--address is the Ray cluster's address: give it with --engine ray")
+        return Engine()
+    _import_ray()
+    return Engine("ray", address)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise AggscopeError(RAY_MISSING) from None
+    return ray
+
+
+def _read_and_work(rollouts: Any, step: int, work: Callable[[StepBatch], T]) -> T:
+    """The body of one Ray task: read the step where the task runs, process it."""
+    return work(rollouts.read_step(step))
+
+
+def _work_on(batch: StepBatch, work: Callable[[StepBatch], T]) -> T:
+    return work(batch)
+
+
+def _ray_map(
+    rollouts: SteppedRollouts, work: Callable[[StepBatch], T], address: str | None, max_in_flight: int | None
+) -> Iterator[T]:
+    ray = _import_ray()
+    if not ray.is_initialized():
+        try:
+            # Workers inherit this process's environment on a local Ray, so they import the same
+            # aggscope (and see the same object-storage credentials).
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise AggscopeError(f"cannot start or reach Ray at {address or 'a local Ray'}: {exc}") from None
+    reads_itself = hasattr(rollouts, "read_step")
+    task = ray.remote(_read_and_work if reads_itself else _work_on)
+    window = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: deque[Any] = deque()
+    # A reader that cannot read one step by itself sends each batch to its task instead.
+    sources = iter(rollouts.steps) if reads_itself else rollouts.iter_steps()
+    shared = ray.put(rollouts) if reads_itself else None
+    work_ref = ray.put(work)
+    for source in sources:
+        pending.append(task.remote(shared, source, work_ref) if reads_itself else task.remote(source, work_ref))
+        if len(pending) >= window:
+            yield _get(ray, pending.popleft())
+    while pending:
+        yield _get(ray, pending.popleft())
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    """A task's result; an ``AggscopeError`` raised in the task is raised here as itself."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, AggscopeError):
+            raise AggscopeError(cause.message) from None
+        raise

@@ -1,0 +1,177 @@
+"""Weights over a run: every step analysed under the selected modes, merged in step order.
+
+The per-step work is ``aggscope.core.weights.analyse_step``; this module collects its small
+results (per-step summaries and per-sequence weights, never tokens) into the all-steps total that
+``aggscope weights`` prints, optionally writing per-token weights as the steps go.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aggscope.analysis.runner import Engine, SteppedRollouts
+from aggscope.core.batch import SequenceStats, StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.modes import Mode
+from aggscope.core.weights import StepAnalysis, StepSummary, analyse_step, summarize
+from aggscope.errors import AggscopeError
+from aggscope.io.export import WeightsParquetWriter
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """The result of ``aggscope weights``: per-step summaries and the total over all steps."""
+
+    layout: Layout
+    modes: list[str]
+    steps: list[StepSummary]
+    total: StepSummary
+    lengths_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.total.to_dict()
+        del total["step"]
+        total["steps"] = len(self.steps)
+        return {
+            "layout": self.layout.to_dict(),
+            "modes": self.modes,
+            "lengths_estimated": self.lengths_estimated,
+            "steps": [step.to_dict() for step in self.steps],
+            "total": total,
+        }
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the all-steps total needs from one step: its summary and per-sequence data (no tokens).
+
+    Small enough to send back from a Ray task; ``row_weights`` holds each mode's ``[n_seqs]``
+    float64 weights and ``stats`` the step's ``SequenceStats``, both on the CPU.
+    """
+
+    summary: StepSummary
+    stats: SequenceStats
+    row_weights: dict[str, torch.Tensor]
+    has_groups: bool
+    lengths_estimated: bool
+
+    @classmethod
+    def of(cls, analysis: StepAnalysis) -> StepResult:
+        batch = analysis.batch
+        row_weights = {name: result.row_weight.cpu() for name, result in analysis.weights.items()}
+        return cls(analysis.summary, batch.stats.cpu(), row_weights, batch.has_groups, batch.lengths_estimated)
+
+
+def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
+    """The per-step work of ``aggscope weights`` (what an engine runs for each step)."""
+    return StepResult.of(analyse_step(batch, modes, layout))
+
+
+@dataclass
+class WeightsAccumulator:
+    """Collects per-step summaries and the per-sequence data the all-steps total needs.
+
+    Only per-sequence quantities are kept, so memory grows with sequences, not tokens.
+    """
+
+    layout: Layout
+    modes: list[Mode]
+    steps: list[StepSummary] = field(default_factory=list)
+    _stats: list[SequenceStats] = field(default_factory=list)
+    _row_weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _any_groups: bool = False
+    lengths_estimated: bool = False
+
+    def add(self, analysis: StepAnalysis) -> None:
+        self.add_result(StepResult.of(analysis))
+
+    def add_result(self, result: StepResult) -> None:
+        self.steps.append(result.summary)
+        self._stats.append(result.stats)
+        for name, row_weight in result.row_weights.items():
+            self._row_weights.setdefault(name, []).append(row_weight)
+        self._any_groups = self._any_groups or result.has_groups
+        self.lengths_estimated = self.lengths_estimated or result.lengths_estimated
+
+    def report(self) -> WeightsReport:
+        stats = SequenceStats.concat(self._stats)
+        steps = self.steps
+        prompts = [s.prompts for s in steps]
+        total = StepSummary(
+            step=-1,
+            sequences=sum(s.sequences for s in steps),
+            prompts=sum(p for p in prompts if p is not None) if self._any_groups else None,
+            tokens=sum(s.tokens for s in steps),
+            loss_tokens=sum(s.loss_tokens for s in steps),
+            modes={
+                mode.name: summarize(stats, torch.cat(self._row_weights.get(mode.name, [torch.zeros(0, dtype=torch.float64)])))
+                for mode in self.modes
+            },
+        )
+        return WeightsReport(self.layout, [m.name for m in self.modes], steps, total, self.lengths_estimated)
+
+
+def run_weights(
+    batches: Iterable[StepBatch],
+    modes: Sequence[Mode],
+    layout: Layout,
+    out: str | os.PathLike[str] | None = None,
+) -> WeightsReport:
+    """Analyse every step, one at a time, and return the per-step and all-steps summaries.
+
+    Args:
+        batches: the steps (any iterable, e.g. ``rollouts.iter_steps()``).
+        modes: the modes to compute.
+        layout: the trainer configuration.
+        out: optional ``.parquet`` file for per-token weights, written as the steps go.
+    """
+    accumulator = WeightsAccumulator(layout, list(modes))
+    with ExitStack() as stack:
+        writer = None
+        if out is not None:
+            writer = stack.enter_context(WeightsParquetWriter(out, modes))
+        for batch in batches:
+            analysis = analyse_step(batch, modes, layout)
+            accumulator.add(analysis)
+            if writer is not None:
+                writer.write(analysis)
+            # Drop this step before the next one is read, so that only one step is ever held.
+            del batch, analysis
+    return accumulator.report()
+
+
+def run_weights_on(
+    engine: Engine,
+    rollouts: SteppedRollouts,
+    modes: Sequence[Mode],
+    layout: Layout,
+    out: str | os.PathLike[str] | None = None,
+    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
+) -> WeightsReport:
+    """``run_weights`` with the per-step work on an engine (one Ray task per step, say).
+
+    The steps' results are merged in step order, so the report equals the local engine's.
+    Per-token output (``out``) is written by the local engine only.
+
+    Args:
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``).
+        rollouts: the opened input (``open_rollouts``).
+        out: optional ``.parquet`` file for per-token weights (local engine).
+        progress: optional wrapper of the steps or results as they come (a progress bar).
+    """
+    wrap = progress or (lambda items: items)
+    if engine.name == "local":
+        return run_weights(wrap(rollouts.iter_steps()), modes, layout, out=out)
+    if out is not None:
+        raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
+    accumulator = WeightsAccumulator(layout, list(modes))
+    for result in wrap(engine.map_steps(rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout))):
+        accumulator.add_result(result)
+    return accumulator.report()

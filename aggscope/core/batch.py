@@ -1,0 +1,399 @@
+"""One training step's rollout batch: flat token arrays, per-sequence offsets and group ids.
+
+This is the single representation every analysis shares. Notation used in shape comments:
+
+- ``n_seqs``: sequences (responses, rows) of the step, in input order (``seq_index`` 0..n_seqs-1)
+- ``n_tokens``: all tokens of all sequences, masked ones included
+- ``n_groups``: distinct prompt-group ids (uids), numbered in order of first appearance
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from aggscope.core.segments import segment_chunks, segment_count_numpy, segment_sum, segment_sum_numpy
+from aggscope.errors import AggscopeError
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    """Per-sequence quantities built once from the tokens; every mode and summary reads these.
+
+    All tensors are ``[n_seqs]`` on the batch's device; sums are float64 and counts int64.
+    Sums of advantages run over loss tokens whose advantage is finite.
+    """
+
+    lengths: torch.Tensor
+    loss_tokens: torch.Tensor
+    adv_abs_sum: torch.Tensor
+    adv_sum: torch.Tensor
+    zero_adv_tokens: torch.Tensor
+    nonfinite_adv_tokens: torch.Tensor
+    masked_nonzero_adv_tokens: torch.Tensor
+
+    @property
+    def adv_pos_sum(self) -> torch.Tensor:
+        """Sum of the positive finite advantages over loss tokens."""
+        return (self.adv_abs_sum + self.adv_sum) / 2
+
+    @property
+    def adv_neg_sum(self) -> torch.Tensor:
+        """Sum of the negative finite advantages over loss tokens (a value <= 0)."""
+        return (self.adv_sum - self.adv_abs_sum) / 2
+
+    def cpu(self) -> SequenceStats:
+        """The same quantities on the CPU (what accumulators keep and Ray tasks send back)."""
+        return SequenceStats(**{name: value.cpu() for name, value in vars(self).items()})
+
+    @classmethod
+    def concat(cls, parts: Sequence[SequenceStats]) -> SequenceStats:
+        """The rows of several steps, in order (empty tensors when ``parts`` is empty)."""
+        names = list(cls.__dataclass_fields__)
+        if not parts:
+            return cls(**{name: torch.zeros(0, dtype=torch.float64 if "sum" in name else torch.int64) for name in names})
+        return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
+
+
+@dataclass(frozen=True, eq=False)
+class StepBatch:
+    """The rollout batch of one training step.
+
+    Attributes:
+        step: the training step this batch belongs to.
+        advantages: ``[n_tokens]`` float advantages, flat over all sequences.
+        loss_mask: ``[n_tokens]`` bool, True where the token is trained on.
+        offsets: ``[n_seqs + 1]`` int64; sequence ``i`` owns tokens ``offsets[i]:offsets[i+1]``.
+        group_ids: ``[n_seqs]`` int64 prompt-group codes in order of first appearance, or None
+            when the input has no uid (prompt-level modes and checks are then unavailable).
+        uid_labels: ``[n_groups]`` the uid text of each code, or None.
+        rewards: ``[n_seqs]`` float64 rewards, or None.
+        source: where the batch came from, for messages.
+        lengths_estimated: True when token counts were estimated from text.
+    """
+
+    step: int
+    advantages: torch.Tensor
+    loss_mask: torch.Tensor
+    offsets: torch.Tensor
+    group_ids: torch.Tensor | None = None
+    uid_labels: tuple[str, ...] | None = None
+    rewards: torch.Tensor | None = None
+    source: str = "<memory>"
+    lengths_estimated: bool = False
+
+    def __post_init__(self) -> None:
+        n_tokens = self.advantages.numel()
+        if self.advantages.dim() != 1 or self.loss_mask.shape != self.advantages.shape:
+            raise AggscopeError(
+                f"{self.source}: advantages and loss mask must be flat arrays of one length "
+                f"(got {tuple(self.advantages.shape)} and {tuple(self.loss_mask.shape)})"
+            )
+        if self.loss_mask.dtype != torch.bool:
+            raise AggscopeError(f"{self.source}: the loss mask must be boolean")
+        if self.offsets.dim() != 1 or self.offsets.numel() < 1 or self.offsets.dtype != torch.int64:
+            raise AggscopeError(f"{self.source}: offsets must be a 1-d int64 array of n_seqs + 1 entries")
+        if int(self.offsets[-1]) != n_tokens or int(self.offsets[0]) != 0:
+            raise AggscopeError(f"{self.source}: offsets must run from 0 to the number of tokens ({n_tokens})")
+        n_seqs = self.n_sequences
+        if self.group_ids is not None and self.group_ids.shape != (n_seqs,):
+            raise AggscopeError(f"{self.source}: {self.group_ids.numel()} group ids for {n_seqs} sequences")
+        if (self.group_ids is None) != (self.uid_labels is None):
+            raise AggscopeError(f"{self.source}: group ids and uid labels go together")
+        if self.rewards is not None and self.rewards.shape != (n_seqs,):
+            raise AggscopeError(f"{self.source}: {self.rewards.numel()} rewards for {n_seqs} sequences")
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def n_sequences(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return self.advantages.numel()
+
+    @property
+    def n_groups(self) -> int:
+        return 0 if self.uid_labels is None else len(self.uid_labels)
+
+    @property
+    def has_groups(self) -> bool:
+        return self.group_ids is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.advantages.device
+
+    @cached_property
+    def stats(self) -> SequenceStats:
+        """Per-sequence loss-token counts and advantage sums (computed once, then shared)."""
+        return _sequence_stats(self.advantages, self.loss_mask, self.offsets)
+
+    def with_stats(self, stats: SequenceStats) -> StepBatch:
+        """This batch with ``stats`` already in place of computing them from the tokens.
+
+        For readers that reduce each part of a step as they decode it (``sequence_stats_numpy``
+        on each part, then ``SequenceStats.concat``): the result must be what ``stats`` computes.
+        """
+        if stats.lengths.shape != (self.n_sequences,):
+            raise AggscopeError(f"{self.source}: stats of {stats.lengths.numel()} sequences for {self.n_sequences}")
+        self.__dict__["stats"] = stats  # where cached_property keeps its value
+        return self
+
+    def row_uids(self) -> list[str | None]:
+        """The uid text of every row in input order (None where the input has no uid)."""
+        if self.group_ids is None or self.uid_labels is None:
+            return [None] * self.n_sequences
+        labels = self.uid_labels
+        return [labels[code] for code in self.group_ids.tolist()]
+
+    # ---- constructors ------------------------------------------------------------------------
+    @classmethod
+    def from_flat(
+        cls,
+        advantages: Any,
+        loss_mask: Any,
+        offsets: Any,
+        *,
+        uids: Any = None,
+        rewards: Any = None,
+        step: int = 0,
+        source: str = "<memory>",
+    ) -> StepBatch:
+        """Build a batch from flat token arrays and sequence offsets (tensors, arrays or lists).
+
+        Args:
+            advantages: ``[n_tokens]`` per-token advantages.
+            loss_mask: ``[n_tokens]`` 0/1 or bool.
+            offsets: ``[n_seqs + 1]`` sequence boundaries into the token arrays.
+            uids: ``[n_seqs]`` prompt-group ids (ints or strings), or None.
+            rewards: ``[n_seqs]`` rewards, or None.
+            step: the step number.
+            source: a name for messages.
+        """
+        adv = _as_float_tensor(advantages)
+        device = adv.device
+        mask = _as_mask(loss_mask, device, source)
+        offs = torch.as_tensor(offsets, dtype=torch.int64, device=device)
+        if offs.numel() > 1 and bool((offs[1:] < offs[:-1]).any()):
+            raise AggscopeError(f"{source}: offsets must not decrease")
+        group_ids, labels = factorize_uids(uids, offs.numel() - 1, device, source)
+        rew = None if rewards is None else torch.as_tensor(rewards, dtype=torch.float64, device=device)
+        return cls(step, adv, mask, offs, group_ids, labels, rew, source)
+
+    @classmethod
+    def from_padded(
+        cls,
+        advantages: Any,
+        loss_mask: Any,
+        *,
+        uids: Any = None,
+        rewards: Any = None,
+        step: int = 0,
+        source: str = "<memory>",
+    ) -> StepBatch:
+        """Build a batch from padded ``[B, L]`` tensors as a trainer holds them.
+
+        Every one of the ``B * L`` positions becomes a token (padding is simply masked), so
+        per-token results reshape back to ``[B, L]`` with ``.view(B, L)``; nothing is copied when
+        the inputs are contiguous. Left and right padding both work, since only the mask decides
+        which positions are trained on.
+
+        Args:
+            advantages: ``[B, L]`` per-token advantages, or ``[B]`` one per sequence (broadcast).
+            loss_mask: ``[B, L]`` 0/1 or bool.
+        """
+        mask_t = torch.as_tensor(loss_mask)
+        if mask_t.dim() != 2:
+            raise AggscopeError(f"{source}: a padded loss mask must be [B, L], got shape {tuple(mask_t.shape)}")
+        n_rows, width = mask_t.shape
+        adv = _as_float_tensor(advantages).to(mask_t.device)
+        if adv.dim() == 1 and adv.shape[0] == n_rows:
+            adv = adv[:, None].expand(n_rows, width)
+        if adv.shape != mask_t.shape:
+            raise AggscopeError(
+                f"{source}: advantages of shape {tuple(adv.shape)} do not match the loss mask {tuple(mask_t.shape)}"
+            )
+        offsets = torch.arange(n_rows + 1, dtype=torch.int64, device=mask_t.device) * width
+        return cls.from_flat(adv.reshape(-1), mask_t.reshape(-1), offsets, uids=uids, rewards=rewards, step=step, source=source)
+
+
+def _as_float_tensor(values: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(values)
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
+    return tensor
+
+
+def _as_mask(values: Any, device: torch.device, source: str) -> torch.Tensor:
+    mask = torch.as_tensor(values, device=device)
+    if mask.dtype == torch.bool:
+        return mask
+    bad = (mask != 0) & (mask != 1)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad.reshape(-1))[0])
+        raise AggscopeError(
+            f"{source}: loss mask holds {mask.reshape(-1)[first].item()!r} at token {first}; only 0 and 1 are allowed"
+        )
+    return mask != 0
+
+
+def factorize_uids(
+    uids: Any, n_rows: int, device: torch.device, source: str = "<memory>"
+) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+    """Number uids ``0..n_groups-1`` in order of first appearance.
+
+    Args:
+        uids: ``[n_rows]`` ints or strings (tensor, array or list), or None.
+
+    Returns:
+        ``([n_rows] int64 codes on device, uid text of each code)``, or ``(None, None)``.
+    """
+    if uids is None:
+        return None, None
+    if isinstance(uids, torch.Tensor):
+        values = uids.reshape(-1)
+        if values.numel() != n_rows:
+            raise AggscopeError(f"{source}: {values.numel()} uids for {n_rows} sequences")
+        uniques, inverse = torch.unique(values, return_inverse=True)  # sorted uniques
+        positions = torch.arange(n_rows, device=values.device)
+        first_seen = torch.full((uniques.numel(),), n_rows, dtype=torch.int64, device=values.device)
+        first_seen = first_seen.scatter_reduce(0, inverse, positions, reduce="amin")
+        order = torch.argsort(first_seen)  # sorted-unique index by first appearance
+        rank_of_unique = torch.empty_like(order)
+        rank_of_unique[order] = torch.arange(order.numel(), device=values.device)
+        labels = tuple(str(v) for v in uniques[order].tolist())
+        return rank_of_unique[inverse].to(device), labels
+    array = np.asarray(uids, dtype=object) if not isinstance(uids, np.ndarray) else uids
+    if array.shape != (n_rows,):
+        raise AggscopeError(f"{source}: {array.size} uids for {n_rows} sequences")
+    import pyarrow as pa
+
+    encoded = pa.array(array.astype(str) if array.dtype == object else array).dictionary_encode()
+    codes = torch.from_numpy(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)).to(device)
+    return codes, tuple(str(v) for v in encoded.dictionary.to_pylist())
+
+
+STATS_CHUNK_TOKENS = 1 << 20  # tokens per chunk of the per-sequence reductions (CPU)
+
+
+def _sequence_stats(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    if advantages.device.type == "cpu":
+        return _sequence_stats_cpu(advantages, loss_mask, offsets)
+    return _sequence_stats_tensor(advantages, loss_mask, offsets)
+
+
+def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    """The per-sequence reductions in chunks of whole sequences, with numpy.
+
+    Working on about ``STATS_CHUNK_TOKENS`` tokens at a time keeps every temporary (the finite
+    flags, the float64 copy of the advantages, the comparison masks) a few MB and in the CPU
+    caches instead of several full-size arrays: memory stays near the batch's own size and the
+    passes over the data run at cache speed. Each sequence is reduced exactly as in one piece,
+    so the sums are the same bit for bit.
+    """
+    if advantages.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+        advantages = advantages.to(torch.float32)
+    return sequence_stats_numpy(advantages.numpy(), loss_mask.numpy(), offsets.numpy())
+
+
+def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) -> SequenceStats:
+    """``SequenceStats`` of flat numpy arrays: ``adv [n_tokens]`` float, ``mask [n_tokens]`` bool,
+    ``offs [n_seqs + 1]`` int64 from 0.
+
+    Every sequence is reduced on its own, so the stats of consecutive parts of a step, concatenated,
+    equal those of the whole step bit for bit (readers use this to reduce each part as it is decoded).
+    """
+    n_seqs = offs.size - 1
+    lengths = offs[1:] - offs[:-1]  # [n_seqs]
+    loss_tokens = lengths.copy()
+    adv_sum = np.zeros(n_seqs, dtype=np.float64)
+    adv_abs_sum = np.zeros(n_seqs, dtype=np.float64)
+    zero_adv = np.zeros(n_seqs, dtype=np.int64)
+    nonfinite = np.zeros(n_seqs, dtype=np.int64)
+    masked_nonzero = np.zeros(n_seqs, dtype=np.int64)
+    for first, last in segment_chunks(offs, STATS_CHUNK_TOKENS):
+        start, stop = int(offs[first]), int(offs[last])
+        rows = slice(first, last)
+        a, m = adv[start:stop], mask[start:stop]  # [chunk]
+        local = offs[first : last + 1] - start  # [rows + 1]
+        masked = ~m  # [chunk]
+        nonzero = a != 0  # [chunk]
+        # Sums run over loss tokens whose advantage is finite; every other token counts as +0.0
+        # (as np.where(m & finite, a, 0) gives it, here by zeroing the masked places of a copy).
+        trained = a.astype(np.float64)  # [chunk]
+        n_masked = int(np.count_nonzero(masked))
+        if n_masked == 0:
+            masked_count = masked_nonzero_count = np.zeros(last - first, dtype=np.int64)
+        elif n_masked <= masked.size // 4:
+            # Few masked tokens (prompt or tool spans): work on their positions only.
+            where_masked = np.flatnonzero(masked)  # [n_masked] ascending
+            masked_count = np.diff(np.searchsorted(where_masked, local))
+            masked_nonzero_count = np.diff(np.searchsorted(where_masked[nonzero[where_masked]], local))
+            trained[where_masked] = 0.0
+        else:
+            masked_count = segment_count_numpy(masked, local)
+            masked_nonzero_count = segment_count_numpy(nonzero & masked, local)
+            np.copyto(trained, 0.0, where=masked)
+        loss_tokens[rows] = np.diff(local) - masked_count
+        masked_nonzero[rows] = masked_nonzero_count
+        # Zero advantages on loss tokens: all zeros minus the masked ones.
+        zero_adv[rows] = segment_count_numpy(~nonzero, local) - (masked_count - masked_nonzero_count)
+        sums = segment_sum_numpy(trained, local, np.float64)
+        if not np.isfinite(sums).all():
+            # A sum is finite when all its loss tokens are (float32 values summed in float64
+            # cannot overflow), so only a chunk with a non-finite sum looks at each token.
+            nonfinite_loss = m & ~np.isfinite(a)  # [chunk]
+            nonfinite[rows] = segment_count_numpy(nonfinite_loss, local)
+            np.copyto(trained, 0.0, where=nonfinite_loss)
+            sums = segment_sum_numpy(trained, local, np.float64)
+        adv_sum[rows] = sums
+        adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
+    return SequenceStats(
+        lengths=torch.from_numpy(lengths),
+        loss_tokens=torch.from_numpy(loss_tokens),
+        adv_abs_sum=torch.from_numpy(adv_abs_sum),
+        adv_sum=torch.from_numpy(adv_sum),
+        zero_adv_tokens=torch.from_numpy(zero_adv),
+        nonfinite_adv_tokens=torch.from_numpy(nonfinite),
+        masked_nonzero_adv_tokens=torch.from_numpy(masked_nonzero),
+    )
+
+
+def _sequence_stats_tensor(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
+    """The same reductions with torch, on the batch's device (for GPU tensors)."""
+    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
+    finite = torch.isfinite(advantages)  # [n_tokens]
+    all_loss = bool(loss_mask.all())
+    all_finite = bool(finite.all())
+    loss_tokens = lengths.clone() if all_loss else segment_sum(loss_mask, offsets, torch.int64)
+    finite_loss = loss_mask if all_finite else loss_mask & finite  # [n_tokens]
+    trained = advantages if all_loss and all_finite else torch.where(finite_loss, advantages, 0.0)
+    adv_sum = segment_sum(trained, offsets)
+    adv_abs_sum = segment_sum(trained.abs(), offsets)
+    zero_adv_tokens = segment_sum(loss_mask & (advantages == 0), offsets, torch.int64)
+    nonfinite = torch.zeros_like(loss_tokens) if all_finite else segment_sum(loss_mask & ~finite, offsets, torch.int64)
+    if all_loss:
+        masked_nonzero = torch.zeros_like(loss_tokens)
+    else:
+        masked_nonzero = segment_sum(~loss_mask & (advantages != 0), offsets, torch.int64)
+    return SequenceStats(
+        lengths=lengths,
+        loss_tokens=loss_tokens,
+        adv_abs_sum=adv_abs_sum,
+        adv_sum=adv_sum,
+        zero_adv_tokens=zero_adv_tokens,
+        nonfinite_adv_tokens=nonfinite,
+        masked_nonzero_adv_tokens=masked_nonzero,
+    )
+
+
+def text_uid(text: str) -> str:
+    """A short stable uid for a prompt text: the same text gives the same uid in every file and step."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]

@@ -1,0 +1,185 @@
+"""Loss aggregation modes: one small function each, in one registry.
+
+Every mode gives all loss tokens of a sequence the same weight, so a mode is a function from
+per-row quantities to a per-row weight ``w_i`` (``[n_seqs]`` float64); the per-token weight is
+``w_i * m[i, t]``. Notation (one mini-batch ``b``): ``N_b`` rows, ``T_b`` loss tokens, ``P_b``
+distinct uids, ``T_{p,b}`` loss tokens of uid ``p`` in ``b``, ``K_b`` micro-batches holding a row
+(over all ranks), ``T_k`` loss tokens of micro-batch ``k``, ``L_i`` loss tokens of row ``i``,
+``H`` the horizon. Denominators are clamped to at least 1.
+
+To add a mode, write one function below and decorate it with ``@register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from aggscope.core.layout import Split
+from aggscope.core.segments import group_sum
+from aggscope.errors import AggscopeError
+
+
+@dataclass(frozen=True)
+class ModeInputs:
+    """What a mode's weight function may read; tensors are ``[n_seqs]`` indexed by seq_index.
+
+    Attributes:
+        loss_tokens: ``L_i`` as float64.
+        split: where every row lands (mini-batch, rank, micro-batch).
+        group_ids: uid codes, or None.
+        n_groups: number of distinct uids in the step.
+        max_seq_len: the horizon ``H``, or None.
+    """
+
+    loss_tokens: torch.Tensor
+    split: Split
+    group_ids: torch.Tensor | None
+    n_groups: int
+    max_seq_len: int | None
+
+    def per_mini_batch(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of ``values`` over each row's mini-batch, gathered back to rows: ``[n] -> [n]``."""
+        mini_batch = self.split.mini_batch
+        return group_sum(values, mini_batch, self.split.n_mini_batches)[mini_batch]
+
+    def rows_per_mini_batch(self) -> torch.Tensor:
+        """``N_b`` of each row's mini-batch as float64: ``[n]``."""
+        return self.per_mini_batch(torch.ones_like(self.loss_tokens))
+
+
+WeightFn = Callable[[ModeInputs], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A registered aggregation mode."""
+
+    name: str
+    weight: WeightFn
+    formula: str
+    aliases: tuple[str, ...] = ()
+    needs_groups: bool = False
+    needs_horizon: bool = False
+
+
+MODES: dict[str, Mode] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(
+    name: str, formula: str, *, aliases: Iterable[str] = (), needs_groups: bool = False, needs_horizon: bool = False
+) -> Callable[[WeightFn], WeightFn]:
+    """Register a mode's weight function under its canonical name and the frameworks' names."""
+
+    def decorate(weight: WeightFn) -> WeightFn:
+        mode = Mode(name, weight, formula, tuple(aliases), needs_groups, needs_horizon)
+        MODES[name] = mode
+        for alias in (name, *mode.aliases):
+            _ALIASES[_normalise(alias)] = name
+        return weight
+
+    return decorate
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+@register("token_mean", "1 / T_b", aliases=("dapo", "cispo", "token_level"))
+def token_mean(inputs: ModeInputs) -> torch.Tensor:
+    tokens_in_mini_batch = inputs.per_mini_batch(inputs.loss_tokens)  # [n] T_b
+    return 1.0 / tokens_in_mini_batch.clamp(min=1)
+
+
+@register("token_mean_legacy", "1 / (K_b * T_k)", aliases=("bnpo",))
+def token_mean_legacy(inputs: ModeInputs) -> torch.Tensor:
+    split = inputs.split
+    unit = split.micro_unit
+    n_units = split.n_micro_units
+    tokens_in_unit = group_sum(inputs.loss_tokens, unit, n_units)[unit]  # [n] T_k
+    # Every unit holds at least one row, so K_b is the number of units whose mini-batch is b.
+    mini_batch_of_unit = torch.zeros(n_units, dtype=torch.int64, device=unit.device).scatter_(0, unit, split.mini_batch)
+    units_per_mini_batch = torch.bincount(mini_batch_of_unit, minlength=split.n_mini_batches)  # [n_mb] K_b
+    k_b = units_per_mini_batch[split.mini_batch].to(torch.float64)  # [n]
+    return 1.0 / (k_b * tokens_in_unit.clamp(min=1))
+
+
+@register("token_sum", "1")
+def token_sum(inputs: ModeInputs) -> torch.Tensor:
+    return torch.ones_like(inputs.loss_tokens)
+
+
+@register("sequence_mean", "1 / (N_b * L_i)", aliases=("seq_mean_token_mean", "grpo", "sapo", "gspo", "sample"))
+def sequence_mean(inputs: ModeInputs) -> torch.Tensor:
+    return 1.0 / (inputs.rows_per_mini_batch() * inputs.loss_tokens.clamp(min=1))
+
+
+@register("seq_mean_token_sum", "1 / N_b")
+def seq_mean_token_sum(inputs: ModeInputs) -> torch.Tensor:
+    return 1.0 / inputs.rows_per_mini_batch()
+
+
+@register("seq_mean_token_sum_norm", "1 / (N_b * H)", aliases=("dr_grpo",), needs_horizon=True)
+def seq_mean_token_sum_norm(inputs: ModeInputs) -> torch.Tensor:
+    assert inputs.max_seq_len is not None
+    return 1.0 / (inputs.rows_per_mini_batch() * float(inputs.max_seq_len))
+
+
+@register("prompt_mean", "1 / (P_b * T_{p,b})", aliases=("prompt_average",), needs_groups=True)
+def prompt_mean(inputs: ModeInputs) -> torch.Tensor:
+    assert inputs.group_ids is not None
+    mini_batch = inputs.split.mini_batch
+    prompt_in_mini_batch = mini_batch * max(inputs.n_groups, 1) + inputs.group_ids  # [n] key of (b, p)
+    _, cell = torch.unique(prompt_in_mini_batch, return_inverse=True)  # [n] dense (b, p) index
+    n_cells = int(cell.max()) + 1 if cell.numel() else 0
+    tokens_of_prompt = group_sum(inputs.loss_tokens, cell, n_cells)[cell]  # [n] T_{p,b}
+    mini_batch_of_cell = torch.zeros(n_cells, dtype=torch.int64, device=cell.device).scatter_(0, cell, mini_batch)
+    prompts_per_mini_batch = torch.bincount(mini_batch_of_cell, minlength=inputs.split.n_mini_batches)  # [n_mb] P_b
+    p_b = prompts_per_mini_batch[mini_batch].to(torch.float64)  # [n]
+    return 1.0 / (p_b * tokens_of_prompt.clamp(min=1))
+
+
+def mode_names() -> list[str]:
+    """Canonical names in registry order."""
+    return list(MODES)
+
+
+def resolve_mode(name: str) -> Mode:
+    """The mode for a canonical name or any framework alias; one-line error listing valid names."""
+    canonical = _ALIASES.get(_normalise(name))
+    if canonical is None:
+        aliases = sorted(a for a in _ALIASES if a not in MODES)
+        raise AggscopeError(f"unknown mode {name!r}; valid modes: {', '.join(MODES)} (aliases: {', '.join(aliases)})")
+    return MODES[canonical]
+
+
+def resolve_modes(names: Iterable[str]) -> list[Mode]:
+    """Resolve several names, dropping repeats of the same canonical mode, keeping order."""
+    seen: dict[str, Mode] = {}
+    for name in names:
+        mode = resolve_mode(name)
+        seen.setdefault(mode.name, mode)
+    return list(seen.values())
+
+
+def default_modes(*, has_groups: bool, max_seq_len: int | None) -> list[Mode]:
+    """Every mode that applies to this data and layout."""
+    return [
+        mode
+        for mode in MODES.values()
+        if (has_groups or not mode.needs_groups) and (max_seq_len is not None or not mode.needs_horizon)
+    ]
+
+
+def check_applicable(mode: Mode, *, has_groups: bool, max_seq_len: int | None, source: str) -> None:
+    """Raise a one-line error when a mode cannot be computed on this data or layout."""
+    if mode.needs_horizon and max_seq_len is None:
+        raise AggscopeError(f"mode {mode.name} needs the horizon: give --max-seq-len H")
+    if mode.needs_groups and not has_groups:
+        raise AggscopeError(
+            f"{source}: mode {mode.name} is unavailable without a uid column (no prompt-group ids in this input; "
+            "for Parquet input, name the column with --col uid=NAME)"
+        )

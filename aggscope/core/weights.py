@@ -1,0 +1,247 @@
+"""One step's weights: every row's weight under a mode and layout, and the summaries built from it.
+
+The weight of a loss token ``(i, t)`` is ``w_i`` (constant over a row's loss tokens) and its
+gradient weight is ``g[i, t] = w_i * A[i, t]``. Summaries are built from per-sequence quantities
+(``SequenceStats``) so no per-token array is touched after the batch is loaded, except where a
+caller asks for per-token output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from aggscope.core.batch import SequenceStats, StepBatch
+from aggscope.core.layout import Layout, Split, split_step
+from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_modes
+from aggscope.core.segments import expand_to_tokens
+
+
+@dataclass(frozen=True, eq=False)
+class StepWeights:
+    """The weights of one step under one mode and layout.
+
+    Attributes:
+        batch: the step.
+        mode: the aggregation mode.
+        layout: the trainer configuration.
+        split: where every row landed.
+        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each loss token of row ``i``.
+    """
+
+    batch: StepBatch
+    mode: Mode
+    layout: Layout
+    split: Split
+    row_weight: torch.Tensor
+
+    def token_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` weight of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, _ = self._per_token(dtype, rows)
+        return per_token.masked_fill_(~mask, 0.0)
+
+    def grad_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
+        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+        per_token, mask, advantages = self._per_token(dtype, rows)
+        per_token.mul_(advantages.to(dtype))
+        return per_token.masked_fill_(~mask, 0.0)
+
+    def _per_token(self, dtype: torch.dtype, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's weight repeated over its tokens, with the mask and advantages of those tokens."""
+        batch = self.batch
+        first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
+        offsets = batch.offsets[first : last + 1]  # [rows + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        weight = self.row_weight[first:last].to(dtype)  # [rows]
+        per_token = expand_to_tokens(weight, offsets - start, stop - start)  # [tokens of rows]
+        return per_token, batch.loss_mask[start:stop], batch.advantages[start:stop]
+
+    def summary(self) -> ModeSummary:
+        return summarize(self.batch.stats, self.row_weight)
+
+
+def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = None, split: Split | None = None) -> StepWeights:
+    """Weights of one step under one mode and layout.
+
+    Args:
+        batch: the step.
+        mode: a ``Mode`` or any mode name or alias.
+        layout: the trainer configuration (default: one mini-batch, one rank, no micro-batching).
+        split: a split already computed for this batch and layout, to share between modes.
+    """
+    layout = layout or Layout()
+    (resolved,) = resolve_modes([mode]) if isinstance(mode, str) else (mode,)
+    check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
+    if split is None:
+        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    inputs = ModeInputs(
+        loss_tokens=batch.stats.loss_tokens.to(torch.float64),
+        split=split,
+        group_ids=batch.group_ids,
+        n_groups=batch.n_groups,
+        max_seq_len=layout.max_seq_len,
+    )
+    return StepWeights(batch, resolved, layout, split, resolved.weight(inputs))
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """What one mode does to a set of sequences (one step, or all steps).
+
+    Attributes:
+        loss_tokens: loss tokens.
+        weight_sum: sum of token weights.
+        grad_abs_sum: sum of ``|w * A|`` over loss tokens whose gradient weight is finite.
+        grad_pos_sum: sum of ``w * A`` over loss tokens with finite positive advantage.
+        grad_neg_sum: the same over negative advantages (a value <= 0).
+        ess_tokens: effective number of tokens ``(sum w)^2 / sum w^2`` over loss tokens.
+        long_short_ratio: mean per-token weight of the longest quarter of sequences (by loss
+            tokens) over that of the shortest quarter.
+        zero_grad_tokens: loss tokens whose gradient weight is exactly 0.
+        nonfinite_grad_tokens: loss tokens whose gradient weight is NaN or infinite.
+        min_token_weight, max_token_weight: extremes of the weight over loss tokens.
+    """
+
+    loss_tokens: int
+    weight_sum: float
+    grad_abs_sum: float
+    grad_pos_sum: float
+    grad_neg_sum: float
+    ess_tokens: float | None
+    long_short_ratio: float | None
+    zero_grad_tokens: int
+    nonfinite_grad_tokens: int
+    min_token_weight: float | None
+    max_token_weight: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a value that is not finite becomes None."""
+        return {key: _finite_or_none(value) for key, value in asdict(self).items()}
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summarize(stats: SequenceStats, row_weight: torch.Tensor) -> ModeSummary:
+    """Summarise a mode from per-sequence quantities alone.
+
+    Args:
+        stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
+        row_weight: ``[n_seqs]`` float64 weight of each row's loss tokens.
+    """
+    w = row_weight.to(torch.float64)  # [n_seqs]
+    loss_tokens = stats.loss_tokens.to(torch.float64)  # [n_seqs] L_i
+    has_tokens = stats.loss_tokens > 0  # [n_seqs]
+    weight_sum = float((w * loss_tokens).sum())  # sum_i w_i L_i
+    weight_sq_sum = float((w * w * loss_tokens).sum())  # sum_i w_i^2 L_i
+    weight_is_zero = w == 0
+    # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
+    # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
+    weight_finite = torch.isfinite(w)
+    zero_grad = torch.where(weight_is_zero, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
+    nonfinite_grad = torch.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens)
+    zero_grad = torch.where(weight_finite, zero_grad, torch.zeros_like(zero_grad))
+    w_finite = torch.where(weight_finite, w, torch.zeros_like(w))
+    token_weights = w[has_tokens]
+    return ModeSummary(
+        loss_tokens=int(stats.loss_tokens.sum()),
+        weight_sum=weight_sum,
+        grad_abs_sum=float((w_finite * stats.adv_abs_sum).sum()),
+        grad_pos_sum=float((w_finite * stats.adv_pos_sum).sum()),
+        grad_neg_sum=float((w_finite * stats.adv_neg_sum).sum()),
+        ess_tokens=weight_sum * weight_sum / weight_sq_sum if weight_sq_sum > 0 else None,
+        long_short_ratio=long_short_ratio(stats.loss_tokens, w),
+        zero_grad_tokens=int(zero_grad.sum()),
+        nonfinite_grad_tokens=int(nonfinite_grad.sum()),
+        min_token_weight=float(token_weights.min()) if token_weights.numel() else None,
+        max_token_weight=float(token_weights.max()) if token_weights.numel() else None,
+    )
+
+
+def long_short_ratio(loss_tokens: torch.Tensor, row_weight: torch.Tensor) -> float | None:
+    """Mean per-token weight of the longest quarter of sequences over the shortest quarter's.
+
+    Sequences are ranked by loss-token count (ties by position); a quarter is
+    ``max(1, n_seqs // 4)`` sequences. None with fewer than two sequences or when the shortest
+    quarter has no loss token.
+    """
+    n_seqs = loss_tokens.numel()
+    if n_seqs < 2:
+        return None
+    quarter = max(1, n_seqs // 4)
+    ranked = torch.sort(loss_tokens, stable=True).indices  # [n_seqs] shortest first
+    tokens = loss_tokens.to(torch.float64)
+
+    def mean_weight(rows: torch.Tensor) -> float:
+        token_count = float(tokens[rows].sum())
+        return float((row_weight[rows] * tokens[rows]).sum()) / token_count if token_count else math.nan
+
+    short, long = mean_weight(ranked[:quarter]), mean_weight(ranked[-quarter:])
+    if not (math.isfinite(short) and math.isfinite(long)) or short == 0:
+        return None
+    return long / short
+
+
+# ---- many steps --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepSummary:
+    """One step's sizes and the summary of every mode."""
+
+    step: int
+    sequences: int
+    prompts: int | None
+    tokens: int
+    loss_tokens: int
+    modes: dict[str, ModeSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sequences": self.sequences,
+            "prompts": self.prompts,
+            "tokens": self.tokens,
+            "loss_tokens": self.loss_tokens,
+            "modes": {name: summary.to_dict() for name, summary in self.modes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class StepAnalysis:
+    """One step analysed under every selected mode: the summaries and the weights behind them."""
+
+    batch: StepBatch
+    split: Split
+    weights: dict[str, StepWeights]
+    summary: StepSummary
+
+
+def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layout, source: str = "input") -> list[Mode]:
+    """The modes to compute: the named ones (checked to apply), or every mode that applies."""
+    if not names:
+        return default_modes(has_groups=has_groups, max_seq_len=layout.max_seq_len)
+    modes = resolve_modes(names)
+    for mode in modes:
+        check_applicable(mode, has_groups=has_groups, max_seq_len=layout.max_seq_len, source=source)
+    return modes
+
+
+def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
+    """Weights and summaries of one step under several modes, sharing one split."""
+    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    weights = {mode.name: compute_weights(batch, mode, layout, split) for mode in modes}
+    summary = StepSummary(
+        step=batch.step,
+        sequences=batch.n_sequences,
+        prompts=batch.n_groups if batch.has_groups else None,
+        tokens=batch.n_tokens,
+        loss_tokens=int(batch.stats.loss_tokens.sum()),
+        modes={name: result.summary() for name, result in weights.items()},
+    )
+    return StepAnalysis(batch, split, weights, summary)

@@ -1,0 +1,160 @@
+"""Opening any input: the one entry point from a path to the reader of its format.
+
+``open_rollouts`` detects the format (from the file names and the first line or schema; an
+ambiguous input is a one-line error asking for ``--format``) and returns the reader: the Parquet
+reader (``aggscope.io.parquet``) for canonical Parquet, or one of ``aggscope.io.readers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError, choose
+from aggscope.io.readers import DUMP_SUFFIXES, FORMAT_ALIASES, FORMATS, READERS
+from aggscope.io.readers.base import ReadOptions, list_files
+
+SAMPLE_FILE = "rollouts.parquet"
+
+
+def bundled_sample_path() -> Path:
+    """The sample shipped with the package (the same file as ``sample_data/rollouts.parquet``)."""
+    return Path(str(resources.files("aggscope.sample_data").joinpath(SAMPLE_FILE)))
+
+
+def open_rollouts(
+    path: str | None = None, *, columns: Mapping[str, str] | None = None, format: str | None = None, **options: Any
+) -> Any:
+    """Open rollout batches of any supported format; with no path, the bundled sample.
+
+    Args:
+        path: a file, directory or glob (Parquet also a filesystem URI).
+        columns: explicit ``{role: column}`` overrides.
+        format: ``parquet``, ``trl``, ``verl``, ``nemo-rl``, ``prime-rl``, ``atropos``, ``slime`` or
+            ``skyrl`` (see ``aggscope.io.readers``); None detects it from the files.
+        options: ``reward_col``, ``advantage`` (grpo, dr_grpo, rloo), ``tokenizer`` (a local folder).
+
+    Returns:
+        An object with ``source``, ``files``, ``columns``, ``layout``, ``steps``, ``notes``,
+        ``has_groups`` and ``iter_steps()``: a ``ParquetRollouts`` for Parquet input.
+    """
+    target = str(path) if path is not None else str(bundled_sample_path())
+    return open_any(target, columns=columns, format=format, **options)
+
+
+def load_steps(path: str | None = None, *, columns: Mapping[str, str] | None = None) -> list[StepBatch]:
+    """Read every step into memory (convenient for small inputs and notebooks)."""
+    return list(open_rollouts(path, columns=columns).iter_steps())
+
+
+def resolve_format(name: str) -> str:
+    return choose("--format", name, FORMATS, FORMAT_ALIASES, "format")
+
+
+def open_any(
+    path: str,
+    *,
+    columns: Mapping[str, str] | None = None,
+    format: str | None = None,
+    reward_col: str | None = None,
+    advantage: str | None = None,
+    tokenizer: str | None = None,
+) -> Any:
+    """Open rollouts of any supported format (see the module docstring)."""
+    from aggscope.core.advantages import resolve_estimator
+
+    options = ReadOptions(
+        columns=dict(columns or {}),
+        reward_col=reward_col,
+        advantage=None if advantage is None else resolve_estimator(advantage),
+        tokenizer=None if tokenizer is None else str(tokenizer),
+    )
+    fmt = resolve_format(format) if format is not None else detect_format(path)
+    if fmt == "parquet":
+        from aggscope.io.canonical import open_canonical
+
+        return open_canonical(path, options)
+    module, name = READERS[fmt]
+    reader = getattr(importlib.import_module(module), name)
+    return reader.open(path, options)
+
+
+def detect_format(path: str) -> str:
+    """The format of ``path`` from its file names and first line or schema, or a one-line error."""
+    if "://" in path:
+        return "parquet"
+    files = list_files(path, DUMP_SUFFIXES, ".parquet files (nor .jsonl, .pt or .pkl dumps)")
+    kinds = {os.path.splitext(f)[1] for f in files}
+    if kinds & {".pkl", ".pickle"} and len(kinds) == 1:
+        return "skyrl"
+    if kinds == {".pt"}:
+        return "slime"
+    if kinds == {".parquet"}:
+        return _parquet_kind(files[0])
+    if kinds == {".jsonl"}:
+        return _jsonl_kind(path, files)
+    if len(kinds) > 1:
+        raise AggscopeError(f"{path}: holds {', '.join(sorted(kinds))} files; say which format to read with --format")
+    return "parquet"  # one file of another name: the Parquet reader says precisely what is wrong
+
+
+def _parquet_kind(file: str) -> str:
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(file).names)
+    except Exception:  # not a Parquet file: the Parquet reader gives the precise message
+        return "parquet"
+    canonical = {"advantages", "loss_mask", "token_loss_mask", "response_length", "completion_length"}
+    if {"prompt", "completion"} <= names and not names & canonical:
+        return "trl"
+    return "parquet"
+
+
+def _jsonl_kind(path: str, files: list[str]) -> str:
+    if all(re.fullmatch(r"rank_\d+\.jsonl", os.path.basename(f)) for f in files):
+        return "prime-rl"
+    if all(re.fullmatch(r"train_data_step\d+\.jsonl", os.path.basename(f)) for f in files):
+        return "nemo-rl"
+    # Every file's first line: a folder that mixes dumps of two trainers is an error up front.
+    by_kind: dict[str, list[str]] = {}
+    for file in files:
+        by_kind.setdefault(_jsonl_file_kind(file), []).append(file)
+    if len(by_kind) > 1:
+        parts = [f"{kind} ({os.path.basename(names[0])}{', ...' if len(names) > 1 else ''})" for kind, names in by_kind.items()]
+        raise AggscopeError(f"{path}: mixes dumps of {' and '.join(parts)}; give one file or a glob of one kind")
+    return next(iter(by_kind))
+
+
+def _jsonl_file_kind(file: str) -> str:
+    from aggscope.io.readers.jsonl import first_record
+
+    keys = set(first_record(file))
+    if {"input", "output"} <= keys:
+        return "verl"
+    if {"tokens", "masks", "scores"} <= keys:
+        return "atropos"
+    if {"token_loss_mask", "advantages"} <= keys:
+        return "nemo-rl"
+    if {"position_ids", "loss_mask", "advantages"} <= keys:
+        return "prime-rl"
+    raise AggscopeError(
+        f"{file}: cannot tell which trainer wrote this JSON-lines file (first line has {', '.join(sorted(keys))}); "
+        f"choose one with --format ({', '.join(FORMATS)})"
+    )
+
+
+def uid_text(rollouts: Any, uid: str) -> str | None:
+    """The prompt text behind ``uid`` where the input holds it (after its steps were read)."""
+    lookup = getattr(rollouts, "uid_text", None)
+    if callable(lookup):
+        return lookup(uid)
+    from aggscope.io.canonical import parquet_uid_text
+
+    return parquet_uid_text(rollouts, uid)

@@ -1,0 +1,128 @@
+"""prime-rl token exports (``enable_token_export``): ``token_exports/step_{N}/rank_{R}.jsonl``.
+
+One line per packed sequence (newer versions write one line per sample, which reads the same):
+per-token ``position_ids``, ``loss_mask``, ``advantages`` (and ``token_ids``, logprobs, ...),
+optional per-token ``rewards``, and ``step``, ``rank``, ``micro_step``.
+
+- A line packs several samples; a new sample starts where ``position_ids`` stop increasing
+  (restart at 0). Samples keep the order ranks (natural order of the files), lines, position.
+- There is no group id, so prompt-level modes and checks say they are unavailable.
+- Step: the number of the ``step_{N}`` folder, else the number in the file name. A step folder
+  without prime-rl's ``STABLE`` marker (when others have one) may still be being written: a note
+  says so.
+- Reward: the per-token ``rewards`` at a sample's first token, where logged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError
+from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, offsets_of, reject_options, step_in_name
+from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
+from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
+
+
+class PrimeRlRollouts(DumpRollouts):
+    format = "prime-rl"
+    _reward_field: str | None
+
+    @classmethod
+    def open(cls, path: str, options: ReadOptions) -> PrimeRlRollouts:
+        reject_options(options, cls.format, advantage=False)
+        files = list_files(path, (".jsonl",), "prime-rl rank_*.jsonl files")
+        first = first_record(files[0])
+        for name in ("position_ids", "loss_mask", "advantages"):
+            if name not in first:
+                raise AggscopeError(
+                    f"{files[0]}: first line has no {name!r} field (fields: {', '.join(first)}); not a prime-rl token export"
+                )
+        reward_field = options.reward_col or ("rewards" if isinstance(first.get("rewards"), list) else None)
+        plan: dict[int, list[str]] = {}
+        for file in files:
+            folder = os.path.basename(os.path.dirname(file))
+            step = step_in_name(folder) if folder.startswith("step") else None
+            if step is None:
+                step = step_in_name(file)
+            if step is None:
+                raise AggscopeError(f"{file}: no step number in its folder (step_N) or file name")
+            plan.setdefault(step, []).append(file)
+        notes = [
+            "packed lines are split into samples where position_ids restart",
+            "no group id: prompt-level modes and checks are unavailable",
+        ]
+        folders = {step: {os.path.dirname(f) for f in step_files} for step, step_files in plan.items()}
+        stable = {step: all(os.path.exists(os.path.join(d, "STABLE")) for d in dirs) for step, dirs in folders.items()}
+        if any(stable.values()):
+            notes += [
+                f"step {step}: no STABLE marker; its export may be incomplete" for step, ok in sorted(stable.items()) if not ok
+            ]
+        columns = {
+            "advantages": "advantages",
+            "loss_mask": "loss_mask",
+            "sequence": "position_ids restarts",
+            "step": "step_N folder",
+        }
+        if reward_field is not None:
+            columns["reward"] = reward_field
+        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=False)
+        rollouts._reward_field = reward_field
+        return rollouts
+
+    def _read_step(self, step: int, files: list[str]) -> StepBatch:
+        decoded = []
+        for file in files:
+            # masks are logged as 0/1 or as true/false: read each file as its first line has them
+            mask_type = pa.list_(_mask_type(first_record(file).get("loss_mask")))
+            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_type, "advantages": pa.list_(pa.float64())}
+            if self._reward_field is not None:
+                fields[self._reward_field] = pa.list_(pa.float64())
+            decoded.append(self._decode(read_jsonl(file, fields)))
+        rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None
+        return build_batch(
+            step,
+            self.step_source(files),
+            lengths=np.concatenate([d[0] for d in decoded]),
+            loss_mask=np.concatenate([d[1] for d in decoded]),
+            token_advantages=np.concatenate([d[2] for d in decoded]),
+            rewards=rewards,
+        )
+
+    def _decode(self, part: JsonlTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One file: per-sample lengths, and flat loss mask, advantages; per-sample rewards."""
+        part.require(["position_ids", "loss_mask", "advantages"])
+        positions = part.column("position_ids")
+        listed = np.diff(positions.offsets.to_numpy().astype(np.int64))  # [n_lines]
+        for name in ("loss_mask", "advantages"):
+            _check_equal(part, listed, np.diff(part.column(name).offsets.to_numpy().astype(np.int64)), name, "position_ids")
+        pos = positions.flatten().to_numpy(zero_copy_only=False)  # [n_tokens]
+        restart = np.ones(pos.size, dtype=bool)
+        restart[1:] = pos[1:] <= pos[:-1]  # position ids stop increasing: a new sample
+        line_offsets = offsets_of(listed)
+        restart[line_offsets[:-1][listed > 0]] = True  # every line starts a sample
+        starts = np.flatnonzero(restart)
+        lengths = np.diff(np.append(starts, pos.size)).astype(np.int64)  # [n_samples]
+        raw_mask = part.column("loss_mask").flatten().to_numpy(zero_copy_only=False)
+        bad = (raw_mask != 0) & (raw_mask != 1)
+        if bad.any():
+            token = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(line_offsets, token, side="right") - 1)
+            raise AggscopeError(
+                f"{part.where(row)}: loss_mask holds {raw_mask[token].item()!r}; only 0 and 1 (or true/false) are allowed"
+            )
+        advantages = part.column("advantages").flatten().to_numpy(zero_copy_only=False)
+        rewards = np.zeros(0)
+        if self._reward_field is not None:
+            reward_lists = part.column(self._reward_field)
+            if reward_lists.null_count == len(reward_lists):
+                rewards = np.full(starts.size, np.nan)
+            else:
+                part.require([self._reward_field])
+                reward_lengths = np.diff(reward_lists.offsets.to_numpy().astype(np.int64))
+                _check_equal(part, listed, reward_lengths, self._reward_field, "position_ids")
+                rewards = reward_lists.flatten().to_numpy(zero_copy_only=False)[starts].astype(np.float64)
+        return lengths, raw_mask == 1, advantages, rewards

@@ -1,0 +1,164 @@
+"""SkyRL ``trainer.dump_data_batch``: ``{export_path}/dumped_data/global_step_{N}_training_input.pkl``.
+
+The file is a pickled ``TrainingInputBatch`` (a dict of ``[B, L]`` tensors with a ``metadata``
+dict), so it unpickles only where SkyRL itself is installed; otherwise a one-line error says so.
+Unpickling runs code named in the file: open only dumps you trust.
+
+- Tensors: left-padded ``[B, L]`` ``loss_mask`` and ``advantages`` (before the loss-reduction
+  scaling); every position becomes a token, padding is masked. Optional ``rewards`` (per token, or
+  one per row) give the reward as the row sum.
+- Groups: ``metadata["uids"]`` where kept, else ``metadata["policy_prompt_boundaries"]`` (one
+  ``(start, end)`` row range per prompt, uid ``p{k}``); rows after the last boundary (padding rows
+  added to fill a mini-batch) each get their own uid ``pad:{row}``. Neither: no groups.
+- Step: the number in ``global_step_{N}``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError
+from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
+
+
+class SkyrlRollouts(DumpRollouts):
+    format = "skyrl"
+    _reward_key: str
+    _cache: tuple[str, Any] | None = None
+
+    @classmethod
+    def open(cls, path: str, options: ReadOptions) -> SkyrlRollouts:
+        reject_options(options, cls.format, advantage=False)
+        files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl files")
+        plan, notes = plan_by_name(files)
+        reward_key = options.reward_col or "rewards"
+        rollouts = cls(path, plan, columns={}, notes=notes, has_groups=False)
+        rollouts._reward_key = reward_key
+        first = rollouts._batch(files[0])
+        metadata = _metadata(first)
+        has_groups = "uids" in metadata or "policy_prompt_boundaries" in metadata
+        rollouts.has_groups = has_groups
+        rollouts.columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
+        if has_groups:
+            rollouts.columns["uid"] = "metadata.uids" if "uids" in metadata else "metadata.policy_prompt_boundaries"
+        else:
+            rollouts.notes.append(
+                "no uids or policy_prompt_boundaries in the metadata: prompt-level modes and checks are unavailable"
+            )
+        if _field(first, reward_key) is not None:
+            rollouts.columns["reward"] = f"{reward_key} (row sum)"
+        boundaries = metadata.get("policy_mini_batch_boundaries")
+        if boundaries:
+            rollouts.notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
+        return rollouts
+
+    def _batch(self, file: str) -> Any:
+        if self._cache is not None and self._cache[0] == file:
+            return self._cache[1]
+        batch = load_pickled_batch(file)
+        self._cache = (file, batch)
+        return batch
+
+    def _read_step(self, step: int, files: list[str]) -> StepBatch:
+        if len(files) != 1:
+            raise AggscopeError(f"{self.source}: {len(files)} SkyRL dumps for step {step} ({files[0]}, {files[1]}); give one")
+        file = files[0]
+        batch = self._batch(file)
+        loss_mask = _tensor(batch, "loss_mask", file)
+        advantages = _tensor(batch, "advantages", file)
+        if loss_mask.dim() != 2 or advantages.shape != loss_mask.shape:
+            raise AggscopeError(
+                f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
+            )
+        n_rows, width = loss_mask.shape
+        mask = loss_mask.reshape(-1).numpy()
+        if not np.isin(mask, (0, 1)).all():
+            raise AggscopeError(f"{file}: loss_mask holds values other than 0 and 1")
+        rewards = None
+        reward_tensor = _field(batch, self._reward_key)
+        if reward_tensor is not None:
+            reward_tensor = torch.as_tensor(reward_tensor).detach().cpu().to(torch.float64)
+            if reward_tensor.shape[:1] != (n_rows,):
+                raise AggscopeError(
+                    f"{file}: {self._reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
+                )
+            rewards = reward_tensor.reshape(n_rows, -1).sum(dim=1).numpy()
+        return build_batch(
+            step,
+            file,
+            lengths=np.full(n_rows, width, dtype=np.int64),
+            loss_mask=mask.astype(bool),
+            token_advantages=advantages.reshape(-1).numpy(),
+            uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
+            rewards=rewards,
+        )
+
+
+def load_pickled_batch(file: str) -> Any:
+    """Unpickle a SkyRL training batch, or one line saying SkyRL is needed for it."""
+    try:
+        with open(file, "rb") as handle:
+            return pickle.load(handle)
+    except ModuleNotFoundError as exc:
+        module = exc.name or "?"
+        if module.split(".")[0].startswith("skyrl"):
+            raise AggscopeError(
+                f"{file}: this SkyRL training batch can only be unpickled where SkyRL is installed (module {module!r} "
+                "not found); run aggscope in SkyRL's environment, or log batches with aggscope.log_batch"
+            ) from None
+        raise AggscopeError(f"{file}: cannot unpickle (module {module!r} not found)") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first})") from None
+
+
+def _metadata(batch: Any) -> dict[str, Any]:
+    metadata = getattr(batch, "metadata", None)
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _field(batch: Any, key: str) -> Any:
+    getter = getattr(batch, "get", None)
+    return getter(key) if callable(getter) else None
+
+
+def _tensor(batch: Any, key: str, file: str) -> torch.Tensor:
+    value = _field(batch, key)
+    if value is None:
+        raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
+    tensor = torch.as_tensor(value).detach().cpu()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.to(torch.float32)
+    return tensor
+
+
+def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
+    """``[n_rows]`` uids from the metadata's ``uids`` or ``policy_prompt_boundaries``."""
+    if "uids" in metadata:
+        uids = list(metadata["uids"])
+        if len(uids) > n_rows:
+            raise AggscopeError(f"{file}: metadata has {len(uids)} uids for {n_rows} rows")
+        padding = [f"pad:{row}" for row in range(len(uids), n_rows)]
+        return np.asarray([str(u) for u in uids] + padding, dtype=object)
+    boundaries = np.asarray(metadata["policy_prompt_boundaries"], dtype=np.int64).reshape(-1, 2)  # [n_prompts, 2]
+    starts, ends = boundaries[:, 0], boundaries[:, 1]
+    covered = int(ends[-1]) if len(ends) else 0
+    if len(starts) and (starts[0] != 0 or (starts[1:] != ends[:-1]).any() or (ends < starts).any() or covered > n_rows):
+        raise AggscopeError(
+            f"{file}: policy_prompt_boundaries must be contiguous (start, end) row ranges from 0 within {n_rows} rows"
+        )
+    prompt_of_row = np.repeat(np.arange(len(starts)), ends - starts)  # [covered]
+    labels = np.char.add("p", prompt_of_row.astype(str)).astype(object)
+    pad_labels = np.char.add("pad:", np.arange(covered, n_rows).astype(str)).astype(object)
+    return np.concatenate([labels, pad_labels])
+
+
+def _short(values: Sequence[Any]) -> str:
+    shown = ", ".join(map(str, list(values)[:4]))
+    return f"{shown}, ... ({len(values)} in all)" if len(values) > 4 else shown

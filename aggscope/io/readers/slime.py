@@ -1,0 +1,154 @@
+"""slime ``--save-debug-rollout-data``: ``{rollout_id}.pt`` written by ``torch.save``.
+
+The file holds ``{"rollout_id": N, "samples": [Sample.to_dict(), ...]}``. Fields used per sample:
+``group_index`` (the prompt group), ``response_length``, ``loss_mask`` (one 0/1 per response token,
+or None for all ones), ``reward`` (a number, or a dict chosen from with ``--reward-col KEY`` as
+slime's ``--reward-key``) and ``remove_sample`` (a removed sample stays a row with no loss token).
+
+- A sequence is the sample's response (its last ``response_length`` tokens).
+- Advantages: rebuilt from the reward per ``group_index`` with ``--advantage`` (GRPO by default).
+- Step: ``rollout_id``'s number in the file name. ``eval_*.pt`` files (evaluation rollouts) are
+  skipped when a folder is given.
+- The file is loaded with ``torch.load(weights_only=True)``; a dump holding other Python objects
+  in its samples' metadata is loaded fully (only open files you trust), and a note says so.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+
+from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError
+from aggscope.io.readers.base import (
+    DumpRollouts,
+    ReadOptions,
+    build_batch,
+    estimator_note,
+    list_files,
+    plan_by_name,
+    rebuild_advantages,
+    reject_options,
+)
+
+
+class SlimeRollouts(DumpRollouts):
+    format = "slime"
+    _reward_key: str | None
+    _estimator: str
+    _cache: tuple[str, list[dict[str, Any]]] | None = None
+
+    @classmethod
+    def open(cls, path: str, options: ReadOptions) -> SlimeRollouts:
+        reject_options(options, cls.format)
+        files = list_files(path, (".pt",), "slime .pt files")
+        if os.path.isdir(path):
+            files = [f for f in files if not os.path.basename(f).startswith("eval_")] or files
+        plan, notes = plan_by_name(files)
+        estimator = options.advantage or "grpo"
+        rollouts = cls(
+            path,
+            plan,
+            columns={
+                "uid": "group_index",
+                "advantages": f"{estimator}(reward)",
+                "loss_mask": "loss_mask",
+                "response_length": "response_length",
+                "reward": "reward" if options.reward_col is None else f"reward[{options.reward_col!r}]",
+                "step": "(file name)",
+            },
+            notes=[*notes, estimator_note(estimator, "reward")],
+            has_groups=True,
+        )
+        rollouts._reward_key, rollouts._estimator = options.reward_col, estimator
+        rollouts._samples(files[0])  # check the format now, and that samples have a group_index
+        return rollouts
+
+    def _samples(self, file: str) -> list[dict[str, Any]]:
+        if self._cache is not None and self._cache[0] == file:
+            return self._cache[1]
+        data = _load(file, self.notes)
+        samples = data.get("samples") if isinstance(data, dict) else None
+        if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
+            raise AggscopeError(f"{file}: not a slime rollout dump (expected a dict with a 'samples' list of dicts)")
+        if not samples:
+            raise AggscopeError(f"{file}: the dump holds no samples")
+        self._cache = (file, samples)
+        return samples
+
+    def _read_step(self, step: int, files: list[str]) -> StepBatch:
+        lengths, masks, rewards, groups = [], [], [], []
+        for file in files:
+            for index, sample in enumerate(self._samples(file)):  # a loop over samples while reading
+                where = f"{file}: sample {index}"
+                length = sample.get("response_length")
+                if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+                    raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
+                mask = sample.get("loss_mask")
+                if mask is None:
+                    mask_array = np.ones(length, dtype=bool)
+                else:
+                    mask_array = np.asarray(mask)
+                    if mask_array.shape != (length,) or not np.isin(mask_array, (0, 1)).all():
+                        raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
+                    mask_array = mask_array.astype(bool)
+                if sample.get("remove_sample"):
+                    mask_array = np.zeros(length, dtype=bool)
+                group = sample.get("group_index")
+                if isinstance(group, bool) or not isinstance(group, int):
+                    raise AggscopeError(f"{where}: group_index is {group!r}; expected a whole number (the prompt group)")
+                lengths.append(length)
+                masks.append(mask_array)
+                rewards.append(self._reward(sample.get("reward"), where))
+                groups.append(str(group))
+        source = self.step_source(files)
+        reward_array = np.asarray(rewards, dtype=np.float64)
+        return build_batch(
+            step,
+            source,
+            lengths=np.asarray(lengths, dtype=np.int64),
+            loss_mask=np.concatenate(masks) if masks else np.zeros(0, dtype=bool),
+            row_advantages=rebuild_advantages(reward_array, groups, self._estimator, source),
+            uids=groups,
+            rewards=reward_array,
+        )
+
+    def _reward(self, reward: Any, where: str) -> float:
+        if isinstance(reward, dict):
+            if self._reward_key is None:
+                raise AggscopeError(
+                    f"{where}: the reward is a dict ({', '.join(map(str, reward))}); choose a key with --reward-col"
+                )
+            if self._reward_key not in reward:
+                raise AggscopeError(f"{where}: the reward has no key {self._reward_key!r} (keys: {', '.join(map(str, reward))})")
+            reward = reward[self._reward_key]
+        if reward is None:
+            return float("nan")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
+        return float(reward)
+
+
+def _load(file: str, notes: list[str]) -> Any:
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        note = f"{file}: holds Python objects beyond plain values; loaded with full unpickling (open only files you trust)"
+        if note not in notes:
+            notes.append(note)
+    except Exception as exc:
+        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)}); not a slime .pt dump?") from None
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

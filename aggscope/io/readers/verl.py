@@ -1,0 +1,137 @@
+"""verl ``trainer.rollout_data_dir``: ``{global_step}.jsonl``, one line per sample.
+
+Fields: ``input`` and ``output`` (decoded text), ``score`` (the sum of the token-level scores),
+``step``, optional ``uid``, ``gts``, ``request_id`` and reward extras (``acc``, ``pred``, ...).
+
+- Groups: the ``uid`` field where present (the v1 trainer), else the exact ``input`` text hashed to
+  a short stable uid (``aggscope.core.batch.text_uid``). Rows are in ``balance_batch`` order, so the
+  samples of one prompt are not contiguous; groups are numbered in order of first appearance.
+- Step: the ``step`` field (one step per file, as verl writes it), else the number in the name.
+- Advantages: rebuilt from ``score`` (or ``--reward-col``) with ``--advantage`` (default GRPO,
+  verl's formula), broadcast over the response tokens.
+- Lengths: from the ``output`` text (``--tokenizer`` or the estimate of ``readers.text``). In
+  multi-turn runs ``output`` also holds tool responses that were not trained on; they are counted
+  as loss tokens here, and a note says how many outputs hold them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError
+from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
+from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
+from aggscope.io.readers.text import TextDumpRollouts
+
+TOOL_MARKER = "<tool_response>"
+
+
+class VerlRollouts(TextDumpRollouts):
+    format = "verl"
+    _fields: dict[str, pa.DataType]
+    _names: tuple[str, str | None, str]
+    _step_from_field: bool
+
+    @classmethod
+    def open(cls, path: str, options: ReadOptions) -> VerlRollouts:
+        lengths = cls.text_options(options)
+        files = list_files(path, (".jsonl",), "verl .jsonl files")
+        first = first_record(files[0])
+        reward_field = options.columns.get("reward", options.reward_col or "score")
+        uid_field = options.columns.get("uid", "uid")
+        text_field = options.columns.get("uid_text", "input")
+        required = (text_field, "output", reward_field, *([uid_field] if "uid" in options.columns else []))
+        for name in required:
+            if name not in first:
+                raise AggscopeError(
+                    f"{files[0]}: first line has no {name!r} field (fields: {', '.join(first)}); "
+                    "not a verl rollout_data_dir dump, or choose the reward with --reward-col"
+                )
+        has_uid = uid_field in first and first[uid_field] is not None
+        plan, notes, step_from_field = _plan(files)
+        estimator = options.advantage or "grpo"
+        columns = {
+            "uid" if has_uid else "uid_text": uid_field if has_uid else text_field,
+            "advantages": f"{estimator}({reward_field})",
+            "reward": reward_field,
+            "response_length": "output (text)",
+            "step": "step" if step_from_field else "(file name)",
+        }
+        notes = [
+            *notes,
+            estimator_note(estimator, reward_field),
+            lengths.describe(),
+            "lengths come from the decoded output text: in multi-turn runs it also holds tool responses that were "
+            "not trained on, counted here as loss tokens",
+        ]
+        if not has_uid:
+            notes.append("no uid field: prompt groups are the rows with the exact same input text")
+        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated)
+        rollouts._fields = {
+            text_field: pa.string(),
+            "output": pa.string(),
+            reward_field: sniffed_type(first[reward_field], reward_field, files[0], numeric=True),
+            "step": pa.int64(),
+        }
+        if has_uid:
+            rollouts._fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
+        rollouts._names = (text_field, uid_field if has_uid else None, reward_field)
+        rollouts._lengths = lengths
+        rollouts._estimator = estimator
+        rollouts._step_from_field = step_from_field
+        return rollouts
+
+    def _read_step(self, step: int, files: list[str]) -> StepBatch:
+        text_field, uid_field, reward_field = self._names
+        parts = [read_jsonl(file, self._fields) for file in files]
+        for part in parts:
+            part.require([name for name in (text_field, "output", reward_field, uid_field) if name is not None])
+            if self._step_from_field:
+                _check_step(part, step)
+        outputs = pa.concat_arrays([p.column("output") for p in parts])
+        with_tools = int(pc.sum(pc.match_substring(outputs, TOOL_MARKER).cast(pa.int64())).as_py() or 0)
+        if with_tools:
+            note = (
+                f"step {step}: {with_tools} of {len(outputs)} outputs hold tool responses ({TOOL_MARKER}) counted as loss tokens"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+        return self.text_batch(
+            step,
+            self.step_source(files),
+            prompts=pa.concat_arrays([p.column(text_field) for p in parts]),
+            responses=outputs,
+            uid_values=None if uid_field is None else pa.concat_arrays([p.column(uid_field) for p in parts]),
+            rewards=pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False),
+        )
+
+
+def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str], bool]:
+    """One step per file: the first line's ``step`` field, else the number in the file name."""
+    steps = []
+    for file in files:
+        value = first_record(file).get("step")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise AggscopeError(f"{file}: first line: field 'step' is {value!r}; expected a whole number")
+        steps.append(value)
+    if all(s is not None for s in steps):
+        plan: dict[int, list[str]] = {}
+        for file, step in zip(files, steps, strict=True):
+            plan.setdefault(int(step), []).append(file)  # type: ignore[arg-type]
+        return plan, [], True
+    return (*plan_by_name(files), False)
+
+
+def _check_step(part: JsonlTable, step: int) -> None:
+    """Every line of a file holds the step of its first line (verl writes one file per step)."""
+    values = part.column("step")
+    differs = pc.fill_null(pc.not_equal(values, step), False).to_numpy(zero_copy_only=False)
+    if differs.any():
+        row = int(np.flatnonzero(differs)[0])
+        raise AggscopeError(
+            f"{part.where(row)}: step {values[row].as_py()} differs from step {step} of the first line; "
+            "aggscope reads one step per verl file ({global_step}.jsonl)"
+        )
