@@ -17,7 +17,7 @@ from test_streaming import rollout_table, write_split
 from typer.testing import CliRunner
 
 from aggscope.analysis.runner import Engine, open_engine
-from aggscope.analysis.weights import run_weights, run_weights_on
+from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
 from aggscope.core.layout import Layout
 from aggscope.core.weights import select_modes
@@ -60,7 +60,7 @@ def ray_cluster(aws_credentials: None) -> Iterator[Any]:
 def report_on(engine: Engine, path: str, layout: Layout) -> dict[str, Any]:
     rollouts = open_rollouts(path)
     modes = select_modes(None, has_groups=rollouts.has_groups, layout=layout)
-    return run_weights_on(engine, rollouts, modes, layout).to_dict()
+    return run_weights(rollouts, modes, layout, engine=engine).to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -540,7 +540,7 @@ def merge_breakdown(parts: Iterable[BreakdownStep], specs: Sequence[Spec], *, so
         )
         for layout, group in layouts.items():
             layout_part = part.layouts[layout]
-            engines[layout].add_result(layout_part.weights)
+            engines[layout].add(layout_part.weights)
             splits[layout].append(layout_part.split)
             checkers[layout].add(layout_part.check)
             cut_prompts[layout].append(layout_part.check.cut_prompts)
@@ -552,7 +552,7 @@ def merge_breakdown(parts: Iterable[BreakdownStep], specs: Sequence[Spec], *, so
                 accumulator.negative += negative
     if not steps:
         raise AggscopeError(f"{source}: no steps to analyse")
-    reports = {layout: engine.report() for layout, engine in engines.items()}
+    reports = {layout: engine.result() for layout, engine in engines.items()}
     results = {}
     for spec in specs:
         report = reports[spec.layout]

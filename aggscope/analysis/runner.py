@@ -1,7 +1,8 @@
-"""Where the per-step work of a command runs: here, one step at a time, or as Ray tasks.
+"""The one runner of every analysis, and where its per-step work runs: here, or as Ray tasks.
 
-Every analysing command does its heavy work step by step (``step -> small result``) and merges
-the small results in step order. An engine maps that per-step function over the steps:
+Every analysis does its heavy work step by step (``step -> small result``) and merges the small
+results in step order: ``run(engine, rollouts, step_fn, merger, progress)`` is that loop, for
+weights, checks and the breakdown alike. An engine maps the per-step function over the steps:
 
 - ``local``: reads and processes the steps one after another in this process, holding one step.
 - ``ray``: one Ray task per step. A task reads its step's Parquet row groups itself (the
@@ -15,9 +16,9 @@ Ray is an optional extra (``pip install 'aggscope[ray]'``), imported only when a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from aggscope.errors import AggscopeError
 
@@ -28,14 +29,73 @@ ENGINES = ("local", "ray")
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'aggscope[ray]'"
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
+@runtime_checkable
 class SteppedRollouts(Protocol):
     """What an engine needs from a reader: its steps, and a way to read one of them."""
 
-    steps: list[int]
+    @property
+    def steps(self) -> list[int]: ...
 
     def iter_steps(self) -> Iterator[StepBatch]: ...
+
+
+class Merger(Protocol[T_contra, R_co]):
+    """Takes the steps' small results in step order and makes the analysis's result of them."""
+
+    def add(self, part: T_contra) -> None: ...
+
+    def result(self) -> R_co: ...
+
+
+Progress = Callable[[Iterator[Any]], Iterable[Any]]
+"""Wraps the steps' results as they come (a progress bar): yields every item it is given, in order."""
+
+
+@dataclass(frozen=True)
+class Batches(Generic[T]):
+    """Steps already in memory (a list or any iterable of ``StepBatch``) as something an engine runs on."""
+
+    batches: Iterable[StepBatch]
+
+    @property
+    def steps(self) -> list[int]:
+        return [batch.step for batch in self.batches] if isinstance(self.batches, (list, tuple)) else []
+
+    def iter_steps(self) -> Iterator[StepBatch]:
+        return iter(self.batches)
+
+
+def as_rollouts(source: SteppedRollouts | Iterable[StepBatch]) -> SteppedRollouts:
+    """An opened input as it is; steps in memory (any iterable of ``StepBatch``) wrapped as one."""
+    if isinstance(source, SteppedRollouts):
+        return source
+    return Batches(source)
+
+
+def run(
+    engine: Engine | None,
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    step_fn: Callable[[StepBatch], T],
+    merger: Merger[T, R_co],
+    progress: Progress | None = None,
+) -> R_co:
+    """Run ``step_fn`` on every step on ``engine`` (None: this process) and merge the results in step order.
+
+    Args:
+        engine: where the steps run (``open_engine``); None is the local engine.
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory.
+        step_fn: the per-step work; for Ray picklable and returning a small result, never the batch.
+        merger: takes every step's result in step order (``add``) and gives the analysis's result.
+        progress: optional wrapper of the results as they come (a progress bar).
+    """
+    results = (engine or Engine()).map_steps(as_rollouts(rollouts), step_fn)
+    for part in progress(results) if progress is not None else results:
+        merger.add(part)
+    return merger.result()
 
 
 @dataclass(frozen=True)
@@ -94,6 +154,7 @@ def _read_and_work(rollouts: Any, step: int, work: Callable[[StepBatch], T]) -> 
 
 
 def _work_on(batch: StepBatch, work: Callable[[StepBatch], T]) -> T:
+    """The body of one Ray task for a reader that cannot read one step by itself: the batch is sent."""
     return work(batch)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from aggscope.analysis.runner import Engine, SteppedRollouts
+from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode
@@ -89,10 +88,7 @@ class WeightsAccumulator:
     _any_groups: bool = False
     lengths_estimated: bool = False
 
-    def add(self, analysis: StepAnalysis) -> None:
-        self.add_result(StepResult.of(analysis))
-
-    def add_result(self, result: StepResult) -> None:
+    def add(self, result: StepResult) -> None:
         self.steps.append(result.summary)
         self._stats.append(result.stats)
         for name, row_weight in result.row_weights.items():
@@ -100,7 +96,7 @@ class WeightsAccumulator:
         self._any_groups = self._any_groups or result.has_groups
         self.lengths_estimated = self.lengths_estimated or result.lengths_estimated
 
-    def report(self) -> WeightsReport:
+    def result(self) -> WeightsReport:
         stats = SequenceStats.concat(self._stats)
         steps = self.steps
         prompts = [s.prompts for s in steps]
@@ -119,59 +115,36 @@ class WeightsAccumulator:
 
 
 def run_weights(
-    batches: Iterable[StepBatch],
+    rollouts: SteppedRollouts | Iterable[StepBatch],
     modes: Sequence[Mode],
     layout: Layout,
+    *,
+    engine: Engine | None = None,
     out: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> WeightsReport:
     """Analyse every step, one at a time, and return the per-step and all-steps summaries.
 
+    The steps' results are merged in step order, so the report is the same on every engine.
+
     Args:
-        batches: the steps (any iterable, e.g. ``rollouts.iter_steps()``).
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
         modes: the modes to compute.
         layout: the trainer configuration.
-        out: optional ``.parquet`` file for per-token weights, written as the steps go.
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
+        out: optional ``.parquet`` file for per-token weights, written as the steps go (local engine).
+        progress: optional wrapper of the results as they come (a progress bar).
     """
-    accumulator = WeightsAccumulator(layout, list(modes))
-    with ExitStack() as stack:
-        writer = None
-        if out is not None:
-            writer = stack.enter_context(WeightsParquetWriter(out, modes))
-        for batch in batches:
-            analysis = analyse_step(batch, modes, layout)
-            accumulator.add(analysis)
-            if writer is not None:
-                writer.write(analysis)
-            # Drop this step before the next one is read, so that only one step is ever held.
-            del batch, analysis
-    return accumulator.report()
-
-
-def run_weights_on(
-    engine: Engine,
-    rollouts: SteppedRollouts,
-    modes: Sequence[Mode],
-    layout: Layout,
-    out: str | os.PathLike[str] | None = None,
-    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
-) -> WeightsReport:
-    """``run_weights`` with the per-step work on an engine (one Ray task per step, say).
-
-    The steps' results are merged in step order, so the report equals the local engine's.
-    Per-token output (``out``) is written by the local engine only.
-
-    Args:
-        engine: where the steps run (``aggscope.analysis.runner.open_engine``).
-        rollouts: the opened input (``open_rollouts``).
-        out: optional ``.parquet`` file for per-token weights (local engine).
-        progress: optional wrapper of the steps or results as they come (a progress bar).
-    """
-    wrap = progress or (lambda items: items)
-    if engine.name == "local":
-        return run_weights(wrap(rollouts.iter_steps()), modes, layout, out=out)
-    if out is not None:
+    merger = WeightsAccumulator(layout, list(modes))
+    if out is None:
+        return run(engine, rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout), merger, progress)
+    if engine is not None and engine.name != "local":
         raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
-    accumulator = WeightsAccumulator(layout, list(modes))
-    for result in wrap(engine.map_steps(rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout))):
-        accumulator.add_result(result)
-    return accumulator.report()
+    with WeightsParquetWriter(out, modes) as writer:
+
+        def weigh_and_write(batch: StepBatch) -> StepResult:
+            analysis = analyse_step(batch, modes, layout)
+            writer.write(analysis)
+            return StepResult.of(analysis)
+
+        return run(engine, rollouts, weigh_and_write, merger, progress)

@@ -39,7 +39,7 @@ def weights(
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
-    from aggscope.analysis.weights import run_weights_on
+    from aggscope.analysis.weights import run_weights
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
@@ -47,11 +47,11 @@ def weights(
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    report = run_weights_on(
-        engine,
+    report = run_weights(
         rollouts,
         modes,
         layout,
+        engine=engine,
         out=out,
         progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights", rollouts=rollouts),
     )
