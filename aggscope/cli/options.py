@@ -209,7 +209,6 @@ _LAYOUT_PARAMS = [
         None,
     ),
 ]
-LAYOUT_OPTION_NAMES = [p.name for p in _LAYOUT_PARAMS]
 
 ENGINE_PANEL = "Engine (where the per-step work runs)"
 _ENGINE_PARAMS = [
