@@ -43,12 +43,12 @@ def report(
 
 def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
     """The breakdown of every step under the SPECs, on the engine, with a progress bar."""
-    from aggscope.analysis.breakdown import run_breakdown_on
+    from aggscope.analysis.breakdown import run_breakdown
 
     def progress(items: Any) -> Any:
         return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens, rollouts=rollouts)
 
-    return run_breakdown_on(engine, rollouts, specs, source=rollouts.source, progress=progress)
+    return run_breakdown(rollouts, specs, engine=engine, source=rollouts.source, progress=progress)
 
 
 def print_summary(result: Any, files: Any) -> None:
