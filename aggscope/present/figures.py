@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown, run_breakdown
+from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown
 from aggscope.analysis.checks import SEVERITIES, ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
-from aggscope.core.batch import StepBatch
 from aggscope.core.modes import MODES
 from aggscope.errors import AggscopeError
 from aggscope.io.writing import atomic_output
@@ -417,26 +416,6 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
                 continue
             figures[name] = FIGURES[name](breakdown)
     return figures
-
-
-def plot(
-    batches: Iterable[StepBatch],
-    specs: Sequence[Spec],
-    out_dir: str | os.PathLike[str],
-    image_format: str = "png",
-    names: Sequence[str] | None = None,
-    *,
-    source: str = "input",
-) -> dict[str, Path]:
-    """Analyse the steps under each SPEC and write the named figures (``aggscope plot``).
-
-    Returns:
-        figure name -> the file written (``out_dir/<name>.<image_format>``).
-    """
-    check_image_format(image_format)
-    check_figure_names(names)
-    check_output_directory(out_dir)
-    return save_figures(make_figures(run_breakdown(batches, specs, source=source), names), out_dir, image_format)
 
 
 def check_image_format(image_format: str) -> None:
