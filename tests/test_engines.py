@@ -241,5 +241,10 @@ def test_breakdown_merged_from_ray_parts_equals_local(ray_cluster: Any, split_in
     for label in local.labels:
         assert torch.equal(local.results[label].row_weight, distributed.results[label].row_weight)
         assert (local.results[label].histogram.positive == distributed.results[label].histogram.positive).all()
-    assert local.checks == distributed.checks and local.cut_prompts == distributed.cut_prompts
+    # check's reports compare by identity: compare what they say.
+    assert {layout: report.to_dict() for layout, report in local.checks.items()} == {
+        layout: report.to_dict() for layout, report in distributed.checks.items()
+    }
+    assert local.worst_step_index() == distributed.worst_step_index()
+    assert local.cut_prompts == distributed.cut_prompts
     assert torch.equal(local.stats.adv_abs_sum, distributed.stats.adv_abs_sum)

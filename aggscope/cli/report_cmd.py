@@ -8,7 +8,12 @@ from rich.table import Table
 
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
-from aggscope.cli.render import fmt_int, stdout_console, with_progress
+from aggscope.cli.render import stdout_console, with_progress
+
+# The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
+# and a shorter header where the page's would not fit 100 columns.
+TERMINAL_COLUMNS = ("ess_tokens", "longest_quarter", "positive", "no_gradient", "findings")
+SHORT_HEADERS = {"findings": "findings E/W/I"}
 
 
 @app.command(
@@ -53,39 +58,24 @@ def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
 
 def print_summary(result: Any, files: Any) -> None:
     """The opening sentences, one line per mode or SPEC, and where the files are (fits 100 columns)."""
+    from aggscope.present.report import glance_rows
+    from aggscope.present.report.tables import GLANCE_COLUMNS
+
     console = stdout_console()
     for sentence in result.summary:
         console.print(sentence)
-    for note in result.document["input"]["notes"]:
+    for note in result.data.input.notes:
         console.print(f"[dim]input: {note}[/dim]")
-    from aggscope.present.report import severity_counts
-
-    document = result.document
-    with_checks = result.kind == "compare"
+    rows = glance_rows(result.data)
+    keys = [key for key in TERMINAL_COLUMNS if rows and key in rows[0].cells]
+    headers = {**GLANCE_COLUMNS, **SHORT_HEADERS}
     table = Table(pad_edge=False, title_justify="left")
     table.add_column("mode" if result.kind == "report" else "SPEC", overflow="fold")
-    for header in ("ESS tokens", "longest ¼ mass", "positive-A mass", "no gradient"):
-        table.add_column(header, justify="right", no_wrap=True)
-    if with_checks:
-        table.add_column("findings E/W/I", justify="right", no_wrap=True)
-    for spec in document["specs"]:
-        entry = document["results"][spec["label"]]
-        total = entry["total"]
-        ess = total["ess_tokens"]
-        cells = [
-            f"[{spec['colour']}]■[/] {spec['label'].replace(',', ', ')}",
-            fmt_int(None if ess is None else round(ess)),
-            _share(entry["length_quartiles"]["grad_mass_share"][3]),
-            _share(entry["advantage_sign"]["positive_share"]),
-            fmt_int(total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]),
-        ]
-        if with_checks:
-            cells.append(severity_counts(entry["checks"]))
-        table.add_row(*cells)
+    for key in keys:
+        table.add_column(headers[key], justify="right", no_wrap=True)
+    for row in rows:
+        # A long SPEC label may wrap after its commas.
+        table.add_row(f"[{row.colour}]■[/] {row.label.replace(',', ', ')}", *(row.cells[key] for key in keys))
     console.print(table)
     console.print(f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}")
     console.print(f"report: [bold]{files.html.resolve()}[/bold]")
-
-
-def _share(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"

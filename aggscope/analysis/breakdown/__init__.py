@@ -4,8 +4,8 @@
 engine (``analyse_step``) and ``check`` (``check_step``) on it with the SPECs' modes
 (``step.breakdown_step``), then merges the steps in step order (``merge.BreakdownMerger``) into a
 ``Breakdown`` (``model``): per-sequence data only, plus one histogram of per-token gradient weights
-per SPEC. Figures and reports are built from its breakdowns by response length, prompt difficulty
-and prompt.
+per SPEC. ``compare_specs`` (``outcomes``) turns a breakdown into what the reports state: each SPEC's
+shares by response length, prompt difficulty and sign, and each candidate's change against the base.
 """
 
 from aggscope.analysis.breakdown.merge import BreakdownMerger, run_breakdown
@@ -14,20 +14,46 @@ from aggscope.analysis.breakdown.model import (
     HISTOGRAM_LOG10_EDGES,
     Breakdown,
     Buckets,
+    BucketShares,
+    Concentration,
+    PromptMove,
+    SignShares,
     SpecResult,
     TokenHistogram,
+)
+from aggscope.analysis.breakdown.outcomes import (
+    RATIO_QUANTILES,
+    TOP_PROMPTS,
+    Change,
+    Comparison,
+    EssChange,
+    Shift,
+    SpecOutcome,
+    compare_specs,
 )
 from aggscope.analysis.breakdown.step import BreakdownStep, breakdown_step
 
 __all__ = [
     "DIFFICULTY_BUCKETS",
     "HISTOGRAM_LOG10_EDGES",
+    "RATIO_QUANTILES",
+    "TOP_PROMPTS",
     "Breakdown",
     "BreakdownMerger",
     "BreakdownStep",
+    "BucketShares",
     "Buckets",
+    "Change",
+    "Comparison",
+    "Concentration",
+    "EssChange",
+    "PromptMove",
+    "Shift",
+    "SignShares",
+    "SpecOutcome",
     "SpecResult",
     "TokenHistogram",
     "breakdown_step",
+    "compare_specs",
     "run_breakdown",
 ]

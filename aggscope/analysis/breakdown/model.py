@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
 from aggscope.core.batch import SequenceStats
 from aggscope.core.layout import Layout, Split
@@ -69,6 +70,28 @@ class SpecResult:
 
 
 @dataclass(frozen=True)
+class BucketShares:
+    """What one SPEC gives each of ``k`` buckets.
+
+    Attributes:
+        grad_mass: ``[k]`` gradient mass per bucket.
+        grad_mass_share: ``[k]`` its share of the SPEC's gradient mass (NaN when there is none).
+        weight_mass: ``[k]`` weight mass per bucket.
+    """
+
+    grad_mass: np.ndarray
+    grad_mass_share: np.ndarray
+    weight_mass: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grad_mass": self.grad_mass.tolist(),
+            "grad_mass_share": self.grad_mass_share.tolist(),
+            "weight_mass": self.weight_mass.tolist(),
+        }
+
+
+@dataclass(frozen=True)
 class Buckets:
     """Rows grouped into ``k`` buckets and what each bucket gets under each SPEC.
 
@@ -94,12 +117,94 @@ class Buckets:
         return _share(self.grad_mass[label])
 
     def token_share(self) -> np.ndarray:
+        """``[k]`` share of all loss tokens per bucket (NaN when there are none)."""
         return _share(self.loss_tokens.astype(np.float64))
+
+    def shares(self, label: str) -> BucketShares:
+        """What the SPEC ``label`` gives each bucket."""
+        return BucketShares(self.grad_mass[label], self.grad_share(label), self.weight_mass[label])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The buckets themselves, JSON-ready (what each SPEC gives them is ``shares``)."""
+        return {
+            "names": self.names,
+            "sequences": self.rows.tolist(),
+            "loss_tokens": self.loss_tokens.tolist(),
+            "min_loss_tokens": self.min_tokens.tolist(),
+            "max_loss_tokens": self.max_tokens.tolist(),
+            "loss_token_share": self.token_share().tolist(),
+        }
 
 
 def _share(values: np.ndarray) -> np.ndarray:
     total = float(values.sum())
     return values / total if total > 0 else np.full(values.shape, math.nan)
+
+
+@dataclass(frozen=True)
+class SignShares:
+    """Shares of a SPEC's gradient mass on positive and negative advantages (None: no finite mass)."""
+
+    positive_share: float | None
+    negative_share: float | None
+
+    @classmethod
+    def of(cls, summary: ModeSummary) -> SignShares:
+        positive, negative = summary.grad_pos_sum, summary.grad_neg_sum
+        total = positive - negative  # negative is <= 0
+        if not (total > 0 and math.isfinite(total)):
+            return cls(None, None)
+        return cls(positive / total, -negative / total)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """How concentrated a SPEC's gradient mass is across prompts (across rows without uids).
+
+    Attributes:
+        unit: ``prompts``, or ``sequences`` without uids.
+        units: how many there are.
+        top_10pct_share, top_half_share: share of the mass on the top 10% and the top half of the
+            units, ranked by mass (None: no mass).
+        gini: the Gini coefficient of the mass across units (0: all equal; None: no mass).
+        zero_mass_units: units with no gradient mass (None: no mass at all).
+    """
+
+    unit: str
+    units: int
+    top_10pct_share: float | None
+    top_half_share: float | None
+    gini: float | None
+    zero_mass_units: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PromptMove:
+    """A prompt whose share of its step's weight mass changes from a base SPEC to a candidate.
+
+    Attributes:
+        mean_reward: the group's mean finite reward (NaN: none; None without rewards).
+        base_share, candidate_share: the prompt's share of its step's weight mass under each SPEC.
+        change_points: ``100 * (candidate_share - base_share)``.
+    """
+
+    step: int
+    uid: str
+    sequences: int
+    loss_tokens: int
+    mean_reward: float | None
+    base_share: float
+    candidate_share: float
+    change_points: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -123,8 +228,7 @@ class Breakdown:
         splits: layout -> the split of each step.
         group_ids: the uid codes of each step (None without uids), for split pictures.
         uid_labels: the uid text of each code, per step (None without uids).
-        checks: what ``check`` reports under each layout, JSON-ready (``CheckReport.to_dict()``),
-            with the modes of the SPECs at that layout.
+        checks: what ``check`` reports under each layout, with the modes of the SPECs at that layout.
         cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
             ``rank``, ``micro_batch``).
         lengths_estimated: True when some step's token counts were estimated from text.
@@ -146,7 +250,7 @@ class Breakdown:
     splits: dict[Layout, list[Split]]
     group_ids: list[torch.Tensor | None]
     uid_labels: list[tuple[str, ...] | None]
-    checks: dict[Layout, dict[str, Any]]
+    checks: dict[Layout, CheckReport]
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
     lengths_estimated: bool = False
 
@@ -172,12 +276,33 @@ class Breakdown:
 
     def zero_grad_causes(self) -> dict[str, dict[str, int]]:
         """label -> cause -> loss tokens with no gradient (``check``'s accounting over all steps)."""
-        return {spec.label: dict(self.checks[spec.layout]["zero_grad"][spec.mode.name]) for spec in self.specs}
+        return {spec.label: dict(self.checks[spec.layout].zero_grad[spec.mode.name]) for spec in self.specs}
 
     def step_zero_grad_causes(self, label: str) -> list[dict[str, int]]:
         """The same, step by step."""
-        spec = next(s for s in self.specs if s.label == label)
-        return [dict(step["zero_grad"][spec.mode.name]) for step in self.checks[spec.layout]["steps"]]
+        spec = self.spec(label)
+        return [dict(step.zero_grad[spec.mode.name]) for step in self.checks[spec.layout].steps]
+
+    def spec(self, label: str) -> Spec:
+        """The SPEC of a label."""
+        return next(s for s in self.specs if s.label == label)
+
+    def worst_step_index(self) -> int:
+        """The index in ``steps`` of the step that ``check`` pictures (its ``worst_step``).
+
+        Under several layouts, the worst of their worst steps: most errors, then warnings, then
+        infos (counted as ``check --json`` counts them), the first layout on ties; 0 when no layout
+        has a picture (no uids).
+        """
+        best: tuple[tuple[int, ...], int] | None = None
+        for report in self.checks.values():
+            if report.worst_step is None:
+                continue
+            step = report.worst_step.step
+            key = tuple(report.counts(step).values())  # by severity, worst first
+            if best is None or key > best[0]:
+                best = (key, self.steps.index(step))
+        return 0 if best is None else best[1]
 
     # ---- per-row quantities --------------------------------------------------------------------
     def row_grad_mass(self, label: str) -> torch.Tensor:
@@ -269,6 +394,61 @@ class Breakdown:
         unit = self.unit_of_row()
         n_units = self.n_prompts if self.row_prompt is not None else self.n_rows
         return group_sum(self.row_grad_mass(label), unit, n_units)
+
+    def ranked_prompt_mass(self, label: str) -> np.ndarray:
+        """``[n_units]`` the gradient mass of each prompt (row without uids), largest first."""
+        return np.sort(self.prompt_grad_mass(label).numpy())[::-1]
+
+    def concentration(self, label: str) -> Concentration:
+        """Top shares and the Gini coefficient of the SPEC's gradient mass across prompts."""
+        mass = self.ranked_prompt_mass(label)  # [n_units] largest first
+        total = float(mass.sum())
+        unit = "prompts" if self.has_groups else "sequences"
+        n = int(mass.size)
+        if n == 0 or not total > 0:
+            return Concentration(unit, n, None, None, None, None)
+        cumulative = np.cumsum(mass) / total  # [n_units] share of the top 1, 2, ... units
+
+        def top(fraction: float) -> float:
+            return float(cumulative[max(math.ceil(fraction * n), 1) - 1])
+
+        # Gini = 1 - 2 * (area under the Lorenz curve), from the ascending cumulative shares.
+        lorenz = np.cumsum(mass[::-1]) / total  # [n_units]
+        gini = 1.0 - (2.0 * lorenz.sum() - 1.0) / n
+        return Concentration(unit, n, top(0.1), top(0.5), float(gini), int((mass == 0).sum()))
+
+    def prompt_moves(self, base: str, candidate: str, top: int) -> tuple[list[PromptMove], list[PromptMove]] | None:
+        """The ``top`` prompts whose share of their step's weight mass grows most, and shrinks most.
+
+        Returns:
+            (gaining, losing), largest change first; prompts whose share does not change, or is
+            not defined under both SPECs, are left out. None without uids.
+        """
+        if not self.has_groups:
+            return None
+        before = self.prompt_weight_share(base)  # [n_prompts]
+        after = self.prompt_weight_share(candidate)
+        delta = (after - before).numpy()
+        valid = np.isfinite(delta)
+        order = np.argsort(np.where(valid, delta, 0.0), kind="stable")
+        losing = [int(i) for i in order[:top] if valid[i] and delta[i] < 0]
+        gaining = [int(i) for i in order[::-1][:top] if valid[i] and delta[i] > 0]
+        loss_tokens = torch.zeros(self.n_prompts, dtype=torch.int64).index_add_(0, self.unit_of_row(), self.stats.loss_tokens)
+        reward = self.prompt_reward
+
+        def move(index: int) -> PromptMove:
+            return PromptMove(
+                step=self.steps[int(self.prompt_step[index])],
+                uid=self.prompt_uid[index],
+                sequences=int(self.prompt_rows[index]),
+                loss_tokens=int(loss_tokens[index]),
+                mean_reward=None if reward is None else float(reward[index]),
+                base_share=float(before[index]),
+                candidate_share=float(after[index]),
+                change_points=float(100 * delta[index]),
+            )
+
+        return [move(i) for i in gaining], [move(i) for i in losing]
 
     def prompt_weight_share(self, label: str) -> torch.Tensor:
         """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
