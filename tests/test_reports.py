@@ -548,3 +548,34 @@ def test_report_and_compare_when_no_token_gets_a_gradient(tmp_path: Path) -> Non
         assert document["results"]["token_mean"]["total"]["zero_grad_tokens"] == 14
         assert document["changes"][0]["length_quartiles"]["change_points"] == [None] * 4
         assert "100.0% of loss tokens (14) get no gradient" in " ".join(document["summary"])
+
+
+# ---- the library -------------------------------------------------------------------------------
+def test_library_report_takes_an_engine_and_a_progress(report_run: tuple[Any, Path], tmp_path: Path) -> None:
+    """``full_report`` is what ``aggscope report`` runs: the same report.json, the steps' results shown as they come."""
+    import aggscope
+    from aggscope.analysis.runner import open_engine
+
+    _, out = report_run
+    document = load(out)
+    rollouts = aggscope.open_rollouts(None)
+    seen: list[int] = []
+
+    def progress(results: Any) -> Any:
+        for part in results:
+            seen.append(part.step)
+            yield part
+
+    modes = [spec["mode"] for spec in document["specs"]]
+    report = aggscope.full_report(rollouts, modes, LAYOUT, engine=open_engine("local"), progress=progress)
+    assert seen == [0, 1, 2, 3]
+    assert report.document == document
+    assert report.summary == document["summary"]
+    files = report.write(tmp_path)
+    assert files.json.read_bytes() == (out / "report.json").read_bytes()
+    # Steps in memory, compared: the source is given, as before.
+    specs = [aggscope.parse_spec(text, LAYOUT) for text in ("token_mean", "sequence_mean")]
+    compared = aggscope.compare(rollouts.iter_steps(), specs, source="mine")
+    assert compared.document["input"]["source"] == "mine" and compared.document["input"]["notes"] == []
+    for key in ("total", "steps", "length_quartiles", "advantage_sign", "prompt_concentration", "zero_grad"):
+        assert compared.document["results"]["sequence_mean"][key] == document["results"]["sequence_mean"][key], key

@@ -1,5 +1,6 @@
 """``aggscope report``: every applicable mode at one layout, with figures, as one HTML page and JSON."""
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,27 +34,24 @@ def report(
     ),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
-    from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
     from aggscope.present.figures import check_output_directory
-    from aggscope.present.report import build_report
+    from aggscope.present.report import full_report
 
     check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "report")
-    result = build_report(breakdown, "report", rollouts.notes)
+    result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"))
     print_summary(result, result.write(out))
 
 
-def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
-    """The breakdown of every step under the SPECs, on the engine, with a progress bar."""
-    from aggscope.analysis.breakdown import run_breakdown
+def step_progress(rollouts: Any, description: str) -> Callable[[Iterable[Any]], Iterable[Any]]:
+    """A progress bar over the steps' results as they come, with the tokens done (stderr, on a terminal)."""
 
-    def progress(items: Any) -> Any:
-        return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens, rollouts=rollouts)
+    def progress(results: Iterable[Any]) -> Iterable[Any]:
+        return with_progress(results, len(rollouts.steps), description, tokens=lambda part: part.n_tokens, rollouts=rollouts)
 
-    return run_breakdown(rollouts, specs, engine=engine, source=rollouts.source, progress=progress)
+    return progress
 
 
 def print_summary(result: Any, files: Any) -> None:

@@ -22,10 +22,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from aggscope.analysis.breakdown import Breakdown, run_breakdown
+from aggscope.analysis.runner import Engine, Progress, SteppedRollouts
 from aggscope.analysis.specs import Spec
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
-from aggscope.core.modes import Mode
+from aggscope.core.modes import Mode, resolve_mode
 from aggscope.io.writing import atomic_output
 from aggscope.present.figures import ensure_directory, figure_bytes, make_figures
 from aggscope.present.report.document import ReportDocument, build_document
@@ -110,20 +111,47 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 # ---- entry points --------------------------------------------------------------------------------
-def compare(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source: str = "input", notes: Sequence[str] = ()) -> Report:
+def compare(
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    specs: Sequence[Spec],
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+    notes: Sequence[str] | None = None,
+) -> Report:
     """Compare ``specs[1:]`` against ``specs[0]`` on every step (``aggscope compare``).
 
-    ``notes`` are the reader's remarks on the input (``rollouts.notes``), shown in the report.
+    Args:
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
+        specs: the base, then the candidates (``aggscope.parse_spec``).
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
+        progress: optional wrapper of the steps' results as they come (a progress bar).
+        source: where the steps came from, shown in the report; default the input's ``source``.
+        notes: the reader's remarks on the input, shown in the report; default the input's ``notes``.
     """
-    return build_report(run_breakdown(batches, specs, source=source), "compare", notes)
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    return build_report(breakdown, "compare", _notes(rollouts, notes))
 
 
 def full_report(
-    batches: Iterable[StepBatch], modes: Sequence[Mode], layout: Layout, *, source: str = "input", notes: Sequence[str] = ()
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    modes: Sequence[Mode | str],
+    layout: Layout,
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+    notes: Sequence[str] | None = None,
 ) -> Report:
-    """Every given mode at one layout, against the first (``aggscope report``)."""
-    specs = [Spec(mode, layout) for mode in modes]
-    return build_report(run_breakdown(batches, specs, source=source), "report", notes)
+    """Every given mode at one layout, against the first (``aggscope report``); arguments as ``compare``."""
+    specs = [Spec(mode if isinstance(mode, Mode) else resolve_mode(mode), layout) for mode in modes]
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    return build_report(breakdown, "report", _notes(rollouts, notes))
+
+
+def _notes(rollouts: object, notes: Sequence[str] | None) -> Sequence[str]:
+    return notes if notes is not None else getattr(rollouts, "notes", ())
 
 
 def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> Report:
