@@ -7,9 +7,9 @@ from anywhere, so it opens in any browser and can be attached to a pull request.
 from __future__ import annotations
 
 import base64
-import html
 import re
 from collections.abc import Mapping
+from html import escape as e
 
 from aggscope.present.report.sections import (
     Block,
@@ -54,8 +54,6 @@ nav { font-size: 14px; margin: 12px 0 0; }
 nav a { color: var(--accent); margin-right: 14px; text-decoration: none; }
 footer { margin-top: 48px; color: var(--muted); font-size: 13px; }
 """
-
-e = html.escape
 
 
 def render_html(page: Page, images: Mapping[str, bytes]) -> str:

@@ -18,11 +18,12 @@ from aggscope.present.report.document import ReportDocument
 from aggscope.present.report.tables import (
     STEP_ROWS,
     Table,
-    bucket_table,
     change_tables,
+    difficulty_table,
     findings_tables,
     glance_rows,
     glance_table,
+    length_table,
     specs_table,
     steps_table,
     zero_grad_table,
@@ -175,11 +176,12 @@ def sections(document: ReportDocument) -> list[Section]:
             ),
             anchor="glance",
         ),
-        Section("Gradient mass by response length", 3, (TableBlock(bucket_table(document, "length_quartiles")),)),
+        Section("Gradient mass by response length", 3, (TableBlock(length_table(document)),)),
     ]
-    if document.comparison.difficulty is not None:
-        difficulty = (TableBlock(bucket_table(document, "difficulty")), note(DIFFICULTY_NOTE, web_only=True))
-        out.append(Section("Gradient mass by prompt difficulty", 3, difficulty))
+    difficulty = difficulty_table(document)
+    if difficulty is not None:
+        blocks = (TableBlock(difficulty), note(DIFFICULTY_NOTE, web_only=True))
+        out.append(Section("Gradient mass by prompt difficulty", 3, blocks))
     figures = tuple(
         FigureBlock(name, FIGURE_TITLES.get(name, name), FIGURE_CAPTIONS.get(name, ""), file)
         for name, file in (document.figures or {}).items()

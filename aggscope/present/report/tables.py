@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aggscope import fmt
-from aggscope.analysis.breakdown import Change, PromptMove, Shift, SpecOutcome
+from aggscope.analysis.breakdown import Buckets, BucketShares, Change, PromptMove, Shift
 from aggscope.analysis.breakdown.outcomes import finite_or_none, ratio_keys
 from aggscope.analysis.checks import CheckReport
 from aggscope.present.report.document import ReportDocument
@@ -94,6 +94,7 @@ def glance_rows(document: ReportDocument) -> list[GlanceRow]:
 
 
 def glance_table(rows: Sequence[GlanceRow]) -> Table:
+    """The report page's at-a-glance table: every column the rows have."""
     keys = [key for key in GLANCE_COLUMNS if rows and key in rows[0].cells]
     return Table(
         ["mode", *(GLANCE_COLUMNS[key] for key in keys)],
@@ -103,6 +104,7 @@ def glance_table(rows: Sequence[GlanceRow]) -> Table:
 
 
 def specs_table(document: ReportDocument) -> Table:
+    """Each SPEC's label (in its colour), formula and layout."""
     return Table(
         ["mode" if document.kind == "report" else "SPEC", "weight of a loss token", "layout"],
         [[spec.label, spec.formula, spec.layout_text] for spec in document.specs],
@@ -111,33 +113,36 @@ def specs_table(document: ReportDocument) -> Table:
     )
 
 
-def bucket_table(document: ReportDocument, key: str) -> Table:
-    """Rows, tokens and each SPEC's share of gradient mass per bucket (``length_quartiles`` or ``difficulty``)."""
-    comparison = document.comparison
-    buckets = comparison.length_quartiles if key == "length_quartiles" else comparison.difficulty
-    assert buckets is not None
+def length_table(document: ReportDocument) -> Table:
+    """Rows, tokens and each SPEC's share of gradient mass per length quartile."""
+    shares = [outcome.length_quartiles for outcome in document.results.values()]
+    return _bucket_table(document, "length quartile", document.comparison.length_quartiles, shares, spans=True)
+
+
+def difficulty_table(document: ReportDocument) -> Table | None:
+    """The same per prompt difficulty; None without uids or rewards."""
+    buckets = document.comparison.difficulty
+    shares = [outcome.difficulty for outcome in document.results.values()]
+    if buckets is None or any(entry is None for entry in shares):
+        return None
+    return _bucket_table(document, "prompt difficulty", buckets, [entry for entry in shares if entry is not None], spans=False)
+
+
+def _bucket_table(document: ReportDocument, title: str, buckets: Buckets, shares: list[BucketShares], *, spans: bool) -> Table:
+    """One line per non-empty bucket; ``spans``: name the bucket's shortest and longest row's loss tokens."""
     labels = [spec.label for spec in document.specs]
-    title = "length quartile" if key == "length_quartiles" else "prompt difficulty"
-
-    def shares(outcome: SpecOutcome) -> list[float]:
-        bucket_shares = outcome.length_quartiles if key == "length_quartiles" else outcome.difficulty
-        assert bucket_shares is not None
-        return bucket_shares.grad_mass_share.tolist()
-
-    per_spec = [shares(document.results[label]) for label in labels]
     token_share = buckets.token_share()
     rows = []
     for i, name in enumerate(buckets.names):
         if buckets.rows[i] == 0:
             continue
-        span = f" ({token_span(buckets, i)} tokens)" if key == "length_quartiles" else ""
         rows.append(
             [
-                name + span,
+                name + (f" ({token_span(buckets, i)} tokens)" if spans else ""),
                 fmt.number(buckets.rows[i]),
                 fmt.number(buckets.loss_tokens[i]),
                 fmt.percent(float(token_share[i])),
-                *(fmt.percent(spec_shares[i]) for spec_shares in per_spec),
+                *(fmt.percent(float(entry.grad_mass_share[i])) for entry in shares),
             ]
         )
     return Table([title, "responses", "loss tokens", "share of tokens", *labels], rows, [None] * len(rows))
@@ -201,6 +206,7 @@ def _moves_table(document: ReportDocument, change: Change) -> Table:
 
 
 def _prompts_table(entries: list[PromptMove] | None) -> Table | None:
+    """The prompts that gain (or lose) the most; None without uids."""
     if entries is None:
         return None
     return Table(
@@ -224,6 +230,7 @@ def _prompts_table(entries: list[PromptMove] | None) -> Table | None:
 
 
 def change_tables(document: ReportDocument, change: Change) -> ChangeTables:
+    """How the shares move, the weight ratio's quantiles and the prompts that move the most."""
     ratio = change.weight_ratio
     keys = ratio_keys()
     mean = ratio["mean"]
