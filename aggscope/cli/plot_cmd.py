@@ -8,7 +8,7 @@ import typer
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
 from aggscope.cli.render import stdout_console
-from aggscope.cli.report_cmd import analyse
+from aggscope.cli.report_cmd import step_progress
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
 
@@ -39,6 +39,7 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
+    from aggscope.analysis.breakdown import run_breakdown
     from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
     from aggscope.present.figures import (
@@ -54,7 +55,8 @@ def plot(
     check_output_directory(out)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "plotting")
+    specs = [Spec(m, layout) for m in modes]
+    breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
     for name, path in paths.items():
