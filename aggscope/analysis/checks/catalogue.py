@@ -1,0 +1,88 @@
+"""What ``aggscope check`` can find: the finding codes, their severities and order, and ``Finding``.
+
+``CODES`` lists every code with its default severity, in the order findings of equal severity are
+listed; ``SEVERITIES`` are worst first. ``CUT_LEVELS`` are the split's levels, coarsest first, and
+``ZERO_GRAD_CAUSES`` the causes of a loss token without gradient, in the order they are tried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SEVERITIES = ("error", "warning", "info")
+FAIL_ON_LEVELS = (*SEVERITIES, "never")
+CUT_LEVELS = ("mini_batch", "rank", "micro_batch")
+ZERO_GRAD_CAUSES = (
+    "nonfinite_advantage",
+    "zero_variance_group",
+    "reward_at_group_mean",
+    "zero_advantage",
+    "zero_weight",
+    "nonfinite_weight",
+)
+
+
+@dataclass(frozen=True)
+class CheckCode:
+    """A finding's stable code, its default severity and what it means."""
+
+    code: str
+    severity: str
+    meaning: str
+
+
+CODES: dict[str, CheckCode] = {
+    c.code: c
+    for c in (
+        CheckCode("prompt_cut_by_mini_batch", "warning", "a prompt group's rows fall in more than one mini-batch"),
+        CheckCode("prompt_cut_by_rank", "info", "a prompt group's rows fall in more than one rank shard"),
+        CheckCode("prompt_cut_by_micro_batch", "info", "a prompt group's rows fall in more than one micro-batch"),
+        CheckCode("silent_zero_advantage", "error", "rows the boundary-based prompt_mean (SkyRL) leaves at weight 0"),
+        CheckCode("rebased_prompt_mean_misweight", "warning", "rows the boundary-based prompt_mean weights wrongly"),
+        CheckCode("nonfinite_advantage", "error", "NaN or infinite advantage on a loss token"),
+        CheckCode("zero_advantage", "error", "a sequence zeroed although its group's rewards vary"),
+        CheckCode("noncontiguous_uid", "warning", "a uid that reappears after other uids in a step"),
+        CheckCode("masked_token_advantage", "warning", "non-zero advantage on masked tokens"),
+        CheckCode("empty_sequence", "warning", "a sequence with no loss token, still counted in denominators"),
+        CheckCode("singleton_group", "warning", "a group with one sample"),
+        CheckCode("incomplete_group", "warning", "a group smaller than the step's most common group size"),
+        CheckCode("zero_variance_group", "info", "a group whose rewards are all equal (advantage 0)"),
+    )
+}
+CODE_ORDER = {code: index for index, code in enumerate(CODES)}
+SEVERITY_RANK = {severity: index for index, severity in enumerate(SEVERITIES)}
+CUT_CODES = {level: f"prompt_cut_by_{level}" for level in CUT_LEVELS}
+ADVISED_CODES = ("prompt_cut_by_mini_batch", "silent_zero_advantage")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in one step.
+
+    Attributes:
+        code: stable code (a key of ``CODES``).
+        severity: ``error``, ``warning`` or ``info``.
+        step: the step.
+        uid: the prompt group, or None where none applies.
+        rows: ``seq_index`` values of the rows concerned, ascending.
+        tokens: loss tokens affected (see the package notes for the two exceptions).
+        message: what it means and what to change.
+    """
+
+    code: str
+    severity: str
+    step: int
+    uid: str | None
+    rows: tuple[int, ...]
+    tokens: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rows"] = list(self.rows)
+        return out
+
+    @property
+    def sort_key(self) -> tuple[int, int, int, int]:
+        return (SEVERITY_RANK[self.severity], CODE_ORDER[self.code], self.step, self.rows[0] if self.rows else -1)
