@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
 from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, Finding
@@ -23,6 +24,15 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, default_modes, resolve_modes
 from aggscope.core.weights import compute_weights
+
+_NO_UID_NOTE = (
+    "no uid column: prompt cuts, group checks, zero_advantage and the boundary prompt_mean check need one "
+    "(set it with --col uid=NAME)"
+)
+_NO_PROMPT_MEAN_NOTE = (
+    "the boundary prompt_mean checks (silent_zero_advantage, rebased_prompt_mean_misweight) run only with "
+    "prompt_mean among the modes"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,84 +148,111 @@ def check_step(
         split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
     weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
     rows = Rows.of(batch, split)
-    mode_names = set(weights)
-    findings: list[Finding] = []
-    notes: list[str] = []
     groups = Groups.of(batch, rows) if batch.has_groups else None
-    zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
-    at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
-    zero_grad = {
-        name: zero_grad_causes(
-            rows.loss, rows.zero_adv, rows.nonfinite_adv, w.detach().cpu().numpy(), zero_variance_row, at_mean_row
-        )
-        for name, w in weights.items()
-    }
+    zero_grad = _zero_grad(rows, groups, weights)
     row_level = _RowFindings(batch.step, groups)
+    findings: list[Finding] = []
     findings += row_level.nonfinite_advantage(rows)
     findings += row_level.masked_token_advantage(rows)
     findings += row_level.empty_sequence(rows)
-
-    cut_prompts: dict[str, tuple[str, ...]] = {level: () for level in CUT_LEVELS}
-    lanes = None
-    safe = None
-    group_sizes: dict[int, int] = {}
     if groups is None:
-        notes.append(
-            "no uid column: prompt cuts, group checks, zero_advantage and the boundary prompt_mean check need one "
-            "(set it with --col uid=NAME)"
-        )
+        prompts = _PromptChecks(notes=(_NO_UID_NOTE,))
     else:
-        present = groups.size[groups.size > 0]
-        group_sizes = {int(s): int(c) for s, c in enumerate(np.bincount(present)) if c}
-        findings += row_level.zero_advantage(rows, groups, host_float64(batch.rewards))
-        findings += _group_findings(batch, rows, groups)
-        contiguous = bool((groups.runs <= 1).all())
-        if "prompt_mean" not in mode_names:
-            notes.append(
-                "the boundary prompt_mean checks (silent_zero_advantage, rebased_prompt_mean_misweight) run only with "
-                "prompt_mean among the modes"
-            )
-        findings += _noncontiguous(batch, rows, groups, layout)
-        cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, contiguous)
-        findings += cut_findings
-        no_gradient = np.zeros(rows.n, dtype=bool)
-        if "prompt_mean" in mode_names and contiguous:
-            found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
-            findings += found
-        if layout.mini_batch_size is not None or layout.mini_batch_prompts is not None:
-            n_runs = int(groups.run_of_position[-1]) + 1 if rows.n else 0
-            used = groups.size > 0
-            first_run = groups.run_of_position[groups.first_position[used]]
-            last_run = groups.run_of_position[groups.last_position[used]]
-            grouped_end = np.cumsum(groups.size[used])  # grouped order: groups back to back by first appearance
-            safe = SafeSizes(
-                sequences=safe_chunk_sizes(groups.first_position[used], groups.last_position[used], rows.n),
-                prompts=safe_chunk_sizes(first_run, last_run, n_runs),
-                grouped_sequences=safe_chunk_sizes(grouped_end - groups.size[used], grouped_end - 1, rows.n),
-            )
-        prompt_by_position = np.argsort(np.argsort(groups.first_position, kind="stable"), kind="stable")[groups.code[rows.order]]
-        lanes = StepLanes(
-            step=batch.step,
-            prompt=prompt_by_position,
-            mini_batch=rows.mini_batch[rows.order],
-            rank=rows.rank[rows.order],
-            cut_by_mini_batch=cut_by_mini_batch[groups.code[rows.order]],
-            no_gradient=no_gradient[rows.order],
-            n_mini_batches=rows.n_mini_batches,
-            dp_size=layout.dp_size,
-        )
+        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights)
+    findings += prompts.findings
     findings.sort(key=lambda f: f.sort_key)
     return StepCheck(
         step=batch.step,
         sequences=rows.n,
         loss_tokens=int(rows.loss.sum()),
         findings=tuple(findings),
-        cut_prompts=cut_prompts,
+        cut_prompts=prompts.cut_prompts,
         zero_grad=zero_grad,
-        lanes=lanes,
-        safe=safe,
-        group_sizes=group_sizes,
-        notes=tuple(notes),
+        lanes=prompts.lanes,
+        safe=prompts.safe,
+        group_sizes=prompts.group_sizes,
+        notes=prompts.notes,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _PromptChecks:
+    """What ``check_step`` finds from the prompt groups (all empty for a step without uids)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    cut_prompts: dict[str, tuple[str, ...]] = field(default_factory=lambda: {level: () for level in CUT_LEVELS})
+    lanes: StepLanes | None = None
+    safe: SafeSizes | None = None
+    group_sizes: dict[int, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """``{mode: {cause: loss tokens}}`` of one step."""
+    zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
+    at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
+    return {
+        name: zero_grad_causes(
+            rows.loss, rows.zero_adv, rows.nonfinite_adv, w.detach().cpu().numpy(), zero_variance_row, at_mean_row
+        )
+        for name, w in weights.items()
+    }
+
+
+def _prompt_checks(
+    batch: StepBatch,
+    rows: Rows,
+    groups: Groups,
+    row_level: _RowFindings,
+    layout: Layout,
+    split: Split,
+    weights: dict[str, torch.Tensor],
+) -> _PromptChecks:
+    """The checks that need uids: group findings, non-contiguous uids, cuts, the boundary prompt_mean."""
+    mode_names = set(weights)
+    notes: list[str] = []
+    present = groups.size[groups.size > 0]
+    group_sizes = {int(s): int(c) for s, c in enumerate(np.bincount(present)) if c}
+    findings = row_level.zero_advantage(rows, groups, host_float64(batch.rewards))
+    findings += _group_findings(batch, rows, groups)
+    contiguous = bool((groups.runs <= 1).all())
+    if "prompt_mean" not in mode_names:
+        notes.append(_NO_PROMPT_MEAN_NOTE)
+    findings += _noncontiguous(batch, rows, groups, layout)
+    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, contiguous)
+    findings += cut_findings
+    no_gradient = np.zeros(rows.n, dtype=bool)
+    if "prompt_mean" in mode_names and contiguous:
+        found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
+        findings += found
+    safe = None
+    if layout.mini_batch_size is not None or layout.mini_batch_prompts is not None:
+        safe = _safe_sizes(rows, groups)
+    prompt_by_position = np.argsort(np.argsort(groups.first_position, kind="stable"), kind="stable")[groups.code[rows.order]]
+    lanes = StepLanes(
+        step=batch.step,
+        prompt=prompt_by_position,
+        mini_batch=rows.mini_batch[rows.order],
+        rank=rows.rank[rows.order],
+        cut_by_mini_batch=cut_by_mini_batch[groups.code[rows.order]],
+        no_gradient=no_gradient[rows.order],
+        n_mini_batches=rows.n_mini_batches,
+        dp_size=layout.dp_size,
+    )
+    return _PromptChecks(findings, cut_prompts, lanes, safe, group_sizes, tuple(notes))
+
+
+def _safe_sizes(rows: Rows, groups: Groups) -> SafeSizes:
+    """The mini-batch sizes that cut no prompt of this step, in sequences, in prompts and grouped."""
+    n_runs = int(groups.run_of_position[-1]) + 1 if rows.n else 0
+    used = groups.size > 0
+    first_run = groups.run_of_position[groups.first_position[used]]
+    last_run = groups.run_of_position[groups.last_position[used]]
+    grouped_end = np.cumsum(groups.size[used])  # grouped order: groups back to back by first appearance
+    return SafeSizes(
+        sequences=safe_chunk_sizes(groups.first_position[used], groups.last_position[used], rows.n),
+        prompts=safe_chunk_sizes(first_run, last_run, n_runs),
+        grouped_sequences=safe_chunk_sizes(grouped_end - groups.size[used], grouped_end - 1, rows.n),
     )
 
 
