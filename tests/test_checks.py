@@ -26,7 +26,6 @@ from aggscope.analysis.checks import (
     CheckAccumulator,
     boundary_prompt_mean,
     check_step,
-    format_rows,
     layout_flags,
     parse_fail_on,
     run_checks,
@@ -38,6 +37,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, split_step
 from aggscope.core.modes import default_modes
 from aggscope.errors import AggscopeError
+from aggscope.fmt import row_ranges
 from aggscope.io.open import open_rollouts
 from aggscope.present.lanes import split_picture
 from aggscope.samples.faulty import FAULTY_CONFIG, MASKED_SPAN, faulty_layout, generate_faulty, write_faulty_sample
@@ -305,9 +305,9 @@ def test_zero_grad_causes_with_zero_and_nonfinite_weights():
 
 
 def test_report_helpers():
-    assert format_rows([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
-    assert format_rows([0, 2, 4, 6], limit=2) == "0, 2, … (4 rows)"
-    assert format_rows([]) == "none"
+    assert row_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert row_ranges([0, 2, 4, 6], limit=2) == "0, 2, … (4 rows)"
+    assert row_ranges([]) == "none"
     assert layout_flags(Layout(mini_batch_size=8, dp_size=2, seed=3)) == "--mini-batch-size 8 --dp-size 2"
     assert layout_flags(Layout(order="shuffle", seed=3)) == "--order shuffle --seed 3"
     assert parse_fail_on(" Warning ") == "warning"

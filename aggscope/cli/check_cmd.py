@@ -107,7 +107,7 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
 
 
 def _render_findings(console: Console, report: Any, verbose: bool) -> None:
-    from aggscope.analysis.checks import format_rows, plural
+    from aggscope.fmt import plural, row_ranges
 
     if not report.findings:
         console.print(Text("no findings", style="green"))
@@ -127,7 +127,7 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
         shown = findings if verbose else findings[:SHOWN_PER_CODE]
         for index, finding in enumerate(shown):
             where = f"step {finding.step}" + (f" · prompt {finding.uid}" if finding.uid is not None else "")
-            row_text = format_rows(finding.rows, None if verbose else 4)
+            row_text = row_ranges(finding.rows, None if verbose else 4)
             noun = "row" if len(finding.rows) == 1 else "rows"
             console.print(Text(f"  {where} · {noun} {row_text} · {plural(finding.tokens, 'token')}"))
             if verbose or index == 0:

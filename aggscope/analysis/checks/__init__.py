@@ -67,7 +67,7 @@ from aggscope.analysis.checks.merge import (
     run_checks,
     run_checks_on,
 )
-from aggscope.analysis.checks.messages import format_rows, layout_flags, plural
+from aggscope.analysis.checks.messages import layout_flags
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step, zero_grad_causes
@@ -90,10 +90,8 @@ __all__ = [
     "StepZeroGrad",
     "boundary_prompt_mean",
     "check_step",
-    "format_rows",
     "layout_flags",
     "parse_fail_on",
-    "plural",
     "run_checks",
     "run_checks_on",
     "safe_chunk_sizes",

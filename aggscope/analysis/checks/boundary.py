@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from aggscope.analysis.checks.catalogue import Finding
-from aggscope.analysis.checks.messages import format_rows, plural
 from aggscope.analysis.checks.quantities import Groups, Rows
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Split
 from aggscope.core.segments import group_sum, run_ids
+from aggscope.fmt import plural, row_ranges
 
 MISWEIGHT_RTOL = 1e-6
 
@@ -84,7 +84,7 @@ def boundary_prompt_mean_findings(
         start = int(rows.mini_batch[groups.rows(group)].min())
         nonfinite = int(rows.nonfinite_adv[members].sum())
         message = (
-            f"rows {format_rows(members, 6)} of prompt {groups.labels[group]} lie in mini-batch "
+            f"rows {row_ranges(members, 6)} of prompt {groups.labels[group]} lie in mini-batch "
             f"{', '.join(map(str, lanes))} but the prompt's run starts in mini-batch {start}, so a boundary-based "
             f"prompt_mean (SkyRL) leaves them at weight 0: {plural(tokens, 'loss token')} with non-zero advantage get no "
             f"gradient. Gradient mass lost: {lost:.4g} (sum of |A| x canonical prompt_mean weight over them, "

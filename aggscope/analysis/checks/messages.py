@@ -6,34 +6,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from aggscope.analysis.checks.quantities import Rows
 from aggscope.core.layout import Layout
-
-
-def format_rows(rows: Sequence[int] | np.ndarray, limit: int | None = None) -> str:
-    """Rows as ranges, ``0-3, 8, 10-11``; with ``limit``, at most that many ranges then ``…``."""
-    values = np.asarray(rows, dtype=np.int64)
-    if values.size == 0:
-        return "none"
-    breaks = np.flatnonzero(np.diff(values) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [values.size]]) - 1
-    pieces = [
-        str(values[s]) if s == e else f"{values[s]}-{values[e]}" for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-    ]
-    if limit is not None and len(pieces) > limit:
-        return ", ".join(pieces[:limit]) + f", … ({values.size} rows)"
-    return ", ".join(pieces)
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 row``, ``3 rows``; ``many`` for irregular plurals (``mini-batches``)."""
-    return f"{count:,} {word if count == 1 else many or word + 's'}"
+from aggscope.fmt import plural, row_ranges
 
 
 def layout_flags(layout: Layout, **changes: Any) -> str:
@@ -63,7 +42,7 @@ def has_or_have(count: int) -> str:
 def who(uid: str | None, members: np.ndarray) -> str:
     noun = "row" if members.size == 1 else "rows"
     prompt = f" of prompt {uid}" if uid is not None else ""
-    return f"{noun} {format_rows(members, 6)}{prompt}"
+    return f"{noun} {row_ranges(members, 6)}{prompt}"
 
 
 def spread(members: np.ndarray, unit: np.ndarray, name: str) -> str:

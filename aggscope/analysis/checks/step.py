@@ -17,13 +17,14 @@ import torch
 
 from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
 from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, Finding
-from aggscope.analysis.checks.messages import check_command, cut_message, format_rows, has_or_have, plural, who
+from aggscope.analysis.checks.messages import check_command, cut_message, has_or_have, who
 from aggscope.analysis.checks.quantities import Groups, Rows, host_float64
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, default_modes, resolve_modes
 from aggscope.core.weights import compute_weights
+from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
     "no uid column: prompt cuts, group checks, zero_advantage and the boundary prompt_mean check need one "
@@ -412,7 +413,7 @@ def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout)
                 group,
                 rows,
                 f"prompt {groups.labels[group]} appears in {groups.runs[group]} separate runs in trainer order (rows "
-                f"{format_rows(members, 6)}): a boundary-based prompt_mean (SkyRL) stops with an assertion on it, and "
+                f"{row_ranges(members, 6)}): a boundary-based prompt_mean (SkyRL) stops with an assertion on it, and "
                 "prompt counting takes each run for a prompt, so this step's boundary check is skipped. Sort rows by uid "
                 f"before splitting; `{command}` shows the effect.",
             )
