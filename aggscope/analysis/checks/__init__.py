@@ -58,6 +58,7 @@ from aggscope.analysis.checks.catalogue import (
     ZERO_GRAD_CAUSES,
     CheckCode,
     Finding,
+    count_severities,
 )
 from aggscope.analysis.checks.merge import (
     CheckAccumulator,
@@ -90,6 +91,7 @@ __all__ = [
     "StepZeroGrad",
     "boundary_prompt_mean",
     "check_step",
+    "count_severities",
     "layout_flags",
     "parse_fail_on",
     "run_checks",

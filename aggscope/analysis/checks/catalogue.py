@@ -7,6 +7,8 @@ listed; ``SEVERITIES`` are worst first. ``CUT_LEVELS`` are the split's levels, c
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -85,3 +87,9 @@ class Finding:
     @property
     def sort_key(self) -> tuple[int, int, int, int]:
         return (SEVERITY_RANK[self.severity], CODE_ORDER[self.code], self.step, self.rows[0] if self.rows else -1)
+
+
+def count_severities(findings: Iterable[Finding], step: int | None = None) -> dict[str, int]:
+    """Findings per severity, ``{severity: count}`` worst first, over all steps or in one step."""
+    counts = Counter(f.severity for f in findings if step is None or f.step == step)
+    return {severity: counts[severity] for severity in SEVERITIES}

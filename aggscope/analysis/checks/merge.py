@@ -16,10 +16,10 @@ from aggscope.analysis.checks.catalogue import (
     ADVISED_CODES,
     CUT_LEVELS,
     FAIL_ON_LEVELS,
-    SEVERITIES,
     SEVERITY_RANK,
     ZERO_GRAD_CAUSES,
     Finding,
+    count_severities,
 )
 from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
@@ -69,8 +69,7 @@ class CheckReport:
 
     def counts(self, step: int | None = None) -> dict[str, int]:
         """Findings per severity, over all steps or in one step."""
-        counts = Counter(f.severity for f in self.findings if step is None or f.step == step)
-        return {severity: counts[severity] for severity in SEVERITIES}
+        return count_severities(self.findings, step)
 
     def fails(self, fail_on: str) -> bool:
         """True when some finding is at or above ``fail_on`` (``error``, ``warning``, ``info``, ``never``)."""
@@ -126,7 +125,7 @@ class CheckAccumulator:
     modes: list[str] | None = None
     loss_tokens: int = 0
     sequences: int = 0
-    _worst: tuple[tuple[int, int, int], StepLanes] | None = None
+    _worst: tuple[tuple[int, ...], StepLanes] | None = None
 
     def add(self, check: StepCheck) -> None:
         if self.modes is None:
@@ -143,7 +142,7 @@ class CheckAccumulator:
         if check.safe is not None:
             self.safe = check.safe.intersect(self.safe)
         if check.lanes is not None:
-            key = check.severity_counts()
+            key = tuple(count_severities(check.findings).values())
             if self._worst is None or key > self._worst[0]:
                 self._worst = (key, check.lanes)
 

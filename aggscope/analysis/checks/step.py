@@ -8,7 +8,6 @@ over findings.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -85,10 +84,6 @@ class StepCheck:
     safe: SafeSizes | None = None
     group_sizes: dict[int, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-
-    def severity_counts(self) -> tuple[int, int, int]:
-        counts = Counter(f.severity for f in self.findings)
-        return (counts["error"], counts["warning"], counts["info"])
 
 
 def zero_grad_causes(
