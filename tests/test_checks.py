@@ -2,6 +2,7 @@
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from aggscope.analysis.checks import (
     safe_chunk_sizes,
     zero_grad_causes,
 )
+from aggscope.analysis.runner import Engine
 from aggscope.analysis.weights import run_weights
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, split_step
@@ -414,6 +416,23 @@ def test_faulty_sample_every_finding():
     )
 
 
+def test_run_checks_on_an_opened_input_or_steps_in_memory_gives_one_report():
+    rollouts = open_rollouts(str(FAULTY))
+    steps = list(rollouts.iter_steps())
+    layout = faulty_layout()
+    expected = run_checks(steps, None, layout).to_dict()
+    assert expected["modes"] == ALL_MODES  # modes=None: every mode that applies to the first step
+    assert run_checks(iter(steps), None, layout).to_dict() == expected
+    assert run_checks(rollouts, None, layout, engine=Engine()).to_dict() == expected
+    assert run_checks(rollouts, ALL_MODES, layout, progress=list).to_dict() == expected
+    assert run_checks([], None, layout).modes == []
+    # lengths_estimated comes from the steps, however they are given.
+    estimated = [steps[0], replace(steps[1], lengths_estimated=True), *steps[2:]]
+    assert not expected["lengths_estimated"]
+    assert run_checks(estimated, None, layout).lengths_estimated
+    assert run_checks(iter(estimated), ALL_MODES, layout, engine=Engine()).lengths_estimated
+
+
 def test_faulty_sample_zero_grad_and_cut_prompts():
     steps = list(open_rollouts(str(FAULTY)).iter_steps())
     layout = faulty_layout()
@@ -553,7 +572,7 @@ def test_merging_steps_keeps_every_step(batches, layout):
     accumulator = CheckAccumulator(layout)
     for check in checks:
         accumulator.add(check)
-    report = accumulator.report()
+    report = accumulator.result()
     assert len(report.findings) == sum(len(c.findings) for c in checks)
     for mode in ("token_mean", "prompt_mean"):
         for cause in ZERO_GRAD_CAUSES:

@@ -599,7 +599,7 @@ def merge_breakdown(parts: Iterable[BreakdownStep], specs: Sequence[Spec], *, so
         splits=splits,
         group_ids=group_ids,
         uid_labels=uid_labels,
-        checks={layout: checker.report().to_dict() for layout, checker in checkers.items()},
+        checks={layout: checker.result().to_dict() for layout, checker in checkers.items()},
         cut_prompts=cut_prompts,
         lengths_estimated=lengths_estimated,
     )

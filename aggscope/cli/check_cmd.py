@@ -44,17 +44,17 @@ def check(
     ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
-    from aggscope.analysis.checks import parse_fail_on, run_checks_on
+    from aggscope.analysis.checks import parse_fail_on, run_checks
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
     rollouts = source.open()
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    report = run_checks_on(
-        engine,
+    report = run_checks(
         rollouts,
         modes,
         layout,
+        engine=engine,
         progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
     )
     if json_output:

@@ -3,8 +3,8 @@ rows, and one cause for every loss token that gets no gradient.
 
 Per step, ``check_step`` returns a ``StepCheck`` (findings, cut prompts, zero-gradient causes and
 the little per-row data the advice and the split picture need); ``CheckAccumulator`` merges steps
-into a ``CheckReport``; ``run_checks`` does both over any iterable of steps. All per-step work is
-vectorised over rows; Python loops run only over findings.
+into a ``CheckReport``; ``run_checks`` does both over an opened input or steps in memory, on any
+engine. All per-step work is vectorised over rows; Python loops run only over findings.
 
 Modules, one idea each: ``catalogue`` (the codes, severities and ``Finding``), ``quantities``
 (per-row and per-group views of a step), ``step`` (``check_step``), ``boundary`` (SkyRL's
@@ -66,7 +66,6 @@ from aggscope.analysis.checks.merge import (
     StepZeroGrad,
     parse_fail_on,
     run_checks,
-    run_checks_on,
 )
 from aggscope.analysis.checks.messages import layout_flags
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
@@ -95,7 +94,6 @@ __all__ = [
     "layout_flags",
     "parse_fail_on",
     "run_checks",
-    "run_checks_on",
     "safe_chunk_sizes",
     "zero_grad_causes",
 ]

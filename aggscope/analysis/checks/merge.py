@@ -1,14 +1,16 @@
 """Many steps: ``CheckAccumulator`` merges the steps' ``StepCheck`` into a ``CheckReport``.
 
-``run_checks`` checks every step and merges the results; ``parse_fail_on`` validates the
+``run_checks`` checks every step (on any engine, through ``aggscope.analysis.runner.run``) and
+merges the results; ``parse_fail_on`` validates the
 ``--fail-on`` level that ``CheckReport.fails`` compares the findings with.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +25,7 @@ from aggscope.analysis.checks.catalogue import (
 )
 from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
-from aggscope.analysis.runner import Engine, SteppedRollouts
+from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes
@@ -109,7 +111,7 @@ def parse_fail_on(value: str) -> str:
 
 @dataclass
 class CheckAccumulator:
-    """Merges ``StepCheck`` results, one step at a time, into a ``CheckReport``.
+    """Merges ``StepCheck`` results, one step at a time, into a ``CheckReport`` (a runner ``Merger``).
 
     Keeps the findings, the cut prompts, the per-step zero-gradient counts, the running intersection
     of the safe mini-batch sizes, and the split picture of the worst step only.
@@ -125,6 +127,7 @@ class CheckAccumulator:
     modes: list[str] | None = None
     loss_tokens: int = 0
     sequences: int = 0
+    lengths_estimated: bool = False
     _worst: tuple[tuple[int, ...], StepLanes] | None = None
 
     def add(self, check: StepCheck) -> None:
@@ -134,6 +137,7 @@ class CheckAccumulator:
         self.steps.append(StepZeroGrad(check.step, check.loss_tokens, check.zero_grad))
         self.loss_tokens += check.loss_tokens
         self.sequences += check.sequences
+        self.lengths_estimated = self.lengths_estimated or check.lengths_estimated
         for level, uids in check.cut_prompts.items():
             self.cut_prompts[level].extend((check.step, uid) for uid in uids)
         self.group_sizes.update(check.group_sizes)
@@ -146,7 +150,7 @@ class CheckAccumulator:
             if self._worst is None or key > self._worst[0]:
                 self._worst = (key, check.lanes)
 
-    def report(self) -> CheckReport:
+    def result(self) -> CheckReport:
         modes = self.modes or []
         total = {mode: dict.fromkeys(ZERO_GRAD_CAUSES, 0) for mode in modes}
         for step in self.steps:
@@ -170,53 +174,51 @@ class CheckAccumulator:
             sequences=self.sequences,
             notes=notes,
             worst_step=self._worst[1] if self._worst is not None else None,
+            lengths_estimated=self.lengths_estimated,
         )
 
 
 def run_checks(
-    batches: Iterable[StepBatch], modes: Sequence[Mode | str] | None = None, layout: Layout | None = None
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    modes: Sequence[Mode | str] | None = None,
+    layout: Layout | None = None,
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
 ) -> CheckReport:
     """Check every step, one at a time, and merge the results.
 
-    Args:
-        batches: the steps (any iterable, e.g. ``rollouts.iter_steps()``).
-        modes: the modes the user trains with; default every mode that applies to the first step.
-        layout: the trainer configuration.
-    """
-    layout = layout or Layout()
-    accumulator = CheckAccumulator(layout)
-    estimated = False
-    for batch in batches:
-        if modes is None:
-            modes = default_modes(has_groups=batch.has_groups, max_seq_len=layout.max_seq_len)
-        accumulator.add(check_step(batch, modes, layout))
-        estimated = estimated or batch.lengths_estimated
-    report = accumulator.report()
-    return replace(report, lengths_estimated=True) if estimated else report
-
-
-def run_checks_on(
-    engine: Engine,
-    rollouts: SteppedRollouts,
-    modes: Sequence[Mode | str],
-    layout: Layout | None = None,
-    progress: Callable[[Iterator[StepCheck]], Iterable[StepCheck]] | None = None,
-) -> CheckReport:
-    """``run_checks`` with the per-step work on an engine (``local``, or one Ray task per step).
-
-    The steps' ``StepCheck`` results are merged in step order, so the report is the same on
-    every engine.
+    The steps' ``StepCheck`` results are merged in step order, so the report is the same on every engine.
 
     Args:
-        engine: where the steps run (``aggscope.analysis.runner.open_engine``).
-        rollouts: the opened input (``open_rollouts``).
-        modes: the modes the user trains with.
-        progress: optional wrapper of the results as they arrive (a progress bar).
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
+        modes: the modes the user trains with; default every mode that applies to the first step
+            (an opened input's first step is then read once more to see it).
+        layout: the trainer configuration (default: one mini-batch).
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
+        progress: optional wrapper of the results as they come (a progress bar).
     """
     layout = layout or Layout()
-    accumulator = CheckAccumulator(layout)
-    results = engine.map_steps(rollouts, functools.partial(check_step, modes=list(modes), layout=layout))
-    for check in progress(results) if progress is not None else results:
-        accumulator.add(check)
-    report = accumulator.report()
-    return replace(report, lengths_estimated=True) if getattr(rollouts, "lengths_estimated", False) else report
+    if modes is None:
+        rollouts, modes = _first_step_modes(rollouts, layout)
+    work = functools.partial(check_step, modes=list(modes), layout=layout)
+    return run(engine, rollouts, work, CheckAccumulator(layout), progress)
+
+
+def _first_step_modes(
+    rollouts: SteppedRollouts | Iterable[StepBatch], layout: Layout
+) -> tuple[SteppedRollouts | Iterable[StepBatch], list[Mode]]:
+    """Every mode that applies to the first step (none without steps), and the steps, none of them used up."""
+    if isinstance(rollouts, Batches):
+        return _first_step_modes(rollouts.batches, layout)
+    first: StepBatch | None
+    if isinstance(rollouts, (list, tuple)):
+        first = rollouts[0] if rollouts else None
+    elif isinstance(rollouts, SteppedRollouts):
+        first = next(iter(rollouts.iter_steps()), None)
+    else:
+        steps = iter(rollouts)
+        first = next(steps, None)
+        rollouts = steps if first is None else itertools.chain([first], steps)
+    modes = [] if first is None else default_modes(has_groups=first.has_groups, max_seq_len=layout.max_seq_len)
+    return rollouts, modes

@@ -72,6 +72,7 @@ class StepCheck:
             mini-batch size or there is no uid).
         group_sizes: ``{group size: number of prompts}``.
         notes: remarks on checks that could not run.
+        lengths_estimated: the step's token counts were estimated from text.
     """
 
     step: int
@@ -84,6 +85,7 @@ class StepCheck:
     safe: SafeSizes | None = None
     group_sizes: dict[int, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    lengths_estimated: bool = False
 
 
 def zero_grad_causes(
@@ -168,6 +170,7 @@ def check_step(
         safe=prompts.safe,
         group_sizes=prompts.group_sizes,
         notes=prompts.notes,
+        lengths_estimated=batch.lengths_estimated,
     )
 
 
