@@ -13,6 +13,7 @@ import numpy as np
 from aggscope.analysis.checks.quantities import Rows
 from aggscope.core.layout import Layout
 from aggscope.fmt import plural, row_ranges
+from aggscope.io.open import bundled_sample_path
 
 
 def layout_flags(layout: Layout, **changes: Any) -> str:
@@ -28,8 +29,7 @@ def layout_flags(layout: Layout, **changes: Any) -> str:
 
 
 def check_command(source: str, layout: Layout, **changes: Any) -> str:
-    from aggscope.io.open import bundled_sample_path
-
+    """The ``aggscope check`` command line for ``source`` under ``layout`` (with ``changes``)."""
     path = "" if source.startswith("<") or source == str(bundled_sample_path()) else f" {source}"
     flags = layout_flags(layout, **changes)
     return f"aggscope check{path}{' ' + flags if flags else ''}"
