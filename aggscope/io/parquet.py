@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import torch
 
 from aggscope.core.batch import SequenceStats, StepBatch, sequence_stats_numpy, text_uid
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 from aggscope.io.columns import detect_columns, step_from_name
 
 _GLOB_CHARS = set("*?[")
@@ -244,7 +244,7 @@ def _concat_rows(tables: list[pa.Table], columns: Mapping[str, str], source: str
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise AggscopeError(f"{source}: the files store a column with types that do not combine ({_first_line(exc)})") from None
+        raise AggscopeError(f"{source}: the files store a column with types that do not combine ({first_line(exc)})") from None
 
 
 def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
@@ -459,7 +459,7 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
         try:
             filesystem, root = pafs.FileSystem.from_uri(path)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise AggscopeError(f"{path}: cannot open this location ({_first_line(exc)})") from None
+            raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
         info = filesystem.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
             raise AggscopeError(f"{path}: no such file or directory")
@@ -547,12 +547,7 @@ def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFi
             raise AggscopeError(f"{path}: no such file") from None
         if os.path.exists(path) and os.path.getsize(path) == 0:
             raise AggscopeError(f"{path}: the file is empty") from None
-        raise AggscopeError(f"{path}: not a Parquet file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise AggscopeError(f"{path}: not a Parquet file ({first_line(exc)})") from None
 
 
 def _is_list(data_type: pa.DataType) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 
 _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 1 << 30
@@ -139,8 +139,7 @@ def _diagnose(path: str, fields: Mapping[str, pa.DataType], exc: Exception) -> A
                 problem = None if value is None else _type_problem(value, dtype)
                 if problem is not None:
                     return AggscopeError(f"{path}: line {number}: field {name!r} {problem}")
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return AggscopeError(f"{path}: cannot read as JSON lines ({detail})")
+    return AggscopeError(f"{path}: cannot read as JSON lines ({first_line(exc)})")
 
 
 def _type_problem(value: Any, dtype: pa.DataType) -> str | None:

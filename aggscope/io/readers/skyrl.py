@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
 
 
@@ -114,8 +114,7 @@ def load_pickled_batch(file: str) -> Any:
             ) from None
         raise AggscopeError(f"{file}: cannot unpickle (module {module!r} not found)") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first})") from None
+        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first_line(exc)})") from None
 
 
 def _metadata(batch: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import (
     DumpRollouts,
     ReadOptions,
@@ -142,13 +142,8 @@ def _load(file: str, notes: list[str]) -> Any:
         if note not in notes:
             notes.append(note)
     except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)}); not a slime .pt dump?") from None
+        raise AggscopeError(f"{file}: cannot load with torch.load ({first_line(exc)}); not a slime .pt dump?") from None
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise AggscopeError(f"{file}: cannot load with torch.load ({first_line(exc)})") from None

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, rebuild_advantages, reject_options
 
 BYTES_PER_TOKEN = 4
@@ -75,8 +75,7 @@ def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # transformers raises many kinds; all mean the folder is not a tokenizer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"--tokenizer {path}: cannot load a tokenizer from it ({first})") from None
+        raise AggscopeError(f"--tokenizer {path}: cannot load a tokenizer from it ({first_line(exc)})") from None
 
     def encode(texts: Sequence[str]) -> list[list[int]]:
         return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])

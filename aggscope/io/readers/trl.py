@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
 from aggscope.io.readers.text import TextDumpRollouts
 
@@ -128,8 +128,7 @@ def _schema(file: str) -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (OSError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"{file}: not a Parquet file ({first})") from None
+        raise AggscopeError(f"{file}: not a Parquet file ({first_line(exc)})") from None
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str]]:
