@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, widen_half
 from aggscope.errors import AggscopeError
 from aggscope.io.writing import atomic_output, list_array
 
@@ -54,9 +54,7 @@ def canonical_table(batch: StepBatch, schema: pa.Schema | None = None, uid_texts
     schema = schema or canonical_schema(batch, with_prompt=bool(uid_texts))
     offsets = batch.offsets.cpu().numpy()
     n_rows = batch.n_sequences
-    advantages = batch.advantages.detach().cpu()
-    if advantages.dtype not in (torch.float32, torch.float64):
-        advantages = advantages.to(torch.float32)  # float16/bfloat16 widen exactly
+    advantages = widen_half(batch.advantages.detach().cpu())
     columns: dict[str, pa.Array] = {"step": pa.array(np.full(n_rows, batch.step, dtype=np.int64))}
     names = set(schema.names)
     if "uid" in names:

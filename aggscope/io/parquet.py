@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from aggscope.core.batch import SequenceStats, StepBatch, sequence_stats_numpy, text_uid
+from aggscope.core.batch import SequenceStats, StepBatch, mask_as_bool, offsets_of, sequence_stats_numpy, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.columns import detect_columns, step_from_name
 
@@ -428,9 +428,7 @@ class _TokenAccumulator:
         """``(advantages [n_tokens], mask [n_tokens] bool, offsets [n_seqs + 1] int64)``."""
         if self.toucher is not None:
             self.toucher.stop()
-        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_of(np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64))
         if self.advantages is not None and self.mask is not None:
             return self.advantages[: self.size], self.mask[: self.size], offsets
         if len(self.parts) == 1:
@@ -599,7 +597,7 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
 def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None) -> _FilePlan:
     """Which steps each row group holds, and (from the footer) how many token entries it has."""
     metadata = parquet.metadata
-    starts = tuple(int(s) for s in np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
+    starts = tuple(int(s) for s in offsets_of([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
     leaf = None if token_column is None else _leaf_index(metadata, token_column)
     tokens = (
         None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
@@ -648,7 +646,7 @@ def _floats(array: pa.Array) -> np.ndarray:
     if pa.types.is_float32(array.type) or pa.types.is_float64(array.type):
         return np.asarray(array.to_numpy(zero_copy_only=False))
     if pa.types.is_float16(array.type):
-        return np.asarray(array.cast(pa.float32()).to_numpy(zero_copy_only=False))
+        return widen_half(np.asarray(array.to_numpy(zero_copy_only=False)))
     return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False))
 
 
@@ -658,28 +656,8 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: _RowLo
         token = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
         row = int(np.searchsorted(offsets, token, side="right") - 1)
         raise AggscopeError(f"{where(row)}: column {name!r} holds a null at token {token - int(offsets[row])}")
-    if pa.types.is_boolean(values.type):
-        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
-    raw = values.to_numpy(zero_copy_only=False)
-    if raw.dtype.kind in "iu":
-        # Seen as unsigned, a 0/1 mask has a maximum of at most 1 (negatives turn huge): one
-        # pass without temporaries; a one-byte 0/1 mask then already is a valid bool array.
-        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
-        if unsigned.size and unsigned.max() > 1:
-            _bad_mask_value(raw, (raw != 0) & (raw != 1), offsets, name, where)
-        return raw.view(bool) if raw.dtype.itemsize == 1 else raw != 0
-    bad = (raw != 0) & (raw != 1)
-    if bad.any():
-        _bad_mask_value(raw, bad, offsets, name, where)
-    return raw != 0
-
-
-def _bad_mask_value(raw: np.ndarray, bad: np.ndarray, offsets: np.ndarray, name: str, where: _RowLocator) -> NoReturn:
-    token = int(np.flatnonzero(bad)[0])
-    row = int(np.searchsorted(offsets, token, side="right") - 1)
-    raise AggscopeError(
-        f"{where(row)}: column {name!r} holds {raw[token].item()!r} at token {token - int(offsets[row])}; a loss mask may hold only 0 and 1"
-    )
+    raw = np.asarray(values.to_numpy(zero_copy_only=False))
+    return mask_as_bool(raw, offsets, lambda row, token: (f"{where(row)}: column {name!r}", f"token {token}"))
 
 
 def _group_ids(
@@ -762,7 +740,7 @@ def _decode_wide_tokens(
             row = int(np.flatnonzero(loss_lengths < 0)[0])
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
         if offsets is None:
-            offsets = np.concatenate([[0], np.cumsum(loss_lengths)]).astype(np.int64)
+            offsets = offsets_of(loss_lengths)
             mask = np.ones(int(offsets[-1]), dtype=bool)
         else:
             listed = np.diff(offsets)
@@ -789,7 +767,7 @@ def _decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source:
     codes = sequence.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)  # [n_tokens]
     token_order = np.argsort(codes, kind="stable")  # tokens of sequence 0, then 1, ... in row order
     lengths = np.bincount(codes)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = offsets_of(lengths)
     first_row = token_order[offsets[:-1]]  # [n_seqs] the first token row of each sequence
     advantages = _floats(_column(table, columns["advantages"]))[token_order]
     if "loss_mask" in columns:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aggscope.core.advantages import outcome_advantages
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, offsets_of, uid_codes
 from aggscope.errors import AggscopeError
 
 _GLOB_CHARS = set("*?[")
@@ -166,22 +166,12 @@ def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]
 
 
 # ---- building a step -------------------------------------------------------------------------------
-def offsets_of(lengths: np.ndarray) -> np.ndarray:
-    """``[n + 1]`` int64 offsets of segments of the given lengths."""
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
-
-
-def group_codes(uids: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """``[n]`` int64 group codes of uids (any order; only equality matters)."""
-    _, codes = np.unique(np.asarray(uids, dtype=object).astype(str), return_inverse=True)
-    return codes.astype(np.int64).reshape(-1)
-
-
 def rebuild_advantages(rewards: np.ndarray, uids: Sequence[Any] | np.ndarray | None, estimator: str, where: str) -> np.ndarray:
     """``[n]`` per-row advantages from the rewards and prompt groups (``aggscope.core.advantages``)."""
     if uids is None:
         raise AggscopeError(f"{where}: no prompt groups, so advantages cannot be rebuilt from rewards")
-    return outcome_advantages(rewards, group_codes(uids), estimator)
+    codes, _ = uid_codes(np.asarray(uids, dtype=object))  # uids compared as text
+    return outcome_advantages(rewards, codes, estimator)
 
 
 def estimator_note(estimator: str, reward_field: str) -> str:

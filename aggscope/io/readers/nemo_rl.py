@@ -24,7 +24,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
 from aggscope.io.readers.base import (
     DumpRollouts,
@@ -32,7 +32,6 @@ from aggscope.io.readers.base import (
     build_batch,
     estimator_note,
     list_files,
-    offsets_of,
     plan_by_name,
     rebuild_advantages,
     reject_options,
@@ -144,14 +143,11 @@ class NemoRlRollouts(DumpRollouts):
         list_offsets = offsets_of(listed)
         position = np.arange(int(list_offsets[-1])) - np.repeat(list_offsets[:-1], listed)  # [n_listed] index in its row
         keep = position < np.repeat(lengths, listed)  # drops the padding after input_lengths
+        offsets = offsets_of(lengths)
         raw_mask = mask_lists.flatten().to_numpy(zero_copy_only=False)[keep]
-        bad = (raw_mask != 0) & (raw_mask != 1)
-        if bad.any():
-            token = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(offsets_of(lengths), token, side="right") - 1)
-            raise AggscopeError(f"{part.where(row)}: token_loss_mask holds {raw_mask[token].item()!r}; only 0 and 1 are allowed")
+        trained = mask_as_bool(raw_mask, offsets, lambda row, token: (f"{part.where(row)}: 'token_loss_mask'", f"token {token}"))
         sample_mask = part.column("sample_loss_mask").cast(pa.float64()).fill_null(1.0).to_numpy(zero_copy_only=False)
-        loss_mask = (raw_mask == 1) & np.repeat(sample_mask != 0, lengths)
+        loss_mask = trained & np.repeat(sample_mask != 0, lengths)
         advantages = adv_lists.flatten().to_numpy(zero_copy_only=False)[keep]
         rewards = np.zeros(0)
         if self._reward_field is not None:
@@ -160,7 +156,7 @@ class NemoRlRollouts(DumpRollouts):
         uids = None
         if self._has_tokens:
             tokens = token_lists.flatten().to_numpy(zero_copy_only=False)[keep]
-            uids = _prompt_uids(tokens, raw_mask == 1, offsets_of(lengths))
+            uids = _prompt_uids(tokens, trained, offsets)
         return lengths, loss_mask, advantages, rewards, uids
 
 

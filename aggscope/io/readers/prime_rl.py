@@ -20,9 +20,9 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, offsets_of, reject_options, step_in_name
+from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, reject_options, step_in_name
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
 
@@ -107,13 +107,7 @@ class PrimeRlRollouts(DumpRollouts):
         starts = np.flatnonzero(restart)
         lengths = np.diff(np.append(starts, pos.size)).astype(np.int64)  # [n_samples]
         raw_mask = part.column("loss_mask").flatten().to_numpy(zero_copy_only=False)
-        bad = (raw_mask != 0) & (raw_mask != 1)
-        if bad.any():
-            token = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(line_offsets, token, side="right") - 1)
-            raise AggscopeError(
-                f"{part.where(row)}: loss_mask holds {raw_mask[token].item()!r}; only 0 and 1 (or true/false) are allowed"
-            )
+        loss_mask = mask_as_bool(raw_mask, line_offsets, lambda row, token: (f"{part.where(row)}: 'loss_mask'", f"token {token}"))
         advantages = part.column("advantages").flatten().to_numpy(zero_copy_only=False)
         rewards = np.zeros(0)
         if self._reward_field is not None:
@@ -125,4 +119,4 @@ class PrimeRlRollouts(DumpRollouts):
                 reward_lengths = np.diff(reward_lists.offsets.to_numpy().astype(np.int64))
                 _check_equal(part, listed, reward_lengths, self._reward_field, "position_ids")
                 rewards = reward_lists.flatten().to_numpy(zero_copy_only=False)[starts].astype(np.float64)
-        return lengths, raw_mask == 1, advantages, rewards
+        return lengths, loss_mask, advantages, rewards

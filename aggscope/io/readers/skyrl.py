@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
 
@@ -77,9 +77,11 @@ class SkyrlRollouts(DumpRollouts):
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
         n_rows, width = loss_mask.shape
-        mask = loss_mask.reshape(-1).numpy()
-        if not np.isin(mask, (0, 1)).all():
-            raise AggscopeError(f"{file}: loss_mask holds values other than 0 and 1")
+        mask = mask_as_bool(
+            loss_mask.reshape(-1).numpy(),
+            np.arange(n_rows + 1, dtype=np.int64) * width,
+            lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
+        )
         rewards = None
         reward_tensor = _field(batch, self._reward_key)
         if reward_tensor is not None:
@@ -93,7 +95,7 @@ class SkyrlRollouts(DumpRollouts):
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
-            loss_mask=mask.astype(bool),
+            loss_mask=mask,
             token_advantages=advantages.reshape(-1).numpy(),
             uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
             rewards=rewards,
@@ -131,10 +133,7 @@ def _tensor(batch: Any, key: str, file: str) -> torch.Tensor:
     value = _field(batch, key)
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
-    tensor = torch.as_tensor(value).detach().cpu()
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.to(torch.float32)
-    return tensor
+    return widen_half(torch.as_tensor(value).detach().cpu())
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:

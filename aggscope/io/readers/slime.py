@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.readers.base import (
     DumpRollouts,
@@ -84,24 +84,12 @@ class SlimeRollouts(DumpRollouts):
         for file in files:
             for index, sample in enumerate(self._samples(file)):  # a loop over samples while reading
                 where = f"{file}: sample {index}"
-                length = sample.get("response_length")
-                if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-                    raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
-                mask = sample.get("loss_mask")
-                if mask is None:
-                    mask_array = np.ones(length, dtype=bool)
-                else:
-                    mask_array = np.asarray(mask)
-                    if mask_array.shape != (length,) or not np.isin(mask_array, (0, 1)).all():
-                        raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
-                    mask_array = mask_array.astype(bool)
-                if sample.get("remove_sample"):
-                    mask_array = np.zeros(length, dtype=bool)
+                mask = _loss_mask(sample, where)
                 group = sample.get("group_index")
                 if isinstance(group, bool) or not isinstance(group, int):
                     raise AggscopeError(f"{where}: group_index is {group!r}; expected a whole number (the prompt group)")
-                lengths.append(length)
-                masks.append(mask_array)
+                lengths.append(mask.size)
+                masks.append(mask)
                 rewards.append(self._reward(sample.get("reward"), where))
                 groups.append(str(group))
         source = self.step_source(files)
@@ -130,6 +118,22 @@ class SlimeRollouts(DumpRollouts):
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
             raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
         return float(reward)
+
+
+def _loss_mask(sample: dict[str, Any], where: str) -> np.ndarray:
+    """``[response_length]`` bool: the sample's loss mask (all ones when None, all zeros when removed)."""
+    length = sample.get("response_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
+    mask = sample.get("loss_mask")
+    if mask is None:
+        values = np.ones(length, dtype=bool)
+    else:
+        values = np.asarray(mask)
+        if values.shape != (length,):
+            raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
+        values = mask_as_bool(values, np.array([0, length]), lambda _, token: (f"{where}: loss_mask", f"token {token}"))
+    return np.zeros(length, dtype=bool) if sample.get("remove_sample") else values
 
 
 def _load(file: str, notes: list[str]) -> Any:
