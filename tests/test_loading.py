@@ -103,6 +103,42 @@ def test_step_from_file_name(tmp_path: Path) -> None:
     assert open_rollouts(str(tmp_path)).steps == [3, 12]
 
 
+def test_one_listing_rule_natural_order_and_no_dot_names(tmp_path: Path) -> None:
+    """Every reader lists a directory alike: natural order (part2 before part10), dot names skipped."""
+    from aggscope.io.paths import list_files, resolve_paths
+
+    for name in ("part10.parquet", "part2.parquet", "part1.parquet", ".part3.parquet"):
+        write(tmp_path / name, {"advantages": [[1.0]], "loss_mask": [[1]]})
+    (tmp_path / ".hidden").mkdir()
+    write(tmp_path / ".hidden" / "part4.parquet", {"advantages": [[1.0]], "loss_mask": [[1]]})
+    expected = [str(tmp_path / n) for n in ("part1.parquet", "part2.parquet", "part10.parquet")]
+    assert resolve_paths(str(tmp_path)) == (expected, None)
+    assert list_files(str(tmp_path), (".parquet",), ".parquet files") == expected
+    assert list_files(str(tmp_path / "part*.parquet"), (), "") == expected
+    assert open_rollouts(str(tmp_path)).files == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("12.jsonl", 12),
+        ("run/step_12/rank_0.jsonl", None),
+        ("step_12", 12),
+        ("global_step_12.parquet", 12),
+        ("completions_00012.parquet", 12),
+        ("train_data_step3.jsonl", 3),
+        ("global_step_6_training_input.pkl", 6),
+        ("rank_3.jsonl", None),
+        ("data_v2.parquet", None),
+        ("rollouts.parquet", None),
+    ],
+)
+def test_step_in_a_file_name(name: str, step: int | None) -> None:
+    from aggscope.io.paths import step_in_name
+
+    assert step_in_name(name) == step
+
+
 def test_text_uid_is_stable_and_groups_by_prompt(tmp_path: Path) -> None:
     columns = {"prompt": ["What is 2+2?", "Name a prime.", "What is 2+2?"], "advantages": [[1.0]] * 3, "loss_mask": [[1]] * 3}
     (batch,) = load_steps(str(write(tmp_path / "r.parquet", columns)))

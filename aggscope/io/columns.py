@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 from aggscope.errors import AggscopeError
@@ -38,8 +37,6 @@ ROLE_HELP = {
     "sequence": "sequence id, for the long layout (one row per token)",
 }
 
-_STEP_IN_NAME = re.compile(r"^(?:global_step_?|step_?|completions_|train_data_step)?(\d+)(?:_training_input)?$")
-
 
 def parse_column_overrides(specs: Iterable[str]) -> dict[str, str]:
     """Parse repeated ``ROLE=NAME`` options into ``{role: column}``."""
@@ -74,9 +71,3 @@ def detect_columns(available: Iterable[str], overrides: Mapping[str, str], sourc
     if "uid" in mapping:
         mapping.pop("uid_text", None)
     return mapping
-
-
-def step_from_name(stem: str) -> int | None:
-    """The step number in a file or folder name (``12``, ``step_12``, ``global_step_12``, ...)."""
-    match = _STEP_IN_NAME.match(stem)
-    return int(match.group(1)) if match else None

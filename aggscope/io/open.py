@@ -17,8 +17,9 @@ from typing import Any
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, choose
+from aggscope.io.paths import list_files
 from aggscope.io.readers import DUMP_SUFFIXES, FORMAT_ALIASES, FORMATS, READERS
-from aggscope.io.readers.base import ReadOptions, list_files
+from aggscope.io.readers.base import ReadOptions
 
 SAMPLE_FILE = "rollouts.parquet"
 

@@ -1,7 +1,7 @@
 """Reading logged rollout batches from Parquet into one ``StepBatch`` per step.
 
-Accepted input: a Parquet file, a directory of Parquet files (read recursively, in sorted path
-order) or a glob; local paths or any URI pyarrow's filesystems understand. Two layouts:
+Accepted input: a Parquet file, a directory of Parquet files or a glob (``aggscope.io.paths``);
+local paths or any URI pyarrow's filesystems understand. Two layouts:
 
 - wide: one row per sequence, with list columns (``advantages``, ``loss_mask``) or a scalar
   ``advantage`` broadcast over the row's loss tokens;
@@ -14,7 +14,6 @@ those row groups and the columns it needs.
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 import threading
 import warnings
@@ -24,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -36,9 +34,8 @@ import torch
 
 from aggscope.core.batch import SequenceStats, StepBatch, mask_as_bool, offsets_of, sequence_stats_numpy, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
-from aggscope.io.columns import detect_columns, step_from_name
-
-_GLOB_CHARS = set("*?[")
+from aggscope.io.columns import detect_columns
+from aggscope.io.paths import resolve_paths, step_in_name
 
 
 @dataclass(frozen=True)
@@ -451,43 +448,6 @@ class _RowLocator:
         return f"{self.paths[int(file_index)]}: row {int(file_row)}"
 
 
-def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
-    """The Parquet files behind a file, directory or glob (local, or a pyarrow filesystem URI)."""
-    if "://" in path:
-        try:
-            filesystem, root = pafs.FileSystem.from_uri(path)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
-        info = filesystem.get_file_info(root)
-        if info.type == pafs.FileType.NotFound:
-            raise AggscopeError(f"{path}: no such file or directory")
-        if info.type == pafs.FileType.Directory:
-            found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-            files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
-            if not files:
-                raise AggscopeError(f"{path}: no .parquet files in this directory")
-            return files, filesystem
-        return [root], filesystem
-    if any(ch in path for ch in _GLOB_CHARS) and not os.path.exists(path):
-        files = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
-        if not files:
-            raise AggscopeError(f"{path}: no file matches this pattern")
-        return files, None
-    if not os.path.exists(path):
-        raise AggscopeError(f"{path}: no such file or directory")
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(path)
-            for name in names
-            if name.endswith(".parquet") and not name.startswith(".")
-        )
-        if not files:
-            raise AggscopeError(f"{path}: no .parquet files in this directory")
-        return files, None
-    return [path], None
-
-
 def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -> ParquetRollouts:
     """Open Parquet rollout files: detect column roles and index the steps (reads no token data).
 
@@ -603,8 +563,7 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
     )
     if step_column is None:
-        stem = PurePosixPath(path).name.split(".")[0]
-        step = step_from_name(stem)
+        step = step_in_name(path)
         fixed = frozenset({step if step is not None else 0})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []

@@ -24,12 +24,12 @@ import pyarrow as pa
 from aggscope.core.advantages import outcome_advantages
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
+from aggscope.io.paths import list_files
 from aggscope.io.readers.base import (
     DumpRollouts,
     ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
     plan_by_name,
     reject_options,
 )

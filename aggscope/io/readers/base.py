@@ -1,4 +1,4 @@
-"""What every dump reader shares: its options, finding files, planning steps, building a batch.
+"""What every dump reader shares: its options, planning steps, building a batch (files: ``aggscope.io.paths``).
 
 A reader turns one framework's dump into the object every command reads: ``source``, ``files``,
 ``columns`` (role -> the dump field it came from), ``layout`` (the format), ``steps``, ``notes``,
@@ -7,12 +7,8 @@ A reader turns one framework's dump into the object every command reads: ``sourc
 
 from __future__ import annotations
 
-import glob as globlib
-import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,9 +16,8 @@ import numpy as np
 from aggscope.core.advantages import outcome_advantages
 from aggscope.core.batch import StepBatch, offsets_of, uid_codes
 from aggscope.errors import AggscopeError
+from aggscope.io.paths import step_in_name
 
-_GLOB_CHARS = set("*?[")
-_NUMBER = re.compile(r"\d+")
 TEXT_FORMATS = ("verl", "trl")
 
 
@@ -120,38 +115,7 @@ def reject_options(
         raise AggscopeError(f"--col {unknown[0]}=...: the {fmt} reader takes {allowed} from --col")
 
 
-# ---- files and steps -------------------------------------------------------------------------------
-def natural_key(path: str) -> list[Any]:
-    """Sort key that orders ``rank_2`` before ``rank_10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
-
-
-def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
-    """The files of a file, a directory (recursive, skipping dot names) or a glob, in natural order."""
-    if any(ch in path for ch in _GLOB_CHARS) and not os.path.exists(path):
-        files = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
-        if not files:
-            raise AggscopeError(f"{path}: no file matches this pattern")
-        return sorted(files, key=natural_key)
-    if not os.path.exists(path):
-        raise AggscopeError(f"{path}: no such file or directory")
-    if not os.path.isdir(path):
-        return [path]
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files.extend(os.path.join(root, n) for n in names if n.endswith(tuple(suffixes)) and not n.startswith("."))
-    if not files:
-        raise AggscopeError(f"{path}: no {what} in this directory")
-    return sorted(files, key=natural_key)
-
-
-def step_in_name(path: str) -> int | None:
-    """The step number in a file name: the last number in its stem (``12.jsonl``, ``step_12``, ...)."""
-    numbers = _NUMBER.findall(Path(path).name.split(".")[0])
-    return int(numbers[-1]) if numbers else None
-
-
+# ---- steps ---------------------------------------------------------------------------------------
 def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:
     """Steps from the numbers in the file names, else the files' order (with a note saying so)."""
     numbers = [step_in_name(f) for f in files]

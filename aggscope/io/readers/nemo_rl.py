@@ -26,12 +26,12 @@ import pyarrow as pa
 
 from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
+from aggscope.io.paths import list_files
 from aggscope.io.readers.base import (
     DumpRollouts,
     ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
     plan_by_name,
     rebuild_advantages,
     reject_options,

@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, reject_options, step_in_name
+from aggscope.io.paths import list_files, step_in_name
+from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, reject_options
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
 

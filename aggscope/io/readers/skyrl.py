@@ -24,7 +24,8 @@ import torch
 
 from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
 from aggscope.errors import AggscopeError, first_line
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
+from aggscope.io.paths import list_files
+from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, plan_by_name, reject_options
 
 
 class SkyrlRollouts(DumpRollouts):

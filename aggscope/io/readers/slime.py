@@ -23,12 +23,12 @@ import numpy as np
 
 from aggscope.core.batch import StepBatch, mask_as_bool
 from aggscope.errors import AggscopeError, first_line
+from aggscope.io.paths import list_files
 from aggscope.io.readers.base import (
     DumpRollouts,
     ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
     plan_by_name,
     rebuild_advantages,
     reject_options,

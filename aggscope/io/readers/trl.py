@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, first_line
-from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
+from aggscope.io.paths import list_files
+from aggscope.io.readers.base import ReadOptions, estimator_note, plan_by_name
 from aggscope.io.readers.text import TextDumpRollouts
 
 _NOT_REWARDS = ("step", "advantage")

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
+from aggscope.io.paths import list_files
+from aggscope.io.readers.base import ReadOptions, estimator_note, plan_by_name
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
 from aggscope.io.readers.text import TextDumpRollouts
 
