@@ -26,17 +26,6 @@ ROLE_ALIASES = {
     "prompt": "uid_text",
 }
 
-ROLE_HELP = {
-    "uid": "prompt-group id (string or integer)",
-    "uid_text": "prompt text to group by when there is no uid (hashed to a short uid)",
-    "advantages": "advantage: a list per row (per token) or one float per row",
-    "loss_mask": "per-token 0/1 or bool loss mask",
-    "reward": "reward per row",
-    "response_length": "number of loss tokens per row, where there is no mask",
-    "step": "training step (integer)",
-    "sequence": "sequence id, for the long layout (one row per token)",
-}
-
 
 def parse_column_overrides(specs: Iterable[str]) -> dict[str, str]:
     """Parse repeated ``ROLE=NAME`` options into ``{role: column}``."""
