@@ -90,7 +90,7 @@ def _step_sizes(rollouts: Any) -> Optional[list[int]]:
 def _token_progress(items: Iterable[T], sizes: list[int], description: str) -> Iterator[T]:
     """A bar over tokens: it moves as this process decodes them, and jumps to each step's end when
     the step's result arrives (also when another process, a Ray worker, read it)."""
-    from aggscope.io.parquet import reading_progress
+    from aggscope.io.fastread import reading_progress
 
     ends = list(itertools.accumulate(sizes))
     columns: list[Any] = [

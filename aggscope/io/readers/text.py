@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, first_line
+from aggscope.io.decode import arrow_codes
 from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, rebuild_advantages, reject_options
 
 BYTES_PER_TOKEN = 4
@@ -142,9 +143,8 @@ def hashed_uids(texts: pa.Array, uid_texts: dict[str, str]) -> np.ndarray:
     """``[n]`` uids hashed from prompt texts (each distinct text hashed once), recording the texts."""
     from aggscope.core.batch import text_uid
 
-    encoded = texts.dictionary_encode()
-    distinct = encoded.dictionary.to_pylist()
+    codes, distinct_texts = arrow_codes(texts)
+    distinct = distinct_texts.to_pylist()
     labels = [text_uid(text) for text in distinct]  # a loop over distinct prompt texts
     uid_texts.update(zip(labels, distinct, strict=True))
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
     return np.asarray(labels, dtype=object)[codes]
