@@ -134,6 +134,29 @@ def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) 
         assert reported.exit_code == 0, (fmt, reported.output)
 
 
+def test_every_reader_is_one_interface_built_in_one_call(tmp_path: Path, stand_in_skyrl: type) -> None:  # noqa: F811
+    """Every format's reader is a ``Rollouts`` with every member set, and what it decided when it opened
+    the input is frozen (no attribute is assigned after the reader is built)."""
+    import dataclasses
+
+    from aggscope.io.open import bundled_sample_path, open_rollouts
+    from aggscope.io.reader import Rollouts
+
+    paths = {**every_format(tmp_path, stand_in_skyrl), "parquet": bundled_sample_path()}
+    for fmt, path in paths.items():
+        rollouts = open_rollouts(str(path))
+        assert isinstance(rollouts, Rollouts), fmt
+        assert rollouts.format == ("wide" if fmt == "parquet" else fmt)
+        assert isinstance(rollouts.has_groups, bool) and isinstance(rollouts.lengths_estimated, bool)
+        assert rollouts.lengths_estimated is (fmt in ("verl", "trl"))
+        assert (
+            [b.step for b in rollouts.iter_steps()] == rollouts.steps == [b.step for b in map(rollouts.read_step, rollouts.steps)]
+        )
+        assert all(rollouts.step_tokens(s) is None or rollouts.step_tokens(s) > 0 for s in rollouts.steps)
+        decided = rollouts if fmt == "parquet" else rollouts.settings
+        assert dataclasses.is_dataclass(decided) and decided.__dataclass_params__.frozen, fmt
+
+
 def test_report_says_lengths_are_estimates_for_text_dumps(tmp_path: Path) -> None:
     """A verl dump has no token counts: the report's JSON, HTML and terminal summary say so."""
     write_jsonl(tmp_path / "dump" / "5.jsonl", VERL_ROWS)

@@ -5,29 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from aggscope.core.batch import StepBatch
+from aggscope.io.reader import Rollouts
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
-
-
-class Rollouts(Protocol):
-    """What every reader returns: a source of one ``StepBatch`` per step."""
-
-    source: str
-    files: list[str]
-    columns: dict[str, str]
-    layout: str
-    steps: list[int]
-    notes: list[str]
-
-    @property
-    def has_groups(self) -> bool: ...
-
-    def iter_steps(self) -> Iterable[StepBatch]: ...
 
 
 @dataclass(frozen=True)
@@ -51,16 +36,18 @@ class StepDescription:
 
 @dataclass(frozen=True)
 class RolloutsDescription:
+    """What ``inspect`` shows of an input (``format``: the reader's, under the JSON key ``layout``)."""
+
     source: str
     files: list[str]
-    layout: str
+    format: str
     columns: dict[str, str]
     notes: list[str]
     steps: list[StepDescription] = field(default_factory=list)
     lengths_estimated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = {("layout" if key == "format" else key): value for key, value in asdict(self).items()}
         for step in doc["steps"]:
             if step["group_sizes"] is not None:
                 step["group_sizes"] = {str(k): v for k, v in step["group_sizes"].items()}
@@ -101,7 +88,7 @@ def describe(rollouts: Rollouts, batches: Iterable[StepBatch] | None = None) -> 
     return RolloutsDescription(
         source=rollouts.source,
         files=list(rollouts.files),
-        layout=rollouts.layout,
+        format=rollouts.format,
         columns=dict(rollouts.columns),
         notes=list(rollouts.notes),
         steps=steps,

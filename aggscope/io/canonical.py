@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ import torch
 
 from aggscope.core.batch import StepBatch, widen_half
 from aggscope.errors import AggscopeError
+from aggscope.io.columns import METADATA_KEY
+from aggscope.io.reader import Rollouts
 from aggscope.io.writing import atomic_output, list_array
-
-METADATA_KEY = b"aggscope"
 
 
 def _float_type(tensor: torch.Tensor) -> pa.DataType:
@@ -71,11 +71,12 @@ def canonical_table(batch: StepBatch, schema: pa.Schema | None = None, uid_texts
     return pa.Table.from_pydict(columns).cast(schema)
 
 
-def rollouts_metadata(rollouts: Any) -> dict[str, Any]:
+def rollouts_metadata(rollouts: Rollouts) -> dict[str, Any]:
+    """What the columns cannot say, kept in the written file's schema metadata."""
     return {
-        "format": getattr(rollouts, "layout", "parquet"),
+        "format": rollouts.format,
         "source": str(rollouts.source),
-        "lengths_estimated": bool(getattr(rollouts, "lengths_estimated", False)),
+        "lengths_estimated": rollouts.lengths_estimated,
         "notes": list(rollouts.notes),
     }
 
@@ -96,7 +97,9 @@ class ConvertSummary:
         return dict(vars(self))
 
 
-def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterable[StepBatch] | None = None) -> ConvertSummary:
+def write_canonical(
+    rollouts: Rollouts, out: str | os.PathLike[str], batches: Iterable[StepBatch] | None = None
+) -> ConvertSummary:
     """Write every step of ``rollouts`` to one canonical Parquet file (one row group per step).
 
     The file appears whole when every step was written, or not at all.
@@ -129,67 +132,6 @@ def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterabl
         if writer is None:
             raise AggscopeError(f"{rollouts.source}: no steps to convert")
     return ConvertSummary(str(path), steps, sequences, tokens, loss_tokens, estimated, list(rollouts.notes))
-
-
-# ---- reading back ----------------------------------------------------------------------------------
-def file_metadata(file: str) -> dict[str, Any]:
-    """The ``aggscope`` schema metadata of a local Parquet file ({} when absent or unreadable)."""
-    if not os.path.isfile(file):
-        return {}
-    try:
-        raw = (pq.read_schema(file).metadata or {}).get(METADATA_KEY)
-        return dict(json.loads(raw)) if raw else {}
-    except (OSError, ValueError, pa.ArrowException):
-        return {}
-
-
-class EstimatedParquetRollouts:
-    """Canonical Parquet whose lengths were estimated from text: every step says so.
-
-    Delegates everything to the wrapped ``ParquetRollouts``; only ``iter_steps`` and
-    ``read_step`` mark the batches.
-    """
-
-    lengths_estimated = True
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def read_step(self, step: int) -> StepBatch:
-        return _estimated(self._inner.read_step(step))
-
-    def iter_steps(self) -> Iterator[StepBatch]:
-        for batch in self._inner.iter_steps():
-            yield _estimated(batch)
-
-
-def _estimated(batch: StepBatch) -> StepBatch:
-    """The batch marked as having estimated lengths, keeping the stats the reader computed."""
-    return replace(batch, lengths_estimated=True).with_stats(batch.stats)
-
-
-def open_canonical(path: str, options: Any) -> Any:
-    """Open canonical Parquet (``aggscope.io.parquet``), restoring what its metadata records."""
-    from aggscope.io.parquet import open_parquet_rollouts
-    from aggscope.io.readers.base import reject_options
-
-    if options.advantage is not None:
-        raise AggscopeError(
-            "--advantage rebuilds advantages of dumps that hold only rewards; Parquet input has its own advantages column"
-        )
-    reject_options(options, "parquet", roles=tuple(options.columns))
-    columns = dict(options.columns)
-    if options.reward_col is not None:
-        columns.setdefault("reward", options.reward_col)
-    rollouts = open_parquet_rollouts(path, columns)
-    metadata = file_metadata(rollouts.files[0])
-    for note in metadata.get("notes", []):
-        if note not in rollouts.notes:
-            rollouts.notes.append(f"{metadata.get('format', 'source')}: {note}")
-    return EstimatedParquetRollouts(rollouts) if metadata.get("lengths_estimated") else rollouts
 
 
 def parquet_uid_text(rollouts: Any, uid: str) -> str | None:

@@ -18,6 +18,8 @@ ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
     "sequence": ("seq_id", "sequence_id", "sample_id", "response_id"),
 }
 
+METADATA_KEY = b"aggscope"  # the canonical file's schema metadata entry (JSON) that ``convert`` writes
+
 ROLE_ALIASES = {
     "advantage": "advantages",
     "mask": "loss_mask",

@@ -206,7 +206,9 @@ def decode_wide_tokens(
     return advantages, mask, offsets
 
 
-def decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: RowLocator) -> StepBatch:
+def decode_long(
+    table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: RowLocator, lengths_estimated: bool = False
+) -> StepBatch:
     """One step of the long layout (one row per token), sequences in order of first appearance."""
     sequence = column_of(table, columns["sequence"])
     if sequence.null_count:
@@ -238,7 +240,7 @@ def decode_long(table: pa.Table, columns: Mapping[str, str], step: int, source: 
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
         group_ids = torch.from_numpy(sequence_uid.copy())
     rewards = rewards_of(per_sequence, columns, first_where)
-    return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards)
+    return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards, lengths_estimated)
 
 
 def step_batch(
@@ -250,6 +252,9 @@ def step_batch(
     group_ids: torch.Tensor | None,
     labels: tuple[str, ...] | None,
     rewards: torch.Tensor | None,
+    lengths_estimated: bool = False,
 ) -> StepBatch:
     """The batch of decoded arrays (tensors share their memory)."""
-    return StepBatch(step, _tensor(advantages), _tensor(mask), _tensor(offsets), group_ids, labels, rewards, source)
+    return StepBatch(
+        step, _tensor(advantages), _tensor(mask), _tensor(offsets), group_ids, labels, rewards, source, lengths_estimated
+    )

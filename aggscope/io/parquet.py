@@ -14,6 +14,7 @@ those row groups and the columns it needs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ import pyarrow.parquet as pq
 from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io import decode, fastread
-from aggscope.io.columns import detect_columns
+from aggscope.io.columns import METADATA_KEY, detect_columns
 from aggscope.io.paths import resolve_paths, step_in_name
+from aggscope.io.reader import ReadOptions, Rollouts, reject_options
 
 # Where callers and tests found these before fastread.py (tests/test_reports.py still does).
 reading_progress = fastread.reading_progress
@@ -48,49 +50,85 @@ class _FilePlan:
     row_group_tokens: tuple[int, ...] | None = None  # entries of the first token list column's leaf
 
 
-@dataclass
-class ParquetRollouts:
-    """A set of Parquet files holding one or more steps of rollout batches.
+class _OpenFile:
+    """The Parquet file read last, kept open for the next step (never pickled: see ``__getstate__``)."""
 
-    Attributes:
-        source: the path as given, for messages.
-        files: the files in reading order.
-        columns: role -> column name, as detected or set.
-        layout: ``wide`` (one row per sequence) or ``long`` (one row per token).
-        steps: the step numbers present, ascending.
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.file: pq.ParquetFile | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ParquetRollouts(Rollouts):
+    """A set of Parquet files holding one or more steps of rollout batches (``aggscope.io.reader.Rollouts``).
+
+    Built by ``ParquetRollouts.open(path, options)``, which detects the column roles, checks every
+    file and plans where each step is; ``format`` is ``wide`` (one row per sequence) or ``long``
+    (one row per token). What ``convert`` recorded in a local file's metadata (the notes, whether
+    lengths are estimates) is restored.
     """
 
     source: str
     files: list[str]
     columns: dict[str, str]
-    layout: str
+    format: str
     steps: list[int]
-    notes: list[str] = field(default_factory=list)
-    _filesystem: pafs.FileSystem | None = None
-    _plans: list[_FilePlan] = field(default_factory=list)
-    _token_columns: list[str] = field(default_factory=list)  # list columns of one value per token
-    _open_file: tuple[str, pq.ParquetFile] | None = field(default=None, repr=False, compare=False)
+    notes: list[str]
+    has_groups: bool
+    lengths_estimated: bool
+    _filesystem: pafs.FileSystem | None
+    _plans: tuple[_FilePlan, ...]
+    _token_columns: tuple[str, ...]  # list columns of one value per token
+    _open: _OpenFile = field(default_factory=_OpenFile, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for Ray tasks) without the open file, which each process opens for itself."""
-        return {**self.__dict__, "_open_file": None}
+        return {**self.__dict__, "_open": _OpenFile()}
 
-    @property
-    def has_groups(self) -> bool:
-        return "uid" in self.columns or "uid_text" in self.columns
+    @classmethod
+    def open(cls, path: str, options: ReadOptions) -> ParquetRollouts:
+        """Open Parquet rollout files: detect column roles and index the steps (reads no token data).
 
-    @property
-    def lengths_estimated(self) -> bool:
-        return False
-
-    def iter_steps(self) -> Iterator[StepBatch]:
-        """Yield one ``StepBatch`` per step, ascending, holding only that step in memory."""
-        for step in self.steps:
-            yield self.read_step(step)
+        Args:
+            path: a file, directory or glob, or a filesystem URI.
+            options: ``columns`` (``{role: column}`` overrides, see
+                ``aggscope.io.columns.ROLE_CANDIDATES``) and ``reward_col``; ``--advantage`` and
+                ``--tokenizer`` do not apply to Parquet, which has its own advantages and tokens.
+        """
+        if options.advantage is not None:
+            raise AggscopeError(
+                "--advantage rebuilds advantages of dumps that hold only rewards; Parquet input has its own advantages column"
+            )
+        reject_options(options, "parquet", roles=tuple(options.columns))
+        overrides = dict(options.columns)
+        if options.reward_col is not None:
+            overrides.setdefault("reward", options.reward_col)
+        files, filesystem = resolve_paths(path)
+        first = _open_nonempty(files[0], filesystem)
+        schema = first.schema_arrow
+        mapping = detect_columns(schema.names, overrides, files[0])
+        layout, notes = _check_roles(mapping, schema, files[0])
+        token_columns = tuple(
+            mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
+        )
+        plans = []
+        for file in files:  # each file is opened once, here, and planned while open
+            parquet = first if file == files[0] else _open_nonempty(file, filesystem)
+            if parquet is not first:
+                _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
+            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
+        steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
+        recorded = _recorded_metadata(first) if filesystem is None else {}
+        for note in recorded.get("notes", []):
+            if note not in notes:
+                notes.append(f"{recorded.get('format', 'source')}: {note}")
+        has_groups = "uid" in mapping or "uid_text" in mapping
+        estimated = bool(recorded.get("lengths_estimated"))
+        return cls(path, files, mapping, layout, steps, notes, has_groups, estimated, filesystem, tuple(plans), token_columns)
 
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
-        if self.layout == "long":
+        if self.format == "long":
             return self._read_long_step(step)
         tokens = _TokenAccumulator(self.step_tokens(step))
         row_tables: list[pa.Table] = []
@@ -111,7 +149,9 @@ class ParquetRollouts:
             group_ids, labels = decode.uid_groups(rows, self.columns, where)
             rewards = decode.rewards_of(rows, self.columns, where)
             batch_stats = stats.result()
-        batch = decode.step_batch(step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards)
+        batch = decode.step_batch(
+            step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated
+        )
         return batch if batch_stats is None else batch.with_stats(batch_stats)
 
     # ---- reading internals ---------------------------------------------------------------------
@@ -172,9 +212,9 @@ class ParquetRollouts:
     def _parquet_file(self, path: str) -> pq.ParquetFile:
         """The file, kept open from one step to the next: consecutive steps are mostly in the same
         file, whose footer (one entry per row group) can take milliseconds to parse."""
-        if self._open_file is None or self._open_file[0] != path:
-            self._open_file = (path, _open_parquet(path, self._filesystem))
-        return self._open_file[1]
+        if self._open.file is None or self._open.path != path:
+            self._open.path, self._open.file = path, _open_parquet(path, self._filesystem)
+        return self._open.file
 
     def step_tokens(self, step: int) -> int | None:
         """The step's token count from the Parquet metadata alone: an upper bound, used only where it is tight.
@@ -201,7 +241,7 @@ class ParquetRollouts:
             fastread.tell_listeners(table.num_rows)
         table = decode.concat_rows(tables, self.columns, self._step_source)
         where = decode.RowLocator(self._paths, np.concatenate(origins))
-        return decode.decode_long(table, self.columns, step, self._step_source, where)
+        return decode.decode_long(table, self.columns, step, self._step_source, where, self.lengths_estimated)
 
 
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
@@ -277,30 +317,13 @@ class _TokenAccumulator:
         return advantages, mask, offsets
 
 
-def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -> ParquetRollouts:
-    """Open Parquet rollout files: detect column roles and index the steps (reads no token data).
-
-    Args:
-        path: a file, directory or glob, or a filesystem URI.
-        columns: explicit ``{role: column}`` overrides (see ``aggscope.io.columns.ROLE_CANDIDATES``).
-    """
-    files, filesystem = resolve_paths(path)
-    overrides = dict(columns or {})
-    first = _open_nonempty(files[0], filesystem)
-    schema = first.schema_arrow
-    mapping = detect_columns(schema.names, overrides, files[0])
-    layout, notes = _check_roles(mapping, schema, files[0])
-    token_columns = [
-        mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
-    ]
-    plans = []
-    for file in files:  # each file is opened once, here, and planned while open
-        parquet = first if file == files[0] else _open_nonempty(file, filesystem)
-        if parquet is not first:
-            _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
-        plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
-    steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
-    return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans, token_columns)
+def _recorded_metadata(parquet: pq.ParquetFile) -> dict[str, Any]:
+    """What ``convert`` recorded in the file's schema metadata (``aggscope.io.canonical``), or {}."""
+    try:
+        raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY)
+        return dict(json.loads(raw)) if raw else {}
+    except (ValueError, TypeError):
+        return {}
 
 
 def _open_nonempty(file: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:

@@ -1,15 +1,14 @@
-"""What every dump reader shares: its options, planning steps, building a batch (files: ``aggscope.io.paths``).
+"""What every dump reader shares: the base class, planning steps, building a batch.
 
-A reader turns one framework's dump into the object every command reads: ``source``, ``files``,
-``columns`` (role -> the dump field it came from), ``layout`` (the format), ``steps``, ``notes``,
-``has_groups`` and ``iter_steps()`` yielding one ``StepBatch`` per step, read one step at a time.
+A reader turns one framework's dump into a ``aggscope.io.reader.Rollouts``, the object every
+command reads; its files are found by ``aggscope.io.paths``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -17,62 +16,51 @@ from aggscope.core.advantages import outcome_advantages
 from aggscope.core.batch import StepBatch, offsets_of, uid_codes
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import step_in_name
+from aggscope.io.reader import Rollouts
 
-TEXT_FORMATS = ("verl", "trl")
+S = TypeVar("S")
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    """The shared input options (``--col``, ``--reward-col``, ``--advantage``, ``--tokenizer``).
+class DumpRollouts(Rollouts, Generic[S]):
+    """A framework's dump, read one step at a time into ``StepBatch``.
 
-    Attributes:
-        columns: explicit ``{role: field}`` overrides.
-        reward_col: the field or column holding the reward, where a dump has several.
-        advantage: estimator to rebuild advantages from rewards (``grpo``, ``dr_grpo``, ``rloo``),
-            or None for the dump's own advantages (GRPO where it has none).
-        tokenizer: a local tokenizer folder for the token counts of text-only dumps.
+    Built in one call by the subclass's ``open(path, options)``. What the reader decided when it
+    opened the dump (which fields to read, which estimator, ...) is its ``settings``, a frozen
+    dataclass of the subclass's own; reading a step changes nothing but the ``notes`` (what reading
+    found) and the last file loaded, kept for the next step. Subclasses set ``format`` and
+    implement ``_read_step(step, files)``.
+
+    Args:
+        step_files: the files of each step, in reading order.
+        loaded: ``(file, what loading it gave)`` when ``open`` already loaded a file whole.
     """
 
-    columns: Mapping[str, str] = field(default_factory=dict)
-    reward_col: str | None = None
-    advantage: str | None = None
-    tokenizer: str | None = None
-
-
-class DumpRollouts:
-    """A framework's dump, read one step at a time into ``StepBatch`` (see the module docstring).
-
-    Subclasses set ``format`` and implement ``_read_step(step, files)``.
-    """
-
-    format: ClassVar[str] = ""
-    texts_known: ClassVar[bool] = False  # True where uids are hashed from prompt texts kept in uid_texts
+    format = ""
 
     def __init__(
         self,
         source: str,
         step_files: Mapping[int, Sequence[str]],
         *,
+        settings: S,
         columns: Mapping[str, str],
         notes: Sequence[str] = (),
         has_groups: bool,
         lengths_estimated: bool = False,
+        loaded: tuple[str, Any] | None = None,
     ) -> None:
         self.source = source
         self._step_files = {step: list(files) for step, files in step_files.items()}
         self.steps = sorted(self._step_files)
         self.files = list(dict.fromkeys(f for step in self.steps for f in self._step_files[step]))
         self.columns = dict(columns)
-        self.layout = self.format
         self.notes = list(notes)
         self.has_groups = has_groups
         self.lengths_estimated = lengths_estimated
+        self.settings = settings
+        self._loaded = loaded
         self.uid_texts: dict[str, str] = {}
-
-    def iter_steps(self) -> Iterator[StepBatch]:
-        """Yield one ``StepBatch`` per step, ascending, holding only that step in memory."""
-        for step in self.steps:
-            yield self.read_step(step)
 
     def read_step(self, step: int) -> StepBatch:
         if step not in self._step_files:
@@ -89,30 +77,12 @@ class DumpRollouts:
     def step_source(self, files: Sequence[str]) -> str:
         return files[0] if len(files) == 1 else self.source
 
-
-# ---- options ---------------------------------------------------------------------------------------
-def reject_options(
-    options: ReadOptions,
-    fmt: str,
-    *,
-    reward_col: bool = True,
-    advantage: bool = True,
-    tokenizer: bool = False,
-    roles: Sequence[str] = (),
-) -> None:
-    """One-line error for an input option the format cannot honour (rather than ignoring it)."""
-    if options.tokenizer is not None and not tokenizer:
-        raise AggscopeError(
-            f"--tokenizer counts the tokens of text-only dumps ({', '.join(TEXT_FORMATS)}); the {fmt} format holds tokens already"
-        )
-    if options.advantage is not None and not advantage:
-        raise AggscopeError(f"--advantage: the {fmt} format has no rewards and prompt groups to rebuild advantages from")
-    if options.reward_col is not None and not reward_col:
-        raise AggscopeError(f"--reward-col: the {fmt} format has no reward field to choose")
-    unknown = [role for role in options.columns if role not in roles]
-    if unknown:
-        allowed = f"only {', '.join(roles)}" if roles else "no roles"
-        raise AggscopeError(f"--col {unknown[0]}=...: the {fmt} reader takes {allowed} from --col")
+    def load(self, file: str, loader: Callable[[str], T]) -> T:
+        """``loader(file)``, or what it gave last time when ``file`` is the last file loaded."""
+        if self._loaded is None or self._loaded[0] != file:
+            self._loaded = (file, loader(file))
+        result: T = self._loaded[1]
+        return result
 
 
 # ---- steps ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ optional per-token ``rewards``, and ``step``, ``rank``, ``micro_step``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -23,14 +24,21 @@ import pyarrow as pa
 from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files, step_in_name
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, reject_options
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
 
 
-class PrimeRlRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class PrimeRlSettings:
+    """``reward_field``: the per-token rewards field (a sample's reward at its first token), or None."""
+
+    reward_field: str | None
+
+
+class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
     format = "prime-rl"
-    _reward_field: str | None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> PrimeRlRollouts:
@@ -70,9 +78,7 @@ class PrimeRlRollouts(DumpRollouts):
         }
         if reward_field is not None:
             columns["reward"] = reward_field
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=False)
-        rollouts._reward_field = reward_field
-        return rollouts
+        return cls(path, plan, settings=PrimeRlSettings(reward_field), columns=columns, notes=notes, has_groups=False)
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         decoded = []
@@ -80,10 +86,10 @@ class PrimeRlRollouts(DumpRollouts):
             # masks are logged as 0/1 or as true/false: read each file as its first line has them
             mask_type = pa.list_(_mask_type(first_record(file).get("loss_mask")))
             fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_type, "advantages": pa.list_(pa.float64())}
-            if self._reward_field is not None:
-                fields[self._reward_field] = pa.list_(pa.float64())
+            if self.settings.reward_field is not None:
+                fields[self.settings.reward_field] = pa.list_(pa.float64())
             decoded.append(self._decode(read_jsonl(file, fields)))
-        rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None
+        rewards = np.concatenate([d[3] for d in decoded]) if self.settings.reward_field is not None else None
         return build_batch(
             step,
             self.step_source(files),
@@ -111,13 +117,13 @@ class PrimeRlRollouts(DumpRollouts):
         loss_mask = mask_as_bool(raw_mask, line_offsets, lambda row, token: (f"{part.where(row)}: 'loss_mask'", f"token {token}"))
         advantages = part.column("advantages").flatten().to_numpy(zero_copy_only=False)
         rewards = np.zeros(0)
-        if self._reward_field is not None:
-            reward_lists = part.column(self._reward_field)
+        if self.settings.reward_field is not None:
+            reward_lists = part.column(self.settings.reward_field)
             if reward_lists.null_count == len(reward_lists):
                 rewards = np.full(starts.size, np.nan)
             else:
-                part.require([self._reward_field])
+                part.require([self.settings.reward_field])
                 reward_lengths = np.diff(reward_lists.offsets.to_numpy().astype(np.int64))
-                _check_equal(part, listed, reward_lengths, self._reward_field, "position_ids")
+                _check_equal(part, listed, reward_lengths, self.settings.reward_field, "position_ids")
                 rewards = reward_lists.flatten().to_numpy(zero_copy_only=False)[starts].astype(np.float64)
         return lengths, loss_mask, advantages, rewards

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.decode import arrow_codes
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, rebuild_advantages, reject_options
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch, rebuild_advantages
 
 BYTES_PER_TOKEN = 4
 ESTIMATE_RULE = f"ceil(UTF-8 bytes / {BYTES_PER_TOKEN})"
@@ -92,13 +93,28 @@ def check_tokenizer(path: str | None) -> TextLengths:
     return TextLengths(path)
 
 
-class TextDumpRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class TextSettings:
+    """What every text reader decides when it opens a dump.
+
+    Attributes:
+        lengths: how response texts become token counts.
+        estimator: the estimator rebuilding advantages from the rewards, or None to take the
+            dump's own advantages.
+    """
+
+    lengths: TextLengths
+    estimator: str | None
+
+
+Settings = TypeVar("Settings", bound=TextSettings)
+
+
+class TextDumpRollouts(DumpRollouts[Settings]):
     """A dump of decoded text only (verl, TRL): uids hashed from the prompt text (or a uid field),
     token counts from the response text, advantages given per row or rebuilt from the rewards."""
 
     texts_known = True
-    _lengths: TextLengths
-    _estimator: str | None
 
     @classmethod
     def text_options(cls, options: ReadOptions) -> TextLengths:
@@ -126,16 +142,16 @@ class TextDumpRollouts(DumpRollouts):
         else:
             uids = hashed_uids(prompts, self.uid_texts)
         if row_advantages is None:
-            assert rewards is not None and self._estimator is not None
-            row_advantages = rebuild_advantages(rewards, uids, self._estimator, source)
+            assert rewards is not None and self.settings.estimator is not None
+            row_advantages = rebuild_advantages(rewards, uids, self.settings.estimator, source)
         return build_batch(
             step,
             source,
-            lengths=self._lengths.count(responses),
+            lengths=self.settings.lengths.count(responses),
             row_advantages=row_advantages,
             uids=uids,
             rewards=rewards,
-            lengths_estimated=self._lengths.estimated,
+            lengths_estimated=self.settings.lengths.estimated,
         )
 
 
