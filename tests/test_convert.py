@@ -42,6 +42,20 @@ def test_convert_verl_then_weights_gives_identical_numbers(tmp_path: Path) -> No
     assert text["text"] == "Q2" and [o["rows"] for o in text["occurrences"]] == [[1, 3], [1, 3]]
 
 
+def test_convert_keeps_the_prompt_texts_the_batches_carry(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "in.parquet"
+    columns = {"uid": ["a", "b", "a"], "prompt": ["Qa", "Qb", "Qa"], "advantages": [[1.0], [2.0], [3.0]], "loss_mask": [[1]] * 3}
+    pq.write_table(pa.table(columns), source)
+    out = tmp_path / "out.parquet"
+    invoke("convert", str(source), "-o", str(out), "--json")
+    written = pq.read_table(out)
+    assert written.column("prompt").to_pylist() == ["Qa", "Qb", "Qa"] and written.column("uid").to_pylist() == ["a", "b", "a"]
+    assert invoke("inspect", str(out), "--uid", "b", "--json")["text"] == "Qb"
+
+
 def test_convert_atropos_and_canonical_parquet(tmp_path: Path, real_data: Path) -> None:
     source = real_data / "atropos_cybersec_objreward.jsonl"
     out = tmp_path / "atropos.parquet"

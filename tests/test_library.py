@@ -107,6 +107,19 @@ def test_mask_values_other_than_zero_and_one_name_the_row_and_token() -> None:
         assert info.value.message == f"row 2: m holds {shown} at token 1; a loss mask may hold only 0 and 1"
 
 
+def test_prompt_texts_are_kept_per_group_last_row_first() -> None:
+    batch = StepBatch.from_flat(
+        [1.0] * 5, [1] * 5, [0, 1, 2, 3, 4, 5], uids=[7, 8, 7, 9, 8], prompts=["x", "y", "x2", None, None]
+    )
+    assert batch.uid_labels == ("7", "8", "9") and batch.uid_texts == ("x2", "y", None)
+    assert batch.uid_text("7") == "x2" and batch.uid_text("9") is None and batch.uid_text("nope") is None
+    assert StepBatch.from_flat([1.0], [1], [0, 1], uids=["a"]).uid_texts is None
+    with pytest.raises(aggscope.AggscopeError, match="1 prompts for 2 sequences"):
+        StepBatch.from_flat([1.0, 1.0], [1, 1], [0, 1, 2], uids=["a", "b"], prompts=["p"])
+    with pytest.raises(aggscope.AggscopeError, match="uid texts must come one per uid label"):
+        StepBatch(0, torch.zeros(1), torch.ones(1, dtype=torch.bool), torch.tensor([0, 1]), uid_texts=("p",))
+
+
 def test_half_precision_widens_exactly() -> None:
     values = torch.tensor([1.5, -0.0, 65504.0, float("nan")], dtype=torch.bfloat16)
     assert widen_half(values).dtype == torch.float32 and widen_half(values).tolist()[:3] == [1.5, -0.0, 65536.0]

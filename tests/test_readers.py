@@ -105,6 +105,9 @@ def test_verl_uid_field_wins_over_text(tmp_path: Path) -> None:
     rows = [dict(r, uid=f"u{i % 2}") for i, r in enumerate(VERL_ROWS)]
     (batch,) = read_all(write_jsonl(tmp_path / "5.jsonl", rows))
     assert batch.row_uids() == ["u0", "u1"] * 3
+    assert batch.uid_texts == ("Q1", "Q3")  # each uid's prompt text: its last row's (rows 1, 3, 5: Q2, Q2, Q3)
+    (hashed,) = read_all(write_jsonl(tmp_path / "6.jsonl", VERL_ROWS))
+    assert hashed.uid_texts == ("Q1", "Q2", "Q3") and hashed.uid_labels == tuple(text_uid(q) for q in ("Q1", "Q2", "Q3"))
 
 
 def test_verl_steps_from_field_or_name_and_text_behind_uid(tmp_path: Path) -> None:

@@ -120,18 +120,21 @@ class UidDescription:
 
 
 def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | None = None) -> UidDescription:
-    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its text."""
+    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its prompt
+    text as the batches carry it (``StepBatch.uid_texts``; the last step's that has one)."""
     from aggscope.errors import AggscopeError
-    from aggscope.io.open import uid_text
 
     if not rollouts.has_groups:
         raise AggscopeError(f"{rollouts.source}: the input has no uids (set a uid column with --col uid=NAME)")
     occurrences = []
     estimated = False
+    text = None
     for batch in rollouts.iter_steps() if batches is None else batches:
         estimated = estimated or batch.lengths_estimated
         if batch.uid_labels is None or uid not in batch.uid_labels or batch.group_ids is None:
             continue
+        in_batch = batch.uid_text(uid)
+        text = text if in_batch is None else in_batch
         code = batch.uid_labels.index(uid)
         rows = torch.nonzero(batch.group_ids == code).reshape(-1).cpu()  # [n_rows_of_uid]
         rewards = None
@@ -141,4 +144,4 @@ def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | No
         occurrences.append(UidOccurrence(batch.step, rows.tolist(), rewards, [int(n) for n in loss_tokens]))
     if not occurrences:
         raise AggscopeError(f"{rollouts.source}: uid {uid!r} is in no step (aggscope inspect PATH --json lists the steps)")
-    return UidDescription(uid, uid_text(rollouts, uid), occurrences, estimated)
+    return UidDescription(uid, text, occurrences, estimated)

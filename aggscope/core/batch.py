@@ -76,6 +76,8 @@ class StepBatch:
         rewards: ``[n_seqs]`` float64 rewards, or None.
         source: where the batch came from, for messages.
         lengths_estimated: True when token counts were estimated from text.
+        uid_texts: ``[n_groups]`` the prompt text of each code (None for a group whose rows hold
+            none), or None when the input holds no prompt texts; a group's text is its last row's.
     """
 
     step: int
@@ -87,6 +89,7 @@ class StepBatch:
     rewards: torch.Tensor | None = None
     source: str = "<memory>"
     lengths_estimated: bool = False
+    uid_texts: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         n_tokens = self.advantages.numel()
@@ -106,6 +109,8 @@ class StepBatch:
             raise AggscopeError(f"{self.source}: {self.group_ids.numel()} group ids for {n_seqs} sequences")
         if (self.group_ids is None) != (self.uid_labels is None):
             raise AggscopeError(f"{self.source}: group ids and uid labels go together")
+        if self.uid_texts is not None and (self.uid_labels is None or len(self.uid_texts) != len(self.uid_labels)):
+            raise AggscopeError(f"{self.source}: uid texts must come one per uid label")
         if self.rewards is not None and self.rewards.shape != (n_seqs,):
             raise AggscopeError(f"{self.source}: {self.rewards.numel()} rewards for {n_seqs} sequences")
 
@@ -146,6 +151,12 @@ class StepBatch:
         self.__dict__["stats"] = stats  # where cached_property keeps its value
         return self
 
+    def uid_text(self, uid: str) -> str | None:
+        """The prompt text of ``uid`` in this batch, or None (no such uid, or no text for it)."""
+        if self.uid_texts is None or self.uid_labels is None or uid not in self.uid_labels:
+            return None
+        return self.uid_texts[self.uid_labels.index(uid)]
+
     def row_uids(self) -> list[str | None]:
         """The uid text of every row in input order (None where the input has no uid)."""
         if self.group_ids is None or self.uid_labels is None:
@@ -165,6 +176,7 @@ class StepBatch:
         rewards: Any = None,
         step: int = 0,
         source: str = "<memory>",
+        prompts: Sequence[str | None] | None = None,
     ) -> StepBatch:
         """Build a batch from flat token arrays and sequence offsets (tensors, arrays or lists).
 
@@ -176,6 +188,8 @@ class StepBatch:
             rewards: ``[n_seqs]`` rewards, or None.
             step: the step number.
             source: a name for messages.
+            prompts: ``[n_seqs]`` the prompt text of each row (or None), kept per group as
+                ``uid_texts``; needs ``uids``.
         """
         adv = _as_float_tensor(advantages)
         device = adv.device
@@ -185,7 +199,15 @@ class StepBatch:
             raise AggscopeError(f"{source}: offsets must not decrease")
         group_ids, labels = factorize_uids(uids, offs.numel() - 1, device, source)
         rew = None if rewards is None else torch.as_tensor(rewards, dtype=torch.float64, device=device)
-        return cls(step, adv, mask, offs, group_ids, labels, rew, source)
+        texts = None
+        if prompts is not None and group_ids is not None and labels is not None:
+            if len(prompts) != offs.numel() - 1:
+                raise AggscopeError(f"{source}: {len(prompts)} prompts for {offs.numel() - 1} sequences")
+            rows = last_row_of_groups(
+                group_ids.cpu().numpy(), len(labels), np.array([p is not None for p in prompts], dtype=bool)
+            )
+            texts = tuple(None if row < 0 else prompts[row] for row in rows.tolist())
+        return cls(step, adv, mask, offs, group_ids, labels, rew, source, uid_texts=texts)
 
     @classmethod
     def from_padded(
@@ -345,6 +367,15 @@ def uid_codes(uids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     """
     codes, distinct = factorize(uids.astype(str) if uids.dtype == object else uids)
     return codes, tuple(str(v) for v in distinct.tolist())
+
+
+def last_row_of_groups(group_ids: np.ndarray, n_groups: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """``[n_groups]`` int64: the last row of each group among the ``eligible [n_rows]`` rows (all
+    rows when None), -1 for a group without one. How a group's prompt text is chosen (``uid_texts``)."""
+    last = np.full(n_groups, -1, dtype=np.int64)
+    rows = np.arange(group_ids.size) if eligible is None else np.flatnonzero(eligible)
+    np.maximum.at(last, group_ids[rows], rows)
+    return last
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

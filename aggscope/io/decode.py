@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of, text_uid, widen_half
+from aggscope.core.batch import StepBatch, last_row_of_groups, mask_as_bool, offsets_of, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
 
 
@@ -132,6 +132,20 @@ def uid_groups(
     return torch.from_numpy(codes), tuple(labels)
 
 
+def is_text(data_type: pa.DataType) -> bool:
+    """Whether an Arrow type holds text (prompt texts are read from such columns only)."""
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+def uid_texts_of(texts: pa.Array, group_ids: np.ndarray, n_groups: int) -> tuple[str | None, ...]:
+    """The prompt text of each of ``n_groups`` groups: the ``texts [n_rows]`` entry of the group's last
+    row that has one (``aggscope.core.batch.last_row_of_groups``), None for a group without any."""
+    valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)  # [n_rows]
+    rows = last_row_of_groups(group_ids, n_groups, valid)  # [n_groups]
+    picked = texts.take(pa.array(np.maximum(rows, 0))).to_pylist() if len(texts) else [None] * n_groups
+    return tuple(None if row < 0 else text for row, text in zip(rows.tolist(), picked, strict=True))
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     """A tensor sharing the array's memory. Arrow hands out read-only buffers; nothing in aggscope
     writes into a batch's tensors, so torch's warning about that is silenced, not the data copied."""
@@ -207,9 +221,16 @@ def decode_wide_tokens(
 
 
 def decode_long(
-    table: pa.Table, columns: Mapping[str, str], step: int, source: str, where: RowLocator, lengths_estimated: bool = False
+    table: pa.Table,
+    columns: Mapping[str, str],
+    step: int,
+    source: str,
+    where: RowLocator,
+    lengths_estimated: bool = False,
+    text_column: str | None = None,
 ) -> StepBatch:
-    """One step of the long layout (one row per token), sequences in order of first appearance."""
+    """One step of the long layout (one row per token), sequences in order of first appearance;
+    ``text_column`` holds the prompt texts, if any."""
     sequence = column_of(table, columns["sequence"])
     if sequence.null_count:
         row = int(np.flatnonzero(sequence.is_null().to_numpy(zero_copy_only=False))[0])
@@ -240,7 +261,10 @@ def decode_long(
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
         group_ids = torch.from_numpy(sequence_uid.copy())
     rewards = rewards_of(per_sequence, columns, first_where)
-    return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards, lengths_estimated)
+    texts = None
+    if text_column is not None and group_ids is not None and labels is not None:
+        texts = uid_texts_of(column_of(per_sequence, text_column), group_ids.numpy(), len(labels))
+    return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards, lengths_estimated, texts)
 
 
 def step_batch(
@@ -253,8 +277,8 @@ def step_batch(
     labels: tuple[str, ...] | None,
     rewards: torch.Tensor | None,
     lengths_estimated: bool = False,
+    uid_texts: tuple[str | None, ...] | None = None,
 ) -> StepBatch:
     """The batch of decoded arrays (tensors share their memory)."""
-    return StepBatch(
-        step, _tensor(advantages), _tensor(mask), _tensor(offsets), group_ids, labels, rewards, source, lengths_estimated
-    )
+    tensors = _tensor(advantages), _tensor(mask), _tensor(offsets)
+    return StepBatch(step, *tensors, group_ids, labels, rewards, source, lengths_estimated, uid_texts)

@@ -144,13 +144,3 @@ def _jsonl_file_kind(file: str) -> str:
         f"{file}: cannot tell which trainer wrote this JSON-lines file (first line has {', '.join(sorted(keys))}); "
         f"choose one with --format ({', '.join(FORMATS)})"
     )
-
-
-def uid_text(rollouts: Any, uid: str) -> str | None:
-    """The prompt text behind ``uid`` where the input holds it (after its steps were read)."""
-    lookup = getattr(rollouts, "uid_text", None)
-    if callable(lookup):
-        return lookup(uid)
-    from aggscope.io.canonical import parquet_uid_text
-
-    return parquet_uid_text(rollouts, uid)

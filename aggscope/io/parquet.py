@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io import decode, fastread
-from aggscope.io.columns import METADATA_KEY, detect_columns
+from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
 from aggscope.io.paths import resolve_paths, step_in_name
 from aggscope.io.reader import ReadOptions, Rollouts, reject_options
 
@@ -79,6 +79,7 @@ class ParquetRollouts(Rollouts):
     _filesystem: pafs.FileSystem | None
     _plans: tuple[_FilePlan, ...]
     _token_columns: tuple[str, ...]  # list columns of one value per token
+    _text_column: str | None  # prompt texts the batches carry (uid_texts), read with the rows
     _open: _OpenFile = field(default_factory=_OpenFile, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -111,11 +112,14 @@ class ParquetRollouts(Rollouts):
         token_columns = tuple(
             mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
         )
+        text_column = _text_column(mapping, schema)
         plans = []
         for file in files:  # each file is opened once, here, and planned while open
             parquet = first if file == files[0] else _open_nonempty(file, filesystem)
             if parquet is not first:
                 _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
+                if text_column is not None and _text_column(mapping, parquet.schema_arrow) != text_column:
+                    text_column = None  # prompt texts only where every file has them
             plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
         steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
         recorded = _recorded_metadata(first) if filesystem is None else {}
@@ -124,7 +128,20 @@ class ParquetRollouts(Rollouts):
                 notes.append(f"{recorded.get('format', 'source')}: {note}")
         has_groups = "uid" in mapping or "uid_text" in mapping
         estimated = bool(recorded.get("lengths_estimated"))
-        return cls(path, files, mapping, layout, steps, notes, has_groups, estimated, filesystem, tuple(plans), token_columns)
+        return cls(
+            path,
+            files,
+            mapping,
+            layout,
+            steps,
+            notes,
+            has_groups,
+            estimated,
+            filesystem,
+            tuple(plans),
+            token_columns,
+            text_column,
+        )
 
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
@@ -148,9 +165,12 @@ class ParquetRollouts(Rollouts):
             advantages, mask, offsets = tokens.finish()
             group_ids, labels = decode.uid_groups(rows, self.columns, where)
             rewards = decode.rewards_of(rows, self.columns, where)
+            texts = None
+            if self._text_column is not None and group_ids is not None and labels is not None:
+                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids.numpy(), len(labels))
             batch_stats = stats.result()
         batch = decode.step_batch(
-            step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated
+            step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated, texts
         )
         return batch if batch_stats is None else batch.with_stats(batch_stats)
 
@@ -188,7 +208,7 @@ class ParquetRollouts(Rollouts):
         buffers stay in the CPU caches. Yields ``(table, origin)`` with ``origin`` the
         ``[n_rows, 2]`` (file index, row in file) of each row.
         """
-        needed = sorted(set(self.columns.values()))
+        needed = sorted({*self.columns.values(), *([self._text_column] if self._text_column else [])})
         step_column = self.columns.get("step")
         for file_index, plan, groups in self._groups_of(step):
             parquet = self._parquet_file(plan.path)
@@ -241,7 +261,7 @@ class ParquetRollouts(Rollouts):
             fastread.tell_listeners(table.num_rows)
         table = decode.concat_rows(tables, self.columns, self._step_source)
         where = decode.RowLocator(self._paths, np.concatenate(origins))
-        return decode.decode_long(table, self.columns, step, self._step_source, where, self.lengths_estimated)
+        return decode.decode_long(table, self.columns, step, self._step_source, where, self.lengths_estimated, self._text_column)
 
 
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
@@ -315,6 +335,18 @@ class _TokenAccumulator:
         advantages = np.concatenate([p[0] for p in self.parts]).astype(dtype, copy=False) if self.parts else np.zeros(0, dtype)
         mask = np.concatenate([p[1] for p in self.parts]) if self.parts else np.zeros(0, dtype=bool)
         return advantages, mask, offsets
+
+
+def _text_column(mapping: Mapping[str, str], schema: pa.Schema) -> str | None:
+    """The column of prompt texts: the one uids are hashed from, else (beside a uid column) the first
+    text column of a prompt-text name (``prompt``, ``input``); None when there is none."""
+    if "uid_text" in mapping:
+        name: str | None = mapping["uid_text"]
+    elif "uid" in mapping:
+        name = next((c for c in ROLE_CANDIDATES["uid_text"] if c in schema.names), None)
+    else:
+        return None
+    return name if name is not None and decode.is_text(schema.field(name).type) else None
 
 
 def _recorded_metadata(parquet: pq.ParquetFile) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
 from aggscope.core.advantages import outcome_advantages
 from aggscope.core.batch import StepBatch, offsets_of, uid_codes
 from aggscope.errors import AggscopeError
+from aggscope.io.decode import uid_texts_of
 from aggscope.io.paths import step_in_name
 from aggscope.io.reader import Rollouts
 
@@ -60,7 +62,6 @@ class DumpRollouts(Rollouts, Generic[S]):
         self.lengths_estimated = lengths_estimated
         self.settings = settings
         self._loaded = loaded
-        self.uid_texts: dict[str, str] = {}
 
     def read_step(self, step: int) -> StepBatch:
         if step not in self._step_files:
@@ -69,10 +70,6 @@ class DumpRollouts(Rollouts, Generic[S]):
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         raise NotImplementedError
-
-    def uid_text(self, uid: str) -> str | None:
-        """The prompt text behind a uid hashed from text (known once the steps holding it were read)."""
-        return self.uid_texts.get(uid)
 
     def step_source(self, files: Sequence[str]) -> str:
         return files[0] if len(files) == 1 else self.source
@@ -127,6 +124,7 @@ def build_batch(
     uids: Sequence[Any] | np.ndarray | None = None,
     rewards: np.ndarray | None = None,
     lengths_estimated: bool = False,
+    prompts: pa.Array | None = None,
 ) -> StepBatch:
     """A ``StepBatch`` from per-row lengths and flat per-token (or per-row) values.
 
@@ -136,6 +134,7 @@ def build_batch(
         token_advantages: ``[n_tokens]`` advantages, or None to broadcast ``row_advantages``.
         row_advantages: ``[n_seqs]`` advantages, broadcast over each row's loss tokens (0 on the
             masked ones, as trainers multiply the broadcast advantage by the mask).
+        prompts: ``[n_seqs]`` prompt texts, which the batch keeps per group (``uid_texts``).
     """
     # Arrays decoded by pyarrow are read-only; the batch gets its own writable copies.
     offsets = offsets_of(lengths)
@@ -154,4 +153,8 @@ def build_batch(
         step=step,
         source=source,
     )
-    return replace(batch, lengths_estimated=True) if lengths_estimated else batch
+    texts = None
+    if prompts is not None and batch.group_ids is not None:
+        texts = uid_texts_of(prompts, batch.group_ids.numpy(), batch.n_groups)
+    changed = lengths_estimated or texts is not None
+    return replace(batch, lengths_estimated=lengths_estimated, uid_texts=texts) if changed else batch

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, text_uid
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.decode import arrow_codes
 from aggscope.io.reader import ReadOptions, reject_options
@@ -114,8 +114,6 @@ class TextDumpRollouts(DumpRollouts[Settings]):
     """A dump of decoded text only (verl, TRL): uids hashed from the prompt text (or a uid field),
     token counts from the response text, advantages given per row or rebuilt from the rewards."""
 
-    texts_known = True
-
     @classmethod
     def text_options(cls, options: ReadOptions) -> TextLengths:
         """Check the options a text dump takes and load ``--tokenizer`` early."""
@@ -138,9 +136,8 @@ class TextDumpRollouts(DumpRollouts[Settings]):
         uids: Any
         if uid_values is not None:
             uids = np.asarray(uid_values.cast(pa.string()).to_pylist(), dtype=object)
-            self.uid_texts.update(dict(zip(uids.tolist(), prompts.to_pylist(), strict=True)))
         else:
-            uids = hashed_uids(prompts, self.uid_texts)
+            uids = hashed_uids(prompts)
         if row_advantages is None:
             assert rewards is not None and self.settings.estimator is not None
             row_advantages = rebuild_advantages(rewards, uids, self.settings.estimator, source)
@@ -152,15 +149,12 @@ class TextDumpRollouts(DumpRollouts[Settings]):
             uids=uids,
             rewards=rewards,
             lengths_estimated=self.settings.lengths.estimated,
+            prompts=prompts,
         )
 
 
-def hashed_uids(texts: pa.Array, uid_texts: dict[str, str]) -> np.ndarray:
-    """``[n]`` uids hashed from prompt texts (each distinct text hashed once), recording the texts."""
-    from aggscope.core.batch import text_uid
-
-    codes, distinct_texts = arrow_codes(texts)
-    distinct = distinct_texts.to_pylist()
-    labels = [text_uid(text) for text in distinct]  # a loop over distinct prompt texts
-    uid_texts.update(zip(labels, distinct, strict=True))
+def hashed_uids(texts: pa.Array) -> np.ndarray:
+    """``[n]`` uids hashed from prompt texts (each distinct text hashed once)."""
+    codes, distinct = arrow_codes(texts)
+    labels = [text_uid(text) for text in distinct.to_pylist()]  # a loop over distinct prompt texts
     return np.asarray(labels, dtype=object)[codes]
