@@ -102,7 +102,8 @@ def split_files(path: Path) -> Path:
     path.mkdir()
     rng = np.random.default_rng(RNG_SEED + 4)
     for part in range(3):
-        table = pa.table({"uid": [f"u{part}-{i // 5}" for i in range(70)], **ragged_columns(rng, 70, 150, 0.2, pa.int8())})
+        columns = {"step": np.full(70, 4), "uid": [f"u{part}-{i // 5}" for i in range(70)]}
+        table = pa.table({**columns, **ragged_columns(rng, 70, 150, 0.2, pa.int8())})
         pq.write_table(table, path / f"part{part}.parquet", row_group_size=23)
     return path
 

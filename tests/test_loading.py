@@ -122,14 +122,14 @@ def test_one_listing_rule_natural_order_and_no_dot_names(tmp_path: Path) -> None
     ("name", "step"),
     [
         ("12.jsonl", 12),
-        ("run/step_12/rank_0.jsonl", None),
+        ("run/step_12/rank_0.jsonl", 0),
         ("step_12", 12),
         ("global_step_12.parquet", 12),
         ("completions_00012.parquet", 12),
         ("train_data_step3.jsonl", 3),
         ("global_step_6_training_input.pkl", 6),
-        ("rank_3.jsonl", None),
-        ("data_v2.parquet", None),
+        ("rank_3.jsonl", 3),
+        ("data_v2.parquet", 2),
         ("rollouts.parquet", None),
     ],
 )

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 GLOB_CHARS = frozenset("*?[")
-_STEP_IN_NAME = re.compile(r"^(?:global_step_?|step_?|completions_|train_data_step)?(\d+)(?:_training_input)?$")
+_NUMBER = re.compile(r"\d+")
 
 
 def natural_key(path: str) -> tuple[list[Any], str]:
@@ -86,8 +86,7 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
 
 
 def step_in_name(path: str) -> int | None:
-    """The step in a file or folder name, or None: its stem is a number, alone or as trainers name
-    their dumps (``12``, ``step_12``, ``global_step_12``, ``completions_00012``,
-    ``train_data_step12``, ``global_step_12_training_input``)."""
-    match = _STEP_IN_NAME.match(PurePosixPath(path).name.split(".")[0])
-    return int(match.group(1)) if match else None
+    """The step in a file or folder name: the last number in its stem (``12.jsonl``, ``step_12``,
+    ``global_step_12``, ``completions_00012.parquet``, ``global_step_12_training_input.pkl``), or None."""
+    numbers = _NUMBER.findall(PurePosixPath(path).name.split(".")[0])
+    return int(numbers[-1]) if numbers else None

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from aggscope.core.advantages import outcome_advantages
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
@@ -184,8 +184,9 @@ def _same_lengths(
     index = int(np.flatnonzero(differs)[0])
     if per_sample is None:
         raise AggscopeError(f"{part.where(index)}: {field!r} has {actual[index]} {unit} but there are {expected[index]} {other}")
-    line_row = int(np.searchsorted(np.cumsum(per_sample), index, side="right"))
-    sample = index - int(np.cumsum(per_sample)[line_row - 1]) if line_row else index
+    sample_offsets = offsets_of(per_sample)  # [n_lines + 1]
+    line_row = int(np.searchsorted(sample_offsets[1:], index, side="right"))
+    sample = index - int(sample_offsets[line_row])
     raise AggscopeError(
         f"{part.where(line_row)}: sample {sample}: {field!r} has {actual[index]} {unit} but there are {expected[index]} {other}"
     )

@@ -36,7 +36,7 @@ from aggscope.io.readers.base import (
     plan_by_name,
     rebuild_advantages,
 )
-from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
+from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ class NemoRlRollouts(DumpRollouts[NemoRlSettings]):
         for file in files:
             first = first_record(file)  # masks are logged as numbers or true/false: read as this file has them
             fields = {
-                "token_loss_mask": pa.list_(_mask_type(first.get("token_loss_mask"))),
-                "sample_loss_mask": _mask_type(first.get("sample_loss_mask")),
+                "token_loss_mask": pa.list_(mask_type(first.get("token_loss_mask"))),
+                "sample_loss_mask": mask_type(first.get("sample_loss_mask")),
                 "advantages": pa.list_(pa.float64()),
                 "input_lengths": pa.int64(),
                 "token_ids": pa.list_(pa.int64()),
@@ -137,10 +137,12 @@ class NemoRlRollouts(DumpRollouts[NemoRlSettings]):
         mask_lists = part.column("token_loss_mask")
         adv_lists = part.column("advantages")
         listed = np.diff(mask_lists.offsets.to_numpy().astype(np.int64))  # [n_rows]
-        _check_equal(part, listed, np.diff(adv_lists.offsets.to_numpy().astype(np.int64)), "advantages", "token_loss_mask")
+        check_same_lengths(part, listed, np.diff(adv_lists.offsets.to_numpy().astype(np.int64)), "advantages", "token_loss_mask")
         if self.settings.has_tokens:
             token_lists = part.column("token_ids")
-            _check_equal(part, listed, np.diff(token_lists.offsets.to_numpy().astype(np.int64)), "token_ids", "token_loss_mask")
+            check_same_lengths(
+                part, listed, np.diff(token_lists.offsets.to_numpy().astype(np.int64)), "token_ids", "token_loss_mask"
+            )
         input_lengths = part.column("input_lengths")
         if input_lengths.null_count == len(input_lengths):
             lengths = listed
@@ -198,16 +200,3 @@ def _prompt_uids(tokens: np.ndarray, trained: np.ndarray, offsets: np.ndarray) -
         seen[label] = seen.get(label, 0) + 1
         named.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return np.asarray(named, dtype=object)[np.cumsum(starts) - 1]
-
-
-def _mask_type(value: object) -> pa.DataType:
-    """Masks are logged as numbers or as true/false; read them as the first line has them."""
-    sample = value[0] if isinstance(value, list) and value else value
-    return pa.bool_() if isinstance(sample, bool) else pa.float64()
-
-
-def _check_equal(part: JsonlTable, expected: np.ndarray, actual: np.ndarray, field: str, other: str) -> None:
-    differs = expected != actual
-    if differs.any():
-        row = int(np.flatnonzero(differs)[0])
-        raise AggscopeError(f"{part.where(row)}: {field!r} has {actual[row]} values but {other!r} has {expected[row]}")

@@ -26,8 +26,7 @@ from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files, step_in_name
 from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch
-from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
-from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
+from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -84,8 +83,8 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
         decoded = []
         for file in files:
             # masks are logged as 0/1 or as true/false: read each file as its first line has them
-            mask_type = pa.list_(_mask_type(first_record(file).get("loss_mask")))
-            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_type, "advantages": pa.list_(pa.float64())}
+            mask_lists = pa.list_(mask_type(first_record(file).get("loss_mask")))
+            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_lists, "advantages": pa.list_(pa.float64())}
             if self.settings.reward_field is not None:
                 fields[self.settings.reward_field] = pa.list_(pa.float64())
             decoded.append(self._decode(read_jsonl(file, fields)))
@@ -105,7 +104,7 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
         positions = part.column("position_ids")
         listed = np.diff(positions.offsets.to_numpy().astype(np.int64))  # [n_lines]
         for name in ("loss_mask", "advantages"):
-            _check_equal(part, listed, np.diff(part.column(name).offsets.to_numpy().astype(np.int64)), name, "position_ids")
+            check_same_lengths(part, listed, np.diff(part.column(name).offsets.to_numpy().astype(np.int64)), name, "position_ids")
         pos = positions.flatten().to_numpy(zero_copy_only=False)  # [n_tokens]
         restart = np.ones(pos.size, dtype=bool)
         restart[1:] = pos[1:] <= pos[:-1]  # position ids stop increasing: a new sample
@@ -124,6 +123,6 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
             else:
                 part.require([self.settings.reward_field])
                 reward_lengths = np.diff(reward_lists.offsets.to_numpy().astype(np.int64))
-                _check_equal(part, listed, reward_lengths, self.settings.reward_field, "position_ids")
+                check_same_lengths(part, listed, reward_lengths, self.settings.reward_field, "position_ids")
                 rewards = reward_lists.flatten().to_numpy(zero_copy_only=False)[starts].astype(np.float64)
         return lengths, loss_mask, advantages, rewards
