@@ -7,7 +7,8 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import config_notes, with_config
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import fmt_int, stdout_console, with_progress
 
 
@@ -34,10 +35,11 @@ def report(
     from aggscope.present.report import build_report
 
     check_output_directory(out)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(source, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "report")
-    result = build_report(breakdown, "report", rollouts.notes)
+    result = build_report(breakdown, "report", [*rollouts.notes, *config_notes(config)])
+    result.document.update(with_config({}, config))
     print_summary(result, result.write(out))
 
 
