@@ -7,7 +7,8 @@ real module names; the packages around them are empty module objects whose ``__p
 into the wheel, so the frameworks' heavy ``__init__`` files (ray, vLLM, CUDA probing) never run,
 and the third-party imports those files make at the top are stand-ins. Everything put into
 ``sys.modules`` while loading is taken out again afterwards, so no other test sees a stand-in.
-A test that cannot get a wheel is skipped, naming the wheel and why.
+A test that cannot get a wheel is skipped, naming the wheel and why (in CI it fails instead:
+``.ci/run`` downloads them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import torch
 
 CACHE = Path(os.environ.get("AGGSCOPE_WHEEL_CACHE", Path.home() / ".cache" / "aggscope-test-wheels"))
 # name, version, the Python the wheel is for (SkyRL 0.4.0 declares >= 3.12, but its files import on 3.11)
-WHEELS = {"verl": ("verl", "0.9.1", None)}
+WHEELS = {"verl": ("verl", "0.9.1", None), "skyrl": ("skyrl", "0.4.0", "3.12"), "openrlhf": ("openrlhf", "0.11.2", None)}
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the trainer-code tests, but {reason} (.ci/run downloads the wheels)")
+    pytest.skip(reason)
 
 
 def unpacked_wheel(key: str) -> Path:
@@ -47,11 +54,11 @@ def unpacked_wheel(key: str) -> Path:
             CACHE.mkdir(parents=True, exist_ok=True)
             done = subprocess.run([*command, f"{name}=={version}"], capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"{name}=={version} wheel not available: {exc}")
+            _unavailable(f"{name}=={version} wheel not available: {exc}")
         wheels = sorted(CACHE.glob(f"{stem}-*.whl"))
         if done.returncode or not wheels:
             last = (done.stderr.strip().splitlines() or ["no wheel found"])[-1]
-            pytest.skip(f"{name}=={version} wheel not available (pip download --no-deps failed: {last})")
+            _unavailable(f"{name}=={version} wheel not available (pip download --no-deps failed: {last})")
     partial = target.with_name(target.name + ".partial")
     with zipfile.ZipFile(wheels[0]) as archive:
         archive.extractall(partial)
@@ -148,3 +155,53 @@ class IndexBatch:
     def __init__(self, n_rows: int) -> None:
         self.batch_size = [n_rows]
         self.shape = [n_rows]
+
+
+def load_skyrl() -> types.SimpleNamespace:
+    """SkyRL 0.4.0's ``ppo_utils`` (``apply_loss_reduction_to_advantages_minibatch``) and
+    ``preprocess`` (the mini-batch and prompt boundaries)."""
+    import logging
+
+    root = unpacked_wheel("skyrl") / "skyrl"
+    subscript = type("Subscript", (), {"__getitem__": lambda self, item: Any})()
+    with _isolated_modules():
+        _third_party("jaxtyping", Float=subscript, Bool=subscript, Integer=subscript, Int=subscript)
+        _third_party("loguru", logger=logging.getLogger("skyrl"))
+        _module(
+            "ray",
+            remote=lambda *a, **k: a[0] if a and callable(a[0]) else (lambda f: f),
+            is_initialized=lambda: False,
+            get=lambda x: x,
+            put=lambda x: x,
+            ObjectRef=_Placeholder,
+        )
+        _third_party("omegaconf", DictConfig=_Placeholder, OmegaConf=_Placeholder)
+        for name, folder in [
+            ("skyrl", ""),
+            ("skyrl.backends", "backends"),
+            ("skyrl.backends.skyrl_train", "backends/skyrl_train"),
+            ("skyrl.backends.skyrl_train.utils", "backends/skyrl_train/utils"),
+            ("skyrl.backends.skyrl_train.distributed", "backends/skyrl_train/distributed"),
+            ("skyrl.train", "train"),
+            ("skyrl.train.dataset", "train/dataset"),
+        ]:
+            _module(name, root / folder)
+        _module("skyrl.train.config", AlgorithmConfig=_Placeholder)
+        ppo_utils = _run_file("skyrl.backends.skyrl_train.utils.ppo_utils", root / "backends/skyrl_train/utils/ppo_utils.py")
+        preprocess = _run_file("skyrl.train.dataset.preprocess", root / "train/dataset/preprocess.py")
+    return types.SimpleNamespace(ppo_utils=ppo_utils, preprocess=preprocess)
+
+
+def load_openrlhf() -> types.SimpleNamespace:
+    """OpenRLHF 0.11.2's ``aggregate_loss`` (``models/loss.py``) and its per-optimizer-step
+    normalisers (``utils/loss_utils.py``)."""
+    root = unpacked_wheel("openrlhf") / "openrlhf-0.11.2.data" / "purelib" / "openrlhf"
+    with _isolated_modules():
+        _third_party("deepspeed")
+        _module("openrlhf", root)
+        _module("openrlhf.models", root / "models")
+        _module("openrlhf.utils", root / "utils")
+        _run_file("openrlhf.models.utils", root / "models" / "utils.py")
+        loss = _run_file("openrlhf.models.loss", root / "models" / "loss.py")
+        loss_utils = _run_file("openrlhf.utils.loss_utils", root / "utils" / "loss_utils.py")
+    return types.SimpleNamespace(loss=loss, loss_utils=loss_utils)
