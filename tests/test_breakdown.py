@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -255,3 +256,97 @@ def test_without_uids() -> None:
     assert breakdown.prompt_grad_mass("token_mean").tolist() == pytest.approx([1 / 3, 3 / 3], rel=1e-12)
     with pytest.raises(AggscopeError, match="prompt_mean"):
         run_breakdown([plain], specs("prompt_mean"))
+
+
+# ---- what the reports state (moved here from the report renderer) ------------------------------
+def test_concentration_by_hand() -> None:
+    breakdown = run_breakdown([worked_example()], specs("token_mean", "sequence_mean"))
+    # token_mean: g0 and g1 get 40/60 each: equal, so Gini 0 and the top half (1 of 2 prompts) has 1/2.
+    even = breakdown.concentration("token_mean")
+    assert (even.unit, even.units, even.zero_mass_units) == ("prompts", 2, 0)
+    assert even.gini == pytest.approx(0.0, abs=1e-12)
+    assert even.top_10pct_share == even.top_half_share == pytest.approx(0.5, rel=1e-12)
+    # sequence_mean: g0 gets .25 + .25 = 0.5, g1 .5 + .5 = 1 (total 1.5); the top prompt (10% of 2
+    # rounds up to 1) has 1 / 1.5. Gini = sum_ij |x_i - x_j| / (2 n^2 mean) = 2 * 0.5 / (2 * 4 * 0.75) = 1/6.
+    uneven = breakdown.concentration("sequence_mean")
+    assert uneven.top_10pct_share == uneven.top_half_share == pytest.approx(2 / 3, rel=1e-12)
+    assert uneven.gini == pytest.approx(1 / 6, rel=1e-12)
+    assert breakdown.ranked_prompt_mass("sequence_mean").tolist() == pytest.approx([1.0, 0.5], rel=1e-12)
+
+
+def test_concentration_without_mass_or_uids() -> None:
+    flat = StepBatch.from_flat([0.0, 0.0, 0.0], [1, 1, 1], [0, 1, 3], uids=["a", "b"], step=0)
+    nothing = run_breakdown([flat], specs("token_mean")).concentration("token_mean")
+    assert (nothing.units, nothing.gini, nothing.top_half_share, nothing.zero_mass_units) == (2, None, None, None)
+    plain = StepBatch.from_flat([1.0, -1.0, 2.0], [1, 1, 1], [0, 1, 3], step=0)
+    rows = run_breakdown([plain], specs("token_mean")).concentration("token_mean")
+    # Without uids the units are the rows: masses 1/3 and 3/3, so the top row has 3/4.
+    assert (rows.unit, rows.units) == ("sequences", 2)
+    assert rows.top_half_share == pytest.approx(0.75, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(random_steps())
+def test_gini_matches_the_mean_absolute_difference(steps: list[StepBatch]) -> None:
+    breakdown = run_breakdown(steps, specs("sequence_mean"))
+    mass = breakdown.prompt_grad_mass("sequence_mean").tolist()
+    gini = breakdown.concentration("sequence_mean").gini
+    if not sum(mass) > 0:
+        assert gini is None
+        return
+    mean = sum(mass) / len(mass)
+    expected = sum(abs(a - b) for a in mass for b in mass) / (2 * len(mass) ** 2 * mean)
+    assert gini == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_prompt_moves_by_hand() -> None:
+    breakdown = run_breakdown([worked_example()], specs("token_mean", "sequence_mean"))
+    # Shares of the step's weight: token_mean g0 2/3, g1 1/3; sequence_mean 1/2 each.
+    moves = breakdown.prompt_moves("token_mean", "sequence_mean", top=5)
+    assert moves is not None
+    (gaining,), (losing,) = moves
+    assert (gaining.uid, gaining.step, gaining.sequences, gaining.loss_tokens, gaining.mean_reward) == ("g1", 0, 2, 20, 1.0)
+    assert (gaining.base_share, gaining.candidate_share) == pytest.approx((1 / 3, 1 / 2), rel=1e-12)
+    assert gaining.change_points == pytest.approx(100 / 6, rel=1e-12)
+    assert (losing.uid, losing.loss_tokens, losing.mean_reward) == ("g0", 40, 0.5)
+    assert losing.change_points == pytest.approx(-100 / 6, rel=1e-12)
+    # No change, no move; no uids, no prompts.
+    assert breakdown.prompt_moves("token_mean", "token_mean", top=5) == ([], [])
+    plain = StepBatch.from_flat([1.0, -1.0], [1, 1], [0, 1, 2], step=0)
+    assert run_breakdown([plain], specs("token_mean", "sequence_mean")).prompt_moves("token_mean", "sequence_mean", 5) is None
+
+
+def test_sign_shares_and_changes_by_hand() -> None:
+    from aggscope.analysis.breakdown import compare_specs
+
+    comparison = compare_specs(run_breakdown([worked_example()], specs("token_mean", "sequence_mean")))
+    # token_mean, w = 1/60: positive mass (10 * 1 + 5 * 2) / 60, negative (30 * 1 + 15 * 2) / 60: 1/4 and 3/4.
+    sign = comparison.outcomes["token_mean"].advantage_sign
+    assert (sign.positive_share, sign.negative_share) == pytest.approx((0.25, 0.75), rel=1e-12)
+    # sequence_mean, w = 1/(4L): positive .25 + .5, negative .25 + .5: half each.
+    assert comparison.outcomes["sequence_mean"].advantage_sign.positive_share == pytest.approx(0.5, rel=1e-12)
+    (change,) = comparison.changes
+    assert (change.base, change.candidate) == ("token_mean", "sequence_mean")
+    # Quartiles (rows 2, 0, 3, 1): token_mean 1/8, 1/8, 3/8, 3/8; sequence_mean 1/3, 1/6, 1/3, 1/6.
+    assert change.length_quartiles is not None
+    expected = [100 * (1 / 3 - 1 / 8), 100 * (1 / 6 - 1 / 8), 100 * (1 / 3 - 3 / 8), 100 * (1 / 6 - 3 / 8)]
+    assert change.length_quartiles.change_points.tolist() == pytest.approx(expected, rel=1e-12)
+    assert change.zero_grad_tokens == (0, 0)
+    assert change.to_dict()["advantage_sign"]["candidate"]["positive_share"] == pytest.approx(0.5, rel=1e-12)
+
+
+def test_worst_step_is_checks_worst_step() -> None:
+    """The step a report pictures is the one ``check`` reports as its worst step, under the worst layout."""
+    from aggscope.analysis.checks import run_checks
+
+    steps = load_steps(str(SAMPLE_DATA / "faulty.parquet"))[::-1]  # the worst step (0) last
+    chosen = specs("token_mean", "token_mean,mini-batch-size=10")
+    breakdown = run_breakdown(steps, chosen)
+    worst = {}
+    for spec in chosen:
+        report = run_checks(steps, [spec.mode], spec.layout).to_dict()["worst_step"]
+        worst[tuple(report["counts"].values())] = report["step"]
+    assert breakdown.steps[breakdown.worst_step_index()] == worst[max(worst)] == 0
+    assert breakdown.worst_step_index() == len(steps) - 1
+    plain = StepBatch.from_flat([1.0, -1.0], [1, 1], [0, 1, 2], step=7)
+    assert run_breakdown([plain], specs("token_mean")).worst_step_index() == 0  # no uids: no picture

@@ -273,7 +273,6 @@ def test_report_pictures_the_step_check_pictures() -> None:
     from aggscope.analysis.specs import parse_spec
     from aggscope.core.layout import Layout
     from aggscope.io.open import load_steps
-    from aggscope.present.figures import _worst_step
 
     checked = json.loads(invoke(*FAULTY_ARGS, "--json").stdout)
     worst = checked["worst_step"]
@@ -284,4 +283,4 @@ def test_report_pictures_the_step_check_pictures() -> None:
     breakdown = run_breakdown(
         load_steps(str(FAULTY)), [parse_spec("token_mean", Layout()), parse_spec("token_mean,mini-batch-size=10", Layout())]
     )
-    assert breakdown.steps[_worst_step(breakdown)] == worst["step"]
+    assert breakdown.steps[breakdown.worst_step_index()] == worst["step"]

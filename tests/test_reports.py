@@ -258,6 +258,83 @@ def test_json_is_strict(report_run: tuple[Any, Path]) -> None:
     assert not list(out.glob(".*.tmp"))
 
 
+class _Tables(HTMLParser):
+    """The text of every table cell of a page, table by table, row by row; and the headings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.headings: list[str] = []
+        self._cell: list[str] | None = None
+        self._heading: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("h2", "h3"):
+            self._heading = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag in ("h2", "h3") and self._heading is not None:
+            self.headings.append("".join(self._heading))
+            self._heading = None
+
+    def handle_data(self, data: str) -> None:
+        for part in (self._cell, self._heading):
+            if part is not None:
+                part.append(data)
+
+
+def markdown_tables(markdown: str) -> list[list[list[str]]]:
+    """Every table of a Markdown text, its separator line left out, cells unescaped."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([cell.replace("\\|", "|") for cell in re.split(r" (?<!\\)\| ", line[2:-2])])
+        previous = line
+    return tables
+
+
+@pytest.mark.parametrize("run", ["report_run", "compare_run", "faulty_compare"])
+def test_html_and_markdown_draw_the_same_sections(run: str, request: pytest.FixtureRequest) -> None:
+    """Both files render one list of sections: the same tables, cell for cell, under the same headings."""
+    _, out = request.getfixturevalue(run)
+    page = _Tables()
+    page.feed((out / "report.html").read_text())
+    markdown = (out / "report.md").read_text()
+    assert markdown_tables(markdown) == page.tables
+    headings = [line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith(("## ", "### "))]
+    # The page groups the changes under one more heading, and has the same others in the same order.
+    assert [h for h in page.headings if h != "Changes against the base"] == headings
+    assert len(page.tables) >= 6
+
+
+@pytest.mark.parametrize("run", ["report_run", "compare_run"])
+def test_the_terminal_shows_the_pages_at_a_glance_rows(run: str, request: pytest.FixtureRequest) -> None:
+    result, out = request.getfixturevalue(run)
+    glance = markdown_tables((out / "report.md").read_text())[1]  # after the table of SPECs
+    header, rows = glance[0], glance[1:]
+    shown = ["ESS tokens", "longest ¼ mass", "positive-A mass", "no gradient"]
+    if run == "compare_run":
+        shown.append("findings (E/W/I)")
+    terminal = [line for line in result.stdout.splitlines() if line.startswith("│■")]
+    assert len(terminal) == len(rows)
+    for row, line in zip(rows, terminal, strict=True):
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        assert cells[0].removeprefix("■ ").replace(", ", ",") in row[0]  # a long label wraps onto the next line
+        assert cells[1:] == [row[header.index(name)] for name in shown]
+
+
 # ---- the terminal ------------------------------------------------------------------------------
 def test_report_ends_by_saying_where_the_report_is(report_run: tuple[Any, Path]) -> None:
     result, out = report_run
@@ -450,7 +527,7 @@ def test_progress_moves_within_one_big_step(
 
 
 def test_report_and_compare_when_no_token_gets_a_gradient(tmp_path: Path) -> None:
-    """Every group zero-variance (all advantages 0): shares are undefined, shown as '-', never a crash."""
+    """Every group zero-variance (all advantages 0): shares are undefined, shown as '–', never a crash."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -471,3 +548,34 @@ def test_report_and_compare_when_no_token_gets_a_gradient(tmp_path: Path) -> Non
         assert document["results"]["token_mean"]["total"]["zero_grad_tokens"] == 14
         assert document["changes"][0]["length_quartiles"]["change_points"] == [None] * 4
         assert "100.0% of loss tokens (14) get no gradient" in " ".join(document["summary"])
+
+
+# ---- the library -------------------------------------------------------------------------------
+def test_library_report_takes_an_engine_and_a_progress(report_run: tuple[Any, Path], tmp_path: Path) -> None:
+    """``full_report`` is what ``aggscope report`` runs: the same report.json, the steps' results shown as they come."""
+    import aggscope
+    from aggscope.analysis.runner import open_engine
+
+    _, out = report_run
+    document = load(out)
+    rollouts = aggscope.open_rollouts(None)
+    seen: list[int] = []
+
+    def progress(results: Any) -> Any:
+        for part in results:
+            seen.append(part.step)
+            yield part
+
+    modes = [spec["mode"] for spec in document["specs"]]
+    report = aggscope.full_report(rollouts, modes, LAYOUT, engine=open_engine("local"), progress=progress)
+    assert seen == [0, 1, 2, 3]
+    assert report.document == document
+    assert report.summary == document["summary"]
+    files = report.write(tmp_path)
+    assert files.json.read_bytes() == (out / "report.json").read_bytes()
+    # Steps in memory, compared: the source is given, as before.
+    specs = [aggscope.parse_spec(text, LAYOUT) for text in ("token_mean", "sequence_mean")]
+    compared = aggscope.compare(rollouts.iter_steps(), specs, source="mine")
+    assert compared.document["input"]["source"] == "mine" and compared.document["input"]["notes"] == []
+    for key in ("total", "steps", "length_quartiles", "advantage_sign", "prompt_concentration", "zero_grad"):
+        assert compared.document["results"]["sequence_mean"][key] == document["results"]["sequence_mean"][key], key

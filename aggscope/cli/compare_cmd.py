@@ -6,9 +6,9 @@ from typing import Annotated, Any
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.config_view import config_notes, with_config
+from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, engine_options, input_options, open_configured, spec_layout_options
-from aggscope.cli.report_cmd import analyse, print_summary
+from aggscope.cli.report_cmd import print_summary, step_progress
 
 SPEC_HELP = (
     "MODE[,key=value,...]: a mode (any name or alias) plus layout overrides, keys as the layout options without "
@@ -37,11 +37,11 @@ def compare(
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
     from aggscope.analysis.specs import parse_specs
     from aggscope.present.figures import check_output_directory
-    from aggscope.present.report import build_report
+    from aggscope.present.report import compare as compare_report
 
     rollouts, layout, _, config = open_configured(source, layout, None)
     specs = parse_specs(base, candidates, layout)
     check_output_directory(out)
-    result = build_report(analyse(rollouts, specs, engine, "compare"), "compare", [*rollouts.notes, *config_notes(config)])
-    result.document.update(with_config({}, config))
+    notes = [*rollouts.notes, *config_notes(config)]
+    result = compare_report(rollouts, specs, engine=engine, progress=step_progress(rollouts, "compare"), notes=notes)
     print_summary(result, result.write(out))

@@ -9,7 +9,7 @@ from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import stdout_console
-from aggscope.cli.report_cmd import analyse
+from aggscope.cli.report_cmd import step_progress
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
 
@@ -40,6 +40,7 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
+    from aggscope.analysis.breakdown import run_breakdown
     from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
     from aggscope.present.figures import (
@@ -55,7 +56,8 @@ def plot(
     check_output_directory(out)
     rollouts, layout, mode, config = open_configured(source, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "plotting")
+    specs = [Spec(m, layout) for m in modes]
+    breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
     print_applied(config, console)

@@ -1,12 +1,9 @@
-"""Where the gradient goes under each SPEC: one pass over the steps, then breakdowns by row group.
+"""The breakdown: per-sequence data of every step under every SPEC, and the groupings built from it.
 
-``run_breakdown`` reads every step once and, for each distinct layout among the SPECs, runs the
-engine (``analyse_step``) and ``check`` (``check_step``) on it with the SPECs' modes, so every
-summary here is the engine's own (the same numbers as ``aggscope weights``) and every finding and
-zero-gradient cause is check's (the same as ``aggscope check``). It keeps only per-sequence data (memory grows with sequences, not tokens),
-plus one fixed-bin histogram of per-token gradient weights per SPEC. The breakdowns below (by
-response length, prompt difficulty, prompt) group those per-row quantities; figures and reports
-are built from them.
+A ``Breakdown`` keeps only per-sequence quantities (memory grows with sequences, not tokens), the
+engine's summaries, ``check``'s report under each layout, and one fixed-bin histogram of per-token
+gradient weights per SPEC. Its queries group rows by response length, prompt difficulty and prompt;
+figures and reports are built from them.
 
 Notation: ``n_rows`` sequences of all steps in step order, ``n_prompts`` (step, uid) pairs,
 ``k`` buckets. A row's gradient mass is ``sum_t |w_i * A[i, t]|`` over its loss tokens with a
@@ -16,24 +13,20 @@ finite advantage, its weight mass ``w_i * L_i``; their sums over all rows are th
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from aggscope.analysis.checks import CheckAccumulator, StepCheck, check_step
-from aggscope.analysis.runner import Engine, SteppedRollouts
-from aggscope.analysis.specs import Spec, check_specs
-from aggscope.analysis.weights import StepResult, WeightsAccumulator
-from aggscope.core.batch import SequenceStats, StepBatch
+from aggscope.analysis.checks import CheckReport
+from aggscope.analysis.specs import Spec
+from aggscope.core.batch import SequenceStats
 from aggscope.core.layout import Layout, Split
 from aggscope.core.segments import group_sum
-from aggscope.core.weights import ModeSummary, StepSummary, analyse_step
+from aggscope.core.weights import ModeSummary, StepSummary
 from aggscope.errors import AggscopeError
 
 DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")
@@ -77,6 +70,28 @@ class SpecResult:
 
 
 @dataclass(frozen=True)
+class BucketShares:
+    """What one SPEC gives each of ``k`` buckets.
+
+    Attributes:
+        grad_mass: ``[k]`` gradient mass per bucket.
+        grad_mass_share: ``[k]`` its share of the SPEC's gradient mass (NaN when there is none).
+        weight_mass: ``[k]`` weight mass per bucket.
+    """
+
+    grad_mass: np.ndarray
+    grad_mass_share: np.ndarray
+    weight_mass: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grad_mass": self.grad_mass.tolist(),
+            "grad_mass_share": self.grad_mass_share.tolist(),
+            "weight_mass": self.weight_mass.tolist(),
+        }
+
+
+@dataclass(frozen=True)
 class Buckets:
     """Rows grouped into ``k`` buckets and what each bucket gets under each SPEC.
 
@@ -102,12 +117,94 @@ class Buckets:
         return _share(self.grad_mass[label])
 
     def token_share(self) -> np.ndarray:
+        """``[k]`` share of all loss tokens per bucket (NaN when there are none)."""
         return _share(self.loss_tokens.astype(np.float64))
+
+    def shares(self, label: str) -> BucketShares:
+        """What the SPEC ``label`` gives each bucket."""
+        return BucketShares(self.grad_mass[label], self.grad_share(label), self.weight_mass[label])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The buckets themselves, JSON-ready (what each SPEC gives them is ``shares``)."""
+        return {
+            "names": self.names,
+            "sequences": self.rows.tolist(),
+            "loss_tokens": self.loss_tokens.tolist(),
+            "min_loss_tokens": self.min_tokens.tolist(),
+            "max_loss_tokens": self.max_tokens.tolist(),
+            "loss_token_share": self.token_share().tolist(),
+        }
 
 
 def _share(values: np.ndarray) -> np.ndarray:
     total = float(values.sum())
     return values / total if total > 0 else np.full(values.shape, math.nan)
+
+
+@dataclass(frozen=True)
+class SignShares:
+    """Shares of a SPEC's gradient mass on positive and negative advantages (None: no finite mass)."""
+
+    positive_share: float | None
+    negative_share: float | None
+
+    @classmethod
+    def of(cls, summary: ModeSummary) -> SignShares:
+        positive, negative = summary.grad_pos_sum, summary.grad_neg_sum
+        total = positive - negative  # negative is <= 0
+        if not (total > 0 and math.isfinite(total)):
+            return cls(None, None)
+        return cls(positive / total, -negative / total)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """How concentrated a SPEC's gradient mass is across prompts (across rows without uids).
+
+    Attributes:
+        unit: ``prompts``, or ``sequences`` without uids.
+        units: how many there are.
+        top_10pct_share, top_half_share: share of the mass on the top 10% and the top half of the
+            units, ranked by mass (None: no mass).
+        gini: the Gini coefficient of the mass across units (0: all equal; None: no mass).
+        zero_mass_units: units with no gradient mass (None: no mass at all).
+    """
+
+    unit: str
+    units: int
+    top_10pct_share: float | None
+    top_half_share: float | None
+    gini: float | None
+    zero_mass_units: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PromptMove:
+    """A prompt whose share of its step's weight mass changes from a base SPEC to a candidate.
+
+    Attributes:
+        mean_reward: the group's mean finite reward (NaN: none; None without rewards).
+        base_share, candidate_share: the prompt's share of its step's weight mass under each SPEC.
+        change_points: ``100 * (candidate_share - base_share)``.
+    """
+
+    step: int
+    uid: str
+    sequences: int
+    loss_tokens: int
+    mean_reward: float | None
+    base_share: float
+    candidate_share: float
+    change_points: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -131,8 +228,7 @@ class Breakdown:
         splits: layout -> the split of each step.
         group_ids: the uid codes of each step (None without uids), for split pictures.
         uid_labels: the uid text of each code, per step (None without uids).
-        checks: what ``check`` reports under each layout, JSON-ready (``CheckReport.to_dict()``),
-            with the modes of the SPECs at that layout.
+        checks: what ``check`` reports under each layout, with the modes of the SPECs at that layout.
         cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
             ``rank``, ``micro_batch``).
         lengths_estimated: True when some step's token counts were estimated from text.
@@ -154,7 +250,7 @@ class Breakdown:
     splits: dict[Layout, list[Split]]
     group_ids: list[torch.Tensor | None]
     uid_labels: list[tuple[str, ...] | None]
-    checks: dict[Layout, dict[str, Any]]
+    checks: dict[Layout, CheckReport]
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
     lengths_estimated: bool = False
 
@@ -180,12 +276,33 @@ class Breakdown:
 
     def zero_grad_causes(self) -> dict[str, dict[str, int]]:
         """label -> cause -> loss tokens with no gradient (``check``'s accounting over all steps)."""
-        return {spec.label: dict(self.checks[spec.layout]["zero_grad"][spec.mode.name]) for spec in self.specs}
+        return {spec.label: dict(self.checks[spec.layout].zero_grad[spec.mode.name]) for spec in self.specs}
 
     def step_zero_grad_causes(self, label: str) -> list[dict[str, int]]:
         """The same, step by step."""
-        spec = next(s for s in self.specs if s.label == label)
-        return [dict(step["zero_grad"][spec.mode.name]) for step in self.checks[spec.layout]["steps"]]
+        spec = self.spec(label)
+        return [dict(step.zero_grad[spec.mode.name]) for step in self.checks[spec.layout].steps]
+
+    def spec(self, label: str) -> Spec:
+        """The SPEC of a label."""
+        return next(s for s in self.specs if s.label == label)
+
+    def worst_step_index(self) -> int:
+        """The index in ``steps`` of the step that ``check`` pictures (its ``worst_step``).
+
+        Under several layouts, the worst of their worst steps: most errors, then warnings, then
+        infos (counted as ``check --json`` counts them), the first layout on ties; 0 when no layout
+        has a picture (no uids).
+        """
+        best: tuple[tuple[int, ...], int] | None = None
+        for report in self.checks.values():
+            if report.worst_step is None:
+                continue
+            step = report.worst_step.step
+            key = tuple(report.counts(step).values())  # by severity, worst first
+            if best is None or key > best[0]:
+                best = (key, self.steps.index(step))
+        return 0 if best is None else best[1]
 
     # ---- per-row quantities --------------------------------------------------------------------
     def row_grad_mass(self, label: str) -> torch.Tensor:
@@ -278,6 +395,61 @@ class Breakdown:
         n_units = self.n_prompts if self.row_prompt is not None else self.n_rows
         return group_sum(self.row_grad_mass(label), unit, n_units)
 
+    def ranked_prompt_mass(self, label: str) -> np.ndarray:
+        """``[n_units]`` the gradient mass of each prompt (row without uids), largest first."""
+        return np.sort(self.prompt_grad_mass(label).numpy())[::-1]
+
+    def concentration(self, label: str) -> Concentration:
+        """Top shares and the Gini coefficient of the SPEC's gradient mass across prompts."""
+        mass = self.ranked_prompt_mass(label)  # [n_units] largest first
+        total = float(mass.sum())
+        unit = "prompts" if self.has_groups else "sequences"
+        n = int(mass.size)
+        if n == 0 or not total > 0:
+            return Concentration(unit, n, None, None, None, None)
+        cumulative = np.cumsum(mass) / total  # [n_units] share of the top 1, 2, ... units
+
+        def top(fraction: float) -> float:
+            return float(cumulative[max(math.ceil(fraction * n), 1) - 1])
+
+        # Gini = 1 - 2 * (area under the Lorenz curve), from the ascending cumulative shares.
+        lorenz = np.cumsum(mass[::-1]) / total  # [n_units]
+        gini = 1.0 - (2.0 * lorenz.sum() - 1.0) / n
+        return Concentration(unit, n, top(0.1), top(0.5), float(gini), int((mass == 0).sum()))
+
+    def prompt_moves(self, base: str, candidate: str, top: int) -> tuple[list[PromptMove], list[PromptMove]] | None:
+        """The ``top`` prompts whose share of their step's weight mass grows most, and shrinks most.
+
+        Returns:
+            (gaining, losing), largest change first; prompts whose share does not change, or is
+            not defined under both SPECs, are left out. None without uids.
+        """
+        if not self.has_groups:
+            return None
+        before = self.prompt_weight_share(base)  # [n_prompts]
+        after = self.prompt_weight_share(candidate)
+        delta = (after - before).numpy()
+        valid = np.isfinite(delta)
+        order = np.argsort(np.where(valid, delta, 0.0), kind="stable")
+        losing = [int(i) for i in order[:top] if valid[i] and delta[i] < 0]
+        gaining = [int(i) for i in order[::-1][:top] if valid[i] and delta[i] > 0]
+        loss_tokens = torch.zeros(self.n_prompts, dtype=torch.int64).index_add_(0, self.unit_of_row(), self.stats.loss_tokens)
+        reward = self.prompt_reward
+
+        def move(index: int) -> PromptMove:
+            return PromptMove(
+                step=self.steps[int(self.prompt_step[index])],
+                uid=self.prompt_uid[index],
+                sequences=int(self.prompt_rows[index]),
+                loss_tokens=int(loss_tokens[index]),
+                mean_reward=None if reward is None else float(reward[index]),
+                base_share=float(before[index]),
+                candidate_share=float(after[index]),
+                change_points=float(100 * delta[index]),
+            )
+
+        return [move(i) for i in gaining], [move(i) for i in losing]
+
     def prompt_weight_share(self, label: str) -> torch.Tensor:
         """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
         if self.row_prompt is None:
@@ -335,276 +507,3 @@ def _ordinal(n: int) -> str:
 
 def _slice_name(k: int) -> str:
     return {4: "quartile", 10: "decile", 5: "quintile", 3: "tercile"}.get(k, f"1/{k}")
-
-
-# ---- the pass over the steps -------------------------------------------------------------------
-@dataclass
-class _SpecAccumulator:
-    spec: Spec
-    row_weights: list[torch.Tensor] = field(default_factory=list)
-    positive: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_LOG10_EDGES.size - 1, dtype=np.int64))
-    negative: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_LOG10_EDGES.size - 1, dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class _StepTokens:
-    """The loss tokens of one step that a histogram counts: finite, non-zero advantage.
-
-    Attributes:
-        row: ``[n_counted]`` seq_index of each counted token.
-        log10_abs_adv: ``[n_counted]`` float64 ``log10 |A|``.
-        positive: ``[n_counted]`` bool, advantage > 0.
-    """
-
-    row: np.ndarray
-    log10_abs_adv: np.ndarray
-    positive: np.ndarray
-
-    @classmethod
-    def of(cls, batch: StepBatch) -> _StepTokens:
-        advantages = batch.advantages.cpu().numpy()
-        counted = batch.loss_mask.cpu().numpy() & np.isfinite(advantages) & (advantages != 0)  # [n_tokens]
-        lengths = (batch.offsets[1:] - batch.offsets[:-1]).cpu().numpy()  # [n_seqs]
-        row = np.repeat(np.arange(batch.n_sequences), lengths)[counted]
-        kept = advantages[counted]
-        return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
-
-
-def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
-    """Count a step's tokens by ``log10(|g| / mean |g|)``, ``g = w_i * A``, mean over its loss tokens.
-
-    Returns the (positive, negative) advantage counts per bin. Tokens whose gradient weight is 0
-    or not finite are left out (``zero_grad_causes`` shows them).
-    """
-    bins = HISTOGRAM_LOG10_EDGES.size - 1
-    positive, negative = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
-    if summary.loss_tokens == 0 or not summary.grad_abs_sum > 0 or not math.isfinite(summary.grad_abs_sum):
-        return positive, negative
-    mean_abs = summary.grad_abs_sum / summary.loss_tokens
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_weight = np.log10(row_weight.cpu().to(torch.float64).numpy() / mean_abs)  # [n_seqs], -inf where w = 0
-    valid = np.isfinite(log_weight)[tokens.row]  # [n_counted]
-    low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
-    values = np.clip(tokens.log10_abs_adv + log_weight[tokens.row], low, high)
-    for counts, keep in ((positive, valid & tokens.positive), (negative, valid & ~tokens.positive)):
-        counts += np.histogram(values[keep], bins=bins, range=(low, high))[0]
-    return positive, negative
-
-
-@dataclass(frozen=True)
-class _LayoutPart:
-    """One step under one layout: the engine's result, the split and check's findings (CPU)."""
-
-    weights: StepResult
-    split: Split
-    check: StepCheck
-    histograms: dict[str, tuple[np.ndarray, np.ndarray]]  # SPEC label -> (positive, negative) counts
-
-
-@dataclass(frozen=True)
-class BreakdownStep:
-    """What ``run_breakdown`` keeps of one step: per-sequence data only, no tokens.
-
-    Small enough to send back from a Ray task (``breakdown_step`` is the per-step work).
-    """
-
-    step: int
-    source: str
-    has_groups: bool
-    lengths_estimated: bool
-    n_sequences: int
-    n_tokens: int
-    n_groups: int
-    group_ids: torch.Tensor | None
-    uid_labels: tuple[str, ...] | None
-    rewards: torch.Tensor | None
-    layouts: dict[Layout, _LayoutPart]
-
-
-def _by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
-    layouts: dict[Layout, list[Spec]] = {}
-    for spec in specs:
-        layouts.setdefault(spec.layout, []).append(spec)
-    return layouts
-
-
-def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
-    """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step)."""
-    check_specs(specs, has_groups=batch.has_groups, source=batch.source)
-    tokens = _StepTokens.of(batch)
-    parts = {}
-    for layout, group in _by_layout(specs).items():
-        modes = [s.mode for s in group]
-        analysis = analyse_step(batch, modes, layout)
-        histograms = {}
-        for spec in group:
-            row_weight = analysis.weights[spec.mode.name].row_weight
-            histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
-        check = check_step(batch, modes, layout, analysis.split)
-        parts[layout] = _LayoutPart(StepResult.of(analysis), _split_cpu(analysis.split), check, histograms)
-    return BreakdownStep(
-        step=batch.step,
-        source=batch.source,
-        has_groups=batch.has_groups,
-        lengths_estimated=batch.lengths_estimated,
-        n_sequences=batch.n_sequences,
-        n_tokens=batch.n_tokens,
-        n_groups=batch.n_groups if batch.has_groups else 0,
-        group_ids=None if batch.group_ids is None else batch.group_ids.cpu(),
-        uid_labels=batch.uid_labels,
-        rewards=None if batch.rewards is None else batch.rewards.cpu(),
-        layouts=parts,
-    )
-
-
-def run_breakdown(batches: Iterable[StepBatch], specs: Sequence[Spec], *, source: str = "input") -> Breakdown:
-    """Run the engine on every step under every SPEC and keep what the breakdowns need.
-
-    Args:
-        batches: the steps (any iterable, e.g. ``rollouts.iter_steps()``), read once.
-        specs: the SPECs; those sharing a layout share one split per step.
-        source: where the steps came from, for messages.
-    """
-    if not specs:
-        raise AggscopeError("nothing to analyse: give at least one mode")
-    return merge_breakdown((breakdown_step(batch, specs) for batch in batches), specs, source=source)
-
-
-def run_breakdown_on(
-    engine: Engine,
-    rollouts: SteppedRollouts,
-    specs: Sequence[Spec],
-    *,
-    source: str = "input",
-    progress: Callable[[Iterator[Any]], Iterable[Any]] | None = None,
-) -> Breakdown:
-    """``run_breakdown`` with the per-step work on an engine (``local``, or one Ray task per step).
-
-    The steps' results are merged in step order, so the breakdown equals the local engine's.
-
-    Args:
-        engine: where the steps run (``aggscope.analysis.runner.open_engine``).
-        rollouts: the opened input (``open_rollouts``).
-        progress: optional wrapper of the steps or results as they come (a progress bar).
-    """
-    if not specs:
-        raise AggscopeError("nothing to analyse: give at least one mode")
-    wrap = progress or (lambda items: items)
-    if engine.name == "local":
-        return run_breakdown(wrap(rollouts.iter_steps()), specs, source=source)
-    parts = engine.map_steps(rollouts, functools.partial(breakdown_step, specs=list(specs)))
-    return merge_breakdown(wrap(parts), specs, source=source)
-
-
-def merge_breakdown(parts: Iterable[BreakdownStep], specs: Sequence[Spec], *, source: str = "input") -> Breakdown:
-    """Merge the steps' ``BreakdownStep`` results, in the order given, into one ``Breakdown``."""
-    layouts = _by_layout(specs)
-    engines = {layout: WeightsAccumulator(layout, [s.mode for s in group]) for layout, group in layouts.items()}
-    checkers = {layout: CheckAccumulator(layout) for layout in layouts}
-    cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]] = {layout: [] for layout in layouts}
-    spec_acc = {spec.label: _SpecAccumulator(spec) for spec in specs}
-    splits: dict[Layout, list[Split]] = {layout: [] for layout in layouts}
-    steps: list[int] = []
-    group_ids: list[torch.Tensor | None] = []
-    uid_labels: list[tuple[str, ...] | None] = []
-    row_steps: list[torch.Tensor] = []
-    row_prompts: list[torch.Tensor] = []
-    prompt_steps: list[torch.Tensor] = []
-    prompt_uids: list[str] = []
-    rewards: list[torch.Tensor] = []
-    any_rewards = False
-    has_groups: bool | None = None
-    lengths_estimated = False
-    n_prompts = 0
-    stats_parts: list[SequenceStats] = []
-    first_layout = next(iter(layouts))
-    for part in parts:
-        if has_groups is not None and part.has_groups != has_groups:
-            raise AggscopeError(f"{part.source}: step {part.step} has {'no ' * has_groups}uid column unlike earlier steps")
-        has_groups = part.has_groups
-        lengths_estimated = lengths_estimated or part.lengths_estimated
-        index = len(steps)
-        steps.append(part.step)
-        stats_parts.append(part.layouts[first_layout].weights.stats)  # the same under every layout
-        row_steps.append(torch.full((part.n_sequences,), index, dtype=torch.int64))
-        group_ids.append(part.group_ids)
-        uid_labels.append(part.uid_labels)
-        if part.group_ids is not None and part.uid_labels is not None:
-            row_prompts.append(part.group_ids + n_prompts)
-            prompt_steps.append(torch.full((part.n_groups,), index, dtype=torch.int64))
-            prompt_uids.extend(part.uid_labels)
-            n_prompts += part.n_groups
-        any_rewards = any_rewards or part.rewards is not None
-        rewards.append(
-            part.rewards if part.rewards is not None else torch.full((part.n_sequences,), math.nan, dtype=torch.float64)
-        )
-        for layout, group in layouts.items():
-            layout_part = part.layouts[layout]
-            engines[layout].add(layout_part.weights)
-            splits[layout].append(layout_part.split)
-            checkers[layout].add(layout_part.check)
-            cut_prompts[layout].append(layout_part.check.cut_prompts)
-            for spec in group:
-                accumulator = spec_acc[spec.label]
-                accumulator.row_weights.append(layout_part.weights.row_weights[spec.mode.name])
-                positive, negative = layout_part.histograms[spec.label]
-                accumulator.positive += positive
-                accumulator.negative += negative
-    if not steps:
-        raise AggscopeError(f"{source}: no steps to analyse")
-    reports = {layout: engine.result() for layout, engine in engines.items()}
-    results = {}
-    for spec in specs:
-        report = reports[spec.layout]
-        accumulator = spec_acc[spec.label]
-        results[spec.label] = SpecResult(
-            spec=spec,
-            row_weight=torch.cat(accumulator.row_weights),
-            steps=[step.modes[spec.mode.name] for step in report.steps],
-            total=report.total.modes[spec.mode.name],
-            histogram=TokenHistogram(HISTOGRAM_LOG10_EDGES, accumulator.positive, accumulator.negative),
-        )
-    stats_all = SequenceStats.concat(stats_parts)
-    row_step = torch.cat(row_steps)
-    row_prompt = torch.cat(row_prompts) if has_groups else None
-    prompt_step = torch.cat(prompt_steps) if has_groups else torch.zeros(0, dtype=torch.int64)
-    prompt_reward = None
-    reward_range = None
-    if has_groups and any_rewards:
-        assert row_prompt is not None
-        reward = torch.cat(rewards)  # [n_rows]
-        finite = torch.isfinite(reward)
-        scored = group_sum(finite.to(torch.float64), row_prompt, n_prompts)  # [n_prompts]
-        reward_sum = group_sum(torch.where(finite, reward, torch.zeros_like(reward)), row_prompt, n_prompts)
-        prompt_reward = torch.where(scored > 0, reward_sum / scored.clamp(min=1), torch.full_like(reward_sum, math.nan))
-        if bool(finite.any()):
-            reward_range = (float(reward[finite].min()), float(reward[finite].max()))
-    first = next(iter(reports.values()))
-    return Breakdown(
-        source=source,
-        specs=list(specs),
-        steps=steps,
-        step_sizes=first.steps,
-        stats=stats_all,
-        row_step=row_step,
-        row_prompt=row_prompt,
-        prompt_step=prompt_step,
-        prompt_uid=prompt_uids,
-        prompt_rows=torch.bincount(row_prompt, minlength=n_prompts)
-        if row_prompt is not None
-        else torch.zeros(0, dtype=torch.int64),
-        prompt_reward=prompt_reward,
-        reward_range=reward_range,
-        results=results,
-        splits=splits,
-        group_ids=group_ids,
-        uid_labels=uid_labels,
-        checks={layout: checker.report().to_dict() for layout, checker in checkers.items()},
-        cut_prompts=cut_prompts,
-        lengths_estimated=lengths_estimated,
-    )
-
-
-def _split_cpu(split: Split) -> Split:
-    tensors: dict[str, Any] = {name: value.cpu() for name, value in vars(split).items() if isinstance(value, torch.Tensor)}
-    return dataclasses.replace(split, **tensors)
