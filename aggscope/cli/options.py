@@ -401,8 +401,8 @@ def _build_layout(
     spec = _build_config(config, trainer, set_values)
     if spec is not None:
         return ConfiguredLayout({name: value for name, value in values.items() if value is not None}, spec)
-    values = {**values, "dp_size": values["dp_size"] or 1, "order": values["order"] or "logged"}
-    values["composition"] = values["composition"] or "canonical"
+    defaults = {"dp_size": 1, "order": "logged", "composition": "canonical"}
+    values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
         values["seed"] = 0
     elif values["order"].strip().lower() != "shuffle" and not seed_for_specs:
