@@ -2,6 +2,7 @@
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,19 @@ from aggscope.analysis.checks import (
     CheckAccumulator,
     boundary_prompt_mean,
     check_step,
-    format_rows,
     layout_flags,
     parse_fail_on,
     run_checks,
     safe_chunk_sizes,
     zero_grad_causes,
 )
+from aggscope.analysis.runner import Engine
 from aggscope.analysis.weights import run_weights
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, split_step
 from aggscope.core.modes import default_modes
 from aggscope.errors import AggscopeError
+from aggscope.fmt import row_ranges
 from aggscope.io.open import open_rollouts
 from aggscope.present.lanes import split_picture
 from aggscope.samples.faulty import FAULTY_CONFIG, MASKED_SPAN, faulty_layout, generate_faulty, write_faulty_sample
@@ -305,9 +307,9 @@ def test_zero_grad_causes_with_zero_and_nonfinite_weights():
 
 
 def test_report_helpers():
-    assert format_rows([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
-    assert format_rows([0, 2, 4, 6], limit=2) == "0, 2, … (4 rows)"
-    assert format_rows([]) == "none"
+    assert row_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert row_ranges([0, 2, 4, 6], limit=2) == "0, 2, … (4 rows)"
+    assert row_ranges([]) == "none"
     assert layout_flags(Layout(mini_batch_size=8, dp_size=2, seed=3)) == "--mini-batch-size 8 --dp-size 2"
     assert layout_flags(Layout(order="shuffle", seed=3)) == "--order shuffle --seed 3"
     assert parse_fail_on(" Warning ") == "warning"
@@ -412,6 +414,23 @@ def test_faulty_sample_every_finding():
     assert [f.severity for f in report.findings] == sorted(
         (f.severity for f in report.findings), key=["error", "warning", "info"].index
     )
+
+
+def test_run_checks_on_an_opened_input_or_steps_in_memory_gives_one_report():
+    rollouts = open_rollouts(str(FAULTY))
+    steps = list(rollouts.iter_steps())
+    layout = faulty_layout()
+    expected = run_checks(steps, None, layout).to_dict()
+    assert expected["modes"] == ALL_MODES  # modes=None: every mode that applies to the first step
+    assert run_checks(iter(steps), None, layout).to_dict() == expected
+    assert run_checks(rollouts, None, layout, engine=Engine()).to_dict() == expected
+    assert run_checks(rollouts, ALL_MODES, layout, progress=list).to_dict() == expected
+    assert run_checks([], None, layout).modes == []
+    # lengths_estimated comes from the steps, however they are given.
+    estimated = [steps[0], replace(steps[1], lengths_estimated=True), *steps[2:]]
+    assert not expected["lengths_estimated"]
+    assert run_checks(estimated, None, layout).lengths_estimated
+    assert run_checks(iter(estimated), ALL_MODES, layout, engine=Engine()).lengths_estimated
 
 
 def test_faulty_sample_zero_grad_and_cut_prompts():
@@ -553,7 +572,7 @@ def test_merging_steps_keeps_every_step(batches, layout):
     accumulator = CheckAccumulator(layout)
     for check in checks:
         accumulator.add(check)
-    report = accumulator.report()
+    report = accumulator.result()
     assert len(report.findings) == sum(len(c.findings) for c in checks)
     for mode in ("token_mean", "prompt_mean"):
         for cause in ZERO_GRAD_CAUSES:

@@ -42,6 +42,20 @@ def test_convert_verl_then_weights_gives_identical_numbers(tmp_path: Path) -> No
     assert text["text"] == "Q2" and [o["rows"] for o in text["occurrences"]] == [[1, 3], [1, 3]]
 
 
+def test_convert_keeps_the_prompt_texts_the_batches_carry(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "in.parquet"
+    columns = {"uid": ["a", "b", "a"], "prompt": ["Qa", "Qb", "Qa"], "advantages": [[1.0], [2.0], [3.0]], "loss_mask": [[1]] * 3}
+    pq.write_table(pa.table(columns), source)
+    out = tmp_path / "out.parquet"
+    invoke("convert", str(source), "-o", str(out), "--json")
+    written = pq.read_table(out)
+    assert written.column("prompt").to_pylist() == ["Qa", "Qb", "Qa"] and written.column("uid").to_pylist() == ["a", "b", "a"]
+    assert invoke("inspect", str(out), "--uid", "b", "--json")["text"] == "Qb"
+
+
 def test_convert_atropos_and_canonical_parquet(tmp_path: Path, real_data: Path) -> None:
     source = real_data / "atropos_cybersec_objreward.jsonl"
     out = tmp_path / "atropos.parquet"
@@ -132,6 +146,29 @@ def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) 
         assert json.loads(checked.stdout)["lengths_estimated"] is (fmt in ("verl", "trl"))
         reported = runner.invoke(app, ["report", str(path), "-o", str(tmp_path / f"{fmt}-report")])
         assert reported.exit_code == 0, (fmt, reported.output)
+
+
+def test_every_reader_is_one_interface_built_in_one_call(tmp_path: Path, stand_in_skyrl: type) -> None:  # noqa: F811
+    """Every format's reader is a ``Rollouts`` with every member set, and what it decided when it opened
+    the input is frozen (no attribute is assigned after the reader is built)."""
+    import dataclasses
+
+    from aggscope.io.open import bundled_sample_path, open_rollouts
+    from aggscope.io.reader import Rollouts
+
+    paths = {**every_format(tmp_path, stand_in_skyrl), "parquet": bundled_sample_path()}
+    for fmt, path in paths.items():
+        rollouts = open_rollouts(str(path))
+        assert isinstance(rollouts, Rollouts), fmt
+        assert rollouts.format == ("wide" if fmt == "parquet" else fmt)
+        assert isinstance(rollouts.has_groups, bool) and isinstance(rollouts.lengths_estimated, bool)
+        assert rollouts.lengths_estimated is (fmt in ("verl", "trl"))
+        assert (
+            [b.step for b in rollouts.iter_steps()] == rollouts.steps == [b.step for b in map(rollouts.read_step, rollouts.steps)]
+        )
+        assert all(rollouts.step_tokens(s) is None or rollouts.step_tokens(s) > 0 for s in rollouts.steps)
+        decided = rollouts if fmt == "parquet" else rollouts.settings
+        assert dataclasses.is_dataclass(decided) and decided.__dataclass_params__.frozen, fmt
 
 
 def test_report_says_lengths_are_estimates_for_text_dumps(tmp_path: Path) -> None:

@@ -22,46 +22,13 @@ LIBRARY = "Library"
 COMPARE = "`aggscope compare`: before you change a config"
 RAY = "Many machines: Ray, clusters and object storage"
 
-# README text that still names the module paths from before the layers (aggscope.engines,
-# aggscope.weights, aggscope.checks, aggscope.breakdown, aggscope/modes.py), and the text proposed to
-# replace it. While README.md has the old text, the tests read the proposal in its place; once the
-# README carries the new text, the replacement finds nothing to replace and can be deleted.
-OLD_MODES = "A mode is one small function in\n`aggscope/modes.py`, registered with `@register`"
-NEW_MODES = "A mode is one small function in\n`aggscope/core/modes.py`, registered with `@register`"
-OLD_RAY = """In Python, `aggscope.engines.open_engine("ray", address)` gives an engine; `Engine.map_steps(rollouts,
-work)` maps any picklable per-step function over the steps in step order, and
-`aggscope.weights.run_weights_on`, `aggscope.checks.run_checks_on` and
-`aggscope.breakdown.run_breakdown_on` (the reports' pass) take an engine."""
-NEW_RAY = """In Python, `aggscope.analysis.runner.open_engine("ray", address)` gives an engine, which
-`aggscope.run_weights`, `aggscope.run_breakdown` (the reports' pass), `aggscope.full_report` and
-`aggscope.compare` take as `engine=` (None: this process), as does
-`aggscope.analysis.checks.run_checks_on`; `Engine.map_steps(rollouts, work)` maps any picklable
-per-step function over the steps in step order:
-
-```python
-import aggscope
-from aggscope.analysis.runner import open_engine
-
-engine = open_engine("ray", "auto")                      # the cluster this node belongs to
-rollouts = aggscope.open_rollouts("rollouts/")           # readable from every node (or s3://...)
-layout = aggscope.Layout(mini_batch_size=256, micro_batch_size=8, dp_size=4)
-modes = aggscope.select_modes(None, has_groups=rollouts.has_groups, layout=layout)
-weights = aggscope.run_weights(rollouts, modes, layout, engine=engine)
-print(weights.total.modes["token_mean"].ess_tokens)
-aggscope.full_report(rollouts, modes, layout, engine=engine).write("reports")
-```"""
-PROPOSED = {LIBRARY: [(OLD_MODES, NEW_MODES)], RAY: [(OLD_RAY, NEW_RAY)]}
-
 
 def section(heading: str) -> str:
-    """The README's text under ``## heading`` up to the next ``## ``, with the proposed corrections."""
+    """The README's text under ``## heading`` up to the next ``## ``."""
     text = README.read_text()
     start = text.index(f"\n## {heading}\n")
     end = text.find("\n## ", start + 1)
-    body = text[start : end if end != -1 else len(text)]
-    for old, new in PROPOSED.get(heading, []):
-        body = body.replace(old, new)
-    return body
+    return text[start : end if end != -1 else len(text)]
 
 
 def python_snippets(heading: str) -> list[str]:

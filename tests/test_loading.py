@@ -103,12 +103,79 @@ def test_step_from_file_name(tmp_path: Path) -> None:
     assert open_rollouts(str(tmp_path)).steps == [3, 12]
 
 
+def test_one_listing_rule_natural_order_and_no_dot_names(tmp_path: Path) -> None:
+    """Every reader lists a directory alike: natural order (part2 before part10), dot names skipped."""
+    from aggscope.io.paths import list_files, resolve_paths
+
+    for name in ("part10.parquet", "part2.parquet", "part1.parquet", ".part3.parquet"):
+        write(tmp_path / name, {"advantages": [[1.0]], "loss_mask": [[1]]})
+    (tmp_path / ".hidden").mkdir()
+    write(tmp_path / ".hidden" / "part4.parquet", {"advantages": [[1.0]], "loss_mask": [[1]]})
+    expected = [str(tmp_path / n) for n in ("part1.parquet", "part2.parquet", "part10.parquet")]
+    assert resolve_paths(str(tmp_path)) == (expected, None)
+    assert list_files(str(tmp_path), (".parquet",), ".parquet files") == expected
+    assert list_files(str(tmp_path / "part*.parquet"), (), "") == expected
+    assert open_rollouts(str(tmp_path)).files == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("12.jsonl", 12),
+        ("run/step_12/rank_0.jsonl", 0),
+        ("step_12", 12),
+        ("global_step_12.parquet", 12),
+        ("completions_00012.parquet", 12),
+        ("train_data_step3.jsonl", 3),
+        ("global_step_6_training_input.pkl", 6),
+        ("rank_3.jsonl", 3),
+        ("data_v2.parquet", 2),
+        ("rollouts.parquet", None),
+    ],
+)
+def test_step_in_a_file_name(name: str, step: int | None) -> None:
+    from aggscope.io.paths import step_in_name
+
+    assert step_in_name(name) == step
+
+
 def test_text_uid_is_stable_and_groups_by_prompt(tmp_path: Path) -> None:
     columns = {"prompt": ["What is 2+2?", "Name a prime.", "What is 2+2?"], "advantages": [[1.0]] * 3, "loss_mask": [[1]] * 3}
     (batch,) = load_steps(str(write(tmp_path / "r.parquet", columns)))
     assert batch.group_ids.tolist() == [0, 1, 0]
     assert batch.uid_labels == (text_uid("What is 2+2?"), text_uid("Name a prime."))
     assert text_uid("What is 2+2?") == hashlib.sha1(b"What is 2+2?").hexdigest()[:12]
+    assert batch.uid_texts == ("What is 2+2?", "Name a prime.")  # the texts travel with the batch
+
+
+def test_prompt_texts_beside_a_uid_travel_with_the_batch(tmp_path: Path) -> None:
+    """A ``prompt`` column beside the uid gives each group its text: the last row's that has one."""
+    columns = {
+        "uid": ["a", "b", "a", "b", "c"],
+        "prompt": ["first a", "text b", "last a", None, None],
+        "advantages": [[1.0]] * 5,
+        "loss_mask": [[1]] * 5,
+    }
+    (batch,) = load_steps(str(write(tmp_path / "r.parquet", columns)))
+    assert batch.uid_labels == ("a", "b", "c") and batch.uid_texts == ("last a", "text b", None)
+    long = {"seq_id": [1, 2, 1, 3], "uid": ["a", "b", "a", "a"], "prompt": ["A", "B", "A", "A2"], "advantages": [1.0] * 4}
+    (batch,) = load_steps(str(write(tmp_path / "long.parquet", {**long, "loss_mask": [1] * 4})))
+    assert batch.uid_labels == ("a", "b") and batch.uid_texts == ("A2", "B")
+    (batch,) = load_steps(str(write(tmp_path / "none.parquet", {k: v for k, v in columns.items() if k != "prompt"})))
+    assert batch.uid_texts is None
+
+
+def test_describe_uid_takes_the_text_from_the_batches_not_the_files(tmp_path: Path) -> None:
+    from aggscope.analysis.describe import describe_uid
+
+    path = write(
+        tmp_path / "r.parquet", {"uid": ["a", "b"], "input": ["Q a", "Q b"], "advantages": [[1.0]] * 2, "loss_mask": [[1]] * 2}
+    )
+    rollouts = open_rollouts(str(path))
+    batches = list(rollouts.iter_steps())
+    path.unlink()  # nothing may read the input again to describe a uid
+    found = describe_uid(rollouts, "b", batches)
+    assert found.text == "Q b" and [o.rows for o in found.occurrences] == [[1]]
 
 
 def test_explicit_column_roles(tmp_path: Path) -> None:

@@ -105,13 +105,16 @@ def test_verl_uid_field_wins_over_text(tmp_path: Path) -> None:
     rows = [dict(r, uid=f"u{i % 2}") for i, r in enumerate(VERL_ROWS)]
     (batch,) = read_all(write_jsonl(tmp_path / "5.jsonl", rows))
     assert batch.row_uids() == ["u0", "u1"] * 3
+    assert batch.uid_texts == ("Q1", "Q3")  # each uid's prompt text: its last row's (rows 1, 3, 5: Q2, Q2, Q3)
+    (hashed,) = read_all(write_jsonl(tmp_path / "6.jsonl", VERL_ROWS))
+    assert hashed.uid_texts == ("Q1", "Q2", "Q3") and hashed.uid_labels == tuple(text_uid(q) for q in ("Q1", "Q2", "Q3"))
 
 
 def test_verl_steps_from_field_or_name_and_text_behind_uid(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "dump" / "1.jsonl", [{k: v for k, v in r.items() if k != "step"} for r in VERL_ROWS[:2]])
     write_jsonl(tmp_path / "dump" / "2.jsonl", [{k: v for k, v in r.items() if k != "step"} for r in VERL_ROWS[2:]])
     rollouts = open_rollouts(str(tmp_path / "dump"))
-    assert rollouts.steps == [1, 2] and rollouts.layout == "verl"
+    assert rollouts.steps == [1, 2] and rollouts.format == "verl"
     result = runner.invoke(app, ["inspect", str(tmp_path / "dump"), "--uid", text_uid("Q1"), "--json"])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
@@ -164,7 +167,7 @@ def test_trl_reward_sum_advantage_column_and_steps(tmp_path: Path) -> None:
     pq.write_table(trl_table(10), folder / "completions_00010.parquet")
     pq.write_table(trl_table(20), folder / "completions_00020.parquet")
     rollouts = open_rollouts(str(folder))
-    assert rollouts.layout == "trl" and rollouts.steps == [10, 20]
+    assert rollouts.format == "trl" and rollouts.steps == [10, 20]
     batch = next(rollouts.iter_steps())
     # reward = nansum(accuracy_reward, format_reward): 1.5, 0.5, 0 + 0 (NaN skipped), 1.25
     assert batch.rewards is not None and batch.rewards.tolist() == [1.5, 0.5, 0.0, 1.25]
@@ -212,7 +215,7 @@ def test_nemo_rl_runs_of_prompts_dropped_sample_and_padding(tmp_path: Path) -> N
     write_jsonl(tmp_path / "train_data_step4.jsonl", rows[:2])
     write_jsonl(tmp_path / "val_data_step3.jsonl", rows[:1])  # validation logs are not training data
     rollouts = open_rollouts(str(tmp_path))
-    assert rollouts.layout == "nemo-rl" and rollouts.steps == [3, 4]
+    assert rollouts.format == "nemo-rl" and rollouts.steps == [3, 4]
     batch, later = list(rollouts.iter_steps())
     uid_a = hashlib.sha1(np.asarray(a, dtype=np.int64).tobytes()).hexdigest()[:12]
     uid_b = hashlib.sha1(np.asarray(b, dtype=np.int64).tobytes()).hexdigest()[:12]
@@ -255,7 +258,7 @@ def test_prime_rl_packed_rows_split_on_position_restarts(tmp_path: Path) -> None
     (root / "step_1" / "STABLE").touch()
     write_jsonl(root / "step_2" / "rank_0.jsonl", [single])  # no STABLE marker yet
     rollouts = open_rollouts(str(root))
-    assert rollouts.layout == "prime-rl" and rollouts.steps == [1, 2] and not rollouts.has_groups
+    assert rollouts.format == "prime-rl" and rollouts.steps == [1, 2] and not rollouts.has_groups
     assert any("step 2: no STABLE marker" in n for n in rollouts.notes)
     batch = rollouts.read_step(1)
     got = per_row(batch)
@@ -316,7 +319,7 @@ def test_slime_rollout_dump(tmp_path: Path) -> None:
     torch.save({"rollout_id": 7, "samples": samples}, tmp_path / "7.pt")
     torch.save({"rollout_id": 7, "samples": samples[:1]}, tmp_path / "eval_7.pt")  # evaluation rollouts: skipped
     rollouts = open_rollouts(str(tmp_path))
-    assert rollouts.layout == "slime" and rollouts.steps == [7]
+    assert rollouts.format == "slime" and rollouts.steps == [7]
     (batch,) = list(rollouts.iter_steps())
     got = per_row(batch)
     want = loop_advantages([1.0, 0.0, 1.0, 0.0], [0, 0, 1, 1], "grpo")
@@ -388,7 +391,7 @@ def test_skyrl_stand_in_pickle_with_prompt_boundaries(tmp_path: Path, stand_in_s
     path = skyrl_dump(tmp_path / "dumped_data" / "global_step_12_training_input.pkl", stand_in_skyrl,
                       {"policy_prompt_boundaries": [(0, 2), (2, 3)], "policy_mini_batch_boundaries": [(0, 4)]})  # fmt: skip
     rollouts = open_rollouts(str(tmp_path / "dumped_data"))
-    assert rollouts.layout == "skyrl" and rollouts.steps == [12] and rollouts.has_groups
+    assert rollouts.format == "skyrl" and rollouts.steps == [12] and rollouts.has_groups
     (batch,) = list(rollouts.iter_steps())
     assert batch.row_uids() == ["p0", "p0", "p1", "pad:3"]  # row 3 lies after the last prompt boundary
     got = per_row(batch)
@@ -418,7 +421,7 @@ def test_detection_needs_format_when_ambiguous(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "5.jsonl", VERL_ROWS)
     pq.write_table(trl_table(1), tmp_path / "completions_00001.parquet")
     assert "holds .jsonl, .parquet files; say which format to read with --format" in cli_error("inspect", str(tmp_path))
-    assert open_rollouts(str(tmp_path), format="verl").layout == "verl"
+    assert open_rollouts(str(tmp_path), format="verl").format == "verl"
     odd = write_jsonl(tmp_path / "odd" / "x.jsonl", [{"a": 1}])
     assert "cannot tell which trainer wrote this JSON-lines file (first line has a)" in cli_error("inspect", str(odd))
 

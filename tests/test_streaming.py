@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import aggscope.core.batch as batch_module
 import aggscope.io.export as export_module
+import aggscope.io.fastread as fastread
 import aggscope.io.parquet as loading_module
 from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
@@ -365,10 +366,10 @@ def test_page_toucher_never_changes_what_is_read(tmp_path: Path, monkeypatch: py
     path = tmp_path / "one_step.parquet"
     pq.write_table(table, path, row_group_size=300)
     plain = open_rollouts(str(path)).read_step(0)
-    monkeypatch.setattr(loading_module, "TOUCH_PAGES_FROM", 1)
+    monkeypatch.setattr(fastread, "TOUCH_PAGES_FROM", 1)
     monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", 64)
-    monkeypatch.setattr(loading_module._PageToucher, "CHUNK_BYTES", 32)
-    monkeypatch.setattr(loading_module._PageToucher, "PAGE_BYTES", 4)
+    monkeypatch.setattr(fastread.PageToucher, "CHUNK_BYTES", 32)
+    monkeypatch.setattr(fastread.PageToucher, "PAGE_BYTES", 4)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # hand the GIL back and forth all the time, so the two threads interleave
     try:
@@ -382,7 +383,7 @@ def test_page_toucher_never_changes_what_is_read(tmp_path: Path, monkeypatch: py
 
 def test_page_toucher_stops_where_the_reader_arrives() -> None:
     arrays = [np.full(1 << 16, 7.0, dtype=np.float32), np.ones(1 << 16, dtype=bool)]
-    toucher = loading_module._PageToucher(arrays)
+    toucher = fastread.PageToucher(arrays)
     toucher.before_write(1 << 16)  # the reader wants everything: the thread is stopped before this returns
     assert not toucher._thread.is_alive()
     arrays[0][:] = 3.0

@@ -58,7 +58,7 @@ def inspect(
         return
     console = stdout_console()
     files = description.files
-    console.print(f"[bold]{description.source}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.layout} layout")
+    console.print(f"[bold]{description.source}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.format} layout")
     mapping = Table(title="columns", title_justify="left", pad_edge=False)
     mapping.add_column("role")
     mapping.add_column("column")

@@ -4,10 +4,13 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from aggscope.io.reader import Rollouts
 
 T = TypeVar("T")
 WIDTH = 100
@@ -47,7 +50,7 @@ def with_progress(
     total: int,
     description: str,
     tokens: Optional[Callable[[T], int]] = None,
-    rollouts: Any = None,
+    rollouts: "Optional[Rollouts]" = None,
 ) -> Iterator[T]:
     """Iterate ``items`` (one per step) with a progress bar on stderr when it is a terminal and there is work to show.
 
@@ -78,19 +81,18 @@ def with_progress(
             progress.update(task, advance=1, tokens=done)
 
 
-def _step_sizes(rollouts: Any) -> Optional[list[int]]:
+def _step_sizes(rollouts: "Optional[Rollouts]") -> Optional[list[int]]:
     """Every step's token count from the metadata, or None where some step's is not known."""
-    step_tokens = getattr(rollouts, "step_tokens", None)
-    if step_tokens is None:
+    if rollouts is None:
         return None
-    sizes = [step_tokens(step) for step in rollouts.steps]
-    return None if any(size is None for size in sizes) else sizes
+    sizes = [rollouts.step_tokens(step) for step in rollouts.steps]
+    return None if any(size is None for size in sizes) else [size for size in sizes if size is not None]
 
 
 def _token_progress(items: Iterable[T], sizes: list[int], description: str) -> Iterator[T]:
     """A bar over tokens: it moves as this process decodes them, and jumps to each step's end when
     the step's result arrives (also when another process, a Ray worker, read it)."""
-    from aggscope.io.parquet import reading_progress
+    from aggscope.io.fastread import reading_progress
 
     ends = list(itertools.accumulate(sizes))
     columns: list[Any] = [

@@ -195,7 +195,7 @@ class BreakdownMerger:
             splits=self._splits,
             group_ids=rows.group_ids,
             uid_labels=rows.uid_labels,
-            checks={layout: checker.report() for layout, checker in self._checks.items()},
+            checks={layout: checker.result() for layout, checker in self._checks.items()},
             cut_prompts=self._cut_prompts,
             lengths_estimated=rows.lengths_estimated,
         )

@@ -17,20 +17,28 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
+from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
+from aggscope.errors import AggscopeError, first_line
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch, plan_by_name
 
 
-class SkyrlRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class SkyrlSettings:
+    """``reward_key``: the batch's rewards tensor (``--reward-col``, default ``rewards``)."""
+
+    reward_key: str
+
+
+class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
     format = "skyrl"
-    _reward_key: str
-    _cache: tuple[str, Any] | None = None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> SkyrlRollouts:
@@ -38,38 +46,34 @@ class SkyrlRollouts(DumpRollouts):
         files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl files")
         plan, notes = plan_by_name(files)
         reward_key = options.reward_col or "rewards"
-        rollouts = cls(path, plan, columns={}, notes=notes, has_groups=False)
-        rollouts._reward_key = reward_key
-        first = rollouts._batch(files[0])
+        first = load_pickled_batch(files[0])
         metadata = _metadata(first)
         has_groups = "uids" in metadata or "policy_prompt_boundaries" in metadata
-        rollouts.has_groups = has_groups
-        rollouts.columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
+        columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
         if has_groups:
-            rollouts.columns["uid"] = "metadata.uids" if "uids" in metadata else "metadata.policy_prompt_boundaries"
+            columns["uid"] = "metadata.uids" if "uids" in metadata else "metadata.policy_prompt_boundaries"
         else:
-            rollouts.notes.append(
-                "no uids or policy_prompt_boundaries in the metadata: prompt-level modes and checks are unavailable"
-            )
+            notes.append("no uids or policy_prompt_boundaries in the metadata: prompt-level modes and checks are unavailable")
         if _field(first, reward_key) is not None:
-            rollouts.columns["reward"] = f"{reward_key} (row sum)"
+            columns["reward"] = f"{reward_key} (row sum)"
         boundaries = metadata.get("policy_mini_batch_boundaries")
         if boundaries:
-            rollouts.notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
-        return rollouts
-
-    def _batch(self, file: str) -> Any:
-        if self._cache is not None and self._cache[0] == file:
-            return self._cache[1]
-        batch = load_pickled_batch(file)
-        self._cache = (file, batch)
-        return batch
+            notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
+        return cls(
+            path,
+            plan,
+            settings=SkyrlSettings(reward_key),
+            columns=columns,
+            notes=notes,
+            has_groups=has_groups,
+            loaded=(files[0], first),
+        )
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         if len(files) != 1:
             raise AggscopeError(f"{self.source}: {len(files)} SkyRL dumps for step {step} ({files[0]}, {files[1]}); give one")
         file = files[0]
-        batch = self._batch(file)
+        batch = self.load(file, load_pickled_batch)
         loss_mask = _tensor(batch, "loss_mask", file)
         advantages = _tensor(batch, "advantages", file)
         if loss_mask.dim() != 2 or advantages.shape != loss_mask.shape:
@@ -77,23 +81,25 @@ class SkyrlRollouts(DumpRollouts):
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
         n_rows, width = loss_mask.shape
-        mask = loss_mask.reshape(-1).numpy()
-        if not np.isin(mask, (0, 1)).all():
-            raise AggscopeError(f"{file}: loss_mask holds values other than 0 and 1")
+        mask = mask_as_bool(
+            loss_mask.reshape(-1).numpy(),
+            np.arange(n_rows + 1, dtype=np.int64) * width,
+            lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
+        )
         rewards = None
-        reward_tensor = _field(batch, self._reward_key)
+        reward_tensor = _field(batch, self.settings.reward_key)
         if reward_tensor is not None:
             reward_tensor = torch.as_tensor(reward_tensor).detach().cpu().to(torch.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
-                    f"{file}: {self._reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
+                    f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
                 )
             rewards = reward_tensor.reshape(n_rows, -1).sum(dim=1).numpy()
         return build_batch(
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
-            loss_mask=mask.astype(bool),
+            loss_mask=mask,
             token_advantages=advantages.reshape(-1).numpy(),
             uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
             rewards=rewards,
@@ -114,8 +120,7 @@ def load_pickled_batch(file: str) -> Any:
             ) from None
         raise AggscopeError(f"{file}: cannot unpickle (module {module!r} not found)") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first})") from None
+        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first_line(exc)})") from None
 
 
 def _metadata(batch: Any) -> dict[str, Any]:
@@ -132,10 +137,7 @@ def _tensor(batch: Any, key: str, file: str) -> torch.Tensor:
     value = _field(batch, key)
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
-    tensor = torch.as_tensor(value).detach().cpu()
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.to(torch.float32)
-    return tensor
+    return widen_half(torch.as_tensor(value).detach().cpu())
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ from aggscope import __version__
 from aggscope.analysis.breakdown import Breakdown, Change, Comparison, SpecOutcome, compare_specs
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.present.figures import mode_colour
-from aggscope.present.report.sentences import summary_sentences
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class ReportDocument:
 
 
 def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> ReportDocument:
-    """Every number of the report, with its opening sentences. The first SPEC is the base."""
+    """Every number of the report, without its opening sentences (``aggscope.present.report`` adds them). The first SPEC is the base."""
     document = ReportDocument(
         kind=kind,
         input=InputInfo(
@@ -161,7 +160,7 @@ def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -
         specs=[SpecInfo(spec, mode_colour(spec.mode.name)) for spec in breakdown.specs],
         comparison=compare_specs(breakdown),
     )
-    return replace(document, summary=tuple(summary_sentences(document)))
+    return document
 
 
 def _json_ready(value: Any) -> Any:
