@@ -89,6 +89,20 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         draft.notes.append(
             f"a step of {step_rows} samples is not a multiple of train.batch_size {batch}: the trailing partial step is normalised on its own"
         )
+    _mode_and_advantage(reader, draft)
+    epochs = reader.integer("train.max_epochs", 1)
+    if epochs > 1:
+        draft.notes.append(
+            f"train.max_epochs {epochs}: every sample is trained {epochs} times, reshuffled each time: the numbers are those of one pass"
+        )
+    if micro > 1 and shuffled:
+        draft.notes.append(
+            "OpenRLHF's DataLoader drops a rank's last samples that do not fill a micro-batch (drop_last): they are counted here"
+        )
+    return draft.finish()
+
+
+def _mode_and_advantage(reader: ConfigReader, draft: Draft) -> None:
     loss = reader.choice("actor.policy_loss_type", "ppo", ("ppo", "gspo"))
     agg = reader.choice("actor.loss_agg_mode", "token-mean", tuple(AGG_MODES))
     if loss == "gspo":
@@ -126,16 +140,6 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         draft.notes.append(
             f"algo.advantage.estimator {estimator}: OpenRLHF whitens these advantages over all tokens; the input's advantages are used as they are"
         )
-    epochs = reader.integer("train.max_epochs", 1)
-    if epochs > 1:
-        draft.notes.append(
-            f"train.max_epochs {epochs}: every sample is trained {epochs} times, reshuffled each time: the numbers are those of one pass"
-        )
-    if micro > 1 and shuffled:
-        draft.notes.append(
-            "OpenRLHF's DataLoader drops a rank's last samples that do not fill a micro-batch (drop_last): they are counted here"
-        )
-    return draft.finish()
 
 
 def _dp_size(reader: ConfigReader, draft: Draft) -> int:

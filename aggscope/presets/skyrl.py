@@ -85,6 +85,23 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         )
     else:
         draft.set("micro_batch_size", micro, [T + "micro_train_batch_size_per_gpu"])
+    _mode(reader, draft, step_wise)
+    _advantage(reader, draft)
+    epochs = reader.integer(T + "update_epochs_per_batch", 1)
+    if epochs > 1:
+        draft.notes.append(
+            f"update_epochs_per_batch {epochs}: every mini-batch is trained {epochs} times with the same weights: the numbers "
+            f"are those of one pass"
+        )
+    if reader.boolean(ALGO + "advantage_batch_normalize", False):
+        draft.notes.append(
+            "advantage_batch_normalize: SkyRL z-scores the advantages over the batch after the dump is written, so gradient "
+            "weights (w x A) here use the dump's raw advantages"
+        )
+    return draft.finish()
+
+
+def _mode(reader: ConfigReader, draft: Draft, step_wise: bool) -> None:
     reduction = reader.choice(ALGO + "loss_reduction", "token_mean", REDUCTIONS)
     if step_wise:
         if reduction == "token_mean_legacy":
@@ -112,19 +129,6 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"{reader.term('generator.sampling_params.max_generate_length')} (horizon of the Dr. GRPO comparison)",
         )
     draft.set("mode", reduction, [ALGO + "loss_reduction"])
-    _advantage(reader, draft)
-    epochs = reader.integer(T + "update_epochs_per_batch", 1)
-    if epochs > 1:
-        draft.notes.append(
-            f"update_epochs_per_batch {epochs}: every mini-batch is trained {epochs} times with the same weights: the numbers "
-            f"are those of one pass"
-        )
-    if reader.boolean(ALGO + "advantage_batch_normalize", False):
-        draft.notes.append(
-            "advantage_batch_normalize: SkyRL z-scores the advantages over the batch after the dump is written, so gradient "
-            "weights (w x A) here use the dump's raw advantages"
-        )
-    return draft.finish()
 
 
 def _dp_size(reader: ConfigReader, draft: Draft) -> int:
