@@ -580,3 +580,16 @@ def test_merging_steps_keeps_every_step(batches, layout):
     assert report.loss_tokens == sum(c.loss_tokens for c in checks)
     for level in CUT_LEVELS:
         assert report.cut_prompts[level] == [(c.step, uid) for c in checks for uid in c.cut_prompts[level]]
+
+
+def test_ranks_first_cuts_and_lanes_follow_the_mini_batches_not_the_positions() -> None:
+    # 8 rows, 2 ranks, mini-batches of 4, verl's composition: mini-batch 0 = rows 0, 1, 4, 5.
+    # Prompt b (rows 1-4) starts and ends in mini-batch 0 but rows 2-3 are in mini-batch 1.
+    uids = ["a", "b", "b", "b", "b", "c", "c", "c"]
+    batch = StepBatch.from_flat(torch.ones(16), torch.ones(16), np.arange(0, 17, 2), uids=uids)
+    layout = Layout(mini_batch_size=4, dp_size=2, composition="ranks_first")
+    check = check_step(batch, ["token_mean"], layout)
+    cut = {f.uid: f.code for f in check.findings if f.code.startswith("prompt_cut")}
+    assert cut == {"b": "prompt_cut_by_mini_batch", "c": "prompt_cut_by_mini_batch"}
+    lane_rows = [line for line in split_picture(check.lanes, 100) if line.startswith("mb ")]
+    assert [line.split("│")[1].strip() for line in lane_rows] == ["aB¦BC", "BB¦CC"]

@@ -113,7 +113,65 @@ def test_default_modes_need_horizon_and_uids() -> None:
         "sequence_mean",
         "seq_mean_token_sum",
     ]
-    assert len(default_modes(has_groups=True, max_seq_len=100)) == len(MODES)
+    # the trainer variants are computed only when named (or chosen by a trainer preset)
+    variants = {"sequence_mean_nonempty", "seq_mean_token_sum_norm_padded"}
+    assert [m.name for m in default_modes(has_groups=True, max_seq_len=100)] == [m for m in MODES if m not in variants]
+
+
+def test_sequence_mean_nonempty_leaves_empty_rows_out_of_n() -> None:
+    # Rows of 2, 0 and 4 loss tokens: verl's seq-mean-token-mean divides by N = 3 rows,
+    # OpenRLHF's sample mode by N+ = 2 rows that have a loss token.
+    batch = StepBatch.from_flat(torch.ones(7), torch.tensor([1.0, 1, 0, 1, 1, 1, 1]), [0, 2, 3, 7])
+    assert compute_weights(batch, "sequence_mean", Layout()).row_weight.tolist() == [1 / 6, 1 / 3, 1 / 12]  # 1/(3 L_i)
+    assert compute_weights(batch, "sequence_mean_nonempty", Layout()).row_weight.tolist()[::2] == [1 / 4, 1 / 8]  # 1/(2 L_i)
+
+
+def test_padded_horizon_is_the_micro_batch_width() -> None:
+    # Rows of 3, 5, 2 and 6 tokens (masked ones included), micro-batches of 2 on one rank:
+    # widths 5 and 6, N = 4: w = 1/(4*5) for rows 0-1 and 1/(4*6) for rows 2-3.
+    mask = torch.tensor([1.0, 1, 1, *[1, 1, 0, 0, 0], *[1, 1], *[1, 0, 1, 1, 1, 1]])
+    batch = StepBatch.from_flat(torch.ones(16), mask, [0, 3, 8, 10, 16])
+    weights = compute_weights(batch, "seq_mean_token_sum_norm_padded", Layout(micro_batch_size=2)).row_weight
+    assert weights.tolist() == [1 / 20, 1 / 20, 1 / 24, 1 / 24]
+    # one micro-batch: the step's longest row
+    assert compute_weights(batch, "seq_mean_token_sum_norm_padded", Layout()).row_weight.tolist() == [1 / 24] * 4
+
+
+def test_ranks_first_takes_the_bth_chunk_of_every_rank() -> None:
+    # 8 rows, 2 ranks, mini-batches of 4: verl gives rank 0 rows 0-3 and rank 1 rows 4-7, and each
+    # rank trains chunks of 2, so mini-batch 0 = rows 0, 1, 4, 5 and mini-batch 1 = rows 2, 3, 6, 7.
+    split = split_step(
+        8, None, Layout(mini_batch_size=4, dp_size=2, micro_batch_size=1, composition="ranks_first"), 0, torch.device("cpu")
+    )
+    assert split.mini_batch.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert split.rank.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert split.micro_batch.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert split.micro_unit.unique().numel() == 8
+    canonical = split_step(8, None, Layout(mini_batch_size=4, dp_size=2), 0, torch.device("cpu"))
+    assert canonical.mini_batch.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_ranks_first_token_mean_divides_by_the_mini_batch_over_ranks() -> None:
+    # Loss tokens 1..8 per row; mini-batch 0 = rows 0, 1, 4, 5 holds 1 + 2 + 5 + 6 = 14 tokens,
+    # mini-batch 1 = rows 2, 3, 6, 7 holds 3 + 4 + 7 + 8 = 22.
+    lengths = list(range(1, 9))
+    batch = StepBatch.from_flat(torch.ones(36), torch.ones(36), np.cumsum([0, *lengths]))
+    layout = Layout(mini_batch_size=4, dp_size=2, composition="ranks_first")
+    weights = compute_weights(batch, "token_mean", layout).row_weight.tolist()
+    assert weights == [1 / 14, 1 / 14, 1 / 22, 1 / 22, 1 / 14, 1 / 14, 1 / 22, 1 / 22]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mini_batch_size": 6, "dp_size": 4}, r"needs --mini-batch-size \(6\) divisible by --dp-size \(4\)"),
+        ({"mini_batch_prompts": 2}, "counts mini-batches in sequences: give --mini-batch-size"),
+        ({"composition": "columns"}, "unknown composition 'columns'; valid compositions: canonical, ranks_first"),
+    ],
+)
+def test_bad_compositions_say_what_to_change(changes: dict, message: str) -> None:
+    with pytest.raises(AggscopeError, match=message):
+        Layout(**{"composition": "ranks_first", **changes})
 
 
 def test_modes_that_cannot_apply_say_why() -> None:

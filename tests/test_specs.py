@@ -35,9 +35,12 @@ def test_every_layout_option_is_a_key() -> None:
         "max-seq-len",
         "order",
         "seed",
+        "composition",
     }
     spec = parse_spec("prompt_mean,order=shuffle,seed=7,max-seq-len=512", BASE)
     assert (spec.layout.order, spec.layout.seed, spec.layout.max_seq_len) == ("shuffle", 7, 512)
+    spec = parse_spec("token_mean,mini-batch-size=8,dp-size=2,composition=ranks_first", BASE)
+    assert spec.layout.composition == "ranks_first"
 
 
 def test_a_spec_mini_batch_replaces_the_command_lines_either_way() -> None:

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import print_applied, with_config
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import WIDTH, stdout_console, with_progress
 
 SHOWN_PER_CODE = 3
@@ -48,7 +49,7 @@ def check(
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(source, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
         rollouts,
@@ -58,8 +59,9 @@ def check(
         progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
     )
     if json_output:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(with_config(report.to_dict(), config)))
     else:
+        print_applied(config)
         _render(report, rollouts.source, len(rollouts.steps), threshold, verbose)
     if report.fails(threshold):
         raise typer.Exit(1)

@@ -6,12 +6,13 @@ from typing import Annotated, Any
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, engine_options, input_options, spec_layout_options
+from aggscope.cli.config_view import config_notes
+from aggscope.cli.options import InputSpec, engine_options, input_options, open_configured, spec_layout_options
 from aggscope.cli.report_cmd import print_summary, step_progress
 
 SPEC_HELP = (
     "MODE[,key=value,...]: a mode (any name or alias) plus layout overrides, keys as the layout options without "
-    "dashes: mini-batch-size, mini-batch-prompts, micro-batch-size, dp-size, max-seq-len, order, seed."
+    "dashes: mini-batch-size, mini-batch-prompts, micro-batch-size, dp-size, max-seq-len, order, seed, composition."
 )
 
 
@@ -38,8 +39,9 @@ def compare(
     from aggscope.present.figures import check_output_directory
     from aggscope.present.report import compare as compare_report
 
+    rollouts, layout, _, config = open_configured(source, layout, None)
     specs = parse_specs(base, candidates, layout)
     check_output_directory(out)
-    rollouts = source.open()
-    result = compare_report(rollouts, specs, engine=engine, progress=step_progress(rollouts, "compare"))
+    notes = [*rollouts.notes, *config_notes(config)]
+    result = compare_report(rollouts, specs, engine=engine, progress=step_progress(rollouts, "compare"), notes=notes)
     print_summary(result, result.write(out))

@@ -8,14 +8,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, input_options
+from aggscope.cli.config_view import print_setup
+from aggscope.cli.options import InputSpec, Json, config_options, input_options
 from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
 
 
-@app.command(epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json; aggscope inspect 2.jsonl --uid 3f2a9c1b0d4e")
+@app.command(
+    epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json; aggscope inspect 2.jsonl --uid 3f2a9c1b0d4e; "
+    "aggscope inspect --config run/.hydra/config.yaml (what a trainer config gives, key by key)"
+)
 @input_options
+@config_options
 def inspect(
     source: InputSpec,
+    config: Any,
     json_output: Json = False,
     uid: Annotated[
         Optional[str],
@@ -24,8 +30,17 @@ def inspect(
         ),
     ] = None,
 ) -> None:
-    """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths."""
+    """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths; with --config, the
+    layout and mode a trainer config gives, each value with its keys and arithmetic."""
     from aggscope.analysis.describe import describe, describe_uid
+
+    if config is not None:
+        setup = config.load(None if source.path is None and source.format is None else _format_of(source))
+        if json_output:
+            typer.echo(json.dumps(setup.to_dict()))
+        else:
+            print_setup(setup)
+        return
 
     rollouts = source.open()
     if uid is not None:
@@ -99,3 +114,9 @@ def _print_uid(found: Any) -> None:
     console.print(table)
     if found.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")
+
+
+def _format_of(source: InputSpec) -> Any:
+    from aggscope.cli.options import _input_format
+
+    return _input_format(source)

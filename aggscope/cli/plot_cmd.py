@@ -6,7 +6,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import print_applied
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import stdout_console
 from aggscope.cli.report_cmd import step_progress
 
@@ -53,11 +54,12 @@ def plot(
     check_image_format(image_format)
     check_figure_names(figure)
     check_output_directory(out)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(source, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     specs = [Spec(m, layout) for m in modes]
     breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
+    print_applied(config, console)
     for name, path in paths.items():
         console.print(f"{name:<22} {path}")

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import config_notes
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import stdout_console, with_progress
 
 # The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
@@ -39,9 +40,10 @@ def report(
     from aggscope.present.report import full_report
 
     check_output_directory(out)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(source, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"))
+    notes = [*rollouts.notes, *config_notes(config)]
+    result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"), notes=notes)
     print_summary(result, result.write(out))
 
 

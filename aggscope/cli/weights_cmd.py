@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import print_applied, with_config
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
 
 PER_STEP_TABLES = 8
@@ -43,7 +44,7 @@ def weights(
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(source, layout, mode)
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
@@ -56,9 +57,10 @@ def weights(
         progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights", rollouts=rollouts),
     )
     if json_output:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(with_config(report.to_dict(), config)))
         return
     console = stdout_console()
+    print_applied(config, console)
     shown = report.steps if all_steps or len(report.steps) <= PER_STEP_TABLES else []
     for step in shown:
         console.print(_table(step, f"step {step.step}"))

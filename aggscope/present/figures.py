@@ -44,6 +44,8 @@ MODE_COLOURS: dict[str, str] = {
     "seq_mean_token_sum": "#E69F00",
     "seq_mean_token_sum_norm": "#009E73",
     "prompt_mean": "#6A3D9A",
+    "sequence_mean_nonempty": "#8C564B",
+    "seq_mean_token_sum_norm_padded": "#17BECF",
 }
 FALLBACK_COLOURS = ("#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
 LINE_STYLES = ("-", "--", ":", "-.")

@@ -37,7 +37,8 @@ _NO_PROMPT_MEAN_NOTE = (
 
 @dataclass(frozen=True, eq=False)
 class StepLanes:
-    """What the text picture of a step's split needs; arrays are ``[n_seqs]`` by trainer position.
+    """What the text picture of a step's split needs; arrays are ``[n_seqs]`` by trainer position,
+    grouped by mini-batch (the same order under the canonical composition).
 
     Attributes:
         prompt: prompt number by first appearance in trainer order.
@@ -225,16 +226,19 @@ def _prompt_checks(
         found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
         findings += found
     safe = None
-    if layout.mini_batch_size is not None or layout.mini_batch_prompts is not None:
+    # the sizes that cut no prompt are worked out for contiguous mini-batches (the canonical composition)
+    if layout.composition == "canonical" and (layout.mini_batch_size is not None or layout.mini_batch_prompts is not None):
         safe = _safe_sizes(rows, groups)
-    prompt_by_position = np.argsort(np.argsort(groups.first_position, kind="stable"), kind="stable")[groups.code[rows.order]]
+    # lanes: trainer positions grouped by mini-batch (already so, unless ranks_first)
+    lane_order = rows.order[np.argsort(rows.mini_batch[rows.order], kind="stable")]
+    prompt_by_position = np.argsort(np.argsort(groups.first_position, kind="stable"), kind="stable")[groups.code[lane_order]]
     lanes = StepLanes(
         step=batch.step,
         prompt=prompt_by_position,
-        mini_batch=rows.mini_batch[rows.order],
-        rank=rows.rank[rows.order],
-        cut_by_mini_batch=cut_by_mini_batch[groups.code[rows.order]],
-        no_gradient=no_gradient[rows.order],
+        mini_batch=rows.mini_batch[lane_order],
+        rank=rows.rank[lane_order],
+        cut_by_mini_batch=cut_by_mini_batch[groups.code[lane_order]],
+        no_gradient=no_gradient[lane_order],
         n_mini_batches=rows.n_mini_batches,
         dp_size=layout.dp_size,
     )
@@ -423,19 +427,17 @@ def _cuts(
     step: int, rows: Rows, groups: Groups, mode_names: set[str], contiguous: bool
 ) -> tuple[list[Finding], dict[str, tuple[str, ...]], np.ndarray]:
     """Prompts whose rows span more than one unit of each level; findings at the coarsest level."""
-    units_by_position = {
-        "mini_batch": rows.mini_batch[rows.order],
-        "rank": rows.rank_unit[rows.order],
-        "micro_batch": rows.micro_unit[rows.order],
-    }
+    units = {"mini_batch": rows.mini_batch, "rank": rows.rank_unit, "micro_batch": rows.micro_unit}
     used = groups.size > 0
-    first = np.minimum(groups.first_position, max(rows.n - 1, 0))
-    last = np.maximum(groups.last_position, 0)
     cut: dict[str, np.ndarray] = {}
-    for level, unit in units_by_position.items():
-        # Units are contiguous and numbered in trainer order, so a prompt spans several iff its
-        # first and last rows sit in different units.
-        cut[level] = used & (unit[first] != unit[last]) if rows.n else np.zeros_like(used)
+    for level, unit in units.items():
+        # A prompt spans several units iff its rows' lowest and highest unit differ (under the
+        # ranks_first composition a mini-batch is not one run of trainer positions).
+        lowest = np.full(groups.size.size, np.iinfo(np.int64).max, dtype=np.int64)
+        highest = np.full(groups.size.size, -1, dtype=np.int64)
+        np.minimum.at(lowest, groups.code, unit)
+        np.maximum.at(highest, groups.code, unit)
+        cut[level] = used & (lowest != highest)
     legacy = "token_mean_legacy" in mode_names
     boundary = "prompt_mean" in mode_names and contiguous
     severity = {
