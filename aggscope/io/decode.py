@@ -9,14 +9,12 @@ each error names the file and row at fault (``RowLocator``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from aggscope.core.batch import StepBatch, last_row_of_groups, mask_as_bool, offsets_of, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
@@ -107,7 +105,7 @@ def arrow_codes(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
 
 def uid_groups(
     table: pa.Table, columns: Mapping[str, str], where: RowLocator
-) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     """``([n_rows] group codes, uid of each code)`` from the uid column, or hashed from the prompt
     text column (``uid_text``); ``(None, None)`` when the input has neither."""
     if "uid" in columns:
@@ -129,7 +127,7 @@ def uid_groups(
     labels = [str(v) for v in distinct.to_pylist()]
     if hashed:
         labels = [text_uid(text) for text in labels]
-    return torch.from_numpy(codes), tuple(labels)
+    return codes, tuple(labels)
 
 
 def is_text(data_type: pa.DataType) -> bool:
@@ -146,15 +144,7 @@ def uid_texts_of(texts: pa.Array, group_ids: np.ndarray, n_groups: int) -> tuple
     return tuple(None if row < 0 else text for row, text in zip(rows.tolist(), picked, strict=True))
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing the array's memory. Arrow hands out read-only buffers; nothing in aggscope
-    writes into a batch's tensors, so torch's warning about that is silenced, not the data copied."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -> torch.Tensor | None:
+def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -> np.ndarray | None:
     """``[n_rows]`` float64 rewards (a list per row is summed; an empty list is NaN), or None."""
     if "reward" not in columns:
         return None
@@ -163,10 +153,10 @@ def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -
         values, offsets = _list_parts(array, columns["reward"], where)
         per_row = np.add.reduceat(_floats(values).astype(np.float64), offsets[:-1]) if len(values) else np.zeros(len(array))
         per_row[offsets[1:] == offsets[:-1]] = np.nan
-        return torch.from_numpy(per_row)
+        return per_row
     if not (pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type)):
         raise AggscopeError(f"{where(0)}: column {columns['reward']!r} (reward) has type {array.type}; expected numbers")
-    return torch.from_numpy(_floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64))
+    return _floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64)
 
 
 def decode_wide_tokens(
@@ -253,17 +243,17 @@ def decode_long(
     if token_groups is not None:
         # Sequences are ordered by their first row, so the first-appearance numbering of uids over
         # token rows is also their first-appearance order over sequences.
-        token_uid = token_groups.numpy()[token_order]  # [n_tokens] in sequence order
+        token_uid = token_groups[token_order]  # [n_tokens] in sequence order
         sequence_uid = token_uid[offsets[:-1]]  # [n_seqs]
         differs = token_uid != np.repeat(sequence_uid, lengths)
         if differs.any():
             token = int(np.flatnonzero(differs)[0])
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
-        group_ids = torch.from_numpy(sequence_uid.copy())
+        group_ids = sequence_uid.copy()
     rewards = rewards_of(per_sequence, columns, first_where)
     texts = None
     if text_column is not None and group_ids is not None and labels is not None:
-        texts = uid_texts_of(column_of(per_sequence, text_column), group_ids.numpy(), len(labels))
+        texts = uid_texts_of(column_of(per_sequence, text_column), group_ids, len(labels))
     return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards, lengths_estimated, texts)
 
 
@@ -273,12 +263,13 @@ def step_batch(
     advantages: np.ndarray,
     mask: np.ndarray,
     offsets: np.ndarray,
-    group_ids: torch.Tensor | None,
+    group_ids: np.ndarray | None,
     labels: tuple[str, ...] | None,
-    rewards: torch.Tensor | None,
+    rewards: np.ndarray | None,
     lengths_estimated: bool = False,
     uid_texts: tuple[str | None, ...] | None = None,
 ) -> StepBatch:
-    """The batch of decoded arrays (tensors share their memory)."""
-    tensors = _tensor(advantages), _tensor(mask), _tensor(offsets)
-    return StepBatch(step, *tensors, group_ids, labels, rewards, source, lengths_estimated, uid_texts)
+    """The batch of decoded arrays (sharing their memory; Arrow's buffers may be read-only, and
+    nothing in aggscope writes into a batch's arrays)."""
+    arrays = np.ascontiguousarray(advantages), np.ascontiguousarray(mask), np.ascontiguousarray(offsets)
+    return StepBatch(step, *arrays, group_ids, labels, rewards, source, lengths_estimated, uid_texts)

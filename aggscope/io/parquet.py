@@ -167,7 +167,7 @@ class ParquetRollouts(Rollouts):
             rewards = decode.rewards_of(rows, self.columns, where)
             texts = None
             if self._text_column is not None and group_ids is not None and labels is not None:
-                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids.numpy(), len(labels))
+                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids, len(labels))
             batch_stats = stats.result()
         batch = decode.step_batch(
             step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated, texts

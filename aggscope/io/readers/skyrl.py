@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
+from aggscope.core.batch import StepBatch, host_array, mask_as_bool, widen_half
+from aggscope.core.segments import ordered_sum
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
@@ -76,31 +76,31 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         batch = self.load(file, load_pickled_batch)
         loss_mask = _tensor(batch, "loss_mask", file)
         advantages = _tensor(batch, "advantages", file)
-        if loss_mask.dim() != 2 or advantages.shape != loss_mask.shape:
+        if loss_mask.ndim != 2 or advantages.shape != loss_mask.shape:
             raise AggscopeError(
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
         n_rows, width = loss_mask.shape
         mask = mask_as_bool(
-            loss_mask.reshape(-1).numpy(),
+            loss_mask.reshape(-1),
             np.arange(n_rows + 1, dtype=np.int64) * width,
             lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
         )
         rewards = None
         reward_tensor = _field(batch, self.settings.reward_key)
         if reward_tensor is not None:
-            reward_tensor = torch.as_tensor(reward_tensor).detach().cpu().to(torch.float64)
+            reward_tensor = np.asarray(host_array(reward_tensor), dtype=np.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
                     f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
                 )
-            rewards = reward_tensor.reshape(n_rows, -1).sum(dim=1).numpy()
+            rewards = np.array([ordered_sum(row) for row in reward_tensor.reshape(n_rows, -1)])  # torch's order, as before
         return build_batch(
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
             loss_mask=mask,
-            token_advantages=advantages.reshape(-1).numpy(),
+            token_advantages=advantages.reshape(-1),
             uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
             rewards=rewards,
         )
@@ -133,11 +133,11 @@ def _field(batch: Any, key: str) -> Any:
     return getter(key) if callable(getter) else None
 
 
-def _tensor(batch: Any, key: str, file: str) -> torch.Tensor:
+def _tensor(batch: Any, key: str, file: str) -> np.ndarray:
     value = _field(batch, key)
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
-    return widen_half(torch.as_tensor(value).detach().cpu())
+    return widen_half(np.asarray(host_array(value)))
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
