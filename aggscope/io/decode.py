@@ -61,6 +61,33 @@ def column_of(table: pa.Table, name: str) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
+def numpy_of(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow array of numbers or bools as numpy (nulls: NaN for floats; other types as pyarrow gives them).
+
+    Read from the array's buffers: pyarrow's ``to_numpy`` imports pandas on first use (0.7-1.6 s
+    of a command that never needs it). Numbers are zero-copy views (read-only); bools are unpacked.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    data_type = array.type
+    if array.null_count and pa.types.is_floating(data_type):
+        array = array.fill_null(float("nan"))
+    if array.null_count == 0 and (pa.types.is_integer(data_type) or pa.types.is_floating(data_type)):
+        kind = "f" if pa.types.is_floating(data_type) else ("i" if pa.types.is_signed_integer(data_type) else "u")
+        dtype = np.dtype(f"{kind}{data_type.bit_width // 8}")
+        buffer = array.buffers()[1]
+        if buffer is None:
+            return np.zeros(0, dtype=dtype)
+        return np.frombuffer(buffer, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    if array.null_count == 0 and pa.types.is_boolean(data_type):
+        buffer = array.buffers()[1]
+        if buffer is None or len(array) == 0:
+            return np.zeros(0, dtype=bool)
+        bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].view(bool)
+    return np.asarray(array.to_numpy(zero_copy_only=False))
+
+
 def _list_parts(array: pa.Array, name: str, where: RowLocator) -> tuple[pa.Array, np.ndarray]:
     """Flat values and rebased ``[n_rows + 1]`` offsets of a list column."""
     if array.null_count:
@@ -70,17 +97,17 @@ def _list_parts(array: pa.Array, name: str, where: RowLocator) -> tuple[pa.Array
         width = array.type.list_size
         offsets = np.arange(len(array) + 1, dtype=np.int64) * width
         return array.flatten(), offsets
-    offsets = array.offsets.to_numpy().astype(np.int64)
+    offsets = numpy_of(array.offsets).astype(np.int64)
     return array.flatten(), offsets - offsets[0]
 
 
 def _floats(array: pa.Array) -> np.ndarray:
     """Float values (float32 kept as float32); nulls become NaN."""
     if pa.types.is_float32(array.type) or pa.types.is_float64(array.type):
-        return np.asarray(array.to_numpy(zero_copy_only=False))
+        return numpy_of(array)
     if pa.types.is_float16(array.type):
-        return widen_half(np.asarray(array.to_numpy(zero_copy_only=False)))
-    return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        return widen_half(numpy_of(array))
+    return numpy_of(array.cast(pa.float64()))
 
 
 def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: RowLocator) -> np.ndarray:
@@ -89,7 +116,7 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: RowLoc
         token = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
         row = int(np.searchsorted(offsets, token, side="right") - 1)
         raise AggscopeError(f"{where(row)}: column {name!r} holds a null at token {token - int(offsets[row])}")
-    raw = np.asarray(values.to_numpy(zero_copy_only=False))
+    raw = numpy_of(values)
     return mask_as_bool(raw, offsets, lambda row, token: (f"{where(row)}: column {name!r}", f"token {token}"))
 
 
@@ -100,7 +127,7 @@ def arrow_codes(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
     in the rows, for columns as long as a step's tokens (the long layout's ids) or the text read.
     """
     encoded = array.dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary
+    return numpy_of(encoded.indices).astype(np.int64), encoded.dictionary
 
 
 def uid_groups(
@@ -186,7 +213,7 @@ def decode_wide_tokens(
         length_array = column_of(table, length_name)
         if length_array.null_count or not pa.types.is_integer(length_array.type):
             raise AggscopeError(f"{where(0)}: column {length_name!r} (response_length) must hold integers, without nulls")
-        loss_lengths = length_array.to_numpy().astype(np.int64)
+        loss_lengths = numpy_of(length_array).astype(np.int64)
         if (loss_lengths < 0).any():
             row = int(np.flatnonzero(loss_lengths < 0)[0])
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")

@@ -224,7 +224,9 @@ class ParquetRollouts(Rollouts):
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
                     if shared and step_column is not None:  # only rows of this step
-                        keep = np.asarray(pc.equal(table.column(step_column), step).to_numpy(zero_copy_only=False), dtype=bool)
+                        keep = np.asarray(
+                            decode.numpy_of(pc.fill_null(pc.equal(table.column(step_column), step), False)), dtype=bool
+                        )
                         table, rows = table.filter(pa.array(keep)), rows[keep]
                     if table.num_rows:
                         yield table, np.stack([np.full(rows.size, file_index), rows], axis=1)
@@ -450,13 +452,13 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []
     for group in range(metadata.num_row_groups):
-        column = parquet.read_row_group(group, columns=[step_column]).column(0)
+        column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
         if column.null_count:
             first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + starts[group]
             raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
-        values = pc.unique(column).to_numpy(zero_copy_only=False)
+        values = decode.numpy_of(pc.unique(column))
         if not np.all(values == np.round(values)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
         steps.append(frozenset(int(v) for v in values))
