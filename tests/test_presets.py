@@ -252,3 +252,19 @@ def test_a_verl_dump_is_not_in_the_actors_order() -> None:
     applied = apply_setup(load_setup([VERL]), {}, input_format="verl")
     assert any("sorts by uid" in text for text in applied.not_exact)
     assert not apply_setup(load_setup([VERL]), {}, input_format="parquet").not_exact
+
+
+def test_config_choices_and_changes() -> None:
+    from aggscope.presets.changes import config_changes, parse_config_choice
+
+    choice = parse_config_choice(f",{A}ppo_mini_batch_size=8", [VERL])
+    assert (choice.paths, choice.sets, choice.label) == ((VERL,), (f"{A}ppo_mini_batch_size=8",), "ppo_mini_batch_size=8")
+    assert parse_config_choice("new.yaml,a.b=1", [VERL]).label == "new.yaml+b=1"
+    base, other = (
+        load_setup([VERL]),
+        load_setup([VERL], sets=["trainer.n_gpus_per_node=8", f"{A}loss_agg_mode=seq-mean-token-sum"]),
+    )
+    assert config_changes(base, other) == [
+        f"{A}loss_agg_mode token-mean -> seq-mean-token-sum: mode token_mean -> seq_mean_token_sum",
+        "trainer.n_gpus_per_node 4 -> 8: dp-size 4 -> 8",
+    ]

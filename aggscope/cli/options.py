@@ -280,6 +280,36 @@ _CONFIG_PARAMS = [
     ),
 ]
 
+_COMPARE_CONFIG_PARAMS = [
+    _param(
+        "from_config",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--from-config",
+                help="compare: the trainer config you have, as the base (with --trainer and --set like --config).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "to_config",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--to-config",
+                help="compare: a config to compare against it (repeatable): FILE, FILE,KEY=VALUE,... or ,KEY=VALUE,... "
+                "(the --from-config with these changes).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
 ENGINE_PANEL = "Engine (where the per-step work runs)"
 _ENGINE_PARAMS = [
     _param(
@@ -376,6 +406,7 @@ class ConfiguredLayout:
 
     flags: dict[str, Any]
     config: ConfigSpec
+    candidates: tuple[str, ...] = ()  # compare's --to-config
 
 
 def _build_config(config: Optional[list[str]], trainer: Optional[str], set_values: Optional[list[str]]) -> Optional[ConfigSpec]:
@@ -390,6 +421,8 @@ def _build_layout(
     config: Optional[list[str]] = None,
     trainer: Optional[str] = None,
     set_values: Optional[list[str]] = None,
+    from_config: Optional[str] = None,
+    to_config: Optional[list[str]] = None,
     **values: Any,
 ) -> Any:
     """The layout of the options; ``seed_for_specs``: a ``--seed`` may serve SPECs that shuffle
@@ -398,9 +431,16 @@ def _build_layout(
     from aggscope.core.layout import Layout
     from aggscope.errors import AggscopeError
 
+    if from_config is not None or to_config:
+        if config:
+            raise AggscopeError("give --config or --from-config, not both (--from-config is the base of compare)")
+        if from_config is None:
+            raise AggscopeError("--to-config needs --from-config: the config you have, to compare against")
+        config = [from_config]
     spec = _build_config(config, trainer, set_values)
     if spec is not None:
-        return ConfiguredLayout({name: value for name, value in values.items() if value is not None}, spec)
+        flags = {name: value for name, value in values.items() if value is not None}
+        return ConfiguredLayout(flags, spec, tuple(to_config or ()))
     defaults = {"dp_size": 1, "order": "logged", "composition": "canonical"}
     values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
@@ -456,5 +496,7 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
 input_options = _inject(_INPUT_PARAMS, "source", _build_input)
 engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
 layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", _build_layout)
-spec_layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True))
+spec_layout_options = _inject(
+    _LAYOUT_PARAMS + _CONFIG_PARAMS + _COMPARE_CONFIG_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True)
+)
 config_options = _inject(_CONFIG_PARAMS, "config", _build_config)
