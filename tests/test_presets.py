@@ -106,7 +106,7 @@ def test_verl_sample_config_arithmetic() -> None:
     setup = load_setup([VERL])
     assert lines(setup) | {} == {
         "step_rows": "rows per step 256 = train_batch_size 32 x rollout.n 8",
-        "updates": "optimizer steps per step 2 = train_batch_size 32 / ppo_mini_batch_size 16",
+        "updates": "updates per step 2 = train_batch_size 32 / ppo_mini_batch_size 16",
         "dp_size": "dp-size 4 = n_gpus_per_node 4 x nnodes 1 / ulysses_sequence_parallel_size 1",
         "mini_batch_size": "mini-batch-size 128 = ppo_mini_batch_size 16 x rollout.n 8",
         "composition": "composition ranks_first = verl cuts rank shards of the whole step first, then mini-batches inside each",

@@ -2,7 +2,7 @@
 
 ``compare --from-config old.yaml --to-config new.yaml`` reads both, and the report opens with one
 line per differing key (old value -> new value): the derived values it moves (``mini-batch-size
-128 -> 64``, ``optimizer steps per step 2 -> 4``, the mode, the horizon), or that it changes the loss
+128 -> 64``, ``optimizer updates per step 2 -> 4``, the mode, the horizon), or that it changes the loss
 but not the weights aggscope computes, or that it changes no weight at all.
 """
 

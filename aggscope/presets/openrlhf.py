@@ -82,7 +82,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             "OpenRLHF's DataLoader shuffles with the global torch RNG: aggscope's seeded shuffle is one draw",
         )
         draft.not_exact.append(
-            f"{step_rows // batch} optimizer steps per step, their samples drawn by OpenRLHF's unseeded shuffle: which samples "
+            f"{step_rows // batch} optimizer updates per step, their samples drawn by OpenRLHF's unseeded shuffle: which samples "
             "share a step is not recoverable, so every per-step denominator (T_step, N+) and the split findings are one "
             "possible draw (--seed), not the run's"
         )

@@ -31,7 +31,7 @@ FLAG_NAMES = {
     "advantage": "advantage",
     "response_cap": "response cap",
     "step_rows": "rows per step",
-    "updates": "optimizer steps per step",
+    "updates": "updates per step",
 }
 _MISSING = object()
 
