@@ -269,3 +269,8 @@ def test_config_choices_and_changes() -> None:
         f"{A}loss_agg_mode token-mean -> seq-mean-token-sum: mode token_mean -> seq_mean_token_sum",
         "trainer.n_gpus_per_node 4 -> 8: dp-size 4 -> 8",
     ]
+
+
+def test_naming_the_configs_own_mode_is_not_an_override() -> None:
+    assert apply_setup(load_setup([VERL]), {}, ["token-mean"]).overrides == ()
+    assert apply_setup(load_setup([VERL]), {}, ["dapo"]).overrides == ()  # an alias of token_mean

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggscope.core.layout import Layout
-from aggscope.core.modes import default_modes
+from aggscope.core.modes import default_modes, resolve_modes
 from aggscope.errors import AggscopeError
 from aggscope.presets.setup import FLAG_NAMES, LAYOUT_FIELDS, TrainerSetup
 
@@ -101,7 +101,8 @@ def apply_setup(
     layout = Layout(**values)
     if modes:
         chosen = tuple(modes)
-        overrides.append(f"--mode {', '.join(modes)} (command line) replaces the config's mode {setup.mode}")
+        if [mode.name for mode in resolve_modes(modes)] != [setup.mode]:
+            overrides.append(f"--mode {', '.join(modes)} (command line) replaces the config's mode {setup.mode}")
     else:
         others = [m.name for m in default_modes(has_groups=has_groups, max_seq_len=layout.max_seq_len) if m.name != setup.mode]
         chosen = (setup.mode, *others)
