@@ -78,11 +78,16 @@ def apply_setup(
     if unknown:
         raise AggscopeError(f"not layout options: {', '.join(sorted(unknown))}")
     explicit = set(flags) | ({"mode"} if modes else set())
-    for refusal in setup.refusals:
-        if not refusal.fields & explicit:
-            raise AggscopeError(refusal.message)
-    values = setup.layout.to_dict()
     overrides = []
+    for refusal in setup.refusals:
+        lifted = refusal.fields & explicit
+        if not lifted:
+            raise AggscopeError(refusal.message)
+        given = ", ".join(f"--{FLAG_NAMES[name]}" for name in sorted(lifted))
+        overrides.append(
+            f"{given} given: the numbers follow what the command line asks, not the config, which aggscope would refuse ({refusal.message})"
+        )
+    values = setup.layout.to_dict()
     for name, value in flags.items():
         if values[name] != value:
             overrides.append(
