@@ -26,6 +26,7 @@ from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout, Split
 from aggscope.core.segments import group_sum
 from aggscope.errors import AggscopeError
+from aggscope.io.reader import Rollouts
 
 
 def run_breakdown(
@@ -50,7 +51,7 @@ def run_breakdown(
         progress: optional wrapper of the steps' results as they come (a progress bar).
     """
     if source is None:
-        source = getattr(rollouts, "source", None) or "input"
+        source = rollouts.source if isinstance(rollouts, Rollouts) else "input"
     merger = BreakdownMerger(specs, source=source)
     return run(engine, rollouts, functools.partial(breakdown_step, specs=list(specs)), merger, progress)
 

@@ -27,6 +27,7 @@ from aggscope.analysis.specs import Spec
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, resolve_mode
+from aggscope.io.reader import Rollouts
 from aggscope.io.writing import atomic_output
 from aggscope.present.figures import ensure_directory, figure_bytes, make_figures
 from aggscope.present.report.document import ReportDocument, build_document
@@ -152,7 +153,9 @@ def full_report(
 
 
 def _notes(rollouts: object, notes: Sequence[str] | None) -> Sequence[str]:
-    return notes if notes is not None else getattr(rollouts, "notes", ())
+    if notes is not None:
+        return notes
+    return rollouts.notes if isinstance(rollouts, Rollouts) else ()
 
 
 def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> Report:
