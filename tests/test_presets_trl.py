@@ -22,6 +22,8 @@ from aggscope.core.weights import compute_weights
 from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup
 
+pytestmark = pytest.mark.slow  # end to end: TRL in its own Python
+
 PROBE = Path(__file__).with_name("trl_loss_probe.py")
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 

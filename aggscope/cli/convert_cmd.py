@@ -5,9 +5,10 @@ from typing import Annotated
 
 import typer
 
+from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Json, input_options
-from aggscope.cli.render import fmt_int, stdout_console, with_progress
+from aggscope.cli.render import stdout_console, with_progress
 
 
 @app.command(epilog="Example: aggscope convert rollout_data_dir/ -o rollouts.parquet --format verl --advantage grpo")
@@ -34,8 +35,8 @@ def convert(
         return
     console = stdout_console()
     console.print(
-        f"wrote {summary.path}: {fmt_int(summary.steps)} step(s), {fmt_int(summary.sequences)} sequences, "
-        f"{fmt_int(summary.tokens)} tokens ({fmt_int(summary.loss_tokens)} loss tokens)",
+        f"wrote {summary.path}: {fmt.number(summary.steps)} step(s), {fmt.number(summary.sequences)} sequences, "
+        f"{fmt.number(summary.tokens)} tokens ({fmt.number(summary.loss_tokens)} loss tokens)",
         markup=False,
     )
     for note in summary.notes:
