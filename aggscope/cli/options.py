@@ -10,9 +10,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from aggscope.io.reader import Rollouts
 
 LAYOUT_PANEL = "Layout (how the trainer splits a step)"
 INPUT_PANEL = "Input"
@@ -41,7 +44,7 @@ class InputSpec:
     advantage: Optional[str] = None
     tokenizer: Optional[str] = None
 
-    def open(self) -> Any:
+    def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
         from aggscope.io.open import open_rollouts
 

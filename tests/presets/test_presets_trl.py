@@ -24,7 +24,7 @@ from aggscope.presets.apply import apply_setup
 
 pytestmark = pytest.mark.slow  # end to end: TRL in its own Python
 
-PROBE = Path(__file__).with_name("trl_loss_probe.py")
+PROBE = Path(__file__).resolve().parents[1] / "trl_loss_probe.py"
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 
 

@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow  # end to end: fresh interpreters and many steps
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "pandas", "matplotlib", "pyarrow", "numpy")
 
 PROBE = """
