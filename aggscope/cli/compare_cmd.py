@@ -26,7 +26,7 @@ SPEC_HELP = (
 @spec_layout_options
 @engine_options
 def compare(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     *,
@@ -46,7 +46,7 @@ def compare(
     from aggscope.present.report import compare as compare_report
 
     configured = layout
-    rollouts, layout, _, config = open_configured(source, layout, None)
+    rollouts, layout, _, config = open_configured(input_spec, layout, None)
     changes: list[str] = []
     if getattr(configured, "candidates", ()) or (config is not None and base is None):
         specs, changes = config_specs(configured, config, candidates or [], rollouts)

@@ -14,7 +14,7 @@ from aggscope.cli.render import stdout_console, with_progress
 @app.command(epilog="Example: aggscope convert rollout_data_dir/ -o rollouts.parquet --format verl --advantage grpo")
 @input_options
 def convert(
-    source: InputSpec,
+    input_spec: InputSpec,
     *,
     out: Annotated[Path, typer.Option("--out", "-o", help="The canonical .parquet file to write (whole or not at all).")],
     json_output: Json = False,
@@ -25,7 +25,7 @@ def convert(
     from aggscope.io.canonical import write_canonical
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts = source.open()
+    rollouts = input_spec.open()
     refuse_to_overwrite_inputs(out, rollouts.files)
     summary = write_canonical(
         rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting", rollouts=rollouts)

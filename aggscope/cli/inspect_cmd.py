@@ -21,7 +21,7 @@ from aggscope.cli.render import stdout_console, with_progress
 @input_options
 @config_options
 def inspect(
-    source: InputSpec,
+    input_spec: InputSpec,
     config: Any,
     json_output: Json = False,
     uid: Annotated[
@@ -36,14 +36,14 @@ def inspect(
     from aggscope.analysis.describe import describe, describe_uid
 
     if config is not None:
-        setup = config.load(None if source.path is None and source.format is None else _format_of(source))
+        setup = config.load(None if input_spec.path is None and input_spec.format is None else _format_of(input_spec))
         if json_output:
             typer.echo(json.dumps(setup.to_dict()))
         else:
             print_setup(setup)
         return
 
-    rollouts = source.open()
+    rollouts = input_spec.open()
     if uid is not None:
         found = describe_uid(
             rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts)
@@ -117,7 +117,7 @@ def _print_uid(found: Any) -> None:
         console.print("[yellow]token counts are estimated from text[/yellow]")
 
 
-def _format_of(source: InputSpec) -> Any:
+def _format_of(input_spec: InputSpec) -> Any:
     from aggscope.cli.options import _input_format
 
-    return _input_format(source)
+    return _input_format(input_spec)

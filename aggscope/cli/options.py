@@ -453,39 +453,39 @@ def _build_layout(
     return Layout(**values)
 
 
-def open_configured(source: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
+def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
     """Open the input and settle the layout and modes: ``(rollouts, layout, modes, applied)``.
 
-    Without a trainer config this is ``source.open()`` and the arguments unchanged (``applied`` is
+    Without a trainer config this is ``input_spec.open()`` and the arguments unchanged (``applied`` is
     None). With one, the config's layout with the explicit layout flags winning, the trainer's mode
     first (or the modes named), and the config's advantage estimator where the input's advantages
     are rebuilt (verl's dump) and no ``--advantage`` was given.
     """
     if not isinstance(layout, ConfiguredLayout):
-        return source.open(), layout, modes, None
+        return input_spec.open(), layout, modes, None
     import dataclasses
 
     from aggscope.presets.apply import apply_setup
 
-    input_format = _input_format(source)
+    input_format = _input_format(input_spec)
     setup = layout.config.load(input_format)
-    if source.advantage is None and input_format == "verl" and setup.estimator is not None:
-        source = dataclasses.replace(source, advantage=setup.estimator)
-    rollouts = source.open()
+    if input_spec.advantage is None and input_format == "verl" and setup.estimator is not None:
+        input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
+    rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
     return rollouts, applied.layout, list(applied.modes), applied
 
 
-def _input_format(source: InputSpec) -> Optional[str]:
+def _input_format(input_spec: InputSpec) -> Optional[str]:
     from aggscope.errors import AggscopeError
     from aggscope.io.open import detect_format, resolve_format
 
-    if source.format is not None:
-        return str(resolve_format(source.format))
-    if source.path is None:
+    if input_spec.format is not None:
+        return str(resolve_format(input_spec.format))
+    if input_spec.path is None:
         return "parquet"
     try:
-        return str(detect_format(source.path))
+        return str(detect_format(input_spec.path))
     except AggscopeError:
         return None  # opening the input says what is wrong with it
 
@@ -496,7 +496,7 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
     return open_engine(engine, address)
 
 
-input_options = _inject(_INPUT_PARAMS, "source", _build_input)
+input_options = _inject(_INPUT_PARAMS, "input_spec", _build_input)
 engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
 layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", _build_layout)
 spec_layout_options = _inject(

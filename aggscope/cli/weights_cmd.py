@@ -25,7 +25,7 @@ PER_STEP_TABLES = 8
 @layout_options
 @engine_options
 def weights(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -45,7 +45,7 @@ def weights(
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts, layout, mode, config = open_configured(source, layout, mode)
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
