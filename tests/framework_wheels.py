@@ -93,13 +93,15 @@ def _run_file(name: str, path: Path) -> types.ModuleType:
 
 @contextmanager
 def _isolated_modules() -> Iterator[None]:
-    """Whatever is added to ``sys.modules`` inside is removed on the way out."""
-    before = set(sys.modules)
+    """``sys.modules`` as it was on the way out: what was added inside is removed, what was replaced
+    (a stand-in over a real package imported by an earlier test) is put back."""
+    before = dict(sys.modules)
     try:
         yield
     finally:
-        for name in set(sys.modules) - before:
+        for name in set(sys.modules) - set(before):
             del sys.modules[name]
+        sys.modules.update(before)
 
 
 def _third_party(name: str, **attributes: Any) -> None:

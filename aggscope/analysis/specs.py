@@ -114,6 +114,12 @@ def parse_specs(base_text: str, candidate_texts: Sequence[str], layout: Layout) 
     return specs
 
 
+def config_spec(mode: str, layout: Layout, label: str) -> Spec:
+    """The SPEC of a trainer config (``compare --from-config / --to-config``): its mode at its layout,
+    labelled ``MODE,config=LABEL``."""
+    return Spec(resolve_mode(mode), layout, (("config", label),))
+
+
 def check_specs(specs: Sequence[Spec], *, has_groups: bool, source: str) -> None:
     """Fail early, before any step is read, when a SPEC cannot be computed on this input."""
     for spec in specs:

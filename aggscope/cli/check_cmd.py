@@ -29,7 +29,7 @@ ADDED_CAUSES = ("zero_weight", "nonfinite_weight")
 @layout_options
 @engine_options
 def check(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -49,7 +49,7 @@ def check(
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
-    rollouts, layout, mode, config = open_configured(source, layout, mode)
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
         rollouts,

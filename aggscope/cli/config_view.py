@@ -13,6 +13,7 @@ from aggscope.cli.render import stdout_console
 ORDER = (
     "mode",
     "step_rows",
+    "updates",
     "mini_batch_size",
     "mini_batch_prompts",
     "composition",

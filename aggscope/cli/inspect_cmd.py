@@ -7,10 +7,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_setup
 from aggscope.cli.options import InputSpec, Json, config_options, input_options
-from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
+from aggscope.cli.render import stdout_console, with_progress
 
 
 @app.command(
@@ -20,7 +21,7 @@ from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progres
 @input_options
 @config_options
 def inspect(
-    source: InputSpec,
+    input_spec: InputSpec,
     config: Any,
     json_output: Json = False,
     uid: Annotated[
@@ -35,14 +36,14 @@ def inspect(
     from aggscope.analysis.describe import describe, describe_uid
 
     if config is not None:
-        setup = config.load(None if source.path is None and source.format is None else _format_of(source))
+        setup = config.load(None if input_spec.path is None and input_spec.format is None else _format_of(input_spec))
         if json_output:
             typer.echo(json.dumps(setup.to_dict()))
         else:
             print_setup(setup)
         return
 
-    rollouts = source.open()
+    rollouts = input_spec.open()
     if uid is not None:
         found = describe_uid(
             rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts)
@@ -82,12 +83,12 @@ def inspect(
         pct = step.loss_tokens_percentiles
         steps.add_row(
             str(step.step),
-            fmt_int(step.sequences),
-            fmt_int(step.prompts),
+            fmt.number(step.sequences),
+            fmt.number(step.prompts),
             sizes,
-            fmt_int(step.tokens),
-            fmt_int(step.loss_tokens),
-            *(fmt_int(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
+            fmt.number(step.tokens),
+            fmt.number(step.loss_tokens),
+            *(fmt.number(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
         )
     console.print(steps)
     console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
@@ -110,13 +111,13 @@ def _print_uid(found: Any) -> None:
     for occurrence in found.occurrences:
         rewards = occurrence.rewards or [None] * len(occurrence.rows)
         for row, reward, tokens in zip(occurrence.rows, rewards, occurrence.loss_tokens, strict=True):
-            table.add_row(str(occurrence.step), str(row), fmt_float(reward), fmt_int(tokens))
+            table.add_row(str(occurrence.step), str(row), fmt.number(reward), fmt.number(tokens))
     console.print(table)
     if found.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")
 
 
-def _format_of(source: InputSpec) -> Any:
+def _format_of(input_spec: InputSpec) -> Any:
     from aggscope.cli.options import _input_format
 
-    return _input_format(source)
+    return _input_format(input_spec)

@@ -10,9 +10,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from aggscope.io.reader import Rollouts
 
 LAYOUT_PANEL = "Layout (how the trainer splits a step)"
 INPUT_PANEL = "Input"
@@ -41,7 +44,7 @@ class InputSpec:
     advantage: Optional[str] = None
     tokenizer: Optional[str] = None
 
-    def open(self) -> Any:
+    def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
         from aggscope.io.open import open_rollouts
 
@@ -280,6 +283,36 @@ _CONFIG_PARAMS = [
     ),
 ]
 
+_COMPARE_CONFIG_PARAMS = [
+    _param(
+        "from_config",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--from-config",
+                help="compare: the trainer config you have, as the base (with --trainer and --set like --config).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "to_config",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--to-config",
+                help="compare: a config to compare against it (repeatable): FILE, FILE,KEY=VALUE,... or ,KEY=VALUE,... "
+                "(the --from-config with these changes).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
 ENGINE_PANEL = "Engine (where the per-step work runs)"
 _ENGINE_PARAMS = [
     _param(
@@ -376,6 +409,7 @@ class ConfiguredLayout:
 
     flags: dict[str, Any]
     config: ConfigSpec
+    candidates: tuple[str, ...] = ()  # compare's --to-config
 
 
 def _build_config(config: Optional[list[str]], trainer: Optional[str], set_values: Optional[list[str]]) -> Optional[ConfigSpec]:
@@ -390,6 +424,8 @@ def _build_layout(
     config: Optional[list[str]] = None,
     trainer: Optional[str] = None,
     set_values: Optional[list[str]] = None,
+    from_config: Optional[str] = None,
+    to_config: Optional[list[str]] = None,
     **values: Any,
 ) -> Any:
     """The layout of the options; ``seed_for_specs``: a ``--seed`` may serve SPECs that shuffle
@@ -398,9 +434,16 @@ def _build_layout(
     from aggscope.core.layout import Layout
     from aggscope.errors import AggscopeError
 
+    if from_config is not None or to_config:
+        if config:
+            raise AggscopeError("give --config or --from-config, not both (--from-config is the base of compare)")
+        if from_config is None:
+            raise AggscopeError("--to-config needs --from-config: the config you have, to compare against")
+        config = [from_config]
     spec = _build_config(config, trainer, set_values)
     if spec is not None:
-        return ConfiguredLayout({name: value for name, value in values.items() if value is not None}, spec)
+        flags = {name: value for name, value in values.items() if value is not None}
+        return ConfiguredLayout(flags, spec, tuple(to_config or ()))
     defaults = {"dp_size": 1, "order": "logged", "composition": "canonical"}
     values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
@@ -410,10 +453,10 @@ def _build_layout(
     return Layout(**values)
 
 
-def open_configured(source: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
+def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
     """Open the input and settle the layout and modes: ``(rollouts, layout, modes, applied)``.
 
-    Without a trainer config this is ``source.open()`` and the arguments unchanged (``applied`` is
+    Without a trainer config this is ``input_spec.open()`` and the arguments unchanged (``applied`` is
     None). With one, the config's layout with the explicit layout flags winning, the trainer's mode
     first (or the modes named), and the config's advantage estimator where the input's advantages
     are rebuilt (verl's dump) and no ``--advantage`` was given.
@@ -423,30 +466,30 @@ def open_configured(source: InputSpec, layout: Any, modes: Optional[list[str]]) 
 
         resolve_modes(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
-        return source.open(), layout, modes, None
+        return input_spec.open(), layout, modes, None
     import dataclasses
 
     from aggscope.presets.apply import apply_setup
 
-    input_format = _input_format(source)
+    input_format = _input_format(input_spec)
     setup = layout.config.load(input_format)
-    if source.advantage is None and input_format == "verl" and setup.estimator is not None:
-        source = dataclasses.replace(source, advantage=setup.estimator)
-    rollouts = source.open()
+    if input_spec.advantage is None and input_format == "verl" and setup.estimator is not None:
+        input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
+    rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
     return rollouts, applied.layout, list(applied.modes), applied
 
 
-def _input_format(source: InputSpec) -> Optional[str]:
+def _input_format(input_spec: InputSpec) -> Optional[str]:
     from aggscope.errors import AggscopeError
     from aggscope.io.open import detect_format, resolve_format
 
-    if source.format is not None:
-        return str(resolve_format(source.format))
-    if source.path is None:
+    if input_spec.format is not None:
+        return str(resolve_format(input_spec.format))
+    if input_spec.path is None:
         return "parquet"
     try:
-        return str(detect_format(source.path))
+        return str(detect_format(input_spec.path))
     except AggscopeError:
         return None  # opening the input says what is wrong with it
 
@@ -457,8 +500,10 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
     return open_engine(engine, address)
 
 
-input_options = _inject(_INPUT_PARAMS, "source", _build_input)
+input_options = _inject(_INPUT_PARAMS, "input_spec", _build_input)
 engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
 layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", _build_layout)
-spec_layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True))
+spec_layout_options = _inject(
+    _LAYOUT_PARAMS + _CONFIG_PARAMS + _COMPARE_CONFIG_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True)
+)
 config_options = _inject(_CONFIG_PARAMS, "config", _build_config)

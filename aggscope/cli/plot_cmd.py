@@ -22,7 +22,7 @@ OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write in
 @layout_options
 @engine_options
 def plot(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     *,
@@ -54,7 +54,7 @@ def plot(
     check_image_format(image_format)
     check_figure_names(figure)
     check_output_directory(out)
-    rollouts, layout, mode, config = open_configured(source, layout, mode)
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     specs = [Spec(m, layout) for m in modes]
     breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))

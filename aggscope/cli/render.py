@@ -1,7 +1,6 @@
-"""Shared terminal rendering: number formats, consoles, the progress bar over steps."""
+"""Shared terminal rendering: consoles and the progress bar over steps (numbers: ``aggscope.fmt``)."""
 
 import itertools
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
@@ -24,22 +23,6 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
-
-
-def fmt_int(value: Optional[int]) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def fmt_float(value: Optional[float], digits: int = 4) -> str:
-    """Short, readable float: None or non-finite as '-', else ``digits`` significant digits."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1e6 or magnitude < 1e-3:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
 
 
 PROGRESS_MIN_TOKENS = 1 << 23  # an input of one step gets a bar from this many tokens on

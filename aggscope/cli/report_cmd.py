@@ -26,7 +26,7 @@ SHORT_HEADERS = {"findings": "findings E/W/I"}
 @layout_options
 @engine_options
 def report(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -40,7 +40,7 @@ def report(
     from aggscope.present.report import full_report
 
     check_output_directory(out)
-    rollouts, layout, mode, config = open_configured(source, layout, mode)
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     notes = [*rollouts.notes, *config_notes(config)]
     result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"), notes=notes)

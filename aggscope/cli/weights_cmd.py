@@ -7,10 +7,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
+from aggscope.cli.render import stdout_console, with_progress
 
 PER_STEP_TABLES = 8
 
@@ -24,7 +25,7 @@ PER_STEP_TABLES = 8
 @layout_options
 @engine_options
 def weights(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -40,7 +41,7 @@ def weights(
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
-    rollouts, layout, mode, config = open_configured(source, layout, mode)  # checks the modes first
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)  # checks the modes first
     from aggscope.analysis.weights import run_weights
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
@@ -89,11 +90,11 @@ def _table(step: Any, title: str) -> Table:
     for name, summary in step.modes.items():
         table.add_row(
             name,
-            fmt_float(summary.weight_sum),
-            fmt_float(summary.grad_abs_sum),
-            fmt_int(None if summary.ess_tokens is None else round(summary.ess_tokens)),
-            fmt_float(summary.long_short_ratio, 3),
-            fmt_int(summary.zero_grad_tokens),
-            fmt_int(summary.nonfinite_grad_tokens),
+            fmt.number(summary.weight_sum),
+            fmt.number(summary.grad_abs_sum),
+            fmt.number(None if summary.ess_tokens is None else round(summary.ess_tokens)),
+            fmt.number(summary.long_short_ratio, 3),
+            fmt.number(summary.zero_grad_tokens),
+            fmt.number(summary.nonfinite_grad_tokens),
         )
     return table

@@ -1,7 +1,7 @@
 """The fast-read machinery of the Parquet reader, fenced off from the plain read it speeds up.
 
 Everything here only changes how fast a step is read, never what is read: the batches and their
-stats are the same bit for bit with it or without it (``tests/test_fastread.py`` reads the same
+stats are the same bit for bit with it or without it (``tests/io/test_fastread.py`` reads the same
 inputs both ways and compares every array byte for byte). Measured gains, from the commits that
 brought each piece (see the README, "Performance"):
 

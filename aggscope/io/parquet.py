@@ -34,10 +34,6 @@ from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
 from aggscope.io.paths import resolve_paths, step_in_name
 from aggscope.io.reader import ReadOptions, Rollouts, reject_options
 
-# Where callers and tests found these before fastread.py (tests/test_reports.py still does).
-reading_progress = fastread.reading_progress
-_read_listeners = fastread._read_listeners
-
 
 @dataclass(frozen=True)
 class _FilePlan:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggscope.core.layout import Layout
-from aggscope.core.modes import default_modes
+from aggscope.core.modes import default_modes, resolve_modes
 from aggscope.errors import AggscopeError
 from aggscope.presets.setup import FLAG_NAMES, LAYOUT_FIELDS, TrainerSetup
 
@@ -78,11 +78,16 @@ def apply_setup(
     if unknown:
         raise AggscopeError(f"not layout options: {', '.join(sorted(unknown))}")
     explicit = set(flags) | ({"mode"} if modes else set())
-    for refusal in setup.refusals:
-        if not refusal.fields & explicit:
-            raise AggscopeError(refusal.message)
-    values = setup.layout.to_dict()
     overrides = []
+    for refusal in setup.refusals:
+        lifted = refusal.fields & explicit
+        if not lifted:
+            raise AggscopeError(refusal.message)
+        given = ", ".join(f"--{FLAG_NAMES[name]}" for name in sorted(lifted))
+        overrides.append(
+            f"{given} given: the numbers follow what the command line asks, not the config, which aggscope would refuse ({refusal.message})"
+        )
+    values = setup.layout.to_dict()
     for name, value in flags.items():
         if values[name] != value:
             overrides.append(
@@ -101,7 +106,8 @@ def apply_setup(
     layout = Layout(**values)
     if modes:
         chosen = tuple(modes)
-        overrides.append(f"--mode {', '.join(modes)} (command line) replaces the config's mode {setup.mode}")
+        if [mode.name for mode in resolve_modes(modes)] != [setup.mode]:
+            overrides.append(f"--mode {', '.join(modes)} (command line) replaces the config's mode {setup.mode}")
     else:
         others = [m.name for m in default_modes(has_groups=has_groups, max_seq_len=layout.max_seq_len) if m.name != setup.mode]
         chosen = (setup.mode, *others)

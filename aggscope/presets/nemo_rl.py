@@ -54,6 +54,12 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         )
     draft.set("step_rows", step_rows, ["grpo.num_prompts_per_step", "grpo.num_generations_per_prompt"])
     draft.set("mini_batch_size", batch, ["policy.train_global_batch_size"])
+    draft.set(
+        "updates",
+        step_rows // batch,
+        ["grpo.num_prompts_per_step", "grpo.num_generations_per_prompt", "policy.train_global_batch_size"],
+        f"{step_rows} samples / {reader.term('policy.train_global_batch_size')}",
+    )
     packed = [key for key in ("policy.sequence_packing.enabled", "policy.dynamic_batching.enabled") if reader.boolean(key, False)]
     if packed:
         draft.set("micro_batch_size", None, packed, f"{reader.term(packed[0])}: micro-batches by token budget (not modelled)")

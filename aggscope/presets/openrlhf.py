@@ -63,6 +63,12 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         )
     draft.set("step_rows", step_rows, ["rollout.batch_size", "rollout.n_samples_per_prompt"])
     draft.set("mini_batch_size", batch, ["train.batch_size"])
+    draft.set(
+        "updates",
+        -(-step_rows // batch),
+        ["rollout.batch_size", "rollout.n_samples_per_prompt", "train.batch_size"],
+        f"{step_rows} samples / {reader.term('train.batch_size')}",
+    )
     draft.set("micro_batch_size", micro, ["train.micro_batch_size"])
     dynamic = reader.boolean("train.dynamic_batch_enable", False)
     reader.integer("train.max_tokens_per_gpu", 16192)
@@ -76,7 +82,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             "OpenRLHF's DataLoader shuffles with the global torch RNG: aggscope's seeded shuffle is one draw",
         )
         draft.not_exact.append(
-            f"{step_rows // batch} optimizer steps per step, their samples drawn by OpenRLHF's unseeded shuffle: which samples "
+            f"{step_rows // batch} optimizer updates per step, their samples drawn by OpenRLHF's unseeded shuffle: which samples "
             "share a step is not recoverable, so every per-step denominator (T_step, N+) and the split findings are one "
             "possible draw (--seed), not the run's"
         )

@@ -35,6 +35,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     if samples is not None:
         draft.set("step_rows", samples, ["orchestrator.batch_size"])
     draft.set("mini_batch_size", None, [], "one optimizer step per training step")
+    draft.set("updates", 1, [], "prime-rl steps the optimizer once per training step")
     draft.set("mode", "token_mean", [], "prime-rl divides by the step's loss tokens over all ranks")
     if reader.has("orchestrator.train.sampling.max_completion_tokens"):
         cap = reader.integer("orchestrator.train.sampling.max_completion_tokens")

@@ -31,6 +31,7 @@ FLAG_NAMES = {
     "advantage": "advantage",
     "response_cap": "response cap",
     "step_rows": "rows per step",
+    "updates": "updates per step",
 }
 _MISSING = object()
 
@@ -104,6 +105,7 @@ class TrainerSetup:
         notes: what the reader should know (defaults applied, assumptions).
         not_exact: numbers that are estimates under this config, and why.
         refusals: what aggscope cannot compute under this config (see ``Refusal``).
+        values: the config's flat ``{key: value}`` as read (for comparing two configs).
     """
 
     trainer: str
@@ -120,6 +122,7 @@ class TrainerSetup:
     notes: tuple[str, ...] = ()
     not_exact: tuple[str, ...] = ()
     refusals: tuple[Refusal, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def derivation(self, name: str) -> Derivation | None:
         return next((d for d in self.derivations if d.name == name), None)
@@ -369,4 +372,5 @@ class Draft:
             notes=tuple(notes),
             not_exact=tuple(self.not_exact),
             refusals=tuple(self.refusals),
+            values=dict(self.reader.config.values),
         )

@@ -65,6 +65,8 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"{dp} ranks = {per_gpu} rows); SkyRL asserts it does: choose a divisor of {per_gpu}",
         )
     draft.set("step_rows", prompts * n, [T + "train_batch_size", "generator.n_samples_per_prompt"])
+    keys = [T + "train_batch_size", T + "policy_mini_batch_size"]
+    draft.set("updates", prompts // mini, keys, " / ".join(reader.term(k) for k in keys))
     draft.set(
         "mini_batch_prompts",
         mini,

@@ -84,6 +84,13 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         f"{processes} processes x {reader.term('gradient_accumulation_steps')} x {reader.term('per_device_train_batch_size')}",
     )
     draft.set("dp_size", processes, process_keys, how_many)
+    if spg >= accumulation and spg % accumulation == 0:
+        draft.set(
+            "updates",
+            spg // accumulation,
+            ["steps_per_generation", "gradient_accumulation_steps"],
+            f"steps_per_generation {spg} / {reader.term('gradient_accumulation_steps')} (per generation batch)",
+        )
     draft.set("micro_batch_size", per_device, ["per_device_train_batch_size"])
     loss_type = reader.choice("loss_type", "dapo", tuple(LOSS_TYPES))
     mode = LOSS_TYPES[loss_type]

@@ -94,6 +94,13 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"choose ppo_mini_batch_size so that ppo_mini_batch_size x {n} is a multiple of {dp}",
         )
     draft.set("mini_batch_size", rows, [ACTOR + "ppo_mini_batch_size", ROLLOUT + "n"])
+    updates = -(-prompts // mini)
+    draft.set(
+        "updates",
+        updates,
+        ["data.train_batch_size", ACTOR + "ppo_mini_batch_size"],
+        f"{reader.term('data.train_batch_size')} / {reader.term(ACTOR + 'ppo_mini_batch_size')}",
+    )
     draft.set("composition", "ranks_first", [], "verl cuts rank shards of the whole step first, then mini-batches inside each")
     draft.set("order", "logged", [], "rows in the input's order, taken as the order verl's actor saw them (after balance_batch)")
     if prompts % mini:
@@ -107,7 +114,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     _advantage(reader, draft)
     cap = reader.integer("data.max_response_length", 512)
     draft.set("response_cap", cap, ["data.max_response_length"])
-    _passes(reader, draft, mode, prompts // mini)
+    _passes(reader, draft, mode, updates)
     return draft.finish()
 
 

@@ -25,7 +25,9 @@ from aggscope.core.weights import select_modes
 from aggscope.errors import AggscopeError
 from aggscope.io.open import open_rollouts
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: a local Ray cluster and moto's S3 server
+
+REPO = Path(__file__).resolve().parents[2]
 LAYOUTS = [Layout(), Layout(mini_batch_size=17, micro_batch_size=4, dp_size=2, max_seq_len=64), Layout(order="shuffle", seed=3)]
 
 

@@ -106,6 +106,7 @@ def test_verl_sample_config_arithmetic() -> None:
     setup = load_setup([VERL])
     assert lines(setup) | {} == {
         "step_rows": "rows per step 256 = train_batch_size 32 x rollout.n 8",
+        "updates": "updates per step 2 = train_batch_size 32 / ppo_mini_batch_size 16",
         "dp_size": "dp-size 4 = n_gpus_per_node 4 x nnodes 1 / ulysses_sequence_parallel_size 1",
         "mini_batch_size": "mini-batch-size 128 = ppo_mini_batch_size 16 x rollout.n 8",
         "composition": "composition ranks_first = verl cuts rank shards of the whole step first, then mini-batches inside each",
@@ -252,3 +253,24 @@ def test_a_verl_dump_is_not_in_the_actors_order() -> None:
     applied = apply_setup(load_setup([VERL]), {}, input_format="verl")
     assert any("sorts by uid" in text for text in applied.not_exact)
     assert not apply_setup(load_setup([VERL]), {}, input_format="parquet").not_exact
+
+
+def test_config_choices_and_changes() -> None:
+    from aggscope.presets.changes import config_changes, parse_config_choice
+
+    choice = parse_config_choice(f",{A}ppo_mini_batch_size=8", [VERL])
+    assert (choice.paths, choice.sets, choice.label) == ((VERL,), (f"{A}ppo_mini_batch_size=8",), "ppo_mini_batch_size=8")
+    assert parse_config_choice("new.yaml,a.b=1", [VERL]).label == "new.yaml+a.b=1"
+    base, other = (
+        load_setup([VERL]),
+        load_setup([VERL], sets=["trainer.n_gpus_per_node=8", f"{A}loss_agg_mode=seq-mean-token-sum"]),
+    )
+    assert config_changes(base, other) == [
+        f"{A}loss_agg_mode token-mean -> seq-mean-token-sum: mode token_mean -> seq_mean_token_sum",
+        "trainer.n_gpus_per_node 4 -> 8: dp-size 4 -> 8",
+    ]
+
+
+def test_naming_the_configs_own_mode_is_not_an_override() -> None:
+    assert apply_setup(load_setup([VERL]), {}, ["token-mean"]).overrides == ()
+    assert apply_setup(load_setup([VERL]), {}, ["dapo"]).overrides == ()  # an alias of token_mean

@@ -22,7 +22,9 @@ from aggscope.core.weights import compute_weights
 from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup
 
-PROBE = Path(__file__).with_name("trl_loss_probe.py")
+pytestmark = pytest.mark.slow  # end to end: TRL in its own Python
+
+PROBE = Path(__file__).resolve().parents[1] / "trl_loss_probe.py"
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 
 

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: fresh interpreters and many steps
+
+
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "pandas", "matplotlib", "pyarrow", "numpy")
 
 PROBE = """
 import runpy, sys
+
 sys.argv = ["aggscope", *sys.argv[1:]]
 try:
     runpy.run_module("aggscope", run_name="__main__")

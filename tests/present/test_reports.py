@@ -405,7 +405,7 @@ def test_report_output_that_is_a_file(tmp_path: Path) -> None:
 
 
 # ---- check's findings and zero-gradient causes --------------------------------------------------
-FAULTY = Path(__file__).resolve().parents[1] / "sample_data" / "faulty.parquet"
+FAULTY = Path(__file__).resolve().parents[2] / "sample_data" / "faulty.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -497,6 +497,7 @@ def test_progress_moves_within_one_big_step(
     import pyarrow.parquet as pq
 
     from aggscope.cli import render
+    from aggscope.io import fastread
     from aggscope.io import parquet as loading
     from aggscope.io.open import open_rollouts
 
@@ -509,7 +510,7 @@ def test_progress_moves_within_one_big_step(
     monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 10_000)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     seen: list[int] = []
-    with loading.reading_progress(seen.append):
+    with fastread.reading_progress(seen.append):
         (batch,) = list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))
     assert batch.n_tokens == sum(seen) == 20_000 and len(seen) == 10
     err = capsys.readouterr().err
@@ -517,7 +518,7 @@ def test_progress_moves_within_one_big_step(
     # A consumer that stops after the first step leaves no listener behind.
     bar = render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts)
     next(bar)
-    assert loading._read_listeners == []
+    assert fastread._read_listeners == []
     bar.close()
     capsys.readouterr()
     # Below the threshold a one-step input shows no bar.

@@ -40,7 +40,7 @@ def test_inspect_config_gives_every_value_its_keys_and_arithmetic() -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "mini-batch-size 128" in out and "ppo_mini_batch_size 16 x rollout.n 8" in out
-    assert "actor_rollout_ref.actor.ppo_mini_batch_size, actor_rollout_ref.rollout.n" in out
+    assert "actor_rollout_ref.actor.ppo_mini_batch_size" in out and "updates per step 2" in out
     assert "read, not modelled" in out and "actor_rollout_ref.actor.clip_ratio_c = 3.0" in out
     assert max(len(line) for line in out.splitlines()) <= 100
 
@@ -276,4 +276,45 @@ def test_configs_aggscope_cannot_weigh_exactly_are_refused(config: list[str], ex
 def test_a_refusal_lifts_when_the_flag_it_names_is_given() -> None:
     result = run("weights", "--config", TRL, "--set", "steps_per_generation=8", "-m", "token_mean")
     assert result.exit_code == 0, result.output
-    assert "replaces the config's mode token_mean" in result.stdout
+    assert "--mode given: the numbers follow what the command line asks, not the config" in " ".join(result.stdout.split())
+
+
+# ---- compare two configs -------------------------------------------------------------------------
+def test_compare_two_configs_opens_with_the_keys_that_differ(tmp_path: Path) -> None:
+    result = run(
+        "compare",
+        "--from-config",
+        VERL,
+        "--to-config",
+        f",{A}ppo_mini_batch_size=8",
+        "--to-config",
+        f",{A}clip_ratio=0.3,+trainer.project_name=x",
+        "-o",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    notes = json.loads((tmp_path / "report.json").read_text())["input"]["notes"]
+    assert notes[:3] == [
+        f"verl_grpo.yaml -> ppo_mini_batch_size=8: {A}ppo_mini_batch_size 16 -> 8: mini-batch-size 128 -> 64, "
+        "updates per step 2 -> 4",
+        f"verl_grpo.yaml -> clip_ratio=0.3+project_name=x: {A}clip_ratio 0.2 -> 0.3: changes the loss, not the weights "
+        "aggscope computes (PPO clipping: changes a token's loss away from ratio 1, not the weight of its loss)",
+        "verl_grpo.yaml -> clip_ratio=0.3+project_name=x: trainer.project_name (absent) -> x: changes no weight",
+    ]
+    labels = [json.dumps(spec) for spec in json.loads((tmp_path / "report.json").read_text())["specs"]]
+    assert "config=ppo_mini_batch_size=8" in labels[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--to-config", SKYRL], "--to-config needs --from-config"),
+        (["--config", VERL, "--from-config", VERL, "--to-config", SKYRL], "give --config or --from-config, not both"),
+        (["--from-config", VERL, "--to-config", ",noequals"], "',noequals': 'noequals' is not KEY=VALUE"),
+        (["--from-config", VERL, "--to-config", SKYRL], "a skyrl config against a verl --from-config"),
+        (["--from-config", VERL], "give at least one --to-config"),
+        ([], "give --from SPEC (or --from-config FILE)"),
+    ],
+)
+def test_compare_config_errors(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert_error(run("compare", *args, "-o", str(tmp_path)), expected)

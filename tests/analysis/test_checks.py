@@ -45,7 +45,7 @@ from aggscope.present.lanes import split_picture
 from aggscope.samples.faulty import FAULTY_CONFIG, MASKED_SPAN, faulty_layout, generate_faulty, write_faulty_sample
 from aggscope.samples.generate import SampleConfig, write_sample
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAULTY = REPO / "sample_data" / "faulty.parquet"
 ALL_MODES = ["token_mean", "token_mean_legacy", "token_sum", "sequence_mean", "seq_mean_token_sum", "prompt_mean"]
 

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from aggscope.cli import app
 
+pytestmark = pytest.mark.slow  # end to end: headless Chromium
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",

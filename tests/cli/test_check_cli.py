@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from aggscope.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAULTY = REPO / "sample_data" / "faulty.parquet"
 FAULTY_ARGS = ["check", str(FAULTY), "--mini-batch-size", "10"]
 runner = CliRunner()
