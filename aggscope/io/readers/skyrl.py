@@ -1,8 +1,8 @@
 """SkyRL ``trainer.dump_data_batch``: ``{export_path}/dumped_data/global_step_{N}_training_input.pkl``.
 
 The file is a pickled ``TrainingInputBatch`` (a dict of ``[B, L]`` tensors with a ``metadata``
-dict), so it unpickles only where SkyRL itself is installed; otherwise a one-line error says so.
-Unpickling runs code named in the file: open only dumps you trust.
+dict). It is unpickled with only the globals a SkyRL dump holds (``aggscope.io.safe_load``), so no
+code from the file runs and SkyRL need not be installed; ``--trust-pickle`` unpickles it fully.
 
 - Tensors: left-padded ``[B, L]`` ``loss_mask`` and ``advantages`` (before the loss-reduction
   scaling); every position becomes a token, padding is masked. Optional ``rewards`` (per token, or
@@ -15,7 +15,6 @@ Unpickling runs code named in the file: open only dumps you trust.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +24,13 @@ import torch
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
 from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
+from aggscope.io.safe_load import load_skyrl_pickle
 
 
 class SkyrlRollouts(DumpRollouts):
     format = "skyrl"
     _reward_key: str
+    _trust = False
     _cache: tuple[str, Any] | None = None
 
     @classmethod
@@ -39,7 +40,7 @@ class SkyrlRollouts(DumpRollouts):
         plan, notes = plan_by_name(files)
         reward_key = options.reward_col or "rewards"
         rollouts = cls(path, plan, columns={}, notes=notes, has_groups=False)
-        rollouts._reward_key = reward_key
+        rollouts._reward_key, rollouts._trust = reward_key, options.trust_pickle
         first = rollouts._batch(files[0])
         metadata = _metadata(first)
         has_groups = "uids" in metadata or "policy_prompt_boundaries" in metadata
@@ -54,14 +55,14 @@ class SkyrlRollouts(DumpRollouts):
         if _field(first, reward_key) is not None:
             rollouts.columns["reward"] = f"{reward_key} (row sum)"
         boundaries = metadata.get("policy_mini_batch_boundaries")
-        if boundaries:
+        if isinstance(boundaries, (list, tuple)) and boundaries:
             rollouts.notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
         return rollouts
 
     def _batch(self, file: str) -> Any:
         if self._cache is not None and self._cache[0] == file:
             return self._cache[1]
-        batch = load_pickled_batch(file)
+        batch = load_skyrl_pickle(file, trust=self._trust)
         self._cache = (file, batch)
         return batch
 
@@ -81,9 +82,9 @@ class SkyrlRollouts(DumpRollouts):
         if not np.isin(mask, (0, 1)).all():
             raise AggscopeError(f"{file}: loss_mask holds values other than 0 and 1")
         rewards = None
-        reward_tensor = _field(batch, self._reward_key)
+        reward_tensor = _tensor(batch, self._reward_key, file, optional=True)
         if reward_tensor is not None:
-            reward_tensor = torch.as_tensor(reward_tensor).detach().cpu().to(torch.float64)
+            reward_tensor = reward_tensor.to(torch.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
                     f"{file}: {self._reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
@@ -100,24 +101,6 @@ class SkyrlRollouts(DumpRollouts):
         )
 
 
-def load_pickled_batch(file: str) -> Any:
-    """Unpickle a SkyRL training batch, or one line saying SkyRL is needed for it."""
-    try:
-        with open(file, "rb") as handle:
-            return pickle.load(handle)
-    except ModuleNotFoundError as exc:
-        module = exc.name or "?"
-        if module.split(".")[0].startswith("skyrl"):
-            raise AggscopeError(
-                f"{file}: this SkyRL training batch can only be unpickled where SkyRL is installed (module {module!r} "
-                "not found); run aggscope in SkyRL's environment, or log batches with aggscope.log_batch"
-            ) from None
-        raise AggscopeError(f"{file}: cannot unpickle (module {module!r} not found)") from None
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first})") from None
-
-
 def _metadata(batch: Any) -> dict[str, Any]:
     metadata = getattr(batch, "metadata", None)
     return metadata if isinstance(metadata, dict) else {}
@@ -128,18 +111,35 @@ def _field(batch: Any, key: str) -> Any:
     return getter(key) if callable(getter) else None
 
 
-def _tensor(batch: Any, key: str, file: str) -> torch.Tensor:
+def _tensor(batch: Any, key: str, file: str, *, optional: bool = False) -> Any:
     value = _field(batch, key)
+    if value is None and optional:
+        return None
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
-    tensor = torch.as_tensor(value).detach().cpu()
+    if not isinstance(value, torch.Tensor) or not (value.dtype.is_floating_point or value.dtype in _WHOLE_DTYPES):
+        raise AggscopeError(
+            f"{file}: {key!r} is a {type(value).__name__}, not a tensor of numbers; not a SkyRL training input batch"
+        )
+    tensor = value.detach().cpu()
     if tensor.dtype in (torch.float16, torch.bfloat16):
         tensor = tensor.to(torch.float32)
     return tensor
 
 
+_WHOLE_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     """``[n_rows]`` uids from the metadata's ``uids`` or ``policy_prompt_boundaries``."""
+    try:
+        return _uids_of(metadata, n_rows, file)
+    except (TypeError, ValueError, OverflowError):
+        key = "uids" if "uids" in metadata else "policy_prompt_boundaries"
+        raise AggscopeError(f"{file}: metadata[{key!r}] does not hold what a SkyRL batch holds there") from None
+
+
+def _uids_of(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     if "uids" in metadata:
         uids = list(metadata["uids"])
         if len(uids) > n_rows:

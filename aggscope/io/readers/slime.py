@@ -9,14 +9,14 @@ slime's ``--reward-key``) and ``remove_sample`` (a removed sample stays a row wi
 - Advantages: rebuilt from the reward per ``group_index`` with ``--advantage`` (GRPO by default).
 - Step: ``rollout_id``'s number in the file name. ``eval_*.pt`` files (evaluation rollouts) are
   skipped when a folder is given.
-- The file is loaded with ``torch.load(weights_only=True)``; a dump holding other Python objects
-  in its samples' metadata is loaded fully (only open files you trust), and a note says so.
+- The file is loaded with ``torch.load(weights_only=True)`` (``aggscope.io.safe_load``): a file
+  naming any other Python object is refused, never retried with full unpickling;
+  ``--trust-pickle`` loads such a file fully.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,14 @@ from aggscope.io.readers.base import (
     rebuild_advantages,
     reject_options,
 )
+from aggscope.io.safe_load import load_torch_file
 
 
 class SlimeRollouts(DumpRollouts):
     format = "slime"
     _reward_key: str | None
     _estimator: str
+    _trust = False
     _cache: tuple[str, list[dict[str, Any]]] | None = None
 
     @classmethod
@@ -63,14 +65,14 @@ class SlimeRollouts(DumpRollouts):
             notes=[*notes, estimator_note(estimator, "reward")],
             has_groups=True,
         )
-        rollouts._reward_key, rollouts._estimator = options.reward_col, estimator
+        rollouts._reward_key, rollouts._estimator, rollouts._trust = options.reward_col, estimator, options.trust_pickle
         rollouts._samples(files[0])  # check the format now, and that samples have a group_index
         return rollouts
 
     def _samples(self, file: str) -> list[dict[str, Any]]:
         if self._cache is not None and self._cache[0] == file:
             return self._cache[1]
-        data = _load(file, self.notes)
+        data = load_torch_file(file, trust=self._trust)
         samples = data.get("samples") if isinstance(data, dict) else None
         if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
             raise AggscopeError(f"{file}: not a slime rollout dump (expected a dict with a 'samples' list of dicts)")
@@ -130,25 +132,3 @@ class SlimeRollouts(DumpRollouts):
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
             raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
         return float(reward)
-
-
-def _load(file: str, notes: list[str]) -> Any:
-    import torch
-
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        note = f"{file}: holds Python objects beyond plain values; loaded with full unpickling (open only files you trust)"
-        if note not in notes:
-            notes.append(note)
-    except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)}); not a slime .pt dump?") from None
-    try:
-        return torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
