@@ -37,6 +37,7 @@ import torch
 from aggscope.core.batch import SequenceStats, StepBatch, sequence_stats_numpy, text_uid
 from aggscope.errors import AggscopeError
 from aggscope.io.columns import detect_columns, step_from_name
+from aggscope.io.limits import check_fits
 
 _GLOB_CHARS = set("*?[")
 
@@ -768,6 +769,7 @@ def _decode_wide_tokens(
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
         if offsets is None:
             offsets = np.concatenate([[0], np.cumsum(loss_lengths)]).astype(np.int64)
+            check_fits(int(loss_lengths.sum(dtype=np.float64)), where(0), f"{length_name!r} adds up to")
             mask = np.ones(int(offsets[-1]), dtype=bool)
         else:
             listed = np.diff(offsets)

@@ -23,6 +23,7 @@ import numpy as np
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
+from aggscope.io.limits import check_fits
 from aggscope.io.readers.base import (
     DumpRollouts,
     ReadOptions,
@@ -83,12 +84,15 @@ class SlimeRollouts(DumpRollouts):
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         lengths, masks, rewards, groups = [], [], [], []
+        tokens = 0
         for file in files:
             for index, sample in enumerate(self._samples(file)):  # a loop over samples while reading
                 where = f"{file}: sample {index}"
                 length = sample.get("response_length")
                 if isinstance(length, bool) or not isinstance(length, int) or length < 0:
                     raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
+                tokens += length
+                check_fits(tokens, where, "response_length brings the step to")
                 mask = sample.get("loss_mask")
                 if mask is None:
                     mask_array = np.ones(length, dtype=bool)
