@@ -45,7 +45,7 @@ def weights(
 
     rollouts = source.open()
     if out is not None:
-        refuse_to_overwrite_inputs(out, rollouts.files)
+        refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_weights(
         rollouts,

@@ -31,8 +31,8 @@ from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode
-from aggscope.io.writing import atomic_output
-from aggscope.present.figures import ensure_directory, figure_bytes, make_figures, mode_colour
+from aggscope.io.writing import atomic_directory
+from aggscope.present.figures import earlier_output, figure_bytes, make_figures, mode_colour
 
 RATIO_QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 TOP_PROMPTS = 5
@@ -74,16 +74,23 @@ class Report:
     def write(self, out_dir: str | os.PathLike[str]) -> ReportFiles:
         """Write ``report.html``, ``report.md``, ``report.json`` and one PNG per figure into ``out_dir``.
 
-        Each file appears whole or not at all; the directory is created when missing.
+        The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
+        full disk or another writer never leaves files of two reports, or half of one, in it.
         """
-        directory = ensure_directory(out_dir)
         images = {name: figure_bytes(figure, "png") for name, figure in self.figures.items()}
-        figure_paths = {name: _write(directory / self.document["figures"][name], data) for name, data in images.items()}
         document = self.document
-        json_path = _write(directory / "report.json", (json.dumps(document, indent=2) + "\n").encode())
-        md_path = _write(directory / "report.md", render_markdown(document).encode())
-        html_path = _write(directory / "report.html", render_html(document, images).encode())
-        return ReportFiles(html=html_path, markdown=md_path, json=json_path, figures=figure_paths)
+        with atomic_directory(out_dir, earlier_output) as temporary:
+            figure_paths = {name: _write(temporary / self.document["figures"][name], data) for name, data in images.items()}
+            json_path = _write(temporary / "report.json", (json.dumps(document, indent=2) + "\n").encode())
+            md_path = _write(temporary / "report.md", render_markdown(document).encode())
+            html_path = _write(temporary / "report.html", render_html(document, images).encode())
+        directory = Path(out_dir)
+        return ReportFiles(
+            html=directory / html_path.name,
+            markdown=directory / md_path.name,
+            json=directory / json_path.name,
+            figures={name: directory / path.name for name, path in figure_paths.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,7 @@ class ReportFiles:
 
 
 def _write(path: Path, data: bytes) -> Path:
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(data)
+    path.write_bytes(data)
     return path
 
 
