@@ -9,6 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from aggscope import __version__
+from aggscope.cli import signals
+from aggscope.cli.signals import Terminated, stop_cleanly_on_signals
 from aggscope.errors import AggscopeError
 
 # typer >= 0.26 vendors click; reach its exception base through a public subclass either way.
@@ -26,9 +28,15 @@ class _Group(TyperGroup):
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None, **extra: Any) -> Any:  # type: ignore[override]
         extra["standalone_mode"] = False
         try:
-            code = super().main(args, prog_name or "aggscope", **extra)
+            with stop_cleanly_on_signals():
+                code = super().main(args, prog_name or "aggscope", **extra)
+            if signals.received:  # typer returns a KeyboardInterrupt (so Terminated) as exit code 130
+                raise Terminated(signals.received.pop())
             # Without standalone mode, typer.Exit(n) comes back as the return value n.
             sys.exit(code if isinstance(code, int) else 0)
+        except Terminated as exc:
+            typer.echo(f"aggscope: stopped by {exc.name}; no partial output was left", err=True)
+            sys.exit(128 + exc.signum)
         except AggscopeError as exc:
             typer.echo(_PREFIX + exc.message, err=True)
             sys.exit(2)
