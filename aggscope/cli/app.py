@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 
 from aggscope import __version__
 from aggscope.cli import signals
+from aggscope.cli.render import terminal_safe
 from aggscope.cli.signals import Terminated, stop_cleanly_on_signals
 from aggscope.errors import AggscopeError
 
@@ -38,7 +39,7 @@ class _Group(TyperGroup):
             typer.echo(f"aggscope: stopped by {exc.name}; no partial output was left", err=True)
             sys.exit(128 + exc.signum)
         except AggscopeError as exc:
-            typer.echo(_PREFIX + exc.message, err=True)
+            typer.echo(_PREFIX + terminal_safe(exc.message), err=True)
             sys.exit(2)
         except _ClickException as exc:
             message = exc.format_message()  # type: ignore[attr-defined]
@@ -48,7 +49,7 @@ class _Group(TyperGroup):
                 hint = " (one PATH per command: quote a glob, 'runs/*.parquet', or give the directory)"
             elif ctx is not None and ctx.command_path:
                 hint = f" (see '{ctx.command_path} --help')"
-            typer.echo(_PREFIX + _one_line(message) + hint, err=True)
+            typer.echo(_PREFIX + terminal_safe(_one_line(message)) + hint, err=True)
             sys.exit(int(getattr(exc, "exit_code", 2)))
         except typer.Abort:
             typer.echo("aggscope: aborted", err=True)
@@ -62,7 +63,7 @@ class _Group(TyperGroup):
             # The file system said no (permissions, a full disk, a file where a folder should be):
             # a problem with the paths given, reported like any other bad input.
             where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(_PREFIX + _one_line(where + (exc.strerror or str(exc))), err=True)
+            typer.echo(_PREFIX + terminal_safe(_one_line(where + (exc.strerror or str(exc)))), err=True)
             sys.exit(2)
 
 

@@ -43,11 +43,15 @@ class InputSpec:
 
     def open(self) -> Any:
         """Open the rollouts (imports the loading machinery only now)."""
+        from aggscope.cli.render import terminal_safe
         from aggscope.io.open import open_rollouts, trusted_pickle_file
 
         if self.trust_pickle:
             file = trusted_pickle_file(self.path)
-            typer.echo(f"aggscope: warning: --trust-pickle: unpickling {file} fully, which runs any code it names", err=True)
+            typer.echo(
+                f"aggscope: warning: --trust-pickle: unpickling {terminal_safe(file)} fully, which runs any code it names",
+                err=True,
+            )
         return open_rollouts(
             self.path,
             columns=self.columns,

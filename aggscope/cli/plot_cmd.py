@@ -58,4 +58,4 @@ def plot(
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
     for name, path in paths.items():
-        console.print(f"{name:<22} {path}")
+        console.print(f"{name:<22} {path}", markup=False)

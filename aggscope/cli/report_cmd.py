@@ -8,7 +8,7 @@ from rich.table import Table
 
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
-from aggscope.cli.render import fmt_int, stdout_console, with_progress
+from aggscope.cli.render import fmt_int, markup, stdout_console, with_progress
 
 
 @app.command(
@@ -55,9 +55,9 @@ def print_summary(result: Any, files: Any) -> None:
     """The opening sentences, one line per mode or SPEC, and where the files are (fits 100 columns)."""
     console = stdout_console()
     for sentence in result.summary:
-        console.print(sentence)
+        console.print(sentence, markup=False)
     for note in result.document["input"]["notes"]:
-        console.print(f"[dim]input: {note}[/dim]")
+        console.print(f"[dim]input: {markup(note)}[/dim]")
     from aggscope.present.report import severity_counts
 
     document = result.document
@@ -83,8 +83,10 @@ def print_summary(result: Any, files: Any) -> None:
             cells.append(severity_counts(entry["checks"]))
         table.add_row(*cells)
     console.print(table)
-    console.print(f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}")
-    console.print(f"report: [bold]{files.html.resolve()}[/bold]")
+    console.print(
+        f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}", markup=False
+    )
+    console.print(f"report: [bold]{markup(files.html.resolve())}[/bold]")
 
 
 def _share(value: Any) -> str:

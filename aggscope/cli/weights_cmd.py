@@ -70,7 +70,7 @@ def weights(
     if report.lengths_estimated:
         console.print("[yellow]token counts are estimated from text: every number here is an estimate[/yellow]")
     if out is not None:
-        console.print(f"per-token weights written to {out}")
+        console.print(f"per-token weights written to {out}", markup=False)
 
 
 def _table(step: Any, title: str) -> Table:

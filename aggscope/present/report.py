@@ -936,7 +936,7 @@ def render_html(document: dict[str, Any], images: dict[str, bytes]) -> str:
 # ---- Markdown ------------------------------------------------------------------------------------
 def _md_table(table: _Table) -> str:
     def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+        return _md(text)
 
     lines = ["| " + " | ".join(cell(h) for h in table.headers) + " |"]
     lines.append("|" + "|".join(":---" if i < table.align_left else "---:" for i in range(len(table.headers))) + "|")
@@ -948,9 +948,9 @@ def render_markdown(document: dict[str, Any]) -> str:
     """The report as Markdown, the figures referenced as the files beside it."""
     tables = _tables(document)
     source = document["input"]
-    out = [f"# {_title(document)}", "", f"{source['source']} · aggscope {document['aggscope_version']}", ""]
-    out += [f"> {text}" + ("  " if i < len(document["summary"]) - 1 else "") for i, text in enumerate(document["summary"])]
-    out += [""] + [f"input: {note}  " for note in source.get("notes", [])]
+    out = [f"# {_md(_title(document))}", "", f"{_md(source['source'])} · aggscope {document['aggscope_version']}", ""]
+    out += [f"> {_md(text)}" + ("  " if i < len(document["summary"]) - 1 else "") for i, text in enumerate(document["summary"])]
+    out += [""] + [f"input: {_md(note)}  " for note in source.get("notes", [])]
     out += ["", "## At a glance", "", _md_table(tables["specs"]), "", _md_table(tables["glance"]), ""]
     out += ["### Gradient mass by response length", ""]
     out += [_md_table(tables["quartiles"]), ""]
@@ -961,18 +961,18 @@ def render_markdown(document: dict[str, Any]) -> str:
         title = FIGURE_TITLES.get(name, name)
         out += [f"![{title}]({filename})", "", f"*{title}.* {FIGURE_CAPTIONS.get(name, '')}", ""]
     for change in tables["changes"]:
-        out += [f"## {change['base']} → {change['candidate']}", "", _md_table(change["moves"]), ""]
-        out += [_md_table(change["ratio"]), "", change["ratio_note"], ""]
+        out += [f"## {_md(change['base'])} → {_md(change['candidate'])}", "", _md_table(change["moves"]), ""]
+        out += [_md_table(change["ratio"]), "", _md(change["ratio_note"]), ""]
         for key, heading in (("prompts_gaining", "Prompts that gain the most"), ("prompts_losing", "Prompts that lose the most")):
             if key in change["prompts"] and change["prompts"][key].rows:
                 out += [f"### {heading} (share of their step's weight)", "", _md_table(change["prompts"][key]), ""]
     out += ["## Findings", ""]
     for block in tables["findings"]:
-        out += [f"### {block['layout']}", "", f"modes checked: {block['modes']}", ""]
+        out += [f"### {_md(block['layout'])}", "", f"modes checked: {_md(block['modes'])}", ""]
         out += [_md_table(block["table"]) if block["table"].rows else "No findings.", ""]
         if block["more"] > 0:
             out += [f"{block['more']:,} more findings in report.json.", ""]
-        out += [f"note: {note}" for note in block["notes"]] + ([""] if block["notes"] else [])
+        out += [f"note: {_md(note)}" for note in block["notes"]] + ([""] if block["notes"] else [])
     out += ["### Why tokens get no gradient", "", _md_table(tables["zero_grad"]), ""]
     out += [
         "## Steps",
@@ -983,3 +983,11 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+_MD_SPECIAL = re.compile(r"([\\\[\]|])")
+
+
+def _md(text: str) -> str:
+    """Data as Markdown text: HTML escaped as in report.html, and no link, image or table-cell break."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
