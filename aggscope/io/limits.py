@@ -12,6 +12,15 @@ import os
 from aggscope.errors import AggscopeError
 
 BATCH_BYTES_PER_TOKEN = 9  # a step in memory: an 8-byte advantage and a 1-byte mask per token (at least)
+STEP_RANGE = (-(2**63), 2**63 - 1)  # steps are written as int64 (weights --out, convert, log_batch)
+
+
+def check_step(step: int, where: str) -> int:
+    """``step`` when it fits the int64 that outputs store steps in; else one line naming ``where``."""
+    if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:
+        shown = str(step) if len(str(step)) <= 30 else f"{str(step)[:12]}... ({len(str(step))} digits)"
+        raise AggscopeError(f"{where}: step {shown} is beyond the steps aggscope handles (whole numbers within ±2^63)")
+    return step
 
 
 def memory_bytes() -> int:

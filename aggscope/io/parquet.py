@@ -37,7 +37,7 @@ import torch
 from aggscope.core.batch import SequenceStats, StepBatch, sequence_stats_numpy, text_uid
 from aggscope.errors import AggscopeError
 from aggscope.io.columns import detect_columns, step_from_name
-from aggscope.io.limits import check_fits
+from aggscope.io.limits import check_fits, check_step
 
 _GLOB_CHARS = set("*?[")
 
@@ -163,7 +163,9 @@ class ParquetRollouts:
                     parquet.metadata.row_group(group).num_rows,
                     None if plan.row_group_tokens is None else plan.row_group_tokens[group],
                 )
-                for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed):
+                for record_batch in _damage_named(
+                    plan.path, group, parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed)
+                ):
                     table = pa.Table.from_batches([record_batch])
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
@@ -503,13 +505,15 @@ def open_parquet_rollouts(path: str, columns: Mapping[str, str] | None = None) -
     first = _open_nonempty(files[0], filesystem)
     schema = first.schema_arrow
     mapping = detect_columns(schema.names, overrides, files[0])
+    detected = dict(mapping)  # before the layout keeps one of loss_mask and response_length
     layout, notes = _check_roles(mapping, schema, files[0])
     token_columns = [mapping[r] for r in ("advantages", "loss_mask") if r in mapping and _is_list(schema.field(mapping[r]).type)]
     plans = []
     for file in files:  # each file is opened once, here, and planned while open
         parquet = first if file == files[0] else _open_nonempty(file, filesystem)
         if parquet is not first:
-            _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
+            _check_same_columns(file, parquet.schema_arrow, detected, overrides, files[0])
+            _check_same_layout(file, parquet.schema_arrow, detected, layout, (files[0], schema))
         plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
     steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
     return ParquetRollouts(path, files, mapping, layout, steps, notes, filesystem, plans, token_columns)
@@ -519,6 +523,10 @@ def _open_nonempty(file: str, filesystem: pafs.FileSystem | None) -> pq.ParquetF
     parquet = _open_parquet(file, filesystem)
     if parquet.metadata.num_rows == 0:
         raise AggscopeError(f"{file}: the file holds no rows")
+    names = parquet.schema_arrow.names
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise AggscopeError(f"{file}: has {names.count(twice)} columns named {twice!r}; give each column its own name")
     return parquet
 
 
@@ -538,6 +546,20 @@ def _check_same_columns(
         )
 
 
+def _check_same_layout(
+    file: str, schema: pa.Schema, detected: Mapping[str, str], layout: str, first: tuple[str, pa.Schema]
+) -> None:
+    """Every file's token columns hold what the first file's do: numbers, as lists per row or one value per row."""
+    _check_roles(dict(detected), schema, file)  # numbers, and roles that can describe a batch
+    for role in ("advantages", "loss_mask"):
+        if role in detected and _is_list(schema.field(detected[role]).type) != _is_list(first[1].field(detected[role]).type):
+            kind = "a list" if _is_list(schema.field(detected[role]).type) else "one value"
+            raise AggscopeError(
+                f"{file}: column {detected[role]!r} ({role}) holds {kind} per row, unlike in {first[0]}; "
+                "files of one input must store it alike"
+            )
+
+
 def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
     try:
         if filesystem is not None:
@@ -549,6 +571,18 @@ def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFi
         if os.path.exists(path) and os.path.getsize(path) == 0:
             raise AggscopeError(f"{path}: the file is empty") from None
         raise AggscopeError(f"{path}: not a Parquet file ({_first_line(exc)})") from None
+
+
+def _damage_named(path: str, group: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
+    try:
+        yield from batches
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, group, exc) from None
+
+
+def _damaged(path: str, group: int, exc: BaseException) -> AggscopeError:
+    return AggscopeError(f"{path}: row group {group} cannot be decoded ({_first_line(exc)}); the file is damaged")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -613,11 +647,14 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
     if step_column is None:
         stem = PurePosixPath(path).name.split(".")[0]
         step = step_from_name(stem)
-        fixed = frozenset({step if step is not None else 0})
+        fixed = frozenset({0 if step is None else check_step(step, f"{path}: the step in the file name")})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []
     for group in range(metadata.num_row_groups):
-        column = parquet.read_row_group(group, columns=[step_column]).column(0)
+        try:
+            column = parquet.read_row_group(group, columns=[step_column]).column(0)
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(path, group, exc) from None
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
         if column.null_count:
@@ -626,7 +663,9 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         values = pc.unique(column).to_numpy(zero_copy_only=False)
         if not np.all(values == np.round(values)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
-        steps.append(frozenset(int(v) for v in values))
+        if not np.isfinite(values).all():
+            raise AggscopeError(f"{path}: column {step_column!r} (step) holds an infinite value")
+        steps.append(frozenset(check_step(int(v), f"{path}: column {step_column!r}") for v in values))
     return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)
 
 

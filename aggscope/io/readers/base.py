@@ -20,6 +20,7 @@ import numpy as np
 from aggscope.core.advantages import outcome_advantages
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
+from aggscope.io.limits import check_step
 
 _GLOB_CHARS = set("*?[")
 _NUMBER = re.compile(r"\d+")
@@ -151,7 +152,7 @@ def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
 def step_in_name(path: str) -> int | None:
     """The step number in a file name: the last number in its stem (``12.jsonl``, ``step_12``, ...)."""
     numbers = _NUMBER.findall(Path(path).name.split(".")[0])
-    return int(numbers[-1]) if numbers else None
+    return check_step(int(numbers[-1]), f"{path}: the step in the file name") if numbers else None
 
 
 def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:
