@@ -135,7 +135,10 @@ def _torch_bytes(data: Any) -> Any:
     try:
         return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise AggscopeError(f"a field's torch.save bytes name a global that is not allowed ({_refused_name(exc)})") from None
+        name = _refused_name(exc)
+        if name is None:
+            raise AggscopeError(f"a field's torch.save bytes do not load ({_first_line(exc)})") from None
+        raise AggscopeError(f"a field's torch.save bytes name a global that is not allowed ({name})") from None
 
 
 def _storage_from_bytes(data: Any) -> Any:
@@ -243,6 +246,10 @@ def _torch_load(file: str, what: str, load: Callable[[], Any]) -> Any:
         return load()
     except pickle.UnpicklingError as exc:
         name = _refused_name(exc, file)
+        if name is None:  # not a refusal: bytes that are no pickle torch can read
+            reason = _WEIGHTS_ONLY_DETAIL.search(str(exc))
+            detail = reason.group(1).strip() if reason else _first_line(exc)
+            raise AggscopeError(f"{file}: cannot load with torch.load ({detail}); not {what}?") from None
         raise AggscopeError(
             f"{file}: refused to load: it names the global {name}, which {what} does not hold ({TRUST_HINT})"
         ) from None
@@ -257,10 +264,12 @@ def _torch_load(file: str, what: str, load: Callable[[], Any]) -> Any:
 
 
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
+_WEIGHTS_ONLY_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", re.S)
 
 
-def _refused_name(exc: BaseException, file: str | None = None) -> str:
-    """The global torch's weights-only unpickler refused, from the file where it can tell, else its message."""
+def _refused_name(exc: BaseException, file: str | None = None) -> str | None:
+    """The global torch's weights-only unpickler refused (from the file where it can tell, else its
+    message), or None when it refused no global (the bytes are not a pickle it can read)."""
     if file is not None:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
@@ -269,10 +278,7 @@ def _refused_name(exc: BaseException, file: str | None = None) -> str:
         except Exception:  # a legacy (non-zip) file: the message names it
             pass
     match = _GLOBAL_IN_MESSAGE.search(str(exc))
-    if match:
-        return match.group(1)
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return match.group(1) if match else None
 
 
 def _first_line(exc: BaseException) -> str:

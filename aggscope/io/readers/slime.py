@@ -133,6 +133,6 @@ class SlimeRollouts(DumpRollouts):
             reward = reward[self._reward_key]
         if reward is None:
             return float("nan")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        if isinstance(reward, (bool, np.bool_)) or not isinstance(reward, (int, float, np.integer, np.floating)):
             raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
         return float(reward)
