@@ -66,7 +66,7 @@ class Layout:
         if self.mini_batch_size is not None and self.mini_batch_prompts is not None:
             raise AggscopeError("layout: give --mini-batch-size or --mini-batch-prompts, not both")
         if self.order not in ORDERS:
-            raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)}")
+            raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)} (--order)")
         if not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise AggscopeError(f"layout: --seed must be a whole number from 0 to {MAX_SEED:,}, got {self.seed!r}")
 

@@ -46,6 +46,8 @@ def open_rollouts(
         An object with ``source``, ``files``, ``columns``, ``layout``, ``steps``, ``notes``,
         ``has_groups`` and ``iter_steps()``: a ``ParquetRollouts`` for Parquet input.
     """
+    if path is not None and not str(path).strip():
+        raise AggscopeError(f"PATH {str(path)!r}: empty; give a file, a folder or a glob (or no PATH for the bundled sample)")
     target = str(path) if path is not None else str(bundled_sample_path())
     return open_any(target, columns=columns, format=format, **options)
 

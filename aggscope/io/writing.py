@@ -33,6 +33,13 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)
 _OLD_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # before the host and pid were in the name
 STALE_SECONDS = 24 * 3600  # a temporary of another host (or of the old naming) older than this is litter
 _cleaned: set[str] = set()
+_active: set[Path] = set()  # temporaries being written now, for a process that must end at once
+
+
+def discard_active_outputs() -> None:
+    """Remove every temporary this process is writing (a process ending on a signal calls this)."""
+    for temporary in list(_active):
+        _discard(temporary)
 
 
 def temporary_name(final: Path) -> Path:
@@ -126,6 +133,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     _check_parent(final)
     remove_stale_temporaries(final.parent)
     temporary = temporary_name(final)
+    _active.add(temporary)
     try:
         yield temporary
         os.replace(temporary, final)
@@ -134,6 +142,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, (BrokenPipeError, InterruptedError)):
             raise _output_error(final, exc) from None
         raise
+    finally:
+        _active.discard(temporary)
 
 
 def _discard(temporary: Path) -> None:
@@ -169,6 +179,7 @@ def atomic_directory(path: str | os.PathLike[str], replaceable: Callable[[str], 
         raise _output_error(final, exc) from None
     remove_stale_temporaries(final.parent)
     temporary = temporary_name(final)
+    _active.add(temporary)
     try:
         temporary.mkdir()
         yield temporary
@@ -178,6 +189,8 @@ def atomic_directory(path: str | os.PathLike[str], replaceable: Callable[[str], 
         if isinstance(exc, OSError) and not isinstance(exc, (BrokenPipeError, InterruptedError)):
             raise _output_error(final, exc) from None
         raise
+    finally:
+        _active.discard(temporary)
 
 
 def check_replaceable_directory(final: Path, replaceable: Callable[[str], bool]) -> None:

@@ -36,7 +36,8 @@ class SampleConfig:
     def __post_init__(self) -> None:
         # Every response has at least 8 tokens; a step's arrays take about 48 bytes per token while it is made.
         rows = self.prompts * self.group_size
-        check_fits(self.steps * rows * 8, "sample", f"{self.steps:,} steps of {rows:,} responses hold at least", 48)
+        where = f"--steps {self.steps:,} --prompts {self.prompts:,} --group-size {self.group_size:,}"
+        check_fits(self.steps * rows * 8, where, f"{self.steps:,} steps of {rows:,} responses hold at least", 48)
 
 
 def grpo_advantages(rewards: np.ndarray, group_of_row: np.ndarray, epsilon: float = GRPO_EPSILON) -> np.ndarray:
