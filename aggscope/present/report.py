@@ -191,7 +191,29 @@ def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -
         "changes": changes,
     }
     document["summary"] = summary_sentences(document)
+    _cap_findings(document)
     return _json_ready(document)
+
+
+REPORT_FINDINGS_PER_CODE = 1000
+
+
+def _cap_findings(document: dict[str, Any]) -> None:
+    """Keep the first ``REPORT_FINDINGS_PER_CODE`` findings of each code under each SPEC (after the
+    sentences counted them all): an input with a finding per prompt would make a report.json of
+    gigabytes. The counts stay whole; ``findings_omitted`` (only where some are) says how many are out."""
+    for result in document["results"].values():
+        checks = result["checks"]
+        seen: Counter[str] = Counter()
+        kept = []
+        for finding in checks["findings"]:
+            seen[finding["code"]] += 1
+            if seen[finding["code"]] <= REPORT_FINDINGS_PER_CODE:
+                kept.append(finding)
+        omitted = {code: n - REPORT_FINDINGS_PER_CODE for code, n in seen.items() if n > REPORT_FINDINGS_PER_CODE}
+        if omitted:
+            checks["findings"] = kept
+            checks["findings_omitted"] = omitted
 
 
 def _bucket_definition(buckets: Buckets) -> dict[str, Any]:
@@ -748,6 +770,15 @@ def _steps_table(document: dict[str, Any]) -> _Table:
     return _Table(headers, rows, [None] * len(rows))
 
 
+def _more_findings(block: dict[str, Any]) -> str:
+    if block["omitted"]:
+        return (
+            f"{block['more']:,} more findings: report.json holds the first {REPORT_FINDINGS_PER_CODE:,} of each code, "
+            "aggscope check --json lists every one."
+        )
+    return f"{block['more']:,} more findings in report.json."
+
+
 def _findings_tables(document: dict[str, Any]) -> list[dict[str, Any]]:
     """check's findings, once per distinct layout (the SPECs of one layout share them)."""
     out: list[dict[str, Any]] = []
@@ -774,7 +805,8 @@ def _findings_tables(document: dict[str, Any]) -> list[dict[str, Any]]:
                 "layout": spec["layout_text"],
                 "modes": ", ".join(checks["modes"]),
                 "table": _Table(["severity", "code", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 6),
-                "more": len(findings) - len(rows),
+                "more": len(findings) + sum(checks.get("findings_omitted", {}).values()) - len(rows),
+                "omitted": bool(checks.get("findings_omitted")),
                 "notes": checks["notes"],
             }
         )
@@ -916,7 +948,7 @@ def render_html(document: dict[str, Any], images: dict[str, bytes]) -> str:
         parts.append(f'<p class="note">modes checked: {e(block["modes"])}</p>')
         parts.append(_html_table(block["table"]) if block["table"].rows else '<p class="note">No findings.</p>')
         if block["more"] > 0:
-            parts.append(f'<p class="note">{block["more"]:,} more findings in report.json.</p>')
+            parts.append(f'<p class="note">{e(_more_findings(block))}</p>')
         parts += [f'<p class="note">note: {e(note)}</p>' for note in block["notes"]]
     parts.append("<h3>Why tokens get no gradient</h3>")
     parts.append(_html_table(tables["zero_grad"]))
@@ -971,7 +1003,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         out += [f"### {_md(block['layout'])}", "", f"modes checked: {_md(block['modes'])}", ""]
         out += [_md_table(block["table"]) if block["table"].rows else "No findings.", ""]
         if block["more"] > 0:
-            out += [f"{block['more']:,} more findings in report.json.", ""]
+            out += [_md(_more_findings(block)), ""]
         out += [f"note: {_md(note)}" for note in block["notes"]] + ([""] if block["notes"] else [])
     out += ["### Why tokens get no gradient", "", _md_table(tables["zero_grad"]), ""]
     out += [
