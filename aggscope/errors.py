@@ -20,6 +20,13 @@ class AggscopeError(Exception):
         return str(self.args[0])
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), to
+    quote a library's error inside one of aggscope's one-line messages."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def choose(option: str, name: str, choices: Sequence[str], aliases: Mapping[str, str], what: str) -> str:
     """The canonical name among ``choices`` (case and spaces ignored, ``aliases`` followed), or a
     one-line error naming ``option`` and listing the valid names."""

@@ -8,10 +8,12 @@ digits and separators (``0.9342``, ``1,235``), in scientific notation below 1e-3
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where rows are written, not on the way to --help
+    import numpy as np
 
 MISSING = "–"
 
@@ -20,11 +22,11 @@ def number(value: Any, digits: int = 4) -> str:
     """A number as the terminal and the report show it (see the module docstring)."""
     if value is None:
         return MISSING
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python's and numpy's booleans
         return str(bool(value))
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, numbers.Integral):  # numpy's integers are registered as Integral
         return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, numbers.Real):
         value = float(value)
         if not math.isfinite(value):
             return MISSING
@@ -52,6 +54,8 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 def row_ranges(rows: Sequence[int] | np.ndarray, limit: int | None = None) -> str:
     """Rows as ranges, ``0-3, 8, 10-11``; with ``limit``, at most that many ranges then ``…``."""
+    import numpy as np
+
     values = np.asarray(rows, dtype=np.int64)
     if values.size == 0:
         return "none"

@@ -1,5 +1,12 @@
-"""Shared test fixtures and paths."""
+"""Shared test fixtures and paths.
 
+The tests mirror the package's layers (``tests/core``, ``tests/io``, ``tests/presets``,
+``tests/analysis``, ``tests/present``, ``tests/trainer``, ``tests/cli``); the independent reference
+implementations (``trainer_reference.py``, ``check_reference.py``, ``framework_wheels.py``) stay here.
+Every test folder is importable by module name, so a test may reuse another folder's helpers.
+"""
+
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_DATA = SHARED / "data" / "real"
 SAMPLE_DATA = REPO / "sample_data"
+
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import torch
 COMMANDS = ("weights", "check", "report", "inspect")
 WRITERS = ("weights-out", "convert")  # also run where what is written matters (steps, output paths)
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "rollouts.parquet"
-SKYRL_DATA = Path(__file__).parent / "data" / "skyrl"
+SKYRL_DATA = Path(__file__).parent / "io" / "skyrl_dumps"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ hide cycles from Python but not from a reader). The layers, bottom up:
     ground    aggscope (the lazy root), errors, fmt
     core      one step in memory -> numbers (no files, no threads, no pyarrow)
     io        files <-> batches
+    presets   a trainer's config file -> layout, mode, horizon (with provenance)
     analysis  per-step work over a run and its merging       samples   the bundled samples
     present   pictures and documents of the results          trainer   what runs inside a trainer
     cli       the command line, on top
@@ -24,11 +25,12 @@ ALLOWED = {
     "ground": set(),
     "core": {"ground"},
     "io": {"ground", "core"},
+    "presets": {"ground", "core", "io"},
     "samples": {"ground", "core", "io"},
-    "analysis": {"ground", "core", "io"},
+    "analysis": {"ground", "core", "io", "presets"},
     "trainer": {"ground", "core", "io"},
-    "present": {"ground", "core", "io", "analysis"},
-    "cli": {"ground", "core", "io", "analysis", "present", "samples", "trainer"},
+    "present": {"ground", "core", "io", "presets", "analysis"},
+    "cli": {"ground", "core", "io", "presets", "analysis", "present", "samples", "trainer"},
 }
 GROUND = {"aggscope", "aggscope.errors", "aggscope.fmt"}
 MAX_MODULE_LINES = 600

@@ -23,6 +23,7 @@ class TrainerConfig:
     max_seq_len: int | None = None
     order: str = "logged"
     seed: int = 0
+    composition: str = "canonical"
 
 
 def trainer_order(uids: list[str], config: TrainerConfig, step: int) -> list[int]:
@@ -37,9 +38,36 @@ def trainer_order(uids: list[str], config: TrainerConfig, step: int) -> list[int
     return [int(x) for x in np.random.default_rng([config.seed, step]).permutation(n)]
 
 
+def shard(rows: list[int], dp: int) -> list[list[int]]:
+    """``dp`` contiguous shards, the first ``len(rows) % dp`` one row longer."""
+    shards, start = [], 0
+    for rank in range(dp):
+        size = len(rows) // dp + (1 if rank < len(rows) % dp else 0)
+        shards.append(rows[start : start + size])
+        start += size
+    return shards
+
+
+def micro_batches(rows: list[int], config: TrainerConfig) -> list[list[int]]:
+    size = config.micro_batch_size or max(len(rows), 1)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def split_ranks_first(order: list[int], config: TrainerConfig) -> list[list[list[list[int]]]]:
+    """verl's worker: each rank iterates its own shard in chunks of mini_batch_size / dp rows;
+    optimizer step b trains chunk b of every rank."""
+    shards = shard(order, config.dp_size)
+    per_rank = (config.mini_batch_size or len(order)) // config.dp_size or 1
+    chunks = [[rows[i : i + per_rank] for i in range(0, len(rows), per_rank)] for rows in shards]
+    n_steps = max((len(c) for c in chunks), default=0)
+    return [[micro_batches(c[b], config) if b < len(c) else [] for c in chunks] for b in range(n_steps)]
+
+
 def split_rows(uids: list[str], config: TrainerConfig, step: int) -> list[list[list[list[int]]]]:
     """mini-batches -> rank shards -> micro-batches -> rows (seq_index), by plain loops."""
     order = trainer_order(uids, config, step)
+    if config.composition == "ranks_first":
+        return split_ranks_first(order, config)
     mini_batches: list[list[int]] = []
     if config.mini_batch_size is not None:
         for start in range(0, len(order), config.mini_batch_size):
@@ -60,19 +88,7 @@ def split_rows(uids: list[str], config: TrainerConfig, step: int) -> list[list[l
             mini_batches.append(current)
     else:
         mini_batches = [order] if order else []
-    layout = []
-    for rows in mini_batches:
-        n_b = len(rows)
-        shards = []
-        start = 0
-        for rank in range(config.dp_size):
-            size = n_b // config.dp_size + (1 if rank < n_b % config.dp_size else 0)
-            shard = rows[start : start + size]
-            start += size
-            step_size = config.micro_batch_size or max(len(shard), 1)
-            shards.append([shard[i : i + step_size] for i in range(0, len(shard), step_size)])
-        layout.append(shards)
-    return layout
+    return [[micro_batches(rows, config) for rows in shard(rows, config.dp_size)] for rows in mini_batches]
 
 
 def pad(rows: list[int], per_token: torch.Tensor) -> torch.Tensor:
@@ -87,12 +103,15 @@ def trainer_loss(
     uids: list[str],
     config: TrainerConfig,
     step: int = 0,
+    lengths: list[int] | None = None,
 ) -> torch.Tensor:
     """The loss a trainer back-propagates for every optimizer step of the step, summed.
 
     Args:
         per_token_loss: ``[n_rows, max_len]`` per-token surrogate loss ``l`` (padded).
         mask: ``[n_rows, max_len]`` float 0/1 loss mask (0 on padding).
+        lengths: every row's tokens, masked ones included (the micro-batch padding of
+            ``seq_mean_token_sum_norm_padded``).
     """
     dp = config.dp_size
     total = per_token_loss.new_zeros(())
@@ -101,6 +120,7 @@ def trainer_loss(
         # Scalars the trainer's config and its all-reduces give it for this mini-batch.
         global_tokens = float(mask[rows_of_mini_batch].sum())
         n_sequences = len(rows_of_mini_batch)
+        n_nonempty = sum(1 for row in rows_of_mini_batch if float(mask[row].sum()) > 0)
         n_micro_batches = sum(len(shard) for shard in shards)
         prompt_tokens: dict[str, float] = {}
         for row in rows_of_mini_batch:
@@ -120,6 +140,13 @@ def trainer_loss(
                 elif mode == "sequence_mean":
                     per_seq = (loss_l * m).sum(-1) / m.sum(-1).clamp(min=1)
                     micro_loss = per_seq.sum() / n_sequences * dp
+                elif mode == "sequence_mean_nonempty":  # OpenRLHF: only rows with a loss token count
+                    per_seq = (loss_l * m).sum(-1) / m.sum(-1).clamp(min=1)
+                    micro_loss = per_seq.sum() / max(n_nonempty, 1) * dp
+                elif mode == "seq_mean_token_sum_norm_padded":  # verl: horizon = the micro-batch's padded width
+                    assert lengths is not None
+                    width = max(max(lengths[row] for row in micro), 1)
+                    micro_loss = (loss_l * m).sum(-1).sum() / (n_sequences * width) * dp
                 elif mode == "seq_mean_token_sum":
                     micro_loss = (loss_l * m).sum(-1).sum() / n_sequences * dp
                 elif mode == "seq_mean_token_sum_norm":

@@ -5,29 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from aggscope.core.batch import StepBatch
+from aggscope.io.reader import Rollouts
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
-
-
-class Rollouts(Protocol):
-    """What every reader returns: a source of one ``StepBatch`` per step."""
-
-    source: str
-    files: list[str]
-    columns: dict[str, str]
-    layout: str
-    steps: list[int]
-    notes: list[str]
-
-    @property
-    def has_groups(self) -> bool: ...
-
-    def iter_steps(self) -> Iterable[StepBatch]: ...
 
 
 @dataclass(frozen=True)
@@ -51,16 +36,18 @@ class StepDescription:
 
 @dataclass(frozen=True)
 class RolloutsDescription:
+    """What ``inspect`` shows of an input (``format``: the reader's, under the JSON key ``layout``)."""
+
     source: str
     files: list[str]
-    layout: str
+    format: str
     columns: dict[str, str]
     notes: list[str]
     steps: list[StepDescription] = field(default_factory=list)
     lengths_estimated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = {("layout" if key == "format" else key): value for key, value in asdict(self).items()}
         for step in doc["steps"]:
             if step["group_sizes"] is not None:
                 step["group_sizes"] = {str(k): v for k, v in step["group_sizes"].items()}
@@ -101,7 +88,7 @@ def describe(rollouts: Rollouts, batches: Iterable[StepBatch] | None = None) -> 
     return RolloutsDescription(
         source=rollouts.source,
         files=list(rollouts.files),
-        layout=rollouts.layout,
+        format=rollouts.format,
         columns=dict(rollouts.columns),
         notes=list(rollouts.notes),
         steps=steps,
@@ -133,18 +120,21 @@ class UidDescription:
 
 
 def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | None = None) -> UidDescription:
-    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its text."""
+    """Read every step once and collect the rows, rewards and loss tokens of ``uid``, and its prompt
+    text as the batches carry it (``StepBatch.uid_texts``; the last step's that has one)."""
     from aggscope.errors import AggscopeError
-    from aggscope.io.open import uid_text
 
     if not rollouts.has_groups:
         raise AggscopeError(f"{rollouts.source}: the input has no uids (set a uid column with --col uid=NAME)")
     occurrences = []
     estimated = False
+    text = None
     for batch in rollouts.iter_steps() if batches is None else batches:
         estimated = estimated or batch.lengths_estimated
         if batch.uid_labels is None or uid not in batch.uid_labels or batch.group_ids is None:
             continue
+        in_batch = batch.uid_text(uid)
+        text = text if in_batch is None else in_batch
         code = batch.uid_labels.index(uid)
         rows = torch.nonzero(batch.group_ids == code).reshape(-1).cpu()  # [n_rows_of_uid]
         rewards = None
@@ -154,4 +144,4 @@ def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | No
         occurrences.append(UidOccurrence(batch.step, rows.tolist(), rewards, [int(n) for n in loss_tokens]))
     if not occurrences:
         raise AggscopeError(f"{rollouts.source}: uid {uid!r} is in no step (aggscope inspect PATH --json lists the steps)")
-    return UidDescription(uid, uid_text(rollouts, uid), occurrences, estimated)
+    return UidDescription(uid, text, occurrences, estimated)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from aggscope.errors import AggscopeError
+from aggscope.io.reader import Rollouts
 
 if TYPE_CHECKING:  # this module is imported before torch is needed
     from aggscope.core.batch import StepBatch
@@ -35,10 +36,14 @@ R_co = TypeVar("R_co", covariant=True)
 
 @runtime_checkable
 class SteppedRollouts(Protocol):
-    """What an engine needs from a reader: its steps, and a way to read one of them."""
+    """What an engine needs from its input: the steps and a way to read them, whether token counts
+    are estimates; every reader (``aggscope.io.reader.Rollouts``) and ``Batches`` have them."""
 
     @property
     def steps(self) -> list[int]: ...
+
+    @property
+    def lengths_estimated(self) -> bool: ...
 
     def iter_steps(self) -> Iterator[StepBatch]: ...
 
@@ -60,6 +65,7 @@ class Batches(Generic[T]):
     """Steps already in memory (a list or any iterable of ``StepBatch``) as something an engine runs on."""
 
     batches: Iterable[StepBatch]
+    lengths_estimated = False  # each batch says so itself
 
     @property
     def steps(self) -> list[int]:
@@ -169,7 +175,7 @@ def _ray_map(
             ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AggscopeError(f"cannot start or reach Ray at {address or 'a local Ray'}: {exc}") from None
-    reads_itself = hasattr(rollouts, "read_step")
+    reads_itself = isinstance(rollouts, Rollouts)
     task = ray.remote(_read_and_work if reads_itself else _work_on)
     window = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: deque[Any] = deque()

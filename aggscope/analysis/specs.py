@@ -2,7 +2,8 @@
 
 A SPEC names a mode (any canonical name or framework alias) and optionally overrides layout
 options; its keys are the layout option names without the dashes (``mini-batch-size``,
-``mini-batch-prompts``, ``micro-batch-size``, ``dp-size``, ``max-seq-len``, ``order``, ``seed``;
+``mini-batch-prompts``, ``micro-batch-size``, ``dp-size``, ``max-seq-len``, ``order``, ``seed``,
+``composition``;
 underscores are accepted too). Keys a SPEC leaves out take the layout given on the command line.
 """
 
@@ -16,7 +17,7 @@ from aggscope.core.modes import Mode, check_applicable, resolve_mode
 from aggscope.errors import AggscopeError
 
 SPEC_KEYS = tuple(f.name.replace("_", "-") for f in fields(Layout))
-_TEXT_KEYS = frozenset({"order"})
+_TEXT_KEYS = frozenset({"order", "composition"})
 _OPTIONAL_KEYS = frozenset({"mini-batch-size", "mini-batch-prompts", "micro-batch-size", "max-seq-len"})
 _MINI_BATCH_KEYS = ("mini-batch-size", "mini-batch-prompts")
 
@@ -115,6 +116,12 @@ def parse_specs(base_text: str, candidate_texts: Sequence[str], layout: Layout) 
     return specs
 
 
+def config_spec(mode: str, layout: Layout, label: str) -> Spec:
+    """The SPEC of a trainer config (``compare --from-config / --to-config``): its mode at its layout,
+    labelled ``MODE,config=LABEL``."""
+    return Spec(resolve_mode(mode), layout, (("config", label),))
+
+
 def check_specs(specs: Sequence[Spec], *, has_groups: bool, source: str) -> None:
     """Fail early, before any step is read, when a SPEC cannot be computed on this input."""
     for spec in specs:
@@ -140,4 +147,6 @@ def describe_layout(layout: Layout) -> str:
     if layout.max_seq_len is not None:
         parts.append(f"H = {layout.max_seq_len}")
     parts.append(f"{layout.order} order" + (f" (seed {layout.seed})" if layout.order == "shuffle" else ""))
+    if layout.composition != "canonical":
+        parts.append("rank shards first (verl)")
     return " · ".join(parts)

@@ -9,9 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from aggscope import __version__
-from aggscope.cli import signals
 from aggscope.cli.render import terminal_safe
-from aggscope.cli.signals import Terminated, stop_cleanly_on_signals
+from aggscope.cli.signals import Terminated, received, stop_cleanly_on_signals
 from aggscope.errors import AggscopeError
 
 # typer >= 0.26 vendors click; reach its exception base through a public subclass either way.
@@ -31,8 +30,8 @@ class _Group(TyperGroup):
         try:
             with stop_cleanly_on_signals():
                 code = super().main(args, prog_name or "aggscope", **extra)
-            if signals.received:  # typer returns a KeyboardInterrupt (so Terminated) as exit code 130
-                raise Terminated(signals.received.pop())
+            if received:  # typer returns a KeyboardInterrupt (so Terminated) as exit code 130
+                raise Terminated(received.pop())
             # Without standalone mode, typer.Exit(n) comes back as the return value n.
             sys.exit(code if isinstance(code, int) else 0)
         except Terminated as exc:

@@ -12,8 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
-from aggscope.cli.render import WIDTH, fmt_int, stdout_console, with_progress
+from aggscope.cli.config_view import print_applied, with_config
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
+from aggscope.cli.render import WIDTH, stdout_console, with_progress
 
 SHOWN_PER_CODE = 3
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -28,7 +29,7 @@ ADDED_CAUSES = ("zero_weight", "nonfinite_weight")
 @layout_options
 @engine_options
 def check(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -44,22 +45,23 @@ def check(
     ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
-    from aggscope.analysis.checks import parse_fail_on, run_checks_on
+    from aggscope.analysis.checks import parse_fail_on, run_checks
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    report = run_checks_on(
-        engine,
+    report = run_checks(
         rollouts,
         modes,
         layout,
+        engine=engine,
         progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
     )
     if json_output:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(with_config(report.to_dict(), config)))
     else:
+        print_applied(config)
         _render(report, rollouts.source, len(rollouts.steps), threshold, verbose)
     if report.fails(threshold):
         raise typer.Exit(1)
@@ -67,12 +69,13 @@ def check(
 
 def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool) -> None:
     from aggscope.analysis.checks import layout_flags
+    from aggscope.fmt import number, plural
 
     console = stdout_console()
     console.print(
         Text(
-            f"{source} · {n_steps:,} step{'s' * (n_steps != 1)} · {report.sequences:,} sequences · "
-            f"{report.loss_tokens:,} loss tokens",
+            f"{source} · {plural(n_steps, 'step')} · {number(report.sequences)} sequences · "
+            f"{number(report.loss_tokens)} loss tokens",
             style="bold",
         )
     )
@@ -88,14 +91,15 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
             console.print(_lane_text(line), no_wrap=True, crop=True)
         console.print()
     if report.modes:
-        console.print(Text(f"loss tokens without gradient (w x A is 0 or not finite), of {report.loss_tokens:,}", style="bold"))
+        console.print(
+            Text(f"loss tokens without gradient (w x A is 0 or not finite), of {number(report.loss_tokens)}", style="bold")
+        )
         console.print(_zero_grad_table(report))
     for note in report.notes:
         console.print(Text(_wrap(f"note: {note}", console.width, ""), style="dim"))
     if report.lengths_estimated:
         console.print("[yellow]token counts are estimated from text: every token count here is an estimate[/yellow]")
-    counts = report.counts()
-    summary = " · ".join(f"{counts[s]:,} {s}{'s' if counts[s] != 1 else ''}" for s in ("error", "warning", "info"))
+    summary = " · ".join(plural(count, severity) for severity, count in report.counts().items())
     verdict = (
         "[bold red]fails[/bold red]"
         if report.fails(threshold)
@@ -107,7 +111,7 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
 
 
 def _render_findings(console: Console, report: Any, verbose: bool) -> None:
-    from aggscope.analysis.checks import format_rows, plural
+    from aggscope.fmt import number, plural, row_ranges
 
     if not report.findings:
         console.print(Text("no findings", style="green"))
@@ -127,14 +131,14 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
         shown = findings if verbose else findings[:SHOWN_PER_CODE]
         for index, finding in enumerate(shown):
             where = f"step {finding.step}" + (f" · prompt {finding.uid}" if finding.uid is not None else "")
-            row_text = format_rows(finding.rows, None if verbose else 4)
+            row_text = row_ranges(finding.rows, None if verbose else 4)
             noun = "row" if len(finding.rows) == 1 else "rows"
             console.print(Text(f"  {where} · {noun} {row_text} · {plural(finding.tokens, 'token')}"))
             if verbose or index == 0:
                 console.print(Text(_wrap(finding.message, console.width, "    "), style="dim"))
         hidden = len(findings) - len(shown)
         if hidden:
-            console.print(Text(f"  … {hidden:,} more (--verbose lists every finding)", style="dim"))
+            console.print(Text(f"  … {number(hidden)} more (--verbose lists every finding)", style="dim"))
         console.print()
 
 
@@ -178,13 +182,10 @@ def _zero_grad_table(report: Any) -> Table:
 
 
 def _share(tokens: int, total: int) -> str:
-    if not total:
-        share = "-"
-    elif 0 < tokens < 0.001 * total:
-        share = "<0.1%"
-    else:
-        share = f"{tokens / total:.1%}"
-    return f"{fmt_int(tokens)}  {share:>6}"
+    from aggscope.fmt import number, percent
+
+    share = percent(tokens / total) if total else "-"
+    return f"{number(tokens)}  {share:>6}"
 
 
 def _wrap(text: str, width: int, indent: str) -> str:

@@ -5,15 +5,16 @@ from typing import Annotated
 
 import typer
 
+from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Json, input_options
-from aggscope.cli.render import fmt_int, stdout_console, with_progress
+from aggscope.cli.render import stdout_console, with_progress
 
 
 @app.command(epilog="Example: aggscope convert rollout_data_dir/ -o rollouts.parquet --format verl --advantage grpo")
 @input_options
 def convert(
-    source: InputSpec,
+    input_spec: InputSpec,
     *,
     out: Annotated[Path, typer.Option("--out", "-o", help="The canonical .parquet file to write (whole or not at all).")],
     json_output: Json = False,
@@ -24,7 +25,7 @@ def convert(
     from aggscope.io.canonical import write_canonical
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts = source.open()
+    rollouts = input_spec.open()
     refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     summary = write_canonical(
         rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting", rollouts=rollouts)
@@ -34,8 +35,8 @@ def convert(
         return
     console = stdout_console()
     console.print(
-        f"wrote {summary.path}: {fmt_int(summary.steps)} step(s), {fmt_int(summary.sequences)} sequences, "
-        f"{fmt_int(summary.tokens)} tokens ({fmt_int(summary.loss_tokens)} loss tokens)",
+        f"wrote {summary.path}: {fmt.number(summary.steps)} step(s), {fmt.number(summary.sequences)} sequences, "
+        f"{fmt.number(summary.tokens)} tokens ({fmt.number(summary.loss_tokens)} loss tokens)",
         markup=False,
     )
     for note in summary.notes:

@@ -6,15 +6,22 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from aggscope import fmt
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, input_options
-from aggscope.cli.render import fmt_float, fmt_int, markup, stdout_console, with_progress
+from aggscope.cli.config_view import print_setup
+from aggscope.cli.options import InputSpec, Json, config_options, input_options
+from aggscope.cli.render import markup, stdout_console, with_progress
 
 
-@app.command(epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json; aggscope inspect 2.jsonl --uid 3f2a9c1b0d4e")
+@app.command(
+    epilog="Example: aggscope inspect rollouts/ --col uid=prompt_id --json; aggscope inspect 2.jsonl --uid 3f2a9c1b0d4e; "
+    "aggscope inspect --config run/.hydra/config.yaml (what a trainer config gives, key by key)"
+)
 @input_options
+@config_options
 def inspect(
-    source: InputSpec,
+    input_spec: InputSpec,
+    config: Any,
     json_output: Json = False,
     uid: Annotated[
         Optional[str],
@@ -23,10 +30,19 @@ def inspect(
         ),
     ] = None,
 ) -> None:
-    """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths."""
+    """Show the detected column mapping, steps, prompts, group sizes, loss tokens and lengths; with --config, the
+    layout and mode a trainer config gives, each value with its keys and arithmetic."""
     from aggscope.analysis.describe import describe, describe_uid
 
-    rollouts = source.open()
+    if config is not None:
+        setup = config.load(None if input_spec.path is None and input_spec.format is None else _format_of(input_spec))
+        if json_output:
+            typer.echo(json.dumps(setup.to_dict()))
+        else:
+            print_setup(setup)
+        return
+
+    rollouts = input_spec.open()
     if uid is not None:
         found = describe_uid(
             rollouts, uid, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts)
@@ -43,7 +59,7 @@ def inspect(
     console = stdout_console()
     files = description.files
     console.print(
-        f"[bold]{markup(description.source)}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.layout} layout"
+        f"[bold]{markup(description.source)}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.format} layout"
     )
     mapping = Table(title="columns", title_justify="left", pad_edge=False)
     mapping.add_column("role")
@@ -68,12 +84,12 @@ def inspect(
         pct = step.loss_tokens_percentiles
         steps.add_row(
             str(step.step),
-            fmt_int(step.sequences),
-            fmt_int(step.prompts),
+            fmt.number(step.sequences),
+            fmt.number(step.prompts),
             sizes,
-            fmt_int(step.tokens),
-            fmt_int(step.loss_tokens),
-            *(fmt_int(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
+            fmt.number(step.tokens),
+            fmt.number(step.loss_tokens),
+            *(fmt.number(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
         )
     console.print(steps)
     console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
@@ -96,7 +112,13 @@ def _print_uid(found: Any) -> None:
     for occurrence in found.occurrences:
         rewards = occurrence.rewards or [None] * len(occurrence.rows)
         for row, reward, tokens in zip(occurrence.rows, rewards, occurrence.loss_tokens, strict=True):
-            table.add_row(str(occurrence.step), str(row), fmt_float(reward), fmt_int(tokens))
+            table.add_row(str(occurrence.step), str(row), fmt.number(reward), fmt.number(tokens))
     console.print(table)
     if found.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")
+
+
+def _format_of(input_spec: InputSpec) -> Any:
+    from aggscope.cli.options import _input_format
+
+    return _input_format(input_spec)

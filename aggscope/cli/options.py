@@ -10,12 +10,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+if TYPE_CHECKING:
+    from aggscope.io.reader import Rollouts
+
 LAYOUT_PANEL = "Layout (how the trainer splits a step)"
 INPUT_PANEL = "Input"
+CONFIG_PANEL = "Trainer config (the layout and mode your run used)"
 
 Modes = Annotated[
     Optional[list[str]],
@@ -41,7 +45,7 @@ class InputSpec:
     tokenizer: Optional[str] = None
     trust_pickle: bool = False
 
-    def open(self) -> Any:
+    def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
         from aggscope.cli.render import terminal_safe
         from aggscope.io.open import open_rollouts, trusted_pickle_file
@@ -202,7 +206,13 @@ _LAYOUT_PARAMS = [
         ],
         None,
     ),
-    _param("dp_size", Annotated[int, typer.Option(help="Data-parallel ranks.", rich_help_panel=LAYOUT_PANEL)], 1),
+    _param(
+        "dp_size",
+        Annotated[
+            Optional[int], typer.Option(help="Data-parallel ranks (default 1).", rich_help_panel=LAYOUT_PANEL, show_default=False)
+        ],
+        None,
+    ),
     _param(
         "max_seq_len",
         Annotated[
@@ -218,15 +228,108 @@ _LAYOUT_PARAMS = [
     _param(
         "order",
         Annotated[
-            str, typer.Option(help="Row order the trainer sees: logged, grouped or shuffle.", rich_help_panel=LAYOUT_PANEL)
+            Optional[str],
+            typer.Option(
+                help="Row order the trainer sees: logged (default), grouped or shuffle.",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
         ],
-        "logged",
+        None,
     ),
     _param(
         "seed",
         Annotated[
             Optional[int],
             typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False),
+        ],
+        None,
+    ),
+    _param(
+        "composition",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                help="canonical (default: mini-batches, then rank shards inside each) or ranks_first (verl: rank shards "
+                "of the whole step, then mini-batches inside each).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
+_CONFIG_PARAMS = [
+    _param(
+        "config",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--config",
+                help="The trainer's config (repeatable, later files win): verl/SkyRL/NeMo-RL YAML (a run's .hydra/config.yaml), "
+                "TRL GRPOConfig JSON or YAML, prime-rl TOML, or a saved command line (.sh, .txt: OpenRLHF). Sets the layout "
+                "and the mode; layout flags still win.",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "trainer",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--trainer",
+                help="verl, skyrl, trl, openrlhf, nemo-rl or prime-rl. Default: inferred from the config's keys or the dump.",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "set_values",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--set",
+                help="Override a config key in the trainer's spelling, KEY=VALUE (repeatable), e.g. "
+                "--set actor_rollout_ref.actor.ppo_mini_batch_size=64.",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+]
+
+_COMPARE_CONFIG_PARAMS = [
+    _param(
+        "from_config",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--from-config",
+                help="compare: the trainer config you have, as the base (with --trainer and --set like --config).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "to_config",
+        Annotated[
+            Optional[list[str]],
+            typer.Option(
+                "--to-config",
+                help="compare: a config to compare against it (repeatable): FILE, FILE,KEY=VALUE,... or ,KEY=VALUE,... "
+                "(the --from-config with these changes).",
+                rich_help_panel=CONFIG_PANEL,
+                show_default=False,
+            ),
         ],
         None,
     ),
@@ -310,17 +413,105 @@ def _build_input(
     )
 
 
-def _build_layout(*, seed_for_specs: bool = False, **values: Any) -> Any:
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A trainer config as given on the command line (read only when a command needs it)."""
+
+    paths: tuple[str, ...]
+    trainer: Optional[str]
+    sets: tuple[str, ...]
+
+    def load(self, input_format: Optional[str] = None) -> Any:
+        from aggscope.presets import load_setup
+
+        return load_setup(self.paths, trainer=self.trainer, sets=self.sets, input_format=input_format)
+
+
+@dataclass(frozen=True)
+class ConfiguredLayout:
+    """Layout flags given beside a trainer config: the config's layout with these flags winning."""
+
+    flags: dict[str, Any]
+    config: ConfigSpec
+    candidates: tuple[str, ...] = ()  # compare's --to-config
+
+
+def _build_config(config: Optional[list[str]], trainer: Optional[str], set_values: Optional[list[str]]) -> Optional[ConfigSpec]:
+    if not config and trainer is None and not set_values:
+        return None
+    return ConfigSpec(tuple(config or ()), trainer, tuple(set_values or ()))
+
+
+def _build_layout(
+    *,
+    seed_for_specs: bool = False,
+    config: Optional[list[str]] = None,
+    trainer: Optional[str] = None,
+    set_values: Optional[list[str]] = None,
+    from_config: Optional[str] = None,
+    to_config: Optional[list[str]] = None,
+    **values: Any,
+) -> Any:
     """The layout of the options; ``seed_for_specs``: a ``--seed`` may serve SPECs that shuffle
-    (``compare`` checks it once the SPECs are known)."""
+    (``compare`` checks it once the SPECs are known). With a trainer config, a ``ConfiguredLayout``
+    that ``open_configured`` resolves."""
     from aggscope.core.layout import Layout
     from aggscope.errors import AggscopeError
 
+    if from_config is not None or to_config:
+        if config:
+            raise AggscopeError("give --config or --from-config, not both (--from-config is the base of compare)")
+        if from_config is None:
+            raise AggscopeError("--to-config needs --from-config: the config you have, to compare against")
+        config = [from_config]
+    spec = _build_config(config, trainer, set_values)
+    if spec is not None:
+        flags = {name: value for name, value in values.items() if value is not None}
+        return ConfiguredLayout(flags, spec, tuple(to_config or ()))
+    defaults = {"dp_size": 1, "order": "logged", "composition": "canonical"}
+    values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
         values["seed"] = 0
     elif values["order"].strip().lower() != "shuffle" and not seed_for_specs:
         raise AggscopeError("--seed applies only to --order shuffle; add --order shuffle or drop --seed")
     return Layout(**values)
+
+
+def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
+    """Open the input and settle the layout and modes: ``(rollouts, layout, modes, applied)``.
+
+    Without a trainer config this is ``input_spec.open()`` and the arguments unchanged (``applied`` is
+    None). With one, the config's layout with the explicit layout flags winning, the trainer's mode
+    first (or the modes named), and the config's advantage estimator where the input's advantages
+    are rebuilt (verl's dump) and no ``--advantage`` was given.
+    """
+    if not isinstance(layout, ConfiguredLayout):
+        return input_spec.open(), layout, modes, None
+    import dataclasses
+
+    from aggscope.presets.apply import apply_setup
+
+    input_format = _input_format(input_spec)
+    setup = layout.config.load(input_format)
+    if input_spec.advantage is None and input_format == "verl" and setup.estimator is not None:
+        input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
+    rollouts = input_spec.open()
+    applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
+    return rollouts, applied.layout, list(applied.modes), applied
+
+
+def _input_format(input_spec: InputSpec) -> Optional[str]:
+    from aggscope.errors import AggscopeError
+    from aggscope.io.open import detect_format, resolve_format
+
+    if input_spec.format is not None:
+        return str(resolve_format(input_spec.format))
+    if input_spec.path is None:
+        return "parquet"
+    try:
+        return str(detect_format(input_spec.path))
+    except AggscopeError:
+        return None  # opening the input says what is wrong with it
 
 
 def _build_engine(engine: str, address: Optional[str]) -> Any:
@@ -329,7 +520,10 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
     return open_engine(engine, address)
 
 
-input_options = _inject(_INPUT_PARAMS, "source", _build_input)
+input_options = _inject(_INPUT_PARAMS, "input_spec", _build_input)
 engine_options = _inject(_ENGINE_PARAMS, "engine", _build_engine)
-layout_options = _inject(_LAYOUT_PARAMS, "layout", _build_layout)
-spec_layout_options = _inject(_LAYOUT_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True))
+layout_options = _inject(_LAYOUT_PARAMS + _CONFIG_PARAMS, "layout", _build_layout)
+spec_layout_options = _inject(
+    _LAYOUT_PARAMS + _CONFIG_PARAMS + _COMPARE_CONFIG_PARAMS, "layout", functools.partial(_build_layout, seed_for_specs=True)
+)
+config_options = _inject(_CONFIG_PARAMS, "config", _build_config)

@@ -6,9 +6,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
+from aggscope.cli.config_view import print_applied
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import stdout_console
-from aggscope.cli.report_cmd import analyse
+from aggscope.cli.report_cmd import step_progress
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
 
@@ -21,7 +22,7 @@ OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write in
 @layout_options
 @engine_options
 def plot(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     *,
@@ -39,6 +40,7 @@ def plot(
     ] = None,
 ) -> None:
     """Draw where the gradient goes under each mode: one image file per figure, named after it."""
+    from aggscope.analysis.breakdown import run_breakdown
     from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
     from aggscope.present.figures import (
@@ -52,10 +54,12 @@ def plot(
     check_image_format(image_format)
     check_figure_names(figure)
     check_output_directory(out)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "plotting")
+    specs = [Spec(m, layout) for m in modes]
+    breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
     console = stdout_console()
+    print_applied(config, console)
     for name, path in paths.items():
         console.print(f"{name:<22} {path}", markup=False)

@@ -1,4 +1,4 @@
-"""Shared terminal rendering: number formats, consoles, the progress bar over steps.
+"""Shared terminal rendering: consoles and the progress bar over steps (numbers: ``aggscope.fmt``).
 
 Data reaches the terminal escaped: control characters of uids, column names, file names and
 messages are shown as ``\\x1b`` (so a uid cannot clear the screen or set the window title), and
@@ -6,16 +6,18 @@ data put into rich markup goes through ``markup`` (so ``[/x]`` in a uid is text,
 """
 
 import itertools
-import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from aggscope.io.reader import Rollouts
 
 T = TypeVar("T")
 WIDTH = 100
@@ -57,22 +59,6 @@ def stderr_console() -> Console:
     return SafeConsole(stderr=True, highlight=False)
 
 
-def fmt_int(value: Optional[int]) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def fmt_float(value: Optional[float], digits: int = 4) -> str:
-    """Short, readable float: None or non-finite as '-', else ``digits`` significant digits."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1e6 or magnitude < 1e-3:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
-
-
 PROGRESS_MIN_TOKENS = 1 << 23  # an input of one step gets a bar from this many tokens on
 
 
@@ -81,7 +67,7 @@ def with_progress(
     total: int,
     description: str,
     tokens: Optional[Callable[[T], int]] = None,
-    rollouts: Any = None,
+    rollouts: "Optional[Rollouts]" = None,
 ) -> Iterator[T]:
     """Iterate ``items`` (one per step) with a progress bar on stderr when it is a terminal and there is work to show.
 
@@ -112,19 +98,18 @@ def with_progress(
             progress.update(task, advance=1, tokens=done)
 
 
-def _step_sizes(rollouts: Any) -> Optional[list[int]]:
+def _step_sizes(rollouts: "Optional[Rollouts]") -> Optional[list[int]]:
     """Every step's token count from the metadata, or None where some step's is not known."""
-    step_tokens = getattr(rollouts, "step_tokens", None)
-    if step_tokens is None:
+    if rollouts is None:
         return None
-    sizes = [step_tokens(step) for step in rollouts.steps]
-    return None if any(size is None for size in sizes) else sizes
+    sizes = [rollouts.step_tokens(step) for step in rollouts.steps]
+    return None if any(size is None for size in sizes) else [size for size in sizes if size is not None]
 
 
 def _token_progress(items: Iterable[T], sizes: list[int], description: str) -> Iterator[T]:
     """A bar over tokens: it moves as this process decodes them, and jumps to each step's end when
     the step's result arrives (also when another process, a Ray worker, read it)."""
-    from aggscope.io.parquet import reading_progress
+    from aggscope.io.fastread import reading_progress
 
     ends = list(itertools.accumulate(sizes))
     columns: list[Any] = [

@@ -1,5 +1,6 @@
 """``aggscope report``: every applicable mode at one layout, with figures, as one HTML page and JSON."""
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -7,8 +8,14 @@ import typer
 from rich.table import Table
 
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options
-from aggscope.cli.render import fmt_int, markup, stdout_console, with_progress
+from aggscope.cli.config_view import config_notes
+from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
+from aggscope.cli.render import markup, stdout_console, with_progress
+
+# The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
+# and a shorter header where the page's would not fit 100 columns.
+TERMINAL_COLUMNS = ("ess_tokens", "longest_quarter", "positive", "no_gradient", "findings")
+SHORT_HEADERS = {"findings": "findings E/W/I"}
 
 
 @app.command(
@@ -19,7 +26,7 @@ from aggscope.cli.render import fmt_int, markup, stdout_console, with_progress
 @layout_options
 @engine_options
 def report(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -28,66 +35,49 @@ def report(
     ),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
-    from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
     from aggscope.present.figures import check_output_directory
-    from aggscope.present.report import build_report
+    from aggscope.present.report import full_report
 
     check_output_directory(out)
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
-    breakdown = analyse(rollouts, [Spec(m, layout) for m in modes], engine, "report")
-    result = build_report(breakdown, "report", rollouts.notes)
+    notes = [*rollouts.notes, *config_notes(config)]
+    result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"), notes=notes)
     print_summary(result, result.write(out))
 
 
-def analyse(rollouts: Any, specs: Any, engine: Any, description: str) -> Any:
-    """The breakdown of every step under the SPECs, on the engine, with a progress bar."""
-    from aggscope.analysis.breakdown import run_breakdown_on
+def step_progress(rollouts: Any, description: str) -> Callable[[Iterable[Any]], Iterable[Any]]:
+    """A progress bar over the steps' results as they come, with the tokens done (stderr, on a terminal)."""
 
-    def progress(items: Any) -> Any:
-        return with_progress(items, len(rollouts.steps), description, tokens=lambda item: item.n_tokens, rollouts=rollouts)
+    def progress(results: Iterable[Any]) -> Iterable[Any]:
+        return with_progress(results, len(rollouts.steps), description, tokens=lambda part: part.n_tokens, rollouts=rollouts)
 
-    return run_breakdown_on(engine, rollouts, specs, source=rollouts.source, progress=progress)
+    return progress
 
 
 def print_summary(result: Any, files: Any) -> None:
     """The opening sentences, one line per mode or SPEC, and where the files are (fits 100 columns)."""
+    from aggscope.present.report import glance_rows
+    from aggscope.present.report.tables import GLANCE_COLUMNS
+
     console = stdout_console()
     for sentence in result.summary:
         console.print(sentence, markup=False)
-    for note in result.document["input"]["notes"]:
+    for note in result.data.input.notes:
         console.print(f"[dim]input: {markup(note)}[/dim]")
-    from aggscope.present.report import severity_counts
-
-    document = result.document
-    with_checks = result.kind == "compare"
+    rows = glance_rows(result.data)
+    keys = [key for key in TERMINAL_COLUMNS if rows and key in rows[0].cells]
+    headers = {**GLANCE_COLUMNS, **SHORT_HEADERS}
     table = Table(pad_edge=False, title_justify="left")
     table.add_column("mode" if result.kind == "report" else "SPEC", overflow="fold")
-    for header in ("ESS tokens", "longest ¼ mass", "positive-A mass", "no gradient"):
-        table.add_column(header, justify="right", no_wrap=True)
-    if with_checks:
-        table.add_column("findings E/W/I", justify="right", no_wrap=True)
-    for spec in document["specs"]:
-        entry = document["results"][spec["label"]]
-        total = entry["total"]
-        ess = total["ess_tokens"]
-        cells = [
-            f"[{spec['colour']}]■[/] {spec['label'].replace(',', ', ')}",
-            fmt_int(None if ess is None else round(ess)),
-            _share(entry["length_quartiles"]["grad_mass_share"][3]),
-            _share(entry["advantage_sign"]["positive_share"]),
-            fmt_int(total["zero_grad_tokens"] + total["nonfinite_grad_tokens"]),
-        ]
-        if with_checks:
-            cells.append(severity_counts(entry["checks"]))
-        table.add_row(*cells)
+    for key in keys:
+        table.add_column(headers[key], justify="right", no_wrap=True)
+    for row in rows:
+        # A long SPEC label may wrap after its commas.
+        table.add_row(f"[{row.colour}]■[/] {markup(row.label.replace(',', ', '))}", *(row.cells[key] for key in keys))
     console.print(table)
     console.print(
         f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}", markup=False
     )
     console.print(f"report: [bold]{markup(files.html.resolve())}[/bold]")
-
-
-def _share(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"

@@ -7,9 +7,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from aggscope import fmt
 from aggscope.cli.app import app
-from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options
-from aggscope.cli.render import fmt_float, fmt_int, stdout_console, with_progress
+from aggscope.cli.config_view import print_applied, with_config
+from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
+from aggscope.cli.render import stdout_console, with_progress
 
 PER_STEP_TABLES = 8
 
@@ -23,7 +25,7 @@ PER_STEP_TABLES = 8
 @layout_options
 @engine_options
 def weights(
-    source: InputSpec,
+    input_spec: InputSpec,
     layout: Any,
     engine: Any,
     mode: Modes = None,
@@ -43,7 +45,7 @@ def weights(
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts = source.open()
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
@@ -56,9 +58,10 @@ def weights(
         progress=lambda steps: with_progress(steps, len(rollouts.steps), "weights", rollouts=rollouts),
     )
     if json_output:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(with_config(report.to_dict(), config)))
         return
     console = stdout_console()
+    print_applied(config, console)
     shown = report.steps if all_steps or len(report.steps) <= PER_STEP_TABLES else []
     for step in shown:
         console.print(_table(step, f"step {step.step}"))
@@ -87,11 +90,11 @@ def _table(step: Any, title: str) -> Table:
     for name, summary in step.modes.items():
         table.add_row(
             name,
-            fmt_float(summary.weight_sum),
-            fmt_float(summary.grad_abs_sum),
-            fmt_int(None if summary.ess_tokens is None else round(summary.ess_tokens)),
-            fmt_float(summary.long_short_ratio, 3),
-            fmt_int(summary.zero_grad_tokens),
-            fmt_int(summary.nonfinite_grad_tokens),
+            fmt.number(summary.weight_sum),
+            fmt.number(summary.grad_abs_sum),
+            fmt.number(None if summary.ess_tokens is None else round(summary.ess_tokens)),
+            fmt.number(summary.long_short_ratio, 3),
+            fmt.number(summary.zero_grad_tokens),
+            fmt.number(summary.nonfinite_grad_tokens),
         )
     return table

@@ -10,10 +10,10 @@ This is the single representation every analysis shares. Notation used in shape 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -76,6 +76,8 @@ class StepBatch:
         rewards: ``[n_seqs]`` float64 rewards, or None.
         source: where the batch came from, for messages.
         lengths_estimated: True when token counts were estimated from text.
+        uid_texts: ``[n_groups]`` the prompt text of each code (None for a group whose rows hold
+            none), or None when the input holds no prompt texts; a group's text is its last row's.
     """
 
     step: int
@@ -87,6 +89,7 @@ class StepBatch:
     rewards: torch.Tensor | None = None
     source: str = "<memory>"
     lengths_estimated: bool = False
+    uid_texts: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         n_tokens = self.advantages.numel()
@@ -106,6 +109,8 @@ class StepBatch:
             raise AggscopeError(f"{self.source}: {self.group_ids.numel()} group ids for {n_seqs} sequences")
         if (self.group_ids is None) != (self.uid_labels is None):
             raise AggscopeError(f"{self.source}: group ids and uid labels go together")
+        if self.uid_texts is not None and (self.uid_labels is None or len(self.uid_texts) != len(self.uid_labels)):
+            raise AggscopeError(f"{self.source}: uid texts must come one per uid label")
         if self.rewards is not None and self.rewards.shape != (n_seqs,):
             raise AggscopeError(f"{self.source}: {self.rewards.numel()} rewards for {n_seqs} sequences")
 
@@ -146,6 +151,12 @@ class StepBatch:
         self.__dict__["stats"] = stats  # where cached_property keeps its value
         return self
 
+    def uid_text(self, uid: str) -> str | None:
+        """The prompt text of ``uid`` in this batch, or None (no such uid, or no text for it)."""
+        if self.uid_texts is None or self.uid_labels is None or uid not in self.uid_labels:
+            return None
+        return self.uid_texts[self.uid_labels.index(uid)]
+
     def row_uids(self) -> list[str | None]:
         """The uid text of every row in input order (None where the input has no uid)."""
         if self.group_ids is None or self.uid_labels is None:
@@ -165,6 +176,7 @@ class StepBatch:
         rewards: Any = None,
         step: int = 0,
         source: str = "<memory>",
+        prompts: Sequence[str | None] | None = None,
     ) -> StepBatch:
         """Build a batch from flat token arrays and sequence offsets (tensors, arrays or lists).
 
@@ -176,6 +188,8 @@ class StepBatch:
             rewards: ``[n_seqs]`` rewards, or None.
             step: the step number.
             source: a name for messages.
+            prompts: ``[n_seqs]`` the prompt text of each row (or None), kept per group as
+                ``uid_texts``; needs ``uids``.
         """
         adv = _as_float_tensor(advantages)
         device = adv.device
@@ -185,7 +199,15 @@ class StepBatch:
             raise AggscopeError(f"{source}: offsets must not decrease")
         group_ids, labels = factorize_uids(uids, offs.numel() - 1, device, source)
         rew = None if rewards is None else torch.as_tensor(rewards, dtype=torch.float64, device=device)
-        return cls(step, adv, mask, offs, group_ids, labels, rew, source)
+        texts = None
+        if prompts is not None and group_ids is not None and labels is not None:
+            if len(prompts) != offs.numel() - 1:
+                raise AggscopeError(f"{source}: {len(prompts)} prompts for {offs.numel() - 1} sequences")
+            rows = last_row_of_groups(
+                group_ids.cpu().numpy(), len(labels), np.array([p is not None for p in prompts], dtype=bool)
+            )
+            texts = tuple(None if row < 0 else prompts[row] for row in rows.tolist())
+        return cls(step, adv, mask, offs, group_ids, labels, rew, source, uid_texts=texts)
 
     @classmethod
     def from_padded(
@@ -235,13 +257,74 @@ def _as_mask(values: Any, device: torch.device, source: str) -> torch.Tensor:
     mask = torch.as_tensor(values, device=device)
     if mask.dtype == torch.bool:
         return mask
-    bad = (mask != 0) & (mask != 1)
+    bad = (mask != 0) & (mask != 1)  # on the mask's device: a GPU mask is checked where it is
     if bool(bad.any()):
         first = int(torch.nonzero(bad.reshape(-1))[0])
-        raise AggscopeError(
-            f"{source}: loss mask holds {mask.reshape(-1)[first].item()!r} at token {first}; only 0 and 1 are allowed"
-        )
+        raise bad_mask_value(f"{source}: loss mask", mask.reshape(-1)[first].item(), f"token {first}")
     return mask != 0
+
+
+MASK_RULE = "a loss mask may hold only 0 and 1"
+
+
+def bad_mask_value(subject: str, value: Any, place: str) -> AggscopeError:
+    """The one message for a loss-mask value other than 0 and 1: ``{subject} holds {value} at {place}; ...``."""
+    return AggscopeError(f"{subject} holds {value!r} at {place}; {MASK_RULE}")
+
+
+def mask_as_bool(raw: np.ndarray, offsets: np.ndarray, locate: Callable[[int, int], tuple[str, str]]) -> np.ndarray:
+    """A flat 0/1 (or bool) loss mask as bool, or a one-line error at its first other value.
+
+    Args:
+        raw: ``[n_tokens]`` bools or numbers.
+        offsets: ``[n_rows + 1]`` int64 row boundaries of the tokens, to name the row at fault.
+        locate: ``(row, token in row) -> (subject, place)`` for the message, e.g.
+            ``("f.parquet: row 3: column 'loss_mask'", "token 5")``.
+
+    Raises:
+        AggscopeError: ``bad_mask_value`` at the first token that is neither 0 nor 1 (NaN included).
+    """
+    if raw.dtype == np.bool_:
+        return raw
+    if raw.dtype.kind in "iu":
+        # Seen as unsigned, a 0/1 mask has a maximum of at most 1 (negatives turn huge): one
+        # pass without temporaries; a one-byte 0/1 mask then already is a valid bool array.
+        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
+        if unsigned.size and unsigned.max() > 1:
+            _raise_bad_mask(raw, (raw != 0) & (raw != 1), offsets, locate)
+        return raw.view(bool) if raw.dtype.itemsize == 1 else raw != 0
+    bad = (raw != 0) & (raw != 1)
+    if bad.any():
+        _raise_bad_mask(raw, bad, offsets, locate)
+    return raw != 0
+
+
+def _raise_bad_mask(raw: np.ndarray, bad: np.ndarray, offsets: np.ndarray, locate: Callable[[int, int], tuple[str, str]]) -> None:
+    token = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(offsets, token, side="right") - 1)
+    subject, place = locate(row, token - int(offsets[row]))
+    raise bad_mask_value(subject, raw[token].item(), place)
+
+
+def offsets_of(lengths: Any) -> np.ndarray:
+    """``[n + 1]`` int64 offsets of consecutive segments of the given ``[n]`` lengths (from 0)."""
+    lengths = np.asarray(lengths)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, dtype=np.int64, out=offsets[1:])
+    return offsets
+
+
+Floats = TypeVar("Floats", np.ndarray, torch.Tensor)
+
+
+def widen_half(values: Floats) -> Floats:
+    """float16 and bfloat16 values as float32 (exactly: every half value is a float32), others as they are.
+
+    numpy has no bfloat16, and the reductions and the Parquet writer take float32 and float64.
+    """
+    if isinstance(values, torch.Tensor):
+        return values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
+    return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
 def factorize_uids(
@@ -273,11 +356,45 @@ def factorize_uids(
     array = np.asarray(uids, dtype=object) if not isinstance(uids, np.ndarray) else uids
     if array.shape != (n_rows,):
         raise AggscopeError(f"{source}: {array.size} uids for {n_rows} sequences")
-    import pyarrow as pa
+    codes, labels = uid_codes(array)
+    return torch.from_numpy(codes).to(device), labels
 
-    encoded = pa.array(array.astype(str) if array.dtype == object else array).dictionary_encode()
-    codes = torch.from_numpy(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)).to(device)
-    return codes, tuple(str(v) for v in encoded.dictionary.to_pylist())
+
+def uid_codes(uids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``[n]`` int64 group codes of ``[n]`` uids numbered by first appearance, and each code's uid text.
+
+    Objects (strings, Python ints, mixtures) are compared by their text; numbers and bools by value.
+    """
+    codes, distinct = factorize(uids.astype(str) if uids.dtype == object else uids)
+    return codes, tuple(str(v) for v in distinct.tolist())
+
+
+def last_row_of_groups(group_ids: np.ndarray, n_groups: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """``[n_groups]`` int64: the last row of each group among the ``eligible [n_rows]`` rows (all
+    rows when None), -1 for a group without one. How a group's prompt text is chosen (``uid_texts``)."""
+    last = np.full(n_groups, -1, dtype=np.int64)
+    rows = np.arange(group_ids.size) if eligible is None else np.flatnonzero(eligible)
+    np.maximum.at(last, group_ids[rows], rows)
+    return last
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the distinct values of ``values [n]`` ``0..k-1`` in order of first appearance.
+
+    Floats are told apart by their bits (so ``-0.0`` and ``0.0`` are two values) except that every
+    NaN is one value, as Arrow's dictionary encoding does.
+
+    Returns:
+        ``([n] int64 codes, [k] the distinct values in code order)``.
+    """
+    keys = values
+    if values.dtype.kind == "f" and values.itemsize in (2, 4, 8):
+        keys = np.where(np.isnan(values), np.nan, values).astype(values.dtype).view(f"i{values.itemsize}")
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)  # [k] sorted, [n]
+    order = np.argsort(first, kind="stable")  # sorted-unique index by first appearance
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank[inverse.reshape(-1)], values[first[order]]
 
 
 STATS_CHUNK_TOKENS = 1 << 20  # tokens per chunk of the per-sequence reductions (CPU)
@@ -298,9 +415,7 @@ def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offse
     passes over the data run at cache speed. Each sequence is reduced exactly as in one piece,
     so the sums are the same bit for bit.
     """
-    if advantages.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-        advantages = advantages.to(torch.float32)
-    return sequence_stats_numpy(advantages.numpy(), loss_mask.numpy(), offsets.numpy())
+    return sequence_stats_numpy(widen_half(advantages).numpy(), loss_mask.numpy(), offsets.numpy())
 
 
 def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) -> SequenceStats:

@@ -10,6 +10,11 @@ Rules (from the reference sheet):
 - Each mini-batch is cut into ``dp_size`` contiguous rank shards of as-equal-as-possible size (the
   first ``N_b mod D`` shards get one extra row), each shard into micro-batches of
   ``micro_batch_size`` sequences (the last may be shorter).
+
+That is the ``canonical`` composition (mini-batches first). verl 0.9.1 composes the other way,
+``ranks_first``: the whole step is cut into ``dp_size`` contiguous rank shards first (same sizing
+rule), each shard into chunks of ``mini_batch_size / dp_size`` rows, and mini-batch ``b`` is the
+``b``-th chunk of every shard (``verl/workers/engine_workers.py`` ``train_mini_batch``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ ORDERS = ("logged", "grouped", "shuffle")
 # would overflow the int64 arithmetic of the split (mini-batch x rank ids); seeds stay within int64.
 MAX_SIZE = 2**31 - 1
 MAX_SEED = 2**63 - 1
+COMPOSITIONS = ("canonical", "ranks_first")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class Layout:
         max_seq_len: the constant horizon H of ``seq_mean_token_sum_norm``.
         order: ``logged``, ``grouped`` or ``shuffle``.
         seed: seed of ``shuffle``.
+        composition: ``canonical`` (mini-batches, then rank shards inside each) or ``ranks_first``
+            (rank shards of the whole step, then mini-batches inside each shard, as verl does).
     """
 
     mini_batch_size: int | None = None
@@ -51,6 +59,7 @@ class Layout:
     max_seq_len: int | None = None
     order: str = "logged"
     seed: int = 0
+    composition: str = "canonical"
 
     def __post_init__(self) -> None:
         for name in ("mini_batch_size", "mini_batch_prompts", "micro_batch_size", "max_seq_len"):
@@ -69,6 +78,18 @@ class Layout:
             raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)} (--order)")
         if not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise AggscopeError(f"layout: --seed must be a whole number from 0 to {MAX_SEED:,}, got {self.seed!r}")
+        if self.composition not in COMPOSITIONS:
+            raise AggscopeError(
+                f"layout: unknown composition {self.composition!r}; valid compositions: {', '.join(COMPOSITIONS)} (--composition)"
+            )
+        if self.composition == "ranks_first":
+            if self.mini_batch_prompts is not None:
+                raise AggscopeError("layout: --composition ranks_first counts mini-batches in sequences: give --mini-batch-size")
+            if self.mini_batch_size is not None and self.mini_batch_size % self.dp_size:
+                raise AggscopeError(
+                    f"layout: --composition ranks_first needs --mini-batch-size ({self.mini_batch_size}) divisible by "
+                    f"--dp-size ({self.dp_size}): each rank trains mini_batch_size / dp_size rows of every mini-batch"
+                )
 
     @property
     def needs_groups(self) -> bool:
@@ -150,35 +171,14 @@ def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
     order = trainer_order(n_rows, group_ids, layout, step, device)  # [n] seq_index by position
     positions = torch.arange(n_rows, device=device)  # [n]
-    if layout.mini_batch_prompts is not None:
-        assert group_ids is not None
-        mini_batch_at = run_ids(group_ids[order]) // layout.mini_batch_prompts  # [n] by position
-    elif layout.mini_batch_size is not None:
-        mini_batch_at = positions // layout.mini_batch_size
+    if layout.composition == "ranks_first":
+        mini_batch_at, rank_at, micro_at = _ranks_first(positions, layout)
     else:
-        mini_batch_at = torch.zeros(n_rows, dtype=torch.int64, device=device)
-    n_mini_batches = int(mini_batch_at[-1]) + 1 if n_rows else 0
-
-    rows_per_mini_batch = torch.bincount(mini_batch_at, minlength=n_mini_batches)  # [n_mb]
-    mini_batch_start = torch.cumsum(rows_per_mini_batch, 0) - rows_per_mini_batch  # [n_mb]
-    in_mini_batch = positions - mini_batch_start[mini_batch_at]  # [n] position inside the mini-batch
-    n_b = rows_per_mini_batch[mini_batch_at]  # [n]
-    dp = layout.dp_size
-    small = n_b // dp  # rows of the short shards
-    n_big = n_b % dp  # the first N_b mod D shards hold small + 1 rows
-    big_rows = n_big * (small + 1)
-    rank_at = torch.where(
-        in_mini_batch < big_rows,
-        in_mini_batch // (small + 1),
-        n_big + (in_mini_batch - big_rows) // small.clamp(min=1),
-    )
-    shard_start = torch.where(rank_at < n_big, rank_at * (small + 1), big_rows + (rank_at - n_big) * small)
-    if layout.micro_batch_size is not None:
-        micro_at = (in_mini_batch - shard_start) // layout.micro_batch_size
-    else:
-        micro_at = torch.zeros(n_rows, dtype=torch.int64, device=device)
-    rank_unit_at = mini_batch_at * dp + rank_at
-    # Units are contiguous in trainer order, so a new id starts wherever the unit changes.
+        mini_batch_at, rank_at, micro_at = _canonical(positions, group_ids, order, layout)
+    n_mini_batches = int(mini_batch_at.max()) + 1 if n_rows else 0
+    rank_unit_at = mini_batch_at * layout.dp_size + rank_at
+    # Every (mini-batch, rank, micro-batch) unit is a contiguous run of trainer positions (also
+    # under ranks_first, where a mini-batch is not), so a new id starts wherever the unit changes.
     micro_key = torch.stack([mini_batch_at, rank_at, micro_at], dim=1)  # [n, 3]
     changes = torch.ones(n_rows, dtype=torch.int64, device=device)
     if n_rows > 1:
@@ -200,3 +200,52 @@ def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step
         micro_unit=by_row(micro_unit_at),
         n_mini_batches=n_mini_batches,
     )
+
+
+def _shards(index: torch.Tensor, size: torch.Tensor, dp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank and start of the rank's shard for element ``index`` of a run of ``size`` rows cut into
+    ``dp`` contiguous shards, the first ``size mod dp`` one row longer. All ``[n]`` int64."""
+    small = size // dp  # rows of the short shards
+    n_big = size % dp  # the first N mod D shards hold small + 1 rows
+    big_rows = n_big * (small + 1)
+    rank = torch.where(index < big_rows, index // (small + 1), n_big + (index - big_rows) // small.clamp(min=1))
+    start = torch.where(rank < n_big, rank * (small + 1), big_rows + (rank - n_big) * small)
+    return rank, start
+
+
+def _canonical(
+    positions: torch.Tensor, group_ids: torch.Tensor | None, order: torch.Tensor, layout: Layout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mini-batch, rank and micro-batch of each trainer position: mini-batches first."""
+    n_rows = positions.numel()
+    if layout.mini_batch_prompts is not None:
+        assert group_ids is not None
+        mini_batch_at = run_ids(group_ids[order]) // layout.mini_batch_prompts  # [n] by position
+    elif layout.mini_batch_size is not None:
+        mini_batch_at = positions // layout.mini_batch_size
+    else:
+        mini_batch_at = torch.zeros(n_rows, dtype=torch.int64, device=positions.device)
+    n_mini_batches = int(mini_batch_at[-1]) + 1 if n_rows else 0
+    rows_per_mini_batch = torch.bincount(mini_batch_at, minlength=n_mini_batches)  # [n_mb]
+    mini_batch_start = torch.cumsum(rows_per_mini_batch, 0) - rows_per_mini_batch  # [n_mb]
+    in_mini_batch = positions - mini_batch_start[mini_batch_at]  # [n] position inside the mini-batch
+    rank_at, shard_start = _shards(in_mini_batch, rows_per_mini_batch[mini_batch_at], layout.dp_size)
+    in_shard = in_mini_batch - shard_start  # [n]
+    micro_at = in_shard // layout.micro_batch_size if layout.micro_batch_size is not None else torch.zeros_like(in_shard)
+    return mini_batch_at, rank_at, micro_at
+
+
+def _ranks_first(positions: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mini-batch, rank and micro-batch of each trainer position: rank shards of the whole step
+    first, then chunks of ``mini_batch_size / dp_size`` rows inside each shard (verl)."""
+    n_rows = positions.numel()
+    rank_at, shard_start = _shards(positions, torch.full_like(positions, n_rows), layout.dp_size)
+    in_shard = positions - shard_start  # [n] position inside the rank's shard
+    if layout.mini_batch_size is not None:
+        per_rank = layout.mini_batch_size // layout.dp_size  # rows of one mini-batch on one rank
+        mini_batch_at = in_shard // per_rank
+        in_chunk = in_shard - mini_batch_at * per_rank
+    else:
+        mini_batch_at, in_chunk = torch.zeros_like(in_shard), in_shard
+    micro_at = in_chunk // layout.micro_batch_size if layout.micro_batch_size is not None else torch.zeros_like(in_chunk)
+    return mini_batch_at, rank_at, micro_at

@@ -7,7 +7,9 @@ distinct uids, ``T_{p,b}`` loss tokens of uid ``p`` in ``b``, ``K_b`` micro-batc
 (over all ranks), ``T_k`` loss tokens of micro-batch ``k``, ``L_i`` loss tokens of row ``i``,
 ``H`` the horizon. Denominators are clamped to at least 1.
 
-To add a mode, write one function below and decorate it with ``@register``.
+To add a mode, write one function below and decorate it with ``@register``. A mode registered
+with ``in_defaults=False`` is a trainer's variant of another (computed when named, or when a
+trainer preset selects it), kept out of the default set so that it does not repeat its sibling.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ModeInputs:
         group_ids: uid codes, or None.
         n_groups: number of distinct uids in the step.
         max_seq_len: the horizon ``H``, or None.
+        lengths: all tokens of row ``i`` (masked ones included) as float64, or None.
     """
 
     loss_tokens: torch.Tensor
@@ -39,6 +42,7 @@ class ModeInputs:
     group_ids: torch.Tensor | None
     n_groups: int
     max_seq_len: int | None
+    lengths: torch.Tensor | None = None
 
     def per_mini_batch(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of ``values`` over each row's mini-batch, gathered back to rows: ``[n] -> [n]``."""
@@ -63,6 +67,7 @@ class Mode:
     aliases: tuple[str, ...] = ()
     needs_groups: bool = False
     needs_horizon: bool = False
+    in_defaults: bool = True
 
 
 MODES: dict[str, Mode] = {}
@@ -70,12 +75,18 @@ _ALIASES: dict[str, str] = {}
 
 
 def register(
-    name: str, formula: str, *, aliases: Iterable[str] = (), needs_groups: bool = False, needs_horizon: bool = False
+    name: str,
+    formula: str,
+    *,
+    aliases: Iterable[str] = (),
+    needs_groups: bool = False,
+    needs_horizon: bool = False,
+    in_defaults: bool = True,
 ) -> Callable[[WeightFn], WeightFn]:
     """Register a mode's weight function under its canonical name and the frameworks' names."""
 
     def decorate(weight: WeightFn) -> WeightFn:
-        mode = Mode(name, weight, formula, tuple(aliases), needs_groups, needs_horizon)
+        mode = Mode(name, weight, formula, tuple(aliases), needs_groups, needs_horizon, in_defaults)
         MODES[name] = mode
         for alias in (name, *mode.aliases):
             _ALIASES[_normalise(alias)] = name
@@ -142,6 +153,28 @@ def prompt_mean(inputs: ModeInputs) -> torch.Tensor:
     return 1.0 / (p_b * tokens_of_prompt.clamp(min=1))
 
 
+@register("sequence_mean_nonempty", "1 / (N+_b * L_i)", in_defaults=False)
+def sequence_mean_nonempty(inputs: ModeInputs) -> torch.Tensor:
+    # OpenRLHF's sample mode: N+_b counts only the rows with at least one loss token
+    # (openrlhf/utils/loss_utils.py), where verl and SkyRL count every row.
+    has_tokens = (inputs.loss_tokens > 0).to(torch.float64)  # [n]
+    nonempty_rows = inputs.per_mini_batch(has_tokens)  # [n] N+_b
+    return 1.0 / (nonempty_rows.clamp(min=1) * inputs.loss_tokens.clamp(min=1))
+
+
+@register("seq_mean_token_sum_norm_padded", "1 / (N_b * W_k)", in_defaults=False)
+def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> torch.Tensor:
+    # verl 0.9.1 with loss_scale_factor null: the horizon is the padded width of the micro-batch the
+    # loss was computed on, i.e. W_k = the most tokens (masked ones included) of a row of micro-batch k.
+    assert inputs.lengths is not None
+    unit = inputs.split.micro_unit
+    n_units = inputs.split.n_micro_units
+    width = torch.zeros(n_units, dtype=torch.float64, device=unit.device).scatter_reduce_(
+        0, unit, inputs.lengths, reduce="amax", include_self=True
+    )  # [n_units] W_k
+    return 1.0 / (inputs.rows_per_mini_batch() * width[unit].clamp(min=1))
+
+
 def mode_names() -> list[str]:
     """Canonical names in registry order."""
     return list(MODES)
@@ -166,11 +199,11 @@ def resolve_modes(names: Iterable[str]) -> list[Mode]:
 
 
 def default_modes(*, has_groups: bool, max_seq_len: int | None) -> list[Mode]:
-    """Every mode that applies to this data and layout."""
+    """Every mode that applies to this data and layout (trainer variants only when named)."""
     return [
         mode
         for mode in MODES.values()
-        if (has_groups or not mode.needs_groups) and (max_seq_len is not None or not mode.needs_horizon)
+        if mode.in_defaults and (has_groups or not mode.needs_groups) and (max_seq_len is not None or not mode.needs_horizon)
     ]
 
 

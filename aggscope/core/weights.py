@@ -85,6 +85,7 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
         group_ids=batch.group_ids,
         n_groups=batch.n_groups,
         max_seq_len=layout.max_seq_len,
+        lengths=batch.stats.lengths.to(torch.float64),
     )
     return StepWeights(batch, resolved, layout, split, resolved.weight(inputs))
 

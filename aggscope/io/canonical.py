@@ -1,33 +1,33 @@
-"""The canonical Parquet written by ``aggscope convert`` and ``aggscope.log_batch``, and read back.
+"""The canonical Parquet written by ``aggscope convert`` and ``aggscope.log_batch``.
 
 One row per sequence: ``step`` (int64), ``uid`` (string, where the input has prompt groups),
-``prompt`` (the prompt text, where a reader hashed uids from it), ``reward`` (float64, where
-known), ``advantages`` (list of float, the batch's own float type) and ``loss_mask`` (list of
-bool). What the columns cannot say travels in the file's schema metadata under ``aggscope``
-(JSON): ``lengths_estimated``, ``notes``, ``format`` and ``source``; reading the file back
-restores the estimate flag and the notes, so every output still says lengths are estimates.
+``prompt`` (the prompt text, where the batches carry it: ``StepBatch.uid_texts``), ``reward``
+(float64, where known), ``advantages`` (list of float, the batch's own float type) and
+``loss_mask`` (list of bool). What the columns cannot say travels in the file's schema metadata
+under ``aggscope`` (JSON): ``lengths_estimated``, ``notes``, ``format`` and ``source``; reading the
+file back (``aggscope.io.parquet``) restores the estimate flag and the notes, so every output
+still says lengths are estimates.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, widen_half
 from aggscope.errors import AggscopeError
+from aggscope.io.columns import METADATA_KEY
+from aggscope.io.reader import Rollouts
 from aggscope.io.writing import atomic_output, list_array
-
-METADATA_KEY = b"aggscope"
 
 
 def _float_type(tensor: torch.Tensor) -> pa.DataType:
@@ -49,22 +49,22 @@ def canonical_schema(batch: StepBatch, *, with_prompt: bool = False, metadata: M
     return pa.schema(fields, metadata=encoded)
 
 
-def canonical_table(batch: StepBatch, schema: pa.Schema | None = None, uid_texts: Mapping[str, str] | None = None) -> pa.Table:
+def canonical_table(batch: StepBatch, schema: pa.Schema | None = None) -> pa.Table:
     """One step as canonical rows, in the batch's row order (cast to ``schema`` when given)."""
-    schema = schema or canonical_schema(batch, with_prompt=bool(uid_texts))
+    schema = schema or canonical_schema(batch, with_prompt=batch.uid_texts is not None)
     offsets = batch.offsets.cpu().numpy()
     n_rows = batch.n_sequences
-    advantages = batch.advantages.detach().cpu()
-    if advantages.dtype not in (torch.float32, torch.float64):
-        advantages = advantages.to(torch.float32)  # float16/bfloat16 widen exactly
+    advantages = widen_half(batch.advantages.detach().cpu())
     columns: dict[str, pa.Array] = {"step": pa.array(np.full(n_rows, batch.step, dtype=np.int64))}
     names = set(schema.names)
     if "uid" in names:
         uids = batch.row_uids()
         columns["uid"] = pa.array(uids, type=pa.string())
         if "prompt" in names:
-            texts = uid_texts or {}
-            columns["prompt"] = pa.array([None if u is None else texts.get(u) for u in uids], type=pa.string())
+            texts = np.full(n_rows, None, dtype=object)  # [n_seqs]
+            if batch.uid_texts is not None and batch.group_ids is not None:
+                texts = np.asarray(batch.uid_texts, dtype=object)[batch.group_ids.cpu().numpy()]
+            columns["prompt"] = pa.array(texts, type=pa.string())
     if "reward" in names:
         rewards = None if batch.rewards is None else batch.rewards.detach().cpu().numpy()
         columns["reward"] = pa.array(rewards if rewards is not None else np.full(n_rows, np.nan), type=pa.float64())
@@ -73,11 +73,12 @@ def canonical_table(batch: StepBatch, schema: pa.Schema | None = None, uid_texts
     return pa.Table.from_pydict(columns).cast(schema)
 
 
-def rollouts_metadata(rollouts: Any) -> dict[str, Any]:
+def rollouts_metadata(rollouts: Rollouts) -> dict[str, Any]:
+    """What the columns cannot say, kept in the written file's schema metadata."""
     return {
-        "format": getattr(rollouts, "layout", "parquet"),
+        "format": rollouts.format,
         "source": str(rollouts.source),
-        "lengths_estimated": bool(getattr(rollouts, "lengths_estimated", False)),
+        "lengths_estimated": rollouts.lengths_estimated,
         "notes": list(rollouts.notes),
     }
 
@@ -98,7 +99,9 @@ class ConvertSummary:
         return dict(vars(self))
 
 
-def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterable[StepBatch] | None = None) -> ConvertSummary:
+def write_canonical(
+    rollouts: Rollouts, out: str | os.PathLike[str], batches: Iterable[StepBatch] | None = None
+) -> ConvertSummary:
     """Write every step of ``rollouts`` to one canonical Parquet file (one row group per step).
 
     The file appears whole when every step was written, or not at all.
@@ -107,19 +110,16 @@ def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterabl
     if path.suffix != ".parquet":
         raise AggscopeError(f"{path}: the output file must end in .parquet")
     metadata = rollouts_metadata(rollouts)
-    known: Mapping[str, str] | None = getattr(rollouts, "uid_texts", None)  # filled as the steps are read
-    texts: Mapping[str, str] = known if known is not None else {}
-    with_prompt = bool(getattr(rollouts, "texts_known", False)) and bool(rollouts.has_groups)
     steps = sequences = tokens = loss_tokens = 0
     estimated = False
     with atomic_output(path) as temporary:
         writer: pq.ParquetWriter | None = None
         try:
             for batch in rollouts.iter_steps() if batches is None else batches:
-                if writer is None:
-                    schema = canonical_schema(batch, with_prompt=with_prompt, metadata=metadata)
+                if writer is None:  # a prompt column where the batches carry prompt texts
+                    schema = canonical_schema(batch, with_prompt=batch.uid_texts is not None, metadata=metadata)
                     writer = pq.ParquetWriter(temporary, schema, compression="zstd")
-                writer.write_table(canonical_table(batch, writer.schema, texts))
+                writer.write_table(canonical_table(batch, writer.schema))
                 steps += 1
                 sequences += batch.n_sequences
                 tokens += batch.n_tokens
@@ -131,92 +131,3 @@ def write_canonical(rollouts: Any, out: str | os.PathLike[str], batches: Iterabl
         if writer is None:
             raise AggscopeError(f"{rollouts.source}: no steps to convert")
     return ConvertSummary(str(path), steps, sequences, tokens, loss_tokens, estimated, list(rollouts.notes))
-
-
-# ---- reading back ----------------------------------------------------------------------------------
-def file_metadata(file: str) -> dict[str, Any]:
-    """The ``aggscope`` schema metadata of a local Parquet file ({} when absent or unreadable)."""
-    if not os.path.isfile(file):
-        return {}
-    try:
-        raw = (pq.read_schema(file).metadata or {}).get(METADATA_KEY)
-        return dict(json.loads(raw)) if raw else {}
-    except (OSError, ValueError, pa.ArrowException):
-        return {}
-
-
-class EstimatedParquetRollouts:
-    """Canonical Parquet whose lengths were estimated from text: every step says so.
-
-    Delegates everything to the wrapped ``ParquetRollouts``; only ``iter_steps`` and
-    ``read_step`` mark the batches.
-    """
-
-    lengths_estimated = True
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def read_step(self, step: int) -> StepBatch:
-        return _estimated(self._inner.read_step(step))
-
-    def iter_steps(self) -> Iterator[StepBatch]:
-        for batch in self._inner.iter_steps():
-            yield _estimated(batch)
-
-
-def _estimated(batch: StepBatch) -> StepBatch:
-    """The batch marked as having estimated lengths, keeping the stats the reader computed."""
-    return replace(batch, lengths_estimated=True).with_stats(batch.stats)
-
-
-def open_canonical(path: str, options: Any) -> Any:
-    """Open canonical Parquet (``aggscope.io.parquet``), restoring what its metadata records."""
-    from aggscope.io.parquet import open_parquet_rollouts
-    from aggscope.io.readers.base import reject_options
-
-    if options.advantage is not None:
-        raise AggscopeError(
-            "--advantage rebuilds advantages of dumps that hold only rewards; Parquet input has its own advantages column"
-        )
-    reject_options(options, "parquet", roles=tuple(options.columns))
-    columns = dict(options.columns)
-    if options.reward_col is not None:
-        columns.setdefault("reward", options.reward_col)
-    rollouts = open_parquet_rollouts(path, columns)
-    metadata = file_metadata(rollouts.files[0])
-    for note in metadata.get("notes", []):
-        if note not in rollouts.notes:
-            rollouts.notes.append(f"{metadata.get('format', 'source')}: {note}")
-    return EstimatedParquetRollouts(rollouts) if metadata.get("lengths_estimated") else rollouts
-
-
-def parquet_uid_text(rollouts: Any, uid: str) -> str | None:
-    """The prompt text of ``uid`` in canonical Parquet with a ``prompt``/``input`` text column."""
-    from aggscope.core.batch import text_uid
-    from aggscope.io.columns import ROLE_CANDIDATES
-
-    files = [f for f in getattr(rollouts, "files", []) if os.path.isfile(f)]
-    if not files:
-        return None
-    names = pq.read_schema(files[0]).names
-    text_column = rollouts.columns.get("uid_text") or next((c for c in ROLE_CANDIDATES["uid_text"] if c in names), None)
-    if text_column is None or text_column not in names:
-        return None
-    uid_column = rollouts.columns.get("uid")
-    wanted = [text_column] if uid_column is None else [uid_column, text_column]
-    for file in files:
-        table = pq.read_table(file, columns=wanted)
-        if uid_column is None:
-            for text in table.column(text_column).unique().to_pylist():  # a loop over distinct prompt texts
-                if text is not None and text_uid(text) == uid:
-                    return str(text)
-            continue
-        hits = table.filter(pc.equal(table.column(uid_column).cast(pa.string()), uid))
-        texts = [t for t in hits.column(text_column).to_pylist() if t is not None]
-        if texts:
-            return str(texts[0])
-    return None

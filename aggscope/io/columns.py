@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 from aggscope.errors import AggscopeError
@@ -19,6 +18,8 @@ ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
     "sequence": ("seq_id", "sequence_id", "sample_id", "response_id"),
 }
 
+METADATA_KEY = b"aggscope"  # the canonical file's schema metadata entry (JSON) that ``convert`` writes
+
 ROLE_ALIASES = {
     "advantage": "advantages",
     "mask": "loss_mask",
@@ -26,19 +27,6 @@ ROLE_ALIASES = {
     "seq_id": "sequence",
     "prompt": "uid_text",
 }
-
-ROLE_HELP = {
-    "uid": "prompt-group id (string or integer)",
-    "uid_text": "prompt text to group by when there is no uid (hashed to a short uid)",
-    "advantages": "advantage: a list per row (per token) or one float per row",
-    "loss_mask": "per-token 0/1 or bool loss mask",
-    "reward": "reward per row",
-    "response_length": "number of loss tokens per row, where there is no mask",
-    "step": "training step (integer)",
-    "sequence": "sequence id, for the long layout (one row per token)",
-}
-
-_STEP_IN_NAME = re.compile(r"^(?:global_step_?|step_?|completions_|train_data_step)?(\d+)(?:_training_input)?$")
 
 
 def parse_column_overrides(specs: Iterable[str]) -> dict[str, str]:
@@ -84,9 +72,3 @@ def _one_role_per_column(mapping: dict[str, str], overrides: Mapping[str, str]) 
             raise AggscopeError(f"--col {role}={name}: column {name!r} is already given as {given[name]}; a column has one role")
         given[name] = role
     return {role: name for role, name in mapping.items() if role in overrides or name not in given}
-
-
-def step_from_name(stem: str) -> int | None:
-    """The step number in a file or folder name (``12``, ``step_12``, ``global_step_12``, ...)."""
-    match = _STEP_IN_NAME.match(stem)
-    return int(match.group(1)) if match else None

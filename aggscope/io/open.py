@@ -17,8 +17,9 @@ from typing import Any
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, choose
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, Rollouts
 from aggscope.io.readers import DUMP_SUFFIXES, FORMAT_ALIASES, FORMATS, READERS
-from aggscope.io.readers.base import ReadOptions, list_files
 
 SAMPLE_FILE = "rollouts.parquet"
 
@@ -30,7 +31,7 @@ def bundled_sample_path() -> Path:
 
 def open_rollouts(
     path: str | None = None, *, columns: Mapping[str, str] | None = None, format: str | None = None, **options: Any
-) -> Any:
+) -> Rollouts:
     """Open rollout batches of any supported format; with no path, the bundled sample.
 
     Args:
@@ -43,8 +44,7 @@ def open_rollouts(
             naming that one file, see ``trusted_pickle_file``).
 
     Returns:
-        An object with ``source``, ``files``, ``columns``, ``layout``, ``steps``, ``notes``,
-        ``has_groups`` and ``iter_steps()``: a ``ParquetRollouts`` for Parquet input.
+        The reader (``aggscope.io.reader.Rollouts``): a ``ParquetRollouts`` for Parquet input.
     """
     if path is not None and not str(path).strip():
         raise AggscopeError(f"PATH {str(path)!r}: empty; give a file, a folder or a glob (or no PATH for the bundled sample)")
@@ -70,7 +70,7 @@ def open_any(
     advantage: str | None = None,
     tokenizer: str | None = None,
     trust_pickle: bool = False,
-) -> Any:
+) -> Rollouts:
     """Open rollouts of any supported format (see the module docstring)."""
     from aggscope.core.advantages import resolve_estimator
 
@@ -86,12 +86,8 @@ def open_any(
     fmt = resolve_format(format) if format is not None else detect_format(path)
     if trust_pickle and fmt not in PICKLE_FORMATS:
         raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
-    if fmt == "parquet":
-        from aggscope.io.canonical import open_canonical
-
-        return open_canonical(path, options)
     module, name = READERS[fmt]
-    reader = getattr(importlib.import_module(module), name)
+    reader: type[Rollouts] = getattr(importlib.import_module(module), name)
     return reader.open(path, options)
 
 
@@ -177,13 +173,3 @@ def _jsonl_file_kind(file: str) -> str:
         f"{file}: cannot tell which trainer wrote this JSON-lines file (first line has {', '.join(sorted(keys))}); "
         f"choose one with --format ({', '.join(FORMATS)})"
     )
-
-
-def uid_text(rollouts: Any, uid: str) -> str | None:
-    """The prompt text behind ``uid`` where the input holds it (after its steps were read)."""
-    lookup = getattr(rollouts, "uid_text", None)
-    if callable(lookup):
-        return lookup(uid)
-    from aggscope.io.canonical import parquet_uid_text
-
-    return parquet_uid_text(rollouts, uid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown, run_breakdown
-from aggscope.analysis.checks import SEVERITIES, ZERO_GRAD_CAUSES
+from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown
+from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
-from aggscope.core.batch import StepBatch
 from aggscope.core.modes import MODES
 from aggscope.errors import AggscopeError
 from aggscope.io.writing import atomic_directory, check_replaceable_directory
@@ -45,6 +44,8 @@ MODE_COLOURS: dict[str, str] = {
     "seq_mean_token_sum": "#E69F00",
     "seq_mean_token_sum_norm": "#009E73",
     "prompt_mean": "#6A3D9A",
+    "sequence_mean_nonempty": "#8C564B",
+    "seq_mean_token_sum_norm_padded": "#17BECF",
 }
 FALLBACK_COLOURS = ("#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -190,7 +191,7 @@ def prompt_concentration(breakdown: Breakdown) -> Figure:
     ax = fig.subplots()
     ax.plot([0, 100], [0, 100], color=REFERENCE_COLOUR, linestyle="--", linewidth=1, label="every one equal")
     for spec in breakdown.specs:
-        mass = np.sort(breakdown.prompt_grad_mass(spec.label).numpy())[::-1]  # [n_units] largest first
+        mass = breakdown.ranked_prompt_mass(spec.label)  # [n_units] largest first
         total = mass.sum()
         if mass.size == 0 or total <= 0:
             continue
@@ -211,7 +212,7 @@ def prompt_concentration(breakdown: Breakdown) -> Figure:
 def split_map(breakdown: Breakdown) -> Figure:
     """The split of one step under each layout: mini-batch, rank, micro-batch lanes; cut prompts coloured."""
     layouts = list(breakdown.splits)
-    step_index = _worst_step(breakdown)
+    step_index = breakdown.worst_step_index()  # the step whose split check draws
     group_ids = breakdown.group_ids[step_index]
     labels = breakdown.uid_labels[step_index]
     n_rows = breakdown.step_sizes[step_index].sequences
@@ -251,20 +252,6 @@ def split_map(breakdown: Breakdown) -> Figure:
             ncols=4,
         )
     return fig
-
-
-def _worst_step(breakdown: Breakdown) -> int:
-    """The index of the step that ``check`` pictures: the one with the worst findings (most errors,
-    then warnings, then infos) under any layout, the first layout and step on ties."""
-    best: tuple[tuple[int, ...], int] | None = None
-    for report in breakdown.checks.values():
-        worst = report.get("worst_step")
-        if worst is None:
-            continue
-        key = tuple(worst["counts"][severity] for severity in SEVERITIES)
-        if best is None or key > best[0]:
-            best = (key, breakdown.steps.index(worst["step"]))
-    return 0 if best is None else best[1]
 
 
 def _cut_colours(cuts: Mapping[str, Sequence[str]], labels: Sequence[str]) -> np.ndarray:
@@ -417,26 +404,6 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
                 continue
             figures[name] = FIGURES[name](breakdown)
     return figures
-
-
-def plot(
-    batches: Iterable[StepBatch],
-    specs: Sequence[Spec],
-    out_dir: str | os.PathLike[str],
-    image_format: str = "png",
-    names: Sequence[str] | None = None,
-    *,
-    source: str = "input",
-) -> dict[str, Path]:
-    """Analyse the steps under each SPEC and write the named figures (``aggscope plot``).
-
-    Returns:
-        figure name -> the file written (``out_dir/<name>.<image_format>``).
-    """
-    check_image_format(image_format)
-    check_figure_names(names)
-    check_output_directory(out_dir)
-    return save_figures(make_figures(run_breakdown(batches, specs, source=source), names), out_dir, image_format)
 
 
 def check_image_format(image_format: str) -> None:

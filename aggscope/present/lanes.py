@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from aggscope.analysis.checks import StepLanes, plural
+from aggscope.analysis.checks import StepLanes
+from aggscope.fmt import plural
 
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 MAX_LANES = 12

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of, widen_half
 from aggscope.errors import AggscopeError
 from aggscope.io.canonical import canonical_schema, canonical_table
 from aggscope.io.writing import atomic_output
@@ -187,16 +187,9 @@ def _write_table(table: pa.Table, path: Path) -> None:
 
 def _table(host: _HostBatch) -> pa.Table:
     """Validate one logged step (the core batch checks) and lay it out as canonical rows."""
-    mask = _numpy(host.loss_mask)
-    if mask.dtype != np.bool_:
-        bad = (mask != 0) & (mask != 1)
-        if bad.any():
-            token = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(host.offsets, token, side="right") - 1)
-            raise AggscopeError(
-                f"loss_mask holds {mask[token].item()!r} at row {row}, position {token - int(host.offsets[row])}; only 0 and 1 are allowed"
-            )
-        mask = mask != 0
+    mask = mask_as_bool(
+        _numpy(host.loss_mask), host.offsets, lambda row, position: ("loss_mask", f"row {row}, position {position}")
+    )
     advantages = _numpy(host.advantages)
     if host.per_row:  # one value per row, broadcast over its loss tokens (0 where masked, as trainers do)
         advantages = np.where(mask, np.repeat(advantages, np.diff(host.offsets)), 0).astype(advantages.dtype)
@@ -232,10 +225,7 @@ def _numpy(value: Any) -> np.ndarray:
 def _copy_to_host(value: Any) -> Any:
     """A host-memory copy the caller may overwrite afterwards (tensors, arrays, or nested lists)."""
     if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.to(torch.float32)  # widens exactly; numpy has no bfloat16
-        return tensor.to("cpu", copy=True)
+        return widen_half(value.detach()).to("cpu", copy=True)
     if isinstance(value, np.ndarray):
         return value.copy()
     return value
@@ -267,13 +257,13 @@ def _host_batch(step: int, advantages: Any, loss_mask: Any, uids: Any, rewards: 
                 )
             flat_mask = _numpy(mask)[keep]  # row-major: each row's kept positions in order
             flat_adv = adv if per_row else _numpy(adv)[keep]
-            offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+            offsets = offsets_of(keep.sum(axis=1))
     elif isinstance(loss_mask, Sequence) and not isinstance(loss_mask, (str, bytes)):
         rows = [_row(m) for m in loss_mask]
         n_rows = len(rows)
         lengths = np.asarray([r.size for r in rows], dtype=np.int64)
         flat_mask = np.concatenate(rows) if rows else np.zeros(0, dtype=bool)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        offsets = offsets_of(lengths)
         flat_adv, per_row = _ragged_advantages(advantages, lengths, where)
     else:
         raise AggscopeError(f"{where}: loss_mask must be a [B, L] tensor or array, or a list of per-row sequences")
@@ -292,10 +282,7 @@ def _host_batch(step: int, advantages: Any, loss_mask: Any, uids: Any, rewards: 
 
 def _row(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.to(torch.float32)
-        return tensor.to("cpu", copy=True).reshape(-1).numpy()
+        return widen_half(value.detach()).to("cpu", copy=True).reshape(-1).numpy()
     return np.array(value).reshape(-1)
 
 

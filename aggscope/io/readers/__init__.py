@@ -1,8 +1,7 @@
 """Readers for what RL trainers already write; ``aggscope.io.open`` is the one entry point.
 
-One module per format; each returns an object with the interface of
-``aggscope.io.parquet.ParquetRollouts`` (``source``, ``files``, ``columns``, ``layout``, ``steps``,
-``notes``, ``has_groups``, ``iter_steps()``). ``--format`` picks the reader; without it the format
+One module per format, each a ``aggscope.io.reader.Rollouts`` built with ``Reader.open(path,
+options)`` (as is ``aggscope.io.parquet.ParquetRollouts``). ``--format`` picks the reader; without it the format
 is detected from the file names and the first line or schema, and an ambiguous input gets a
 one-line error asking for ``--format``.
 
@@ -20,7 +19,8 @@ one-line error asking for ``--format``.
 
 from __future__ import annotations
 
-READERS = {
+READERS = {  # format -> (module, class) of its reader, each built with Reader.open(path, options)
+    "parquet": ("aggscope.io.parquet", "ParquetRollouts"),
     "trl": ("aggscope.io.readers.trl", "TrlRollouts"),
     "verl": ("aggscope.io.readers.verl", "VerlRollouts"),
     "nemo-rl": ("aggscope.io.readers.nemo_rl", "NemoRlRollouts"),
@@ -29,7 +29,7 @@ READERS = {
     "slime": ("aggscope.io.readers.slime", "SlimeRollouts"),
     "skyrl": ("aggscope.io.readers.skyrl", "SkyrlRollouts"),
 }
-FORMATS = ("parquet", *READERS)
+FORMATS = tuple(READERS)
 FORMAT_ALIASES = {
     "nemo_rl": "nemo-rl",
     "nemorl": "nemo-rl",

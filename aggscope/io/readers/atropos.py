@@ -16,22 +16,22 @@ token is not trained on, else the token id), ``scores`` (one per sample), option
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from aggscope.core.advantages import outcome_advantages
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import (
     DumpRollouts,
-    ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
     plan_by_name,
-    reject_options,
 )
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 
@@ -40,11 +40,24 @@ _PER_TOKEN = pa.list_(pa.list_(pa.float64()))
 _PER_SAMPLE = pa.list_(pa.float64())
 
 
-class AtroposRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class AtroposSettings:
+    """What an Atropos dump is read with.
+
+    Attributes:
+        score_field: the per-sample scores (rewards).
+        advantage_type: the Arrow type of ``advantages`` (per token per sample, or one per sample).
+        estimator: the estimator rebuilding every advantage from the scores, or None to take the
+            logged advantages (rebuilt with GRPO only for lines without them).
+    """
+
+    score_field: str
+    advantage_type: pa.DataType
+    estimator: str | None
+
+
+class AtroposRollouts(DumpRollouts[AtroposSettings]):
     format = "atropos"
-    _score_field: str
-    _advantage_type: pa.DataType
-    _estimator: str | None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> AtroposRollouts:
@@ -72,23 +85,20 @@ class AtroposRollouts(DumpRollouts):
         estimator = options.advantage or "grpo"
         if given is None or options.advantage is not None:
             notes.append(estimator_note(estimator, score_field))
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=True)
-        rollouts._score_field = score_field
-        rollouts._advantage_type = _PER_SAMPLE if per_sample else _PER_TOKEN
-        rollouts._estimator = options.advantage
-        return rollouts
+        settings = AtroposSettings(score_field, _PER_SAMPLE if per_sample else _PER_TOKEN, options.advantage)
+        return cls(path, plan, settings=settings, columns=columns, notes=notes, has_groups=True)
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         fields = {
             "tokens": pa.list_(pa.list_(pa.int64())),
             "masks": pa.list_(pa.list_(pa.int64())),
-            self._score_field: pa.list_(pa.float64()),
-            "advantages": self._advantage_type,
+            self.settings.score_field: pa.list_(pa.float64()),
+            "advantages": self.settings.advantage_type,
         }
         parts = [read_jsonl(file, fields) for file in files]
         lengths, masks, rewards, advantages, uids = [], [], [], [], []
         for part in parts:
-            part.require(["tokens", "masks", self._score_field])
+            part.require(["tokens", "masks", self.settings.score_field])
             length, mask, reward, advantage, group = self._decode(part)
             lengths.append(length)
             masks.append(mask)
@@ -114,8 +124,8 @@ class AtroposRollouts(DumpRollouts):
         masks = part.column("masks")
         _same_lengths(part, samples_per_line, _list_lengths(masks), "masks", "samples", "tokens")
         _same_lengths(part, lengths, _list_lengths(masks.flatten()), "masks", "tokens", "tokens", per_sample=samples_per_line)
-        scores = part.column(self._score_field)
-        _same_lengths(part, samples_per_line, _list_lengths(scores), self._score_field, "scores", "samples")
+        scores = part.column(self.settings.score_field)
+        _same_lengths(part, samples_per_line, _list_lengths(scores), self.settings.score_field, "scores", "samples")
         rewards = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
         loss_mask = masks.flatten().flatten().to_numpy(zero_copy_only=False) != NOT_TRAINED  # [n_tokens]
         line_of_sample = np.repeat(np.arange(part.num_rows), samples_per_line)
@@ -123,9 +133,9 @@ class AtroposRollouts(DumpRollouts):
         uids = line_uids.astype(object)[line_of_sample]
         given = part.column("advantages")
         has_given = ~given.is_null().to_numpy(zero_copy_only=False)  # [n_lines]
-        if self._estimator is not None:
+        if self.settings.estimator is not None:
             has_given[:] = False
-        rebuilt = outcome_advantages(rewards, line_of_sample, self._estimator or "grpo")  # [n_samples]
+        rebuilt = outcome_advantages(rewards, line_of_sample, self.settings.estimator or "grpo")  # [n_samples]
         advantages = np.where(loss_mask, np.repeat(rebuilt, lengths), 0.0)  # [n_tokens]
         if has_given.any():
             filled = given.fill_null(pa.scalar([], type=given.type)) if given.null_count else given
@@ -174,8 +184,9 @@ def _same_lengths(
     index = int(np.flatnonzero(differs)[0])
     if per_sample is None:
         raise AggscopeError(f"{part.where(index)}: {field!r} has {actual[index]} {unit} but there are {expected[index]} {other}")
-    line_row = int(np.searchsorted(np.cumsum(per_sample), index, side="right"))
-    sample = index - int(np.cumsum(per_sample)[line_row - 1]) if line_row else index
+    sample_offsets = offsets_of(per_sample)  # [n_lines + 1]
+    line_row = int(np.searchsorted(sample_offsets[1:], index, side="right"))
+    sample = index - int(sample_offsets[line_row])
     raise AggscopeError(
         f"{part.where(line_row)}: sample {sample}: {field!r} has {actual[index]} {unit} but there are {expected[index]} {other}"
     )

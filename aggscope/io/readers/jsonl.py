@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, first_line
 
 _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 1 << 30
@@ -144,8 +144,7 @@ def _diagnose(path: str, fields: Mapping[str, pa.DataType], exc: Exception) -> A
                 problem = None if value is None else _type_problem(value, dtype)
                 if problem is not None:
                     return AggscopeError(f"{path}: line {number}: field {name!r} {problem}")
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return AggscopeError(f"{path}: cannot read as JSON lines ({detail})")
+    return AggscopeError(f"{path}: cannot read as JSON lines ({first_line(exc)})")
 
 
 def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
@@ -208,3 +207,17 @@ def sniffed_type(value: Any, name: str, path: str, *, numeric: bool) -> pa.DataT
         return pa.string()
     expected = "a number" if numeric else "a string or a whole number"
     raise AggscopeError(f"{path}: first line: field {name!r} is {_describe(value)}; expected {expected}")
+
+
+def mask_type(value: object) -> pa.DataType:
+    """Masks are logged as numbers or as true/false; read them as the first line has them."""
+    sample = value[0] if isinstance(value, list) and value else value
+    return pa.bool_() if isinstance(sample, bool) else pa.float64()
+
+
+def check_same_lengths(part: JsonlTable, expected: np.ndarray, actual: np.ndarray, field: str, other: str) -> None:
+    """One-line error at the first row where the list ``field`` holds another count than ``other``."""
+    differs = expected != actual
+    if differs.any():
+        row = int(np.flatnonzero(differs)[0])
+        raise AggscopeError(f"{part.where(row)}: {field!r} has {actual[row]} values but {other!r} has {expected[row]}")

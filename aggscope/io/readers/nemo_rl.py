@@ -20,31 +20,42 @@ sampling, ``filtered_rewards``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import (
     DumpRollouts,
-    ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
-    offsets_of,
     plan_by_name,
     rebuild_advantages,
-    reject_options,
 )
-from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
+from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
 
-class NemoRlRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class NemoRlSettings:
+    """What a NeMo-RL dump is read with.
+
+    Attributes:
+        reward_field: the reward field, or None.
+        has_tokens: whether lines hold ``token_ids`` (the prompt groups come from them).
+        estimator: the estimator rebuilding advantages from the rewards, or None for the logged ones.
+    """
+
+    reward_field: str | None
+    has_tokens: bool
+    estimator: str | None
+
+
+class NemoRlRollouts(DumpRollouts[NemoRlSettings]):
     format = "nemo-rl"
-    _reward_field: str | None
-    _has_tokens: bool
-    _estimator: str | None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> NemoRlRollouts:
@@ -81,33 +92,32 @@ class NemoRlRollouts(DumpRollouts):
             columns["reward"] = reward_field
         if options.advantage is not None:
             notes.append(estimator_note(options.advantage, str(reward_field)))
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=has_tokens)
-        rollouts._reward_field, rollouts._has_tokens, rollouts._estimator = reward_field, has_tokens, options.advantage
-        return rollouts
+        settings = NemoRlSettings(reward_field, has_tokens, options.advantage)
+        return cls(path, plan, settings=settings, columns=columns, notes=notes, has_groups=has_tokens)
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         decoded = []
         for file in files:
             first = first_record(file)  # masks are logged as numbers or true/false: read as this file has them
             fields = {
-                "token_loss_mask": pa.list_(_mask_type(first.get("token_loss_mask"))),
-                "sample_loss_mask": _mask_type(first.get("sample_loss_mask")),
+                "token_loss_mask": pa.list_(mask_type(first.get("token_loss_mask"))),
+                "sample_loss_mask": mask_type(first.get("sample_loss_mask")),
                 "advantages": pa.list_(pa.float64()),
                 "input_lengths": pa.int64(),
                 "token_ids": pa.list_(pa.int64()),
             }
-            if self._reward_field is not None:
-                fields[self._reward_field] = pa.float64()
+            if self.settings.reward_field is not None:
+                fields[self.settings.reward_field] = pa.float64()
             decoded.append(self._decode(read_jsonl(file, fields)))
         lengths = np.concatenate([d[0] for d in decoded])
-        uids = np.concatenate([d[4] for d in decoded]) if self._has_tokens else None
-        rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None
+        uids = np.concatenate([d[4] for d in decoded]) if self.settings.has_tokens else None
+        rewards = np.concatenate([d[3] for d in decoded]) if self.settings.reward_field is not None else None
         loss_mask = np.concatenate([d[1] for d in decoded])
         source = self.step_source(files)
         token_advantages = row_advantages = None
-        if self._estimator is not None:
+        if self.settings.estimator is not None:
             assert rewards is not None
-            row_advantages = rebuild_advantages(rewards, uids, self._estimator, source)
+            row_advantages = rebuild_advantages(rewards, uids, self.settings.estimator, source)
         else:
             token_advantages = np.concatenate([d[2] for d in decoded])
         return build_batch(
@@ -123,14 +133,16 @@ class NemoRlRollouts(DumpRollouts):
 
     def _decode(self, part: JsonlTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """One file: lengths, loss mask, per-token advantages, rewards and uids of its samples."""
-        part.require(["token_loss_mask", "advantages", *(["token_ids"] if self._has_tokens else [])])
+        part.require(["token_loss_mask", "advantages", *(["token_ids"] if self.settings.has_tokens else [])])
         mask_lists = part.column("token_loss_mask")
         adv_lists = part.column("advantages")
         listed = np.diff(mask_lists.offsets.to_numpy().astype(np.int64))  # [n_rows]
-        _check_equal(part, listed, np.diff(adv_lists.offsets.to_numpy().astype(np.int64)), "advantages", "token_loss_mask")
-        if self._has_tokens:
+        check_same_lengths(part, listed, np.diff(adv_lists.offsets.to_numpy().astype(np.int64)), "advantages", "token_loss_mask")
+        if self.settings.has_tokens:
             token_lists = part.column("token_ids")
-            _check_equal(part, listed, np.diff(token_lists.offsets.to_numpy().astype(np.int64)), "token_ids", "token_loss_mask")
+            check_same_lengths(
+                part, listed, np.diff(token_lists.offsets.to_numpy().astype(np.int64)), "token_ids", "token_loss_mask"
+            )
         input_lengths = part.column("input_lengths")
         if input_lengths.null_count == len(input_lengths):
             lengths = listed
@@ -144,23 +156,20 @@ class NemoRlRollouts(DumpRollouts):
         list_offsets = offsets_of(listed)
         position = np.arange(int(list_offsets[-1])) - np.repeat(list_offsets[:-1], listed)  # [n_listed] index in its row
         keep = position < np.repeat(lengths, listed)  # drops the padding after input_lengths
+        offsets = offsets_of(lengths)
         raw_mask = mask_lists.flatten().to_numpy(zero_copy_only=False)[keep]
-        bad = (raw_mask != 0) & (raw_mask != 1)
-        if bad.any():
-            token = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(offsets_of(lengths), token, side="right") - 1)
-            raise AggscopeError(f"{part.where(row)}: token_loss_mask holds {raw_mask[token].item()!r}; only 0 and 1 are allowed")
+        trained = mask_as_bool(raw_mask, offsets, lambda row, token: (f"{part.where(row)}: 'token_loss_mask'", f"token {token}"))
         sample_mask = part.column("sample_loss_mask").cast(pa.float64()).fill_null(1.0).to_numpy(zero_copy_only=False)
-        loss_mask = (raw_mask == 1) & np.repeat(sample_mask != 0, lengths)
+        loss_mask = trained & np.repeat(sample_mask != 0, lengths)
         advantages = adv_lists.flatten().to_numpy(zero_copy_only=False)[keep]
         rewards = np.zeros(0)
-        if self._reward_field is not None:
-            part.require([self._reward_field])
-            rewards = part.column(self._reward_field).to_numpy(zero_copy_only=False)
+        if self.settings.reward_field is not None:
+            part.require([self.settings.reward_field])
+            rewards = part.column(self.settings.reward_field).to_numpy(zero_copy_only=False)
         uids = None
-        if self._has_tokens:
+        if self.settings.has_tokens:
             tokens = token_lists.flatten().to_numpy(zero_copy_only=False)[keep]
-            uids = _prompt_uids(tokens, raw_mask == 1, offsets_of(lengths))
+            uids = _prompt_uids(tokens, trained, offsets)
         return lengths, loss_mask, advantages, rewards, uids
 
 
@@ -191,16 +200,3 @@ def _prompt_uids(tokens: np.ndarray, trained: np.ndarray, offsets: np.ndarray) -
         seen[label] = seen.get(label, 0) + 1
         named.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return np.asarray(named, dtype=object)[np.cumsum(starts) - 1]
-
-
-def _mask_type(value: object) -> pa.DataType:
-    """Masks are logged as numbers or as true/false; read them as the first line has them."""
-    sample = value[0] if isinstance(value, list) and value else value
-    return pa.bool_() if isinstance(sample, bool) else pa.float64()
-
-
-def _check_equal(part: JsonlTable, expected: np.ndarray, actual: np.ndarray, field: str, other: str) -> None:
-    differs = expected != actual
-    if differs.any():
-        row = int(np.flatnonzero(differs)[0])
-        raise AggscopeError(f"{part.where(row)}: {field!r} has {actual[row]} values but {other!r} has {expected[row]}")

@@ -16,20 +16,28 @@ optional per-token ``rewards``, and ``step``, ``rank``, ``micro_step``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, offsets_of, reject_options, step_in_name
-from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
-from aggscope.io.readers.nemo_rl import _check_equal, _mask_type
+from aggscope.io.paths import list_files, step_in_name
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch
+from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
 
-class PrimeRlRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class PrimeRlSettings:
+    """``reward_field``: the per-token rewards field (a sample's reward at its first token), or None."""
+
+    reward_field: str | None
+
+
+class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
     format = "prime-rl"
-    _reward_field: str | None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> PrimeRlRollouts:
@@ -69,20 +77,18 @@ class PrimeRlRollouts(DumpRollouts):
         }
         if reward_field is not None:
             columns["reward"] = reward_field
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=False)
-        rollouts._reward_field = reward_field
-        return rollouts
+        return cls(path, plan, settings=PrimeRlSettings(reward_field), columns=columns, notes=notes, has_groups=False)
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         decoded = []
         for file in files:
             # masks are logged as 0/1 or as true/false: read each file as its first line has them
-            mask_type = pa.list_(_mask_type(first_record(file).get("loss_mask")))
-            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_type, "advantages": pa.list_(pa.float64())}
-            if self._reward_field is not None:
-                fields[self._reward_field] = pa.list_(pa.float64())
+            mask_lists = pa.list_(mask_type(first_record(file).get("loss_mask")))
+            fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_lists, "advantages": pa.list_(pa.float64())}
+            if self.settings.reward_field is not None:
+                fields[self.settings.reward_field] = pa.list_(pa.float64())
             decoded.append(self._decode(read_jsonl(file, fields)))
-        rewards = np.concatenate([d[3] for d in decoded]) if self._reward_field is not None else None
+        rewards = np.concatenate([d[3] for d in decoded]) if self.settings.reward_field is not None else None
         return build_batch(
             step,
             self.step_source(files),
@@ -98,7 +104,7 @@ class PrimeRlRollouts(DumpRollouts):
         positions = part.column("position_ids")
         listed = np.diff(positions.offsets.to_numpy().astype(np.int64))  # [n_lines]
         for name in ("loss_mask", "advantages"):
-            _check_equal(part, listed, np.diff(part.column(name).offsets.to_numpy().astype(np.int64)), name, "position_ids")
+            check_same_lengths(part, listed, np.diff(part.column(name).offsets.to_numpy().astype(np.int64)), name, "position_ids")
         pos = positions.flatten().to_numpy(zero_copy_only=False)  # [n_tokens]
         restart = np.ones(pos.size, dtype=bool)
         restart[1:] = pos[1:] <= pos[:-1]  # position ids stop increasing: a new sample
@@ -107,22 +113,16 @@ class PrimeRlRollouts(DumpRollouts):
         starts = np.flatnonzero(restart)
         lengths = np.diff(np.append(starts, pos.size)).astype(np.int64)  # [n_samples]
         raw_mask = part.column("loss_mask").flatten().to_numpy(zero_copy_only=False)
-        bad = (raw_mask != 0) & (raw_mask != 1)
-        if bad.any():
-            token = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(line_offsets, token, side="right") - 1)
-            raise AggscopeError(
-                f"{part.where(row)}: loss_mask holds {raw_mask[token].item()!r}; only 0 and 1 (or true/false) are allowed"
-            )
+        loss_mask = mask_as_bool(raw_mask, line_offsets, lambda row, token: (f"{part.where(row)}: 'loss_mask'", f"token {token}"))
         advantages = part.column("advantages").flatten().to_numpy(zero_copy_only=False)
         rewards = np.zeros(0)
-        if self._reward_field is not None:
-            reward_lists = part.column(self._reward_field)
+        if self.settings.reward_field is not None:
+            reward_lists = part.column(self.settings.reward_field)
             if reward_lists.null_count == len(reward_lists):
                 rewards = np.full(starts.size, np.nan)
             else:
-                part.require([self._reward_field])
+                part.require([self.settings.reward_field])
                 reward_lengths = np.diff(reward_lists.offsets.to_numpy().astype(np.int64))
-                _check_equal(part, listed, reward_lengths, self._reward_field, "position_ids")
+                check_same_lengths(part, listed, reward_lengths, self.settings.reward_field, "position_ids")
                 rewards = reward_lists.flatten().to_numpy(zero_copy_only=False)[starts].astype(np.float64)
-        return lengths, raw_mask == 1, advantages, rewards
+        return lengths, loss_mask, advantages, rewards

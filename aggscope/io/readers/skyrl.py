@@ -16,22 +16,34 @@ code from the file runs and SkyRL need not be installed; ``--trust-pickle`` unpi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, list_files, plan_by_name, reject_options
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch, plan_by_name
 from aggscope.io.safe_load import load_skyrl_pickle
 
 
-class SkyrlRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class SkyrlSettings:
+    """``reward_key``: the batch's rewards tensor (``--reward-col``, default ``rewards``); ``trust``:
+    ``--trust-pickle`` (unpickle fully)."""
+
+    reward_key: str
+    trust: bool = False
+
+    def load(self, file: str) -> Any:
+        return load_skyrl_pickle(file, trust=self.trust)
+
+
+class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
     format = "skyrl"
-    _reward_key: str
-    _trust = False
-    _cache: tuple[str, Any] | None = None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> SkyrlRollouts:
@@ -39,38 +51,35 @@ class SkyrlRollouts(DumpRollouts):
         files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl files")
         plan, notes = plan_by_name(files)
         reward_key = options.reward_col or "rewards"
-        rollouts = cls(path, plan, columns={}, notes=notes, has_groups=False)
-        rollouts._reward_key, rollouts._trust = reward_key, options.trust_pickle
-        first = rollouts._batch(files[0])
+        settings = SkyrlSettings(reward_key, options.trust_pickle)
+        first = settings.load(files[0])
         metadata = _metadata(first)
         has_groups = "uids" in metadata or "policy_prompt_boundaries" in metadata
-        rollouts.has_groups = has_groups
-        rollouts.columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
+        columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
         if has_groups:
-            rollouts.columns["uid"] = "metadata.uids" if "uids" in metadata else "metadata.policy_prompt_boundaries"
+            columns["uid"] = "metadata.uids" if "uids" in metadata else "metadata.policy_prompt_boundaries"
         else:
-            rollouts.notes.append(
-                "no uids or policy_prompt_boundaries in the metadata: prompt-level modes and checks are unavailable"
-            )
+            notes.append("no uids or policy_prompt_boundaries in the metadata: prompt-level modes and checks are unavailable")
         if _field(first, reward_key) is not None:
-            rollouts.columns["reward"] = f"{reward_key} (row sum)"
+            columns["reward"] = f"{reward_key} (row sum)"
         boundaries = metadata.get("policy_mini_batch_boundaries")
         if isinstance(boundaries, (list, tuple)) and boundaries:
-            rollouts.notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
-        return rollouts
-
-    def _batch(self, file: str) -> Any:
-        if self._cache is not None and self._cache[0] == file:
-            return self._cache[1]
-        batch = load_skyrl_pickle(file, trust=self._trust)
-        self._cache = (file, batch)
-        return batch
+            notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
+        return cls(
+            path,
+            plan,
+            settings=settings,
+            columns=columns,
+            notes=notes,
+            has_groups=has_groups,
+            loaded=(files[0], first),
+        )
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         if len(files) != 1:
             raise AggscopeError(f"{self.source}: {len(files)} SkyRL dumps for step {step} ({files[0]}, {files[1]}); give one")
         file = files[0]
-        batch = self._batch(file)
+        batch = self.load(file, self.settings.load)
         loss_mask = _tensor(batch, "loss_mask", file)
         advantages = _tensor(batch, "advantages", file)
         if loss_mask.dim() != 2 or advantages.shape != loss_mask.shape:
@@ -78,23 +87,25 @@ class SkyrlRollouts(DumpRollouts):
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
         n_rows, width = loss_mask.shape
-        mask = loss_mask.reshape(-1).numpy()
-        if not np.isin(mask, (0, 1)).all():
-            raise AggscopeError(f"{file}: loss_mask holds values other than 0 and 1")
+        mask = mask_as_bool(
+            loss_mask.reshape(-1).numpy(),
+            np.arange(n_rows + 1, dtype=np.int64) * width,
+            lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
+        )
         rewards = None
-        reward_tensor = _tensor(batch, self._reward_key, file, optional=True)
+        reward_tensor = _tensor(batch, self.settings.reward_key, file, optional=True)
         if reward_tensor is not None:
             reward_tensor = reward_tensor.to(torch.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
-                    f"{file}: {self._reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
+                    f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
                 )
             rewards = reward_tensor.reshape(n_rows, -1).sum(dim=1).numpy()
         return build_batch(
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
-            loss_mask=mask.astype(bool),
+            loss_mask=mask,
             token_advantages=advantages.reshape(-1).numpy(),
             uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
             rewards=rewards,
@@ -111,6 +122,9 @@ def _field(batch: Any, key: str) -> Any:
     return getter(key) if callable(getter) else None
 
 
+_WHOLE_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _tensor(batch: Any, key: str, file: str, *, optional: bool = False) -> Any:
     value = _field(batch, key)
     if value is None and optional:
@@ -121,13 +135,7 @@ def _tensor(batch: Any, key: str, file: str, *, optional: bool = False) -> Any:
         raise AggscopeError(
             f"{file}: {key!r} is a {type(value).__name__}, not a tensor of numbers; not a SkyRL training input batch"
         )
-    tensor = value.detach().cpu()
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.to(torch.float32)
-    return tensor
-
-
-_WHOLE_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    return widen_half(value.detach().cpu())
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:

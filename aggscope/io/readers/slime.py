@@ -17,32 +17,38 @@ slime's ``--reward-key``) and ``remove_sample`` (a removed sample stays a row wi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from aggscope.core.batch import StepBatch
+from aggscope.core.batch import StepBatch, mask_as_bool
 from aggscope.errors import AggscopeError
 from aggscope.io.limits import check_fits
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import (
     DumpRollouts,
-    ReadOptions,
     build_batch,
     estimator_note,
-    list_files,
     plan_by_name,
     rebuild_advantages,
-    reject_options,
 )
 from aggscope.io.safe_load import load_torch_file
 
 
-class SlimeRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class SlimeSettings:
+    """``reward_key``: the key of dict rewards (``--reward-col``), or None; ``estimator``: how advantages are
+    rebuilt; ``trust``: ``--trust-pickle`` (load fully)."""
+
+    reward_key: str | None
+    estimator: str
+    trust: bool = False
+
+
+class SlimeRollouts(DumpRollouts[SlimeSettings]):
     format = "slime"
-    _reward_key: str | None
-    _estimator: str
-    _trust = False
-    _cache: tuple[str, list[dict[str, Any]]] | None = None
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> SlimeRollouts:
@@ -52,9 +58,12 @@ class SlimeRollouts(DumpRollouts):
             files = [f for f in files if not os.path.basename(f).startswith("eval_")] or files
         plan, notes = plan_by_name(files)
         estimator = options.advantage or "grpo"
-        rollouts = cls(
+        notes.append(estimator_note(estimator, "reward"))
+        first = _load_samples(files[0], options.trust_pickle)  # check the format now (kept for the first step)
+        return cls(
             path,
             plan,
+            settings=SlimeSettings(options.reward_col, estimator, options.trust_pickle),
             columns={
                 "uid": "group_index",
                 "advantages": f"{estimator}(reward)",
@@ -63,51 +72,28 @@ class SlimeRollouts(DumpRollouts):
                 "reward": "reward" if options.reward_col is None else f"reward[{options.reward_col!r}]",
                 "step": "(file name)",
             },
-            notes=[*notes, estimator_note(estimator, "reward")],
+            notes=notes,
             has_groups=True,
+            loaded=(files[0], first),
         )
-        rollouts._reward_key, rollouts._estimator, rollouts._trust = options.reward_col, estimator, options.trust_pickle
-        rollouts._samples(files[0])  # check the format now, and that samples have a group_index
-        return rollouts
-
-    def _samples(self, file: str) -> list[dict[str, Any]]:
-        if self._cache is not None and self._cache[0] == file:
-            return self._cache[1]
-        data = load_torch_file(file, trust=self._trust)
-        samples = data.get("samples") if isinstance(data, dict) else None
-        if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
-            raise AggscopeError(f"{file}: not a slime rollout dump (expected a dict with a 'samples' list of dicts)")
-        if not samples:
-            raise AggscopeError(f"{file}: the dump holds no samples")
-        self._cache = (file, samples)
-        return samples
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         lengths, masks, rewards, groups = [], [], [], []
         tokens = 0
         for file in files:
-            for index, sample in enumerate(self._samples(file)):  # a loop over samples while reading
+            samples = self.load(file, lambda name: _load_samples(name, self.settings.trust))
+            for index, sample in enumerate(samples):  # a loop over samples while reading
                 where = f"{file}: sample {index}"
                 length = sample.get("response_length")
-                if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-                    raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
-                tokens += length
-                check_fits(tokens, where, "response_length brings the step to")
-                mask = sample.get("loss_mask")
-                if mask is None:
-                    mask_array = np.ones(length, dtype=bool)
-                else:
-                    mask_array = np.asarray(mask)
-                    if mask_array.shape != (length,) or not np.isin(mask_array, (0, 1)).all():
-                        raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
-                    mask_array = mask_array.astype(bool)
-                if sample.get("remove_sample"):
-                    mask_array = np.zeros(length, dtype=bool)
+                if isinstance(length, int) and not isinstance(length, bool):
+                    tokens += length
+                    check_fits(tokens, where, "response_length brings the step to")  # before a mask of that length
+                mask = _loss_mask(sample, where)
                 group = sample.get("group_index")
                 if isinstance(group, bool) or not isinstance(group, int):
                     raise AggscopeError(f"{where}: group_index is {group!r}; expected a whole number (the prompt group)")
-                lengths.append(length)
-                masks.append(mask_array)
+                lengths.append(mask.size)
+                masks.append(mask)
                 rewards.append(self._reward(sample.get("reward"), where))
                 groups.append(str(group))
         source = self.step_source(files)
@@ -117,22 +103,51 @@ class SlimeRollouts(DumpRollouts):
             source,
             lengths=np.asarray(lengths, dtype=np.int64),
             loss_mask=np.concatenate(masks) if masks else np.zeros(0, dtype=bool),
-            row_advantages=rebuild_advantages(reward_array, groups, self._estimator, source),
+            row_advantages=rebuild_advantages(reward_array, groups, self.settings.estimator, source),
             uids=groups,
             rewards=reward_array,
         )
 
     def _reward(self, reward: Any, where: str) -> float:
         if isinstance(reward, dict):
-            if self._reward_key is None:
+            if self.settings.reward_key is None:
                 raise AggscopeError(
                     f"{where}: the reward is a dict ({', '.join(map(str, reward))}); choose a key with --reward-col"
                 )
-            if self._reward_key not in reward:
-                raise AggscopeError(f"{where}: the reward has no key {self._reward_key!r} (keys: {', '.join(map(str, reward))})")
-            reward = reward[self._reward_key]
+            if self.settings.reward_key not in reward:
+                raise AggscopeError(
+                    f"{where}: the reward has no key {self.settings.reward_key!r} (keys: {', '.join(map(str, reward))})"
+                )
+            reward = reward[self.settings.reward_key]
         if reward is None:
             return float("nan")
         if isinstance(reward, (bool, np.bool_)) or not isinstance(reward, (int, float, np.integer, np.floating)):
             raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
         return float(reward)
+
+
+def _load_samples(file: str, trust: bool) -> list[dict[str, Any]]:
+    """The samples of a dump file."""
+    data = load_torch_file(file, trust=trust)
+    samples = data.get("samples") if isinstance(data, dict) else None
+    if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
+        raise AggscopeError(f"{file}: not a slime rollout dump (expected a dict with a 'samples' list of dicts)")
+    if not samples:
+        raise AggscopeError(f"{file}: the dump holds no samples")
+    return samples
+
+
+def _loss_mask(sample: dict[str, Any], where: str) -> np.ndarray:
+    """``[response_length]`` bool: the sample's loss mask (all ones when None, all zeros when removed)."""
+    length = sample.get("response_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
+    mask = sample.get("loss_mask")
+    if mask is None:
+        values = np.ones(length, dtype=bool)
+    else:
+        values = np.asarray(mask)
+        if values.shape != (length,):
+            raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
+        values = mask_as_bool(values, np.array([0, length]), lambda _, token: (f"{where}: loss_mask", f"token {token}"))
+    return np.zeros(length, dtype=bool) if sample.get("remove_sample") else values

@@ -13,15 +13,17 @@ import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import DumpRollouts, ReadOptions, build_batch, rebuild_advantages, reject_options
+from aggscope.core.batch import StepBatch, text_uid
+from aggscope.errors import AggscopeError, first_line
+from aggscope.io.decode import arrow_codes
+from aggscope.io.reader import ReadOptions, reject_options
+from aggscope.io.readers.base import DumpRollouts, build_batch, rebuild_advantages
 
 BYTES_PER_TOKEN = 4
 ESTIMATE_RULE = f"ceil(UTF-8 bytes / {BYTES_PER_TOKEN})"
@@ -75,8 +77,7 @@ def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # transformers raises many kinds; all mean the folder is not a tokenizer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"--tokenizer {path}: cannot load a tokenizer from it ({first})") from None
+        raise AggscopeError(f"--tokenizer {path}: cannot load a tokenizer from it ({first_line(exc)})") from None
 
     def encode(texts: Sequence[str]) -> list[list[int]]:
         return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
@@ -92,13 +93,26 @@ def check_tokenizer(path: str | None) -> TextLengths:
     return TextLengths(path)
 
 
-class TextDumpRollouts(DumpRollouts):
+@dataclass(frozen=True)
+class TextSettings:
+    """What every text reader decides when it opens a dump.
+
+    Attributes:
+        lengths: how response texts become token counts.
+        estimator: the estimator rebuilding advantages from the rewards, or None to take the
+            dump's own advantages.
+    """
+
+    lengths: TextLengths
+    estimator: str | None
+
+
+Settings = TypeVar("Settings", bound=TextSettings)
+
+
+class TextDumpRollouts(DumpRollouts[Settings]):
     """A dump of decoded text only (verl, TRL): uids hashed from the prompt text (or a uid field),
     token counts from the response text, advantages given per row or rebuilt from the rewards."""
-
-    texts_known = True
-    _lengths: TextLengths
-    _estimator: str | None
 
     @classmethod
     def text_options(cls, options: ReadOptions) -> TextLengths:
@@ -122,30 +136,25 @@ class TextDumpRollouts(DumpRollouts):
         uids: Any
         if uid_values is not None:
             uids = np.asarray(uid_values.cast(pa.string()).to_pylist(), dtype=object)
-            self.uid_texts.update(dict(zip(uids.tolist(), prompts.to_pylist(), strict=True)))
         else:
-            uids = hashed_uids(prompts, self.uid_texts)
+            uids = hashed_uids(prompts)
         if row_advantages is None:
-            assert rewards is not None and self._estimator is not None
-            row_advantages = rebuild_advantages(rewards, uids, self._estimator, source)
+            assert rewards is not None and self.settings.estimator is not None
+            row_advantages = rebuild_advantages(rewards, uids, self.settings.estimator, source)
         return build_batch(
             step,
             source,
-            lengths=self._lengths.count(responses),
+            lengths=self.settings.lengths.count(responses),
             row_advantages=row_advantages,
             uids=uids,
             rewards=rewards,
-            lengths_estimated=self._lengths.estimated,
+            lengths_estimated=self.settings.lengths.estimated,
+            prompts=prompts,
         )
 
 
-def hashed_uids(texts: pa.Array, uid_texts: dict[str, str]) -> np.ndarray:
-    """``[n]`` uids hashed from prompt texts (each distinct text hashed once), recording the texts."""
-    from aggscope.core.batch import text_uid
-
-    encoded = texts.dictionary_encode()
-    distinct = encoded.dictionary.to_pylist()
-    labels = [text_uid(text) for text in distinct]  # a loop over distinct prompt texts
-    uid_texts.update(zip(labels, distinct, strict=True))
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
+def hashed_uids(texts: pa.Array) -> np.ndarray:
+    """``[n]`` uids hashed from prompt texts (each distinct text hashed once)."""
+    codes, distinct = arrow_codes(texts)
+    labels = [text_uid(text) for text in distinct.to_pylist()]  # a loop over distinct prompt texts
     return np.asarray(labels, dtype=object)[codes]

@@ -14,26 +14,40 @@ function (named after it), any extra logged columns, and ``advantage`` (one per 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
-from aggscope.io.readers.text import TextDumpRollouts
+from aggscope.errors import AggscopeError, first_line
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions
+from aggscope.io.readers.base import estimator_note, plan_by_name
+from aggscope.io.readers.text import TextDumpRollouts, TextSettings
 
 _NOT_REWARDS = ("step", "advantage")
 
 
-class TrlRollouts(TextDumpRollouts):
+@dataclass(frozen=True)
+class TrlSettings(TextSettings):
+    """The columns a TRL dump is read from.
+
+    Attributes:
+        reward_sum: True to sum the reward columns (TRL's default), False to take the one chosen.
+    """
+
+    text_column: str
+    uid_column: str | None
+    reward_columns: tuple[str, ...]
+    has_step: bool
+    reward_sum: bool
+
+
+class TrlRollouts(TextDumpRollouts[TrlSettings]):
     format = "trl"
-    _text_column: str
-    _uid_column: str | None
-    _reward_columns: list[str]
-    _has_step: bool
-    _reward_sum: bool
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> TrlRollouts:
@@ -82,16 +96,15 @@ class TrlRollouts(TextDumpRollouts):
         notes.append(lengths.describe())
         if not uid_column:
             notes.append("prompt groups are the rows with the exact same prompt text")
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated)
-        rollouts._text_column, rollouts._uid_column = text_column, uid_column
-        rollouts._reward_columns, rollouts._estimator = reward_columns, estimator
-        rollouts._lengths, rollouts._has_step = lengths, has_step
-        rollouts._reward_sum = reward_col is None
-        return rollouts
+        settings = TrlSettings(lengths, estimator, text_column, uid_column, tuple(reward_columns), has_step, reward_col is None)
+        return cls(
+            path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
+        )
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
-        wanted = [self._text_column, "completion", *self._reward_columns]
-        wanted += [c for c in ("step", "advantage", self._uid_column) if c is not None and c not in wanted]
+        settings = self.settings
+        wanted = [settings.text_column, "completion", *settings.reward_columns]
+        wanted += [c for c in ("step", "advantage", settings.uid_column) if c is not None and c not in wanted]
         tables = []
         for file in files:
             names = _schema(file).names
@@ -99,28 +112,28 @@ class TrlRollouts(TextDumpRollouts):
             if missing:
                 raise AggscopeError(f"{file}: no {missing[0]!r} column, which {files[0]} has")
             table = pq.read_table(file, columns=[c for c in wanted if c in names])
-            if self._has_step:
+            if settings.has_step:
                 table = table.filter(pc.equal(table.column("step"), step))
             tables.append((file, table))
         table = pa.concat_tables([t for _, t in tables], promote_options="permissive")
         source = self.step_source(files)
-        for name in [self._text_column, "completion", *([self._uid_column] if self._uid_column else [])]:
+        for name in [settings.text_column, "completion", *([settings.uid_column] if settings.uid_column else [])]:
             column = table.column(name)
             if column.null_count:
                 row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
                 raise AggscopeError(f"{source}: step {step} row {row}: column {name!r} is null")
         rewards = None
-        if self._reward_columns:
-            stacked = np.stack([table.column(c).cast(pa.float64()).to_numpy() for c in self._reward_columns])  # [n_cols, n]
-            rewards = np.nansum(stacked, axis=0) if self._reward_sum else stacked[0]
+        if settings.reward_columns:
+            stacked = np.stack([table.column(c).cast(pa.float64()).to_numpy() for c in settings.reward_columns])  # [n_cols, n]
+            rewards = np.nansum(stacked, axis=0) if settings.reward_sum else stacked[0]
         return self.text_batch(
             step,
             source,
-            prompts=table.column(self._text_column).combine_chunks(),
+            prompts=table.column(settings.text_column).combine_chunks(),
             responses=table.column("completion").combine_chunks(),
-            uid_values=table.column(self._uid_column).combine_chunks() if self._uid_column else None,
+            uid_values=table.column(settings.uid_column).combine_chunks() if settings.uid_column else None,
             rewards=rewards,
-            row_advantages=None if self._estimator is not None else table.column("advantage").cast(pa.float64()).to_numpy(),
+            row_advantages=None if settings.estimator is not None else table.column("advantage").cast(pa.float64()).to_numpy(),
         )
 
 
@@ -128,8 +141,7 @@ def _schema(file: str) -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (OSError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AggscopeError(f"{file}: not a Parquet file ({first})") from None
+        raise AggscopeError(f"{file}: not a Parquet file ({first_line(exc)})") from None
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str]]:

@@ -16,24 +16,41 @@ Fields: ``input`` and ``output`` (decoded text), ``score`` (the sum of the token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
-from aggscope.io.readers.base import ReadOptions, estimator_note, list_files, plan_by_name
+from aggscope.io.paths import list_files
+from aggscope.io.reader import ReadOptions
+from aggscope.io.readers.base import estimator_note, plan_by_name
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
-from aggscope.io.readers.text import TextDumpRollouts
+from aggscope.io.readers.text import TextDumpRollouts, TextSettings
 
 TOOL_MARKER = "<tool_response>"
 
 
-class VerlRollouts(TextDumpRollouts):
+@dataclass(frozen=True)
+class VerlSettings(TextSettings):
+    """The fields a verl dump is read from.
+
+    Attributes:
+        fields: ``{field: Arrow type}`` read from every line.
+        names: the ``(prompt text, uid or None, reward)`` fields.
+        step_from_field: True when each file's step is its ``step`` field (else its name).
+    """
+
+    fields: Mapping[str, pa.DataType]
+    names: tuple[str, str | None, str]
+    step_from_field: bool
+
+
+class VerlRollouts(TextDumpRollouts[VerlSettings]):
     format = "verl"
-    _fields: dict[str, pa.DataType]
-    _names: tuple[str, str | None, str]
-    _step_from_field: bool
 
     @classmethod
     def open(cls, path: str, options: ReadOptions) -> VerlRollouts:
@@ -69,27 +86,26 @@ class VerlRollouts(TextDumpRollouts):
         ]
         if not has_uid:
             notes.append("no uid field: prompt groups are the rows with the exact same input text")
-        rollouts = cls(path, plan, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated)
-        rollouts._fields = {
+        fields = {
             text_field: pa.string(),
             "output": pa.string(),
             reward_field: sniffed_type(first[reward_field], reward_field, files[0], numeric=True),
             "step": pa.int64(),
         }
         if has_uid:
-            rollouts._fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
-        rollouts._names = (text_field, uid_field if has_uid else None, reward_field)
-        rollouts._lengths = lengths
-        rollouts._estimator = estimator
-        rollouts._step_from_field = step_from_field
-        return rollouts
+            fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
+        names = (text_field, uid_field if has_uid else None, reward_field)
+        settings = VerlSettings(lengths, estimator, fields, names, step_from_field)
+        return cls(
+            path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
+        )
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
-        text_field, uid_field, reward_field = self._names
-        parts = [read_jsonl(file, self._fields) for file in files]
+        text_field, uid_field, reward_field = self.settings.names
+        parts = [read_jsonl(file, self.settings.fields) for file in files]
         for part in parts:
             part.require([name for name in (text_field, "output", reward_field, uid_field) if name is not None])
-            if self._step_from_field:
+            if self.settings.step_from_field:
                 _check_step(part, step)
         outputs = pa.concat_arrays([p.column("output") for p in parts])
         with_tools = int(pc.sum(pc.match_substring(outputs, TOOL_MARKER).cast(pa.int64())).as_py() or 0)

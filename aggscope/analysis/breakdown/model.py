@@ -1,0 +1,509 @@
+"""The breakdown: per-sequence data of every step under every SPEC, and the groupings built from it.
+
+A ``Breakdown`` keeps only per-sequence quantities (memory grows with sequences, not tokens), the
+engine's summaries, ``check``'s report under each layout, and one fixed-bin histogram of per-token
+gradient weights per SPEC. Its queries group rows by response length, prompt difficulty and prompt;
+figures and reports are built from them.
+
+Notation: ``n_rows`` sequences of all steps in step order, ``n_prompts`` (step, uid) pairs,
+``k`` buckets. A row's gradient mass is ``sum_t |w_i * A[i, t]|`` over its loss tokens with a
+finite advantage, its weight mass ``w_i * L_i``; their sums over all rows are the engine's
+``grad_abs_sum`` and ``weight_sum``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from aggscope.analysis.checks import CheckReport
+from aggscope.analysis.specs import Spec
+from aggscope.core.batch import SequenceStats
+from aggscope.core.layout import Layout, Split
+from aggscope.core.segments import group_sum
+from aggscope.core.weights import ModeSummary, StepSummary
+from aggscope.errors import AggscopeError
+
+DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")
+# Per-token gradient weights relative to the mode's mean: 10^-3 .. 10^3, ten bins per decade;
+# values outside land in the end bins.
+HISTOGRAM_LOG10_EDGES = np.linspace(-3.0, 3.0, 61)
+
+
+@dataclass(frozen=True)
+class TokenHistogram:
+    """Loss tokens by gradient weight ``|w * A|`` relative to the mode's mean in their step.
+
+    Attributes:
+        log10_edges: ``[n_bins + 1]`` bin edges of ``log10(|g| / mean |g|)``.
+        positive: ``[n_bins]`` token counts with a positive finite advantage.
+        negative: ``[n_bins]`` the same for negative advantages.
+    """
+
+    log10_edges: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+
+
+@dataclass(frozen=True)
+class SpecResult:
+    """One SPEC over all steps.
+
+    Attributes:
+        spec: the mode and layout.
+        row_weight: ``[n_rows]`` float64 engine weight ``w_i`` of each row, steps concatenated.
+        steps: the engine's summary of each step.
+        total: the engine's summary over all steps.
+        histogram: per-token gradient weights.
+    """
+
+    spec: Spec
+    row_weight: torch.Tensor
+    steps: list[ModeSummary]
+    total: ModeSummary
+    histogram: TokenHistogram
+
+
+@dataclass(frozen=True)
+class BucketShares:
+    """What one SPEC gives each of ``k`` buckets.
+
+    Attributes:
+        grad_mass: ``[k]`` gradient mass per bucket.
+        grad_mass_share: ``[k]`` its share of the SPEC's gradient mass (NaN when there is none).
+        weight_mass: ``[k]`` weight mass per bucket.
+    """
+
+    grad_mass: np.ndarray
+    grad_mass_share: np.ndarray
+    weight_mass: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grad_mass": self.grad_mass.tolist(),
+            "grad_mass_share": self.grad_mass_share.tolist(),
+            "weight_mass": self.weight_mass.tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Rows grouped into ``k`` buckets and what each bucket gets under each SPEC.
+
+    Attributes:
+        names: ``[k]`` bucket names.
+        rows: ``[k]`` sequences per bucket.
+        loss_tokens: ``[k]`` loss tokens per bucket.
+        min_tokens, max_tokens: ``[k]`` loss tokens of the shortest and longest row of a bucket.
+        grad_mass: label -> ``[k]`` gradient mass per bucket.
+        weight_mass: label -> ``[k]`` weight mass per bucket.
+    """
+
+    names: list[str]
+    rows: np.ndarray
+    loss_tokens: np.ndarray
+    min_tokens: np.ndarray
+    max_tokens: np.ndarray
+    grad_mass: dict[str, np.ndarray]
+    weight_mass: dict[str, np.ndarray]
+
+    def grad_share(self, label: str) -> np.ndarray:
+        """``[k]`` share of the SPEC's gradient mass per bucket (NaN when there is none)."""
+        return _share(self.grad_mass[label])
+
+    def token_share(self) -> np.ndarray:
+        """``[k]`` share of all loss tokens per bucket (NaN when there are none)."""
+        return _share(self.loss_tokens.astype(np.float64))
+
+    def shares(self, label: str) -> BucketShares:
+        """What the SPEC ``label`` gives each bucket."""
+        return BucketShares(self.grad_mass[label], self.grad_share(label), self.weight_mass[label])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The buckets themselves, JSON-ready (what each SPEC gives them is ``shares``)."""
+        return {
+            "names": self.names,
+            "sequences": self.rows.tolist(),
+            "loss_tokens": self.loss_tokens.tolist(),
+            "min_loss_tokens": self.min_tokens.tolist(),
+            "max_loss_tokens": self.max_tokens.tolist(),
+            "loss_token_share": self.token_share().tolist(),
+        }
+
+
+def _share(values: np.ndarray) -> np.ndarray:
+    total = float(values.sum())
+    return values / total if total > 0 else np.full(values.shape, math.nan)
+
+
+@dataclass(frozen=True)
+class SignShares:
+    """Shares of a SPEC's gradient mass on positive and negative advantages (None: no finite mass)."""
+
+    positive_share: float | None
+    negative_share: float | None
+
+    @classmethod
+    def of(cls, summary: ModeSummary) -> SignShares:
+        positive, negative = summary.grad_pos_sum, summary.grad_neg_sum
+        total = positive - negative  # negative is <= 0
+        if not (total > 0 and math.isfinite(total)):
+            return cls(None, None)
+        return cls(positive / total, -negative / total)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """How concentrated a SPEC's gradient mass is across prompts (across rows without uids).
+
+    Attributes:
+        unit: ``prompts``, or ``sequences`` without uids.
+        units: how many there are.
+        top_10pct_share, top_half_share: share of the mass on the top 10% and the top half of the
+            units, ranked by mass (None: no mass).
+        gini: the Gini coefficient of the mass across units (0: all equal; None: no mass).
+        zero_mass_units: units with no gradient mass (None: no mass at all).
+    """
+
+    unit: str
+    units: int
+    top_10pct_share: float | None
+    top_half_share: float | None
+    gini: float | None
+    zero_mass_units: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PromptMove:
+    """A prompt whose share of its step's weight mass changes from a base SPEC to a candidate.
+
+    Attributes:
+        mean_reward: the group's mean finite reward (NaN: none; None without rewards).
+        base_share, candidate_share: the prompt's share of its step's weight mass under each SPEC.
+        change_points: ``100 * (candidate_share - base_share)``.
+    """
+
+    step: int
+    uid: str
+    sequences: int
+    loss_tokens: int
+    mean_reward: float | None
+    base_share: float
+    candidate_share: float
+    change_points: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Everything the figures and reports need, from one pass over the steps.
+
+    Attributes:
+        source: where the steps came from.
+        specs: the SPECs, in the order given.
+        steps: step number of each step read.
+        step_sizes: sequences, prompts, tokens and loss tokens of each step.
+        stats: ``[n_rows]`` per-sequence quantities of all steps.
+        row_step: ``[n_rows]`` index of each row's step in ``steps``.
+        row_prompt: ``[n_rows]`` index of each row's (step, uid) prompt, or None without uids.
+        prompt_step: ``[n_prompts]`` index of each prompt's step.
+        prompt_uid: ``[n_prompts]`` uid text of each prompt.
+        prompt_rows: ``[n_prompts]`` sequences of each prompt.
+        prompt_reward: ``[n_prompts]`` mean finite reward of each prompt (NaN: none), or None.
+        reward_range: lowest and highest finite reward of any row, or None.
+        results: SPEC label -> its weights and engine summaries.
+        splits: layout -> the split of each step.
+        group_ids: the uid codes of each step (None without uids), for split pictures.
+        uid_labels: the uid text of each code, per step (None without uids).
+        checks: what ``check`` reports under each layout, with the modes of the SPECs at that layout.
+        cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
+            ``rank``, ``micro_batch``).
+        lengths_estimated: True when some step's token counts were estimated from text.
+    """
+
+    source: str
+    specs: list[Spec]
+    steps: list[int]
+    step_sizes: list[StepSummary]
+    stats: SequenceStats
+    row_step: torch.Tensor
+    row_prompt: torch.Tensor | None
+    prompt_step: torch.Tensor
+    prompt_uid: list[str]
+    prompt_rows: torch.Tensor
+    prompt_reward: torch.Tensor | None
+    reward_range: tuple[float, float] | None
+    results: dict[str, SpecResult]
+    splits: dict[Layout, list[Split]]
+    group_ids: list[torch.Tensor | None]
+    uid_labels: list[tuple[str, ...] | None]
+    checks: dict[Layout, CheckReport]
+    cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
+    lengths_estimated: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return [spec.label for spec in self.specs]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.row_step.numel())
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.prompt_step.numel())
+
+    @property
+    def has_groups(self) -> bool:
+        return self.row_prompt is not None
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(self.stats.loss_tokens.sum())
+
+    def zero_grad_causes(self) -> dict[str, dict[str, int]]:
+        """label -> cause -> loss tokens with no gradient (``check``'s accounting over all steps)."""
+        return {spec.label: dict(self.checks[spec.layout].zero_grad[spec.mode.name]) for spec in self.specs}
+
+    def step_zero_grad_causes(self, label: str) -> list[dict[str, int]]:
+        """The same, step by step."""
+        spec = self.spec(label)
+        return [dict(step.zero_grad[spec.mode.name]) for step in self.checks[spec.layout].steps]
+
+    def spec(self, label: str) -> Spec:
+        """The SPEC of a label."""
+        return next(s for s in self.specs if s.label == label)
+
+    def worst_step_index(self) -> int:
+        """The index in ``steps`` of the step that ``check`` pictures (its ``worst_step``).
+
+        Under several layouts, the worst of their worst steps: most errors, then warnings, then
+        infos (counted as ``check --json`` counts them), the first layout on ties; 0 when no layout
+        has a picture (no uids).
+        """
+        best: tuple[tuple[int, ...], int] | None = None
+        for report in self.checks.values():
+            if report.worst_step is None:
+                continue
+            step = report.worst_step.step
+            key = tuple(report.counts(step).values())  # by severity, worst first
+            if best is None or key > best[0]:
+                best = (key, self.steps.index(step))
+        return 0 if best is None else best[1]
+
+    # ---- per-row quantities --------------------------------------------------------------------
+    def row_grad_mass(self, label: str) -> torch.Tensor:
+        """``[n_rows]`` gradient mass of each row: ``|w_i| * sum_t |A[i, t]|`` over finite advantages."""
+        weight = self.results[label].row_weight  # [n_rows]
+        finite = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight))
+        return finite.abs() * self.stats.adv_abs_sum
+
+    def row_weight_mass(self, label: str) -> torch.Tensor:
+        """``[n_rows]`` weight mass of each row: ``w_i * L_i``."""
+        return self.results[label].row_weight * self.stats.loss_tokens.to(torch.float64)
+
+    # ---- buckets -------------------------------------------------------------------------------
+    def buckets(self, bucket_of_row: torch.Tensor, names: Sequence[str]) -> Buckets:
+        """Sum rows into buckets ``0..k-1`` (``k = len(names)``), for every SPEC at once."""
+        k = len(names)
+        tokens = self.stats.loss_tokens  # [n_rows] int64
+        rows = torch.bincount(bucket_of_row, minlength=k)  # [k]
+        big = torch.iinfo(torch.int64).max
+        min_tokens = torch.full((k,), big, dtype=torch.int64).scatter_reduce(0, bucket_of_row, tokens, reduce="amin")
+        max_tokens = torch.zeros(k, dtype=torch.int64).scatter_reduce(0, bucket_of_row, tokens, reduce="amax")
+        min_tokens = torch.where(rows > 0, min_tokens, torch.zeros_like(min_tokens))
+        return Buckets(
+            names=list(names),
+            rows=rows.numpy(),
+            loss_tokens=group_sum(tokens, bucket_of_row, k).numpy(),
+            min_tokens=min_tokens.numpy(),
+            max_tokens=max_tokens.numpy(),
+            grad_mass={label: group_sum(self.row_grad_mass(label), bucket_of_row, k).numpy() for label in self.labels},
+            weight_mass={label: group_sum(self.row_weight_mass(label), bucket_of_row, k).numpy() for label in self.labels},
+        )
+
+    def length_bucket_of_row(self, k: int, *, per_step: bool = False) -> torch.Tensor:
+        """``[n_rows]`` length bucket ``0..k-1`` (shortest first) of each row.
+
+        Rows are ranked by loss tokens (ties by position, steps in order), over all steps or
+        within each step, and cut into ``k`` equal-count slices: ``bucket = k * rank // n``.
+        """
+        tokens = self.stats.loss_tokens
+        if not per_step:
+            return _rank_buckets(tokens, k)
+        key = self.row_step * (int(tokens.max()) + 1 if tokens.numel() else 1) + tokens  # [n_rows] (step, length)
+        ranked = torch.sort(key, stable=True).indices  # [n_rows] grouped by step, shortest first
+        rank = torch.empty_like(ranked)
+        rank[ranked] = torch.arange(ranked.numel())
+        rows_per_step = torch.bincount(self.row_step, minlength=len(self.steps))  # [n_steps]
+        step_start = torch.cumsum(rows_per_step, 0) - rows_per_step  # [n_steps]
+        rank_in_step = rank - step_start[self.row_step]  # [n_rows]
+        return self.row_step * k + (rank_in_step * k) // rows_per_step[self.row_step]
+
+    def length_buckets(self, k: int) -> Buckets:
+        """Rows in ``k`` equal-count length slices over all steps (quartiles: ``k = 4``)."""
+        names = [f"{_ordinal(i + 1)} {_slice_name(k)}" for i in range(k)]
+        return self.buckets(self.length_bucket_of_row(k), names)
+
+    def difficulty_of_prompt(self) -> torch.Tensor | None:
+        """``[n_prompts]`` index into ``DIFFICULTY_BUCKETS`` of each prompt, or None.
+
+        A prompt's group mean reward is placed in the range of all finite rewards
+        (``(mean - min) / (max - min)``, the success rate for 0/1 rewards): below 1/3 is hard,
+        below 2/3 medium, else easy; a prompt with no finite reward is unscored. None without
+        uids or rewards, or when every finite reward is the same.
+        """
+        reward = self.prompt_reward
+        if reward is None or self.reward_range is None:
+            return None
+        low, high = self.reward_range
+        if high == low:
+            return None
+        finite = torch.isfinite(reward)
+        position = (reward - low) / (high - low)  # [n_prompts] in [0, 1]
+        level = torch.where(position < 1 / 3, 0, torch.where(position < 2 / 3, 1, 2))
+        return torch.where(finite, level, 3)
+
+    def difficulty_buckets(self) -> Buckets | None:
+        """Rows by their prompt's difficulty (see ``difficulty_of_prompt``), or None."""
+        level = self.difficulty_of_prompt()
+        if level is None or self.row_prompt is None:
+            return None
+        return self.buckets(level[self.row_prompt], DIFFICULTY_BUCKETS)
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def unit_of_row(self) -> torch.Tensor:
+        """``[n_rows]`` the prompt of each row, or the row itself when there are no uids."""
+        return self.row_prompt if self.row_prompt is not None else torch.arange(self.n_rows)
+
+    def prompt_grad_mass(self, label: str) -> torch.Tensor:
+        """``[n_units]`` gradient mass of each prompt (of each row without uids)."""
+        unit = self.unit_of_row()
+        n_units = self.n_prompts if self.row_prompt is not None else self.n_rows
+        return group_sum(self.row_grad_mass(label), unit, n_units)
+
+    def ranked_prompt_mass(self, label: str) -> np.ndarray:
+        """``[n_units]`` the gradient mass of each prompt (row without uids), largest first."""
+        return np.sort(self.prompt_grad_mass(label).numpy())[::-1]
+
+    def concentration(self, label: str) -> Concentration:
+        """Top shares and the Gini coefficient of the SPEC's gradient mass across prompts."""
+        mass = self.ranked_prompt_mass(label)  # [n_units] largest first
+        total = float(mass.sum())
+        unit = "prompts" if self.has_groups else "sequences"
+        n = int(mass.size)
+        if n == 0 or not total > 0:
+            return Concentration(unit, n, None, None, None, None)
+        cumulative = np.cumsum(mass) / total  # [n_units] share of the top 1, 2, ... units
+
+        def top(fraction: float) -> float:
+            return float(cumulative[max(math.ceil(fraction * n), 1) - 1])
+
+        # Gini = 1 - 2 * (area under the Lorenz curve), from the ascending cumulative shares.
+        lorenz = np.cumsum(mass[::-1]) / total  # [n_units]
+        gini = 1.0 - (2.0 * lorenz.sum() - 1.0) / n
+        return Concentration(unit, n, top(0.1), top(0.5), float(gini), int((mass == 0).sum()))
+
+    def prompt_moves(self, base: str, candidate: str, top: int) -> tuple[list[PromptMove], list[PromptMove]] | None:
+        """The ``top`` prompts whose share of their step's weight mass grows most, and shrinks most.
+
+        Returns:
+            (gaining, losing), largest change first; prompts whose share does not change, or is
+            not defined under both SPECs, are left out. None without uids.
+        """
+        if not self.has_groups:
+            return None
+        before = self.prompt_weight_share(base)  # [n_prompts]
+        after = self.prompt_weight_share(candidate)
+        delta = (after - before).numpy()
+        valid = np.isfinite(delta)
+        order = np.argsort(np.where(valid, delta, 0.0), kind="stable")
+        losing = [int(i) for i in order[:top] if valid[i] and delta[i] < 0]
+        gaining = [int(i) for i in order[::-1][:top] if valid[i] and delta[i] > 0]
+        loss_tokens = torch.zeros(self.n_prompts, dtype=torch.int64).index_add_(0, self.unit_of_row(), self.stats.loss_tokens)
+        reward = self.prompt_reward
+
+        def move(index: int) -> PromptMove:
+            return PromptMove(
+                step=self.steps[int(self.prompt_step[index])],
+                uid=self.prompt_uid[index],
+                sequences=int(self.prompt_rows[index]),
+                loss_tokens=int(loss_tokens[index]),
+                mean_reward=None if reward is None else float(reward[index]),
+                base_share=float(before[index]),
+                candidate_share=float(after[index]),
+                change_points=float(100 * delta[index]),
+            )
+
+        return [move(i) for i in gaining], [move(i) for i in losing]
+
+    def prompt_weight_share(self, label: str) -> torch.Tensor:
+        """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
+        if self.row_prompt is None:
+            raise AggscopeError(f"{self.source}: prompt shares need a uid column")
+        per_prompt = group_sum(self.row_weight_mass(label), self.row_prompt, self.n_prompts)  # [n_prompts]
+        per_step = group_sum(per_prompt, self.prompt_step, len(self.steps))  # [n_steps]
+        step_total = per_step[self.prompt_step]
+        return torch.where(step_total > 0, per_prompt / step_total, torch.full_like(per_prompt, math.nan))
+
+    def ratio_quantiles(self, base: str, candidate: str, quantiles: Sequence[float]) -> dict[str, float | None]:
+        """Quantiles over loss tokens of the per-token weight ratio ``w_candidate / w_base``.
+
+        Each row's ratio counts once per loss token. Rows whose base weight is 0 or not finite are
+        left out (``excluded_tokens`` counts their loss tokens). Also gives the share of tokens whose
+        weight grows (ratio > 1) and shrinks (ratio < 1), relative to the mean ratio, since modes
+        are scaled differently (``token_sum`` weights are around 1, ``token_mean`` ones 1 / T).
+        """
+        w_base = self.results[base].row_weight
+        w_cand = self.results[candidate].row_weight
+        tokens = self.stats.loss_tokens
+        usable = (tokens > 0) & torch.isfinite(w_base) & (w_base > 0) & torch.isfinite(w_cand)  # [n_rows]
+        ratio = (w_cand[usable] / w_base[usable]).numpy()
+        count = tokens[usable].numpy()
+        out: dict[str, float | None] = {"excluded_tokens": float(tokens[~usable].sum())}
+        total = float(count.sum())
+        if total == 0:
+            out.update({f"p{round(q * 100)}": None for q in quantiles})
+            out.update({"mean": None, "share_above_mean": None, "share_below_mean": None})
+            return out
+        order = np.argsort(ratio, kind="stable")
+        cumulative = np.cumsum(count[order])  # [n_usable] tokens up to and including each row
+        for q in quantiles:
+            # The smallest ratio with at least a share q of the tokens at or below it.
+            index = int(np.searchsorted(cumulative, q * total, side="left"))
+            out[f"p{round(q * 100)}"] = float(ratio[order][min(index, ratio.size - 1)])
+        mean = float((ratio * count).sum() / total)
+        relative = ratio / mean
+        out["mean"] = mean
+        out["share_above_mean"] = float(count[relative > 1 + 1e-9].sum() / total)
+        out["share_below_mean"] = float(count[relative < 1 - 1e-9].sum() / total)
+        return out
+
+
+def _rank_buckets(values: torch.Tensor, k: int) -> torch.Tensor:
+    ranked = torch.sort(values, stable=True).indices  # [n] ascending, ties by position
+    rank = torch.empty_like(ranked)
+    rank[ranked] = torch.arange(ranked.numel())
+    return (rank * k) // max(values.numel(), 1)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _slice_name(k: int) -> str:
+    return {4: "quartile", 10: "decile", 5: "quintile", 3: "tercile"}.get(k, f"1/{k}")

@@ -1,0 +1,142 @@
+"""The per-step work of the breakdown: the engine and ``check`` on one step, under every SPEC.
+
+``breakdown_step`` is what an engine runs for each step (in this process, or as a Ray task): it
+returns a ``BreakdownStep`` with per-sequence data only (per-sequence weights, the split, check's
+findings and the histogram counts of the figures), never the step's tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES
+from aggscope.analysis.checks import StepCheck, check_step
+from aggscope.analysis.specs import Spec, check_specs
+from aggscope.analysis.weights import StepResult
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout, Split
+from aggscope.core.weights import ModeSummary, analyse_step
+
+
+@dataclass(frozen=True)
+class _StepTokens:
+    """The loss tokens of one step that a histogram counts: finite, non-zero advantage.
+
+    Attributes:
+        row: ``[n_counted]`` seq_index of each counted token.
+        log10_abs_adv: ``[n_counted]`` float64 ``log10 |A|``.
+        positive: ``[n_counted]`` bool, advantage > 0.
+    """
+
+    row: np.ndarray
+    log10_abs_adv: np.ndarray
+    positive: np.ndarray
+
+    @classmethod
+    def of(cls, batch: StepBatch) -> _StepTokens:
+        advantages = batch.advantages.cpu().numpy()
+        counted = batch.loss_mask.cpu().numpy() & np.isfinite(advantages) & (advantages != 0)  # [n_tokens]
+        lengths = (batch.offsets[1:] - batch.offsets[:-1]).cpu().numpy()  # [n_seqs]
+        row = np.repeat(np.arange(batch.n_sequences), lengths)[counted]
+        kept = advantages[counted]
+        return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
+
+
+def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
+    """Count a step's tokens by ``log10(|g| / mean |g|)``, ``g = w_i * A``, mean over its loss tokens.
+
+    Returns the (positive, negative) advantage counts per bin. Tokens whose gradient weight is 0
+    or not finite are left out (``zero_grad_causes`` shows them).
+    """
+    bins = HISTOGRAM_LOG10_EDGES.size - 1
+    positive, negative = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    if summary.loss_tokens == 0 or not summary.grad_abs_sum > 0 or not math.isfinite(summary.grad_abs_sum):
+        return positive, negative
+    mean_abs = summary.grad_abs_sum / summary.loss_tokens
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_weight = np.log10(row_weight.cpu().to(torch.float64).numpy() / mean_abs)  # [n_seqs], -inf where w = 0
+    valid = np.isfinite(log_weight)[tokens.row]  # [n_counted]
+    low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
+    values = np.clip(tokens.log10_abs_adv + log_weight[tokens.row], low, high)
+    for counts, keep in ((positive, valid & tokens.positive), (negative, valid & ~tokens.positive)):
+        counts += np.histogram(values[keep], bins=bins, range=(low, high))[0]
+    return positive, negative
+
+
+@dataclass(frozen=True)
+class LayoutPart:
+    """One step under one layout: the engine's result, the split and check's findings (CPU)."""
+
+    weights: StepResult
+    split: Split
+    check: StepCheck
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]]  # SPEC label -> (positive, negative) counts
+
+
+@dataclass(frozen=True)
+class BreakdownStep:
+    """What ``run_breakdown`` keeps of one step: per-sequence data only, no tokens.
+
+    Small enough to send back from a Ray task (``breakdown_step`` is the per-step work).
+    """
+
+    step: int
+    source: str
+    has_groups: bool
+    lengths_estimated: bool
+    n_sequences: int
+    n_tokens: int
+    n_groups: int
+    group_ids: torch.Tensor | None
+    uid_labels: tuple[str, ...] | None
+    rewards: torch.Tensor | None
+    layouts: dict[Layout, LayoutPart]
+
+
+def by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
+    """The SPECs grouped by layout, layouts in order of first appearance."""
+    layouts: dict[Layout, list[Spec]] = {}
+    for spec in specs:
+        layouts.setdefault(spec.layout, []).append(spec)
+    return layouts
+
+
+def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
+    """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step)."""
+    check_specs(specs, has_groups=batch.has_groups, source=batch.source)
+    tokens = _StepTokens.of(batch)
+    parts = {}
+    for layout, group in by_layout(specs).items():
+        modes = [s.mode for s in group]
+        analysis = analyse_step(batch, modes, layout)
+        histograms = {}
+        for spec in group:
+            row_weight = analysis.weights[spec.mode.name].row_weight
+            histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
+        check = check_step(batch, modes, layout, analysis.split)
+        parts[layout] = LayoutPart(StepResult.of(analysis), _split_cpu(analysis.split), check, histograms)
+    return BreakdownStep(
+        step=batch.step,
+        source=batch.source,
+        has_groups=batch.has_groups,
+        lengths_estimated=batch.lengths_estimated,
+        n_sequences=batch.n_sequences,
+        n_tokens=batch.n_tokens,
+        n_groups=batch.n_groups if batch.has_groups else 0,
+        group_ids=None if batch.group_ids is None else batch.group_ids.cpu(),
+        uid_labels=batch.uid_labels,
+        rewards=None if batch.rewards is None else batch.rewards.cpu(),
+        layouts=parts,
+    )
+
+
+def _split_cpu(split: Split) -> Split:
+    tensors: dict[str, Any] = {name: value.cpu() for name, value in vars(split).items() if isinstance(value, torch.Tensor)}
+    return dataclasses.replace(split, **tensors)

@@ -1,0 +1,224 @@
+"""Many steps: ``CheckAccumulator`` merges the steps' ``StepCheck`` into a ``CheckReport``.
+
+``run_checks`` checks every step (on any engine, through ``aggscope.analysis.runner.run``) and
+merges the results; ``parse_fail_on`` validates the
+``--fail-on`` level that ``CheckReport.fails`` compares the findings with.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aggscope.analysis.checks.catalogue import (
+    ADVISED_CODES,
+    CUT_LEVELS,
+    FAIL_ON_LEVELS,
+    SEVERITY_RANK,
+    ZERO_GRAD_CAUSES,
+    Finding,
+    count_severities,
+)
+from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
+from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
+from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts, run
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.modes import Mode, default_modes
+from aggscope.errors import AggscopeError
+
+
+@dataclass(frozen=True)
+class StepZeroGrad:
+    """The zero-gradient causes of one step."""
+
+    step: int
+    loss_tokens: int
+    zero_grad: dict[str, dict[str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "loss_tokens": self.loss_tokens, "zero_grad": self.zero_grad}
+
+
+@dataclass(frozen=True, eq=False)
+class CheckReport:
+    """The result of ``aggscope check``.
+
+    Attributes:
+        findings: every finding, worst first (severity, code, step, first row).
+        zero_grad: ``{mode: {cause: loss tokens}}`` over all steps.
+        cut_prompts: ``{level: [(step, uid), ...]}`` for every level in ``CUT_LEVELS``.
+        steps: the zero-gradient causes of each step.
+        loss_tokens: loss tokens over all steps.
+        worst_step: the split picture data of the step with the worst findings, or None.
+    """
+
+    layout: Layout
+    modes: list[str]
+    findings: list[Finding]
+    zero_grad: dict[str, dict[str, int]]
+    cut_prompts: dict[str, list[tuple[int, str]]]
+    steps: list[StepZeroGrad]
+    loss_tokens: int
+    sequences: int
+    notes: list[str]
+    worst_step: StepLanes | None = None
+    lengths_estimated: bool = False
+
+    def counts(self, step: int | None = None) -> dict[str, int]:
+        """Findings per severity, over all steps or in one step."""
+        return count_severities(self.findings, step)
+
+    def fails(self, fail_on: str) -> bool:
+        """True when some finding is at or above ``fail_on`` (``error``, ``warning``, ``info``, ``never``)."""
+        threshold = parse_fail_on(fail_on)
+        if threshold == "never":
+            return False
+        return any(SEVERITY_RANK[f.severity] <= SEVERITY_RANK[threshold] for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "findings": [f.to_dict() for f in self.findings],
+            "zero_grad": self.zero_grad,
+            "cut_prompts": {
+                level: [{"step": step, "uid": uid} for step, uid in pairs] for level, pairs in self.cut_prompts.items()
+            },
+            "counts": self.counts(),
+            "loss_tokens": self.loss_tokens,
+            "sequences": self.sequences,
+            "steps": [s.to_dict() for s in self.steps],
+            "layout": self.layout.to_dict(),
+            "modes": self.modes,
+            "notes": self.notes,
+            "lengths_estimated": self.lengths_estimated,
+            "worst_step": None
+            if self.worst_step is None
+            else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
+        }
+
+
+def parse_fail_on(value: str) -> str:
+    """Validate a ``--fail-on`` level."""
+    level = value.strip().lower()
+    if level not in FAIL_ON_LEVELS:
+        raise AggscopeError(f"--fail-on {value!r}: expected one of {', '.join(FAIL_ON_LEVELS)}")
+    return level
+
+
+@dataclass
+class CheckAccumulator:
+    """Merges ``StepCheck`` results, one step at a time, into a ``CheckReport`` (a runner ``Merger``).
+
+    Keeps the findings, the cut prompts, the per-step zero-gradient counts, the running intersection
+    of the safe mini-batch sizes, and the split picture of the worst step only.
+    """
+
+    layout: Layout
+    findings: list[Finding] = field(default_factory=list)
+    steps: list[StepZeroGrad] = field(default_factory=list)
+    cut_prompts: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: {level: [] for level in CUT_LEVELS})
+    group_sizes: Counter[int] = field(default_factory=Counter)
+    notes: dict[str, None] = field(default_factory=dict)
+    safe: SafeSizes | None = None
+    modes: list[str] | None = None
+    loss_tokens: int = 0
+    sequences: int = 0
+    lengths_estimated: bool = False
+    _worst: tuple[tuple[int, ...], StepLanes] | None = None
+
+    def add(self, check: StepCheck) -> None:
+        if self.modes is None:
+            self.modes = list(check.zero_grad)
+        self.findings.extend(check.findings)
+        self.steps.append(StepZeroGrad(check.step, check.loss_tokens, check.zero_grad))
+        self.loss_tokens += check.loss_tokens
+        self.sequences += check.sequences
+        self.lengths_estimated = self.lengths_estimated or check.lengths_estimated
+        for level, uids in check.cut_prompts.items():
+            self.cut_prompts[level].extend((check.step, uid) for uid in uids)
+        self.group_sizes.update(check.group_sizes)
+        for note in check.notes:
+            self.notes.setdefault(note, None)
+        if check.safe is not None:
+            self.safe = check.safe.intersect(self.safe)
+        if check.lanes is not None:
+            key = tuple(count_severities(check.findings).values())
+            if self._worst is None or key > self._worst[0]:
+                self._worst = (key, check.lanes)
+
+    def result(self) -> CheckReport:
+        modes = self.modes or []
+        total = {mode: dict.fromkeys(ZERO_GRAD_CAUSES, 0) for mode in modes}
+        for step in self.steps:
+            for mode, causes in step.zero_grad.items():
+                for cause, tokens in causes.items():
+                    total[mode][cause] += tokens
+        advice = mini_batch_advice(self.layout, self.safe, self.group_sizes)
+        findings = [
+            replace(f, message=f"{f.message} {advice}") if advice and f.code in ADVISED_CODES else f for f in self.findings
+        ]
+        findings.sort(key=lambda f: f.sort_key)
+        notes = list(self.notes)
+        return CheckReport(
+            layout=self.layout,
+            modes=modes,
+            findings=findings,
+            zero_grad=total,
+            cut_prompts={level: list(pairs) for level, pairs in self.cut_prompts.items()},
+            steps=list(self.steps),
+            loss_tokens=self.loss_tokens,
+            sequences=self.sequences,
+            notes=notes,
+            worst_step=self._worst[1] if self._worst is not None else None,
+            lengths_estimated=self.lengths_estimated,
+        )
+
+
+def run_checks(
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    modes: Sequence[Mode | str] | None = None,
+    layout: Layout | None = None,
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """Check every step, one at a time, and merge the results.
+
+    The steps' ``StepCheck`` results are merged in step order, so the report is the same on every engine.
+
+    Args:
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
+        modes: the modes the user trains with; default every mode that applies to the first step
+            (an opened input's first step is then read once more to see it).
+        layout: the trainer configuration (default: one mini-batch).
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
+        progress: optional wrapper of the results as they come (a progress bar).
+    """
+    layout = layout or Layout()
+    if modes is None:
+        rollouts, modes = _first_step_modes(rollouts, layout)
+    work = functools.partial(check_step, modes=list(modes), layout=layout)
+    return run(engine, rollouts, work, CheckAccumulator(layout), progress)
+
+
+def _first_step_modes(
+    rollouts: SteppedRollouts | Iterable[StepBatch], layout: Layout
+) -> tuple[SteppedRollouts | Iterable[StepBatch], list[Mode]]:
+    """Every mode that applies to the first step (none without steps), and the steps, none of them used up."""
+    if isinstance(rollouts, Batches):
+        return _first_step_modes(rollouts.batches, layout)
+    first: StepBatch | None
+    if isinstance(rollouts, (list, tuple)):
+        first = rollouts[0] if rollouts else None
+    elif isinstance(rollouts, SteppedRollouts):
+        first = next(iter(rollouts.iter_steps()), None)
+    else:
+        steps = iter(rollouts)
+        first = next(steps, None)
+        rollouts = steps if first is None else itertools.chain([first], steps)
+    modes = [] if first is None else default_modes(has_groups=first.has_groups, max_seq_len=layout.max_seq_len)
+    return rollouts, modes

@@ -1,0 +1,470 @@
+"""The checks of one step: ``check_step`` gives a ``StepCheck`` (findings, cut prompts, zero-gradient causes).
+
+Row-level findings (``_RowFindings``), group-level findings, non-contiguous uids and cut prompts
+are found here; the boundary-based prompt_mean findings come from ``boundary`` and the safe
+mini-batch sizes from ``safe_sizes``. All the work is vectorised over rows; Python loops run only
+over findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
+from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, Finding
+from aggscope.analysis.checks.messages import check_command, cut_message, has_or_have, who
+from aggscope.analysis.checks.quantities import Groups, Rows, host_float64
+from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout, Split, split_step
+from aggscope.core.modes import Mode, default_modes, resolve_modes
+from aggscope.core.weights import compute_weights
+from aggscope.fmt import plural, row_ranges
+
+_NO_UID_NOTE = (
+    "no uid column: prompt cuts, group checks, zero_advantage and the boundary prompt_mean check need one "
+    "(set it with --col uid=NAME)"
+)
+_NO_PROMPT_MEAN_NOTE = (
+    "the boundary prompt_mean checks (silent_zero_advantage, rebased_prompt_mean_misweight) run only with "
+    "prompt_mean among the modes"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class StepLanes:
+    """What the text picture of a step's split needs; arrays are ``[n_seqs]`` by trainer position,
+    grouped by mini-batch (the same order under the canonical composition).
+
+    Attributes:
+        prompt: prompt number by first appearance in trainer order.
+        mini_batch: mini-batch of each position.
+        rank: rank shard (within its mini-batch) of each position.
+        cut_by_mini_batch: the position's prompt is cut by a mini-batch boundary.
+        no_gradient: the position is a ``silent_zero_advantage`` row.
+    """
+
+    step: int
+    prompt: np.ndarray
+    mini_batch: np.ndarray
+    rank: np.ndarray
+    cut_by_mini_batch: np.ndarray
+    no_gradient: np.ndarray
+    n_mini_batches: int
+    dp_size: int
+
+
+@dataclass(frozen=True, eq=False)
+class StepCheck:
+    """The checks of one step, ready to merge with other steps.
+
+    Messages of ``prompt_cut_by_mini_batch`` and ``silent_zero_advantage`` get their advice (mini-batch
+    sizes that cut no prompt of the whole data) when merged by ``CheckAccumulator``; merge the steps of
+    a run through it, even when they were checked elsewhere (the object pickles).
+
+    Attributes:
+        cut_prompts: ``{level: uids cut at that level}`` for every level in ``CUT_LEVELS``.
+        zero_grad: ``{mode: {cause: loss tokens}}``.
+        safe: the mini-batch sizes that cut no prompt of this step (None when the layout has no
+            mini-batch size or there is no uid).
+        group_sizes: ``{group size: number of prompts}``.
+        notes: remarks on checks that could not run.
+        lengths_estimated: the step's token counts were estimated from text.
+    """
+
+    step: int
+    sequences: int
+    loss_tokens: int
+    findings: tuple[Finding, ...]
+    cut_prompts: dict[str, tuple[str, ...]]
+    zero_grad: dict[str, dict[str, int]]
+    lanes: StepLanes | None = None
+    safe: SafeSizes | None = None
+    group_sizes: dict[int, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    lengths_estimated: bool = False
+
+
+def zero_grad_causes(
+    loss_tokens: np.ndarray,
+    zero_adv_tokens: np.ndarray,
+    nonfinite_adv_tokens: np.ndarray,
+    row_weight: np.ndarray,
+    zero_variance: np.ndarray,
+    at_group_mean: np.ndarray,
+) -> dict[str, int]:
+    """One cause for every loss token whose gradient weight ``w_i * A`` is 0 or not finite.
+
+    Args:
+        loss_tokens, zero_adv_tokens, nonfinite_adv_tokens: ``[n_seqs]`` per-row token counts.
+        row_weight: ``[n_seqs]`` weight ``w_i``.
+        zero_variance: ``[n_seqs]`` bool, the row's group is zero-variance.
+        at_group_mean: ``[n_seqs]`` bool, the row's reward equals its group's mean.
+
+    Returns:
+        ``{cause: loss tokens}`` over ``ZERO_GRAD_CAUSES``; the values add up to the
+        ``zero_grad_tokens + nonfinite_grad_tokens`` that ``weights.summarize`` counts.
+    """
+    # A token with finite non-zero A has a zero or non-finite gradient only through its weight.
+    finite_nonzero = loss_tokens - zero_adv_tokens - nonfinite_adv_tokens  # [n]
+    other_zero = ~zero_variance & ~at_group_mean
+    return {
+        "nonfinite_advantage": int(nonfinite_adv_tokens.sum()),
+        "zero_variance_group": int(zero_adv_tokens[zero_variance].sum()),
+        "reward_at_group_mean": int(zero_adv_tokens[~zero_variance & at_group_mean].sum()),
+        "zero_advantage": int(zero_adv_tokens[other_zero].sum()),
+        "zero_weight": int(finite_nonzero[row_weight == 0].sum()),
+        "nonfinite_weight": int(finite_nonzero[~np.isfinite(row_weight)].sum()),
+    }
+
+
+def check_step(
+    batch: StepBatch,
+    modes: Sequence[Mode | str] | None = None,
+    layout: Layout | None = None,
+    split: Split | None = None,
+) -> StepCheck:
+    """Check one step: findings, cut prompts and zero-gradient causes.
+
+    Args:
+        batch: the step.
+        modes: the modes the user trains with (names or ``Mode``); default every mode that applies.
+            They decide the zero-gradient table, whether the boundary-based prompt_mean is checked
+            (only with ``prompt_mean``) and the micro-batch cut severity (``token_mean_legacy``).
+        layout: the trainer configuration (default: one mini-batch).
+        split: the split of this batch under ``layout``, if already computed.
+    """
+    layout = layout or Layout()
+    if modes is None:
+        resolved = default_modes(has_groups=batch.has_groups, max_seq_len=layout.max_seq_len)
+    else:
+        resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
+    if split is None:
+        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
+    rows = Rows.of(batch, split)
+    groups = Groups.of(batch, rows) if batch.has_groups else None
+    zero_grad = _zero_grad(rows, groups, weights)
+    row_level = _RowFindings(batch.step, groups)
+    findings: list[Finding] = []
+    findings += row_level.nonfinite_advantage(rows)
+    findings += row_level.masked_token_advantage(rows)
+    findings += row_level.empty_sequence(rows)
+    if groups is None:
+        prompts = _PromptChecks(notes=(_NO_UID_NOTE,))
+    else:
+        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights)
+    findings += prompts.findings
+    findings.sort(key=lambda f: f.sort_key)
+    return StepCheck(
+        step=batch.step,
+        sequences=rows.n,
+        loss_tokens=int(rows.loss.sum()),
+        findings=tuple(findings),
+        cut_prompts=prompts.cut_prompts,
+        zero_grad=zero_grad,
+        lanes=prompts.lanes,
+        safe=prompts.safe,
+        group_sizes=prompts.group_sizes,
+        notes=prompts.notes,
+        lengths_estimated=batch.lengths_estimated,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _PromptChecks:
+    """What ``check_step`` finds from the prompt groups (all empty for a step without uids)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    cut_prompts: dict[str, tuple[str, ...]] = field(default_factory=lambda: {level: () for level in CUT_LEVELS})
+    lanes: StepLanes | None = None
+    safe: SafeSizes | None = None
+    group_sizes: dict[int, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """``{mode: {cause: loss tokens}}`` of one step."""
+    zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
+    at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
+    return {
+        name: zero_grad_causes(
+            rows.loss, rows.zero_adv, rows.nonfinite_adv, w.detach().cpu().numpy(), zero_variance_row, at_mean_row
+        )
+        for name, w in weights.items()
+    }
+
+
+def _prompt_checks(
+    batch: StepBatch,
+    rows: Rows,
+    groups: Groups,
+    row_level: _RowFindings,
+    layout: Layout,
+    split: Split,
+    weights: dict[str, torch.Tensor],
+) -> _PromptChecks:
+    """The checks that need uids: group findings, non-contiguous uids, cuts, the boundary prompt_mean."""
+    mode_names = set(weights)
+    notes: list[str] = []
+    present = groups.size[groups.size > 0]
+    group_sizes = {int(s): int(c) for s, c in enumerate(np.bincount(present)) if c}
+    findings = row_level.zero_advantage(rows, groups, host_float64(batch.rewards))
+    findings += _group_findings(batch, rows, groups)
+    contiguous = bool((groups.runs <= 1).all())
+    if "prompt_mean" not in mode_names:
+        notes.append(_NO_PROMPT_MEAN_NOTE)
+    findings += _noncontiguous(batch, rows, groups, layout)
+    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, contiguous)
+    findings += cut_findings
+    no_gradient = np.zeros(rows.n, dtype=bool)
+    if "prompt_mean" in mode_names and contiguous:
+        found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
+        findings += found
+    safe = None
+    # the sizes that cut no prompt are worked out for contiguous mini-batches (the canonical composition)
+    if layout.composition == "canonical" and (layout.mini_batch_size is not None or layout.mini_batch_prompts is not None):
+        safe = _safe_sizes(rows, groups)
+    # lanes: trainer positions grouped by mini-batch (already so, unless ranks_first)
+    lane_order = rows.order[np.argsort(rows.mini_batch[rows.order], kind="stable")]
+    prompt_by_position = np.argsort(np.argsort(groups.first_position, kind="stable"), kind="stable")[groups.code[lane_order]]
+    lanes = StepLanes(
+        step=batch.step,
+        prompt=prompt_by_position,
+        mini_batch=rows.mini_batch[lane_order],
+        rank=rows.rank[lane_order],
+        cut_by_mini_batch=cut_by_mini_batch[groups.code[lane_order]],
+        no_gradient=no_gradient[lane_order],
+        n_mini_batches=rows.n_mini_batches,
+        dp_size=layout.dp_size,
+    )
+    return _PromptChecks(findings, cut_prompts, lanes, safe, group_sizes, tuple(notes))
+
+
+def _safe_sizes(rows: Rows, groups: Groups) -> SafeSizes:
+    """The mini-batch sizes that cut no prompt of this step, in sequences, in prompts and grouped."""
+    n_runs = int(groups.run_of_position[-1]) + 1 if rows.n else 0
+    used = groups.size > 0
+    first_run = groups.run_of_position[groups.first_position[used]]
+    last_run = groups.run_of_position[groups.last_position[used]]
+    grouped_end = np.cumsum(groups.size[used])  # grouped order: groups back to back by first appearance
+    return SafeSizes(
+        sequences=safe_chunk_sizes(groups.first_position[used], groups.last_position[used], rows.n),
+        prompts=safe_chunk_sizes(first_run, last_run, n_runs),
+        grouped_sequences=safe_chunk_sizes(grouped_end - groups.size[used], grouped_end - 1, rows.n),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _RowFindings:
+    """Row-level findings, one per (step, uid) or, without uids, one per step."""
+
+    step: int
+    groups: Groups | None
+
+    def _per_uid(
+        self, code: str, flagged: np.ndarray, tokens: np.ndarray, message: Callable[[np.ndarray, str | None], str]
+    ) -> list[Finding]:
+        rows = np.flatnonzero(flagged)
+        if rows.size == 0:
+            return []
+        if self.groups is None:
+            buckets: list[tuple[str | None, np.ndarray]] = [(None, rows)]
+        else:
+            by_code = rows[np.argsort(self.groups.code[rows], kind="stable")]
+            uniques, starts = np.unique(self.groups.code[by_code], return_index=True)
+            ends = np.append(starts[1:], rows.size)
+            buckets = [(self.groups.labels[g], by_code[s:e]) for g, s, e in zip(uniques.tolist(), starts, ends, strict=True)]
+        severity = CODES[code].severity
+        return [
+            Finding(code, severity, self.step, uid, tuple(members.tolist()), int(tokens[members].sum()), message(members, uid))
+            for uid, members in buckets
+        ]
+
+    def nonfinite_advantage(self, rows: Rows) -> list[Finding]:
+        def message(members: np.ndarray, uid: str | None) -> str:
+            count = int(rows.nonfinite_adv[members].sum())
+            return (
+                f"{plural(count, 'loss token')} of {who(uid, members)} {has_or_have(count)} a NaN or infinite advantage: "
+                "the gradient there is not finite in every mode, and one NaN in the loss poisons the whole update. Fix "
+                "the advantage at its source (a NaN reward, a 0/0 in the std normalisation) or drop these rows."
+            )
+
+        return self._per_uid("nonfinite_advantage", rows.nonfinite_adv > 0, rows.nonfinite_adv, message)
+
+    def masked_token_advantage(self, rows: Rows) -> list[Finding]:
+        def message(members: np.ndarray, uid: str | None) -> str:
+            count = int(rows.masked_nonzero[members].sum())
+            return (
+                f"{plural(count, 'masked token')} of {who(uid, members)} {'carries' if count == 1 else 'carry'} a "
+                "non-zero advantage: harmless where the loss masks its numerator, a bug where it does not (ROLL's "
+                "token-mean, open PR #444). Multiply the advantages by the loss mask."
+            )
+
+        return self._per_uid("masked_token_advantage", rows.masked_nonzero > 0, rows.masked_nonzero, message)
+
+    def empty_sequence(self, rows: Rows) -> list[Finding]:
+        def message(members: np.ndarray, uid: str | None) -> str:
+            return (
+                f"{who(uid, members)} {has_or_have(int(members.size))} no loss token but still count in the "
+                "sequence denominator N_b (sequence_mean, seq_mean_token_sum, seq_mean_token_sum_norm), diluting every "
+                "other row of the mini-batch. Drop empty responses before the update, or check the mask."
+            )
+
+        return self._per_uid("empty_sequence", rows.loss == 0, np.zeros_like(rows.loss), message)
+
+    def zero_advantage(self, rows: Rows, groups: Groups, rewards: np.ndarray | None) -> list[Finding]:
+        all_zero = (rows.loss > 0) & (rows.zero_adv == rows.loss)
+        flagged = all_zero & ~groups.zero_variance[groups.code] & ~groups.at_mean
+
+        def message(members: np.ndarray, uid: str | None) -> str:
+            if rewards is not None:
+                values = ", ".join(f"{v:.4g}" for v in rewards[members][:4].tolist())
+                mean = groups.reward_mean[groups.code[members[0]]]
+                against = f"a group mean of {mean:.4g}" if np.isfinite(mean) else "no finite reward in the group"
+                why = f"reward {values}{' …' if members.size > 4 else ''} against {against}"
+            else:
+                why = "no reward column, so a reward at the group mean cannot be told apart"
+            return (
+                f"every loss token of {who(uid, members)} has advantage 0 although the group's rewards vary ({why}): "
+                f"{plural(int(rows.loss[members].sum()), 'token')} get no gradient but count in every denominator. "
+                "Look for an advantage zeroed after the estimator (a NaN reward replaced by 0, earlier turns of a "
+                "multi-turn rollout left at 0, a mask applied twice)."
+            )
+
+        return self._per_uid("zero_advantage", flagged, rows.loss, message)
+
+
+def _group_finding(code: str, step: int, groups: Groups, group: int, rows: Rows, message: str) -> Finding:
+    members = groups.rows(group)
+    return Finding(
+        code, CODES[code].severity, step, groups.labels[group], tuple(members.tolist()), int(rows.loss[members].sum()), message
+    )
+
+
+def _group_findings(batch: StepBatch, rows: Rows, groups: Groups) -> list[Finding]:
+    out = []
+    step, size = batch.step, groups.size
+    rewards = host_float64(batch.rewards)
+    for group in np.flatnonzero(size == 1).tolist():
+        row = int(groups.rows(group)[0])
+        reward = f", reward {rewards[row]:.4g}" if rewards is not None else ""
+        out.append(
+            _group_finding(
+                "singleton_group",
+                step,
+                groups,
+                group,
+                rows,
+                f"prompt {groups.labels[group]} has one sample (row {row}{reward}): GRPO has no group baseline for it "
+                "(verl's estimator takes mean 0 and std 1, so the raw reward is the advantage). Sample n >= 2 responses "
+                "per prompt, or drop the prompt.",
+            )
+        )
+    for group in np.flatnonzero((size >= 2) & (size < groups.common_size)).tolist():
+        out.append(
+            _group_finding(
+                "incomplete_group",
+                step,
+                groups,
+                group,
+                rows,
+                f"prompt {groups.labels[group]} has {size[group]} samples where most prompts of the step have "
+                f"{groups.common_size}: responses were lost (filtered, failed or truncated away), so its advantages come "
+                "from fewer samples while prompt-level modes weight it like a full group. Find where rows were dropped.",
+            )
+        )
+    for group in np.flatnonzero(groups.zero_variance).tolist():
+        members = groups.rows(group)
+        loss_tokens = int(rows.loss[members].sum())
+        nonzero = loss_tokens - int(rows.zero_adv[members].sum())
+        if rewards is not None and np.isfinite(rewards[members]).any():
+            finite = rewards[members][np.isfinite(rewards[members])]
+            why = f"all {plural(int(finite.size), 'finite reward')} are {finite[0]:.4g}"
+        else:
+            why = "all advantages are 0"
+        if nonzero:
+            effect = (
+                f"yet {plural(nonzero, 'loss token')} carry a non-zero advantage: they come from something other than "
+                "this group's rewards (a value baseline, another group's statistics), so check the estimator."
+            )
+        else:
+            effect = (
+                f"so GRPO gives every sample advantage 0; its {plural(loss_tokens, 'loss token')} get no gradient but "
+                "still count in every denominator (prime-rl excepted). DAPO-style dynamic sampling filters such groups."
+            )
+        message = f"prompt {groups.labels[group]} ({plural(int(members.size), 'sample')}): {why}, {effect}"
+        out.append(_group_finding("zero_variance_group", step, groups, group, rows, message))
+    return out
+
+
+def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout) -> list[Finding]:
+    out = []
+    command = check_command(batch.source, layout, order="grouped")
+    for group in np.flatnonzero(groups.runs > 1).tolist():
+        members = groups.rows(group)
+        out.append(
+            _group_finding(
+                "noncontiguous_uid",
+                batch.step,
+                groups,
+                group,
+                rows,
+                f"prompt {groups.labels[group]} appears in {groups.runs[group]} separate runs in trainer order (rows "
+                f"{row_ranges(members, 6)}): a boundary-based prompt_mean (SkyRL) stops with an assertion on it, and "
+                "prompt counting takes each run for a prompt, so this step's boundary check is skipped. Sort rows by uid "
+                f"before splitting; `{command}` shows the effect.",
+            )
+        )
+    return out
+
+
+def _cuts(
+    step: int, rows: Rows, groups: Groups, mode_names: set[str], contiguous: bool
+) -> tuple[list[Finding], dict[str, tuple[str, ...]], np.ndarray]:
+    """Prompts whose rows span more than one unit of each level; findings at the coarsest level."""
+    units = {"mini_batch": rows.mini_batch, "rank": rows.rank_unit, "micro_batch": rows.micro_unit}
+    used = groups.size > 0
+    cut: dict[str, np.ndarray] = {}
+    for level, unit in units.items():
+        # A prompt spans several units iff its rows' lowest and highest unit differ (under the
+        # ranks_first composition a mini-batch is not one run of trainer positions).
+        lowest = np.full(groups.size.size, np.iinfo(np.int64).max, dtype=np.int64)
+        highest = np.full(groups.size.size, -1, dtype=np.int64)
+        np.minimum.at(lowest, groups.code, unit)
+        np.maximum.at(highest, groups.code, unit)
+        cut[level] = used & (lowest != highest)
+    legacy = "token_mean_legacy" in mode_names
+    boundary = "prompt_mean" in mode_names and contiguous
+    severity = {
+        "mini_batch": "warning",
+        "rank": "warning" if legacy else "info",
+        "micro_batch": "warning" if legacy else "info",
+    }
+    findings = []
+    for group in np.flatnonzero(cut["micro_batch"]).tolist():
+        level = next(lv for lv in CUT_LEVELS if cut[lv][group])
+        members = groups.rows(group)
+        message = cut_message(level, groups.labels[group], members, rows, legacy=legacy, boundary=boundary)
+        findings.append(
+            Finding(
+                CUT_CODES[level],
+                severity[level],
+                step,
+                groups.labels[group],
+                tuple(members.tolist()),
+                int(rows.loss[members].sum()),
+                message,
+            )
+        )
+    cut_prompts = {level: tuple(groups.labels[g] for g in _by_first_position(cut[level], groups)) for level in CUT_LEVELS}
+    return findings, cut_prompts, cut["mini_batch"]
+
+
+def _by_first_position(flagged: np.ndarray, groups: Groups) -> list[int]:
+    chosen = np.flatnonzero(flagged)
+    return chosen[np.argsort(groups.first_position[chosen], kind="stable")].tolist()

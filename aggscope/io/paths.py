@@ -1,0 +1,92 @@
+"""From the path a user gives to the files behind it, and the step a file's name holds.
+
+One rule for every reader: a file is read as itself; a directory recursively, keeping the files
+with the reader's suffixes and skipping every name that starts with a dot (the temporary
+``.name.tmp`` files of ``aggscope.io.writing`` and ``log_batch``, ``.ipynb_checkpoints``, ...); a
+glob (``*``, ``?``, ``[``) as the files it matches. Files come in natural order (``rank_2``
+before ``rank_10``), which is sorted order wherever numbers in names have the same width.
+Canonical Parquet may also be a URI that pyarrow's filesystems understand (``s3://...``).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from aggscope.errors import AggscopeError, first_line
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+GLOB_CHARS = frozenset("*?[")
+_NUMBER = re.compile(r"\d+")
+
+
+def natural_key(path: str) -> tuple[list[Any], str]:
+    """Sort key that orders ``rank_2`` before ``rank_10`` (ties, such as ``a01`` and ``a1``, by the text)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)], path
+
+
+def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
+    """The local files behind a file, a directory or a glob (see the module docstring).
+
+    Args:
+        suffixes: the file endings a directory's files must have (``.parquet``, ``.jsonl``, ...).
+        what: how the files are named in the error for a directory without any (``.jsonl files``).
+    """
+    if any(ch in path for ch in GLOB_CHARS) and not os.path.exists(path):
+        files = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
+        if not files:
+            raise AggscopeError(f"{path}: no file matches this pattern")
+        return sorted(files, key=natural_key)
+    if not os.path.exists(path):
+        raise AggscopeError(f"{path}: no such file or directory")
+    if not os.path.isdir(path):
+        return [path]
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files.extend(os.path.join(root, n) for n in names if n.endswith(tuple(suffixes)) and not n.startswith("."))
+    if not files:
+        raise AggscopeError(f"{path}: no {what} in this directory")
+    return sorted(files, key=natural_key)
+
+
+def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
+    """The Parquet files behind a local path (``list_files``) or a URI, and the URI's filesystem."""
+    if "://" not in path:
+        return list_files(path, (".parquet",), ".parquet files"), None
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise AggscopeError(f"{path}: no such file or directory")
+    if info.type != pafs.FileType.Directory:
+        return [root], filesystem
+    found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = [
+        f.path
+        for f in found
+        if f.type == pafs.FileType.File
+        and f.path.endswith(".parquet")
+        and not any(part.startswith(".") for part in PurePosixPath(f.path).relative_to(root).parts)
+    ]
+    if not files:
+        raise AggscopeError(f"{path}: no .parquet files in this directory")
+    return sorted(files, key=natural_key), filesystem
+
+
+def step_in_name(path: str) -> int | None:
+    """The step in a file or folder name: the last number in its stem (``12.jsonl``, ``step_12``,
+    ``global_step_12``, ``completions_00012.parquet``, ``global_step_12_training_input.pkl``), or None."""
+    numbers = _NUMBER.findall(PurePosixPath(path).name.split(".")[0])
+    return int(numbers[-1]) if numbers else None

@@ -1,0 +1,109 @@
+"""What every reader is: the ``Rollouts`` interface, and the options every reader is opened with.
+
+``aggscope.io.open.open_rollouts`` returns a ``Rollouts``: the canonical Parquet reader
+(``aggscope.io.parquet.ParquetRollouts``) or a trainer-dump reader (``aggscope.io.readers``). Each
+is built in one call, ``Reader.open(path, options)``, and every member below is there on every
+reader, so callers never probe for one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aggscope.errors import AggscopeError
+
+if TYPE_CHECKING:  # imported by the runner before torch is needed
+    from aggscope.core.batch import StepBatch
+
+TEXT_FORMATS = ("verl", "trl")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """The shared input options (``--col``, ``--reward-col``, ``--advantage``, ``--tokenizer``).
+
+    Attributes:
+        columns: explicit ``{role: field}`` overrides.
+        reward_col: the field or column holding the reward, where a dump has several.
+        advantage: estimator to rebuild advantages from rewards (``grpo``, ``dr_grpo``, ``rloo``),
+            or None for the dump's own advantages (GRPO where it has none).
+        tokenizer: a local tokenizer folder for the token counts of text-only dumps.
+        trust_pickle: unpickle ``.pkl``/``.pt`` dumps fully (runs code they name; ``aggscope.io.safe_load``).
+    """
+
+    columns: Mapping[str, str] = field(default_factory=dict)
+    reward_col: str | None = None
+    advantage: str | None = None
+    tokenizer: str | None = None
+    trust_pickle: bool = False
+
+
+class Rollouts(ABC):
+    """An opened input: its steps, read one at a time into ``StepBatch``.
+
+    Attributes:
+        source: the path as given, for messages.
+        files: the files read, in reading order.
+        columns: role -> the column or dump field it is read from (as ``inspect`` shows it).
+        format: the trainer dump's format (``verl``, ``trl``, ...) or, for canonical Parquet, its
+            row layout (``wide``: a row per sequence, ``long``: a row per token); ``inspect --json``
+            shows it under ``layout``.
+        steps: the step numbers present, ascending.
+        notes: what the reader noticed about the input; reading a step may add to them.
+        has_groups: whether the batches carry prompt groups (uids).
+        lengths_estimated: whether token counts are estimated from text.
+    """
+
+    source: str
+    files: list[str]
+    columns: dict[str, str]
+    format: str
+    steps: list[int]
+    notes: list[str]
+    has_groups: bool
+    lengths_estimated: bool
+
+    @classmethod
+    @abstractmethod
+    def open(cls, path: str, options: ReadOptions) -> Rollouts:
+        """The reader of ``path``, fully built (every check of the input's shape done here)."""
+
+    @abstractmethod
+    def read_step(self, step: int) -> StepBatch:
+        """Read one step (also where the reader was sent to: a Ray task reads its own step)."""
+
+    def iter_steps(self) -> Iterator[StepBatch]:
+        """Yield one ``StepBatch`` per step, ascending, holding only that step in memory."""
+        for step in self.steps:
+            yield self.read_step(step)
+
+    def step_tokens(self, step: int) -> int | None:
+        """The step's token count known before reading it (from file metadata), or None."""
+        return None
+
+
+def reject_options(
+    options: ReadOptions,
+    fmt: str,
+    *,
+    reward_col: bool = True,
+    advantage: bool = True,
+    tokenizer: bool = False,
+    roles: Sequence[str] = (),
+) -> None:
+    """One-line error for an input option the format cannot honour (rather than ignoring it)."""
+    if options.tokenizer is not None and not tokenizer:
+        raise AggscopeError(
+            f"--tokenizer counts the tokens of text-only dumps ({', '.join(TEXT_FORMATS)}); the {fmt} format holds tokens already"
+        )
+    if options.advantage is not None and not advantage:
+        raise AggscopeError(f"--advantage: the {fmt} format has no rewards and prompt groups to rebuild advantages from")
+    if options.reward_col is not None and not reward_col:
+        raise AggscopeError(f"--reward-col: the {fmt} format has no reward field to choose")
+    unknown = [role for role in options.columns if role not in roles]
+    if unknown:
+        allowed = f"only {', '.join(roles)}" if roles else "no roles"
+        raise AggscopeError(f"--col {unknown[0]}=...: the {fmt} reader takes {allowed} from --col")

@@ -1,0 +1,169 @@
+"""Reports: every applicable mode at one layout (``full_report``), or candidates against a base (``compare``).
+
+A report is a typed document built from a ``Breakdown`` (``document``: so every summary is the
+engine's, ``analyse_step`` -> ``compute_weights`` -> ``summarize``), the figures of
+``aggscope.present.figures``, and renderings of both from one list of sections (``sections``):
+``report.html`` (one self-contained file, figures embedded as data URIs, nothing fetched from
+anywhere; ``html``), ``report.md`` (figures beside it; ``markdown``) and ``report.json`` (every
+number shown: ``ReportDocument.to_dict``). The document starts with a few plain sentences stating
+the biggest changes (``sentences``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from aggscope.analysis.breakdown import Breakdown, run_breakdown
+from aggscope.analysis.runner import Engine, Progress, SteppedRollouts
+from aggscope.analysis.specs import Spec
+from aggscope.core.batch import StepBatch
+from aggscope.core.layout import Layout
+from aggscope.core.modes import Mode, resolve_mode
+from aggscope.io.reader import Rollouts
+from aggscope.io.writing import atomic_directory
+from aggscope.present.figures import earlier_output, figure_bytes, make_figures
+from aggscope.present.report.document import ReportDocument, build_document
+from aggscope.present.report.html import render_html
+from aggscope.present.report.markdown import render_markdown
+from aggscope.present.report.sections import Page, Section, page, sections
+from aggscope.present.report.sentences import summary_sentences
+from aggscope.present.report.tables import GlanceRow, glance_rows
+
+__all__ = [
+    "GlanceRow",
+    "Page",
+    "Report",
+    "ReportDocument",
+    "ReportFiles",
+    "Section",
+    "build_document",
+    "build_report",
+    "compare",
+    "full_report",
+    "glance_rows",
+    "page",
+    "render_html",
+    "render_markdown",
+    "sections",
+]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A finished report: its document and its figures.
+
+    Attributes:
+        kind: ``report`` (every mode at one layout) or ``compare`` (candidates against a base).
+        data: every number shown, typed.
+        figures: figure name -> matplotlib figure.
+    """
+
+    kind: str
+    data: ReportDocument
+    figures: dict[str, Figure] = field(repr=False)
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """``report.json``: every number shown, JSON-ready (non-finite values are None)."""
+        return self.data.to_dict()
+
+    @property
+    def summary(self) -> list[str]:
+        """The opening sentences."""
+        return list(self.data.summary)
+
+    def write(self, out_dir: str | os.PathLike[str]) -> ReportFiles:
+        """Write ``report.html``, ``report.md``, ``report.json`` and one PNG per figure into ``out_dir``.
+
+        The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
+        full disk or another writer never leaves files of two reports, or half of one, in it.
+        """
+        assert self.data.figures is not None
+        images = {name: figure_bytes(figure, "png") for name, figure in self.figures.items()}
+        drawn = page(self.data)  # one list of sections, for both renderings
+        files = {self.data.figures[name]: data for name, data in images.items()}
+        files["report.json"] = (json.dumps(self.document, indent=2) + "\n").encode()
+        files["report.md"] = render_markdown(drawn).encode()
+        files["report.html"] = render_html(drawn, images).encode()
+        with atomic_directory(out_dir, earlier_output) as temporary:
+            for name, data in files.items():
+                (temporary / name).write_bytes(data)
+        directory = Path(out_dir)
+        return ReportFiles(
+            html=directory / "report.html",
+            markdown=directory / "report.md",
+            json=directory / "report.json",
+            figures={name: directory / self.data.figures[name] for name in images},
+        )
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files ``Report.write`` wrote."""
+
+    html: Path
+    markdown: Path
+    json: Path
+    figures: dict[str, Path]
+
+
+# ---- entry points --------------------------------------------------------------------------------
+def compare(
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    specs: Sequence[Spec],
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+    notes: Sequence[str] | None = None,
+) -> Report:
+    """Compare ``specs[1:]`` against ``specs[0]`` on every step (``aggscope compare``).
+
+    Args:
+        rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
+        specs: the base, then the candidates (``aggscope.parse_spec``).
+        engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
+        progress: optional wrapper of the steps' results as they come (a progress bar).
+        source: where the steps came from, shown in the report; default the input's ``source``.
+        notes: the reader's remarks on the input, shown in the report; default the input's ``notes``.
+    """
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    return build_report(breakdown, "compare", _notes(rollouts, notes))
+
+
+def full_report(
+    rollouts: SteppedRollouts | Iterable[StepBatch],
+    modes: Sequence[Mode | str],
+    layout: Layout,
+    *,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+    notes: Sequence[str] | None = None,
+) -> Report:
+    """Every given mode at one layout, against the first (``aggscope report``); arguments as ``compare``."""
+    specs = [Spec(mode if isinstance(mode, Mode) else resolve_mode(mode), layout) for mode in modes]
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    return build_report(breakdown, "report", _notes(rollouts, notes))
+
+
+def _notes(rollouts: object, notes: Sequence[str] | None) -> Sequence[str]:
+    if notes is not None:
+        return notes
+    return rollouts.notes if isinstance(rollouts, Rollouts) else ()
+
+
+def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> Report:
+    """The document and figures of a breakdown; the first SPEC is the base of every comparison."""
+    figures = make_figures(breakdown)
+    document = build_document(breakdown, kind, notes)
+    document = replace(document, summary=tuple(summary_sentences(document)), figures={name: f"{name}.png" for name in figures})
+    return Report(kind, document, figures)

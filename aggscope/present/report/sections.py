@@ -1,0 +1,237 @@
+"""The report as one list of sections, which the HTML and the Markdown renderers both walk.
+
+``page(document)`` gives a ``Page``: the title, the opening (who made it, the summary sentences, the
+reader's notes on the input) and the ``Section`` list, each a heading and its blocks (paragraphs,
+lines, tables, figures). A renderer only decides how each kind of block looks; what is said, and in
+which order, is decided here once.
+
+Two things the Markdown has always left out are marked rather than dropped: ``web_only`` paragraphs
+(explanations under a table) and the page's "Changes against the base" heading, whose sections are
+top-level in the Markdown (``markdown_level``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aggscope.analysis.breakdown.outcomes import REPORT_FINDINGS_PER_CODE
+from aggscope.present.report.document import ReportDocument
+from aggscope.present.report.tables import (
+    STEP_ROWS,
+    Table,
+    change_tables,
+    difficulty_table,
+    findings_tables,
+    glance_rows,
+    glance_table,
+    length_table,
+    specs_table,
+    steps_table,
+    zero_grad_table,
+)
+
+FIGURE_CAPTIONS = {
+    "weight_distribution": "Per-token gradient weight |w·A| of every mode, relative to that mode's average token, "
+    "for positive and negative advantages. A narrow ridge means tokens are treated alike; a wide one means some "
+    "tokens get many times the gradient of others.",
+    "mass_vs_length": "Share of gradient mass per response-length decile. The dashed line is each decile's share "
+    "of loss tokens: a mode above it favours those responses, below it neglects them.",
+    "prompt_concentration": "Prompts ranked by the gradient mass they get. The further a curve bows above the "
+    "diagonal, the fewer prompts carry the update.",
+    "split_map": "How the trainer cuts a step into mini-batches, rank shards and micro-batches. Prompt groups "
+    "cut by a boundary are coloured by the coarsest boundary that cuts them.",
+    "zero_grad_causes": "Loss tokens whose gradient weight is zero or not finite, by cause.",
+    "steps": "For each training step: the share of loss tokens with no gradient, the share of gradient mass on that "
+    "step's longest quarter of responses, and the effective number of tokens.",
+}
+FIGURE_TITLES = {
+    "weight_distribution": "Per-token gradient weight",
+    "mass_vs_length": "Gradient mass by response length",
+    "prompt_concentration": "Concentration across prompts",
+    "split_map": "How a step is split",
+    "zero_grad_causes": "Tokens with no gradient",
+    "steps": "Per-step trends",
+}
+GLANCE_NOTE = (
+    "Σ weight and Σ |w·A|: sums over all loss tokens of all steps. ESS tokens: effective number of tokens (Σw)²/Σw². "
+    "long/short: mean per-token weight of the longest quarter of responses over the shortest quarter's. longest ¼ "
+    "mass: share of the gradient mass on the longest quarter of responses."
+)
+DIFFICULTY_NOTE = (
+    "A prompt's difficulty is its group mean reward placed in the range of all rewards: hard in the lowest third, "
+    "easy in the top third (for 0/1 rewards: the group's success rate)."
+)
+
+
+@dataclass(frozen=True)
+class Code:
+    """Text set as code (a command, a file name)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph.
+
+    Attributes:
+        spans: its text, pieces of it possibly code.
+        style: ``note`` (small and muted on the page) or ``meta`` (the line under the title).
+        web_only: an explanation the page shows and the Markdown leaves out.
+    """
+
+    spans: tuple[str | Code, ...]
+    style: str = "note"
+    web_only: bool = False
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Short notes that belong together, one per line (the reader's remarks, check's notes)."""
+
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The opening sentences."""
+
+    sentences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    table: Table
+
+
+@dataclass(frozen=True)
+class FigureBlock:
+    """A figure: ``file`` is its image beside the report, which the page embeds instead."""
+
+    name: str
+    title: str
+    caption: str
+    file: str
+
+
+Block = Paragraph | Lines | Summary | TableBlock | FigureBlock
+
+
+@dataclass(frozen=True)
+class Section:
+    """A heading and what follows it up to the next heading.
+
+    Attributes:
+        level: heading level (2 for the page's parts, 3 within them).
+        anchor: the heading's id on the page, which the page's navigation links to (None: not linked).
+        nav: its text in the navigation (None: the title).
+        web_only: the heading is the page's only (its blocks, if any, are too).
+        markdown_level: the heading's level in the Markdown where it differs from ``level``.
+    """
+
+    title: str
+    level: int
+    blocks: tuple[Block, ...] = ()
+    anchor: str | None = None
+    nav: str | None = None
+    web_only: bool = False
+    markdown_level: int | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """A report as the renderers draw it: title, opening blocks, sections, and the aggscope that made it."""
+
+    title: str
+    version: str
+    opening: tuple[Block, ...]
+    sections: list[Section]
+
+
+def note(*spans: str | Code, web_only: bool = False) -> Paragraph:
+    return Paragraph(spans, "note", web_only)
+
+
+def page(document: ReportDocument) -> Page:
+    """The report of ``document`` as a title, an opening and its sections, in order."""
+    source = document.input
+    opening: list[Block] = [
+        Paragraph((f"{source.source} · aggscope {document.version}",), style="meta"),
+        Summary(document.summary),
+    ]
+    if source.notes:
+        opening.append(Lines(tuple(f"input: {text}" for text in source.notes)))
+    return Page(document.title, document.version, tuple(opening), sections(document))
+
+
+def sections(document: ReportDocument) -> list[Section]:
+    """Every section of the report, in the order both renderers draw them."""
+    out = [
+        Section(
+            "At a glance",
+            2,
+            (
+                TableBlock(specs_table(document)),
+                TableBlock(glance_table(glance_rows(document))),
+                note(GLANCE_NOTE, web_only=True),
+            ),
+            anchor="glance",
+        ),
+        Section("Gradient mass by response length", 3, (TableBlock(length_table(document)),)),
+    ]
+    difficulty = difficulty_table(document)
+    if difficulty is not None:
+        blocks = (TableBlock(difficulty), note(DIFFICULTY_NOTE, web_only=True))
+        out.append(Section("Gradient mass by prompt difficulty", 3, blocks))
+    figures = tuple(
+        FigureBlock(name, FIGURE_TITLES.get(name, name), FIGURE_CAPTIONS.get(name, ""), file)
+        for name, file in (document.figures or {}).items()
+    )
+    out.append(Section("Figures", 2, figures, anchor="figures"))
+    out += _change_sections(document)
+    out += _findings_sections(document)
+    steps: tuple[Block, ...] = (TableBlock(steps_table(document)),)
+    if len(document.input.steps) > STEP_ROWS:
+        steps += (note(f"First {STEP_ROWS} of {len(document.input.steps)} steps; report.json has them all.", web_only=True),)
+    out.append(Section("Steps", 2, steps, anchor="steps"))
+    return out
+
+
+def _change_sections(document: ReportDocument) -> list[Section]:
+    if not document.changes:
+        return []
+    out = [Section("Changes against the base", 2, anchor="changes", nav="Changes", web_only=True)]
+    for change in document.changes:
+        tables = change_tables(document, change)
+        blocks = (TableBlock(tables.moves), TableBlock(tables.ratio), note(tables.ratio_note))
+        out.append(Section(f"{tables.base} → {tables.candidate}", 3, blocks, markdown_level=2))
+        for prompts, heading in (
+            (tables.prompts_gaining, "Prompts that gain the most"),
+            (tables.prompts_losing, "Prompts that lose the most"),
+        ):
+            if prompts is not None and prompts.rows:
+                out.append(Section(f"{heading} (share of their step's weight)", 3, (TableBlock(prompts),)))
+    return out
+
+
+def _findings_sections(document: ReportDocument) -> list[Section]:
+    intro = note("What ", Code("aggscope check"), " finds under each layout, worst first.", web_only=True)
+    out = [Section("Findings", 2, (intro,), anchor="findings")]
+    for findings in findings_tables(document):
+        blocks: list[Block] = [note(f"modes checked: {findings.modes}")]
+        blocks.append(TableBlock(findings.table) if findings.table.rows else note("No findings."))
+        if findings.more > 0 and findings.omitted:
+            blocks.append(
+                note(
+                    f"{findings.more:,} more findings: report.json holds the first {REPORT_FINDINGS_PER_CODE:,} of each code, ",
+                    Code("aggscope check --json"),
+                    " lists every one.",
+                )
+            )
+        elif findings.more > 0:
+            blocks.append(note(f"{findings.more:,} more findings in report.json."))
+        if findings.notes:
+            blocks.append(Lines(tuple(f"note: {text}" for text in findings.notes)))
+        out.append(Section(findings.layout, 3, tuple(blocks)))
+    out.append(Section("Why tokens get no gradient", 3, (TableBlock(zero_grad_table(document)),)))
+    return out

@@ -1,0 +1,289 @@
+"""verl 0.9.1 (the v1 sync trainer, ``trainer.use_v1: true``, its default).
+
+Facts from the wheel (``verl/...``):
+
+- ``ppo_mini_batch_size`` counts prompts; the trainer passes ``ppo_mini_batch_size * rollout.n``
+  rows as the mini-batch (``trainer/ppo/v1/trainer_base.py`` ``_update_actor``).
+- The step is cut into ``dp`` contiguous rank shards first; each rank iterates its shard in
+  chunks of ``mini_batch_size / dp`` rows (``workers/engine_workers.py`` ``train_mini_batch``,
+  ``utils/tensordict_utils.py`` ``make_iterator``), so mini-batch ``b`` is chunk ``b`` of every
+  rank: aggscope's ``ranks_first`` composition. Micro-batches are contiguous chunks of
+  ``ppo_micro_batch_size_per_gpu`` rows of a rank's chunk (``workers/engine/utils.py``).
+- ``agg_loss`` (``trainer/ppo/core_algos.py``) gets the global mini-batch's token count and
+  ``ppo_mini_batch_size * n`` as its row count: the canonical modes over mini-batch ``b``.
+  ``seq-mean-token-sum-norm`` with ``loss_scale_factor: null`` divides by the padded width of each
+  micro-batch (``workers/utils/losses.py``, ``workers/utils/padding.py``).
+- ``dp = nnodes * n_gpus_per_node / ulysses_sequence_parallel_size`` (FSDP), or divided by the
+  tensor, pipeline and context parallel sizes (Megatron).
+"""
+
+from __future__ import annotations
+
+from aggscope.presets.setup import ConfigReader, Draft, TrainerSetup
+
+RELEASE = "verl 0.9.1"
+ACTOR = "actor_rollout_ref.actor."
+ROLLOUT = "actor_rollout_ref.rollout."
+DETECT = ("actor_rollout_ref.", "algorithm.adv_estimator")
+LOSS_AGG_MODES = {
+    "token-mean": "token_mean",
+    "token-sum": "token_sum",
+    "seq-mean-token-mean": "sequence_mean",
+    "seq-mean-token-sum": "seq_mean_token_sum",
+    "seq-mean-token-sum-norm": "seq_mean_token_sum_norm",
+}
+LOSS_MODES = (
+    "vanilla",
+    "gspo",
+    "sapo",
+    "gpg",
+    "clip_cov",
+    "kl_cov",
+    "geo_mean",
+    "dro",
+    "cispo",
+    "dppo_tv",
+    "dppo_kl",
+    "bypass_mode",
+)
+_CLIP = "PPO clipping: changes a token's loss away from ratio 1, not the weight of its loss"
+KNOWN = {
+    ACTOR + "clip_ratio": _CLIP,
+    ACTOR + "clip_ratio_low": _CLIP,
+    ACTOR + "clip_ratio_high": _CLIP,
+    ACTOR + "clip_ratio_c": "dual-clip bound for negative advantages: changes a token's loss, not its weight",
+    ACTOR + "entropy_coeff": "entropy bonus: a separate loss term (aggregated the same way), not in the policy-gradient weights",
+    ACTOR + "use_kl_loss": "KL loss term: a separate loss term, not in the policy-gradient weights",
+    ACTOR + "kl_loss_coef": "KL loss coefficient: a separate loss term",
+    ACTOR + "kl_loss_type": "KL estimator of the KL loss term",
+    "algorithm.use_kl_in_reward": "KL penalty in the reward: changes advantages (the dump's scores do not include it)",
+    "algorithm.gamma": "GAE discount: changes advantages, not weights",
+    "algorithm.lam": "GAE lambda: changes advantages, not weights",
+    "trainer.balance_batch": "ignored by verl's v1 trainer, which always reorders the batch by length across ranks "
+    "(balance_batch): the input must be in the order the actor saw",
+    "trainer.rollout_data_dir": "where verl dumps rollouts, sorted by uid: the order the actor trained in is not kept",
+    "data.max_prompt_length": "prompt cap: prompts are not loss tokens",
+    "algorithm.rollout_correction.rollout_rs": "rollout rejection sampling: rewrites response_mask but not the loss_mask "
+    "verl's token-mean counts, so its denominators keep rejected tokens (not modelled)",
+}
+
+
+def derive(reader: ConfigReader) -> TrainerSetup:
+    reader.known.update(KNOWN)
+    draft = Draft(reader, RELEASE)
+    prompts = reader.integer("data.train_batch_size", 1024)
+    n = reader.integer(ROLLOUT + "n", 1)
+    mini = reader.integer(ACTOR + "ppo_mini_batch_size", 256)
+    dynamic = reader.boolean(ACTOR + "use_dynamic_bsz", False)
+    if reader.has(ROLLOUT + "log_prob_use_dynamic_bsz") and reader.boolean(ROLLOUT + "log_prob_use_dynamic_bsz") != dynamic:
+        raise reader.error(
+            ROLLOUT + "log_prob_use_dynamic_bsz", f"must equal {ACTOR}use_dynamic_bsz ({str(dynamic).lower()}): verl asserts it"
+        )
+    if mini > prompts:
+        raise reader.error(
+            ACTOR + "ppo_mini_batch_size",
+            f"({mini} prompts) is larger than the step (data.train_batch_size {prompts}); verl refuses it: make it at most {prompts}",
+        )
+    draft.set("step_rows", prompts * n, ["data.train_batch_size", ROLLOUT + "n"])
+    dp = _dp_size(reader, draft)
+    rows = mini * n
+    if rows % dp:
+        raise reader.error(
+            ACTOR + "ppo_mini_batch_size",
+            f"x rollout.n = {rows} rows is not divisible by the {dp} data-parallel ranks (verl asserts it): "
+            f"choose ppo_mini_batch_size so that ppo_mini_batch_size x {n} is a multiple of {dp}",
+        )
+    draft.set("mini_batch_size", rows, [ACTOR + "ppo_mini_batch_size", ROLLOUT + "n"])
+    updates = -(-prompts // mini)
+    draft.set(
+        "updates",
+        updates,
+        ["data.train_batch_size", ACTOR + "ppo_mini_batch_size"],
+        f"{reader.term('data.train_batch_size')} / {reader.term(ACTOR + 'ppo_mini_batch_size')}",
+    )
+    draft.set("composition", "ranks_first", [], "verl cuts rank shards of the whole step first, then mini-batches inside each")
+    draft.set("order", "logged", [], "rows in the input's order, taken as the order verl's actor saw them (after balance_batch)")
+    if prompts % mini:
+        draft.notes.append(
+            f"data.train_batch_size {prompts} is not a multiple of ppo_mini_batch_size {mini}: verl pads the step with empty "
+            "rows (loss mask 0) up to a multiple of the mini-batch, and they count in the seq-mean denominators; the input must "
+            "hold them, as verl's own dump does"
+        )
+    _micro_batches(reader, draft, rows // dp, dynamic)
+    mode = _mode(reader, draft, dynamic)
+    _advantage(reader, draft)
+    cap = reader.integer("data.max_response_length", 512)
+    draft.set("response_cap", cap, ["data.max_response_length"])
+    _passes(reader, draft, mode, updates)
+    return draft.finish()
+
+
+def _dp_size(reader: ConfigReader, draft: Draft) -> int:
+    gpus, nodes = reader.integer("trainer.n_gpus_per_node", 8), reader.integer("trainer.nnodes", 1)
+    strategy = reader.choice(ACTOR + "strategy", "fsdp", ("fsdp", "fsdp2", "megatron", "veomni", "torchtitan", "automodel"))
+    keys = ["trainer.n_gpus_per_node", "trainer.nnodes"]
+    if strategy == "megatron":
+        split_keys = [
+            ACTOR + f"megatron.{name}"
+            for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size")
+        ]
+        divisor = 1
+        for key in split_keys:
+            divisor *= reader.integer(key, 1)
+    else:
+        # the actor's deprecated key wins when it is above 1 (workers/config/actor.py FSDPActorConfig)
+        deprecated = reader.integer(ACTOR + "ulysses_sequence_parallel_size", 1)
+        current = reader.integer(ACTOR + "fsdp_config.ulysses_sequence_parallel_size", 1)
+        split_keys = [
+            ACTOR + ("ulysses_sequence_parallel_size" if deprecated > 1 else "fsdp_config.ulysses_sequence_parallel_size")
+        ]
+        divisor = deprecated if deprecated > 1 else current
+    if (gpus * nodes) % divisor:
+        raise reader.error(
+            split_keys[0], f"leaves {gpus * nodes} GPUs not divisible into data-parallel ranks ({divisor} per rank)"
+        )
+    dp = gpus * nodes // divisor
+    terms = " x ".join(reader.term(k) for k in keys)
+    draft.set("dp_size", dp, keys + split_keys, f"{terms} / {' / '.join(reader.term(k) for k in split_keys)}")
+    return dp
+
+
+def _micro_batches(reader: ConfigReader, draft: Draft, rows_per_rank: int, dynamic: bool) -> None:
+    deprecated = reader.integer(ACTOR + "ppo_micro_batch_size", None, nullable=True)
+    per_gpu = reader.integer(ACTOR + "ppo_micro_batch_size_per_gpu", None, nullable=True)
+    budget = reader.integer(ACTOR + "ppo_max_token_len_per_gpu", 16384)
+    if dynamic:
+        draft.set(
+            "micro_batch_size",
+            None,
+            [ACTOR + "use_dynamic_bsz"],
+            "use_dynamic_bsz true: micro-batches by token budget (not modelled)",
+        )
+        draft.notes.append(
+            f"use_dynamic_bsz: verl packs each rank's mini-batch into micro-batches of at most ppo_max_token_len_per_gpu {budget} "
+            "tokens (prompt + response) with its own partitioning, which aggscope does not model yet: the layout has no "
+            "micro-batches, so token_mean_legacy and the micro-batch findings describe whole rank shards. verl's own modes "
+            "use mini-batch-wide denominators, so their weights do not depend on micro-batches (seq-mean-token-sum-norm with "
+            "loss_scale_factor null excepted)"
+        )
+        return
+    if deprecated is not None and per_gpu is not None:
+        raise reader.error(
+            ACTOR + "ppo_micro_batch_size",
+            "and ppo_micro_batch_size_per_gpu are both set; verl refuses it: remove ppo_micro_batch_size",
+        )
+    if per_gpu is None:
+        key = ACTOR + ("ppo_micro_batch_size" if deprecated is not None else "ppo_micro_batch_size_per_gpu")
+        raise reader.error(
+            key,
+            "is set but verl 0.9.1's engine reads only ppo_micro_batch_size_per_gpu: set that instead"
+            if deprecated is not None
+            else "is null; verl requires it unless use_dynamic_bsz is true: set it (rows per micro-batch per GPU)",
+        )
+    if rows_per_rank % per_gpu:
+        raise reader.error(
+            ACTOR + "ppo_micro_batch_size_per_gpu",
+            f"({per_gpu}) does not divide a rank's {rows_per_rank} rows of a mini-batch (verl asserts it): choose a divisor of {rows_per_rank}",
+        )
+    draft.set("micro_batch_size", per_gpu, [ACTOR + "ppo_micro_batch_size_per_gpu"])
+
+
+def _mode(reader: ConfigReader, draft: Draft, dynamic: bool) -> str:
+    loss_mode = reader.choice(ACTOR + "policy_loss.loss_mode", "vanilla", LOSS_MODES)
+    agg = reader.choice(ACTOR + "loss_agg_mode", "token-mean", tuple(LOSS_AGG_MODES))
+    scale = reader.integer(ACTOR + "loss_scale_factor", None, nullable=True)
+    use_v1 = reader.boolean("trainer.use_v1", True)
+    cap = reader.integer("data.max_response_length", 512)
+    if loss_mode == "sapo":
+        draft.set(
+            "max_seq_len",
+            cap,
+            ["data.max_response_length"],
+            f"{reader.term('data.max_response_length')} (horizon of the Dr. GRPO comparison)",
+        )
+        return draft.set(
+            "mode", "sequence_mean", [ACTOR + "policy_loss.loss_mode"], "policy_loss.loss_mode sapo (always seq-mean-token-mean)"
+        )
+    if loss_mode == "geo_mean":
+        draft.refuse(
+            "verl config: policy_loss.loss_mode geo_mean takes a plain mean over each micro-batch's rows, ignoring loss_agg_mode "
+            "and the global denominators; aggscope does not model it: give --mode to look at another mode",
+            "mode",
+        )
+    mode = LOSS_AGG_MODES[agg]
+    keys = [ACTOR + "loss_agg_mode"]
+    if mode == "seq_mean_token_sum_norm":
+        if scale is not None:
+            draft.set("max_seq_len", scale, [ACTOR + "loss_scale_factor"])
+        elif use_v1:
+            mode = "seq_mean_token_sum_norm_padded"
+            if dynamic:
+                draft.refuse(
+                    "verl config: seq-mean-token-sum-norm with loss_scale_factor null divides by each micro-batch's padded width, "
+                    "and use_dynamic_bsz decides the micro-batches by a token budget aggscope does not model yet: set "
+                    "actor.loss_scale_factor (the constant horizon) or give --micro-batch-size or --mode",
+                    "mode",
+                    "micro_batch_size",
+                )
+            keys.append(ACTOR + "loss_scale_factor")
+        else:
+            draft.set(
+                "max_seq_len",
+                cap,
+                ["data.max_response_length"],
+                f"{reader.term('data.max_response_length')} (the v0 trainer pads to it)",
+            )
+    if "max_seq_len" not in draft.values:
+        # the horizon of seq_mean_token_sum_norm when it is shown beside the trainer's own mode
+        draft.set(
+            "max_seq_len",
+            cap,
+            ["data.max_response_length"],
+            f"{reader.term('data.max_response_length')} (horizon of the Dr. GRPO comparison)",
+        )
+    arithmetic = " with ".join(reader.term(k) for k in keys)
+    if mode == "seq_mean_token_sum_norm_padded":
+        arithmetic += ": the horizon is each micro-batch's padded width (its longest row)"
+    return draft.set("mode", mode, keys, arithmetic)
+
+
+def _advantage(reader: ConfigReader, draft: Draft) -> None:
+    estimator = reader.text("algorithm.adv_estimator", "gae")
+    by_std = reader.boolean("algorithm.norm_adv_by_std_in_grpo", True)
+    keys = ["algorithm.adv_estimator"]
+    if estimator == "grpo":
+        keys.append("algorithm.norm_adv_by_std_in_grpo")
+        draft.set("advantage", "grpo" if by_std else "dr_grpo", keys)
+    elif estimator == "rloo":
+        draft.set("advantage", "rloo", keys)
+    else:
+        draft.set("advantage", None, keys, f"{reader.term(keys[0])} (not one aggscope rebuilds)")
+        draft.not_exact.append(
+            f"algorithm.adv_estimator {estimator}: where aggscope rebuilds advantages (verl's dump holds scores, not "
+            "advantages) it uses grpo, not the run's estimator: gradient weights (w x A) are not the run's; weights are"
+        )
+
+
+def _passes(reader: ConfigReader, draft: Draft, mode: str, mini_batches: int) -> None:
+    epochs = reader.integer(ACTOR + "ppo_epochs", 1)
+    shuffle = reader.boolean(ACTOR + "shuffle", False)
+    seed = reader.integer(ACTOR + "data_loader_seed", 42, minimum=0)
+    if shuffle and mini_batches > 1 and mode in ("token_mean", "seq_mean_token_sum_norm_padded"):
+        draft.refuse(
+            f"verl config: actor.shuffle true with {mini_batches} mini-batches per step: each rank draws its mini-batches with "
+            f"torch.randperm (seed data_loader_seed {seed} + rank), which aggscope does not reproduce yet, and {mode}'s "
+            "denominators depend on that draw: set shuffle false, or give --order shuffle (an aggscope draw) or --mode",
+            "order",
+            "mode",
+        )
+    elif shuffle and mini_batches > 1:
+        draft.notes.append(
+            "actor.shuffle true: which rows share a mini-batch follows verl's torch.randperm draw, not modelled; the trainer's "
+            f"{mode} weights do not depend on it, the split findings do"
+        )
+    if epochs > 1:
+        draft.notes.append(
+            f"ppo_epochs {epochs}: every mini-batch is trained {epochs} times"
+            + (" in a new order each epoch (not modelled)" if shuffle else " with the same weights")
+            + f": the numbers are those of one pass; a token's total weight is {epochs} times its weight here"
+        )

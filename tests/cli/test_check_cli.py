@@ -1,0 +1,286 @@
+"""``aggscope check`` and ``aggscope sample --faults`` through the command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from aggscope.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+FAULTY = REPO / "sample_data" / "faulty.parquet"
+FAULTY_ARGS = ["check", str(FAULTY), "--mini-batch-size", "10"]
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_check_faulty_sample_terminal_output():
+    result = invoke(*FAULTY_ARGS)
+    assert result.exit_code == 1, result.output
+    out = result.stdout
+    # Codes grouped worst first, with counts.
+    order = [
+        out.index(f"{severity.upper():<8}{code}")
+        for severity, code in [
+            ("error", "silent_zero_advantage"),
+            ("error", "nonfinite_advantage"),
+            ("error", "zero_advantage"),
+            ("warning", "prompt_cut_by_mini_batch"),
+            ("warning", "rebased_prompt_mean_misweight"),
+            ("warning", "noncontiguous_uid"),
+            ("warning", "masked_token_advantage"),
+            ("warning", "singleton_group"),
+            ("warning", "incomplete_group"),
+            ("info", "zero_variance_group"),
+        ]
+    ]
+    assert order == sorted(order)
+    assert "prompt_cut_by_mini_batch  7 findings · 28 rows" in out
+    assert "… 4 more (--verbose lists every finding)" in out
+    # The picture of the worst step (step 0): mini-batch lanes, cut prompts uppercase, silent rows marked.
+    assert "step 0: 32 rows in trainer order, 4 mini-batches, 1 char = 1 row" in out
+    assert "mb 1 │CCddddeeee│ 10 rows, 3 prompts, 1 cut" in out
+    assert "     │^^        │" in out
+    # The zero-gradient table: every canonical mode has the same causes here (one column).
+    assert "every mode (6)" in out and "zero_variance_group  │  6,326   37.5%" in out
+    assert "4 errors · 13 warnings · 8 infos — fails --fail-on error" in out
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert result.stderr == ""
+
+
+def test_check_verbose_lists_everything():
+    quiet = invoke(*FAULTY_ARGS).stdout
+    verbose = invoke(*FAULTY_ARGS, "--verbose").stdout
+    assert "more (--verbose" not in verbose
+    assert verbose.count("step 2 · prompt") > quiet.count("step 2 · prompt")
+    # Every finding's message is shown with --verbose (8 zero-variance groups, each with its own message).
+    assert verbose.count("GRPO gives every sample advantage 0") == 8
+    assert quiet.count("GRPO gives every sample advantage 0") == 1
+
+
+def test_check_rows_in_full_only_with_verbose(tmp_path):
+    # One prompt of 12 rows with non-contiguous rows 0, 2, 4, ... (rows alternate between two prompts).
+    uids = ["a", "b"] * 12
+    path = tmp_path / "alternating.parquet"
+    pq.write_table(pa.table({"uid": uids, "advantages": [[1.0]] * 24, "loss_mask": [[1]] * 24, "reward": [1.0, 0.0] * 12}), path)
+    quiet = invoke("check", str(path), "-m", "token_mean").stdout
+    assert "rows 0, 2, 4, 6, … (12 rows)" in quiet
+    verbose = invoke("check", str(path), "-m", "token_mean", "--verbose").stdout
+    assert "rows 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22 ·" in verbose
+
+
+def test_check_json_is_one_document():
+    result = invoke(*FAULTY_ARGS, "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert list(document)[:3] == ["findings", "zero_grad", "cut_prompts"]
+    assert set(document["cut_prompts"]) == {"mini_batch", "rank", "micro_batch"}
+    cut = [(f["step"], f["uid"]) for f in document["findings"] if f["code"] == "prompt_cut_by_mini_batch"]
+    assert sorted((c["step"], c["uid"]) for c in document["cut_prompts"]["mini_batch"]) == sorted(cut)
+    assert len(cut) == 7
+    assert set(document["zero_grad"]) == {
+        "token_mean",
+        "token_mean_legacy",
+        "token_sum",
+        "sequence_mean",
+        "seq_mean_token_sum",
+        "prompt_mean",
+    }
+    first = document["findings"][0]
+    assert set(first) == {"code", "severity", "step", "uid", "rows", "tokens", "message"}
+    assert (first["code"], first["step"], first["rows"]) == ("silent_zero_advantage", 0, [10, 11])
+    assert document["counts"] == {"error": 4, "warning": 13, "info": 8}
+
+
+@pytest.mark.parametrize(
+    ("args", "fail_on", "code"),
+    [
+        # The faulty sample has errors.
+        (FAULTY_ARGS, "error", 1),
+        (FAULTY_ARGS, "warning", 1),
+        (FAULTY_ARGS, "info", 1),
+        (FAULTY_ARGS, "never", 0),
+        # The bundled sample cut by 20-row mini-batches, trained with token_mean: warnings (cuts), no error.
+        (["check", "--mini-batch-size", "20", "-m", "token_mean"], "error", 0),
+        (["check", "--mini-batch-size", "20", "-m", "token_mean"], "warning", 1),
+        # The bundled sample as it is: only zero-variance groups (info).
+        (["check"], "error", 0),
+        (["check"], "warning", 0),
+        (["check"], "info", 1),
+        (["check"], "never", 0),
+    ],
+)
+def test_fail_on_exit_codes(args, fail_on, code):
+    result = invoke(*args, "--fail-on", fail_on)
+    assert result.exit_code == code, result.output
+    assert invoke(*args, "--fail-on", fail_on, "--json").exit_code == code
+
+
+def test_check_default_fail_on_is_error():
+    assert invoke(*FAULTY_ARGS).exit_code == 1
+    assert invoke("check", "--mini-batch-size", "20", "-m", "token_mean").exit_code == 0
+
+
+def test_check_as_a_subprocess_gate():
+    result = subprocess.run(
+        [sys.executable, "-m", "aggscope", *FAULTY_ARGS, "--json", "--fail-on", "warning"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["counts"]["error"] == 4
+    assert result.stderr == ""
+
+
+def _no_uid(tmp_path: Path) -> Path:
+    path = tmp_path / "no_uid.parquet"
+    pq.write_table(pa.table({"advantages": [[1.0, 0.0], [0.5]], "loss_mask": [[1, 1], [0]]}), path)
+    return path
+
+
+def test_check_without_uid_runs_row_checks(tmp_path):
+    result = invoke("check", str(_no_uid(tmp_path)), "--fail-on", "warning")
+    assert result.exit_code == 1, result.output
+    assert "masked_token_advantage" in result.stdout and "empty_sequence" in result.stdout
+    assert "no uid column" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "missing.parquet"], "missing.parquet: no such file or directory"),
+        (["check", "--fail-on", "fatal"], "--fail-on 'fatal': expected one of error, warning, info, never"),
+        (["check", "-m", "mean_of_everything"], "unknown mode 'mean_of_everything'; valid modes: token_mean"),
+        (["check", "--mini-batch-size", "0"], "--mini-batch-size must be a whole number of at least 1, got 0"),
+        (
+            ["check", "--mini-batch-size", "8", "--mini-batch-prompts", "2"],
+            "give --mini-batch-size or --mini-batch-prompts, not both",
+        ),
+        (["check", "--order", "sideways"], "unknown order 'sideways'"),
+        (["check", "--dp-size", "0"], "--dp-size must be a whole number of at least 1"),
+        (["check", "--col", "uid"], "--col 'uid': expected ROLE=NAME"),
+        (["check", "--col", "uid=prompt_text"], "column 'prompt_text' given for uid is not in the file"),
+        (["check", "--mini-batch-size", "ten"], "Invalid value for '--mini-batch-size'"),
+        (["check", "--no-such-flag"], "No such option: --no-such-flag"),
+    ],
+)
+def test_check_usage_errors(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("aggscope: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_input_errors(tmp_path):
+    not_parquet = tmp_path / "notes.parquet"
+    not_parquet.write_text("hello")
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    no_uid = _no_uid(tmp_path)
+    cases = [
+        (["check", str(not_parquet)], f"{not_parquet}: not a Parquet file"),
+        (["check", str(empty)], f"{empty}: the file is empty"),
+        (["check", str(no_uid), "-m", "prompt_mean"], "mode prompt_mean is unavailable without a uid column"),
+        (["check", str(no_uid), "--order", "grouped"], "--order grouped needs a uid column"),
+        (["check", str(no_uid), "--mini-batch-prompts", "2"], "--mini-batch-prompts needs a uid column"),
+        (["check", str(tmp_path / "*.none")], "no file matches this pattern"),
+    ]
+    for args, message in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_help_has_an_example():
+    result = invoke("check", "--help")
+    assert result.exit_code == 0
+    assert "Example: aggscope check sample_data/faulty.parquet --mini-batch-size 10" in result.stdout
+    for option in ("--fail-on", "--verbose", "--json", "--mini-batch-size", "--mode"):
+        assert option in result.stdout
+
+
+# ---- aggscope sample --faults -----------------------------------------------------------------------
+def test_sample_faults_writes_the_committed_file(tmp_path):
+    result = invoke("sample", str(tmp_path), "--faults")
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "faulty.parquet"
+    assert written.read_bytes() == FAULTY.read_bytes()
+    assert f"check it with: aggscope check {written} --mini-batch-size 10" in result.stdout
+    assert not (tmp_path / "rollouts.parquet").exists()
+
+
+def test_sample_default_output_is_unchanged(tmp_path):
+    result = invoke("sample", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rollouts.parquet").read_bytes() == (REPO / "sample_data" / "rollouts.parquet").read_bytes()
+
+
+def test_sample_faults_layout_follows_the_group_size(tmp_path):
+    result = invoke("sample", str(tmp_path), "--faults", "--group-size", "6", "--prompts", "5", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "--mini-batch-size 15" in result.stdout
+    checked = invoke("check", str(tmp_path / "faulty.parquet"), "--mini-batch-size", "15", "--json")
+    codes = {f["code"] for f in json.loads(checked.stdout)["findings"]}
+    assert {"nonfinite_advantage", "zero_advantage", "masked_token_advantage", "singleton_group"} <= codes
+    assert {"incomplete_group", "noncontiguous_uid", "prompt_cut_by_mini_batch"} <= codes
+
+
+def test_sample_faults_errors(tmp_path):
+    result = invoke("sample", str(tmp_path), "--faults", "--steps", "2")
+    assert result.exit_code == 2
+    assert "sample --faults needs at least 3 steps, 3 prompts and a group size of 3 (got 2, 8, 4)" in result.stderr
+    assert not (tmp_path / "faulty.parquet").exists()
+    result = invoke("sample", str(tmp_path), "--faults", "--group-size", "0")
+    assert result.exit_code == 2
+    assert "--group-size" in result.stderr
+
+
+def test_sample_faults_into_a_file_path(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    result = invoke("sample", str(target), "--faults")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("aggscope: error: ") and str(target) in result.stderr
+
+
+def test_readme_shows_the_real_check_output():
+    readme = (REPO / "README.md").read_text()
+    command = "$ aggscope check sample_data/faulty.parquet --mini-batch-size 10\n"
+    shown = readme.split(command, 1)[1].split("\n$ echo $?", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "aggscope", *command[2:].split()[1:]], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert shown == result.stdout.rstrip("\n"), "README: paste the real output of the command again"
+
+
+def test_report_pictures_the_step_check_pictures() -> None:
+    """The split map of a report shows the step whose split ``check`` draws: the worst findings."""
+    from aggscope.analysis.breakdown import run_breakdown
+    from aggscope.analysis.specs import parse_spec
+    from aggscope.core.layout import Layout
+    from aggscope.io.open import load_steps
+
+    checked = json.loads(invoke(*FAULTY_ARGS, "--json").stdout)
+    worst = checked["worst_step"]
+    assert worst["counts"] == {
+        severity: sum(f["severity"] == severity and f["step"] == worst["step"] for f in checked["findings"])
+        for severity in ("error", "warning", "info")
+    }
+    breakdown = run_breakdown(
+        load_steps(str(FAULTY)), [parse_spec("token_mean", Layout()), parse_spec("token_mean,mini-batch-size=10", Layout())]
+    )
+    assert breakdown.steps[breakdown.worst_step_index()] == worst["step"]

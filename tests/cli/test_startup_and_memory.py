@@ -1,0 +1,65 @@
+"""Start-up cost and memory of whole processes: ``--help`` stays light, a run holds one step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end: fresh interpreters and many steps
+
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "pandas", "matplotlib", "pyarrow", "numpy")
+
+PROBE = """
+import runpy, sys
+
+sys.argv = ["aggscope", *sys.argv[1:]]
+try:
+    runpy.run_module("aggscope", run_name="__main__")
+except SystemExit:
+    pass
+print("\\nLOADED", [name for name in {heavy!r} if name in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["weights", "--help"], ["inspect", "--help"]])
+def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert "aggscope" in done.stdout
+    loaded = done.stdout.rsplit("LOADED", 1)[1].strip()
+    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+
+
+def _peak_rss_of(command: list[str], stdout: Path) -> int:
+    """Run a command to completion and return its peak resident memory in bytes."""
+    with stdout.open("w") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read() if process.stderr else ""
+    return usage.ru_maxrss * 1024
+
+
+def test_memory_stays_flat_as_steps_grow(tmp_path: Path) -> None:
+    """20 steps of 2e6 tokens take no more memory than 2 steps: only the current step is held."""
+    sys.path.insert(0, str(REPO))
+    from bench.synth import SynthConfig, write_synthetic
+
+    peaks = {}
+    for steps in (2, 20):
+        path = write_synthetic(tmp_path / f"steps{steps}.parquet", SynthConfig(tokens=2_000_000, steps=steps, median_len=800))
+        command = [sys.executable, "-m", "aggscope", "weights", str(path), "--json"]
+        peaks[steps] = _peak_rss_of(command, tmp_path / f"out{steps}.json")
+        report = json.loads((tmp_path / f"out{steps}.json").read_text())
+        assert len(report["steps"]) == steps and report["total"]["tokens"] == steps * 2_000_000
+        path.unlink()
+    assert peaks[20] <= 1.2 * peaks[2], f"peak RSS grew from {peaks[2] / 2**20:.0f} MiB to {peaks[20] / 2**20:.0f} MiB"

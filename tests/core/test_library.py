@@ -1,0 +1,149 @@
+"""The library on trainer tensors: padded input, device placement, no hidden copies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aggscope
+from aggscope.core.batch import StepBatch, factorize_uids, mask_as_bool, offsets_of, uid_codes, widen_half
+from aggscope.core.segments import _segment_sum_numpy, _segment_sum_torch
+
+
+def test_public_names_are_importable() -> None:
+    for name in aggscope.__all__:
+        assert getattr(aggscope, name) is not None
+    with pytest.raises(AttributeError):
+        aggscope.no_such_name  # noqa: B018
+
+
+def test_import_aggscope_is_light() -> None:
+    code = "import sys, aggscope; print(sorted(m for m in ('torch', 'pyarrow', 'pandas', 'matplotlib') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_padded_trainer_tensors_round_trip_to_b_by_l() -> None:
+    # Right-padded [2, 4]: row 0 has 3 loss tokens, row 1 has 2; token_mean gives 1/5 each.
+    advantages = torch.tensor([[1.0, 1.0, 1.0, 0.0], [-1.0, -1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    batch = aggscope.StepBatch.from_padded(advantages, mask, uids=torch.tensor([5, 5]))
+    weights = aggscope.compute_weights(batch, "token_mean")
+    per_token = weights.token_weights().view(2, 4)
+    assert torch.equal(per_token, torch.tensor([[0.2, 0.2, 0.2, 0.0], [0.2, 0.2, 0.0, 0.0]]))
+    assert weights.row_weight.device == advantages.device
+    assert batch.advantages.data_ptr() == advantages.data_ptr()  # a view, not a copy
+
+
+def test_scalar_advantage_per_row_is_broadcast() -> None:
+    batch = aggscope.StepBatch.from_padded(torch.tensor([2.0, -1.0]), torch.tensor([[1, 0], [1, 1]]))
+    assert batch.advantages.tolist() == [2.0, 2.0, -1.0, -1.0]
+
+
+def test_bad_tensor_shapes_raise_one_line_errors() -> None:
+    with pytest.raises(aggscope.AggscopeError, match=r"do not match the loss mask"):
+        aggscope.StepBatch.from_padded(torch.zeros(2, 3), torch.ones(2, 4))
+    with pytest.raises(aggscope.AggscopeError, match=r"loss mask holds 2"):
+        aggscope.StepBatch.from_padded(torch.zeros(1, 2), torch.tensor([[1, 2]]))
+    with pytest.raises(aggscope.AggscopeError, match=r"3 uids for 2 sequences"):
+        aggscope.StepBatch.from_padded(torch.zeros(2, 2), torch.ones(2, 2), uids=["a", "b", "c"])
+
+
+def test_tensor_uids_are_numbered_by_first_appearance() -> None:
+    codes, labels = factorize_uids(torch.tensor([9, 3, 9, 7, 3]), 5, torch.device("cpu"))
+    assert codes.tolist() == [0, 1, 0, 2, 1]
+    assert labels == ("9", "3", "7")
+    codes, labels = factorize_uids(["b", "a", "b"], 3, torch.device("cpu"))
+    assert codes.tolist() == [0, 1, 0] and labels == ("b", "a")
+
+
+UID_VALUES = st.one_of(
+    st.lists(st.sampled_from(["a", "b", "ab", "", "é", "10", "9"]), max_size=30).map(lambda v: np.array(v, dtype=object)),
+    st.lists(st.integers(-3, 3) | st.text(max_size=2), max_size=30).map(lambda v: np.array(v, dtype=object)),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=30).map(lambda v: np.array(v, dtype=np.int64)),
+    st.lists(st.sampled_from([0.0, -0.0, 1.5, float("nan"), -2.0, float("inf")]), max_size=30).map(np.array),
+    st.lists(st.booleans(), max_size=30).map(np.array),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(UID_VALUES)
+def test_uid_codes_number_as_arrow_dictionary_encoding_does(values: np.ndarray) -> None:
+    """The numpy factoriser against the pyarrow encoding the code used before (first appearance,
+    text of each value; -0.0 and 0.0 apart, every NaN one value)."""
+    import pyarrow as pa
+
+    encoded = pa.array(values.astype(str) if values.dtype == object else values).dictionary_encode()
+    codes, labels = uid_codes(values)
+    assert codes.dtype == np.int64 and codes.tolist() == encoded.indices.to_pylist()
+    assert labels == tuple(str(v) for v in encoded.dictionary.to_pylist())
+
+
+def test_core_does_not_import_pyarrow() -> None:
+    code = "import sys, numpy as np, aggscope.core.batch as b; b.uid_codes(np.array(['a'], dtype=object)); print('pyarrow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_mask_values_other_than_zero_and_one_name_the_row_and_token() -> None:
+    offsets = offsets_of([2, 0, 3])  # rows of 2, 0 and 3 tokens
+    assert offsets.tolist() == [0, 2, 2, 5] and offsets.dtype == np.int64
+    locate = lambda row, token: (f"row {row}: m", f"token {token}")  # noqa: E731
+    assert mask_as_bool(np.array([1, 0, 1, 1, 0], dtype=np.int8), offsets, locate).tolist() == [True, False, True, True, False]
+    for raw, shown in (
+        (np.array([1, 0, 1, 2, 0], dtype=np.int8), "2"),
+        (np.array([1, 0, 1, -1, 0]), "-1"),
+        (np.array([1.0, 0, 1, 0.5, 0]), "0.5"),
+    ):
+        with pytest.raises(aggscope.AggscopeError) as info:
+            mask_as_bool(raw, offsets, locate)
+        assert info.value.message == f"row 2: m holds {shown} at token 1; a loss mask may hold only 0 and 1"
+
+
+def test_prompt_texts_are_kept_per_group_last_row_first() -> None:
+    batch = StepBatch.from_flat(
+        [1.0] * 5, [1] * 5, [0, 1, 2, 3, 4, 5], uids=[7, 8, 7, 9, 8], prompts=["x", "y", "x2", None, None]
+    )
+    assert batch.uid_labels == ("7", "8", "9") and batch.uid_texts == ("x2", "y", None)
+    assert batch.uid_text("7") == "x2" and batch.uid_text("9") is None and batch.uid_text("nope") is None
+    assert StepBatch.from_flat([1.0], [1], [0, 1], uids=["a"]).uid_texts is None
+    with pytest.raises(aggscope.AggscopeError, match="1 prompts for 2 sequences"):
+        StepBatch.from_flat([1.0, 1.0], [1, 1], [0, 1, 2], uids=["a", "b"], prompts=["p"])
+    with pytest.raises(aggscope.AggscopeError, match="uid texts must come one per uid label"):
+        StepBatch(0, torch.zeros(1), torch.ones(1, dtype=torch.bool), torch.tensor([0, 1]), uid_texts=("p",))
+
+
+def test_half_precision_widens_exactly() -> None:
+    values = torch.tensor([1.5, -0.0, 65504.0, float("nan")], dtype=torch.bfloat16)
+    assert widen_half(values).dtype == torch.float32 and widen_half(values).tolist()[:3] == [1.5, -0.0, 65536.0]
+    assert widen_half(np.array([0.1], dtype=np.float16)).tolist() == [np.float32(np.float16(0.1))]
+    same = torch.zeros(2, dtype=torch.float64)
+    assert widen_half(same) is same
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(0, 5), min_size=1, max_size=12), seed=st.integers(0, 1000))
+def test_device_segment_sum_equals_the_cpu_one(lengths: list[int], seed: int) -> None:
+    # The torch path (used for GPU tensors) and the numpy path agree; both against a plain loop.
+    values = np.random.default_rng(seed).normal(size=sum(lengths))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    loop = [float(values[offsets[i] : offsets[i + 1]].sum()) for i in range(len(lengths))]
+    via_numpy = _segment_sum_numpy(values, offsets, torch.float64)
+    via_torch = _segment_sum_torch(torch.from_numpy(values), torch.from_numpy(offsets), torch.float64)
+    np.testing.assert_allclose(via_numpy, loop, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(via_torch.numpy(), loop, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_results_stay_on_the_gpu() -> None:
+    advantages = torch.randn(4, 8, device="cuda")
+    batch = StepBatch.from_padded(advantages, torch.ones(4, 8, device="cuda"), uids=torch.tensor([0, 0, 1, 1], device="cuda"))
+    weights = aggscope.compute_weights(batch, "prompt_mean", aggscope.Layout(micro_batch_size=1))
+    assert weights.row_weight.is_cuda and weights.token_weights().is_cuda and weights.grad_weights().is_cuda

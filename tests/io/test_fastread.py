@@ -1,0 +1,207 @@
+"""The fast-read machinery (``aggscope.io.fastread``) changes how fast a step is read, never what:
+the same inputs read on the fast path and on the plain path give the same batches byte for byte."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO
+
+import aggscope.io.fastread as fastread
+import aggscope.io.parquet as parquet_module
+from aggscope.core.batch import StepBatch
+from aggscope.io.open import open_rollouts
+from aggscope.io.writing import list_array
+
+RNG_SEED = 11
+
+
+def ragged_columns(rng: np.random.Generator, rows: int, max_len: int, masked: float, mask_type: pa.DataType) -> dict:
+    """Ragged ``advantages`` (float32, a few NaN and inf) and ``loss_mask`` (``masked`` of the tokens 0)."""
+    lengths = rng.integers(0, max_len, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    n = int(offsets[-1])
+    adv = np.where(rng.random(n) < 0.05, 0.0, rng.standard_normal(n)).astype(np.float32)
+    adv[rng.random(n) < 0.01] = np.nan
+    adv[rng.random(n) < 0.005] = -np.inf
+    mask = (rng.random(n) >= masked).astype(np.int8)
+    return {
+        "advantages": list_array(adv, offsets),
+        "loss_mask": list_array(pa.array(mask).cast(mask_type).to_numpy(zero_copy_only=False), offsets),
+    }
+
+
+def wide_steps(path: Path) -> Path:
+    """Three steps in row groups of 50 rows (a row group holding rows of two steps too), int8 masks."""
+    rng = np.random.default_rng(RNG_SEED)
+    rows = 240
+    table = pa.table(
+        {
+            "step": np.repeat([0, 1, 2], [100, 90, 50]),
+            "uid": [f"p{i // 6}" for i in range(rows)],
+            "reward": rng.random(rows),
+            **ragged_columns(rng, rows, 120, 0.3, pa.int8()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=50)
+    return path
+
+
+def sparse_bool_masks(path: Path) -> Path:
+    """Few masked tokens (the reductions' by-position path), bool masks, integer uids, one row group."""
+    rng = np.random.default_rng(RNG_SEED + 1)
+    rows = 300
+    table = pa.table({"uid": rng.integers(0, 40, rows), **ragged_columns(rng, rows, 200, 0.02, pa.bool_())})
+    pq.write_table(table, path)
+    return path
+
+
+def scalar_advantage(path: Path) -> Path:
+    """One advantage per row broadcast over ``response_length`` tokens; prompts hashed to uids."""
+    rng = np.random.default_rng(RNG_SEED + 2)
+    rows = 400
+    table = pa.table(
+        {
+            "prompt": [f"question {i // 8}" for i in range(rows)],
+            "advantage": rng.standard_normal(rows),
+            "response_length": rng.integers(0, 90, rows).astype(np.int32),
+        }
+    )
+    pq.write_table(table, path, row_group_size=128)
+    return path
+
+
+def long_layout(path: Path) -> Path:
+    """One row per token, the tokens of 120 sequences interleaved."""
+    rng = np.random.default_rng(RNG_SEED + 3)
+    sequence = np.repeat(np.arange(120), rng.integers(1, 60, 120))
+    rng.shuffle(sequence)
+    table = pa.table(
+        {
+            "seq_id": sequence,
+            "uid": [f"g{s // 4}" for s in sequence],
+            "advantages": rng.standard_normal(sequence.size).astype(np.float32),
+            "loss_mask": (rng.random(sequence.size) < 0.75).astype(np.int32),
+            "reward": (sequence % 5).astype(np.float64),
+        }
+    )
+    pq.write_table(table, path, row_group_size=1000)
+    return path
+
+
+def split_files(path: Path) -> Path:
+    """One step over three files of several row groups each."""
+    path.mkdir()
+    rng = np.random.default_rng(RNG_SEED + 4)
+    for part in range(3):
+        columns = {"step": np.full(70, 4), "uid": [f"u{part}-{i // 5}" for i in range(70)]}
+        table = pa.table({**columns, **ragged_columns(rng, 70, 150, 0.2, pa.int8())})
+        pq.write_table(table, path / f"part{part}.parquet", row_group_size=23)
+    return path
+
+
+INPUTS: dict[str, Callable[[Path], Path]] = {
+    "wide_steps": wide_steps,
+    "sparse_bool_masks": sparse_bool_masks,
+    "scalar_advantage": scalar_advantage,
+    "long_layout": long_layout,
+    "split_files": split_files,
+}
+
+
+def batch_bytes(batch: StepBatch) -> dict[str, object]:
+    """Every array of a batch and of its stats as (dtype, shape, raw bytes), and its other fields."""
+
+    def raw(tensor: torch.Tensor | None) -> object:
+        return None if tensor is None else (str(tensor.dtype), tuple(tensor.shape), tensor.numpy().tobytes())
+
+    fields: dict[str, object] = {
+        name: raw(getattr(batch, name)) for name in ("advantages", "loss_mask", "offsets", "group_ids", "rewards")
+    }
+    fields.update(step=batch.step, uid_labels=batch.uid_labels, source=batch.source, lengths_estimated=batch.lengths_estimated)
+    fields.update({f"stats.{name}": raw(value) for name, value in vars(batch.stats).items()})
+    return fields
+
+
+def read_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[StepBatch], list[StepBatch], dict[str, int]]:
+    """The steps read on the fast path and on the plain path, and how often each helper thread was used."""
+    used = {"touchers": 0, "parts_to_thread": 0}
+    toucher, worker = fastread.PageToucher.__init__, fastread._stats_worker
+
+    def counting_toucher(self: fastread.PageToucher, arrays: list[np.ndarray]) -> None:
+        used["touchers"] += 1
+        toucher(self, arrays)
+
+    def counting_worker() -> object:
+        used["parts_to_thread"] += 1
+        return worker()
+
+    monkeypatch.setattr(fastread.PageToucher, "__init__", counting_toucher)
+    monkeypatch.setattr(fastread, "_stats_worker", counting_worker)
+    monkeypatch.setattr(fastread, "PLAIN", False)
+    fast = list(open_rollouts(str(path)).iter_steps())
+    fast_use = dict(used)
+    monkeypatch.setattr(fastread, "PLAIN", True)
+    plain = list(open_rollouts(str(path)).iter_steps())
+    assert used == fast_use, "the plain path started a helper thread"
+    return fast, plain, fast_use
+
+
+@pytest.mark.parametrize("name", INPUTS)
+@pytest.mark.parametrize("touch", [False, True], ids=["no_touch", "touch"])
+def test_fast_and_plain_reads_are_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, touch: bool) -> None:
+    path = INPUTS[name](tmp_path / f"{name}.parquet")
+    monkeypatch.setattr(parquet_module, "READ_BATCH_TOKENS", 700)  # several parts per step: the stats thread works
+    if touch:  # every step big enough for its pages to be touched, in chunks small enough to race the reader
+        monkeypatch.setattr(fastread, "TOUCH_PAGES_FROM", 1)
+        monkeypatch.setattr(fastread.PageToucher, "CHUNK_BYTES", 64)
+        monkeypatch.setattr(fastread.PageToucher, "PAGE_BYTES", 8)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads interleave with the reader all the time
+    try:
+        fast, plain, used = read_both_ways(path, monkeypatch)
+    finally:
+        sys.setswitchinterval(switch)
+    assert [b.step for b in fast] == [b.step for b in plain] and fast
+    for fast_batch, plain_batch in zip(fast, plain, strict=True):
+        assert "stats" not in vars(plain_batch)  # the plain path leaves the stats to StepBatch.stats
+        expected, got = batch_bytes(plain_batch), batch_bytes(fast_batch)
+        for field in expected:
+            assert got[field] == expected[field], (name, fast_batch.step, field)
+    # The fast path did use its machinery where it applies (the long layout reads in one piece).
+    if name != "long_layout":
+        assert all("stats" in vars(b) for b in fast)  # reduced while reading, not afterwards
+        assert used["parts_to_thread"] > 0
+        # Pages are touched where the step's size is known from the metadata before it is read.
+        rollouts = open_rollouts(str(path))
+        known = [step for step in rollouts.steps if rollouts.step_tokens(step) is not None]
+        assert used["touchers"] == (len(known) if touch else 0)
+        assert known or name == "scalar_advantage"  # (no token list column: nothing to preallocate)
+
+
+def test_the_switch_comes_from_the_environment() -> None:
+    code = "import aggscope.io.fastread as f; print(f.PLAIN)"
+    for value, expected in (("1", "True"), ("0", "False"), ("", "False")):
+        env = {"PATH": "", "PYTHONPATH": str(REPO), "AGGSCOPE_PLAIN_READ": value}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+        assert done.stdout.strip() == expected, done.stderr
+
+
+def test_touch_pages_only_for_large_steps_off_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = [np.empty(1000, dtype=np.float32), np.empty(1000, dtype=bool)]
+    monkeypatch.setattr(fastread, "TOUCH_PAGES_FROM", 1001)
+    assert fastread.touch_pages(arrays) is None
+    monkeypatch.setattr(fastread, "TOUCH_PAGES_FROM", 1000)
+    toucher = fastread.touch_pages(arrays)
+    assert isinstance(toucher, fastread.PageToucher)
+    toucher.stop()
+    monkeypatch.setattr(fastread, "PLAIN", True)
+    assert fastread.touch_pages(arrays) is None
