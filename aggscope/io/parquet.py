@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -111,6 +111,7 @@ class ParquetRollouts(Rollouts):
             mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
         )
         text_column = _text_column(mapping, schema)
+        name_steps = _name_steps(files, notes) if "step" not in mapping else {}
         plans = []
         for file in files:  # each file is opened once, here, and planned while open
             parquet = first if file == files[0] else _open_nonempty(file, filesystem)
@@ -119,7 +120,7 @@ class ParquetRollouts(Rollouts):
                 _check_same_layout(file, parquet.schema_arrow, detected, (files[0], schema))
                 if text_column is not None and _text_column(mapping, parquet.schema_arrow) != text_column:
                     text_column = None  # prompt texts only where every file has them
-            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
+            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None, name_steps))
         steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
         recorded = _recorded_metadata(first) if filesystem is None else {}
         for note in recorded.get("notes", []):
@@ -465,7 +466,19 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
     return "wide", notes
 
 
-def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None) -> _FilePlan:
+def _name_steps(files: Sequence[str], notes: list[str]) -> dict[str, int]:
+    """Each file's step without a step column: the number in its name, or (when some name holds none)
+    the file's position, with a note: files that cannot be told apart are never merged into one step."""
+    numbers = [step_in_name(f) for f in files]
+    if len(files) == 1 or all(n is not None for n in numbers):
+        return {f: 0 if n is None else n for f, n in zip(files, numbers, strict=True)}
+    notes.append("no step column, and file names hold no step numbers: steps are numbered by file order (0, 1, ...)")
+    return {f: i for i, f in enumerate(files)}
+
+
+def _plan_file(
+    path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None, name_steps: Mapping[str, int]
+) -> _FilePlan:
     """Which steps each row group holds, and (from the footer) how many token entries it has."""
     metadata = parquet.metadata
     starts = tuple(int(s) for s in offsets_of([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
@@ -474,8 +487,7 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
     )
     if step_column is None:
-        step = step_in_name(path)
-        fixed = frozenset({step if step is not None else 0})
+        fixed = frozenset({name_steps[path]})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []
     for group in range(metadata.num_row_groups):

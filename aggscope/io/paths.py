@@ -6,6 +6,10 @@ with the reader's suffixes and skipping every name that starts with a dot (the t
 glob (``*``, ``?``, ``[``) as the files it matches. Files come in natural order (``rank_2``
 before ``rank_10``), which is sorted order wherever numbers in names have the same width.
 Canonical Parquet may also be a URI that pyarrow's filesystems understand (``s3://...``).
+
+Only regular files are read: a FIFO, socket or device (given, or found by a scan or a glob) is
+refused naming it, since opening one can block forever; a subfolder that cannot be listed is
+refused naming it rather than skipped (its steps would silently go missing).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import glob as globlib
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from aggscope.errors import AggscopeError, first_line
+from aggscope.io.limits import check_step
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -39,21 +45,46 @@ def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
         what: how the files are named in the error for a directory without any (``.jsonl files``).
     """
     if any(ch in path for ch in GLOB_CHARS) and not os.path.exists(path):
-        files = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
+        files = [p for p in globlib.glob(path, recursive=True) if not os.path.isdir(p)]
         if not files:
             raise AggscopeError(f"{path}: no file matches this pattern")
-        return sorted(files, key=natural_key)
-    if not os.path.exists(path):
+        return sorted((regular_file(p) for p in files), key=natural_key)
+    if not os.path.lexists(path):
         raise AggscopeError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
-        return [path]
+        return [regular_file(path)]
     files = []
-    for root, dirs, names in os.walk(path):
+
+    def unreadable(error: OSError) -> None:
+        raise AggscopeError(
+            f"{error.filename}: this folder of the input cannot be read ({error.strerror}); its files would be left out"
+        )
+
+    for root, dirs, names in os.walk(path, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(os.path.join(root, n) for n in names if n.endswith(tuple(suffixes)) and not n.startswith("."))
     if not files:
         raise AggscopeError(f"{path}: no {what} in this directory")
-    return sorted(files, key=natural_key)
+    return sorted((regular_file(f) for f in files), key=natural_key)
+
+
+def regular_file(path: str) -> str:
+    """``path`` when it is a regular file (or a link to one); else one line saying what it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AggscopeError(f"{path}: no such file (a link to nothing?)") from None
+    except OSError as exc:
+        raise AggscopeError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "special file")
+        raise AggscopeError(
+            f"{path}: not a regular file (a {kind}); aggscope reads only regular files (opening a {kind} can block)"
+        )
+    return path
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
 
 def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
@@ -89,4 +120,10 @@ def step_in_name(path: str) -> int | None:
     """The step in a file or folder name: the last number in its stem (``12.jsonl``, ``step_12``,
     ``global_step_12``, ``completions_00012.parquet``, ``global_step_12_training_input.pkl``), or None."""
     numbers = _NUMBER.findall(PurePosixPath(path).name.split(".")[0])
-    return int(numbers[-1]) if numbers else None
+    if not numbers:
+        return None
+    digits = numbers[-1].lstrip("0") or "0"
+    where = f"{path}: the step in the file name"
+    if len(digits) > 19:  # beyond int64 (and int() of thousands of digits would itself refuse)
+        raise AggscopeError(f"{where}: step {digits[:12]}... ({len(digits)} digits) is beyond the steps aggscope handles")
+    return check_step(int(digits), where)
