@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from aggscope.cli import app
 
-pytestmark = pytest.mark.corpus
+pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 RUN_SECONDS = int(os.environ.get("AGGSCOPE_CORPUS_SECONDS", "60"))
 STATS: Counter[str] = Counter()
 runner = CliRunner()

@@ -8,6 +8,7 @@ the output is the previous one, whole, or the new one, whole; never a mix, never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes, killed and timed
 REPO = Path(__file__).resolve().parents[1]
 FAULTY = REPO / "sample_data" / "faulty.parquet"
 SAMPLE = REPO / "sample_data" / "rollouts.parquet"
@@ -275,3 +277,53 @@ def test_four_concurrent_reports_leave_one_complete_consistent_report(tmp_path: 
         assert process.returncode == 0, err
     assert digest(out) in references  # exactly one writer's whole set, byte for byte
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---- a storage that never answers ------------------------------------------------------------------------
+def test_a_storage_that_never_answers_is_one_line_within_the_bound(tmp_path: Path) -> None:
+    """A local server that accepts connections and never replies, standing in for object storage
+    with no network (only 127.0.0.1 is contacted: credentials and region are given, the instance
+    metadata service is switched off)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):  # the accept timed out: look at the stop flag again
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    env = {
+        **ENV,
+        "AGGSCOPE_CONNECT_TIMEOUT": "3",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    uri = f"s3://bucket/run/?endpoint_override=127.0.0.1:{server.getsockname()[1]}&scheme=http"
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "aggscope", "weights", uri], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        server.close()
+    assert time.monotonic() - started < 30
+    assert one_error_line(done) == (
+        f"aggscope: error: {uri}: no answer from the storage within 3 s (no network, a wrong endpoint or bucket?); "
+        "set AGGSCOPE_CONNECT_TIMEOUT=SECONDS to wait longer"
+    )

@@ -39,6 +39,7 @@ class _Group(TyperGroup):
             sys.exit(128 + exc.signum)
         except AggscopeError as exc:
             typer.echo(_PREFIX + terminal_safe(exc.message), err=True)
+            _exit_now_if_stuck(2)
             sys.exit(2)
         except _ClickException as exc:
             message = exc.format_message()  # type: ignore[attr-defined]
@@ -64,6 +65,17 @@ class _Group(TyperGroup):
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(_PREFIX + terminal_safe(_one_line(where + (exc.strerror or str(exc)))), err=True)
             sys.exit(2)
+
+
+def _exit_now_if_stuck(code: int) -> None:
+    """End the process at once when a storage that never answered still holds a thread: pyarrow's
+    exit handlers would wait minutes for it (the error is already printed)."""
+    import threading
+
+    if any(t.name == "aggscope-connect" and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 app = typer.Typer(

@@ -9,7 +9,9 @@ Canonical Parquet may also be a URI that pyarrow's filesystems understand (``s3:
 
 Only regular files are read: a FIFO, socket or device (given, or found by a scan or a glob) is
 refused naming it, since opening one can block forever; a subfolder that cannot be listed is
-refused naming it rather than skipped (its steps would silently go missing).
+refused naming it rather than skipped (its steps would silently go missing). The first contact
+with a URI's storage (finding the file or listing the folder) is bounded in time
+(``CONNECT_SECONDS``, ``AGGSCOPE_CONNECT_TIMEOUT``): no network is one line, not minutes of silence.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import glob as globlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 GLOB_CHARS = frozenset("*?[")
+CONNECT_SECONDS = float(os.environ.get("AGGSCOPE_CONNECT_TIMEOUT", "20"))
+CONNECT_THREAD = "aggscope-connect"
 _NUMBER = re.compile(r"\d+")
 
 
@@ -94,11 +99,14 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    try:
+    def contact() -> tuple[Any, str, Any]:
         filesystem, root = pafs.FileSystem.from_uri(path)
+        return filesystem, root, filesystem.get_file_info(root)
+
+    try:
+        filesystem, root, info = _within(CONNECT_SECONDS, contact, path)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
-    info = filesystem.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise AggscopeError(f"{path}: no such file or directory")
     if info.type != pafs.FileType.Directory:
@@ -114,6 +122,31 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
     if not files:
         raise AggscopeError(f"{path}: no .parquet files in this directory")
     return sorted(files, key=natural_key), filesystem
+
+
+def _within(seconds: float, call: Callable[[], Any], path: str) -> Any:
+    """``call()`` on a daemon thread, waited for ``seconds`` at most (a storage that never answers
+    keeps only that thread, which ends with the process)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=CONNECT_THREAD, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise AggscopeError(
+            f"{path}: no answer from the storage within {seconds:g} s (no network, a wrong endpoint or bucket?); "
+            "set AGGSCOPE_CONNECT_TIMEOUT=SECONDS to wait longer"
+        )
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return value
 
 
 def step_in_name(path: str) -> int | None:
