@@ -352,10 +352,17 @@ def _two_samples(d: Path) -> list[str]:
     return [str(d / "run")]
 
 
-@case("parquet: file names with no step pattern (batch_1, batch_2)", "ok", note="numbered by file order")
+@case("parquet: file names with numbers in another pattern (batch_1, batch_2)", "ok")  # steps 1 and 2
 def _batch_names(d: Path) -> list[str]:
     parquet(d / "run" / "batch_1.parquet", rows(step=None))
     parquet(d / "run" / "batch_2.parquet", rows(step=None))
+    return [str(d / "run")]
+
+
+@case("parquet: file names with no step (a, b) and no step column", "ok", note="numbered by file order")
+def _unnumbered(d: Path) -> list[str]:
+    parquet(d / "run" / "a.parquet", rows(step=None))
+    parquet(d / "run" / "b.parquet", rows(step=None))
     return [str(d / "run")]
 
 
@@ -872,3 +879,112 @@ for _command in ("report", "plot", "compare"):
     _output("onto a regular file", _command, lambda d: str(d / "run" / "a.parquet"), "{dir}/run/a.parquet", "not a directory")
     _output("below a regular file", _command, lambda d: _made(d / "notes.txt") + "/rep", "{dir}/notes.txt")
     _output("into a folder holding other files", _command, lambda d: str(d / "run"), "{dir}/run", "a.parquet")
+
+
+# ---- more shapes: the long layout, folders of dumps, options of plot and check ------------------------------
+def _long(name: str, table: dict[str, list[Any]], expect: str, *needles: str) -> None:
+    @case(f"long layout: {name}", expect, *(("{dir}/long.parquet", *needles) if expect == "error" else ()))
+    def build(d: Path) -> list[str]:
+        return [parquet(d / "long.parquet", table)]
+
+
+LONG = {
+    "seq_id": [0, 0, 1, 1, 2],
+    "uid": ["a", "a", "a", "a", "b"],
+    "advantages": [1.0, 1.0, -1.0, -1.0, 0.5],
+    "loss_mask": [1, 0, 1, 1, 1],
+}
+_long("a valid table", LONG, "ok")
+_long("a null sequence id", {**LONG, "seq_id": [0, None, 1, 1, 2]}, "error", "row 1", "'seq_id'")
+_long("a uid that changes within a sequence", {**LONG, "uid": ["a", "b", "a", "a", "b"]}, "error", "uid")
+_long("a mask value of 2", {**LONG, "loss_mask": [1, 2, 1, 1, 1]}, "error", "'loss_mask'")
+_long("no sequence id column", {k: v for k, v in LONG.items() if k != "seq_id"}, "error", "sequence")
+
+
+@case("parquet: forty row groups of one row", "ok")
+def _many_groups(d: Path) -> list[str]:
+    return [parquet(d / "a.parquet", rows(n=40), row_group_size=1)]
+
+
+@case("parquet: a reward column of nulls only", "ok")
+def _null_rewards(d: Path) -> list[str]:
+    return [parquet(d / "a.parquet", with_column("reward", pa.array([None] * N, pa.float64())))]
+
+
+@case("input: a symlink to a file", "ok")
+def _link(d: Path) -> list[str]:
+    target = Path(parquet(d / "real" / "a.parquet", rows()))
+    (d / "link.parquet").symlink_to(target)
+    return [str(d / "link.parquet")]
+
+
+@case("input: a glob matching a FIFO", "error", "{dir}/run/b.parquet", "not a regular file", subprocess=True)
+def _glob_fifo(d: Path) -> list[str]:
+    parquet(d / "run" / "a.parquet", rows())
+    fifo(d / "run" / "b.parquet")
+    return [str(d / "run" / "*.parquet")]
+
+
+@case("verl: a folder of two steps", "ok")
+def _verl_folder(d: Path) -> list[str]:
+    jsonl(d / "rollouts" / "1.jsonl", [{**r, "step": 1} for r in VERL])
+    jsonl(d / "rollouts" / "2.jsonl", [{**r, "step": 2} for r in VERL])
+    return [str(d / "rollouts")]
+
+
+@case("verl: a line without 'output'", "error", "{dir}/3.jsonl", "output")
+def _verl_no_output(d: Path) -> list[str]:
+    return [jsonl(d / "3.jsonl", [*VERL, {"input": "Q", "score": 1.0, "step": 3}])]
+
+
+@case("jsonl: a folder mixing verl and Atropos dumps", "error", "{dir}/mixed", "mixes dumps")
+def _mixed_folder(d: Path) -> list[str]:
+    jsonl(d / "mixed" / "3.jsonl", VERL)
+    jsonl(d / "mixed" / "groups.jsonl", [ATROPOS])
+    return [str(d / "mixed")]
+
+
+@case("prime-rl: token_exports/step_N/rank_R.jsonl", "ok")
+def _prime_folder(d: Path) -> list[str]:
+    for step in (1, 2):
+        for rank in (0, 1):
+            jsonl(d / "token_exports" / f"step_{step}" / f"rank_{rank}.jsonl", [PRIME])
+    return [str(d / "token_exports")]
+
+
+@case("skyrl .pkl: two dumps of one step", "error", "2 SkyRL dumps for step 2")
+def _skyrl_twice(d: Path) -> list[str]:
+    for folder in ("a", "b"):
+        pickled(d / "run" / folder / "global_step_2_training_input.pkl", raw=skyrl_state(loss_mask=MASK, advantages=ADV))
+    return [str(d / "run")]
+
+
+@case("slime .pt: 0 bytes", "error", "{dir}/1.pt")
+def _slime_empty(d: Path) -> list[str]:
+    (d / "1.pt").write_bytes(b"")
+    return [str(d / "1.pt")]
+
+
+for _args, _needle in (
+    (["--figure", "bogus"], "--figure"),
+    (["--image-format", "gif"], "--image-format"),
+):
+    CASES.append(
+        Case(
+            f"option: plot {' '.join(_args)}",
+            lambda d, a=tuple(_args): [*_sample_path(d), "-o", str(d / "_out"), *a],
+            "error",
+            (_needle,),
+            commands=("plot",),
+        )
+    )
+for _level in ("fatal", "", "WARN"):
+    CASES.append(
+        Case(
+            f"option: check --fail-on {_level!r}",
+            lambda d, v=_level: [*_sample_path(d), "--fail-on", v],
+            "error",
+            ("--fail-on",),
+            commands=("check",),
+        )
+    )

@@ -408,13 +408,13 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
 
 def check_image_format(image_format: str) -> None:
     if image_format not in IMAGE_FORMATS:
-        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)}")
+        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)")
 
 
 def check_figure_names(names: Sequence[str] | None) -> None:
     unknown = [name for name in names or () if name not in FIGURES]
     if unknown:
-        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)}")
+        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)} (--figure)")
 
 
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
