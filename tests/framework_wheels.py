@@ -194,6 +194,32 @@ def load_skyrl() -> types.SimpleNamespace:
     return types.SimpleNamespace(ppo_utils=ppo_utils, preprocess=preprocess)
 
 
+@contextmanager
+def skyrl_training_batch() -> Iterator[types.ModuleType]:
+    """SkyRL 0.4.0's own ``training_batch`` (``TrainingInputBatch``, what ``trainer.dump_data_batch``
+    pickles), importable under its real name within the block: dumps made in it are SkyRL's own."""
+    root = unpacked_wheel("skyrl") / "skyrl"
+    subscript = type("Subscript", (), {"__getitem__": lambda self, item: Any})()
+    with _isolated_modules():
+        _third_party("jaxtyping", Float=subscript, Bool=subscript, Integer=subscript, Int=subscript)
+        for name, folder in [
+            ("skyrl", ""),
+            ("skyrl.backends", "backends"),
+            ("skyrl.backends.skyrl_train", "backends/skyrl_train"),
+            ("skyrl.backends.skyrl_train.utils", "backends/skyrl_train/utils"),
+        ]:
+            _module(name, root / folder)
+        # the two helpers training_batch imports for MoE replay and sampler support (not pickled)
+        _module("skyrl.backends.skyrl_train.utils.replay_utils", replay_padding_row=lambda *a, **k: None)
+        _module(
+            "skyrl.backends.skyrl_train.utils.sample_support",
+            SAMPLE_SUPPORT_FIELD="rollout_sample_support",
+            SAMPLE_SUPPORT_PADDING=-1,
+        )
+        _run_file("skyrl.backends.skyrl_train.utils.packed_tensor", root / "backends/skyrl_train/utils/packed_tensor.py")
+        yield _run_file("skyrl.backends.skyrl_train.training_batch", root / "backends/skyrl_train/training_batch.py")
+
+
 def load_openrlhf() -> types.SimpleNamespace:
     """OpenRLHF 0.11.2's ``aggregate_loss`` (``models/loss.py``) and its per-optimizer-step
     normalisers (``utils/loss_utils.py``)."""

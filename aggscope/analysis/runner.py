@@ -137,7 +137,7 @@ class Engine:
 def open_engine(name: str = "local", address: str | None = None) -> Engine:
     """Check an engine's name (and that Ray is installed for ``ray``) and return it."""
     if name not in ENGINES:
-        raise AggscopeError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)}")
+        raise AggscopeError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)} (--engine)")
     if name == "local":
         if address is not None:
             raise AggscopeError("--address is the Ray cluster's address: give it with --engine ray")

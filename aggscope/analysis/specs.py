@@ -48,6 +48,8 @@ def parse_spec(text: str, base: Layout) -> Spec:
     Raises:
         AggscopeError: one line naming the SPEC and the bad mode, key or value.
     """
+    if len(text) > 200:  # messages quote the SPEC: a 5,000-digit value would make the line unreadable
+        raise AggscopeError(f"SPEC {text[:40]!r}...: {len(text):,} characters long; a SPEC is a mode and a few key=value pairs")
     parts = [part.strip() for part in text.split(",")]
     if not parts[0]:
         raise AggscopeError(f"SPEC {text!r}: starts with no mode; write MODE[,key=value,...], e.g. prompt_mean,dp-size=4")

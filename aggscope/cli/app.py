@@ -9,6 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from aggscope import __version__
+from aggscope.cli.render import terminal_safe
+from aggscope.cli.signals import Terminated, received, stop_cleanly_on_signals
 from aggscope.errors import AggscopeError
 
 # typer >= 0.26 vendors click; reach its exception base through a public subclass either way.
@@ -26,11 +28,18 @@ class _Group(TyperGroup):
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None, **extra: Any) -> Any:  # type: ignore[override]
         extra["standalone_mode"] = False
         try:
-            code = super().main(args, prog_name or "aggscope", **extra)
+            with stop_cleanly_on_signals():
+                code = super().main(args, prog_name or "aggscope", **extra)
+            if received:  # typer returns a KeyboardInterrupt (so Terminated) as exit code 130
+                raise Terminated(received.pop())
             # Without standalone mode, typer.Exit(n) comes back as the return value n.
             sys.exit(code if isinstance(code, int) else 0)
+        except Terminated as exc:
+            typer.echo(f"aggscope: stopped by {exc.name}; no partial output was left", err=True)
+            sys.exit(128 + exc.signum)
         except AggscopeError as exc:
-            typer.echo(_PREFIX + exc.message, err=True)
+            typer.echo(_PREFIX + terminal_safe(exc.message), err=True)
+            _exit_now_if_stuck(2)
             sys.exit(2)
         except _ClickException as exc:
             message = exc.format_message()  # type: ignore[attr-defined]
@@ -40,7 +49,7 @@ class _Group(TyperGroup):
                 hint = " (one PATH per command: quote a glob, 'runs/*.parquet', or give the directory)"
             elif ctx is not None and ctx.command_path:
                 hint = f" (see '{ctx.command_path} --help')"
-            typer.echo(_PREFIX + _one_line(message) + hint, err=True)
+            typer.echo(_PREFIX + terminal_safe(_one_line(message)) + hint, err=True)
             sys.exit(int(getattr(exc, "exit_code", 2)))
         except typer.Abort:
             typer.echo("aggscope: aborted", err=True)
@@ -54,8 +63,19 @@ class _Group(TyperGroup):
             # The file system said no (permissions, a full disk, a file where a folder should be):
             # a problem with the paths given, reported like any other bad input.
             where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(_PREFIX + _one_line(where + (exc.strerror or str(exc))), err=True)
+            typer.echo(_PREFIX + terminal_safe(_one_line(where + (exc.strerror or str(exc)))), err=True)
             sys.exit(2)
+
+
+def _exit_now_if_stuck(code: int) -> None:
+    """End the process at once when a storage that never answered still holds a thread: pyarrow's
+    exit handlers would wait minutes for it (the error is already printed)."""
+    import threading
+
+    if any(t.name == "aggscope-connect" and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 app = typer.Typer(

@@ -26,7 +26,7 @@ def convert(
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
     rollouts = input_spec.open()
-    refuse_to_overwrite_inputs(out, rollouts.files)
+    refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     summary = write_canonical(
         rollouts, out, with_progress(rollouts.iter_steps(), len(rollouts.steps), "converting", rollouts=rollouts)
     )

@@ -4,14 +4,13 @@ import json
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_setup
 from aggscope.cli.options import InputSpec, Json, config_options, input_options
-from aggscope.cli.render import stdout_console, with_progress
+from aggscope.cli.render import markup, stdout_console, with_progress
 
 
 @app.command(
@@ -59,16 +58,18 @@ def inspect(
         return
     console = stdout_console()
     files = description.files
-    console.print(f"[bold]{description.source}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.format} layout")
+    console.print(
+        f"[bold]{markup(description.source)}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.format} layout"
+    )
     mapping = Table(title="columns", title_justify="left", pad_edge=False)
     mapping.add_column("role")
     mapping.add_column("column")
     for role in ("uid", "uid_text", "advantages", "loss_mask", "response_length", "reward", "step", "sequence"):
         if role in description.columns:
-            mapping.add_row(role, description.columns[role])
+            mapping.add_row(role, markup(description.columns[role]))
     console.print(mapping)
     for note in description.notes:
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"[dim]note: {markup(note)}[/dim]")
     if not any(role in description.columns for role in ("uid", "uid_text")):
         console.print(
             "[yellow]no uid column: prompt_mean and prompt-level checks are unavailable (set one with --col uid=NAME)[/yellow]"
@@ -99,7 +100,7 @@ def inspect(
 def _print_uid(found: Any) -> None:
     console = stdout_console()
     rows = sum(len(o.rows) for o in found.occurrences)
-    console.print(f"[bold]uid {escape(found.uid)}[/bold]: {rows:,} rows in {len(found.occurrences)} step(s)")
+    console.print(f"[bold]uid {markup(found.uid)}[/bold]: {rows:,} rows in {len(found.occurrences)} step(s)")
     if found.text is None:
         console.print("[dim]the input holds no prompt text for this uid[/dim]")
     else:

@@ -43,11 +43,19 @@ class InputSpec:
     reward_col: Optional[str] = None
     advantage: Optional[str] = None
     tokenizer: Optional[str] = None
+    trust_pickle: bool = False
 
     def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
-        from aggscope.io.open import open_rollouts
+        from aggscope.cli.render import terminal_safe
+        from aggscope.io.open import open_rollouts, trusted_pickle_file
 
+        if self.trust_pickle:
+            file = trusted_pickle_file(self.path)
+            typer.echo(
+                f"aggscope: warning: --trust-pickle: unpickling {terminal_safe(file)} fully, which runs any code it names",
+                err=True,
+            )
         return open_rollouts(
             self.path,
             columns=self.columns,
@@ -55,6 +63,7 @@ class InputSpec:
             reward_col=self.reward_col,
             advantage=self.advantage,
             tokenizer=self.tokenizer,
+            trust_pickle=self.trust_pickle,
         )
 
 
@@ -145,6 +154,19 @@ _INPUT_PARAMS = [
             ),
         ],
         None,
+    ),
+    _param(
+        "trust_pickle",
+        Annotated[
+            bool,
+            typer.Option(
+                "--trust-pickle",
+                help="Unpickle a .pkl or .pt dump fully, for a file you trust that the safe loader refuses (it can run "
+                "code the file names). Only for a file named as PATH, never a folder or glob.",
+                rich_help_panel=INPUT_PANEL,
+            ),
+        ],
+        False,
     ),
 ]
 
@@ -376,6 +398,7 @@ def _build_input(
     reward_col: Optional[str],
     advantage: Optional[str],
     tokenizer: Optional[Path],
+    trust_pickle: bool,
 ) -> InputSpec:
     from aggscope.io.columns import parse_column_overrides
 
@@ -386,6 +409,7 @@ def _build_input(
         reward_col=reward_col,
         advantage=advantage,
         tokenizer=str(tokenizer) if tokenizer is not None else None,
+        trust_pickle=trust_pickle,
     )
 
 

@@ -62,4 +62,4 @@ def plot(
     console = stdout_console()
     print_applied(config, console)
     for name, path in paths.items():
-        console.print(f"{name:<22} {path}")
+        console.print(f"{name:<22} {path}", markup=False)

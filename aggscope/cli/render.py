@@ -1,28 +1,62 @@
-"""Shared terminal rendering: consoles and the progress bar over steps (numbers: ``aggscope.fmt``)."""
+"""Shared terminal rendering: consoles and the progress bar over steps (numbers: ``aggscope.fmt``).
+
+Data reaches the terminal escaped: control characters of uids, column names, file names and
+messages are shown as ``\\x1b`` (so a uid cannot clear the screen or set the window title), and
+data put into rich markup goes through ``markup`` (so ``[/x]`` in a uid is text, not a tag).
+"""
 
 import itertools
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 if TYPE_CHECKING:
     from aggscope.io.reader import Rollouts
 
 T = TypeVar("T")
 WIDTH = 100
+# C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides that reorder text
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written out (``\\x1b``, ``\\u202e``): safe to print."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def markup(value: Any) -> str:
+    """A piece of data to put inside rich markup: control characters written out, brackets escaped."""
+    return escape(terminal_safe(str(value)))
+
+
+class SafeConsole(Console):
+    """A console that writes out control characters in everything it prints (strings, table cells, Text)."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Text:
+        return super().render_str(terminal_safe(text), *args, **kwargs)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        safe = [
+            Text(terminal_safe(o.plain), style=o.style) if isinstance(o, Text) and _CONTROL.search(o.plain) else o
+            for o in objects
+        ]
+        super().print(*safe, **kwargs)
 
 
 def stdout_console() -> Console:
     """Stdout at the terminal's width, or ``WIDTH`` columns when piped or captured."""
     width = None if sys.stdout.isatty() else WIDTH
-    return Console(width=width, highlight=False, soft_wrap=False)
+    return SafeConsole(width=width, highlight=False, soft_wrap=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return SafeConsole(stderr=True, highlight=False)
 
 
 PROGRESS_MIN_TOKENS = 1 << 23  # an input of one step gets a bar from this many tokens on

@@ -10,7 +10,7 @@ from rich.table import Table
 from aggscope.cli.app import app
 from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import stdout_console, with_progress
+from aggscope.cli.render import markup, stdout_console, with_progress
 
 # The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
 # and a shorter header where the page's would not fit 100 columns.
@@ -63,9 +63,9 @@ def print_summary(result: Any, files: Any) -> None:
 
     console = stdout_console()
     for sentence in result.summary:
-        console.print(sentence)
+        console.print(sentence, markup=False)
     for note in result.data.input.notes:
-        console.print(f"[dim]input: {note}[/dim]")
+        console.print(f"[dim]input: {markup(note)}[/dim]")
     rows = glance_rows(result.data)
     keys = [key for key in TERMINAL_COLUMNS if rows and key in rows[0].cells]
     headers = {**GLANCE_COLUMNS, **SHORT_HEADERS}
@@ -75,7 +75,9 @@ def print_summary(result: Any, files: Any) -> None:
         table.add_column(headers[key], justify="right", no_wrap=True)
     for row in rows:
         # A long SPEC label may wrap after its commas.
-        table.add_row(f"[{row.colour}]■[/] {row.label.replace(',', ', ')}", *(row.cells[key] for key in keys))
+        table.add_row(f"[{row.colour}]■[/] {markup(row.label.replace(',', ', '))}", *(row.cells[key] for key in keys))
     console.print(table)
-    console.print(f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}")
-    console.print(f"report: [bold]{files.html.resolve()}[/bold]")
+    console.print(
+        f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}", markup=False
+    )
+    console.print(f"report: [bold]{markup(files.html.resolve())}[/bold]")

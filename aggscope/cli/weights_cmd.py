@@ -47,7 +47,7 @@ def weights(
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
     if out is not None:
-        refuse_to_overwrite_inputs(out, rollouts.files)
+        refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_weights(
         rollouts,
@@ -73,7 +73,7 @@ def weights(
     if report.lengths_estimated:
         console.print("[yellow]token counts are estimated from text: every number here is an estimate[/yellow]")
     if out is not None:
-        console.print(f"per-token weights written to {out}")
+        console.print(f"per-token weights written to {out}", markup=False)
 
 
 def _table(step: Any, title: str) -> Table:

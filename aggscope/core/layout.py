@@ -28,6 +28,10 @@ from aggscope.core.segments import run_ids
 from aggscope.errors import AggscopeError
 
 ORDERS = ("logged", "grouped", "shuffle")
+# Sizes above this cannot be a real trainer's (a step of 2^31 sequences does not fit in memory) and
+# would overflow the int64 arithmetic of the split (mini-batch x rank ids); seeds stay within int64.
+MAX_SIZE = 2**31 - 1
+MAX_SEED = 2**63 - 1
 COMPOSITIONS = ("canonical", "ranks_first")
 
 
@@ -59,19 +63,23 @@ class Layout:
     def __post_init__(self) -> None:
         for name in ("mini_batch_size", "mini_batch_prompts", "micro_batch_size", "max_seq_len"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (not _whole(value) or value < 1):
                 raise AggscopeError(f"layout: {_flag(name)} must be a whole number of at least 1, got {value!r}")
-        if not isinstance(self.dp_size, int) or self.dp_size < 1:
+            if value is not None and value > MAX_SIZE:
+                raise AggscopeError(f"layout: {_flag(name)} must be at most {MAX_SIZE:,}, got {value!r}")
+        if not _whole(self.dp_size) or self.dp_size < 1:
             raise AggscopeError(f"layout: --dp-size must be a whole number of at least 1, got {self.dp_size!r}")
+        if self.dp_size > MAX_SIZE:
+            raise AggscopeError(f"layout: --dp-size must be at most {MAX_SIZE:,}, got {self.dp_size!r}")
         if self.mini_batch_size is not None and self.mini_batch_prompts is not None:
             raise AggscopeError("layout: give --mini-batch-size or --mini-batch-prompts, not both")
         if self.order not in ORDERS:
-            raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise AggscopeError(f"layout: --seed must be a non-negative whole number, got {self.seed!r}")
+            raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)} (--order)")
+        if not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise AggscopeError(f"layout: --seed must be a whole number from 0 to {MAX_SEED:,}, got {self.seed!r}")
         if self.composition not in COMPOSITIONS:
             raise AggscopeError(
-                f"layout: unknown composition {self.composition!r}; valid compositions: {', '.join(COMPOSITIONS)}"
+                f"layout: unknown composition {self.composition!r}; valid compositions: {', '.join(COMPOSITIONS)} (--composition)"
             )
         if self.composition == "ranks_first":
             if self.mini_batch_prompts is not None:
@@ -93,6 +101,10 @@ class Layout:
     def replace(self, **changes: Any) -> Layout:
         """A copy with some fields changed (validated again)."""
         return Layout(**{**self.to_dict(), **changes})
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _flag(name: str) -> str:

@@ -61,4 +61,14 @@ def detect_columns(available: Iterable[str], overrides: Mapping[str, str], sourc
             mapping[role] = found
     if "uid" in mapping:
         mapping.pop("uid_text", None)
-    return mapping
+    return _one_role_per_column(mapping, overrides)
+
+
+def _one_role_per_column(mapping: dict[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """A column has one role: two given with --col are an error; a role found by name yields to --col."""
+    given: dict[str, str] = {}
+    for role, name in overrides.items():
+        if name in given:
+            raise AggscopeError(f"--col {role}={name}: column {name!r} is already given as {given[name]}; a column has one role")
+        given[name] = role
+    return {role: name for role, name in mapping.items() if role in overrides or name not in given}

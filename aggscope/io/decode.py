@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch, last_row_of_groups, mask_as_bool, offsets_of, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
+from aggscope.io.limits import check_fits
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def decode_wide_tokens(
             row = int(np.flatnonzero(loss_lengths < 0)[0])
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
         if offsets is None:
+            check_fits(int(loss_lengths.sum(dtype=np.float64)), where(0), f"{length_name!r} adds up to")  # before allocating
             offsets = offsets_of(loss_lengths)
             mask = np.ones(int(offsets[-1]), dtype=bool)
         else:

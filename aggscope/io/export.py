@@ -73,7 +73,11 @@ class WeightsParquetWriter:
         self.schema = weights_schema(modes)
         self._stack = ExitStack()
         temporary = self._stack.enter_context(atomic_output(self.path))
-        self._writer = pq.ParquetWriter(temporary, self.schema)
+        try:
+            self._writer = pq.ParquetWriter(temporary, self.schema)
+        except BaseException as exc:  # through atomic_output: the temporary removed, the error naming the output
+            if not self._stack.__exit__(type(exc), exc, exc.__traceback__):
+                raise
 
     def write(self, analysis: StepAnalysis) -> None:
         """Write one step as row groups of about ``ROW_GROUP_TOKENS`` tokens, one at a time."""
@@ -85,5 +89,9 @@ class WeightsParquetWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except BaseException as exc:  # the last pages did not fit (a full disk): reported as any write error
+            if value is None:
+                kind, value, traceback = type(exc), exc, exc.__traceback__
         self._stack.__exit__(kind, value, traceback)

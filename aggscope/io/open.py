@@ -39,11 +39,15 @@ def open_rollouts(
         columns: explicit ``{role: column}`` overrides.
         format: ``parquet``, ``trl``, ``verl``, ``nemo-rl``, ``prime-rl``, ``atropos``, ``slime`` or
             ``skyrl`` (see ``aggscope.io.readers``); None detects it from the files.
-        options: ``reward_col``, ``advantage`` (grpo, dr_grpo, rloo), ``tokenizer`` (a local folder).
+        options: ``reward_col``, ``advantage`` (grpo, dr_grpo, rloo), ``tokenizer`` (a local folder),
+            ``trust_pickle`` (unpickle a ``.pkl``/``.pt`` file fully: it may run code; only for ``path``
+            naming that one file, see ``trusted_pickle_file``).
 
     Returns:
         The reader (``aggscope.io.reader.Rollouts``): a ``ParquetRollouts`` for Parquet input.
     """
+    if path is not None and not str(path).strip():
+        raise AggscopeError(f"PATH {str(path)!r}: empty; give a file, a folder or a glob (or no PATH for the bundled sample)")
     target = str(path) if path is not None else str(bundled_sample_path())
     return open_any(target, columns=columns, format=format, **options)
 
@@ -65,20 +69,45 @@ def open_any(
     reward_col: str | None = None,
     advantage: str | None = None,
     tokenizer: str | None = None,
+    trust_pickle: bool = False,
 ) -> Rollouts:
     """Open rollouts of any supported format (see the module docstring)."""
     from aggscope.core.advantages import resolve_estimator
 
+    if trust_pickle:
+        trusted_pickle_file(path)
     options = ReadOptions(
         columns=dict(columns or {}),
         reward_col=reward_col,
         advantage=None if advantage is None else resolve_estimator(advantage),
         tokenizer=None if tokenizer is None else str(tokenizer),
+        trust_pickle=trust_pickle,
     )
     fmt = resolve_format(format) if format is not None else detect_format(path)
+    if trust_pickle and fmt not in PICKLE_FORMATS:
+        raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
     module, name = READERS[fmt]
     reader: type[Rollouts] = getattr(importlib.import_module(module), name)
     return reader.open(path, options)
+
+
+PICKLE_FORMATS = ("skyrl", "slime")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt")
+
+
+def trusted_pickle_file(path: str | None) -> str:
+    """``path`` when it names one pickled file (``.pkl``, ``.pickle``, ``.pt``) that ``--trust-pickle`` may
+    unpickle fully; a one-line error for a folder, a glob or anything else: a scan may find files nobody
+    looked at, so trust is never extended to them."""
+    if path is None or "://" in path or not os.path.isfile(path):
+        where = "the bundled sample" if path is None else path
+        raise AggscopeError(
+            f"--trust-pickle: {where} is not a file; trust is given to one .pkl or .pt file named as PATH, "
+            "never to files found in a folder or by a glob"
+        )
+    if not path.endswith(PICKLE_SUFFIXES):
+        raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_SUFFIXES)}); {path} is not one")
+    return path
 
 
 def detect_format(path: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -31,6 +31,7 @@ from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io import decode, fastread
 from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
+from aggscope.io.limits import check_step
 from aggscope.io.paths import resolve_paths, step_in_name
 from aggscope.io.reader import ReadOptions, Rollouts, reject_options
 
@@ -104,19 +105,22 @@ class ParquetRollouts(Rollouts):
         first = _open_nonempty(files[0], filesystem)
         schema = first.schema_arrow
         mapping = detect_columns(schema.names, overrides, files[0])
+        detected = dict(mapping)  # before the layout keeps one of loss_mask and response_length
         layout, notes = _check_roles(mapping, schema, files[0])
         token_columns = tuple(
             mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
         )
         text_column = _text_column(mapping, schema)
+        name_steps = _name_steps(files, notes) if "step" not in mapping else {}
         plans = []
         for file in files:  # each file is opened once, here, and planned while open
             parquet = first if file == files[0] else _open_nonempty(file, filesystem)
             if parquet is not first:
-                _check_same_columns(file, parquet.schema_arrow, mapping, overrides, files[0])
+                _check_same_columns(file, parquet.schema_arrow, detected, overrides, files[0])
+                _check_same_layout(file, parquet.schema_arrow, detected, (files[0], schema))
                 if text_column is not None and _text_column(mapping, parquet.schema_arrow) != text_column:
                     text_column = None  # prompt texts only where every file has them
-            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None))
+            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None, name_steps))
         steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
         recorded = _recorded_metadata(first) if filesystem is None else {}
         for note in recorded.get("notes", []):
@@ -215,7 +219,8 @@ class ParquetRollouts(Rollouts):
                     parquet.metadata.row_group(group).num_rows,
                     None if plan.row_group_tokens is None else plan.row_group_tokens[group],
                 )
-                for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed):
+                batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed)
+                for record_batch in _damage_named(plan.path, group, batches):
                     table = pa.Table.from_batches([record_batch])
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
@@ -360,6 +365,10 @@ def _open_nonempty(file: str, filesystem: pafs.FileSystem | None) -> pq.ParquetF
     parquet = _open_parquet(file, filesystem)
     if parquet.metadata.num_rows == 0:
         raise AggscopeError(f"{file}: the file holds no rows")
+    names = parquet.schema_arrow.names
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise AggscopeError(f"{file}: has {names.count(twice)} columns named {twice!r}; give each column its own name")
     return parquet
 
 
@@ -377,6 +386,31 @@ def _check_same_columns(
         raise AggscopeError(
             f"{file}: has column {name!r} ({role}) that {first} lacks; files of one input must have the same columns"
         )
+
+
+def _check_same_layout(file: str, schema: pa.Schema, detected: Mapping[str, str], first: tuple[str, pa.Schema]) -> None:
+    """Every file's token columns hold what the first file's do: numbers, as lists per row or one value per row."""
+    _check_roles(dict(detected), schema, file)  # numbers, and roles that can describe a batch
+    for role in ("advantages", "loss_mask"):
+        if role in detected:
+            listed = decode.is_list(schema.field(detected[role]).type)
+            if listed != decode.is_list(first[1].field(detected[role]).type):
+                raise AggscopeError(
+                    f"{file}: column {detected[role]!r} ({role}) holds {'a list' if listed else 'one value'} per row, unlike "
+                    f"in {first[0]}; files of one input must store it alike"
+                )
+
+
+def _damage_named(path: str, group: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
+    try:
+        yield from batches
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, group, exc) from None
+
+
+def _damaged(path: str, group: int, exc: BaseException) -> AggscopeError:
+    return AggscopeError(f"{path}: row group {group} cannot be decoded ({first_line(exc)}); the file is damaged")
 
 
 def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
@@ -434,7 +468,19 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
     return "wide", notes
 
 
-def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None) -> _FilePlan:
+def _name_steps(files: Sequence[str], notes: list[str]) -> dict[str, int]:
+    """Each file's step without a step column: the number in its name, or (when some name holds none)
+    the file's position, with a note: files that cannot be told apart are never merged into one step."""
+    numbers = [step_in_name(f) for f in files]
+    if len(files) == 1 or all(n is not None for n in numbers):
+        return {f: 0 if n is None else n for f, n in zip(files, numbers, strict=True)}
+    notes.append("no step column, and file names hold no step numbers: steps are numbered by file order (0, 1, ...)")
+    return {f: i for i, f in enumerate(files)}
+
+
+def _plan_file(
+    path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None, name_steps: Mapping[str, int]
+) -> _FilePlan:
     """Which steps each row group holds, and (from the footer) how many token entries it has."""
     metadata = parquet.metadata
     starts = tuple(int(s) for s in offsets_of([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
@@ -443,12 +489,14 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
     )
     if step_column is None:
-        step = step_in_name(path)
-        fixed = frozenset({step if step is not None else 0})
+        fixed = frozenset({name_steps[path]})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps = []
     for group in range(metadata.num_row_groups):
-        column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
+        try:
+            column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(path, group, exc) from None
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
         if column.null_count:
@@ -457,5 +505,7 @@ def _plan_file(path: str, parquet: pq.ParquetFile, step_column: str | None, toke
         values = decode.numpy_of(pc.unique(column))
         if not np.all(values == np.round(values)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
-        steps.append(frozenset(int(v) for v in values))
+        if not np.isfinite(values).all():
+            raise AggscopeError(f"{path}: column {step_column!r} (step) holds an infinite value")
+        steps.append(frozenset(check_step(int(v), f"{path}: column {step_column!r}") for v in values))
     return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)

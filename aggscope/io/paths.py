@@ -6,6 +6,12 @@ with the reader's suffixes and skipping every name that starts with a dot (the t
 glob (``*``, ``?``, ``[``) as the files it matches. Files come in natural order (``rank_2``
 before ``rank_10``), which is sorted order wherever numbers in names have the same width.
 Canonical Parquet may also be a URI that pyarrow's filesystems understand (``s3://...``).
+
+Only regular files are read: a FIFO, socket or device (given, or found by a scan or a glob) is
+refused naming it, since opening one can block forever; a subfolder that cannot be listed is
+refused naming it rather than skipped (its steps would silently go missing). The first contact
+with a URI's storage (finding the file or listing the folder) is bounded in time
+(``CONNECT_SECONDS``, ``AGGSCOPE_CONNECT_TIMEOUT``): no network is one line, not minutes of silence.
 """
 
 from __future__ import annotations
@@ -13,16 +19,21 @@ from __future__ import annotations
 import glob as globlib
 import os
 import re
-from collections.abc import Sequence
+import stat
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from aggscope.errors import AggscopeError, first_line
+from aggscope.io.limits import check_step
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 GLOB_CHARS = frozenset("*?[")
+CONNECT_SECONDS = float(os.environ.get("AGGSCOPE_CONNECT_TIMEOUT", "20"))
+CONNECT_THREAD = "aggscope-connect"
 _NUMBER = re.compile(r"\d+")
 
 
@@ -39,21 +50,46 @@ def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
         what: how the files are named in the error for a directory without any (``.jsonl files``).
     """
     if any(ch in path for ch in GLOB_CHARS) and not os.path.exists(path):
-        files = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
+        files = [p for p in globlib.glob(path, recursive=True) if not os.path.isdir(p)]
         if not files:
             raise AggscopeError(f"{path}: no file matches this pattern")
-        return sorted(files, key=natural_key)
-    if not os.path.exists(path):
+        return sorted((regular_file(p) for p in files), key=natural_key)
+    if not os.path.lexists(path):
         raise AggscopeError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
-        return [path]
+        return [regular_file(path)]
     files = []
-    for root, dirs, names in os.walk(path):
+
+    def unreadable(error: OSError) -> None:
+        raise AggscopeError(
+            f"{error.filename}: this folder of the input cannot be read ({error.strerror}); its files would be left out"
+        )
+
+    for root, dirs, names in os.walk(path, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(os.path.join(root, n) for n in names if n.endswith(tuple(suffixes)) and not n.startswith("."))
     if not files:
         raise AggscopeError(f"{path}: no {what} in this directory")
-    return sorted(files, key=natural_key)
+    return sorted((regular_file(f) for f in files), key=natural_key)
+
+
+def regular_file(path: str) -> str:
+    """``path`` when it is a regular file (or a link to one); else one line saying what it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AggscopeError(f"{path}: no such file (a link to nothing?)") from None
+    except OSError as exc:
+        raise AggscopeError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "special file")
+        raise AggscopeError(
+            f"{path}: not a regular file (a {kind}); aggscope reads only regular files (opening a {kind} can block)"
+        )
+    return path
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
 
 def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
@@ -63,11 +99,14 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    try:
+    def contact() -> tuple[Any, str, Any]:
         filesystem, root = pafs.FileSystem.from_uri(path)
+        return filesystem, root, filesystem.get_file_info(root)
+
+    try:
+        filesystem, root, info = _within(CONNECT_SECONDS, contact, path)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
-    info = filesystem.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise AggscopeError(f"{path}: no such file or directory")
     if info.type != pafs.FileType.Directory:
@@ -85,8 +124,39 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
     return sorted(files, key=natural_key), filesystem
 
 
+def _within(seconds: float, call: Callable[[], Any], path: str) -> Any:
+    """``call()`` on a daemon thread, waited for ``seconds`` at most (a storage that never answers
+    keeps only that thread, which ends with the process)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=CONNECT_THREAD, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise AggscopeError(
+            f"{path}: no answer from the storage within {seconds:g} s (no network, a wrong endpoint or bucket?); "
+            "set AGGSCOPE_CONNECT_TIMEOUT=SECONDS to wait longer"
+        )
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return value
+
+
 def step_in_name(path: str) -> int | None:
     """The step in a file or folder name: the last number in its stem (``12.jsonl``, ``step_12``,
     ``global_step_12``, ``completions_00012.parquet``, ``global_step_12_training_input.pkl``), or None."""
     numbers = _NUMBER.findall(PurePosixPath(path).name.split(".")[0])
-    return int(numbers[-1]) if numbers else None
+    if not numbers:
+        return None
+    digits = numbers[-1].lstrip("0") or "0"
+    where = f"{path}: the step in the file name"
+    if len(digits) > 19:  # beyond int64 (and int() of thousands of digits would itself refuse)
+        raise AggscopeError(f"{where}: step {digits[:12]}... ({len(digits)} digits) is beyond the steps aggscope handles")
+    return check_step(int(digits), where)

@@ -31,12 +31,14 @@ class ReadOptions:
         advantage: estimator to rebuild advantages from rewards (``grpo``, ``dr_grpo``, ``rloo``),
             or None for the dump's own advantages (GRPO where it has none).
         tokenizer: a local tokenizer folder for the token counts of text-only dumps.
+        trust_pickle: unpickle ``.pkl``/``.pt`` dumps fully (runs code they name; ``aggscope.io.safe_load``).
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
     reward_col: str | None = None
     advantage: str | None = None
     tokenizer: str | None = None
+    trust_pickle: bool = False
 
 
 class Rollouts(ABC):

@@ -29,7 +29,7 @@ from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.modes import MODES
 from aggscope.errors import AggscopeError
-from aggscope.io.writing import atomic_output
+from aggscope.io.writing import atomic_directory, check_replaceable_directory
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 
@@ -407,13 +407,13 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
 
 def check_image_format(image_format: str) -> None:
     if image_format not in IMAGE_FORMATS:
-        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)}")
+        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)")
 
 
 def check_figure_names(names: Sequence[str] | None) -> None:
     unknown = [name for name in names or () if name not in FIGURES]
     if unknown:
-        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)}")
+        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)} (--figure)")
 
 
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
@@ -427,23 +427,25 @@ def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
 
 
 def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str], image_format: str = "png") -> dict[str, Path]:
-    """Write each figure to ``out_dir/<name>.<format>`` (whole or not at all); name -> path."""
-    directory = ensure_directory(out_dir)
-    paths = {}
-    for name, figure in figures.items():
-        data = figure_bytes(figure, image_format)
-        path = directory / f"{name}.{image_format}"
-        with atomic_output(path) as temporary:
-            temporary.write_bytes(data)
-        paths[name] = path
-    return paths
+    """Write each figure to ``out_dir/<name>.<format>``; name -> path. The folder is replaced whole
+    by the new set (``atomic_directory``): a kill never leaves figures of two runs in it."""
+    images = {name: figure_bytes(figure, image_format) for name, figure in figures.items()}
+    with atomic_directory(out_dir, earlier_output) as directory:
+        for name, data in images.items():
+            (directory / f"{name}.{image_format}").write_bytes(data)
+    return {name: Path(out_dir) / f"{name}.{image_format}" for name in images}
+
+
+def earlier_output(name: str) -> bool:
+    """True for a file name that ``report``, ``compare`` or ``plot`` writes (what ``-o`` may hold already)."""
+    stem, _, suffix = name.rpartition(".")
+    return name in ("report.html", "report.md", "report.json") or (stem in FIGURES and suffix in IMAGE_FORMATS)
 
 
 def check_output_directory(path: str | os.PathLike[str]) -> Path:
-    """Fail early, before any work, when the output directory is an existing file."""
+    """Fail early, before any work, when the output directory cannot take a whole set of outputs."""
     directory = Path(path)
-    if directory.exists() and not directory.is_dir():
-        raise AggscopeError(f"{directory}: exists and is not a directory; give a directory for the output")
+    check_replaceable_directory(directory.resolve() if directory.is_symlink() else directory, earlier_output)
     return directory
 
 

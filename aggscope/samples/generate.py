@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aggscope.core.advantages import GRPO_EPSILON, outcome_advantages
+from aggscope.io.limits import check_fits
 from aggscope.io.open import SAMPLE_FILE
 from aggscope.io.writing import atomic_output, list_array
 
@@ -31,6 +32,12 @@ class SampleConfig:
     group_size: int = 8
     seed: int = 0
     max_len: int = 1024
+
+    def __post_init__(self) -> None:
+        # Every response has at least 8 tokens; a step's arrays take about 48 bytes per token while it is made.
+        rows = self.prompts * self.group_size
+        where = f"--steps {self.steps:,} --prompts {self.prompts:,} --group-size {self.group_size:,}"
+        check_fits(self.steps * rows * 8, where, f"{self.steps:,} steps of {rows:,} responses hold at least", 48)
 
 
 def grpo_advantages(rewards: np.ndarray, group_of_row: np.ndarray, epsilon: float = GRPO_EPSILON) -> np.ndarray:

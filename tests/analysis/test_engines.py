@@ -136,7 +136,7 @@ def test_without_ray_the_option_says_how_to_install_it(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "spark"], "unknown engine 'spark'; engines: local, ray"),
+        (["--engine", "spark"], "unknown engine 'spark'; engines: local, ray (--engine)"),
         (["--address", "auto"], "--address is the Ray cluster's address: give it with --engine ray"),
     ],
 )

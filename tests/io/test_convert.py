@@ -84,12 +84,19 @@ def test_convert_never_overwrites_its_input(tmp_path: Path) -> None:
         f"{first}: is one of the input files; choose another output name"
     )
     assert first.read_bytes() == before
-    # Converting a directory into itself works once; a second run would read its own output.
+    # A folder is read whole: an output inside it would be read as input by the next command,
+    # doubling every step's sequences, so it is refused from the first run on (also for a glob).
     folder = tmp_path / "canon"
     folder.mkdir()
     (folder / "a.parquet").write_bytes(before)
-    invoke("convert", str(folder), "-o", str(folder / "all.parquet"), "--json")
-    assert "all.parquet: is one of the input files" in cli_error("convert", str(folder), "-o", str(folder / "all.parquet"))
+    for command in ("convert", "weights"):
+        message = cli_error(command, str(folder), "-o", str(folder / "sub" / "all.parquet"))
+        assert message.endswith(
+            f"lies inside the input folder {folder}, which is read whole: the next command would read it as input too; write it outside the folder"
+        )
+        message = cli_error(command, str(folder / "*.parquet"), "-o", str(folder / "all.parquet"))
+        assert f"all.parquet: matches the input pattern {folder / '*.parquet'}" in message
+    assert sorted(p.name for p in folder.iterdir()) == ["a.parquet"]
 
 
 @pytest.mark.parametrize(

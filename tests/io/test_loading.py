@@ -300,6 +300,7 @@ def test_files_may_store_a_column_with_different_number_types(tmp_path: Path) ->
                 "advantage": pa.array([0.5, -0.5], type=dtype),
                 "reward": pa.array([1.0, 0.0], type=dtype),
                 "response_length": pa.array([2, 3], type=pa.int32() if name == "a" else pa.int64()),
+                "step": pa.array([0, 0], type=pa.int32() if name == "a" else pa.int64()),  # one step in two files
             }
         )
         pq.write_table(table, tmp_path / f"{name}.parquet")

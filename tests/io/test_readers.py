@@ -406,14 +406,16 @@ def test_skyrl_stand_in_pickle_with_prompt_boundaries(tmp_path: Path, stand_in_s
     assert path.exists()
 
 
-def test_skyrl_without_skyrl_installed_says_so(tmp_path: Path, stand_in_skyrl: type, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skyrl_reads_the_same_without_skyrl_installed(
+    tmp_path: Path, stand_in_skyrl: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = skyrl_dump(tmp_path / "global_step_1_training_input.pkl", stand_in_skyrl, {"uids": ["a", "a", "b", "b"]})
     (batch,) = read_all(path)
     assert batch.row_uids() == ["a", "a", "b", "b"]
     monkeypatch.delitem(sys.modules, "skyrl_train.training_batch")
     monkeypatch.delitem(sys.modules, "skyrl_train")
-    message = cli_error("inspect", str(path))
-    assert "can only be unpickled where SkyRL is installed (module 'skyrl_train" in message
+    (again,) = read_all(path)  # the safe loader decodes the batch itself: SkyRL is never imported
+    assert again.row_uids() == batch.row_uids() and torch.equal(again.advantages, batch.advantages)
 
 
 # ---- detection and options --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ its figures, plain opening sentences, and a one-line error for every bad SPEC.""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -292,6 +293,11 @@ class _Tables(HTMLParser):
                 part.append(data)
 
 
+def markdown_text(text: str) -> str:
+    """Escaped Markdown text as a renderer shows it: backslash escapes and HTML entities undone."""
+    return html.unescape(re.sub(r"\\([\\\[\]|])", r"\1", text))
+
+
 def markdown_tables(markdown: str) -> list[list[list[str]]]:
     """Every table of a Markdown text, its separator line left out, cells unescaped."""
     tables: list[list[list[str]]] = []
@@ -300,7 +306,7 @@ def markdown_tables(markdown: str) -> list[list[list[str]]]:
         if line.startswith("| "):
             if not previous.startswith("|"):
                 tables.append([])
-            tables[-1].append([cell.replace("\\|", "|") for cell in re.split(r" (?<!\\)\| ", line[2:-2])])
+            tables[-1].append([markdown_text(cell) for cell in re.split(r" (?<!\\)\| ", line[2:-2])])
         previous = line
     return tables
 
@@ -313,7 +319,7 @@ def test_html_and_markdown_draw_the_same_sections(run: str, request: pytest.Fixt
     page.feed((out / "report.html").read_text())
     markdown = (out / "report.md").read_text()
     assert markdown_tables(markdown) == page.tables
-    headings = [line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith(("## ", "### "))]
+    headings = [markdown_text(line.lstrip("#").strip()) for line in markdown.splitlines() if line.startswith(("## ", "### "))]
     # The page groups the changes under one more heading, and has the same others in the same order.
     assert [h for h in page.headings if h != "Changes against the base"] == headings
     assert len(page.tables) >= 6

@@ -11,6 +11,7 @@ numbers typed; ``to_dict`` gives the JSON of ``report.json``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,17 +77,43 @@ class SpecOutcome:
         }
 
 
+REPORT_FINDINGS_PER_CODE = 1000  # report.json keeps this many findings of each code (and cut prompts of each level)
+
+
+def report_findings_omitted(report: CheckReport) -> dict[str, int]:
+    """code -> findings report.json leaves out under ``REPORT_FINDINGS_PER_CODE`` (empty when none are)."""
+    counts = Counter(f.code for f in report.findings)
+    return {code: n - REPORT_FINDINGS_PER_CODE for code, n in counts.items() if n > REPORT_FINDINGS_PER_CODE}
+
+
 def _check_dict(report: CheckReport) -> dict[str, Any]:
-    """The part of ``check --json`` a report keeps per SPEC, and how many prompts each level cuts."""
-    checks = report.to_dict()
-    return {
-        "modes": checks["modes"],
-        "counts": checks["counts"],
-        "findings": checks["findings"],
-        "cut_prompts": checks["cut_prompts"],
-        "cut_prompt_counts": {level: len(entries) for level, entries in checks["cut_prompts"].items()},
-        "notes": checks["notes"],
+    """The part of ``check --json`` a report keeps per SPEC, and how many prompts each level cuts.
+
+    At most ``REPORT_FINDINGS_PER_CODE`` findings of each code and cut prompts of each level: an
+    input with a finding per prompt (10^6 rows of empty lists) made a report.json of gigabytes. The
+    counts stay whole; ``findings_omitted`` (only where some are left out) says how many are out.
+    """
+    seen: Counter[str] = Counter()
+    kept = []
+    for finding in report.findings:
+        seen[finding.code] += 1
+        if seen[finding.code] <= REPORT_FINDINGS_PER_CODE:
+            kept.append(finding.to_dict())
+    checks = {
+        "modes": report.modes,
+        "counts": report.counts(),
+        "findings": kept,
+        "cut_prompts": {
+            level: [{"step": step, "uid": uid} for step, uid in pairs[:REPORT_FINDINGS_PER_CODE]]
+            for level, pairs in report.cut_prompts.items()
+        },
+        "cut_prompt_counts": {level: len(pairs) for level, pairs in report.cut_prompts.items()},
+        "notes": report.notes,
     }
+    omitted = report_findings_omitted(report)
+    if omitted:
+        checks["findings_omitted"] = omitted
+    return checks
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ def read_jsonl(path: str, fields: Mapping[str, pa.DataType]) -> JsonlTable:
             read_options=pajson.ReadOptions(block_size=block),
             parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
+        for column in table.columns:  # pyarrow keeps bytes that are not UTF-8 in text columns: refuse them here
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                column.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _diagnose(path, fields, exc) from None
     if table.num_rows == 0:
@@ -115,6 +118,8 @@ def first_record(path: str) -> dict[str, Any]:
 def _parse_line(path: str, number: int, raw: bytes) -> dict[str, Any]:
     try:
         record = json.loads(raw)
+    except RecursionError:
+        raise AggscopeError(f"{path}: line {number}: JSON nested too deeply to read (more than about 1,000 levels)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         if isinstance(exc, json.JSONDecodeError):
             detail = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
@@ -157,11 +162,13 @@ def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
     if pa.types.is_boolean(dtype):
         return None if isinstance(value, bool) else f"is {_describe(value)}; expected true or false"
     if pa.types.is_integer(dtype):
-        return (
-            None if isinstance(value, int) and not isinstance(value, bool) else f"is {_describe(value)}; expected a whole number"
-        )
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"is {_describe(value)}; expected a whole number"
+        return None if -(2**63) <= value < 2**63 else f"is {_describe(value)}; beyond 64-bit whole numbers"
     if pa.types.is_floating(dtype):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and abs(value) > 1.7976931348623157e308:
+            return f"is {_describe(value)}; beyond 64-bit floats"
         return None if ok else f"is {_describe(value)}; expected a number"
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
         return None if isinstance(value, str) else f"is {_describe(value)}; expected a string"
@@ -175,7 +182,8 @@ def _describe(value: Any) -> str:
         shown = value if len(value) <= 20 else value[:17] + "..."
         return f"a string ({shown!r})"
     if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
+        shown = repr(value) if len(repr(value)) <= 24 else f"{repr(value)[:12]}... ({len(repr(value))} digits)"
+        return f"a number ({shown})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

@@ -1,8 +1,8 @@
 """SkyRL ``trainer.dump_data_batch``: ``{export_path}/dumped_data/global_step_{N}_training_input.pkl``.
 
 The file is a pickled ``TrainingInputBatch`` (a dict of ``[B, L]`` tensors with a ``metadata``
-dict), so it unpickles only where SkyRL itself is installed; otherwise a one-line error says so.
-Unpickling runs code named in the file: open only dumps you trust.
+dict). It is unpickled with only the globals a SkyRL dump holds (``aggscope.io.safe_load``), so no
+code from the file runs and SkyRL need not be installed; ``--trust-pickle`` unpickles it fully.
 
 - Tensors: left-padded ``[B, L]`` ``loss_mask`` and ``advantages`` (before the loss-reduction
   scaling); every position becomes a token, padding is masked. Optional ``rewards`` (per token, or
@@ -15,26 +15,31 @@ Unpickling runs code named in the file: open only dumps you trust.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from aggscope.core.batch import StepBatch, host_array, mask_as_bool, widen_half
+from aggscope.core.batch import StepBatch, host_array, is_tensor, mask_as_bool, widen_half
 from aggscope.core.segments import ordered_sum
-from aggscope.errors import AggscopeError, first_line
+from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch, plan_by_name
+from aggscope.io.safe_load import load_skyrl_pickle
 
 
 @dataclass(frozen=True)
 class SkyrlSettings:
-    """``reward_key``: the batch's rewards tensor (``--reward-col``, default ``rewards``)."""
+    """``reward_key``: the batch's rewards tensor (``--reward-col``, default ``rewards``); ``trust``:
+    ``--trust-pickle`` (unpickle fully)."""
 
     reward_key: str
+    trust: bool = False
+
+    def load(self, file: str) -> Any:
+        return load_skyrl_pickle(file, trust=self.trust)
 
 
 class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
@@ -46,7 +51,8 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         files = list_files(path, (".pkl", ".pickle"), "SkyRL .pkl files")
         plan, notes = plan_by_name(files)
         reward_key = options.reward_col or "rewards"
-        first = load_pickled_batch(files[0])
+        settings = SkyrlSettings(reward_key, options.trust_pickle)
+        first = settings.load(files[0])
         metadata = _metadata(first)
         has_groups = "uids" in metadata or "policy_prompt_boundaries" in metadata
         columns = {"advantages": "advantages", "loss_mask": "loss_mask", "step": "(file name)"}
@@ -57,12 +63,12 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         if _field(first, reward_key) is not None:
             columns["reward"] = f"{reward_key} (row sum)"
         boundaries = metadata.get("policy_mini_batch_boundaries")
-        if boundaries:
+        if isinstance(boundaries, (list, tuple)) and boundaries:
             notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
         return cls(
             path,
             plan,
-            settings=SkyrlSettings(reward_key),
+            settings=settings,
             columns=columns,
             notes=notes,
             has_groups=has_groups,
@@ -73,7 +79,7 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         if len(files) != 1:
             raise AggscopeError(f"{self.source}: {len(files)} SkyRL dumps for step {step} ({files[0]}, {files[1]}); give one")
         file = files[0]
-        batch = self.load(file, load_pickled_batch)
+        batch = self.load(file, self.settings.load)
         loss_mask = _tensor(batch, "loss_mask", file)
         advantages = _tensor(batch, "advantages", file)
         if loss_mask.ndim != 2 or advantages.shape != loss_mask.shape:
@@ -87,9 +93,9 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
             lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
         )
         rewards = None
-        reward_tensor = _field(batch, self.settings.reward_key)
+        reward_tensor = _tensor(batch, self.settings.reward_key, file, optional=True)
         if reward_tensor is not None:
-            reward_tensor = np.asarray(host_array(reward_tensor), dtype=np.float64)
+            reward_tensor = reward_tensor.astype(np.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
                     f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
@@ -106,23 +112,6 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         )
 
 
-def load_pickled_batch(file: str) -> Any:
-    """Unpickle a SkyRL training batch, or one line saying SkyRL is needed for it."""
-    try:
-        with open(file, "rb") as handle:
-            return pickle.load(handle)
-    except ModuleNotFoundError as exc:
-        module = exc.name or "?"
-        if module.split(".")[0].startswith("skyrl"):
-            raise AggscopeError(
-                f"{file}: this SkyRL training batch can only be unpickled where SkyRL is installed (module {module!r} "
-                "not found); run aggscope in SkyRL's environment, or log batches with aggscope.log_batch"
-            ) from None
-        raise AggscopeError(f"{file}: cannot unpickle (module {module!r} not found)") from None
-    except Exception as exc:
-        raise AggscopeError(f"{file}: not a readable SkyRL training batch pickle ({first_line(exc)})") from None
-
-
 def _metadata(batch: Any) -> dict[str, Any]:
     metadata = getattr(batch, "metadata", None)
     return metadata if isinstance(metadata, dict) else {}
@@ -133,15 +122,30 @@ def _field(batch: Any, key: str) -> Any:
     return getter(key) if callable(getter) else None
 
 
-def _tensor(batch: Any, key: str, file: str) -> np.ndarray:
+def _tensor(batch: Any, key: str, file: str, *, optional: bool = False) -> Any:
     value = _field(batch, key)
+    if value is None and optional:
+        return None
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
+    # bool, signed and unsigned integers and floats (numpy's kinds b, i, u, f): anything else is not SkyRL's
+    if not is_tensor(value) or np.asarray(host_array(value)).dtype.kind not in "biuf":
+        raise AggscopeError(
+            f"{file}: {key!r} is a {type(value).__name__}, not a tensor of numbers; not a SkyRL training input batch"
+        )
     return widen_half(np.asarray(host_array(value)))
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     """``[n_rows]`` uids from the metadata's ``uids`` or ``policy_prompt_boundaries``."""
+    try:
+        return _uids_of(metadata, n_rows, file)
+    except (TypeError, ValueError, OverflowError):
+        key = "uids" if "uids" in metadata else "policy_prompt_boundaries"
+        raise AggscopeError(f"{file}: metadata[{key!r}] does not hold what a SkyRL batch holds there") from None
+
+
+def _uids_of(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     if "uids" in metadata:
         uids = list(metadata["uids"])
         if len(uids) > n_rows:

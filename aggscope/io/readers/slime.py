@@ -9,21 +9,22 @@ slime's ``--reward-key``) and ``remove_sample`` (a removed sample stays a row wi
 - Advantages: rebuilt from the reward per ``group_index`` with ``--advantage`` (GRPO by default).
 - Step: ``rollout_id``'s number in the file name. ``eval_*.pt`` files (evaluation rollouts) are
   skipped when a folder is given.
-- The file is loaded with ``torch.load(weights_only=True)``; a dump holding other Python objects
-  in its samples' metadata is loaded fully (only open files you trust), and a note says so.
+- The file is loaded with ``torch.load(weights_only=True)`` (``aggscope.io.safe_load``): a file
+  naming any other Python object is refused, never retried with full unpickling;
+  ``--trust-pickle`` loads such a file fully.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from aggscope.core.batch import StepBatch, mask_as_bool
-from aggscope.errors import AggscopeError, first_line
+from aggscope.errors import AggscopeError
+from aggscope.io.limits import check_fits
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import (
@@ -33,14 +34,17 @@ from aggscope.io.readers.base import (
     plan_by_name,
     rebuild_advantages,
 )
+from aggscope.io.safe_load import load_torch_file
 
 
 @dataclass(frozen=True)
 class SlimeSettings:
-    """``reward_key``: the key of dict rewards (``--reward-col``), or None; ``estimator``: how advantages are rebuilt."""
+    """``reward_key``: the key of dict rewards (``--reward-col``), or None; ``estimator``: how advantages are
+    rebuilt; ``trust``: ``--trust-pickle`` (load fully)."""
 
     reward_key: str | None
     estimator: str
+    trust: bool = False
 
 
 class SlimeRollouts(DumpRollouts[SlimeSettings]):
@@ -55,11 +59,11 @@ class SlimeRollouts(DumpRollouts[SlimeSettings]):
         plan, notes = plan_by_name(files)
         estimator = options.advantage or "grpo"
         notes.append(estimator_note(estimator, "reward"))
-        first = _load_samples(files[0], notes)  # check the format now (kept for the first step)
+        first = _load_samples(files[0], options.trust_pickle)  # check the format now (kept for the first step)
         return cls(
             path,
             plan,
-            settings=SlimeSettings(options.reward_col, estimator),
+            settings=SlimeSettings(options.reward_col, estimator, options.trust_pickle),
             columns={
                 "uid": "group_index",
                 "advantages": f"{estimator}(reward)",
@@ -75,10 +79,15 @@ class SlimeRollouts(DumpRollouts[SlimeSettings]):
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         lengths, masks, rewards, groups = [], [], [], []
+        tokens = 0
         for file in files:
-            samples = self.load(file, lambda name: _load_samples(name, self.notes))
+            samples = self.load(file, lambda name: _load_samples(name, self.settings.trust))
             for index, sample in enumerate(samples):  # a loop over samples while reading
                 where = f"{file}: sample {index}"
+                length = sample.get("response_length")
+                if isinstance(length, int) and not isinstance(length, bool):
+                    tokens += length
+                    check_fits(tokens, where, "response_length brings the step to")  # before a mask of that length
                 mask = _loss_mask(sample, where)
                 group = sample.get("group_index")
                 if isinstance(group, bool) or not isinstance(group, int):
@@ -112,14 +121,14 @@ class SlimeRollouts(DumpRollouts[SlimeSettings]):
             reward = reward[self.settings.reward_key]
         if reward is None:
             return float("nan")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        if isinstance(reward, (bool, np.bool_)) or not isinstance(reward, (int, float, np.integer, np.floating)):
             raise AggscopeError(f"{where}: reward is {reward!r}; expected a number")
         return float(reward)
 
 
-def _load_samples(file: str, notes: list[str]) -> list[dict[str, Any]]:
-    """The samples of a dump file (a note is added when it needs full unpickling)."""
-    data = _load(file, notes)
+def _load_samples(file: str, trust: bool) -> list[dict[str, Any]]:
+    """The samples of a dump file."""
+    data = load_torch_file(file, trust=trust)
     samples = data.get("samples") if isinstance(data, dict) else None
     if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
         raise AggscopeError(f"{file}: not a slime rollout dump (expected a dict with a 'samples' list of dicts)")
@@ -142,20 +151,3 @@ def _loss_mask(sample: dict[str, Any], where: str) -> np.ndarray:
             raise AggscopeError(f"{where}: loss_mask must hold {length} values of 0 or 1 (response_length)")
         values = mask_as_bool(values, np.array([0, length]), lambda _, token: (f"{where}: loss_mask", f"token {token}"))
     return np.zeros(length, dtype=bool) if sample.get("remove_sample") else values
-
-
-def _load(file: str, notes: list[str]) -> Any:
-    import torch
-
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        note = f"{file}: holds Python objects beyond plain values; loaded with full unpickling (open only files you trust)"
-        if note not in notes:
-            notes.append(note)
-    except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({first_line(exc)}); not a slime .pt dump?") from None
-    try:
-        return torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise AggscopeError(f"{file}: cannot load with torch.load ({first_line(exc)})") from None

@@ -10,6 +10,9 @@ function (named after it), any extra logged columns, and ``advantage`` (one per 
 - Advantages: the logged ``advantage``, broadcast over the completion's tokens; rebuilt from the
   reward with ``--advantage`` when given or when the column is missing.
 - Lengths: from the ``completion`` text (``--tokenizer`` or the estimate of ``readers.text``).
+- Conversational datasets log ``prompt`` and ``completion`` as chat messages (lists of
+  ``{"role", "content"}``): each is read as its messages' text, ``role: content`` per message, one
+  per line (the prompt's text groups the rows; the completion's gives the length).
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
                 raise AggscopeError(
                     f"{files[0]}: no {name!r} column (columns: {', '.join(schema.names)}); not a TRL completions file"
                 )
+        not_rewards = {*_NOT_REWARDS, text_column, "completion", *([uid_column] if uid_column else [])}
         numeric = [
-            f.name for f in schema if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in _NOT_REWARDS
+            f.name for f in schema if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in not_rewards
         ]
         reward_col = options.columns.get("reward", options.reward_col)
         if reward_col is not None:
@@ -129,12 +133,25 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
         return self.text_batch(
             step,
             source,
-            prompts=table.column(settings.text_column).combine_chunks(),
-            responses=table.column("completion").combine_chunks(),
+            prompts=_as_text(table.column(settings.text_column).combine_chunks(), settings.text_column, source),
+            responses=_as_text(table.column("completion").combine_chunks(), "completion", source),
             uid_values=table.column(settings.uid_column).combine_chunks() if settings.uid_column else None,
             rewards=rewards,
             row_advantages=None if settings.estimator is not None else table.column("advantage").cast(pa.float64()).to_numpy(),
         )
+
+
+def _as_text(column: pa.Array, name: str, source: str) -> pa.Array:
+    """A text column as text; chat messages (a list of role and content per row) as their lines."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column
+    value = column.type.value_type if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) else None
+    if value is None or not pa.types.is_struct(value) or value.get_field_index("content") < 0:
+        raise AggscopeError(f"{source}: column {name!r} has type {column.type}; expected text or chat messages (role, content)")
+    texts = [  # a loop over rows: conversational logs are small (decoded text, one row per completion)
+        "\n".join(f"{m.get('role') or ''}: {m.get('content') or ''}" for m in row or [] if m) for row in column.to_pylist()
+    ]
+    return pa.array(texts, type=pa.string())
 
 
 def _schema(file: str) -> pa.Schema:

@@ -28,8 +28,8 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, resolve_mode
 from aggscope.io.reader import Rollouts
-from aggscope.io.writing import atomic_output
-from aggscope.present.figures import ensure_directory, figure_bytes, make_figures
+from aggscope.io.writing import atomic_directory
+from aggscope.present.figures import earlier_output, figure_bytes, make_figures
 from aggscope.present.report.document import ReportDocument, build_document
 from aggscope.present.report.html import render_html
 from aggscope.present.report.markdown import render_markdown
@@ -83,17 +83,26 @@ class Report:
     def write(self, out_dir: str | os.PathLike[str]) -> ReportFiles:
         """Write ``report.html``, ``report.md``, ``report.json`` and one PNG per figure into ``out_dir``.
 
-        Each file appears whole or not at all; the directory is created when missing.
+        The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
+        full disk or another writer never leaves files of two reports, or half of one, in it.
         """
-        directory = ensure_directory(out_dir)
         assert self.data.figures is not None
         images = {name: figure_bytes(figure, "png") for name, figure in self.figures.items()}
-        figure_paths = {name: _write(directory / self.data.figures[name], data) for name, data in images.items()}
-        json_path = _write(directory / "report.json", (json.dumps(self.document, indent=2) + "\n").encode())
         drawn = page(self.data)  # one list of sections, for both renderings
-        md_path = _write(directory / "report.md", render_markdown(drawn).encode())
-        html_path = _write(directory / "report.html", render_html(drawn, images).encode())
-        return ReportFiles(html=html_path, markdown=md_path, json=json_path, figures=figure_paths)
+        files = {self.data.figures[name]: data for name, data in images.items()}
+        files["report.json"] = (json.dumps(self.document, indent=2) + "\n").encode()
+        files["report.md"] = render_markdown(drawn).encode()
+        files["report.html"] = render_html(drawn, images).encode()
+        with atomic_directory(out_dir, earlier_output) as temporary:
+            for name, data in files.items():
+                (temporary / name).write_bytes(data)
+        directory = Path(out_dir)
+        return ReportFiles(
+            html=directory / "report.html",
+            markdown=directory / "report.md",
+            json=directory / "report.json",
+            figures={name: directory / self.data.figures[name] for name in images},
+        )
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,6 @@ class ReportFiles:
     markdown: Path
     json: Path
     figures: dict[str, Path]
-
-
-def _write(path: Path, data: bytes) -> Path:
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(data)
-    return path
 
 
 # ---- entry points --------------------------------------------------------------------------------

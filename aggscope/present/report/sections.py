@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggscope.analysis.breakdown.outcomes import REPORT_FINDINGS_PER_CODE
 from aggscope.present.report.document import ReportDocument
 from aggscope.present.report.tables import (
     STEP_ROWS,
@@ -219,7 +220,15 @@ def _findings_sections(document: ReportDocument) -> list[Section]:
     for findings in findings_tables(document):
         blocks: list[Block] = [note(f"modes checked: {findings.modes}")]
         blocks.append(TableBlock(findings.table) if findings.table.rows else note("No findings."))
-        if findings.more > 0:
+        if findings.more > 0 and findings.omitted:
+            blocks.append(
+                note(
+                    f"{findings.more:,} more findings: report.json holds the first {REPORT_FINDINGS_PER_CODE:,} of each code, ",
+                    Code("aggscope check --json"),
+                    " lists every one.",
+                )
+            )
+        elif findings.more > 0:
             blocks.append(note(f"{findings.more:,} more findings in report.json."))
         if findings.notes:
             blocks.append(Lines(tuple(f"note: {text}" for text in findings.notes)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aggscope import fmt
 from aggscope.analysis.breakdown import Buckets, BucketShares, Change, PromptMove, Shift
-from aggscope.analysis.breakdown.outcomes import finite_or_none, ratio_keys
+from aggscope.analysis.breakdown.outcomes import finite_or_none, ratio_keys, report_findings_omitted
 from aggscope.analysis.checks import CheckReport
 from aggscope.present.report.document import ReportDocument
 from aggscope.present.report.sentences import QUARTILE_NAMES, points, token_span
@@ -255,6 +255,7 @@ class FindingsTable:
 
     Attributes:
         more: findings beyond the first ``FINDING_ROWS``, left out of the table.
+        omitted: findings report.json leaves out too (beyond its first of each code).
     """
 
     layout: str
@@ -262,6 +263,7 @@ class FindingsTable:
     table: Table
     more: int
     notes: list[str]
+    omitted: int = 0
 
 
 def findings_tables(document: ReportDocument) -> list[FindingsTable]:
@@ -286,7 +288,14 @@ def findings_tables(document: ReportDocument) -> list[FindingsTable]:
         ]
         table = Table(["severity", "code", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 6)
         out.append(
-            FindingsTable(spec.layout_text, ", ".join(checks.modes), table, len(checks.findings) - len(rows), checks.notes)
+            FindingsTable(
+                spec.layout_text,
+                ", ".join(checks.modes),
+                table,
+                len(checks.findings) - len(rows),
+                checks.notes,
+                sum(report_findings_omitted(checks).values()),
+            )
         )
     return out
 
