@@ -16,9 +16,12 @@ SHARED = REPO.parent / "shared"
 REAL_DATA = SHARED / "data" / "real"
 SAMPLE_DATA = REPO / "sample_data"
 
-for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+for _folder in sorted(p for p in Path(__file__).parent.rglob("*") if p.is_dir() and not p.name.startswith((".", "_"))):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
+
+# the dump fixtures of tests/io/readers (the SkyRL stand-in class), shared with the convert tests
+pytest_plugins = ["dumps"]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_readers import VERL_ROWS, cli_error, stand_in_skyrl, write_jsonl  # noqa: F401  (a fixture)
+from dumps import VERL_ROWS, cli_error, write_jsonl
 from typer.testing import CliRunner
 
 from aggscope.cli import app
@@ -116,7 +116,7 @@ def every_format(root: Path, skyrl_class: type) -> dict[str, Path]:
     """One small dump of every format, built from the fixtures of test_readers."""
     import pyarrow.parquet as pq
     import torch
-    from test_readers import nemo_record, skyrl_dump, slime_sample, trl_table
+    from dumps import nemo_record, skyrl_dump, slime_sample, trl_table
 
     paths = {"verl": write_jsonl(root / "verl" / "5.jsonl", VERL_ROWS)}
     (root / "trl").mkdir()
@@ -141,7 +141,7 @@ def every_format(root: Path, skyrl_class: type) -> dict[str, Path]:
     return paths
 
 
-def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) -> None:  # noqa: F811  (the fixture)
+def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) -> None:
     for fmt, path in every_format(tmp_path, stand_in_skyrl).items():
         described = invoke("inspect", str(path), "--json")
         assert described["layout"] == fmt
@@ -155,7 +155,7 @@ def test_every_command_reads_every_format(tmp_path: Path, stand_in_skyrl: type) 
         assert reported.exit_code == 0, (fmt, reported.output)
 
 
-def test_every_reader_is_one_interface_built_in_one_call(tmp_path: Path, stand_in_skyrl: type) -> None:  # noqa: F811
+def test_every_reader_is_one_interface_built_in_one_call(tmp_path: Path, stand_in_skyrl: type) -> None:
     """Every format's reader is a ``Rollouts`` with every member set, and what it decided when it opened
     the input is frozen (no attribute is assigned after the reader is built)."""
     import dataclasses

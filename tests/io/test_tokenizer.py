@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_readers import cli_error, per_row, read_all, write_jsonl
+from dumps import cli_error, per_row, read_all, write_jsonl
 
 import aggscope.io.readers.text as text_module
 

@@ -1,0 +1,43 @@
+"""The SkyRL pickled training batches reader on the fixtures of ``dumps.py``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dumps import per_row, read_all, skyrl_dump
+
+from aggscope.io.open import open_rollouts
+
+
+def test_skyrl_stand_in_pickle_with_prompt_boundaries(tmp_path: Path, stand_in_skyrl: type) -> None:
+    path = skyrl_dump(tmp_path / "dumped_data" / "global_step_12_training_input.pkl", stand_in_skyrl,
+                      {"policy_prompt_boundaries": [(0, 2), (2, 3)], "policy_mini_batch_boundaries": [(0, 4)]})  # fmt: skip
+    rollouts = open_rollouts(str(tmp_path / "dumped_data"))
+    assert rollouts.format == "skyrl" and rollouts.steps == [12] and rollouts.has_groups
+    (batch,) = list(rollouts.iter_steps())
+    assert batch.row_uids() == ["p0", "p0", "p1", "pad:3"]  # row 3 lies after the last prompt boundary
+    got = per_row(batch)
+    assert [m for _, m, _ in got] == [
+        [False, False, True, True],
+        [False, True, True, True],
+        [False, False, False, True],
+        [True] * 4,
+    ]
+    assert got[2][2] == [9.0, 0.0, 0.0, 2.0]  # padding keeps its value; the mask decides
+    assert batch.rewards is not None and batch.rewards.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert path.exists()
+
+
+def test_skyrl_reads_the_same_without_skyrl_installed(
+    tmp_path: Path, stand_in_skyrl: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = skyrl_dump(tmp_path / "global_step_1_training_input.pkl", stand_in_skyrl, {"uids": ["a", "a", "b", "b"]})
+    (batch,) = read_all(path)
+    assert batch.row_uids() == ["a", "a", "b", "b"]
+    monkeypatch.delitem(sys.modules, "skyrl_train.training_batch")
+    monkeypatch.delitem(sys.modules, "skyrl_train")
+    (again,) = read_all(path)  # the safe loader decodes the batch itself: SkyRL is never imported
+    assert again.row_uids() == batch.row_uids() and np.array_equal(again.advantages, batch.advantages)

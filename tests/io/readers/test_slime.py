@@ -1,0 +1,38 @@
+"""The slime ``.pt`` rollout dumps reader on the fixtures of ``dumps.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from dumps import cli_error, per_row, read_all, slime_sample
+from test_advantages import loop_advantages
+
+from aggscope.io.open import open_rollouts
+
+
+def test_slime_rollout_dump(tmp_path: Path) -> None:
+    samples = [
+        slime_sample(0, 3, 1.0, [1, 0, 1]),
+        slime_sample(0, 2, 0.0),
+        slime_sample(1, 2, 1.0, removed=True),  # removed: stays a row with no loss token
+        slime_sample(1, 1, 0.0, [1]),
+    ]
+    torch.save({"rollout_id": 7, "samples": samples}, tmp_path / "7.pt")
+    torch.save({"rollout_id": 7, "samples": samples[:1]}, tmp_path / "eval_7.pt")  # evaluation rollouts: skipped
+    rollouts = open_rollouts(str(tmp_path))
+    assert rollouts.format == "slime" and rollouts.steps == [7]
+    (batch,) = list(rollouts.iter_steps())
+    got = per_row(batch)
+    want = loop_advantages([1.0, 0.0, 1.0, 0.0], [0, 0, 1, 1], "grpo")
+    assert [m for _, m, _ in got] == [[True, False, True], [True, True], [False, False], [True]]
+    assert got[0][2] == [pytest.approx(want[0]), 0.0, pytest.approx(want[0])]
+    assert got[3][2] == [pytest.approx(want[3])] and [u for u, _, _ in got] == ["0", "0", "1", "1"]
+
+
+def test_slime_reward_dict_needs_a_key(tmp_path: Path) -> None:
+    torch.save({"rollout_id": 1, "samples": [slime_sample(0, 1, {"acc": 1.0, "len": 0.2})]}, tmp_path / "1.pt")
+    assert "the reward is a dict (acc, len); choose a key with --reward-col" in cli_error("inspect", str(tmp_path / "1.pt"))
+    (batch,) = read_all(tmp_path / "1.pt", reward_col="len")
+    assert batch.rewards is not None and batch.rewards.tolist() == [0.2]
