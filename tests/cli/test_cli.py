@@ -190,7 +190,11 @@ def test_wheel_ships_the_sample(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("aggscope-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.read("aggscope/sample_data/rollouts.parquet")
+        names = set(archive.namelist())
     assert shipped == (SAMPLE_DATA / "rollouts.parquet").read_bytes()
+    # every module of the source tree is in the wheel (a subpackage left out of pyproject's list is not)
+    modules = {str(path.relative_to(REPO)) for path in (REPO / "aggscope").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
 
 
 # ---- errors: one line on stderr, exit code 2 -----------------------------------------------------------
