@@ -68,7 +68,7 @@ class Units:
 
 
 def units_of(batch: StepBatch, layout: Layout) -> Units:
-    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
     return Units(split.order.tolist(), split.mini_batch.tolist(), split.rank.tolist(), split.micro_batch.tolist())
 
 

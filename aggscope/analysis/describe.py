@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
+import numpy as np
 
 from aggscope.core.batch import StepBatch
 from aggscope.io.reader import Rollouts
@@ -55,14 +55,15 @@ class RolloutsDescription:
 
 
 def describe_step(batch: StepBatch) -> StepDescription:
-    loss_tokens = batch.stats.loss_tokens.to(torch.float64).cpu()  # [n_seqs]
+    loss_tokens = batch.stats.loss_tokens.astype(np.float64)  # [n_seqs]
     group_sizes = None
     if batch.group_ids is not None:
-        per_group = torch.bincount(batch.group_ids.cpu(), minlength=batch.n_groups)  # [n_groups]
-        sizes, counts = torch.unique(per_group, return_counts=True)
+        per_group = np.bincount(batch.group_ids, minlength=batch.n_groups)  # [n_groups]
+        sizes, counts = np.unique(per_group, return_counts=True)
         group_sizes = {int(s): int(c) for s, c in zip(sizes.tolist(), counts.tolist(), strict=True)}
-    if loss_tokens.numel():
-        quantiles = torch.quantile(loss_tokens, torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64))
+    if loss_tokens.size:
+        # linear interpolation at q * (n - 1), as torch.quantile computed it before
+        quantiles = np.quantile(loss_tokens, np.array([p / 100 for p in PERCENTILES], dtype=np.float64))
         percentiles = {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles.tolist(), strict=True)}
     else:
         percentiles = {}
@@ -136,11 +137,11 @@ def describe_uid(rollouts: Rollouts, uid: str, batches: Iterable[StepBatch] | No
         in_batch = batch.uid_text(uid)
         text = text if in_batch is None else in_batch
         code = batch.uid_labels.index(uid)
-        rows = torch.nonzero(batch.group_ids == code).reshape(-1).cpu()  # [n_rows_of_uid]
+        rows = np.flatnonzero(batch.group_ids == code)  # [n_rows_of_uid]
         rewards = None
         if batch.rewards is not None:
-            rewards = [value if math.isfinite(value) else None for value in batch.rewards.cpu()[rows].tolist()]
-        loss_tokens = batch.stats.loss_tokens.cpu()[rows].tolist()
+            rewards = [value if math.isfinite(value) else None for value in batch.rewards[rows].tolist()]
+        loss_tokens = batch.stats.loss_tokens[rows].tolist()
         occurrences.append(UidOccurrence(batch.step, rows.tolist(), rewards, [int(n) for n in loss_tokens]))
     if not occurrences:
         raise AggscopeError(f"{rollouts.source}: uid {uid!r} is in no step (aggscope inspect PATH --json lists the steps)")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+import numpy as np
 
 from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import SequenceStats, StepBatch
@@ -52,20 +52,20 @@ class StepResult:
     """What the all-steps total needs from one step: its summary and per-sequence data (no tokens).
 
     Small enough to send back from a Ray task; ``row_weights`` holds each mode's ``[n_seqs]``
-    float64 weights and ``stats`` the step's ``SequenceStats``, both on the CPU.
+    float64 weights and ``stats`` the step's ``SequenceStats``, numpy.
     """
 
     summary: StepSummary
     stats: SequenceStats
-    row_weights: dict[str, torch.Tensor]
+    row_weights: dict[str, np.ndarray]
     has_groups: bool
     lengths_estimated: bool
 
     @classmethod
     def of(cls, analysis: StepAnalysis) -> StepResult:
         batch = analysis.batch
-        row_weights = {name: result.row_weight.cpu() for name, result in analysis.weights.items()}
-        return cls(analysis.summary, batch.stats.cpu(), row_weights, batch.has_groups, batch.lengths_estimated)
+        row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
+        return cls(analysis.summary, batch.stats, row_weights, batch.has_groups, batch.lengths_estimated)
 
 
 def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
@@ -84,7 +84,7 @@ class WeightsAccumulator:
     modes: list[Mode]
     steps: list[StepSummary] = field(default_factory=list)
     _stats: list[SequenceStats] = field(default_factory=list)
-    _row_weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _row_weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _any_groups: bool = False
     lengths_estimated: bool = False
 
@@ -107,7 +107,7 @@ class WeightsAccumulator:
             tokens=sum(s.tokens for s in steps),
             loss_tokens=sum(s.loss_tokens for s in steps),
             modes={
-                mode.name: summarize(stats, torch.cat(self._row_weights.get(mode.name, [torch.zeros(0, dtype=torch.float64)])))
+                mode.name: summarize(stats, np.concatenate(self._row_weights.get(mode.name, [np.zeros(0, dtype=np.float64)])))
                 for mode in self.modes
             },
         )

@@ -104,8 +104,8 @@ def _root(
 ) -> None:
     """See how much gradient each token, response and prompt of your RL batches gets, under every loss
     aggregation mode and trainer layout."""
-    # Per-token work runs in numpy; torch only sees per-sequence tensors, too small for its
-    # intra-op threads to pay: they only add waits, which on a busy machine (one running a
-    # trainer, say) made the summaries 10-40x slower. Set before torch is imported; an explicit
-    # OMP_NUM_THREADS wins.
+    # The work runs in numpy; torch is only imported to unpickle tensors (SkyRL, slime dumps), and
+    # its intra-op threads would only add waits there (on a busy machine, one running a trainer,
+    # say, they made the work 10-40x slower when the core ran on torch). Set before torch is
+    # imported; an explicit OMP_NUM_THREADS wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

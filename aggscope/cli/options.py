@@ -485,6 +485,10 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
     first (or the modes named), and the config's advantage estimator where the input's advantages
     are rebuilt (verl's dump) and no ``--advantage`` was given.
     """
+    if modes:
+        from aggscope.core.modes import resolve_modes
+
+        resolve_modes(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
         return input_spec.open(), layout, modes, None
     import dataclasses

@@ -41,11 +41,11 @@ def weights(
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
+    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)  # checks the modes first
     from aggscope.analysis.weights import run_weights
     from aggscope.core.weights import select_modes
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
-    rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     if out is not None:
         refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)

@@ -10,55 +10,54 @@ This is the single representation every analysis shares. Notation used in shape 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
-from aggscope.core.segments import segment_chunks, segment_count_numpy, segment_sum, segment_sum_numpy
+from aggscope.core.segments import segment_chunks, segment_count_numpy, segment_sum_numpy
 from aggscope.errors import AggscopeError
+
+if TYPE_CHECKING:  # torch is imported only when a caller hands in tensors
+    import torch
 
 
 @dataclass(frozen=True)
 class SequenceStats:
     """Per-sequence quantities built once from the tokens; every mode and summary reads these.
 
-    All tensors are ``[n_seqs]`` on the batch's device; sums are float64 and counts int64.
+    All arrays are ``[n_seqs]`` numpy; sums are float64 and counts int64.
     Sums of advantages run over loss tokens whose advantage is finite.
     """
 
-    lengths: torch.Tensor
-    loss_tokens: torch.Tensor
-    adv_abs_sum: torch.Tensor
-    adv_sum: torch.Tensor
-    zero_adv_tokens: torch.Tensor
-    nonfinite_adv_tokens: torch.Tensor
-    masked_nonzero_adv_tokens: torch.Tensor
+    lengths: np.ndarray
+    loss_tokens: np.ndarray
+    adv_abs_sum: np.ndarray
+    adv_sum: np.ndarray
+    zero_adv_tokens: np.ndarray
+    nonfinite_adv_tokens: np.ndarray
+    masked_nonzero_adv_tokens: np.ndarray
 
     @property
-    def adv_pos_sum(self) -> torch.Tensor:
+    def adv_pos_sum(self) -> np.ndarray:
         """Sum of the positive finite advantages over loss tokens."""
         return (self.adv_abs_sum + self.adv_sum) / 2
 
     @property
-    def adv_neg_sum(self) -> torch.Tensor:
+    def adv_neg_sum(self) -> np.ndarray:
         """Sum of the negative finite advantages over loss tokens (a value <= 0)."""
         return (self.adv_sum - self.adv_abs_sum) / 2
 
-    def cpu(self) -> SequenceStats:
-        """The same quantities on the CPU (what accumulators keep and Ray tasks send back)."""
-        return SequenceStats(**{name: value.cpu() for name, value in vars(self).items()})
-
     @classmethod
     def concat(cls, parts: Sequence[SequenceStats]) -> SequenceStats:
-        """The rows of several steps, in order (empty tensors when ``parts`` is empty)."""
+        """The rows of several steps, in order (empty arrays when ``parts`` is empty)."""
         names = list(cls.__dataclass_fields__)
         if not parts:
-            return cls(**{name: torch.zeros(0, dtype=torch.float64 if "sum" in name else torch.int64) for name in names})
-        return cls(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
+            return cls(**{name: np.zeros(0, dtype=np.float64 if "sum" in name else np.int64) for name in names})
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in names})
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,50 +77,56 @@ class StepBatch:
         lengths_estimated: True when token counts were estimated from text.
         uid_texts: ``[n_groups]`` the prompt text of each code (None for a group whose rows hold
             none), or None when the input holds no prompt texts; a group's text is its last row's.
+        input_device: the torch device of the tensors the batch was built from (per-token results
+            go back there as tensors), or None when it was built from arrays.
+
+    All arrays are numpy on the host: a batch built from tensors holds host copies of them (views
+    of CPU tensors, no copy).
     """
 
     step: int
-    advantages: torch.Tensor
-    loss_mask: torch.Tensor
-    offsets: torch.Tensor
-    group_ids: torch.Tensor | None = None
+    advantages: np.ndarray
+    loss_mask: np.ndarray
+    offsets: np.ndarray
+    group_ids: np.ndarray | None = None
     uid_labels: tuple[str, ...] | None = None
-    rewards: torch.Tensor | None = None
+    rewards: np.ndarray | None = None
     source: str = "<memory>"
     lengths_estimated: bool = False
     uid_texts: tuple[str | None, ...] | None = None
+    input_device: Any = None
 
     def __post_init__(self) -> None:
-        n_tokens = self.advantages.numel()
-        if self.advantages.dim() != 1 or self.loss_mask.shape != self.advantages.shape:
+        n_tokens = self.advantages.size
+        if self.advantages.ndim != 1 or self.loss_mask.shape != self.advantages.shape:
             raise AggscopeError(
                 f"{self.source}: advantages and loss mask must be flat arrays of one length "
                 f"(got {tuple(self.advantages.shape)} and {tuple(self.loss_mask.shape)})"
             )
-        if self.loss_mask.dtype != torch.bool:
+        if self.loss_mask.dtype != np.bool_:
             raise AggscopeError(f"{self.source}: the loss mask must be boolean")
-        if self.offsets.dim() != 1 or self.offsets.numel() < 1 or self.offsets.dtype != torch.int64:
+        if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets.dtype != np.int64:
             raise AggscopeError(f"{self.source}: offsets must be a 1-d int64 array of n_seqs + 1 entries")
         if int(self.offsets[-1]) != n_tokens or int(self.offsets[0]) != 0:
             raise AggscopeError(f"{self.source}: offsets must run from 0 to the number of tokens ({n_tokens})")
         n_seqs = self.n_sequences
         if self.group_ids is not None and self.group_ids.shape != (n_seqs,):
-            raise AggscopeError(f"{self.source}: {self.group_ids.numel()} group ids for {n_seqs} sequences")
+            raise AggscopeError(f"{self.source}: {self.group_ids.size} group ids for {n_seqs} sequences")
         if (self.group_ids is None) != (self.uid_labels is None):
             raise AggscopeError(f"{self.source}: group ids and uid labels go together")
         if self.uid_texts is not None and (self.uid_labels is None or len(self.uid_texts) != len(self.uid_labels)):
             raise AggscopeError(f"{self.source}: uid texts must come one per uid label")
         if self.rewards is not None and self.rewards.shape != (n_seqs,):
-            raise AggscopeError(f"{self.source}: {self.rewards.numel()} rewards for {n_seqs} sequences")
+            raise AggscopeError(f"{self.source}: {self.rewards.size} rewards for {n_seqs} sequences")
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def n_sequences(self) -> int:
-        return self.offsets.numel() - 1
+        return self.offsets.size - 1
 
     @property
     def n_tokens(self) -> int:
-        return self.advantages.numel()
+        return self.advantages.size
 
     @property
     def n_groups(self) -> int:
@@ -131,14 +136,10 @@ class StepBatch:
     def has_groups(self) -> bool:
         return self.group_ids is not None
 
-    @property
-    def device(self) -> torch.device:
-        return self.advantages.device
-
     @cached_property
     def stats(self) -> SequenceStats:
         """Per-sequence loss-token counts and advantage sums (computed once, then shared)."""
-        return _sequence_stats(self.advantages, self.loss_mask, self.offsets)
+        return sequence_stats_numpy(widen_half(self.advantages), self.loss_mask, self.offsets)
 
     def with_stats(self, stats: SequenceStats) -> StepBatch:
         """This batch with ``stats`` already in place of computing them from the tokens.
@@ -147,7 +148,7 @@ class StepBatch:
         on each part, then ``SequenceStats.concat``): the result must be what ``stats`` computes.
         """
         if stats.lengths.shape != (self.n_sequences,):
-            raise AggscopeError(f"{self.source}: stats of {stats.lengths.numel()} sequences for {self.n_sequences}")
+            raise AggscopeError(f"{self.source}: stats of {stats.lengths.size} sequences for {self.n_sequences}")
         self.__dict__["stats"] = stats  # where cached_property keeps its value
         return self
 
@@ -180,6 +181,9 @@ class StepBatch:
     ) -> StepBatch:
         """Build a batch from flat token arrays and sequence offsets (tensors, arrays or lists).
 
+        Tensors may live on any device: the batch keeps host numpy copies (views of CPU tensors)
+        and remembers the device, so ``StepWeights.token_weights()`` returns a tensor there.
+
         Args:
             advantages: ``[n_tokens]`` per-token advantages.
             loss_mask: ``[n_tokens]`` 0/1 or bool.
@@ -191,23 +195,36 @@ class StepBatch:
             prompts: ``[n_seqs]`` the prompt text of each row (or None), kept per group as
                 ``uid_texts``; needs ``uids``.
         """
-        adv = _as_float_tensor(advantages)
-        device = adv.device
-        mask = _as_mask(loss_mask, device, source)
-        offs = torch.as_tensor(offsets, dtype=torch.int64, device=device)
-        if offs.numel() > 1 and bool((offs[1:] < offs[:-1]).any()):
+        device = _device_of(advantages, loss_mask, offsets)
+        return cls._build(advantages, loss_mask, offsets, uids, rewards, step, source, prompts, device)
+
+    @classmethod
+    def _build(
+        cls,
+        advantages: Any,
+        loss_mask: Any,
+        offsets: Any,
+        uids: Any,
+        rewards: Any,
+        step: int,
+        source: str,
+        prompts: Sequence[str | None] | None,
+        device: Any,
+    ) -> StepBatch:
+        adv = _as_floats(advantages)
+        mask = _as_mask(loss_mask, source)
+        offs = np.asarray(host_array(offsets), dtype=np.int64).reshape(-1)
+        if offs.size > 1 and bool((offs[1:] < offs[:-1]).any()):
             raise AggscopeError(f"{source}: offsets must not decrease")
-        group_ids, labels = factorize_uids(uids, offs.numel() - 1, device, source)
-        rew = None if rewards is None else torch.as_tensor(rewards, dtype=torch.float64, device=device)
+        group_ids, labels = factorize_uids(uids, offs.size - 1, source)
+        rew = None if rewards is None else np.asarray(host_array(rewards), dtype=np.float64)
         texts = None
         if prompts is not None and group_ids is not None and labels is not None:
-            if len(prompts) != offs.numel() - 1:
-                raise AggscopeError(f"{source}: {len(prompts)} prompts for {offs.numel() - 1} sequences")
-            rows = last_row_of_groups(
-                group_ids.cpu().numpy(), len(labels), np.array([p is not None for p in prompts], dtype=bool)
-            )
+            if len(prompts) != offs.size - 1:
+                raise AggscopeError(f"{source}: {len(prompts)} prompts for {offs.size - 1} sequences")
+            rows = last_row_of_groups(group_ids, len(labels), np.array([p is not None for p in prompts], dtype=bool))
             texts = tuple(None if row < 0 else prompts[row] for row in rows.tolist())
-        return cls(step, adv, mask, offs, group_ids, labels, rew, source, uid_texts=texts)
+        return cls(step, adv, mask, offs, group_ids, labels, rew, source, uid_texts=texts, input_device=device)
 
     @classmethod
     def from_padded(
@@ -220,46 +237,67 @@ class StepBatch:
         step: int = 0,
         source: str = "<memory>",
     ) -> StepBatch:
-        """Build a batch from padded ``[B, L]`` tensors as a trainer holds them.
+        """Build a batch from padded ``[B, L]`` tensors (or arrays) as a trainer holds them.
 
         Every one of the ``B * L`` positions becomes a token (padding is simply masked), so
         per-token results reshape back to ``[B, L]`` with ``.view(B, L)``; nothing is copied when
-        the inputs are contiguous. Left and right padding both work, since only the mask decides
-        which positions are trained on.
+        the inputs are contiguous CPU tensors. Left and right padding both work, since only the
+        mask decides which positions are trained on.
 
         Args:
             advantages: ``[B, L]`` per-token advantages, or ``[B]`` one per sequence (broadcast).
             loss_mask: ``[B, L]`` 0/1 or bool.
         """
-        mask_t = torch.as_tensor(loss_mask)
-        if mask_t.dim() != 2:
-            raise AggscopeError(f"{source}: a padded loss mask must be [B, L], got shape {tuple(mask_t.shape)}")
-        n_rows, width = mask_t.shape
-        adv = _as_float_tensor(advantages).to(mask_t.device)
-        if adv.dim() == 1 and adv.shape[0] == n_rows:
-            adv = adv[:, None].expand(n_rows, width)
-        if adv.shape != mask_t.shape:
+        device = _device_of(loss_mask, advantages)
+        mask = np.asarray(host_array(loss_mask))
+        if mask.ndim != 2:
+            raise AggscopeError(f"{source}: a padded loss mask must be [B, L], got shape {tuple(mask.shape)}")
+        n_rows, width = mask.shape
+        adv = _as_floats(advantages)
+        if adv.ndim == 1 and adv.shape[0] == n_rows:
+            adv = np.repeat(adv, width)
+        elif adv.shape != mask.shape:
             raise AggscopeError(
-                f"{source}: advantages of shape {tuple(adv.shape)} do not match the loss mask {tuple(mask_t.shape)}"
+                f"{source}: advantages of shape {tuple(adv.shape)} do not match the loss mask {tuple(mask.shape)}"
             )
-        offsets = torch.arange(n_rows + 1, dtype=torch.int64, device=mask_t.device) * width
-        return cls.from_flat(adv.reshape(-1), mask_t.reshape(-1), offsets, uids=uids, rewards=rewards, step=step, source=source)
+        offsets = np.arange(n_rows + 1, dtype=np.int64) * width
+        return cls._build(adv.reshape(-1), mask.reshape(-1), offsets, uids, rewards, step, source, None, device)
 
 
-def _as_float_tensor(values: Any) -> torch.Tensor:
-    tensor = torch.as_tensor(values)
-    if not tensor.is_floating_point():
-        tensor = tensor.to(torch.float32)
-    return tensor
+def is_tensor(value: Any) -> bool:
+    """True for a torch tensor (without importing torch: a caller holding one has imported it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _as_mask(values: Any, device: torch.device, source: str) -> torch.Tensor:
-    mask = torch.as_tensor(values, device=device)
-    if mask.dtype == torch.bool:
+def host_array(value: Any) -> Any:
+    """A tensor as a host numpy array (a view of a CPU tensor; half floats widened to float32), anything else as it is."""
+    if not is_tensor(value):
+        return value
+    return widen_half(value.detach()).cpu().numpy()
+
+
+def _device_of(*values: Any) -> Any:
+    """The device of the first tensor among ``values``, or None when none is a tensor."""
+    return next((value.device for value in values if is_tensor(value)), None)
+
+
+def _as_floats(values: Any) -> np.ndarray:
+    """Advantages as a float array; integers (and lists of numbers, as ``torch.as_tensor`` made
+    them) become float32, float arrays keep their precision."""
+    if isinstance(values, np.ndarray) or is_tensor(values):
+        array = np.asarray(host_array(values))
+        return array if array.dtype.kind == "f" else array.astype(np.float32)
+    return np.asarray(values, dtype=np.float32)
+
+
+def _as_mask(values: Any, source: str) -> np.ndarray:
+    mask = np.asarray(host_array(values))
+    if mask.dtype == np.bool_:
         return mask
-    bad = (mask != 0) & (mask != 1)  # on the mask's device: a GPU mask is checked where it is
+    bad = (mask != 0) & (mask != 1)
     if bool(bad.any()):
-        first = int(torch.nonzero(bad.reshape(-1))[0])
+        first = int(np.flatnonzero(bad.reshape(-1))[0])
         raise bad_mask_value(f"{source}: loss mask", mask.reshape(-1)[first].item(), f"token {first}")
     return mask != 0
 
@@ -314,7 +352,7 @@ def offsets_of(lengths: Any) -> np.ndarray:
     return offsets
 
 
-Floats = TypeVar("Floats", np.ndarray, torch.Tensor)
+Floats = TypeVar("Floats", np.ndarray, "torch.Tensor")
 
 
 def widen_half(values: Floats) -> Floats:
@@ -322,42 +360,30 @@ def widen_half(values: Floats) -> Floats:
 
     numpy has no bfloat16, and the reductions and the Parquet writer take float32 and float64.
     """
-    if isinstance(values, torch.Tensor):
-        return values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
-    return values.astype(np.float32) if values.dtype == np.float16 else values
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float32) if values.dtype == np.float16 else values
+    import torch  # a tensor: torch is loaded already
+
+    return values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
-def factorize_uids(
-    uids: Any, n_rows: int, device: torch.device, source: str = "<memory>"
-) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+def factorize_uids(uids: Any, n_rows: int, source: str = "<memory>") -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     """Number uids ``0..n_groups-1`` in order of first appearance.
 
     Args:
         uids: ``[n_rows]`` ints or strings (tensor, array or list), or None.
 
     Returns:
-        ``([n_rows] int64 codes on device, uid text of each code)``, or ``(None, None)``.
+        ``([n_rows] int64 codes, uid text of each code)``, or ``(None, None)``.
     """
     if uids is None:
         return None, None
-    if isinstance(uids, torch.Tensor):
-        values = uids.reshape(-1)
-        if values.numel() != n_rows:
-            raise AggscopeError(f"{source}: {values.numel()} uids for {n_rows} sequences")
-        uniques, inverse = torch.unique(values, return_inverse=True)  # sorted uniques
-        positions = torch.arange(n_rows, device=values.device)
-        first_seen = torch.full((uniques.numel(),), n_rows, dtype=torch.int64, device=values.device)
-        first_seen = first_seen.scatter_reduce(0, inverse, positions, reduce="amin")
-        order = torch.argsort(first_seen)  # sorted-unique index by first appearance
-        rank_of_unique = torch.empty_like(order)
-        rank_of_unique[order] = torch.arange(order.numel(), device=values.device)
-        labels = tuple(str(v) for v in uniques[order].tolist())
-        return rank_of_unique[inverse].to(device), labels
+    if is_tensor(uids):
+        uids = host_array(uids).reshape(-1)
     array = np.asarray(uids, dtype=object) if not isinstance(uids, np.ndarray) else uids
     if array.shape != (n_rows,):
         raise AggscopeError(f"{source}: {array.size} uids for {n_rows} sequences")
-    codes, labels = uid_codes(array)
-    return torch.from_numpy(codes).to(device), labels
+    return uid_codes(array)
 
 
 def uid_codes(uids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -400,30 +426,16 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 STATS_CHUNK_TOKENS = 1 << 20  # tokens per chunk of the per-sequence reductions (CPU)
 
 
-def _sequence_stats(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
-    if advantages.device.type == "cpu":
-        return _sequence_stats_cpu(advantages, loss_mask, offsets)
-    return _sequence_stats_tensor(advantages, loss_mask, offsets)
-
-
-def _sequence_stats_cpu(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
-    """The per-sequence reductions in chunks of whole sequences, with numpy.
-
-    Working on about ``STATS_CHUNK_TOKENS`` tokens at a time keeps every temporary (the finite
-    flags, the float64 copy of the advantages, the comparison masks) a few MB and in the CPU
-    caches instead of several full-size arrays: memory stays near the batch's own size and the
-    passes over the data run at cache speed. Each sequence is reduced exactly as in one piece,
-    so the sums are the same bit for bit.
-    """
-    return sequence_stats_numpy(widen_half(advantages).numpy(), loss_mask.numpy(), offsets.numpy())
-
-
 def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) -> SequenceStats:
     """``SequenceStats`` of flat numpy arrays: ``adv [n_tokens]`` float, ``mask [n_tokens]`` bool,
     ``offs [n_seqs + 1]`` int64 from 0.
 
     Every sequence is reduced on its own, so the stats of consecutive parts of a step, concatenated,
     equal those of the whole step bit for bit (readers use this to reduce each part as it is decoded).
+
+    The reductions run in chunks of whole sequences: working on about ``STATS_CHUNK_TOKENS``
+    tokens at a time keeps every temporary (the finite flags, the float64 copy of the advantages,
+    the comparison masks) a few MB and in the CPU caches instead of several full-size arrays.
     """
     n_seqs = offs.size - 1
     lengths = offs[1:] - offs[:-1]  # [n_seqs]
@@ -471,39 +483,11 @@ def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) ->
         adv_sum[rows] = sums
         adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
     return SequenceStats(
-        lengths=torch.from_numpy(lengths),
-        loss_tokens=torch.from_numpy(loss_tokens),
-        adv_abs_sum=torch.from_numpy(adv_abs_sum),
-        adv_sum=torch.from_numpy(adv_sum),
-        zero_adv_tokens=torch.from_numpy(zero_adv),
-        nonfinite_adv_tokens=torch.from_numpy(nonfinite),
-        masked_nonzero_adv_tokens=torch.from_numpy(masked_nonzero),
-    )
-
-
-def _sequence_stats_tensor(advantages: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor) -> SequenceStats:
-    """The same reductions with torch, on the batch's device (for GPU tensors)."""
-    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
-    finite = torch.isfinite(advantages)  # [n_tokens]
-    all_loss = bool(loss_mask.all())
-    all_finite = bool(finite.all())
-    loss_tokens = lengths.clone() if all_loss else segment_sum(loss_mask, offsets, torch.int64)
-    finite_loss = loss_mask if all_finite else loss_mask & finite  # [n_tokens]
-    trained = advantages if all_loss and all_finite else torch.where(finite_loss, advantages, 0.0)
-    adv_sum = segment_sum(trained, offsets)
-    adv_abs_sum = segment_sum(trained.abs(), offsets)
-    zero_adv_tokens = segment_sum(loss_mask & (advantages == 0), offsets, torch.int64)
-    nonfinite = torch.zeros_like(loss_tokens) if all_finite else segment_sum(loss_mask & ~finite, offsets, torch.int64)
-    if all_loss:
-        masked_nonzero = torch.zeros_like(loss_tokens)
-    else:
-        masked_nonzero = segment_sum(~loss_mask & (advantages != 0), offsets, torch.int64)
-    return SequenceStats(
         lengths=lengths,
         loss_tokens=loss_tokens,
         adv_abs_sum=adv_abs_sum,
         adv_sum=adv_sum,
-        zero_adv_tokens=zero_adv_tokens,
+        zero_adv_tokens=zero_adv,
         nonfinite_adv_tokens=nonfinite,
         masked_nonzero_adv_tokens=masked_nonzero,
     )

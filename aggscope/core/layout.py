@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from aggscope.core.segments import run_ids
 from aggscope.errors import AggscopeError
@@ -114,7 +113,7 @@ def _flag(name: str) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """Where every row of one step lands. All tensors are ``[n_seqs]`` int64, indexed by seq_index.
+    """Where every row of one step lands. All arrays are ``[n_seqs]`` int64, indexed by seq_index.
 
     Attributes:
         order: ``order[p]`` is the seq_index of the row at trainer position ``p``.
@@ -127,37 +126,36 @@ class Split:
         n_mini_batches: number of mini-batches.
     """
 
-    order: torch.Tensor
-    position: torch.Tensor
-    mini_batch: torch.Tensor
-    rank: torch.Tensor
-    micro_batch: torch.Tensor
-    rank_unit: torch.Tensor
-    micro_unit: torch.Tensor
+    order: np.ndarray
+    position: np.ndarray
+    mini_batch: np.ndarray
+    rank: np.ndarray
+    micro_batch: np.ndarray
+    rank_unit: np.ndarray
+    micro_unit: np.ndarray
     n_mini_batches: int
 
     @property
     def n_micro_units(self) -> int:
-        return int(self.micro_unit.max()) + 1 if self.micro_unit.numel() else 0
+        return int(self.micro_unit.max()) + 1 if self.micro_unit.size else 0
 
 
-def trainer_order(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step: int, device: torch.device) -> torch.Tensor:
+def trainer_order(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int) -> np.ndarray:
     """The seq_index at each trainer position: ``[n_rows]`` int64."""
     if layout.order == "logged":
-        return torch.arange(n_rows, device=device)
+        return np.arange(n_rows, dtype=np.int64)
     if layout.order == "grouped":
         if group_ids is None:
             raise AggscopeError("layout: --order grouped needs a uid column")
         # Codes are numbered by first appearance, so a stable sort by code is exactly "groups in
         # order of first appearance, rows of a group in logged order".
-        return torch.sort(group_ids, stable=True).indices
+        return np.argsort(group_ids, kind="stable").astype(np.int64, copy=False)
     if step < 0:
         raise AggscopeError(f"layout: --order shuffle needs non-negative step numbers, got step {step}")
-    permutation = np.random.default_rng([layout.seed, step]).permutation(n_rows)
-    return torch.from_numpy(permutation.astype(np.int64)).to(device)
+    return np.random.default_rng([layout.seed, step]).permutation(n_rows).astype(np.int64)
 
 
-def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step: int, device: torch.device) -> Split:
+def split_step(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int) -> Split:
     """Assign every row of a step to its mini-batch, rank shard and micro-batch.
 
     Args:
@@ -165,12 +163,11 @@ def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step
         group_ids: ``[n_rows]`` uid codes in input order, or None.
         layout: the trainer configuration.
         step: the step number (seeds ``shuffle``).
-        device: where the result tensors live.
     """
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
-    order = trainer_order(n_rows, group_ids, layout, step, device)  # [n] seq_index by position
-    positions = torch.arange(n_rows, device=device)  # [n]
+    order = trainer_order(n_rows, group_ids, layout, step)  # [n] seq_index by position
+    positions = np.arange(n_rows, dtype=np.int64)  # [n]
     if layout.composition == "ranks_first":
         mini_batch_at, rank_at, micro_at = _ranks_first(positions, layout)
     else:
@@ -179,14 +176,13 @@ def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step
     rank_unit_at = mini_batch_at * layout.dp_size + rank_at
     # Every (mini-batch, rank, micro-batch) unit is a contiguous run of trainer positions (also
     # under ranks_first, where a mini-batch is not), so a new id starts wherever the unit changes.
-    micro_key = torch.stack([mini_batch_at, rank_at, micro_at], dim=1)  # [n, 3]
-    changes = torch.ones(n_rows, dtype=torch.int64, device=device)
+    changes = np.ones(n_rows, dtype=np.int64)
     if n_rows > 1:
-        changes[1:] = (micro_key[1:] != micro_key[:-1]).any(dim=1).to(torch.int64)
-    micro_unit_at = torch.cumsum(changes, 0) - 1
+        changes[1:] = (mini_batch_at[1:] != mini_batch_at[:-1]) | (rank_at[1:] != rank_at[:-1]) | (micro_at[1:] != micro_at[:-1])
+    micro_unit_at = np.cumsum(changes) - 1
 
-    def by_row(at_position: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(at_position)
+    def by_row(at_position: np.ndarray) -> np.ndarray:
+        out = np.empty_like(at_position)
         out[order] = at_position
         return out
 
@@ -202,50 +198,50 @@ def split_step(n_rows: int, group_ids: torch.Tensor | None, layout: Layout, step
     )
 
 
-def _shards(index: torch.Tensor, size: torch.Tensor, dp: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _shards(index: np.ndarray, size: np.ndarray, dp: int) -> tuple[np.ndarray, np.ndarray]:
     """Rank and start of the rank's shard for element ``index`` of a run of ``size`` rows cut into
     ``dp`` contiguous shards, the first ``size mod dp`` one row longer. All ``[n]`` int64."""
     small = size // dp  # rows of the short shards
     n_big = size % dp  # the first N mod D shards hold small + 1 rows
     big_rows = n_big * (small + 1)
-    rank = torch.where(index < big_rows, index // (small + 1), n_big + (index - big_rows) // small.clamp(min=1))
-    start = torch.where(rank < n_big, rank * (small + 1), big_rows + (rank - n_big) * small)
+    rank = np.where(index < big_rows, index // (small + 1), n_big + (index - big_rows) // np.maximum(small, 1))
+    start = np.where(rank < n_big, rank * (small + 1), big_rows + (rank - n_big) * small)
     return rank, start
 
 
 def _canonical(
-    positions: torch.Tensor, group_ids: torch.Tensor | None, order: torch.Tensor, layout: Layout
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    positions: np.ndarray, group_ids: np.ndarray | None, order: np.ndarray, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mini-batch, rank and micro-batch of each trainer position: mini-batches first."""
-    n_rows = positions.numel()
+    n_rows = positions.size
     if layout.mini_batch_prompts is not None:
         assert group_ids is not None
         mini_batch_at = run_ids(group_ids[order]) // layout.mini_batch_prompts  # [n] by position
     elif layout.mini_batch_size is not None:
         mini_batch_at = positions // layout.mini_batch_size
     else:
-        mini_batch_at = torch.zeros(n_rows, dtype=torch.int64, device=positions.device)
+        mini_batch_at = np.zeros(n_rows, dtype=np.int64)
     n_mini_batches = int(mini_batch_at[-1]) + 1 if n_rows else 0
-    rows_per_mini_batch = torch.bincount(mini_batch_at, minlength=n_mini_batches)  # [n_mb]
-    mini_batch_start = torch.cumsum(rows_per_mini_batch, 0) - rows_per_mini_batch  # [n_mb]
+    rows_per_mini_batch = np.bincount(mini_batch_at, minlength=n_mini_batches).astype(np.int64)  # [n_mb]
+    mini_batch_start = np.cumsum(rows_per_mini_batch) - rows_per_mini_batch  # [n_mb]
     in_mini_batch = positions - mini_batch_start[mini_batch_at]  # [n] position inside the mini-batch
     rank_at, shard_start = _shards(in_mini_batch, rows_per_mini_batch[mini_batch_at], layout.dp_size)
     in_shard = in_mini_batch - shard_start  # [n]
-    micro_at = in_shard // layout.micro_batch_size if layout.micro_batch_size is not None else torch.zeros_like(in_shard)
+    micro_at = in_shard // layout.micro_batch_size if layout.micro_batch_size is not None else np.zeros_like(in_shard)
     return mini_batch_at, rank_at, micro_at
 
 
-def _ranks_first(positions: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ranks_first(positions: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mini-batch, rank and micro-batch of each trainer position: rank shards of the whole step
     first, then chunks of ``mini_batch_size / dp_size`` rows inside each shard (verl)."""
-    n_rows = positions.numel()
-    rank_at, shard_start = _shards(positions, torch.full_like(positions, n_rows), layout.dp_size)
+    n_rows = positions.size
+    rank_at, shard_start = _shards(positions, np.full_like(positions, n_rows), layout.dp_size)
     in_shard = positions - shard_start  # [n] position inside the rank's shard
     if layout.mini_batch_size is not None:
         per_rank = layout.mini_batch_size // layout.dp_size  # rows of one mini-batch on one rank
         mini_batch_at = in_shard // per_rank
         in_chunk = in_shard - mini_batch_at * per_rank
     else:
-        mini_batch_at, in_chunk = torch.zeros_like(in_shard), in_shard
-    micro_at = in_chunk // layout.micro_batch_size if layout.micro_batch_size is not None else torch.zeros_like(in_chunk)
+        mini_batch_at, in_chunk = np.zeros_like(in_shard), in_shard
+    micro_at = in_chunk // layout.micro_batch_size if layout.micro_batch_size is not None else np.zeros_like(in_chunk)
     return mini_batch_at, rank_at, micro_at

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from aggscope.core.layout import Split
 from aggscope.core.segments import group_sum
@@ -26,7 +26,7 @@ from aggscope.errors import AggscopeError
 
 @dataclass(frozen=True)
 class ModeInputs:
-    """What a mode's weight function may read; tensors are ``[n_seqs]`` indexed by seq_index.
+    """What a mode's weight function may read; arrays are ``[n_seqs]`` indexed by seq_index.
 
     Attributes:
         loss_tokens: ``L_i`` as float64.
@@ -37,24 +37,24 @@ class ModeInputs:
         lengths: all tokens of row ``i`` (masked ones included) as float64, or None.
     """
 
-    loss_tokens: torch.Tensor
+    loss_tokens: np.ndarray
     split: Split
-    group_ids: torch.Tensor | None
+    group_ids: np.ndarray | None
     n_groups: int
     max_seq_len: int | None
-    lengths: torch.Tensor | None = None
+    lengths: np.ndarray | None = None
 
-    def per_mini_batch(self, values: torch.Tensor) -> torch.Tensor:
+    def per_mini_batch(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each row's mini-batch, gathered back to rows: ``[n] -> [n]``."""
         mini_batch = self.split.mini_batch
         return group_sum(values, mini_batch, self.split.n_mini_batches)[mini_batch]
 
-    def rows_per_mini_batch(self) -> torch.Tensor:
+    def rows_per_mini_batch(self) -> np.ndarray:
         """``N_b`` of each row's mini-batch as float64: ``[n]``."""
-        return self.per_mini_batch(torch.ones_like(self.loss_tokens))
+        return self.per_mini_batch(np.ones_like(self.loss_tokens))
 
 
-WeightFn = Callable[[ModeInputs], torch.Tensor]
+WeightFn = Callable[[ModeInputs], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -100,79 +100,81 @@ def _normalise(name: str) -> str:
 
 
 @register("token_mean", "1 / T_b", aliases=("dapo", "cispo", "token_level"))
-def token_mean(inputs: ModeInputs) -> torch.Tensor:
+def token_mean(inputs: ModeInputs) -> np.ndarray:
     tokens_in_mini_batch = inputs.per_mini_batch(inputs.loss_tokens)  # [n] T_b
-    return 1.0 / tokens_in_mini_batch.clamp(min=1)
+    return 1.0 / np.maximum(tokens_in_mini_batch, 1)
 
 
 @register("token_mean_legacy", "1 / (K_b * T_k)", aliases=("bnpo",))
-def token_mean_legacy(inputs: ModeInputs) -> torch.Tensor:
+def token_mean_legacy(inputs: ModeInputs) -> np.ndarray:
     split = inputs.split
     unit = split.micro_unit
     n_units = split.n_micro_units
     tokens_in_unit = group_sum(inputs.loss_tokens, unit, n_units)[unit]  # [n] T_k
     # Every unit holds at least one row, so K_b is the number of units whose mini-batch is b.
-    mini_batch_of_unit = torch.zeros(n_units, dtype=torch.int64, device=unit.device).scatter_(0, unit, split.mini_batch)
-    units_per_mini_batch = torch.bincount(mini_batch_of_unit, minlength=split.n_mini_batches)  # [n_mb] K_b
-    k_b = units_per_mini_batch[split.mini_batch].to(torch.float64)  # [n]
-    return 1.0 / (k_b * tokens_in_unit.clamp(min=1))
+    mini_batch_of_unit = np.zeros(n_units, dtype=np.int64)
+    mini_batch_of_unit[unit] = split.mini_batch
+    units_per_mini_batch = np.bincount(mini_batch_of_unit, minlength=split.n_mini_batches)  # [n_mb] K_b
+    k_b = units_per_mini_batch[split.mini_batch].astype(np.float64)  # [n]
+    return 1.0 / (k_b * np.maximum(tokens_in_unit, 1))
 
 
 @register("token_sum", "1")
-def token_sum(inputs: ModeInputs) -> torch.Tensor:
-    return torch.ones_like(inputs.loss_tokens)
+def token_sum(inputs: ModeInputs) -> np.ndarray:
+    return np.ones_like(inputs.loss_tokens)
 
 
 @register("sequence_mean", "1 / (N_b * L_i)", aliases=("seq_mean_token_mean", "grpo", "sapo", "gspo", "sample"))
-def sequence_mean(inputs: ModeInputs) -> torch.Tensor:
-    return 1.0 / (inputs.rows_per_mini_batch() * inputs.loss_tokens.clamp(min=1))
+def sequence_mean(inputs: ModeInputs) -> np.ndarray:
+    return 1.0 / (inputs.rows_per_mini_batch() * np.maximum(inputs.loss_tokens, 1))
 
 
 @register("seq_mean_token_sum", "1 / N_b")
-def seq_mean_token_sum(inputs: ModeInputs) -> torch.Tensor:
+def seq_mean_token_sum(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / inputs.rows_per_mini_batch()
 
 
 @register("seq_mean_token_sum_norm", "1 / (N_b * H)", aliases=("dr_grpo",), needs_horizon=True)
-def seq_mean_token_sum_norm(inputs: ModeInputs) -> torch.Tensor:
+def seq_mean_token_sum_norm(inputs: ModeInputs) -> np.ndarray:
     assert inputs.max_seq_len is not None
     return 1.0 / (inputs.rows_per_mini_batch() * float(inputs.max_seq_len))
 
 
 @register("prompt_mean", "1 / (P_b * T_{p,b})", aliases=("prompt_average",), needs_groups=True)
-def prompt_mean(inputs: ModeInputs) -> torch.Tensor:
+def prompt_mean(inputs: ModeInputs) -> np.ndarray:
     assert inputs.group_ids is not None
     mini_batch = inputs.split.mini_batch
     prompt_in_mini_batch = mini_batch * max(inputs.n_groups, 1) + inputs.group_ids  # [n] key of (b, p)
-    _, cell = torch.unique(prompt_in_mini_batch, return_inverse=True)  # [n] dense (b, p) index
-    n_cells = int(cell.max()) + 1 if cell.numel() else 0
+    _, cell = np.unique(prompt_in_mini_batch, return_inverse=True)  # [n] dense (b, p) index
+    cell = cell.reshape(-1)
+    n_cells = int(cell.max()) + 1 if cell.size else 0
     tokens_of_prompt = group_sum(inputs.loss_tokens, cell, n_cells)[cell]  # [n] T_{p,b}
-    mini_batch_of_cell = torch.zeros(n_cells, dtype=torch.int64, device=cell.device).scatter_(0, cell, mini_batch)
-    prompts_per_mini_batch = torch.bincount(mini_batch_of_cell, minlength=inputs.split.n_mini_batches)  # [n_mb] P_b
-    p_b = prompts_per_mini_batch[mini_batch].to(torch.float64)  # [n]
-    return 1.0 / (p_b * tokens_of_prompt.clamp(min=1))
+    mini_batch_of_cell = np.zeros(n_cells, dtype=np.int64)
+    mini_batch_of_cell[cell] = mini_batch
+    prompts_per_mini_batch = np.bincount(mini_batch_of_cell, minlength=inputs.split.n_mini_batches)  # [n_mb] P_b
+    p_b = prompts_per_mini_batch[mini_batch].astype(np.float64)  # [n]
+    return 1.0 / (p_b * np.maximum(tokens_of_prompt, 1))
 
 
 @register("sequence_mean_nonempty", "1 / (N+_b * L_i)", in_defaults=False)
-def sequence_mean_nonempty(inputs: ModeInputs) -> torch.Tensor:
+def sequence_mean_nonempty(inputs: ModeInputs) -> np.ndarray:
     # OpenRLHF's sample mode: N+_b counts only the rows with at least one loss token
     # (openrlhf/utils/loss_utils.py), where verl and SkyRL count every row.
-    has_tokens = (inputs.loss_tokens > 0).to(torch.float64)  # [n]
+    has_tokens = (inputs.loss_tokens > 0).astype(np.float64)  # [n]
     nonempty_rows = inputs.per_mini_batch(has_tokens)  # [n] N+_b
-    return 1.0 / (nonempty_rows.clamp(min=1) * inputs.loss_tokens.clamp(min=1))
+    return 1.0 / (np.maximum(nonempty_rows, 1) * np.maximum(inputs.loss_tokens, 1))
 
 
 @register("seq_mean_token_sum_norm_padded", "1 / (N_b * W_k)", in_defaults=False)
-def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> torch.Tensor:
+def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> np.ndarray:
     # verl 0.9.1 with loss_scale_factor null: the horizon is the padded width of the micro-batch the
     # loss was computed on, i.e. W_k = the most tokens (masked ones included) of a row of micro-batch k.
     assert inputs.lengths is not None
     unit = inputs.split.micro_unit
     n_units = inputs.split.n_micro_units
-    width = torch.zeros(n_units, dtype=torch.float64, device=unit.device).scatter_reduce_(
-        0, unit, inputs.lengths, reduce="amax", include_self=True
-    )  # [n_units] W_k
-    return 1.0 / (inputs.rows_per_mini_batch() * width[unit].clamp(min=1))
+    width = np.zeros(n_units, dtype=np.float64)  # [n_units] W_k
+    np.maximum.at(width, unit, inputs.lengths)
+    return 1.0 / (inputs.rows_per_mini_batch() * np.maximum(width[unit], 1))
 
 
 def mode_names() -> list[str]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 
 
-def segment_sum(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def segment_sum(values: np.ndarray, offsets: np.ndarray, dtype: type[np.generic] = np.float64) -> np.ndarray:
     """Sum of ``values`` over each segment, accumulated in ``dtype``.
 
     Args:
@@ -22,24 +21,9 @@ def segment_sum(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype 
         dtype: accumulation and result dtype (float64 for sums, int64 for counts).
 
     Returns:
-        ``[n_seqs]`` tensor of ``dtype`` on the device of ``values``; empty segments sum to 0.
+        ``[n_seqs]`` array of ``dtype``; empty segments sum to 0.
     """
-    if values.device.type == "cpu":
-        return torch.from_numpy(_segment_sum_numpy(values.numpy(), offsets.numpy(), dtype))
-    return _segment_sum_torch(values, offsets, dtype)
-
-
-def _segment_sum_torch(values: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The same in torch on any device (used for GPU tensors, so results stay on the device)."""
-    n_seqs = offsets.numel() - 1
-    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
-    segment_of_token = torch.repeat_interleave(torch.arange(n_seqs, device=values.device), lengths)  # [n_tokens]
-    out = torch.zeros(n_seqs, dtype=dtype, device=values.device)
-    return out.index_add_(0, segment_of_token, values.to(dtype))
-
-
-def _segment_sum_numpy(values: np.ndarray, offsets: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    return segment_sum_numpy(values, offsets, np.float64 if dtype.is_floating_point else np.int64)
+    return segment_sum_numpy(values, offsets, dtype)
 
 
 def segment_sum_numpy(values: np.ndarray, offsets: np.ndarray, np_dtype: type[np.generic]) -> np.ndarray:
@@ -97,25 +81,103 @@ def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, in
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
-def expand_to_tokens(per_segment: torch.Tensor, offsets: torch.Tensor, n_tokens: int) -> torch.Tensor:
+def expand_to_tokens(per_segment: np.ndarray, offsets: np.ndarray, n_tokens: int) -> np.ndarray:
     """Repeat each segment's value over its tokens: ``[n_seqs] -> [n_tokens]``."""
-    lengths = offsets[1:] - offsets[:-1]  # [n_seqs]
-    if per_segment.device.type == "cpu" and per_segment.dtype != torch.bfloat16 and not per_segment.requires_grad:
-        # numpy's repeat is about 30x faster than torch.repeat_interleave on the CPU.
-        return torch.from_numpy(np.repeat(per_segment.numpy(), lengths.numpy()))
-    return torch.repeat_interleave(per_segment, lengths, output_size=n_tokens)
+    out = np.repeat(per_segment, np.diff(offsets))
+    assert out.size == n_tokens
+    return out
 
 
-def group_sum(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Sum of per-row ``values`` within each group id in ``[0, n_groups)``: ``[n_rows] -> [n_groups]``."""
-    out = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
-    return out.index_add_(0, group, values)
+def group_sum(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum of per-row ``values`` within each group id in ``[0, n_groups)``: ``[n_rows] -> [n_groups]``.
+
+    Each group's sum runs over its rows in row order, in the dtype of ``values`` (float64 sums,
+    int64 counts).
+    """
+    if values.dtype.kind in "iub":
+        out = np.zeros(n_groups, dtype=np.int64)
+        np.add.at(out, group, values)
+        return out
+    # bincount adds each weight to its bin in row order, in float64
+    return np.bincount(group, weights=values, minlength=n_groups)[:n_groups].astype(values.dtype, copy=False)
 
 
-def run_ids(keys: torch.Tensor) -> torch.Tensor:
+def run_ids(keys: np.ndarray) -> np.ndarray:
     """Index of the run of equal consecutive values each element belongs to: ``[n] -> [n]``."""
-    if keys.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=keys.device)
-    starts_run = torch.ones_like(keys, dtype=torch.int64)  # [n]
-    starts_run[1:] = (keys[1:] != keys[:-1]).to(torch.int64)
-    return torch.cumsum(starts_run, 0) - 1
+    if keys.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts_run = np.ones(keys.size, dtype=np.int64)  # [n]
+    starts_run[1:] = keys[1:] != keys[:-1]
+    return np.cumsum(starts_run) - 1
+
+
+# ---- the order of a float64 sum -----------------------------------------------------------------
+_LANES = 4  # doubles per vector register in torch's CPU sum kernel (AVX2 and AVX512 builds alike)
+_ILP = 4  # vector accumulators per lane group
+_LEVELS = 4  # cascade levels
+
+
+def ordered_sum(values: np.ndarray) -> float:
+    """The sum of a float64 vector, added in the order torch's CPU sum kernel adds it (one thread).
+
+    The summaries were computed with ``torch.sum`` before the core moved to numpy; numpy's pairwise
+    order gives sums that differ in the last bit, so the summaries keep torch's order
+    (``aten/src/ATen/native/cpu/SumKernel.cpp``: ``_LANES`` x ``_ILP`` accumulators over
+    consecutive elements, cascaded into ``_LEVELS`` levels every ``2**level_power`` steps; the
+    tail and the lanes are added last, in order). Both orders are equally accurate; this one keeps
+    every number aggscope reported before.
+
+    Args:
+        values: ``[n]`` float64 (others are converted).
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    n = values.size
+    if n < _LANES:
+        return 0.0 + float(_row_sum(values.reshape(n, 1))[0])
+    n_vectors = n // _LANES
+    lanes = _row_sum(values[: n_vectors * _LANES].reshape(n_vectors, _LANES))  # [_LANES]
+    total = 0.0
+    for value in values[n_vectors * _LANES :].tolist():
+        total += value
+    for value in lanes.tolist():
+        total += value
+    return 0.0 + total
+
+
+def _row_sum(units: np.ndarray) -> np.ndarray:
+    """torch's ``row_sum``: ``[m, width]`` -> ``[width]``, ``_ILP`` interleaved accumulators."""
+    n_rows = units.shape[0] // _ILP
+    partial = _multi_row_sum(units[: n_rows * _ILP].reshape(n_rows, _ILP, units.shape[1]))  # [_ILP, width]
+    for row in units[n_rows * _ILP :]:
+        partial[0] += row
+    for k in range(1, _ILP):
+        partial[0] += partial[k]
+    return partial[0]
+
+
+def _multi_row_sum(rows: np.ndarray) -> np.ndarray:
+    """torch's ``multi_row_sum``: ``[size, _ILP, width]`` -> ``[_ILP, width]`` by a cascade of levels."""
+    size = rows.shape[0]
+    level_power = max(4, (size - 1).bit_length() // _LEVELS if size > 1 else 0)  # CeilLog2(size) / levels
+    step = 1 << level_power
+    n_blocks = size // step
+    acc = np.zeros((_LEVELS, *rows.shape[1:]))
+    if n_blocks:
+        blocks = rows[: n_blocks * step].reshape(n_blocks, step, *rows.shape[1:])
+        block_sums = 0.0 + blocks[:, 0]  # [n_blocks, _ILP, width], each block added one row at a time
+        for j in range(1, step):
+            block_sums += blocks[:, j]
+        mask = step - 1
+        for block in range(n_blocks):
+            acc[0] = block_sums[block]
+            done = (block + 1) * step
+            for level in range(1, _LEVELS):
+                acc[level] += acc[level - 1]
+                acc[level - 1] = 0.0
+                if done & (mask << (level * level_power)):
+                    break
+    for row in rows[n_blocks * step :]:
+        acc[0] += row
+    for level in range(1, _LEVELS):
+        acc[0] += acc[level]
+    return acc[0]

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_modes
-from aggscope.core.segments import expand_to_tokens
+from aggscope.core.segments import expand_to_tokens, ordered_sum
 from aggscope.errors import AggscopeError
 
 
@@ -38,28 +38,54 @@ class StepWeights:
     mode: Mode
     layout: Layout
     split: Split
-    row_weight: torch.Tensor
+    row_weight: np.ndarray
 
-    def token_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
-        """``[n_tokens]`` weight of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+    def token_weights(self, dtype: Any = None, rows: slice | None = None) -> Any:
+        """``[n_tokens]`` weight of every token, 0 on masked tokens (of ``rows`` only, if given).
+
+        Args:
+            dtype: the result's dtype (numpy or torch; default float32).
+            rows: a slice of sequences, or None for all.
+
+        Returns:
+            A torch tensor on the input's device when the batch was built from tensors, else a
+            numpy array.
+        """
         per_token, mask, _ = self._per_token(dtype, rows)
-        return per_token.masked_fill_(~mask, 0.0)
+        per_token[~mask] = 0.0
+        return self._as_output(per_token, dtype)
 
-    def grad_weights(self, dtype: torch.dtype = torch.float32, rows: slice | None = None) -> torch.Tensor:
-        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens (of ``rows`` only, if given)."""
+    def grad_weights(self, dtype: Any = None, rows: slice | None = None) -> Any:
+        """``[n_tokens]`` gradient weight ``w * A`` of every token, 0 on masked tokens (of ``rows`` only, if given).
+
+        Same arguments and result type as ``token_weights``.
+        """
         per_token, mask, advantages = self._per_token(dtype, rows)
-        per_token.mul_(advantages.to(dtype))
-        return per_token.masked_fill_(~mask, 0.0)
+        per_token *= advantages.astype(per_token.dtype)
+        per_token[~mask] = 0.0
+        return self._as_output(per_token, dtype)
 
-    def _per_token(self, dtype: torch.dtype, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _per_token(self, dtype: Any, rows: slice | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each row's weight repeated over its tokens, with the mask and advantages of those tokens."""
         batch = self.batch
         first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
         offsets = batch.offsets[first : last + 1]  # [rows + 1]
         start, stop = int(offsets[0]), int(offsets[-1])
-        weight = self.row_weight[first:last].to(dtype)  # [rows]
+        weight = self.row_weight[first:last].astype(_host_dtype(dtype))  # [rows]
         per_token = expand_to_tokens(weight, offsets - start, stop - start)  # [tokens of rows]
         return per_token, batch.loss_mask[start:stop], batch.advantages[start:stop]
+
+    def _as_output(self, per_token: np.ndarray, dtype: Any) -> Any:
+        """A tensor on the input's device (in ``dtype``) for a batch built from tensors, else the array."""
+        device = self.batch.input_device
+        if device is None:
+            return per_token
+        import torch  # the caller handed in tensors, so torch is loaded already
+
+        tensor = torch.from_numpy(per_token)
+        if isinstance(dtype, torch.dtype) and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)  # bfloat16 and float16: rounded once from float32
+        return tensor if device.type == "cpu" else tensor.to(device)
 
     def summary(self) -> ModeSummary:
         return summarize(self.batch.stats, self.row_weight)
@@ -78,14 +104,14 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     (resolved,) = resolve_modes([mode]) if isinstance(mode, str) else (mode,)
     check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
     if split is None:
-        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
     inputs = ModeInputs(
-        loss_tokens=batch.stats.loss_tokens.to(torch.float64),
+        loss_tokens=batch.stats.loss_tokens.astype(np.float64),
         split=split,
         group_ids=batch.group_ids,
         n_groups=batch.n_groups,
         max_seq_len=layout.max_seq_len,
-        lengths=batch.stats.lengths.to(torch.float64),
+        lengths=batch.stats.lengths.astype(np.float64),
     )
     return StepWeights(batch, resolved, layout, split, resolved.weight(inputs))
 
@@ -131,59 +157,62 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def summarize(stats: SequenceStats, row_weight: torch.Tensor) -> ModeSummary:
+def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
     """Summarise a mode from per-sequence quantities alone.
+
+    Float sums run in ``ordered_sum``'s order, so every summary is the one aggscope gave before.
 
     Args:
         stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
         row_weight: ``[n_seqs]`` float64 weight of each row's loss tokens.
     """
-    w = row_weight.to(torch.float64)  # [n_seqs]
-    loss_tokens = stats.loss_tokens.to(torch.float64)  # [n_seqs] L_i
+    w = np.asarray(row_weight, dtype=np.float64)  # [n_seqs]
+    loss_tokens = stats.loss_tokens.astype(np.float64)  # [n_seqs] L_i
     has_tokens = stats.loss_tokens > 0  # [n_seqs]
-    weight_sum = float((w * loss_tokens).sum())  # sum_i w_i L_i
-    weight_sq_sum = float((w * w * loss_tokens).sum())  # sum_i w_i^2 L_i
+    weight_sum = ordered_sum(w * loss_tokens)  # sum_i w_i L_i
+    weight_sq_sum = ordered_sum(w * w * loss_tokens)  # sum_i w_i^2 L_i
     weight_is_zero = w == 0
     # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
     # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
-    weight_finite = torch.isfinite(w)
-    zero_grad = torch.where(weight_is_zero, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
-    nonfinite_grad = torch.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens)
-    zero_grad = torch.where(weight_finite, zero_grad, torch.zeros_like(zero_grad))
-    w_finite = torch.where(weight_finite, w, torch.zeros_like(w))
+    weight_finite = np.isfinite(w)
+    zero_grad = np.where(weight_is_zero, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
+    nonfinite_grad = np.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens)
+    zero_grad = np.where(weight_finite, zero_grad, 0)
+    w_finite = np.where(weight_finite, w, 0.0)
     token_weights = w[has_tokens]
     return ModeSummary(
         loss_tokens=int(stats.loss_tokens.sum()),
         weight_sum=weight_sum,
-        grad_abs_sum=float((w_finite * stats.adv_abs_sum).sum()),
-        grad_pos_sum=float((w_finite * stats.adv_pos_sum).sum()),
-        grad_neg_sum=float((w_finite * stats.adv_neg_sum).sum()),
+        grad_abs_sum=ordered_sum(w_finite * stats.adv_abs_sum),
+        grad_pos_sum=ordered_sum(w_finite * stats.adv_pos_sum),
+        grad_neg_sum=ordered_sum(w_finite * stats.adv_neg_sum),
         ess_tokens=weight_sum * weight_sum / weight_sq_sum if weight_sq_sum > 0 else None,
         long_short_ratio=long_short_ratio(stats.loss_tokens, w),
         zero_grad_tokens=int(zero_grad.sum()),
         nonfinite_grad_tokens=int(nonfinite_grad.sum()),
-        min_token_weight=float(token_weights.min()) if token_weights.numel() else None,
-        max_token_weight=float(token_weights.max()) if token_weights.numel() else None,
+        min_token_weight=float(token_weights.min()) if token_weights.size else None,
+        max_token_weight=float(token_weights.max()) if token_weights.size else None,
     )
 
 
-def long_short_ratio(loss_tokens: torch.Tensor, row_weight: torch.Tensor) -> float | None:
+def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray) -> float | None:
     """Mean per-token weight of the longest quarter of sequences over the shortest quarter's.
 
     Sequences are ranked by loss-token count (ties by position); a quarter is
     ``max(1, n_seqs // 4)`` sequences. None with fewer than two sequences or when the shortest
     quarter has no loss token.
     """
-    n_seqs = loss_tokens.numel()
+    n_seqs = loss_tokens.size
     if n_seqs < 2:
         return None
     quarter = max(1, n_seqs // 4)
-    ranked = torch.sort(loss_tokens, stable=True).indices  # [n_seqs] shortest first
-    tokens = loss_tokens.to(torch.float64)
+    ranked = np.argsort(loss_tokens, kind="stable")  # [n_seqs] shortest first
+    tokens = loss_tokens.astype(np.float64)
 
-    def mean_weight(rows: torch.Tensor) -> float:
-        token_count = float(tokens[rows].sum())
-        return float((row_weight[rows] * tokens[rows]).sum()) / token_count if token_count else math.nan
+    def mean_weight(rows: np.ndarray) -> float:
+        token_count = ordered_sum(tokens[rows])
+        with np.errstate(invalid="ignore"):
+            return ordered_sum(row_weight[rows] * tokens[rows]) / token_count if token_count else math.nan
 
     short, long = mean_weight(ranked[:quarter]), mean_weight(ranked[-quarter:])
     if not (math.isfinite(short) and math.isfinite(long)) or short == 0:
@@ -239,7 +268,7 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
 
 def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
     """Weights and summaries of one step under several modes, sharing one split."""
-    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
     weights = {mode.name: compute_weights(batch, mode, layout, split) for mode in modes}
     summary = StepSummary(
         step=batch.step,
@@ -250,3 +279,14 @@ def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> Ste
         modes={name: result.summary() for name, result in weights.items()},
     )
     return StepAnalysis(batch, split, weights, summary)
+
+
+def _host_dtype(dtype: Any) -> Any:
+    """The numpy dtype to compute per-token results in: ``dtype`` itself, its numpy twin for a torch
+    dtype (float32 for torch's half types, which numpy lacks), float32 by default."""
+    if dtype is None:
+        return np.float32
+    if type(dtype).__module__ == "torch":
+        name = str(dtype).removeprefix("torch.")
+        return np.float32 if name in ("float16", "bfloat16", "half") else np.dtype(name)
+    return dtype

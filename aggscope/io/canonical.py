@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from aggscope.core.batch import StepBatch, widen_half
 from aggscope.errors import AggscopeError
@@ -30,8 +29,8 @@ from aggscope.io.reader import Rollouts
 from aggscope.io.writing import atomic_output, list_array
 
 
-def _float_type(tensor: torch.Tensor) -> pa.DataType:
-    return pa.float64() if tensor.dtype == torch.float64 else pa.float32()
+def _float_type(values: np.ndarray) -> pa.DataType:
+    return pa.float64() if values.dtype == np.float64 else pa.float32()
 
 
 def canonical_schema(batch: StepBatch, *, with_prompt: bool = False, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
@@ -52,9 +51,9 @@ def canonical_schema(batch: StepBatch, *, with_prompt: bool = False, metadata: M
 def canonical_table(batch: StepBatch, schema: pa.Schema | None = None) -> pa.Table:
     """One step as canonical rows, in the batch's row order (cast to ``schema`` when given)."""
     schema = schema or canonical_schema(batch, with_prompt=batch.uid_texts is not None)
-    offsets = batch.offsets.cpu().numpy()
+    offsets = batch.offsets
     n_rows = batch.n_sequences
-    advantages = widen_half(batch.advantages.detach().cpu())
+    advantages = widen_half(batch.advantages)
     columns: dict[str, pa.Array] = {"step": pa.array(np.full(n_rows, batch.step, dtype=np.int64))}
     names = set(schema.names)
     if "uid" in names:
@@ -63,13 +62,13 @@ def canonical_table(batch: StepBatch, schema: pa.Schema | None = None) -> pa.Tab
         if "prompt" in names:
             texts = np.full(n_rows, None, dtype=object)  # [n_seqs]
             if batch.uid_texts is not None and batch.group_ids is not None:
-                texts = np.asarray(batch.uid_texts, dtype=object)[batch.group_ids.cpu().numpy()]
+                texts = np.asarray(batch.uid_texts, dtype=object)[batch.group_ids]
             columns["prompt"] = pa.array(texts, type=pa.string())
     if "reward" in names:
-        rewards = None if batch.rewards is None else batch.rewards.detach().cpu().numpy()
+        rewards = batch.rewards
         columns["reward"] = pa.array(rewards if rewards is not None else np.full(n_rows, np.nan), type=pa.float64())
-    columns["advantages"] = list_array(advantages.numpy(), offsets)
-    columns["loss_mask"] = list_array(batch.loss_mask.cpu().numpy(), offsets)
+    columns["advantages"] = list_array(advantages, offsets)
+    columns["loss_mask"] = list_array(batch.loss_mask, offsets)
     return pa.Table.from_pydict(columns).cast(schema)
 
 

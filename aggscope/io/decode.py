@@ -9,14 +9,12 @@ each error names the file and row at fault (``RowLocator``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from aggscope.core.batch import StepBatch, last_row_of_groups, mask_as_bool, offsets_of, text_uid, widen_half
 from aggscope.errors import AggscopeError, first_line
@@ -64,6 +62,33 @@ def column_of(table: pa.Table, name: str) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
+def numpy_of(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow array of numbers or bools as numpy (nulls: NaN for floats; other types as pyarrow gives them).
+
+    Read from the array's buffers: pyarrow's ``to_numpy`` imports pandas on first use (0.7-1.6 s
+    of a command that never needs it). Numbers are zero-copy views (read-only); bools are unpacked.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    data_type = array.type
+    if array.null_count and pa.types.is_floating(data_type):
+        array = array.fill_null(float("nan"))
+    if array.null_count == 0 and (pa.types.is_integer(data_type) or pa.types.is_floating(data_type)):
+        kind = "f" if pa.types.is_floating(data_type) else ("i" if pa.types.is_signed_integer(data_type) else "u")
+        dtype = np.dtype(f"{kind}{data_type.bit_width // 8}")
+        buffer = array.buffers()[1]
+        if buffer is None:
+            return np.zeros(0, dtype=dtype)
+        return np.frombuffer(buffer, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    if array.null_count == 0 and pa.types.is_boolean(data_type):
+        buffer = array.buffers()[1]
+        if buffer is None or len(array) == 0:
+            return np.zeros(0, dtype=bool)
+        bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].view(bool)
+    return np.asarray(array.to_numpy(zero_copy_only=False))
+
+
 def _list_parts(array: pa.Array, name: str, where: RowLocator) -> tuple[pa.Array, np.ndarray]:
     """Flat values and rebased ``[n_rows + 1]`` offsets of a list column."""
     if array.null_count:
@@ -73,17 +98,17 @@ def _list_parts(array: pa.Array, name: str, where: RowLocator) -> tuple[pa.Array
         width = array.type.list_size
         offsets = np.arange(len(array) + 1, dtype=np.int64) * width
         return array.flatten(), offsets
-    offsets = array.offsets.to_numpy().astype(np.int64)
+    offsets = numpy_of(array.offsets).astype(np.int64)
     return array.flatten(), offsets - offsets[0]
 
 
 def _floats(array: pa.Array) -> np.ndarray:
     """Float values (float32 kept as float32); nulls become NaN."""
     if pa.types.is_float32(array.type) or pa.types.is_float64(array.type):
-        return np.asarray(array.to_numpy(zero_copy_only=False))
+        return numpy_of(array)
     if pa.types.is_float16(array.type):
-        return widen_half(np.asarray(array.to_numpy(zero_copy_only=False)))
-    return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        return widen_half(numpy_of(array))
+    return numpy_of(array.cast(pa.float64()))
 
 
 def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: RowLocator) -> np.ndarray:
@@ -92,7 +117,7 @@ def _mask_values(values: pa.Array, offsets: np.ndarray, name: str, where: RowLoc
         token = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
         row = int(np.searchsorted(offsets, token, side="right") - 1)
         raise AggscopeError(f"{where(row)}: column {name!r} holds a null at token {token - int(offsets[row])}")
-    raw = np.asarray(values.to_numpy(zero_copy_only=False))
+    raw = numpy_of(values)
     return mask_as_bool(raw, offsets, lambda row, token: (f"{where(row)}: column {name!r}", f"token {token}"))
 
 
@@ -103,12 +128,12 @@ def arrow_codes(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
     in the rows, for columns as long as a step's tokens (the long layout's ids) or the text read.
     """
     encoded = array.dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary
+    return numpy_of(encoded.indices).astype(np.int64), encoded.dictionary
 
 
 def uid_groups(
     table: pa.Table, columns: Mapping[str, str], where: RowLocator
-) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     """``([n_rows] group codes, uid of each code)`` from the uid column, or hashed from the prompt
     text column (``uid_text``); ``(None, None)`` when the input has neither."""
     if "uid" in columns:
@@ -130,7 +155,7 @@ def uid_groups(
     labels = [str(v) for v in distinct.to_pylist()]
     if hashed:
         labels = [text_uid(text) for text in labels]
-    return torch.from_numpy(codes), tuple(labels)
+    return codes, tuple(labels)
 
 
 def is_text(data_type: pa.DataType) -> bool:
@@ -147,15 +172,7 @@ def uid_texts_of(texts: pa.Array, group_ids: np.ndarray, n_groups: int) -> tuple
     return tuple(None if row < 0 else text for row, text in zip(rows.tolist(), picked, strict=True))
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing the array's memory. Arrow hands out read-only buffers; nothing in aggscope
-    writes into a batch's tensors, so torch's warning about that is silenced, not the data copied."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -> torch.Tensor | None:
+def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -> np.ndarray | None:
     """``[n_rows]`` float64 rewards (a list per row is summed; an empty list is NaN), or None."""
     if "reward" not in columns:
         return None
@@ -164,10 +181,10 @@ def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -
         values, offsets = _list_parts(array, columns["reward"], where)
         per_row = np.add.reduceat(_floats(values).astype(np.float64), offsets[:-1]) if len(values) else np.zeros(len(array))
         per_row[offsets[1:] == offsets[:-1]] = np.nan
-        return torch.from_numpy(per_row)
+        return per_row
     if not (pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type)):
         raise AggscopeError(f"{where(0)}: column {columns['reward']!r} (reward) has type {array.type}; expected numbers")
-    return torch.from_numpy(_floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64))
+    return _floats(array.cast(pa.float64()) if pa.types.is_boolean(array.type) else array).astype(np.float64)
 
 
 def decode_wide_tokens(
@@ -197,7 +214,7 @@ def decode_wide_tokens(
         length_array = column_of(table, length_name)
         if length_array.null_count or not pa.types.is_integer(length_array.type):
             raise AggscopeError(f"{where(0)}: column {length_name!r} (response_length) must hold integers, without nulls")
-        loss_lengths = length_array.to_numpy().astype(np.int64)
+        loss_lengths = numpy_of(length_array).astype(np.int64)
         if (loss_lengths < 0).any():
             row = int(np.flatnonzero(loss_lengths < 0)[0])
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
@@ -255,17 +272,17 @@ def decode_long(
     if token_groups is not None:
         # Sequences are ordered by their first row, so the first-appearance numbering of uids over
         # token rows is also their first-appearance order over sequences.
-        token_uid = token_groups.numpy()[token_order]  # [n_tokens] in sequence order
+        token_uid = token_groups[token_order]  # [n_tokens] in sequence order
         sequence_uid = token_uid[offsets[:-1]]  # [n_seqs]
         differs = token_uid != np.repeat(sequence_uid, lengths)
         if differs.any():
             token = int(np.flatnonzero(differs)[0])
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
-        group_ids = torch.from_numpy(sequence_uid.copy())
+        group_ids = sequence_uid.copy()
     rewards = rewards_of(per_sequence, columns, first_where)
     texts = None
     if text_column is not None and group_ids is not None and labels is not None:
-        texts = uid_texts_of(column_of(per_sequence, text_column), group_ids.numpy(), len(labels))
+        texts = uid_texts_of(column_of(per_sequence, text_column), group_ids, len(labels))
     return step_batch(step, source, advantages, mask, offsets, group_ids, labels, rewards, lengths_estimated, texts)
 
 
@@ -275,12 +292,13 @@ def step_batch(
     advantages: np.ndarray,
     mask: np.ndarray,
     offsets: np.ndarray,
-    group_ids: torch.Tensor | None,
+    group_ids: np.ndarray | None,
     labels: tuple[str, ...] | None,
-    rewards: torch.Tensor | None,
+    rewards: np.ndarray | None,
     lengths_estimated: bool = False,
     uid_texts: tuple[str | None, ...] | None = None,
 ) -> StepBatch:
-    """The batch of decoded arrays (tensors share their memory)."""
-    tensors = _tensor(advantages), _tensor(mask), _tensor(offsets)
-    return StepBatch(step, *tensors, group_ids, labels, rewards, source, lengths_estimated, uid_texts)
+    """The batch of decoded arrays (sharing their memory; Arrow's buffers may be read-only, and
+    nothing in aggscope writes into a batch's arrays)."""
+    arrays = np.ascontiguousarray(advantages), np.ascontiguousarray(mask), np.ascontiguousarray(offsets)
+    return StepBatch(step, *arrays, group_ids, labels, rewards, source, lengths_estimated, uid_texts)

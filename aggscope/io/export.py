@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aggscope.core.batch import host_array
 from aggscope.core.modes import Mode
 from aggscope.core.segments import segment_chunks
 from aggscope.core.weights import StepAnalysis
@@ -39,21 +41,26 @@ def weights_table(analysis: StepAnalysis, schema: pa.Schema, rows: slice | None 
     """The per-token weights of one analysed step (or of its ``rows``) as a table of ``schema``."""
     batch = analysis.batch
     first, last, _ = (rows or slice(0, batch.n_sequences)).indices(batch.n_sequences)
-    offsets = batch.offsets[first : last + 1].cpu().numpy()
+    offsets = batch.offsets[first : last + 1]
     offsets = offsets - offsets[0]
     if batch.group_ids is None or batch.uid_labels is None:
         uids = pa.nulls(last - first, pa.string())
     else:
-        uids = pa.array(batch.uid_labels, type=pa.string()).take(pa.array(batch.group_ids[first:last].cpu().numpy()))
+        uids = pa.array(batch.uid_labels, type=pa.string()).take(pa.array(batch.group_ids[first:last]))
     columns: list[pa.Array] = [
         pa.array(np.full(last - first, batch.step, dtype=np.int64)),
         pa.array(np.arange(first, last, dtype=np.int64)),
         uids,
     ]
     for result in analysis.weights.values():
-        columns.append(list_array(result.token_weights(rows=slice(first, last)).cpu().numpy(), offsets))
-        columns.append(list_array(result.grad_weights(rows=slice(first, last)).cpu().numpy(), offsets))
+        columns.append(list_array(_host(result.token_weights(rows=slice(first, last))), offsets))
+        columns.append(list_array(_host(result.grad_weights(rows=slice(first, last))), offsets))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _host(per_token: Any) -> np.ndarray:
+    """Per-token results as a host array (a batch built from tensors gives tensors)."""
+    return np.asarray(host_array(per_token))
 
 
 class WeightsParquetWriter:
@@ -74,7 +81,7 @@ class WeightsParquetWriter:
 
     def write(self, analysis: StepAnalysis) -> None:
         """Write one step as row groups of about ``ROW_GROUP_TOKENS`` tokens, one at a time."""
-        offsets = analysis.batch.offsets.cpu().numpy()
+        offsets = analysis.batch.offsets
         for first, last in segment_chunks(offsets, ROW_GROUP_TOKENS):
             self._writer.write_table(weights_table(analysis, self.schema, slice(first, last)))
 

@@ -167,7 +167,7 @@ class ParquetRollouts(Rollouts):
             rewards = decode.rewards_of(rows, self.columns, where)
             texts = None
             if self._text_column is not None and group_ids is not None and labels is not None:
-                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids.numpy(), len(labels))
+                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids, len(labels))
             batch_stats = stats.result()
         batch = decode.step_batch(
             step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated, texts
@@ -225,7 +225,9 @@ class ParquetRollouts(Rollouts):
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
                     if shared and step_column is not None:  # only rows of this step
-                        keep = np.asarray(pc.equal(table.column(step_column), step).to_numpy(zero_copy_only=False), dtype=bool)
+                        keep = np.asarray(
+                            decode.numpy_of(pc.fill_null(pc.equal(table.column(step_column), step), False)), dtype=bool
+                        )
                         table, rows = table.filter(pa.array(keep)), rows[keep]
                     if table.num_rows:
                         yield table, np.stack([np.full(rows.size, file_index), rows], axis=1)
@@ -492,7 +494,7 @@ def _plan_file(
     steps = []
     for group in range(metadata.num_row_groups):
         try:
-            column = parquet.read_row_group(group, columns=[step_column]).column(0)
+            column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
         except (pa.ArrowException, OSError) as exc:
             raise _damaged(path, group, exc) from None
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
@@ -500,7 +502,7 @@ def _plan_file(
         if column.null_count:
             first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + starts[group]
             raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
-        values = pc.unique(column).to_numpy(zero_copy_only=False)
+        values = decode.numpy_of(pc.unique(column))
         if not np.all(values == np.round(values)):
             raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
         if not np.isfinite(values).all():

@@ -20,7 +20,6 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -222,7 +221,7 @@ def split_map(breakdown: Breakdown) -> Figure:
     for ax, layout in zip(axes, layouts, strict=True):
         split = breakdown.splits[layout][step_index]
         order = split.order  # [n_rows] seq_index at each trainer position
-        bands: list[tuple[str, torch.Tensor, np.ndarray | None]] = []
+        bands: list[tuple[str, np.ndarray, np.ndarray | None]] = []
         cuts = breakdown.cut_prompts[layout][step_index]
         if group_ids is not None and labels is not None:
             bands.append(("prompt groups", group_ids[order], _cut_colours(cuts, labels)))
@@ -264,21 +263,21 @@ def _cut_colours(cuts: Mapping[str, Sequence[str]], labels: Sequence[str]) -> np
     return colours
 
 
-def _draw_runs(ax: Axes, y: float, key: torch.Tensor, colour_of_key: np.ndarray | None) -> None:
+def _draw_runs(ax: Axes, y: float, key: np.ndarray, colour_of_key: np.ndarray | None) -> None:
     """Draw runs of equal ``key`` (``[n_rows]`` in trainer order) as alternating bars on lane ``y``.
 
     ``colour_of_key`` overrides the shade of the runs of some keys (None: keep the shade).
     """
-    n = key.numel()
+    n = key.size
     if n == 0:
         return
-    starts_run = torch.ones(n, dtype=torch.bool)
+    starts_run = np.ones(n, dtype=bool)
     starts_run[1:] = key[1:] != key[:-1]
-    starts = torch.nonzero(starts_run).flatten()  # [n_runs]
-    widths = torch.diff(torch.cat([starts, torch.tensor([n])]))  # [n_runs]
-    shade = np.array(RUN_SHADES, dtype=object)[np.arange(starts.numel()) % 2]
+    starts = np.flatnonzero(starts_run)  # [n_runs]
+    widths = np.diff(np.append(starts, n))  # [n_runs]
+    shade = np.array(RUN_SHADES, dtype=object)[np.arange(starts.size) % 2]
     if colour_of_key is not None:
-        override = colour_of_key[key[starts].numpy()]
+        override = colour_of_key[key[starts]]
         shade = np.where(override != None, override, shade)  # noqa: E711  (elementwise on an object array)
     ax.broken_barh(
         list(zip(starts.tolist(), widths.tolist(), strict=True)),

@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from aggscope.core.batch import StepBatch, mask_as_bool, offsets_of, widen_half
+from aggscope.core.batch import StepBatch, is_tensor, mask_as_bool, offsets_of, widen_half
 from aggscope.errors import AggscopeError
 from aggscope.io.canonical import canonical_schema, canonical_table
 from aggscope.io.writing import atomic_output
@@ -218,13 +217,13 @@ def _int64_values(values: list[Any]) -> bool:
 
 
 def _numpy(value: Any) -> np.ndarray:
-    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return value.numpy() if is_tensor(value) else np.asarray(value)
 
 
 # ---- host copies (in the caller's thread) -----------------------------------------------------------
 def _copy_to_host(value: Any) -> Any:
     """A host-memory copy the caller may overwrite afterwards (tensors, arrays, or nested lists)."""
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return widen_half(value.detach()).to("cpu", copy=True)
     if isinstance(value, np.ndarray):
         return value.copy()
@@ -232,7 +231,7 @@ def _copy_to_host(value: Any) -> Any:
 
 
 def _is_padded(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 2
+    return (is_tensor(value) or isinstance(value, np.ndarray)) and value.ndim == 2
 
 
 def _host_batch(step: int, advantages: Any, loss_mask: Any, uids: Any, rewards: Any, attention_mask: Any) -> _HostBatch:
@@ -269,7 +268,7 @@ def _host_batch(step: int, advantages: Any, loss_mask: Any, uids: Any, rewards: 
         raise AggscopeError(f"{where}: loss_mask must be a [B, L] tensor or array, or a list of per-row sequences")
     host_uids = None
     if uids is not None:
-        host_uids = _copy_to_host(uids).tolist() if isinstance(uids, (torch.Tensor, np.ndarray)) else list(uids)
+        host_uids = _copy_to_host(uids).tolist() if is_tensor(uids) or isinstance(uids, np.ndarray) else list(uids)
         if len(host_uids) != n_rows:
             raise AggscopeError(f"{where}: {len(host_uids)} uids for {n_rows} rows")
     host_rewards = None
@@ -281,7 +280,7 @@ def _host_batch(step: int, advantages: Any, loss_mask: Any, uids: Any, rewards: 
 
 
 def _row(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return widen_half(value.detach()).to("cpu", copy=True).reshape(-1).numpy()
     return np.array(value).reshape(-1)
 
@@ -289,11 +288,11 @@ def _row(value: Any) -> np.ndarray:
 def _ragged_advantages(advantages: Any, lengths: np.ndarray, where: str) -> tuple[Any, bool]:
     """Advantages for ragged rows: flat per-token values, or one value per row (``per_row``)."""
     n_rows = lengths.size
-    if isinstance(advantages, (torch.Tensor, np.ndarray)) and advantages.ndim == 1 and advantages.shape[0] == n_rows:
+    if (is_tensor(advantages) or isinstance(advantages, np.ndarray)) and advantages.ndim == 1 and advantages.shape[0] == n_rows:
         return _copy_to_host(advantages), True
     if not isinstance(advantages, Sequence) or len(advantages) != n_rows:
         raise AggscopeError(f"{where}: advantages must hold one sequence (or one value) per row of the loss mask ({n_rows} rows)")
-    if all(np.ndim(a) == 0 and not isinstance(a, torch.Tensor) for a in advantages):
+    if all(np.ndim(a) == 0 and not is_tensor(a) for a in advantages):
         return np.asarray(advantages, dtype=np.float64), True
     rows = [_row(a) for a in advantages]
     sizes = np.asarray([r.size for r in rows])

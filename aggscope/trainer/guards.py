@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
+from aggscope.core.batch import is_tensor
 from aggscope.errors import AggscopeError
 
 
@@ -25,7 +25,7 @@ def assert_prompts_intact(uids: Any, mini_batch_boundaries: int | Sequence[Any])
         AggscopeError: naming the first cut prompt, the rows on either side and how many prompts
             are cut in all.
     """
-    values = uids.detach().cpu().tolist() if isinstance(uids, torch.Tensor) else list(np.asarray(uids, dtype=object).reshape(-1))
+    values = uids.detach().cpu().tolist() if is_tensor(uids) else list(np.asarray(uids, dtype=object).reshape(-1))
     n_rows = len(values)
     cuts = _cut_points(mini_batch_boundaries, n_rows)
     mini_batch = np.searchsorted(cuts, np.arange(n_rows), side="right")  # [n_rows]

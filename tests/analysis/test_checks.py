@@ -87,10 +87,11 @@ def test_boundary_prompt_mean_hand_worked():
     #   B's rows 6-7 get 1/(2 * 4) = 1/8.
     batch = batch_of(list("AAAABBBBCCCC"), [1, 2, 3, 4, 2, 2, 2, 2, 5, 5, 5, 5])
     layout = Layout(mini_batch_size=6)
-    split = split_step(batch.n_sequences, batch.group_ids, layout, 0, batch.device)
+    split = split_step(batch.n_sequences, batch.group_ids, layout, 0)
     weights = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split)
     expected = [1 / 20] * 4 + [1 / 8] * 2 + [0.0] * 2 + [1 / 20] * 4
-    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(weights, np.array(expected, dtype=np.float64), rtol=1e-12, atol=0)
+    assert weights.dtype == np.float64
 
     check = check_step(batch, ALL_MODES, layout, split)
     silent = [f for f in check.findings if f.code == "silent_zero_advantage"]
@@ -112,9 +113,13 @@ def test_skyrl_numbers_prompt_mean_without_a_cut():
     # mask [[1,1],[1,0],[1,1],[1,1]] -> sum of A * w = 4.25. Without a cut the boundary weights equal the canonical.
     advantages = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8], dtype=torch.float32)
     batch = StepBatch.from_flat(advantages, [1, 1, 1, 0, 1, 1, 1, 1], [0, 2, 4, 6, 8], uids=["p", "p", "q", "q"])
-    split = split_step(4, batch.group_ids, Layout(), 0, batch.device)
+    split = split_step(4, batch.group_ids, Layout(), 0)
     weights = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split)
-    per_token = torch.repeat_interleave(weights, torch.tensor([2, 2, 2, 2])) * batch.loss_mask * advantages
+    per_token = (
+        torch.repeat_interleave(torch.from_numpy(weights), torch.tensor([2, 2, 2, 2]))
+        * torch.from_numpy(batch.loss_mask)
+        * advantages
+    )
     assert float(per_token.sum()) == pytest.approx(4.25, rel=1e-12)
     # The masked token of row 1 carries A = 4: the one finding (no cut, no silent zero, no misweight).
     assert as_tuples(check_step(batch, ALL_MODES).findings) == {("masked_token_advantage", "warning", 0, "p", (1,), 1)}
@@ -535,7 +540,7 @@ def test_cut_prompts_iff_rows_span_more_than_one_unit(batch, layout):
 def test_boundary_prompt_mean_equals_the_pseudocode(batch, layout):
     if not batch.has_groups:
         return
-    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
     units = units_of(batch, layout)
     rows = rows_of(batch)
     expected = rebased_prompt_mean(rows, units)

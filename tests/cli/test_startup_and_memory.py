@@ -38,6 +38,44 @@ def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
     assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
 
 
+SUMMARY_PROBE = """
+import runpy, sys
+sys.argv = ["aggscope", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("aggscope", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print("\\nEXIT", code, "LOADED", [name for name in ("torch", "pandas", "matplotlib") if name in sys.modules])
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [
+        (["weights", "--json"], 0),
+        (["check", "--json"], 0),
+        (["weights", "-m", "nope"], 2),
+        (["weights", "no_such_file.parquet"], 2),
+        (["weights", "--mini-batch-size", "0"], 2),
+    ],
+)
+def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: list[str], exit_code: int) -> None:
+    """The summary path is numpy and pyarrow only: torch, pandas and matplotlib cost seconds to import."""
+    done = subprocess.run(
+        [sys.executable, "-c", SUMMARY_PROBE, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    tail = done.stdout.rsplit("EXIT", 1)[1].split()
+    assert int(tail[0]) == exit_code, done.stderr
+    loaded = " ".join(tail[2:])
+    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+
+
 def _peak_rss_of(command: list[str], stdout: Path) -> int:
     """Run a command to completion and return its peak resident memory in bytes."""
     with stdout.open("w") as out:

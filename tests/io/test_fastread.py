@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import REPO
 
 import aggscope.io.fastread as fastread
@@ -120,8 +119,8 @@ INPUTS: dict[str, Callable[[Path], Path]] = {
 def batch_bytes(batch: StepBatch) -> dict[str, object]:
     """Every array of a batch and of its stats as (dtype, shape, raw bytes), and its other fields."""
 
-    def raw(tensor: torch.Tensor | None) -> object:
-        return None if tensor is None else (str(tensor.dtype), tuple(tensor.shape), tensor.numpy().tobytes())
+    def raw(values: np.ndarray | None) -> object:
+        return None if values is None else (str(values.dtype), tuple(values.shape), values.tobytes())
 
     fields: dict[str, object] = {
         name: raw(getattr(batch, name)) for name in ("advantages", "loss_mask", "offsets", "group_ids", "rewards")

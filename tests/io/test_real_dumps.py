@@ -67,7 +67,7 @@ def summary(groups: list[list[tuple[float, int]]]) -> dict:
 
 def zero_variance_groups(batch: object) -> int:
     """Groups whose rewards are all equal, from the batch's rewards and group ids (vectorised)."""
-    rewards, groups = batch.rewards, batch.group_ids  # type: ignore[attr-defined]
+    rewards, groups = torch.from_numpy(batch.rewards), torch.from_numpy(batch.group_ids)  # type: ignore[attr-defined]
     n = int(groups.max()) + 1
     high = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, groups, rewards, "amax")
     low = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(0, groups, rewards, "amin")

@@ -85,8 +85,8 @@ def test_chunked_stats_match_a_plain_loop(data: tuple[np.ndarray, np.ndarray, np
     assert stats.nonfinite_adv_tokens.tolist() == expected["nonfinite"]
     assert stats.masked_nonzero_adv_tokens.tolist() == expected["masked_nonzero"]
     # float32 values summed in float64 over <= 40 tokens: only the last bits may differ from fsum.
-    np.testing.assert_allclose(stats.adv_sum.numpy(), expected["sum"], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(stats.adv_abs_sum.numpy(), expected["abs"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.adv_sum, expected["sum"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.adv_abs_sum, expected["abs"], rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
@@ -94,20 +94,20 @@ def test_chunked_stats_match_a_plain_loop(data: tuple[np.ndarray, np.ndarray, np
 def test_chunked_stats_equal_the_one_piece_reduction_bit_for_bit(
     data: tuple[np.ndarray, np.ndarray, np.ndarray], chunk: int
 ) -> None:
-    """The chunked CPU path and the one-piece torch path (the GPU code) agree exactly."""
+    """The chunked reduction and the one in a single piece agree exactly."""
     adv, mask, offsets = data
-    args = (torch.from_numpy(adv), torch.from_numpy(mask), torch.from_numpy(offsets))
     batch_module.STATS_CHUNK_TOKENS, saved = chunk, batch_module.STATS_CHUNK_TOKENS
     try:
-        chunked = batch_module._sequence_stats_cpu(*args)
+        chunked = batch_module.sequence_stats_numpy(adv, mask, offsets)
+        batch_module.STATS_CHUNK_TOKENS = max(adv.size, 1)
+        whole = batch_module.sequence_stats_numpy(adv, mask, offsets)
     finally:
         batch_module.STATS_CHUNK_TOKENS = saved
-    whole = batch_module._sequence_stats_tensor(*args)
     for name in vars(whole):
         a, b = getattr(chunked, name), getattr(whole, name)
         assert a.dtype == b.dtype, name
         # Same bits, signs of zero included: compare the raw bytes.
-        assert a.numpy().tobytes() == b.numpy().tobytes(), name
+        assert a.tobytes() == b.tobytes(), name
 
 
 @settings(max_examples=40, deadline=None)
@@ -126,9 +126,9 @@ def test_stats_of_parts_concatenated_equal_the_whole_bit_for_bit(
         for a, b in itertools.pairwise(cuts)
     ]
     joined = batch_module.SequenceStats.concat(parts)
-    whole = batch_module._sequence_stats_tensor(torch.from_numpy(adv), torch.from_numpy(mask), torch.from_numpy(offsets))
+    whole = batch_module.sequence_stats_numpy(adv, mask, offsets)
     for name in vars(whole):
-        assert getattr(joined, name).numpy().tobytes() == getattr(whole, name).numpy().tobytes(), name
+        assert getattr(joined, name).tobytes() == getattr(whole, name).tobytes(), name
 
 
 def test_read_step_stats_equal_those_computed_from_its_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +145,7 @@ def test_read_step_stats_equal_those_computed_from_its_tokens(tmp_path: Path, mo
     primed = batch.stats
     recomputed = StepBatch.from_flat(batch.advantages, batch.loss_mask, batch.offsets).stats
     for name in vars(recomputed):
-        assert getattr(primed, name).numpy().tobytes() == getattr(recomputed, name).numpy().tobytes(), name
+        assert getattr(primed, name).tobytes() == getattr(recomputed, name).tobytes(), name
 
 
 def test_long_sequences_sum_exactly_as_numpy_reduceat_does() -> None:
@@ -163,7 +163,7 @@ def test_long_sequences_sum_exactly_as_numpy_reduceat_does() -> None:
     nonempty = lengths > 0
     expected = np.zeros(lengths.size)
     expected[nonempty] = np.add.reduceat(adv, offsets[:-1][nonempty], dtype=np.float64)
-    assert stats.adv_sum.numpy().tobytes() == expected.tobytes()
+    assert stats.adv_sum.tobytes() == expected.tobytes()
 
 
 def test_segment_chunks_cover_every_segment_once() -> None:
@@ -186,11 +186,11 @@ def test_segment_count_matches_a_loop_at_any_density(density: float) -> None:
     assert segment_count_numpy(flags, offsets).tolist() == expected
 
 
-def test_expand_to_tokens_cpu_fast_path_equals_torch() -> None:
+def test_expand_to_tokens_equals_torch_repeat_interleave() -> None:
     weights = torch.tensor([0.5, 2.0, -1.0, 7.0], dtype=torch.float64)
     offsets = torch.tensor([0, 3, 3, 4, 9])
     expected = torch.repeat_interleave(weights, offsets[1:] - offsets[:-1])
-    assert torch.equal(expand_to_tokens(weights, offsets, 9), expected)
+    assert torch.equal(torch.from_numpy(expand_to_tokens(weights.numpy(), offsets.numpy(), 9)), expected)
 
 
 # ---- files, row groups, batches ------------------------------------------------------------------
@@ -279,10 +279,11 @@ def test_token_weights_of_some_rows_are_a_slice_of_all() -> None:
     batch = StepBatch.from_flat([1.0, -2.0, 0.5, 3.0, -1.0, 2.0], [1, 0, 1, 1, 1, 0], [0, 2, 2, 5, 6], uids=["a", "a", "b", "b"])
     result = compute_weights(batch, "sequence_mean")
     # sequence_mean: w_i = 1 / (N L_i), N = 4; L = [1, 0, 3, 1] -> w = [1/4, 1/4 (L clamped to 1), 1/12, 1/4]
-    expected = torch.tensor([1 / 4, 0.0, 1 / 12, 1 / 12, 1 / 12, 0.0], dtype=torch.float32)
-    assert torch.allclose(result.token_weights(), expected, rtol=1e-7)
-    assert torch.equal(result.token_weights(rows=slice(2, 4)), result.token_weights()[2:6])
-    assert torch.equal(result.grad_weights(rows=slice(1, 3)), result.grad_weights()[2:5])
+    expected = np.array([1 / 4, 0.0, 1 / 12, 1 / 12, 1 / 12, 0.0], dtype=np.float32)
+    assert result.token_weights().dtype == np.float32
+    np.testing.assert_allclose(result.token_weights(), expected, rtol=1e-7)
+    assert np.array_equal(result.token_weights(rows=slice(2, 4)), result.token_weights()[2:6])
+    assert np.array_equal(result.grad_weights(rows=slice(1, 3)), result.grad_weights()[2:5])
 
 
 def test_a_step_split_over_files_is_read_in_input_order(tmp_path: Path) -> None:
@@ -292,8 +293,8 @@ def test_a_step_split_over_files_is_read_in_input_order(tmp_path: Path) -> None:
     batch = next(open_rollouts(str(split)).iter_steps())
     values = table.column("advantages").combine_chunks()
     assert batch.n_sequences == 40
-    assert np.array_equal(batch.offsets.numpy(), values.offsets.to_numpy())
-    assert batch.advantages.numpy().tobytes() == values.values.to_numpy().tobytes()
+    assert np.array_equal(batch.offsets, values.offsets.to_numpy())
+    assert batch.advantages.tobytes() == values.values.to_numpy().tobytes()
 
 
 # ---- errors found while streaming ----------------------------------------------------------------
@@ -376,9 +377,9 @@ def test_page_toucher_never_changes_what_is_read(tmp_path: Path, monkeypatch: py
         touched = open_rollouts(str(path)).read_step(0)
     finally:
         sys.setswitchinterval(switch)
-    assert torch.equal(touched.advantages.view(torch.int32), plain.advantages.view(torch.int32))  # bits, NaN too
-    assert torch.equal(touched.loss_mask, plain.loss_mask)
-    assert torch.equal(touched.offsets, plain.offsets)
+    assert np.array_equal(touched.advantages.view(np.int32), plain.advantages.view(np.int32))  # bits, NaN too
+    assert np.array_equal(touched.loss_mask, plain.loss_mask)
+    assert np.array_equal(touched.offsets, plain.offsets)
 
 
 def test_page_toucher_stops_where_the_reader_arrives() -> None:

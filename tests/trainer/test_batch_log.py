@@ -56,10 +56,10 @@ def test_padded_round_trip_is_exact(tmp_path: Path, left: bool) -> None:
         logger.log(step=4, uids=uids, advantages=advantages * 2, loss_mask=loss_mask.bool(), rewards=rewards)
     first, second = load_steps(str(tmp_path))
     assert (first.step, second.step) == (3, 4)
-    assert torch.equal(first.advantages.view(4, 6), advantages) and first.advantages.dtype == torch.float32
-    assert torch.equal(first.loss_mask.view(4, 6), loss_mask.bool())
-    assert first.row_uids() == uids and first.rewards is not None and torch.equal(first.rewards, rewards)
-    assert torch.equal(second.advantages.view(4, 6), advantages * 2)
+    assert torch.equal(torch.from_numpy(first.advantages).view(4, 6), advantages) and first.advantages.dtype == np.float32
+    assert torch.equal(torch.from_numpy(first.loss_mask).view(4, 6), loss_mask.bool())
+    assert first.row_uids() == uids and first.rewards is not None and torch.equal(torch.from_numpy(first.rewards), rewards)
+    assert torch.equal(torch.from_numpy(second.advantages).view(4, 6), advantages * 2)
 
 
 def test_attention_mask_strips_padding(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_gpu_tensors(tmp_path: Path) -> None:
     with BatchLogger(tmp_path) as logger:
         logger.log(step=0, advantages=advantages.cuda(), loss_mask=loss_mask.cuda(), uids=torch.tensor([1, 1, 2, 2]).cuda())
     (batch,) = load_steps(str(tmp_path))
-    assert torch.equal(batch.advantages.view(4, 6), advantages) and batch.row_uids() == ["1", "1", "2", "2"]
+    assert torch.equal(torch.from_numpy(batch.advantages).view(4, 6), advantages) and batch.row_uids() == ["1", "1", "2", "2"]
 
 
 # ---- assert_prompts_intact ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES, Breakdown, SpecResult, TokenHistogram
 from aggscope.analysis.breakdown.step import BreakdownStep, LayoutPart, breakdown_step, by_layout
@@ -65,7 +64,7 @@ class _SpecAccumulator:
     """One SPEC's per-row weights and histogram counts, step by step."""
 
     spec: Spec
-    row_weights: list[torch.Tensor] = field(default_factory=list)
+    row_weights: list[np.ndarray] = field(default_factory=list)
     positive: np.ndarray = field(default_factory=_zero_histogram)
     negative: np.ndarray = field(default_factory=_zero_histogram)
 
@@ -79,7 +78,7 @@ class _SpecAccumulator:
         name = self.spec.mode.name
         return SpecResult(
             spec=self.spec,
-            row_weight=torch.cat(self.row_weights),
+            row_weight=np.concatenate(self.row_weights),
             steps=[step.modes[name] for step in report.steps],
             total=report.total.modes[name],
             histogram=TokenHistogram(HISTOGRAM_LOG10_EDGES, self.positive, self.negative),
@@ -92,13 +91,13 @@ class _Rows:
 
     steps: list[int] = field(default_factory=list)
     stats: list[SequenceStats] = field(default_factory=list)
-    row_step: list[torch.Tensor] = field(default_factory=list)
-    row_prompt: list[torch.Tensor] = field(default_factory=list)
-    prompt_step: list[torch.Tensor] = field(default_factory=list)
+    row_step: list[np.ndarray] = field(default_factory=list)
+    row_prompt: list[np.ndarray] = field(default_factory=list)
+    prompt_step: list[np.ndarray] = field(default_factory=list)
     prompt_uid: list[str] = field(default_factory=list)
-    group_ids: list[torch.Tensor | None] = field(default_factory=list)
+    group_ids: list[np.ndarray | None] = field(default_factory=list)
     uid_labels: list[tuple[str, ...] | None] = field(default_factory=list)
-    rewards: list[torch.Tensor] = field(default_factory=list)
+    rewards: list[np.ndarray] = field(default_factory=list)
     any_rewards: bool = False
     has_groups: bool | None = None
     lengths_estimated: bool = False
@@ -112,28 +111,28 @@ class _Rows:
         index = len(self.steps)
         self.steps.append(part.step)
         self.stats.append(stats)
-        self.row_step.append(torch.full((part.n_sequences,), index, dtype=torch.int64))
+        self.row_step.append(np.full(part.n_sequences, index, dtype=np.int64))
         self.group_ids.append(part.group_ids)
         self.uid_labels.append(part.uid_labels)
         if part.group_ids is not None and part.uid_labels is not None:
             # Prompts are numbered across steps: a step's uid codes shift by the prompts before it.
             self.row_prompt.append(part.group_ids + self.n_prompts)
-            self.prompt_step.append(torch.full((part.n_groups,), index, dtype=torch.int64))
+            self.prompt_step.append(np.full(part.n_groups, index, dtype=np.int64))
             self.prompt_uid.extend(part.uid_labels)
             self.n_prompts += part.n_groups
         self.any_rewards = self.any_rewards or part.rewards is not None
-        no_rewards = torch.full((part.n_sequences,), math.nan, dtype=torch.float64)
+        no_rewards = np.full(part.n_sequences, math.nan, dtype=np.float64)
         self.rewards.append(part.rewards if part.rewards is not None else no_rewards)
 
-    def prompt_rewards(self, row_prompt: torch.Tensor | None) -> tuple[torch.Tensor | None, tuple[float, float] | None]:
+    def prompt_rewards(self, row_prompt: np.ndarray | None) -> tuple[np.ndarray | None, tuple[float, float] | None]:
         """``[n_prompts]`` mean finite reward of each prompt (NaN: none), and the range of all finite rewards."""
         if row_prompt is None or not self.any_rewards:
             return None, None
-        reward = torch.cat(self.rewards)  # [n_rows]
-        finite = torch.isfinite(reward)
-        scored = group_sum(finite.to(torch.float64), row_prompt, self.n_prompts)  # [n_prompts]
-        reward_sum = group_sum(torch.where(finite, reward, torch.zeros_like(reward)), row_prompt, self.n_prompts)
-        prompt_reward = torch.where(scored > 0, reward_sum / scored.clamp(min=1), torch.full_like(reward_sum, math.nan))
+        reward = np.concatenate(self.rewards)  # [n_rows]
+        finite = np.isfinite(reward)
+        scored = group_sum(finite.astype(np.float64), row_prompt, self.n_prompts)  # [n_prompts]
+        reward_sum = group_sum(np.where(finite, reward, 0.0), row_prompt, self.n_prompts)
+        prompt_reward = np.where(scored > 0, reward_sum / np.maximum(scored, 1), math.nan)
         reward_range = (float(reward[finite].min()), float(reward[finite].max())) if bool(finite.any()) else None
         return prompt_reward, reward_range
 
@@ -176,20 +175,20 @@ class BreakdownMerger:
         if not rows.steps:
             raise AggscopeError(f"{self.source}: no steps to analyse")
         reports = {layout: accumulator.result() for layout, accumulator in self._weights.items()}
-        row_prompt = torch.cat(rows.row_prompt) if rows.has_groups else None
+        row_prompt = np.concatenate(rows.row_prompt) if rows.has_groups else None
         prompt_reward, reward_range = rows.prompt_rewards(row_prompt)
-        no_prompts = torch.zeros(0, dtype=torch.int64)
+        no_prompts = np.zeros(0, dtype=np.int64)
         return Breakdown(
             source=self.source,
             specs=self.specs,
             steps=rows.steps,
             step_sizes=next(iter(reports.values())).steps,
             stats=SequenceStats.concat(rows.stats),
-            row_step=torch.cat(rows.row_step),
+            row_step=np.concatenate(rows.row_step),
             row_prompt=row_prompt,
-            prompt_step=torch.cat(rows.prompt_step) if rows.has_groups else no_prompts,
+            prompt_step=np.concatenate(rows.prompt_step) if rows.has_groups else no_prompts,
             prompt_uid=rows.prompt_uid,
-            prompt_rows=no_prompts if row_prompt is None else torch.bincount(row_prompt, minlength=rows.n_prompts),
+            prompt_rows=no_prompts if row_prompt is None else np.bincount(row_prompt, minlength=rows.n_prompts),
             prompt_reward=prompt_reward,
             reward_range=reward_range,
             results={spec.label: self._per_spec[spec.label].result(reports[spec.layout]) for spec in self.specs},

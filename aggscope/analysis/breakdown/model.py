@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
@@ -63,7 +62,7 @@ class SpecResult:
     """
 
     spec: Spec
-    row_weight: torch.Tensor
+    row_weight: np.ndarray
     steps: list[ModeSummary]
     total: ModeSummary
     histogram: TokenHistogram
@@ -239,16 +238,16 @@ class Breakdown:
     steps: list[int]
     step_sizes: list[StepSummary]
     stats: SequenceStats
-    row_step: torch.Tensor
-    row_prompt: torch.Tensor | None
-    prompt_step: torch.Tensor
+    row_step: np.ndarray
+    row_prompt: np.ndarray | None
+    prompt_step: np.ndarray
     prompt_uid: list[str]
-    prompt_rows: torch.Tensor
-    prompt_reward: torch.Tensor | None
+    prompt_rows: np.ndarray
+    prompt_reward: np.ndarray | None
     reward_range: tuple[float, float] | None
     results: dict[str, SpecResult]
     splits: dict[Layout, list[Split]]
-    group_ids: list[torch.Tensor | None]
+    group_ids: list[np.ndarray | None]
     uid_labels: list[tuple[str, ...] | None]
     checks: dict[Layout, CheckReport]
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
@@ -260,11 +259,11 @@ class Breakdown:
 
     @property
     def n_rows(self) -> int:
-        return int(self.row_step.numel())
+        return int(self.row_step.size)
 
     @property
     def n_prompts(self) -> int:
-        return int(self.prompt_step.numel())
+        return int(self.prompt_step.size)
 
     @property
     def has_groups(self) -> bool:
@@ -305,37 +304,38 @@ class Breakdown:
         return 0 if best is None else best[1]
 
     # ---- per-row quantities --------------------------------------------------------------------
-    def row_grad_mass(self, label: str) -> torch.Tensor:
+    def row_grad_mass(self, label: str) -> np.ndarray:
         """``[n_rows]`` gradient mass of each row: ``|w_i| * sum_t |A[i, t]|`` over finite advantages."""
         weight = self.results[label].row_weight  # [n_rows]
-        finite = torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight))
-        return finite.abs() * self.stats.adv_abs_sum
+        finite = np.where(np.isfinite(weight), weight, 0.0)
+        return np.abs(finite) * self.stats.adv_abs_sum
 
-    def row_weight_mass(self, label: str) -> torch.Tensor:
+    def row_weight_mass(self, label: str) -> np.ndarray:
         """``[n_rows]`` weight mass of each row: ``w_i * L_i``."""
-        return self.results[label].row_weight * self.stats.loss_tokens.to(torch.float64)
+        return self.results[label].row_weight * self.stats.loss_tokens.astype(np.float64)
 
     # ---- buckets -------------------------------------------------------------------------------
-    def buckets(self, bucket_of_row: torch.Tensor, names: Sequence[str]) -> Buckets:
+    def buckets(self, bucket_of_row: np.ndarray, names: Sequence[str]) -> Buckets:
         """Sum rows into buckets ``0..k-1`` (``k = len(names)``), for every SPEC at once."""
         k = len(names)
         tokens = self.stats.loss_tokens  # [n_rows] int64
-        rows = torch.bincount(bucket_of_row, minlength=k)  # [k]
-        big = torch.iinfo(torch.int64).max
-        min_tokens = torch.full((k,), big, dtype=torch.int64).scatter_reduce(0, bucket_of_row, tokens, reduce="amin")
-        max_tokens = torch.zeros(k, dtype=torch.int64).scatter_reduce(0, bucket_of_row, tokens, reduce="amax")
-        min_tokens = torch.where(rows > 0, min_tokens, torch.zeros_like(min_tokens))
+        rows = np.bincount(bucket_of_row, minlength=k).astype(np.int64)  # [k]
+        min_tokens = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(min_tokens, bucket_of_row, tokens)
+        max_tokens = np.zeros(k, dtype=np.int64)
+        np.maximum.at(max_tokens, bucket_of_row, tokens)
+        min_tokens = np.where(rows > 0, min_tokens, 0)
         return Buckets(
             names=list(names),
-            rows=rows.numpy(),
-            loss_tokens=group_sum(tokens, bucket_of_row, k).numpy(),
-            min_tokens=min_tokens.numpy(),
-            max_tokens=max_tokens.numpy(),
-            grad_mass={label: group_sum(self.row_grad_mass(label), bucket_of_row, k).numpy() for label in self.labels},
-            weight_mass={label: group_sum(self.row_weight_mass(label), bucket_of_row, k).numpy() for label in self.labels},
+            rows=rows,
+            loss_tokens=group_sum(tokens, bucket_of_row, k),
+            min_tokens=min_tokens,
+            max_tokens=max_tokens,
+            grad_mass={label: group_sum(self.row_grad_mass(label), bucket_of_row, k) for label in self.labels},
+            weight_mass={label: group_sum(self.row_weight_mass(label), bucket_of_row, k) for label in self.labels},
         )
 
-    def length_bucket_of_row(self, k: int, *, per_step: bool = False) -> torch.Tensor:
+    def length_bucket_of_row(self, k: int, *, per_step: bool = False) -> np.ndarray:
         """``[n_rows]`` length bucket ``0..k-1`` (shortest first) of each row.
 
         Rows are ranked by loss tokens (ties by position, steps in order), over all steps or
@@ -344,12 +344,12 @@ class Breakdown:
         tokens = self.stats.loss_tokens
         if not per_step:
             return _rank_buckets(tokens, k)
-        key = self.row_step * (int(tokens.max()) + 1 if tokens.numel() else 1) + tokens  # [n_rows] (step, length)
-        ranked = torch.sort(key, stable=True).indices  # [n_rows] grouped by step, shortest first
-        rank = torch.empty_like(ranked)
-        rank[ranked] = torch.arange(ranked.numel())
-        rows_per_step = torch.bincount(self.row_step, minlength=len(self.steps))  # [n_steps]
-        step_start = torch.cumsum(rows_per_step, 0) - rows_per_step  # [n_steps]
+        key = self.row_step * (int(tokens.max()) + 1 if tokens.size else 1) + tokens  # [n_rows] (step, length)
+        ranked = np.argsort(key, kind="stable")  # [n_rows] grouped by step, shortest first
+        rank = np.empty_like(ranked)
+        rank[ranked] = np.arange(ranked.size)
+        rows_per_step = np.bincount(self.row_step, minlength=len(self.steps)).astype(np.int64)  # [n_steps]
+        step_start = np.cumsum(rows_per_step) - rows_per_step  # [n_steps]
         rank_in_step = rank - step_start[self.row_step]  # [n_rows]
         return self.row_step * k + (rank_in_step * k) // rows_per_step[self.row_step]
 
@@ -358,7 +358,7 @@ class Breakdown:
         names = [f"{_ordinal(i + 1)} {_slice_name(k)}" for i in range(k)]
         return self.buckets(self.length_bucket_of_row(k), names)
 
-    def difficulty_of_prompt(self) -> torch.Tensor | None:
+    def difficulty_of_prompt(self) -> np.ndarray | None:
         """``[n_prompts]`` index into ``DIFFICULTY_BUCKETS`` of each prompt, or None.
 
         A prompt's group mean reward is placed in the range of all finite rewards
@@ -372,10 +372,10 @@ class Breakdown:
         low, high = self.reward_range
         if high == low:
             return None
-        finite = torch.isfinite(reward)
+        finite = np.isfinite(reward)
         position = (reward - low) / (high - low)  # [n_prompts] in [0, 1]
-        level = torch.where(position < 1 / 3, 0, torch.where(position < 2 / 3, 1, 2))
-        return torch.where(finite, level, 3)
+        level = np.where(position < 1 / 3, 0, np.where(position < 2 / 3, 1, 2))
+        return np.where(finite, level, 3).astype(np.int64)
 
     def difficulty_buckets(self) -> Buckets | None:
         """Rows by their prompt's difficulty (see ``difficulty_of_prompt``), or None."""
@@ -385,11 +385,11 @@ class Breakdown:
         return self.buckets(level[self.row_prompt], DIFFICULTY_BUCKETS)
 
     # ---- prompts -------------------------------------------------------------------------------
-    def unit_of_row(self) -> torch.Tensor:
+    def unit_of_row(self) -> np.ndarray:
         """``[n_rows]`` the prompt of each row, or the row itself when there are no uids."""
-        return self.row_prompt if self.row_prompt is not None else torch.arange(self.n_rows)
+        return self.row_prompt if self.row_prompt is not None else np.arange(self.n_rows, dtype=np.int64)
 
-    def prompt_grad_mass(self, label: str) -> torch.Tensor:
+    def prompt_grad_mass(self, label: str) -> np.ndarray:
         """``[n_units]`` gradient mass of each prompt (of each row without uids)."""
         unit = self.unit_of_row()
         n_units = self.n_prompts if self.row_prompt is not None else self.n_rows
@@ -397,7 +397,7 @@ class Breakdown:
 
     def ranked_prompt_mass(self, label: str) -> np.ndarray:
         """``[n_units]`` the gradient mass of each prompt (row without uids), largest first."""
-        return np.sort(self.prompt_grad_mass(label).numpy())[::-1]
+        return np.sort(self.prompt_grad_mass(label))[::-1]
 
     def concentration(self, label: str) -> Concentration:
         """Top shares and the Gini coefficient of the SPEC's gradient mass across prompts."""
@@ -428,12 +428,12 @@ class Breakdown:
             return None
         before = self.prompt_weight_share(base)  # [n_prompts]
         after = self.prompt_weight_share(candidate)
-        delta = (after - before).numpy()
+        delta = after - before
         valid = np.isfinite(delta)
         order = np.argsort(np.where(valid, delta, 0.0), kind="stable")
         losing = [int(i) for i in order[:top] if valid[i] and delta[i] < 0]
         gaining = [int(i) for i in order[::-1][:top] if valid[i] and delta[i] > 0]
-        loss_tokens = torch.zeros(self.n_prompts, dtype=torch.int64).index_add_(0, self.unit_of_row(), self.stats.loss_tokens)
+        loss_tokens = group_sum(self.stats.loss_tokens, self.unit_of_row(), self.n_prompts)
         reward = self.prompt_reward
 
         def move(index: int) -> PromptMove:
@@ -450,14 +450,15 @@ class Breakdown:
 
         return [move(i) for i in gaining], [move(i) for i in losing]
 
-    def prompt_weight_share(self, label: str) -> torch.Tensor:
+    def prompt_weight_share(self, label: str) -> np.ndarray:
         """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
         if self.row_prompt is None:
             raise AggscopeError(f"{self.source}: prompt shares need a uid column")
         per_prompt = group_sum(self.row_weight_mass(label), self.row_prompt, self.n_prompts)  # [n_prompts]
         per_step = group_sum(per_prompt, self.prompt_step, len(self.steps))  # [n_steps]
         step_total = per_step[self.prompt_step]
-        return torch.where(step_total > 0, per_prompt / step_total, torch.full_like(per_prompt, math.nan))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(step_total > 0, per_prompt / step_total, math.nan)
 
     def ratio_quantiles(self, base: str, candidate: str, quantiles: Sequence[float]) -> dict[str, float | None]:
         """Quantiles over loss tokens of the per-token weight ratio ``w_candidate / w_base``.
@@ -470,9 +471,9 @@ class Breakdown:
         w_base = self.results[base].row_weight
         w_cand = self.results[candidate].row_weight
         tokens = self.stats.loss_tokens
-        usable = (tokens > 0) & torch.isfinite(w_base) & (w_base > 0) & torch.isfinite(w_cand)  # [n_rows]
-        ratio = (w_cand[usable] / w_base[usable]).numpy()
-        count = tokens[usable].numpy()
+        usable = (tokens > 0) & np.isfinite(w_base) & (w_base > 0) & np.isfinite(w_cand)  # [n_rows]
+        ratio = w_cand[usable] / w_base[usable]
+        count = tokens[usable]
         out: dict[str, float | None] = {"excluded_tokens": float(tokens[~usable].sum())}
         total = float(count.sum())
         if total == 0:
@@ -493,11 +494,11 @@ class Breakdown:
         return out
 
 
-def _rank_buckets(values: torch.Tensor, k: int) -> torch.Tensor:
-    ranked = torch.sort(values, stable=True).indices  # [n] ascending, ties by position
-    rank = torch.empty_like(ranked)
-    rank[ranked] = torch.arange(ranked.numel())
-    return (rank * k) // max(values.numel(), 1)
+def _rank_buckets(values: np.ndarray, k: int) -> np.ndarray:
+    ranked = np.argsort(values, kind="stable")  # [n] ascending, ties by position
+    rank = np.empty_like(ranked)
+    rank[ranked] = np.arange(ranked.size)
+    return (rank * k) // max(values.size, 1)
 
 
 def _ordinal(n: int) -> str:

@@ -7,14 +7,11 @@ findings and the histogram counts of the figures), never the step's tokens.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import torch
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES
 from aggscope.analysis.checks import StepCheck, check_step
@@ -41,15 +38,15 @@ class _StepTokens:
 
     @classmethod
     def of(cls, batch: StepBatch) -> _StepTokens:
-        advantages = batch.advantages.cpu().numpy()
-        counted = batch.loss_mask.cpu().numpy() & np.isfinite(advantages) & (advantages != 0)  # [n_tokens]
-        lengths = (batch.offsets[1:] - batch.offsets[:-1]).cpu().numpy()  # [n_seqs]
+        advantages = batch.advantages
+        counted = batch.loss_mask & np.isfinite(advantages) & (advantages != 0)  # [n_tokens]
+        lengths = batch.offsets[1:] - batch.offsets[:-1]  # [n_seqs]
         row = np.repeat(np.arange(batch.n_sequences), lengths)[counted]
         kept = advantages[counted]
         return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
 
 
-def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
+def _histogram(tokens: _StepTokens, row_weight: np.ndarray, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
     """Count a step's tokens by ``log10(|g| / mean |g|)``, ``g = w_i * A``, mean over its loss tokens.
 
     Returns the (positive, negative) advantage counts per bin. Tokens whose gradient weight is 0
@@ -61,7 +58,7 @@ def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSumma
         return positive, negative
     mean_abs = summary.grad_abs_sum / summary.loss_tokens
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_weight = np.log10(row_weight.cpu().to(torch.float64).numpy() / mean_abs)  # [n_seqs], -inf where w = 0
+        log_weight = np.log10(row_weight.astype(np.float64) / mean_abs)  # [n_seqs], -inf where w = 0
     valid = np.isfinite(log_weight)[tokens.row]  # [n_counted]
     low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
     values = np.clip(tokens.log10_abs_adv + log_weight[tokens.row], low, high)
@@ -72,7 +69,7 @@ def _histogram(tokens: _StepTokens, row_weight: torch.Tensor, summary: ModeSumma
 
 @dataclass(frozen=True)
 class LayoutPart:
-    """One step under one layout: the engine's result, the split and check's findings (CPU)."""
+    """One step under one layout: the engine's result, the split and check's findings (numpy)."""
 
     weights: StepResult
     split: Split
@@ -94,9 +91,9 @@ class BreakdownStep:
     n_sequences: int
     n_tokens: int
     n_groups: int
-    group_ids: torch.Tensor | None
+    group_ids: np.ndarray | None
     uid_labels: tuple[str, ...] | None
-    rewards: torch.Tensor | None
+    rewards: np.ndarray | None
     layouts: dict[Layout, LayoutPart]
 
 
@@ -121,7 +118,7 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
             row_weight = analysis.weights[spec.mode.name].row_weight
             histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
         check = check_step(batch, modes, layout, analysis.split)
-        parts[layout] = LayoutPart(StepResult.of(analysis), _split_cpu(analysis.split), check, histograms)
+        parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
     return BreakdownStep(
         step=batch.step,
         source=batch.source,
@@ -130,13 +127,8 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
         n_sequences=batch.n_sequences,
         n_tokens=batch.n_tokens,
         n_groups=batch.n_groups if batch.has_groups else 0,
-        group_ids=None if batch.group_ids is None else batch.group_ids.cpu(),
+        group_ids=batch.group_ids,
         uid_labels=batch.uid_labels,
-        rewards=None if batch.rewards is None else batch.rewards.cpu(),
+        rewards=batch.rewards,
         layouts=parts,
     )
-
-
-def _split_cpu(split: Split) -> Split:
-    tensors: dict[str, Any] = {name: value.cpu() for name, value in vars(split).items() if isinstance(value, torch.Tensor)}
-    return dataclasses.replace(split, **tensors)

@@ -9,7 +9,6 @@ rows weighted wrongly because a prompt cut at a mini-batch start is not counted 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from aggscope.analysis.checks.catalogue import Finding
 from aggscope.analysis.checks.quantities import Groups, Rows
@@ -21,7 +20,7 @@ from aggscope.fmt import plural, row_ranges
 MISWEIGHT_RTOL = 1e-6
 
 
-def boundary_prompt_mean(loss_tokens: torch.Tensor, group_ids: torch.Tensor, split: Split) -> torch.Tensor:
+def boundary_prompt_mean(loss_tokens: np.ndarray, group_ids: np.ndarray, split: Split) -> np.ndarray:
     """Row weights of ``prompt_mean`` as SkyRL computes it from prompt boundaries (reference sheet).
 
     Runs of equal consecutive uids in trainer order; a run belongs to the mini-batch its start lies
@@ -35,36 +34,36 @@ def boundary_prompt_mean(loss_tokens: torch.Tensor, group_ids: torch.Tensor, spl
         split: where every row lands.
 
     Returns:
-        ``[n_seqs]`` float64 weights by seq_index, on the device of ``loss_tokens``.
+        ``[n_seqs]`` float64 weights by seq_index.
     """
     order = split.order
-    n_rows = order.numel()
+    n_rows = order.size
     if n_rows == 0:
-        return torch.zeros(0, dtype=torch.float64, device=loss_tokens.device)
+        return np.zeros(0, dtype=np.float64)
     run = run_ids(group_ids[order])  # [n] run of each trainer position
     n_runs = int(run[-1]) + 1
     mini_batch = split.mini_batch[order]  # [n] by position
-    starts_run = torch.ones(n_rows, dtype=torch.bool, device=order.device)
+    starts_run = np.ones(n_rows, dtype=bool)
     starts_run[1:] = run[1:] != run[:-1]
     mini_batch_of_run = mini_batch[starts_run]  # [n_runs] where each run starts
     kept = mini_batch == mini_batch_of_run[run]  # [n] inside its run's first mini-batch
-    tokens = torch.where(kept, loss_tokens[order].to(torch.float64), 0.0)  # [n]
+    tokens = np.where(kept, loss_tokens[order].astype(np.float64), 0.0)  # [n]
     run_tokens = group_sum(tokens, run, n_runs)  # [n_runs] T_p over the kept rows
-    runs_starting = torch.bincount(mini_batch_of_run, minlength=split.n_mini_batches).to(torch.float64)  # [n_mb] len(mine)
-    weight = 1.0 / (runs_starting[mini_batch].clamp(min=1) * run_tokens[run].clamp(min=1))  # [n]
-    weight = torch.where(kept, weight, 0.0)
-    out = torch.empty_like(weight)
+    runs_starting = np.bincount(mini_batch_of_run, minlength=split.n_mini_batches).astype(np.float64)  # [n_mb] len(mine)
+    weight = 1.0 / (np.maximum(runs_starting[mini_batch], 1) * np.maximum(run_tokens[run], 1))  # [n]
+    weight = np.where(kept, weight, 0.0)
+    out = np.empty_like(weight)
     out[order] = weight
     return out
 
 
 def boundary_prompt_mean_findings(
-    batch: StepBatch, rows: Rows, groups: Groups, split: Split, canonical: torch.Tensor
+    batch: StepBatch, rows: Rows, groups: Groups, split: Split, canonical: np.ndarray
 ) -> tuple[list[Finding], np.ndarray]:
     """``silent_zero_advantage`` and ``rebased_prompt_mean_misweight`` of one step with contiguous uids."""
     assert batch.group_ids is not None
-    rebased = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split).cpu().numpy()  # [n]
-    can = canonical.detach().cpu().numpy()  # [n]
+    rebased = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split)  # [n]
+    can = canonical  # [n]
     has_nonzero_adv = rows.loss - rows.zero_adv > 0  # NaN counts as non-zero
     silent = (rebased == 0) & has_nonzero_adv
     misweight = (rows.loss > 0) & ~silent & (np.abs(rebased - can) > MISWEIGHT_RTOL * np.abs(can))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Split
@@ -41,23 +40,20 @@ class Rows:
     def of(cls, batch: StepBatch, split: Split) -> Rows:
         stats = batch.stats
 
-        def host(tensor: torch.Tensor) -> np.ndarray:
-            return tensor.detach().cpu().numpy()
-
         return cls(
             batch=batch,
-            loss=host(stats.loss_tokens).astype(np.int64),
-            zero_adv=host(stats.zero_adv_tokens).astype(np.int64),
-            nonfinite_adv=host(stats.nonfinite_adv_tokens).astype(np.int64),
-            masked_nonzero=host(stats.masked_nonzero_adv_tokens).astype(np.int64),
-            adv_abs=host(stats.adv_abs_sum).astype(np.float64),
-            order=host(split.order),
-            position=host(split.position),
-            mini_batch=host(split.mini_batch),
-            rank=host(split.rank),
-            micro_batch=host(split.micro_batch),
-            rank_unit=host(split.rank_unit),
-            micro_unit=host(split.micro_unit),
+            loss=stats.loss_tokens.astype(np.int64),
+            zero_adv=stats.zero_adv_tokens.astype(np.int64),
+            nonfinite_adv=stats.nonfinite_adv_tokens.astype(np.int64),
+            masked_nonzero=stats.masked_nonzero_adv_tokens.astype(np.int64),
+            adv_abs=stats.adv_abs_sum.astype(np.float64),
+            order=split.order,
+            position=split.position,
+            mini_batch=split.mini_batch,
+            rank=split.rank,
+            micro_batch=split.micro_batch,
+            rank_unit=split.rank_unit,
+            micro_unit=split.micro_unit,
             n_mini_batches=split.n_mini_batches,
         )
 
@@ -90,7 +86,7 @@ class Groups:
     @classmethod
     def of(cls, batch: StepBatch, rows: Rows) -> Groups:
         assert batch.group_ids is not None and batch.uid_labels is not None
-        code = batch.group_ids.detach().cpu().numpy().astype(np.int64)
+        code = batch.group_ids.astype(np.int64)
         n_groups = len(batch.uid_labels)
         size = np.bincount(code, minlength=n_groups)
         rows_sorted = np.argsort(code, kind="stable")
@@ -100,7 +96,7 @@ class Groups:
         last_position = np.full(n_groups, -1, dtype=np.int64)
         np.maximum.at(last_position, code, rows.position)
         code_by_position = code[rows.order]
-        run_of_position = run_ids(torch.from_numpy(code_by_position)).numpy()
+        run_of_position = run_ids(code_by_position)
         run_starts = np.ones(rows.n, dtype=bool)
         run_starts[1:] = run_of_position[1:] != run_of_position[:-1]
         runs = np.bincount(code_by_position[run_starts], minlength=n_groups)
@@ -111,7 +107,7 @@ class Groups:
         at_mean = np.zeros(rows.n, dtype=bool)
         equal_rewards = all_adv_zero
         if batch.rewards is not None:
-            rewards = batch.rewards.detach().cpu().numpy().astype(np.float64)
+            rewards = batch.rewards.astype(np.float64)
             finite = np.isfinite(rewards)
             n_finite = np.bincount(code, weights=finite, minlength=n_groups)
             total = np.bincount(code, weights=np.where(finite, rewards, 0.0), minlength=n_groups)
@@ -147,5 +143,5 @@ class Groups:
         )
 
 
-def host_float64(tensor: torch.Tensor | None) -> np.ndarray | None:
-    return None if tensor is None else tensor.detach().cpu().numpy().astype(np.float64)
+def host_float64(values: np.ndarray | None) -> np.ndarray | None:
+    return None if values is None else values.astype(np.float64)

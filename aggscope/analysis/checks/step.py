@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
 from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, Finding
@@ -144,7 +143,7 @@ def check_step(
     else:
         resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
     if split is None:
-        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.device)
+        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
     weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
     rows = Rows.of(batch, split)
     groups = Groups.of(batch, rows) if batch.has_groups else None
@@ -187,14 +186,12 @@ class _PromptChecks:
     notes: tuple[str, ...] = ()
 
 
-def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
     """``{mode: {cause: loss tokens}}`` of one step."""
     zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
     at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
     return {
-        name: zero_grad_causes(
-            rows.loss, rows.zero_adv, rows.nonfinite_adv, w.detach().cpu().numpy(), zero_variance_row, at_mean_row
-        )
+        name: zero_grad_causes(rows.loss, rows.zero_adv, rows.nonfinite_adv, w, zero_variance_row, at_mean_row)
         for name, w in weights.items()
     }
 
@@ -206,7 +203,7 @@ def _prompt_checks(
     row_level: _RowFindings,
     layout: Layout,
     split: Split,
-    weights: dict[str, torch.Tensor],
+    weights: dict[str, np.ndarray],
 ) -> _PromptChecks:
     """The checks that need uids: group findings, non-contiguous uids, cuts, the boundary prompt_mean."""
     mode_names = set(weights)

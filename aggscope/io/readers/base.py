@@ -155,6 +155,6 @@ def build_batch(
     )
     texts = None
     if prompts is not None and batch.group_ids is not None:
-        texts = uid_texts_of(prompts, batch.group_ids.numpy(), batch.n_groups)
+        texts = uid_texts_of(prompts, batch.group_ids, batch.n_groups)
     changed = lengths_estimated or texts is not None
     return replace(batch, lengths_estimated=lengths_estimated, uid_texts=texts) if changed else batch

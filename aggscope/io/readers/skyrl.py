@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from aggscope.core.batch import StepBatch, mask_as_bool, widen_half
+from aggscope.core.batch import StepBatch, host_array, is_tensor, mask_as_bool, widen_half
+from aggscope.core.segments import ordered_sum
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
@@ -82,31 +82,31 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         batch = self.load(file, self.settings.load)
         loss_mask = _tensor(batch, "loss_mask", file)
         advantages = _tensor(batch, "advantages", file)
-        if loss_mask.dim() != 2 or advantages.shape != loss_mask.shape:
+        if loss_mask.ndim != 2 or advantages.shape != loss_mask.shape:
             raise AggscopeError(
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
         n_rows, width = loss_mask.shape
         mask = mask_as_bool(
-            loss_mask.reshape(-1).numpy(),
+            loss_mask.reshape(-1),
             np.arange(n_rows + 1, dtype=np.int64) * width,
             lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
         )
         rewards = None
         reward_tensor = _tensor(batch, self.settings.reward_key, file, optional=True)
         if reward_tensor is not None:
-            reward_tensor = reward_tensor.to(torch.float64)
+            reward_tensor = reward_tensor.astype(np.float64)
             if reward_tensor.shape[:1] != (n_rows,):
                 raise AggscopeError(
                     f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
                 )
-            rewards = reward_tensor.reshape(n_rows, -1).sum(dim=1).numpy()
+            rewards = np.array([ordered_sum(row) for row in reward_tensor.reshape(n_rows, -1)])  # torch's order, as before
         return build_batch(
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
             loss_mask=mask,
-            token_advantages=advantages.reshape(-1).numpy(),
+            token_advantages=advantages.reshape(-1),
             uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
             rewards=rewards,
         )
@@ -122,20 +122,18 @@ def _field(batch: Any, key: str) -> Any:
     return getter(key) if callable(getter) else None
 
 
-_WHOLE_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
 def _tensor(batch: Any, key: str, file: str, *, optional: bool = False) -> Any:
     value = _field(batch, key)
     if value is None and optional:
         return None
     if value is None:
         raise AggscopeError(f"{file}: the batch has no {key!r} tensor; not a SkyRL training input batch")
-    if not isinstance(value, torch.Tensor) or not (value.dtype.is_floating_point or value.dtype in _WHOLE_DTYPES):
+    # bool, signed and unsigned integers and floats (numpy's kinds b, i, u, f): anything else is not SkyRL's
+    if not is_tensor(value) or np.asarray(host_array(value)).dtype.kind not in "biuf":
         raise AggscopeError(
             f"{file}: {key!r} is a {type(value).__name__}, not a tensor of numbers; not a SkyRL training input batch"
         )
-    return widen_half(value.detach().cpu())
+    return widen_half(np.asarray(host_array(value)))
 
 
 def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
