@@ -756,13 +756,13 @@ for _option in (*LAYOUT_OPTIONS, "--seed"):
                 lambda d, o=_option, v=_value, e=tuple(extra): [*_sample_path(d), o, v, *e],
                 "error",
                 (_option,),
-                commands=("weights", "check", "report"),
+                commands=COMMANDS,
             )
         )
 for _args, _needle in (
     (["--order", "bogus"], "--order"),
     (["--seed", "3"], "--seed"),
-    (["--mini-batch-size", "4", "--mini-batch-prompts", "2"], "--mini-batch-prompts"),
+    (["--mini-batch-size", "4", "--mini-batch-prompts", "2"], "--mini-batch-size"),
     (["--mode", "mean_of_means"], "--mode"),
     (["--mode", "seq_mean_token_sum_norm"], "--max-seq-len"),
     (["--engine", "warp"], "--engine"),
@@ -774,7 +774,8 @@ for _args, _needle in (
             lambda d, a=tuple(_args): [*_sample_path(d), *a],
             "error",
             (_needle,),
-            commands=("weights", "check", "report"),
+            # inspect has none of these options: its one line names the first one it does not know
+            commands=COMMANDS if _needle == _args[0] else ("weights", "check", "report"),
         )
     )
 for _args, _needle in (
