@@ -486,9 +486,9 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
     are rebuilt (verl's dump) and no ``--advantage`` was given.
     """
     if modes:
-        from aggscope.core.modes import resolve_modes
+        from aggscope.core.modes import resolve_mode_option
 
-        resolve_modes(modes)  # an unknown mode is a usage error: say so before opening the input
+        resolve_mode_option(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
         return input_spec.open(), layout, modes, None
     import dataclasses

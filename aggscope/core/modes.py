@@ -191,6 +191,14 @@ def resolve_mode(name: str) -> Mode:
     return MODES[canonical]
 
 
+def resolve_mode_option(names: Iterable[str]) -> list[Mode]:
+    """The modes named with ``-m``/``--mode``; an unknown one is a one-line error naming the option."""
+    try:
+        return resolve_modes(names)
+    except AggscopeError as exc:
+        raise AggscopeError(f"{exc.message} (--mode)") from None
+
+
 def resolve_modes(names: Iterable[str]) -> list[Mode]:
     """Resolve several names, dropping repeats of the same canonical mode, keeping order."""
     seen: dict[str, Mode] = {}

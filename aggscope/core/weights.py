@@ -17,9 +17,8 @@ import numpy as np
 
 from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout, Split, split_step
-from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_modes
+from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens, ordered_sum
-from aggscope.errors import AggscopeError
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,10 +256,7 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
     """The modes to compute: the named ones (checked to apply), or every mode that applies."""
     if not names:
         return default_modes(has_groups=has_groups, max_seq_len=layout.max_seq_len)
-    try:
-        modes = resolve_modes(names)
-    except AggscopeError as exc:
-        raise AggscopeError(f"{exc.message} (--mode)") from None
+    modes = resolve_mode_option(names)
     for mode in modes:
         check_applicable(mode, has_groups=has_groups, max_seq_len=layout.max_seq_len, source=source)
     return modes
