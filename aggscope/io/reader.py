@@ -41,6 +41,27 @@ class ReadOptions:
     trust_pickle: bool = False
 
 
+@dataclass(frozen=True)
+class Unrecoverable:
+    """A trainer fact the dump does not hold, and which numbers it affects.
+
+    Attributes:
+        fact: what the dump lacks, in the trainer's terms (``the order TRL shuffled each
+            generation into``).
+        affects: which numbers that changes (``bnpo micro-batch denominators; step sums exact``),
+            or where aggscope then estimates.
+        modes: the aggregation modes whose weights it changes; empty when it concerns no weight
+            (only a finding, a count or the advantages), ``("*",)`` for every mode.
+    """
+
+    fact: str
+    affects: str
+    modes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"fact": self.fact, "affects": self.affects, "modes": list(self.modes)}
+
+
 class Rollouts(ABC):
     """An opened input: its steps, read one at a time into ``StepBatch``.
 
@@ -55,6 +76,8 @@ class Rollouts(ABC):
         notes: what the reader noticed about the input; reading a step may add to them.
         has_groups: whether the batches carry prompt groups (uids).
         lengths_estimated: whether token counts are estimated from text.
+        unrecoverable: the trainer facts this dump cannot tell, each with the numbers it affects
+            (``inspect``, the report and every ``--json`` list them under ``unrecoverable``).
     """
 
     source: str
@@ -65,6 +88,7 @@ class Rollouts(ABC):
     notes: list[str]
     has_groups: bool
     lengths_estimated: bool
+    unrecoverable: tuple[Unrecoverable, ...] = ()
 
     @classmethod
     @abstractmethod
