@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, run_breakdown
+from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET
 from aggscope.analysis.specs import Spec, parse_spec
 from aggscope.analysis.weights import run_weights
 from aggscope.core.batch import StepBatch
@@ -40,8 +41,10 @@ def specs(*names: str, layout: Layout | None = None) -> list[Spec]:
 
 def test_worked_example_by_hand() -> None:
     breakdown = run_breakdown([worked_example()], specs("token_mean", "sequence_mean", "prompt_mean"))
-    # Rows ranked by length: row 2 (5), row 0 (10), row 3 (15), row 1 (30): one row per quartile.
-    quartiles = breakdown.length_buckets(4)
+    # Four rows fill one bucket by default (at least MIN_ROWS_PER_BUCKET = 5 a bucket) ...
+    assert breakdown.length_buckets(4).rows.tolist() == [4, 0, 0, 0]
+    # ... and one each at one row a bucket: row 2 (5), row 0 (10), row 3 (15), row 1 (30).
+    quartiles = breakdown.length_buckets(4, min_rows=1)
     assert quartiles.rows.tolist() == [1, 1, 1, 1]
     assert quartiles.min_tokens.tolist() == [5, 10, 15, 30]
     # token_mean, w = 1/60: row gradient mass L|A|/60 = 10/60, 30/60, 10/60, 30/60 (total 80/60);
@@ -139,10 +142,15 @@ def plain_loop_buckets(batches: list[StepBatch], layout: Layout, mode: str, k: i
     masses = [0.0] * n_buckets
     groups = [[r for r in rows if r[0] == s] for s in range(len(batches))] if per_step else [rows]
     for group_index, group in enumerate(groups):
-        ranked = sorted(range(len(group)), key=lambda j: group[j][1])  # stable: ties keep their order
-        for rank, j in enumerate(ranked):
-            bucket = rank * k // len(group)
-            masses[(group_index * k if per_step else 0) + bucket] += group[j][2]
+        n = len(group)
+        used = max(1, min(k, n // MIN_ROWS_PER_BUCKET))
+        for row in group:
+            # Ties never split: a row's rank is the middle rank of the rows of its length.
+            first = sum(1 for other in group if other[1] < row[1])
+            last = first + sum(1 for other in group if other[1] == row[1]) - 1
+            part = (first + last) // 2 * used // n
+            bucket = part if used == k else part * (k - 1) // max(used - 1, 1)
+            masses[(group_index * k if per_step else 0) + bucket] += row[2]
     return masses
 
 
@@ -300,12 +308,15 @@ def test_gini_matches_the_mean_absolute_difference(steps: list[StepBatch]) -> No
 
 def test_prompt_moves_by_hand() -> None:
     breakdown = run_breakdown([worked_example()], specs("token_mean", "sequence_mean"))
-    # Shares of the step's weight: token_mean g0 2/3, g1 1/3; sequence_mean 1/2 each.
+    # Shares of the step's gradient mass: token_mean rows L|A|/60 = 10, 30, 10, 30 (/60): g0 and g1 1/2 each;
+    # sequence_mean rows |A|/4 = .25, .25, .5, .5: g0 1/3, g1 2/3.
     moves = breakdown.prompt_moves("token_mean", "sequence_mean", top=5)
     assert moves is not None
     (gaining,), (losing,) = moves
     assert (gaining.uid, gaining.step, gaining.sequences, gaining.loss_tokens, gaining.mean_reward) == ("g1", 0, 2, 20, 1.0)
-    assert (gaining.base_share, gaining.candidate_share) == pytest.approx((1 / 3, 1 / 2), rel=1e-12)
+    assert (gaining.base_share, gaining.candidate_share) == pytest.approx((1 / 2, 2 / 3), rel=1e-12)
+    # Its share of the weight: token_mean 20/60, sequence_mean 1/2.
+    assert (gaining.base_weight_share, gaining.candidate_weight_share) == pytest.approx((1 / 3, 1 / 2), rel=1e-12)
     assert gaining.change_points == pytest.approx(100 / 6, rel=1e-12)
     assert (losing.uid, losing.loss_tokens, losing.mean_reward) == ("g0", 40, 0.5)
     assert losing.change_points == pytest.approx(-100 / 6, rel=1e-12)
@@ -318,7 +329,7 @@ def test_prompt_moves_by_hand() -> None:
 def test_sign_shares_and_changes_by_hand() -> None:
     from aggscope.analysis.breakdown import compare_specs
 
-    comparison = compare_specs(run_breakdown([worked_example()], specs("token_mean", "sequence_mean")))
+    comparison = compare_specs(run_breakdown([worked_example()], specs("token_mean", "sequence_mean")), min_rows_per_bucket=1)
     # token_mean, w = 1/60: positive mass (10 * 1 + 5 * 2) / 60, negative (30 * 1 + 15 * 2) / 60: 1/4 and 3/4.
     sign = comparison.outcomes["token_mean"].advantage_sign
     assert (sign.positive_share, sign.negative_share) == pytest.approx((0.25, 0.75), rel=1e-12)

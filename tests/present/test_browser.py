@@ -1,12 +1,16 @@
-"""report.html in a real browser: headless Chromium (Debian's chromium + chromium-driver, via selenium).
+"""report.html in a real browser: headless Chromium (Debian's chromium + chromium-driver, via selenium,
+which is in the test extra).
 
-Every image must decode, the console must stay free of errors, nothing may be fetched from anywhere,
-and a screenshot is taken. The test skips only where no browser is installed, and never in CI
-(`.ci/run` installs one).
+Every image must decode, the console must stay free of errors, nothing may be fetched from anywhere;
+a table sorts, a finding group expands, a prompt's drill-down opens with report.json's numbers, a
+chart shows its values on hover, a figure opens large; and at 420 and 1,400 px the page has no
+horizontal scroll, with a screenshot of each (kept in ``$AGGSCOPE_SCREENSHOTS`` when set). The tests
+skip only where no browser is installed, and never in CI (`.ci/run` installs one).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -93,3 +97,128 @@ def test_report_html_in_headless_chromium(browser: Any, report_page: Path, tmp_p
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot))
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 100_000
+
+
+def _document(report_page: Path) -> dict[str, Any]:
+    return json.loads((report_page.parent / "report.json").read_text())
+
+
+def _open(browser: Any, report_page: Path, width: int = WIDTH) -> None:
+    browser.set_window_size(width, 1000)
+    browser.get(report_page.resolve().as_uri())
+
+
+def _cells(browser: Any, table: Any, column: int) -> list[str]:
+    return [row.find_elements("tag name", "td")[column].text for row in table.find_elements("css selector", "tbody tr")]
+
+
+def test_a_table_sorts_by_a_click_on_its_header(browser: Any, report_page: Path) -> None:
+    _open(browser, report_page)
+    table = next(
+        t for t in browser.find_elements("css selector", "table") if "ESS tokens" in t.find_element("tag name", "thead").text
+    )
+    header = next(th for th in table.find_elements("tag name", "th") if th.text.startswith("ESS tokens"))
+    column = table.find_elements("tag name", "th").index(header)
+    header.click()
+    values = [int(text.replace(",", "")) for text in _cells(browser, table, column)]
+    assert values == sorted(values) and header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    values = [int(text.replace(",", "")) for text in _cells(browser, table, column)]
+    assert values == sorted(values, reverse=True) and header.get_attribute("aria-sort") == "descending"
+
+
+def test_a_finding_group_starts_collapsed_and_expands(browser: Any, report_page: Path) -> None:
+    _open(browser, report_page)
+    group = browser.find_element("css selector", "#findings ~ details")
+    inner = group.find_element("tag name", "table")
+    assert group.get_attribute("open") is None and not inner.is_displayed()
+    summary = group.find_element("tag name", "summary")
+    code = summary.text.split(" ")[0]
+    browser.execute_script("arguments[0].scrollIntoView()", summary)
+    summary.click()
+    assert group.get_attribute("open") is not None and inner.is_displayed()
+    expected = [f for f in _document(report_page)["results"]["token_mean"]["checks"]["findings"] if f["code"] == code]
+    shown = inner.find_elements("css selector", "tbody tr")
+    assert f"{len(expected):,} finding" in summary.text and len(shown) == min(len(expected), 60)
+
+
+def test_a_prompts_drilldown_shows_report_json_numbers(browser: Any, report_page: Path) -> None:
+    _open(browser, report_page)
+    document = _document(report_page)
+    prompt = document["drilldown"]["prompts"][5]
+    search = browser.find_element("id", "prompt-search")
+    browser.execute_script("arguments[0].scrollIntoView()", search)
+    search.send_keys(prompt["uid"])
+    visible = [row for row in browser.find_elements("css selector", "#prompt-table tbody tr") if row.is_displayed()]
+    assert [row.get_attribute("data-key") for row in visible] == [f"{prompt['step']}:{prompt['uid']}"]
+    visible[0].find_element("css selector", "a.prompt-link").click()
+    detail = browser.find_element("id", "prompt-detail")
+    assert detail.is_displayed() and prompt["uid"] in detail.find_element("tag name", "h3").text
+    rows = detail.find_elements("css selector", "tbody tr")
+    assert len(rows) == len(prompt["rows"])
+    labels = [spec["label"] for spec in document["specs"]]
+    for row, expected in zip(rows, prompt["rows"], strict=True):
+        cells = row.find_elements("tag name", "td")
+        values = [cell.get_attribute("data-value") for cell in cells[1:]]
+        wanted = [expected["reward"], expected["mean_advantage"], expected["loss_tokens"]]
+        for label in labels:
+            wanted += [expected["weight"][label], expected["grad_mass"][label]]
+        assert [float(v) for v in values] == wanted  # exactly report.json's numbers
+        assert cells[3].text == f"{expected['loss_tokens']:,}"
+
+
+def test_a_uid_in_the_findings_opens_its_drilldown(browser: Any, report_page: Path) -> None:
+    _open(browser, report_page)
+    group = browser.find_element("css selector", "#findings ~ details")
+    group.find_element("tag name", "summary").click()
+    link = group.find_element("css selector", "a.prompt-link")
+    key = link.get_attribute("data-prompt")
+    link.click()
+    detail = browser.find_element("id", "prompt-detail")
+    assert detail.is_displayed() and detail.get_attribute("data-key") == key
+
+
+def test_charts_show_their_values_on_hover_and_figures_open_large(browser: Any, report_page: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    _open(browser, report_page)
+    document = _document(report_page)
+    bars = browser.find_elements("css selector", 'svg.chart[data-key="length_quartiles"] rect.bar')
+    assert len(bars) == 4 * len(document["specs"])
+    bar = bars[-1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", bar)
+    ActionChains(browser).move_to_element(bar).perform()
+    tip = browser.find_element("id", "tip")
+    label, category = bar.get_attribute("data-label"), int(bar.get_attribute("data-category"))
+    share = 100 * document["results"][label]["length_quartiles"]["grad_mass_share"][category]
+    assert float(bar.get_attribute("data-value")) == pytest.approx(share, rel=1e-12)
+    assert tip.is_displayed() and tip.text.startswith(label) and tip.text.endswith(f"{share:.1f}%")
+    figure = browser.find_element("id", "fig-mass_vs_length")
+    browser.execute_script("arguments[0].scrollIntoView()", figure)
+    figure.click()
+    assert "zoomed" in figure.get_attribute("class")
+    assert figure.size["width"] >= browser.execute_script("return window.innerWidth") - 1
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    assert "zoomed" not in (figure.get_attribute("class") or "")
+
+
+@pytest.mark.parametrize("width", [420, 1400])
+def test_readable_at_narrow_and_wide_windows(browser: Any, report_page: Path, tmp_path: Path, width: int) -> None:
+    _open(browser, report_page, width)
+    # Open every finding group and a drill-down: the widest content the page can show.
+    for summary in browser.find_elements("css selector", "details > summary"):
+        browser.execute_script("arguments[0].parentElement.open = true", summary)
+    browser.find_element("css selector", "#prompt-table a.prompt-link").click()
+    page_width = browser.execute_script("return document.documentElement.clientWidth")
+    assert page_width <= width
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= page_width
+    for wrap in browser.find_elements("css selector", ".tablewrap"):  # wide tables scroll inside themselves
+        assert wrap.size["width"] <= page_width
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(width, min(int(height) + 120, 16000))
+    folder = Path(os.environ.get("AGGSCOPE_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = folder / f"report-{width}px.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000

@@ -113,9 +113,14 @@ def quartile_shares_by_loop(mode: str, layout: Layout) -> tuple[list[float], lis
             tokens = [advantages[t] for t in range(offsets[i], offsets[i + 1]) if mask[t]]
             rows.append((len(tokens), sum(abs(weight[i] * a) for a in tokens), sum(weight[i] * a for a in tokens if a > 0)))
     ranked = sorted(range(len(rows)), key=lambda j: rows[j][0])
-    mass = [0.0] * 4
+    # Ties are never split: every row of one length goes to the quartile of that length's middle rank.
+    ranks_of_length: dict[int, list[int]] = {}
     for rank, j in enumerate(ranked):
-        mass[rank * 4 // len(rows)] += rows[j][1]
+        ranks_of_length.setdefault(rows[j][0], []).append(rank)
+    mass = [0.0] * 4
+    for j in ranked:
+        ranks = ranks_of_length[rows[j][0]]
+        mass[(ranks[0] + ranks[-1]) // 2 * 4 // len(rows)] += rows[j][1]
     total = sum(mass)
     positive = sum(r[2] for r in rows)
     return [m / total for m in mass], [positive / total, 1 - positive / total]
@@ -153,6 +158,7 @@ def test_prompt_moves_are_consistent(compare_run: tuple[Any, Path]) -> None:
     for entry in gaining + losing:
         assert entry["change_points"] == pytest.approx(100 * (entry["candidate_share"] - entry["base_share"]), rel=1e-9)
         assert entry["sequences"] == 8 and re.fullmatch(r"[0-9a-f]{8}", entry["uid"])
+        assert entry["base_share"] > 0 or entry["candidate_share"] > 0  # a prompt with no gradient under both moves nothing
 
 
 # ---- the opening sentences ---------------------------------------------------------------------
@@ -169,7 +175,8 @@ def test_report_opens_with_plain_sentences_and_their_numbers(report_run: tuple[A
     before = change["length_quartiles"]["base_share"][3]
     after = change["length_quartiles"]["candidate_share"][3]
     sentence = next(s for s in summary if s.startswith("Moving from token_mean to sequence_mean"))
-    assert "the longest quarter of responses" in sentence
+    rows = document["buckets"]["length_quartiles"]["sequences"]
+    assert f"the longest {100 * rows[3] / sum(rows):.1f}% of responses" in sentence
     assert f"{100 * after:.1f}% of the gradient mass instead of {100 * before:.1f}%" in sentence
     printed = " ".join(result.stdout.split())
     for text in summary:
@@ -208,7 +215,9 @@ def test_html_references_nothing_outside_itself(run: str, request: pytest.Fixtur
     page = (out / "report.html").read_text()
     parser = _References()
     parser.feed(page)
-    assert not {"script", "link", "iframe", "object", "embed", "base"} & set(parser.tags)
+    assert not {"link", "iframe", "object", "embed", "base"} & set(parser.tags)
+    # Two scripts, both inline: the page's own and the drill-down's JSON.
+    assert parser.tags.count("script") == 2 and not re.search(r"<script[^>]*\ssrc=", page)
     for tag, name, value in parser.refs:
         assert value.startswith("#") or (tag == "img" and name == "src" and value.startswith("data:image/png;base64,")), (
             tag,
@@ -268,9 +277,14 @@ class _Tables(HTMLParser):
         self.headings: list[str] = []
         self._cell: list[str] | None = None
         self._heading: list[str] | None = None
+        self._skip = False  # inside the drill-down's table of prompts, which is the page's only
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "table":
+        if tag == "table" and "data-web-only" in dict(attrs):
+            self._skip = True
+        elif self._skip:
+            return
+        elif tag == "table":
             self.tables.append([])
         elif tag == "tr":
             self.tables[-1].append([])
@@ -280,6 +294,9 @@ class _Tables(HTMLParser):
             self._heading = []
 
     def handle_endtag(self, tag: str) -> None:
+        if self._skip:
+            self._skip = tag != "table"
+            return
         if tag in ("td", "th") and self._cell is not None:
             self.tables[-1][-1].append("".join(self._cell))
             self._cell = None
@@ -321,7 +338,7 @@ def test_html_and_markdown_draw_the_same_sections(run: str, request: pytest.Fixt
     assert markdown_tables(markdown) == page.tables
     headings = [markdown_text(line.lstrip("#").strip()) for line in markdown.splitlines() if line.startswith(("## ", "### "))]
     # The page groups the changes under one more heading, and has the same others in the same order.
-    assert [h for h in page.headings if h != "Changes against the base"] == headings
+    assert [h for h in page.headings if h not in {"Changes against the base", "Prompts"}] == headings
     assert len(page.tables) >= 6
 
 

@@ -95,6 +95,8 @@ class _Rows:
     row_prompt: list[np.ndarray] = field(default_factory=list)
     prompt_step: list[np.ndarray] = field(default_factory=list)
     prompt_uid: list[str] = field(default_factory=list)
+    prompt_text: list[str | None] = field(default_factory=list)
+    any_texts: bool = False
     group_ids: list[np.ndarray | None] = field(default_factory=list)
     uid_labels: list[tuple[str, ...] | None] = field(default_factory=list)
     rewards: list[np.ndarray] = field(default_factory=list)
@@ -119,6 +121,8 @@ class _Rows:
             self.row_prompt.append(part.group_ids + self.n_prompts)
             self.prompt_step.append(np.full(part.n_groups, index, dtype=np.int64))
             self.prompt_uid.extend(part.uid_labels)
+            self.prompt_text.extend(part.uid_texts if part.uid_texts is not None else [None] * part.n_groups)
+            self.any_texts = self.any_texts or part.uid_texts is not None
             self.n_prompts += part.n_groups
         self.any_rewards = self.any_rewards or part.rewards is not None
         no_rewards = np.full(part.n_sequences, math.nan, dtype=np.float64)
@@ -198,4 +202,6 @@ class BreakdownMerger:
             checks={layout: checker.result() for layout, checker in self._checks.items()},
             cut_prompts=self._cut_prompts,
             lengths_estimated=rows.lengths_estimated,
+            row_reward=np.concatenate(rows.rewards) if rows.any_rewards else None,
+            prompt_text=rows.prompt_text if rows.any_texts else None,
         )

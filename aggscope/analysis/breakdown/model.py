@@ -14,8 +14,8 @@ finite advantage, its weight mass ``w_i * L_i``; their sums over all rows are th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")
 # Per-token gradient weights relative to the mode's mean: 10^-3 .. 10^3, ten bins per decade;
 # values outside land in the end bins.
 HISTOGRAM_LOG10_EDGES = np.linspace(-3.0, 3.0, 61)
+# Length slices hold at least this many responses; fewer responses fill fewer slices.
+MIN_ROWS_PER_BUCKET = 5
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,18 @@ class Buckets:
     max_tokens: np.ndarray
     grad_mass: dict[str, np.ndarray]
     weight_mass: dict[str, np.ndarray]
+    prompts: np.ndarray | None = None
+
+    @property
+    def nonempty(self) -> list[int]:
+        """The indices of the buckets that hold rows (ties are never split, so some may be empty)."""
+        return [i for i, n in enumerate(self.rows.tolist()) if n > 0]
+
+    @property
+    def last(self) -> int:
+        """The last bucket holding rows (the longest responses of length buckets)."""
+        nonempty = self.nonempty
+        return nonempty[-1] if nonempty else len(self.names) - 1
 
     def grad_share(self, label: str) -> np.ndarray:
         """``[k]`` share of the SPEC's gradient mass per bucket (NaN when there is none)."""
@@ -132,6 +146,8 @@ class Buckets:
             "min_loss_tokens": self.min_tokens.tolist(),
             "max_loss_tokens": self.max_tokens.tolist(),
             "loss_token_share": self.token_share().tolist(),
+            "nonempty": self.nonempty,
+            "prompts": None if self.prompts is None else self.prompts.tolist(),
         }
 
 
@@ -185,12 +201,15 @@ class Concentration:
 
 @dataclass(frozen=True)
 class PromptMove:
-    """A prompt whose share of its step's weight mass changes from a base SPEC to a candidate.
+    """A prompt whose share of its step's gradient mass changes from a base SPEC to a candidate.
 
     Attributes:
         mean_reward: the group's mean finite reward (NaN: none; None without rewards).
-        base_share, candidate_share: the prompt's share of its step's weight mass under each SPEC.
-        change_points: ``100 * (candidate_share - base_share)``.
+        base_share, candidate_share: the prompt's share of its step's gradient mass ``Σ|w·A|``
+            under each SPEC.
+        change_points: ``100 * (candidate_share - base_share)``: the gradient mass it gains (or
+            loses), in points of its step's.
+        base_weight_share, candidate_weight_share: its share of its step's weight mass ``Σw``.
     """
 
     step: int
@@ -201,6 +220,8 @@ class PromptMove:
     base_share: float
     candidate_share: float
     change_points: float
+    base_weight_share: float
+    candidate_weight_share: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +252,8 @@ class Breakdown:
         cut_prompts: layout -> per step, ``check``'s uids cut at each level (``mini_batch``,
             ``rank``, ``micro_batch``).
         lengths_estimated: True when some step's token counts were estimated from text.
+        row_reward: ``[n_rows]`` each row's reward (NaN: none), or None without rewards.
+        prompt_text: ``[n_prompts]`` the start of each prompt's text (None: none), or None.
     """
 
     source: str
@@ -252,6 +275,8 @@ class Breakdown:
     checks: dict[Layout, CheckReport]
     cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]]
     lengths_estimated: bool = False
+    row_reward: np.ndarray | None = None
+    prompt_text: list[str | None] | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -335,28 +360,30 @@ class Breakdown:
             weight_mass={label: group_sum(self.row_weight_mass(label), bucket_of_row, k) for label in self.labels},
         )
 
-    def length_bucket_of_row(self, k: int, *, per_step: bool = False) -> np.ndarray:
+    def length_bucket_of_row(self, k: int, *, per_step: bool = False, min_rows: int = MIN_ROWS_PER_BUCKET) -> np.ndarray:
         """``[n_rows]`` length bucket ``0..k-1`` (shortest first) of each row.
 
-        Rows are ranked by loss tokens (ties by position, steps in order), over all steps or
-        within each step, and cut into ``k`` equal-count slices: ``bucket = k * rank // n``.
+        Rows are ranked by loss tokens, over all steps or within each step, and cut into ``k``
+        equal-count slices; rows of equal length are never split (``_rank_buckets``). With
+        ``per_step`` the bucket of a row of step ``s`` is ``s * k + slice``.
         """
         tokens = self.stats.loss_tokens
         if not per_step:
-            return _rank_buckets(tokens, k)
-        key = self.row_step * (int(tokens.max()) + 1 if tokens.size else 1) + tokens  # [n_rows] (step, length)
-        ranked = np.argsort(key, kind="stable")  # [n_rows] grouped by step, shortest first
-        rank = np.empty_like(ranked)
-        rank[ranked] = np.arange(ranked.size)
-        rows_per_step = np.bincount(self.row_step, minlength=len(self.steps)).astype(np.int64)  # [n_steps]
-        step_start = np.cumsum(rows_per_step) - rows_per_step  # [n_steps]
-        rank_in_step = rank - step_start[self.row_step]  # [n_rows]
-        return self.row_step * k + (rank_in_step * k) // rows_per_step[self.row_step]
+            return _rank_buckets(tokens, k, min_rows)
+        out = np.empty(tokens.size, dtype=np.int64)
+        # Rows are in step order: each step's rows are one slice of the arrays.
+        ends = np.cumsum(np.bincount(self.row_step, minlength=len(self.steps)))  # [n_steps]
+        for index, (start, end) in enumerate(zip(ends - np.diff(ends, prepend=0), ends, strict=True)):
+            out[start:end] = index * k + _rank_buckets(tokens[start:end], k, min_rows)
+        return out
 
-    def length_buckets(self, k: int) -> Buckets:
-        """Rows in ``k`` equal-count length slices over all steps (quartiles: ``k = 4``)."""
+    def length_buckets(self, k: int, min_rows: int = MIN_ROWS_PER_BUCKET) -> Buckets:
+        """Rows in ``k`` equal-count length slices over all steps (quartiles: ``k = 4``), ties unsplit.
+
+        ``min_rows``: a slice holds at least this many rows, so few rows fill fewer slices.
+        """
         names = [f"{_ordinal(i + 1)} {_slice_name(k)}" for i in range(k)]
-        return self.buckets(self.length_bucket_of_row(k), names)
+        return self.buckets(self.length_bucket_of_row(k, min_rows=min_rows), names)
 
     def difficulty_of_prompt(self) -> np.ndarray | None:
         """``[n_prompts]`` index into ``DIFFICULTY_BUCKETS`` of each prompt, or None.
@@ -382,7 +409,8 @@ class Breakdown:
         level = self.difficulty_of_prompt()
         if level is None or self.row_prompt is None:
             return None
-        return self.buckets(level[self.row_prompt], DIFFICULTY_BUCKETS)
+        buckets = self.buckets(level[self.row_prompt], DIFFICULTY_BUCKETS)
+        return replace(buckets, prompts=np.bincount(level, minlength=len(DIFFICULTY_BUCKETS)).astype(np.int64))
 
     # ---- prompts -------------------------------------------------------------------------------
     def unit_of_row(self) -> np.ndarray:
@@ -418,21 +446,25 @@ class Breakdown:
         return Concentration(unit, n, top(0.1), top(0.5), float(gini), int((mass == 0).sum()))
 
     def prompt_moves(self, base: str, candidate: str, top: int) -> tuple[list[PromptMove], list[PromptMove]] | None:
-        """The ``top`` prompts whose share of their step's weight mass grows most, and shrinks most.
+        """The ``top`` prompts whose share of their step's gradient mass grows most, and shrinks most.
+
+        Ranked by gradient mass moved (points of their step's ``Σ|w·A|``). Prompts with no
+        gradient under both SPECs (a zero-variance group, say) move nothing and are left out, as
+        are those whose share does not change or is not defined under both.
 
         Returns:
-            (gaining, losing), largest change first; prompts whose share does not change, or is
-            not defined under both SPECs, are left out. None without uids.
+            (gaining, losing), largest change first. None without uids.
         """
         if not self.has_groups:
             return None
-        before = self.prompt_weight_share(base)  # [n_prompts]
-        after = self.prompt_weight_share(candidate)
+        before = self.prompt_share(base, self.row_grad_mass)  # [n_prompts]
+        after = self.prompt_share(candidate, self.row_grad_mass)
         delta = after - before
-        valid = np.isfinite(delta)
+        valid = np.isfinite(delta) & ((before > 0) | (after > 0))
         order = np.argsort(np.where(valid, delta, 0.0), kind="stable")
         losing = [int(i) for i in order[:top] if valid[i] and delta[i] < 0]
         gaining = [int(i) for i in order[::-1][:top] if valid[i] and delta[i] > 0]
+        weight_before, weight_after = self.prompt_weight_share(base), self.prompt_weight_share(candidate)
         loss_tokens = group_sum(self.stats.loss_tokens, self.unit_of_row(), self.n_prompts)
         reward = self.prompt_reward
 
@@ -446,19 +478,25 @@ class Breakdown:
                 base_share=float(before[index]),
                 candidate_share=float(after[index]),
                 change_points=float(100 * delta[index]),
+                base_weight_share=float(weight_before[index]),
+                candidate_weight_share=float(weight_after[index]),
             )
 
         return [move(i) for i in gaining], [move(i) for i in losing]
 
-    def prompt_weight_share(self, label: str) -> np.ndarray:
-        """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
+    def prompt_share(self, label: str, row_mass: Callable[[str], np.ndarray]) -> np.ndarray:
+        """``[n_prompts]`` each prompt's share of its step's ``row_mass`` (NaN where the step has none)."""
         if self.row_prompt is None:
             raise AggscopeError(f"{self.source}: prompt shares need a uid column")
-        per_prompt = group_sum(self.row_weight_mass(label), self.row_prompt, self.n_prompts)  # [n_prompts]
+        per_prompt = group_sum(row_mass(label), self.row_prompt, self.n_prompts)  # [n_prompts]
         per_step = group_sum(per_prompt, self.prompt_step, len(self.steps))  # [n_steps]
         step_total = per_step[self.prompt_step]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(step_total > 0, per_prompt / step_total, math.nan)
+
+    def prompt_weight_share(self, label: str) -> np.ndarray:
+        """``[n_prompts]`` each prompt's share of its step's weight mass (NaN where it is 0)."""
+        return self.prompt_share(label, self.row_weight_mass)
 
     def ratio_quantiles(self, base: str, candidate: str, quantiles: Sequence[float]) -> dict[str, float | None]:
         """Quantiles over loss tokens of the per-token weight ratio ``w_candidate / w_base``.
@@ -494,11 +532,30 @@ class Breakdown:
         return out
 
 
-def _rank_buckets(values: np.ndarray, k: int) -> np.ndarray:
-    ranked = np.argsort(values, kind="stable")  # [n] ascending, ties by position
-    rank = np.empty_like(ranked)
-    rank[ranked] = np.arange(ranked.size)
-    return (rank * k) // max(values.size, 1)
+def buckets_used(n_rows: int, k: int, min_rows: int = MIN_ROWS_PER_BUCKET) -> int:
+    """How many of ``k`` length slices hold rows: fewer when there are under ``min_rows`` rows a slice."""
+    return max(1, min(k, n_rows // min_rows))
+
+
+def _rank_buckets(values: np.ndarray, k: int, min_rows: int = MIN_ROWS_PER_BUCKET) -> np.ndarray:
+    """``[n]`` slot ``0..k-1`` of each value: equal-count slices by rank, ties never split.
+
+    Equal values all go to the slice of their middle rank (so a slice can be larger or smaller
+    than ``n / k``, or empty). With few values only ``buckets_used`` slices are filled, spread so
+    that the first and the last slot stay the shortest and the longest.
+    """
+    n = values.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    used = buckets_used(n, k, min_rows)
+    ordered = np.sort(values, kind="stable")  # [n]
+    first = np.searchsorted(ordered, values, side="left")  # [n] rank of the first equal value
+    last = np.searchsorted(ordered, values, side="right") - 1  # [n] rank of the last equal value
+    middle = (first + last) // 2
+    slice_of_row = (middle * used) // n  # [n] in 0..used-1
+    if used == k:
+        return slice_of_row.astype(np.int64)
+    return (slice_of_row * (k - 1) // max(used - 1, 1)).astype(np.int64)
 
 
 def _ordinal(n: int) -> str:

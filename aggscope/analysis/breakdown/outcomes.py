@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from aggscope.analysis.breakdown.model import Breakdown, Buckets, BucketShares, Concentration, PromptMove, SignShares
+from aggscope.analysis.breakdown.groups import Coincidence, coincidences, updates_per_step
+from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET, Breakdown, Buckets, BucketShares, Concentration, PromptMove, SignShares
 from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
 from aggscope.core.weights import ModeSummary
@@ -45,6 +46,7 @@ class SpecOutcome:
         prompt_concentration: how concentrated its gradient mass is across prompts.
         zero_grad: cause -> loss tokens with no gradient (``check``'s accounting).
         checks: what ``check`` reports under the SPEC's layout (with the modes of the SPECs there).
+        updates_per_step: the optimizer updates (mini-batches) of each step under its layout.
     """
 
     steps: list[int]
@@ -57,6 +59,7 @@ class SpecOutcome:
     prompt_concentration: Concentration
     zero_grad: dict[str, int]
     checks: CheckReport
+    updates_per_step: list[int]
 
     @property
     def no_gradient_tokens(self) -> int:
@@ -74,6 +77,7 @@ class SpecOutcome:
             "prompt_concentration": self.prompt_concentration.to_dict(),
             "zero_grad": self.zero_grad,
             "checks": _check_dict(self.checks),
+            "updates_per_step": self.updates_per_step,
         }
 
 
@@ -220,6 +224,7 @@ class Comparison:
         difficulty: rows by their prompt's difficulty, or None without uids or rewards.
         outcomes: SPEC label -> its outcome, in SPEC order.
         changes: one per candidate (every SPEC after the first), in SPEC order.
+        coincide: groups of SPECs whose weights are the same up to one factor per optimizer update.
     """
 
     specs: list[Spec]
@@ -228,16 +233,25 @@ class Comparison:
     difficulty: Buckets | None
     outcomes: dict[str, SpecOutcome]
     changes: list[Change]
+    coincide: list[Coincidence]
 
     @property
     def base(self) -> str:
         return self.specs[0].label
 
+    def shown_as(self, label: str) -> str:
+        """The SPEC a report shows for ``label``: the first of its coinciding group, else itself."""
+        return next((group.labels[0] for group in self.coincide if label in group.labels), label)
 
-def compare_specs(breakdown: Breakdown) -> Comparison:
-    """Group the breakdown once and compare every SPEC after the first against the first."""
-    quartiles = breakdown.length_buckets(4)
-    deciles = breakdown.length_buckets(10)
+
+def compare_specs(breakdown: Breakdown, min_rows_per_bucket: int = MIN_ROWS_PER_BUCKET) -> Comparison:
+    """Group the breakdown once and compare every SPEC after the first against the first.
+
+    ``min_rows_per_bucket``: a length bucket holds at least this many responses (fewer buckets
+    when there are few).
+    """
+    quartiles = breakdown.length_buckets(4, min_rows_per_bucket)
+    deciles = breakdown.length_buckets(10, min_rows_per_bucket)
     difficulty = breakdown.difficulty_buckets()
     zero_grad = breakdown.zero_grad_causes()
     outcomes = {}
@@ -254,10 +268,11 @@ def compare_specs(breakdown: Breakdown) -> Comparison:
             prompt_concentration=breakdown.concentration(spec.label),
             zero_grad=zero_grad[spec.label],
             checks=breakdown.checks[spec.layout],
+            updates_per_step=updates_per_step(breakdown, spec.label),
         )
     base = breakdown.specs[0]
     changes = [_change(breakdown, base, candidate, outcomes) for candidate in breakdown.specs[1:]]
-    return Comparison(list(breakdown.specs), quartiles, deciles, difficulty, outcomes, changes)
+    return Comparison(list(breakdown.specs), quartiles, deciles, difficulty, outcomes, changes, coincidences(breakdown))
 
 
 def _change(breakdown: Breakdown, base: Spec, candidate: Spec, outcomes: dict[str, SpecOutcome]) -> Change:

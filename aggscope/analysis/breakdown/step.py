@@ -95,6 +95,7 @@ class BreakdownStep:
     uid_labels: tuple[str, ...] | None
     rewards: np.ndarray | None
     layouts: dict[Layout, LayoutPart]
+    uid_texts: tuple[str | None, ...] | None = None
 
 
 def by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
@@ -131,4 +132,12 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
         uid_labels=batch.uid_labels,
         rewards=batch.rewards,
         layouts=parts,
+        uid_texts=None if batch.uid_texts is None else tuple(_text_start(text) for text in batch.uid_texts),
     )
+
+
+PROMPT_TEXT_CHARS = 300  # of each prompt's text, kept for the report's search (not the whole prompt)
+
+
+def _text_start(text: str | None) -> str | None:
+    return None if text is None else text[:PROMPT_TEXT_CHARS]

@@ -34,7 +34,7 @@ from aggscope.present.report.document import ReportDocument, build_document
 from aggscope.present.report.html import render_html
 from aggscope.present.report.markdown import render_markdown
 from aggscope.present.report.sections import Page, Section, page, sections
-from aggscope.present.report.sentences import summary_sentences
+from aggscope.present.report.sentences import headline_items, summary_sentences
 from aggscope.present.report.tables import GlanceRow, glance_rows
 
 __all__ = [
@@ -165,5 +165,10 @@ def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> 
     """The document and figures of a breakdown; the first SPEC is the base of every comparison."""
     figures = make_figures(breakdown)
     document = build_document(breakdown, kind, notes)
-    document = replace(document, summary=tuple(summary_sentences(document)), figures={name: f"{name}.png" for name in figures})
+    document = replace(
+        document,
+        summary=tuple(summary_sentences(document)),
+        headline=tuple(headline_items(document)),
+        figures={name: f"{name}.png" for name in figures},
+    )
     return Report(kind, document, figures)

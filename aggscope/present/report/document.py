@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from aggscope import __version__
 from aggscope.analysis.breakdown import Breakdown, Change, Comparison, SpecOutcome, compare_specs
+from aggscope.analysis.breakdown.groups import drilldown
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.present.figures import mode_colour
+from aggscope.present.report.sentences import SENTENCE_THRESHOLD, HeadlineItem, spec_layout_given
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class ReportDocument:
         specs: the SPECs, in the order given.
         comparison: each SPEC's outcome and each candidate's change against the base.
         summary: the opening sentences.
+        headline: every change the summary ranks, largest first (``negligible`` ones listed, not stated).
+        drilldown: every prompt's rows for the page's drill-down, capped (None without uids).
         figures: figure name -> its file name beside the report (None: no figures made).
         version: the aggscope that made it.
     """
@@ -96,6 +100,8 @@ class ReportDocument:
     specs: list[SpecInfo]
     comparison: Comparison
     summary: tuple[str, ...] = ()
+    headline: tuple[HeadlineItem, ...] = ()
+    drilldown: dict[str, Any] | None = None
     figures: dict[str, str] | None = None
     version: str = __version__
 
@@ -110,6 +116,16 @@ class ReportDocument:
     @property
     def changes(self) -> list[Change]:
         return self.comparison.changes
+
+    @property
+    def shown_specs(self) -> list[SpecInfo]:
+        """The SPECs the page shows: each group of coinciding SPECs once, as its first."""
+        return [spec for spec in self.specs if self.comparison.shown_as(spec.label) == spec.label]
+
+    def coinciding(self, label: str) -> list[str]:
+        """The other SPECs that coincide with ``label`` (empty when none do)."""
+        group = next((g.labels for g in self.comparison.coincide if label in g.labels), [label])
+        return [other for other in group if other != label]
 
     @property
     def title(self) -> str:
@@ -135,7 +151,14 @@ class ReportDocument:
                 },
                 "results": {label: outcome.to_dict() for label, outcome in self.results.items()},
                 "changes": [change.to_dict() for change in self.changes],
+                "coincide": [group.to_dict() for group in comparison.coincide],
+                "layout_given": any(spec_layout_given(spec.spec.layout) for spec in self.specs),
                 "summary": list(self.summary),
+                "headline": {
+                    "threshold_points": SENTENCE_THRESHOLD,
+                    "changes": [item.to_dict() for item in self.headline],
+                },
+                "drilldown": self.drilldown,
             }
         )
         if self.figures is not None:
@@ -160,7 +183,21 @@ def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -
         specs=[SpecInfo(spec, mode_colour(spec.mode.name)) for spec in breakdown.specs],
         comparison=compare_specs(breakdown),
     )
-    return document
+    return replace(document, drilldown=drilldown(breakdown, breakdown.labels, _prompts_first(document)))
+
+
+def _prompts_first(document: ReportDocument) -> set[tuple[int, str]]:
+    """The prompts a drill-down keeps first: those with findings, then those that move the most."""
+    first = {
+        (finding.step, str(finding.uid))
+        for outcome in document.results.values()
+        for finding in outcome.checks.findings
+        if finding.uid is not None
+    }
+    for change in document.changes:
+        for move in (change.prompts_gaining or []) + (change.prompts_losing or []):
+            first.add((move.step, move.uid))
+    return first
 
 
 def _json_ready(value: Any) -> Any:

@@ -1,20 +1,29 @@
 """``report.html``: the report's sections as one self-contained page.
 
-The figures are embedded as PNG data URIs and the style sheet is inline: the page fetches nothing
-from anywhere, so it opens in any browser and can be attached to a pull request.
+The figures are embedded as PNG data URIs, the style sheet and one small script are inline
+(``assets``), and the drill-down's data is JSON inside the page: the page fetches nothing from
+anywhere, so it opens in any browser and can be attached to a pull request. With scripts off every
+table, finding and figure is still there; the script sorts, shows values on hover, opens figures
+large and fills the per-prompt drill-down.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping
 from html import escape as e
+from urllib.parse import quote
 
+from aggscope.present.report.assets import CSS, SCRIPT
 from aggscope.present.report.sections import (
     Block,
+    Chart,
     Code,
+    Explorer,
     FigureBlock,
+    Group,
     Lines,
     Page,
     Paragraph,
@@ -24,37 +33,6 @@ from aggscope.present.report.sections import (
 )
 from aggscope.present.report.tables import Table
 
-_CSS = """
-:root { color-scheme: light; --ink: #1f2328; --muted: #57606a; --line: #d0d7de; --soft: #f6f8fa; --accent: #0969da; }
-* { box-sizing: border-box; }
-body { margin: 0; background: #fff; color: var(--ink);
-  font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1120px; margin: 0 auto; padding: 28px 24px 64px; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 40px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 24px 0 8px; }
-.meta { color: var(--muted); margin: 0 0 20px; font-size: 14px; }
-.summary { background: #eef6ff; border-left: 4px solid var(--accent); padding: 14px 18px; border-radius: 6px; }
-.summary p { margin: 6px 0; }
-.tablewrap { overflow-x: auto; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13.5px; font-variant-numeric: tabular-nums; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; }
-td:first-child { white-space: nowrap; }
-td.left, th.left { text-align: left; }
-td.message { text-align: left; min-width: 320px; }
-.swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 7px; vertical-align: -1px; }
-figure { margin: 18px 0 30px; }
-figure img { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
-figcaption { color: var(--muted); font-size: 13.5px; margin-top: 6px; }
-.note { color: var(--muted); font-size: 13.5px; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
-  background: var(--soft); padding: 1px 4px; border-radius: 4px; }
-nav { font-size: 14px; margin: 12px 0 0; }
-nav a { color: var(--accent); margin-right: 14px; text-decoration: none; }
-footer { margin-top: 48px; color: var(--muted); font-size: 13px; }
-"""
-
 
 def render_html(page: Page, images: Mapping[str, bytes]) -> str:
     """The page, with each figure's PNG (``images``: figure name -> PNG bytes) embedded."""
@@ -63,7 +41,7 @@ def render_html(page: Page, images: Mapping[str, bytes]) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(page.title)}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        f"<style>{CSS}</style></head><body><main>",
         f"<h1>{e(page.title)}</h1>",
     ]
     parts += [_block(block, images) for block in page.opening]
@@ -73,7 +51,8 @@ def render_html(page: Page, images: Mapping[str, bytes]) -> str:
         parts += _section(section, images)
     parts.append(
         f"<footer>Made by aggscope {e(page.version)}. Every number on this page is in "
-        "<code>report.json</code> beside it.</footer></main></body></html>"
+        '<code>report.json</code> beside it.</footer></main><div id="tip"></div>'
+        f"<script>{SCRIPT}</script></body></html>"
     )
     return "\n".join(parts) + "\n"
 
@@ -94,18 +73,31 @@ def _block(block: Block, images: Mapping[str, bytes]) -> str:
         return "\n".join(f'<p class="note">{e(line)}</p>' for line in block.lines)
     if isinstance(block, Summary):
         return '<section class="summary">' + "".join(f"<p>{e(text)}</p>" for text in block.sentences) + "</section>"
+    if isinstance(block, Group):
+        inner = "".join(_block(item, images) for item in block.blocks)
+        return f"<details><summary>{e(block.summary)}</summary>{inner}</details>"
+    if isinstance(block, Chart):
+        return _chart(block)
+    if isinstance(block, Explorer):
+        return _explorer(block)
     return _figure(block, images[block.name])
 
 
 def _figure(figure: FigureBlock, png: bytes) -> str:
     encoded = base64.b64encode(png).decode("ascii")
     return (
-        f'<figure id="fig-{e(figure.name)}"><img alt="{e(figure.title)}" src="data:image/png;base64,{encoded}">'
+        f'<figure id="fig-{e(figure.name)}" title="click to open large"><img alt="{e(figure.title)}" '
+        f'src="data:image/png;base64,{encoded}">'
         f"<figcaption><b>{e(figure.title)}.</b> {e(figure.caption)}</figcaption></figure>"
     )
 
 
-def _table(table: Table) -> str:
+def prompt_key(step: str, uid: str) -> str:
+    """How the page names a prompt: ``STEP:UID`` (the drill-down's key, and ``#prompt=`` in links)."""
+    return f"{step}:{uid}"
+
+
+def _table(table: Table, *, table_id: str = "", keys: list[str] | None = None) -> str:
     def text(cell: str) -> str:
         # Long SPEC labels may break after their commas (not inside numbers such as 1,024).
         return re.sub(r",(?=[^\d\s])", ",<wbr>", e(cell))
@@ -113,14 +105,74 @@ def _table(table: Table) -> str:
     head = "".join(
         f'<th class="left">{text(h)}</th>' if i < table.align_left else f"<th>{text(h)}</th>" for i, h in enumerate(table.headers)
     )
+    # A table with a step and a uid column links each uid to the prompt's drill-down.
+    step_col = table.headers.index("step") if "step" in table.headers and "uid" in table.headers else None
     body = []
-    for row, colour in zip(table.rows, table.colours, strict=True):
+    for r, (row, colour) in enumerate(zip(table.rows, table.colours, strict=True)):
         cells = []
         for i, cell in enumerate(row):
             css = "message" if table.headers[i] == "message" else ("left" if i < table.align_left else "")
             content = text(cell)
             if i == 0 and colour:
                 content = f'<span class="swatch" style="background:{text(colour)}"></span>{content}'
+            if step_col is not None and table.headers[i] == "uid":
+                key = prompt_key(row[step_col], cell)
+                content = f'<a class="prompt-link" href="#prompt={e(quote(key))}" data-prompt="{e(key)}">{content}</a>'
             cells.append(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+        key_attr = "" if keys is None else f' data-key="{e(keys[r])}"'
+        body.append(f"<tr{key_attr}>" + "".join(cells) + "</tr>")
+    table_attr = f' id="{table_id}" data-web-only' if table_id else ""
+    wrap = "tablewrap tall" if table_id else "tablewrap"
+    return f'<div class="{wrap}"><table{table_attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _explorer(explorer: Explorer) -> str:
+    data = {"labels": list(explorer.labels), "prompts": list(explorer.prompts)}
+    # JSON inside a script element: "<" escaped so no text of the data can close it.
+    encoded = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str).replace("<", "\\u003c")
+    keys = [prompt_key(str(p["step"]), str(p["uid"])) for p in explorer.prompts]
+    return (
+        f'<p class="note">{e(explorer.note)} Click a uid to see its responses; every uid in the findings links here.</p>'
+        '<input type="search" id="prompt-search" placeholder="search prompts by uid or text" aria-label="search prompts">'
+        '<div id="prompt-detail" hidden></div>'
+        + _table(explorer.table, table_id="prompt-table", keys=keys)
+        + '<noscript><p class="note">The search and each prompt\'s rows need scripts; the table above and '
+        "report.json's drilldown hold the same prompts.</p></noscript>"
+        f'<script type="application/json" id="aggscope-drilldown">{encoded}</script>'
+    )
+
+
+CHART_WIDTH, BAR_AREA = 760, 200
+
+
+def _chart(chart: Chart) -> str:
+    """A grouped bar chart as inline SVG: one group per category, one bar per SPEC, its value on hover."""
+    n_series = max(len(chart.series), 1)
+    left, top, height = 44, 24, BAR_AREA
+    group_width = (CHART_WIDTH - left - 10) / max(len(chart.categories), 1)
+    bar = min(28.0, (group_width - 12) / n_series)
+    peak = max((v for _, _, values in chart.series for v in values if v is not None), default=0.0)
+    scale = max(peak, 1e-9) * 1.1
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {CHART_WIDTH} {top + height + 40}" role="img" aria-label="{e(chart.title)}" '
+        f'data-key="{e(chart.key)}"><text x="{left}" y="14">{e(chart.title)} (% of each mode\'s Σ|w·A|)</text>',
+        f'<line x1="{left}" y1="{top + height}" x2="{CHART_WIDTH - 10}" y2="{top + height}" stroke="#d0d7de"/>',
+    ]
+    for c, category in enumerate(chart.categories):
+        x0 = left + c * group_width + (group_width - bar * n_series) / 2
+        for s, (label, colour, values) in enumerate(chart.series):
+            value = values[c]
+            if value is None:
+                continue
+            h = height * value / scale
+            tip = f"{label} · {category}: {value:.1f}%"
+            parts.append(
+                f'<rect class="bar" x="{x0 + s * bar:.1f}" y="{top + height - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
+                f'fill="{e(colour)}" data-tip="{e(tip)}" data-label="{e(label)}" data-category="{c}" '
+                f'data-value="{value!r}"><title>{e(tip)}</title></rect>'
+            )
+        parts.append(
+            f'<text x="{left + (c + 0.5) * group_width:.1f}" y="{top + height + 16}" text-anchor="middle">{e(category)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)

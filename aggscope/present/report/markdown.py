@@ -10,7 +10,19 @@ from __future__ import annotations
 import html
 import re
 
-from aggscope.present.report.sections import Block, Code, FigureBlock, Lines, Page, Paragraph, Summary, TableBlock
+from aggscope.present.report.sections import (
+    Block,
+    Chart,
+    Code,
+    Explorer,
+    FigureBlock,
+    Group,
+    Lines,
+    Page,
+    Paragraph,
+    Summary,
+    TableBlock,
+)
 from aggscope.present.report.tables import Table
 
 
@@ -24,7 +36,7 @@ def render_markdown(page: Page) -> str:
             continue
         out += [f"{'#' * (section.markdown_level or section.level)} {md(section.title)}", ""]
         for block in section.blocks:
-            if not (isinstance(block, Paragraph) and block.web_only):
+            if not ((isinstance(block, Paragraph) and block.web_only) or isinstance(block, Chart | Explorer)):
                 out += [_block(block), ""]
     out += [f"Made by aggscope {page.version}; numbers in report.json.", ""]
     return "\n".join(out)
@@ -39,7 +51,11 @@ def _block(block: Block) -> str:
         return "  \n".join(md(line) for line in block.lines)  # a hard line break between notes
     if isinstance(block, Summary):
         return "  \n".join(f"> {md(text)}" for text in block.sentences)
-    return _figure(block)
+    if isinstance(block, Group):
+        return "\n\n".join([f"**{md(block.summary)}**", *(_block(inner) for inner in block.blocks)])
+    if isinstance(block, FigureBlock):
+        return _figure(block)
+    return ""  # charts and the drill-down are the page's only
 
 
 def _figure(figure: FigureBlock) -> str:

@@ -12,10 +12,15 @@ top-level in the Markdown (``markdown_level``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
+from aggscope import fmt
+from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET
 from aggscope.analysis.breakdown.outcomes import REPORT_FINDINGS_PER_CODE
 from aggscope.present.report.document import ReportDocument
+from aggscope.present.report.sentences import token_span
 from aggscope.present.report.tables import (
     STEP_ROWS,
     Table,
@@ -114,7 +119,42 @@ class FigureBlock:
     file: str
 
 
-Block = Paragraph | Lines | Summary | TableBlock | FigureBlock
+@dataclass(frozen=True)
+class Group:
+    """Blocks under one summary line that the page collapses (``<details>``) and the Markdown shows under a bold line."""
+
+    summary: str
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A bar chart the page draws as inline SVG, every bar with its value on hover; the Markdown leaves it
+    out (the table beside it has the numbers).
+
+    Attributes:
+        categories: one label per group of bars.
+        series: (SPEC label, colour, one percentage per category or None) per SPEC.
+        key: where in report.json the values are (``results.LABEL.KEY.grad_mass_share``).
+    """
+
+    title: str
+    categories: tuple[str, ...]
+    series: tuple[tuple[str, str, tuple[float | None, ...]], ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class Explorer:
+    """The per-prompt drill-down (page only): a sortable table of prompts, a search box, and each prompt's rows."""
+
+    table: Table
+    note: str
+    labels: tuple[str, ...] = ()
+    prompts: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+
+
+Block = Paragraph | Lines | Summary | TableBlock | FigureBlock | Group | Chart | Explorer
 
 
 @dataclass(frozen=True)
@@ -166,22 +206,24 @@ def page(document: ReportDocument) -> Page:
 
 def sections(document: ReportDocument) -> list[Section]:
     """Every section of the report, in the order both renderers draw them."""
+    glance: tuple[Block, ...] = (
+        TableBlock(specs_table(document)),
+        TableBlock(glance_table(glance_rows(document))),
+        note(GLANCE_NOTE, web_only=True),
+    )
+    if document.comparison.coincide:
+        glance += (note(COINCIDE_NOTE, web_only=True),)
+    length = document.comparison.length_quartiles
+    length_blocks: tuple[Block, ...] = (TableBlock(length_table(document)), _chart(document, "length_quartiles"))
+    if len(length.nonempty) < len(length.names):
+        length_blocks += (note(_fewer_buckets_note(len(length.nonempty), len(length.names))),)
     out = [
-        Section(
-            "At a glance",
-            2,
-            (
-                TableBlock(specs_table(document)),
-                TableBlock(glance_table(glance_rows(document))),
-                note(GLANCE_NOTE, web_only=True),
-            ),
-            anchor="glance",
-        ),
-        Section("Gradient mass by response length", 3, (TableBlock(length_table(document)),)),
+        Section("At a glance", 2, glance, anchor="glance"),
+        Section("Gradient mass by response length", 3, length_blocks),
     ]
     difficulty = difficulty_table(document)
     if difficulty is not None:
-        blocks = (TableBlock(difficulty), note(DIFFICULTY_NOTE, web_only=True))
+        blocks = (TableBlock(difficulty), _chart(document, "difficulty"), note(DIFFICULTY_NOTE, web_only=True))
         out.append(Section("Gradient mass by prompt difficulty", 3, blocks))
     figures = tuple(
         FigureBlock(name, FIGURE_TITLES.get(name, name), FIGURE_CAPTIONS.get(name, ""), file)
@@ -190,6 +232,9 @@ def sections(document: ReportDocument) -> list[Section]:
     out.append(Section("Figures", 2, figures, anchor="figures"))
     out += _change_sections(document)
     out += _findings_sections(document)
+    explorer = explorer_block(document)
+    if explorer is not None:
+        out.append(Section("Prompts", 2, (explorer,), anchor="prompts", web_only=True))
     steps: tuple[Block, ...] = (TableBlock(steps_table(document)),)
     if len(document.input.steps) > STEP_ROWS:
         steps += (note(f"First {STEP_ROWS} of {len(document.input.steps)} steps; report.json has them all.", web_only=True),)
@@ -197,11 +242,48 @@ def sections(document: ReportDocument) -> list[Section]:
     return out
 
 
+COINCIDE_NOTE = (
+    "A = B: the modes coincide under this layout (their weights differ by at most one factor per optimizer update), "
+    "so they are shown once; report.json has each one's numbers."
+)
+
+
+def _fewer_buckets_note(used: int, requested: int) -> str:
+    return (
+        f"{used} of {requested} length buckets hold responses: responses of equal length are never split between "
+        f"buckets, and a bucket holds at least {MIN_ROWS_PER_BUCKET} responses."
+    )
+
+
+def _chart(document: ReportDocument, key: str) -> Chart:
+    """The bar chart of each shown SPEC's share of gradient mass per bucket (``length_quartiles`` or ``difficulty``)."""
+    buckets = document.comparison.length_quartiles if key == "length_quartiles" else document.comparison.difficulty
+    assert buckets is not None
+    kept = buckets.nonempty
+    if key == "length_quartiles":
+        categories = tuple(f"{token_span(buckets, i)} tokens" for i in kept)
+    else:
+        categories = tuple(buckets.names[i] for i in kept)
+    series = []
+    for spec in document.shown_specs:
+        shares = getattr(document.results[spec.label], key)
+        values = tuple(None if not math.isfinite(v := float(shares.grad_mass_share[i])) else 100 * v for i in kept)
+        series.append((spec.label, spec.colour, values))
+    title = (
+        "Share of gradient mass by response length"
+        if key == "length_quartiles"
+        else "Share of gradient mass by prompt difficulty"
+    )
+    return Chart(title, categories, tuple(series), key)
+
+
 def _change_sections(document: ReportDocument) -> list[Section]:
-    if not document.changes:
+    shown = {spec.label for spec in document.shown_specs}
+    changes = [change for change in document.changes if change.candidate in shown]
+    if not changes:
         return []
     out = [Section("Changes against the base", 2, anchor="changes", nav="Changes", web_only=True)]
-    for change in document.changes:
+    for change in changes:
         tables = change_tables(document, change)
         blocks = (TableBlock(tables.moves), TableBlock(tables.ratio), note(tables.ratio_note))
         out.append(Section(f"{tables.base} → {tables.candidate}", 3, blocks, markdown_level=2))
@@ -210,16 +292,22 @@ def _change_sections(document: ReportDocument) -> list[Section]:
             (tables.prompts_losing, "Prompts that lose the most"),
         ):
             if prompts is not None and prompts.rows:
-                out.append(Section(f"{heading} (share of their step's weight)", 3, (TableBlock(prompts),)))
+                out.append(Section(f"{heading} (share of their step's gradient mass)", 3, (TableBlock(prompts),)))
     return out
 
 
 def _findings_sections(document: ReportDocument) -> list[Section]:
-    intro = note("What ", Code("aggscope check"), " finds under each layout, worst first.", web_only=True)
+    intro = note("What ", Code("aggscope check"), " finds under each layout, worst first, grouped by code.", web_only=True)
     out = [Section("Findings", 2, (intro,), anchor="findings")]
     for findings in findings_tables(document):
         blocks: list[Block] = [note(f"modes checked: {findings.modes}")]
-        blocks.append(TableBlock(findings.table) if findings.table.rows else note("No findings."))
+        if not findings.groups:
+            blocks.append(note("No findings."))
+        for group in findings.groups:
+            count = f"{group.count:,} finding{'s' * (group.count != 1)}"
+            shown = len(group.table.rows)
+            suffix = "" if shown == group.count else f", the first {shown:,} shown"
+            blocks.append(Group(f"{group.code} ({group.severity}): {count}{suffix}", (TableBlock(group.table),)))
         if findings.more > 0 and findings.omitted:
             blocks.append(
                 note(
@@ -230,8 +318,39 @@ def _findings_sections(document: ReportDocument) -> list[Section]:
             )
         elif findings.more > 0:
             blocks.append(note(f"{findings.more:,} more findings in report.json."))
+        if findings.cut is not None:
+            shown = len(findings.cut.rows)
+            suffix = "" if shown == findings.cut_total else f", the first {shown:,} shown (report.json has more)"
+            blocks.append(Group(f"prompts cut by this layout: {findings.cut_total:,}{suffix}", (TableBlock(findings.cut),)))
+        else:
+            blocks.append(note("This layout cuts no prompt."))
         if findings.notes:
             blocks.append(Lines(tuple(f"note: {text}" for text in findings.notes)))
         out.append(Section(findings.layout, 3, tuple(blocks)))
     out.append(Section("Why tokens get no gradient", 3, (TableBlock(zero_grad_table(document)),)))
     return out
+
+
+def explorer_block(document: ReportDocument) -> Explorer | None:
+    """The drill-down's table of prompts (None without uids); each row opens the prompt's rows on the page."""
+    data = document.drilldown
+    if data is None:
+        return None
+    labels = [spec.label for spec in document.shown_specs]
+    rows = []
+    for prompt in data["prompts"]:
+        cells = [str(prompt["step"]), prompt["uid"], (prompt["text"] or "")[:80], fmt.number(len(prompt["rows"]))]
+        cells.append(fmt.number(sum(row["loss_tokens"] for row in prompt["rows"])))
+        cells += [fmt.number(prompt["grad_mass"][label]) for label in labels]
+        rows.append(cells)
+    headers = ["step", "uid", "text", "responses", "loss tokens", *(f"{label}: Σ|w·A|" for label in labels)]
+    shown, total = len(data["prompts"]), data["prompts_total"]
+    text = (
+        f"All {total:,} prompts."
+        if shown == total
+        else (
+            f"{shown:,} of {total:,} prompts (at most {data['max_rows']:,} responses, those with findings and those that "
+            "move the most first); report.json's drilldown holds the same."
+        )
+    )
+    return Explorer(Table(headers, rows, [None] * len(rows), 3), text, tuple(labels), tuple(data["prompts"]))

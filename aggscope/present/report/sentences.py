@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aggscope import fmt
 from aggscope.analysis.breakdown import Buckets, Change
+from aggscope.analysis.breakdown.groups import Coincidence
+from aggscope.core.layout import Layout
 
 if TYPE_CHECKING:  # the document imports this module to write its sentences
     from aggscope.present.report.document import ReportDocument
 
-# A change smaller than this (in points of share, or percent for ESS) is not worth a sentence.
-SENTENCE_THRESHOLD = 0.5
-MAX_SENTENCES = 4
+# A change smaller than this (in points of share, or percent for ESS) is listed as negligible.
+SENTENCE_THRESHOLD = 1.0
+MAX_SENTENCES = 5
 # The kinds of change a summary sentence can state, most important first.
 SENTENCE_KINDS = ("lost_gradient", "check_errors", "length", "sign", "difficulty", "ess")
-QUARTILE_NAMES = ("shortest quarter", "second-shortest quarter", "second-longest quarter", "longest quarter")
 DIFFICULTY_TEXT = {
     "hard": "hard prompts (group mean reward in the lowest third of the reward range)",
     "medium": "medium prompts (group mean reward in the middle third)",
@@ -54,8 +56,97 @@ def token_span(buckets: Buckets, i: int) -> str:
     return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
+@dataclass(frozen=True)
+class HeadlineItem:
+    """One change the summary can state, with its size for ranking.
+
+    Attributes:
+        kind: one of ``SENTENCE_KINDS``.
+        candidate: the SPEC it is about.
+        size: points of share (percent for ``ess``); ``lost_gradient`` and ``check_errors`` always
+            rank first (at least 100).
+        sentence: the sentence stating it.
+        negligible: below ``SENTENCE_THRESHOLD``: listed as negligible, not stated.
+    """
+
+    kind: str
+    candidate: str
+    size: float
+    sentence: str
+    negligible: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def headline_items(document: ReportDocument) -> list[HeadlineItem]:
+    """Every change of every shown candidate against the base, largest first.
+
+    A candidate that coincides with the base, or with a SPEC before it, is left out: the
+    coincidence sentence says so once.
+    """
+    items = []
+    shown = set(_shown_candidates(document))
+    for change in document.changes:
+        if change.candidate not in shown:
+            continue
+        for kind, (size, sentence) in _change_sentences(document, change).items():
+            items.append(HeadlineItem(kind, change.candidate, size, sentence, size < SENTENCE_THRESHOLD))
+    kind_rank = {kind: i for i, kind in enumerate(SENTENCE_KINDS)}
+    return sorted(items, key=lambda item: (-item.size, kind_rank[item.kind]))
+
+
+def _shown_candidates(document: ReportDocument) -> list[str]:
+    """The candidates the summary speaks of: those that do not coincide with the base or an earlier SPEC."""
+    return [spec.label for spec in document.shown_specs if spec.label != document.base]
+
+
 def summary_sentences(document: ReportDocument) -> list[str]:
-    """A few plain sentences: what the input is, what gets no gradient, the biggest changes."""
+    """A few plain sentences: what the input is and gets no gradient, which modes coincide, the biggest changes."""
+    sentences = _input_sentences(document)
+    sentences += _layout_sentences(document)
+    items = headline_items(document)
+    stated = [item for item in items if not item.negligible]
+    picked: list[HeadlineItem] = []
+    if document.kind == "compare":
+        # Every candidate gets at least its largest change, then the largest of the rest.
+        for change in document.changes:
+            own = [item for item in stated if item.candidate == change.candidate]
+            picked += own[:1]
+        picked += [item for item in stated if item not in picked][: max(0, MAX_SENTENCES - len(picked))]
+        picked.sort(key=items.index)
+    else:
+        picked = stated[:MAX_SENTENCES]
+    sentences += [item.sentence for item in picked]
+    more = len(stated) - len(picked)
+    if more > 0:
+        sentences.append(f"{more} smaller change{'s' * (more != 1)} of at least {SENTENCE_THRESHOLD:g} point are in Changes.")
+    negligible = [item for item in items if item.negligible]
+    if negligible:
+        listed = ", ".join(f"{item.candidate} {KIND_TEXT[item.kind]} ({_size_text(item)})" for item in negligible[:6])
+        extra = "" if len(negligible) <= 6 else f" and {len(negligible) - 6} more"
+        sentences.append(f"Negligible (under {SENTENCE_THRESHOLD:g} point): {listed}{extra}.")
+    silent = [label for label in _shown_candidates(document) if not any(item.candidate == label for item in items)]
+    sentences += [f"{label} gives the same distribution of gradient as {document.base} on this input." for label in silent]
+    return sentences
+
+
+KIND_TEXT = {
+    "lost_gradient": "tokens with no gradient",
+    "check_errors": "check errors",
+    "length": "length shift",
+    "sign": "advantage-sign shift",
+    "difficulty": "difficulty shift",
+    "ess": "effective tokens",
+}
+
+
+def _size_text(item: HeadlineItem) -> str:
+    return f"{item.size:.1f}%" if item.kind == "ess" else f"{item.size:.1f} points"
+
+
+def _input_sentences(document: ReportDocument) -> list[str]:
+    """What the input is, what gets no gradient under the base, what check finds there."""
     source = document.input
     base = document.base
     prompts = "" if source.prompts is None else f" to {source.prompts:,} prompts"
@@ -80,25 +171,72 @@ def summary_sentences(document: ReportDocument) -> list[str]:
         sentences.append(f"check finds {listed}{where}: {detail} (see Findings).")
     else:
         sentences.append(f"check finds nothing to report{where}.")
-    opening = len(sentences)
-    per_change = [_change_sentences(document, change) for change in document.changes]
-    if document.kind == "compare":
-        # Each candidate: its changes in order of importance (lost gradient, check errors, length, ...).
-        per_candidate = max(2, MAX_SENTENCES // len(per_change))
-        for change, found in zip(document.changes, per_change, strict=True):
-            picked = [found[kind][1] for kind in SENTENCE_KINDS if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
-            if not picked:
-                picked = [f"{change.candidate} gives the same distribution of gradient as {base} on this input."]
-            sentences += picked[:per_candidate]
-    else:
-        # Every mode against the base: for each kind of change, the mode that changes most.
-        for kind in SENTENCE_KINDS:
-            candidates = [found[kind] for found in per_change if kind in found and found[kind][0] >= SENTENCE_THRESHOLD]
-            if candidates:
-                sentences.append(max(candidates, key=lambda item: item[0])[1])
-            if len(sentences) >= opening + MAX_SENTENCES:
-                break
     return sentences
+
+
+def _layout_sentences(document: ReportDocument) -> list[str]:
+    """Which SPECs coincide and why, whether a layout was given, and changes in updates and total weight."""
+    out = [coincide_sentence(document, group) for group in document.comparison.coincide]
+    if not any(spec_layout_given(spec.spec.layout) for spec in document.specs):
+        out.append(NO_LAYOUT_SENTENCE)
+    updates = {label: outcome.updates_per_step for label, outcome in document.results.items()}
+    base_updates = updates[document.base]
+    differing = [spec.label for spec in document.specs if updates[spec.label] != base_updates]
+    if differing:
+        listed = ", ".join(f"{_per_step(updates[label])} under {label}" for label in differing)
+        out.append(f"Optimizer updates per step: {_per_step(base_updates)} under {document.base}, {listed}.")
+    base_weight = document.results[document.base].total.weight_sum
+    scaled = [
+        spec.label
+        for spec in document.specs
+        if not math.isclose(document.results[spec.label].total.weight_sum, base_weight, rel_tol=1e-6)
+    ]
+    if scaled and math.isfinite(base_weight) and base_weight > 0:
+        listed = ", ".join(f"{fmt.number(document.results[label].total.weight_sum)} under {label}" for label in scaled)
+        out.append(
+            f"Total weight Σw over the run changes: {fmt.number(base_weight)} under {document.base}, {listed} "
+            "(the size of the updates: plain SGD takes it as it is, Adam normalizes most of it away)."
+        )
+    return out
+
+
+NO_LAYOUT_SENTENCE = (
+    "No layout was given: each step is taken as one optimizer update on one rank in one micro-batch, so modes "
+    "that differ only in how a step is cut (token_mean_legacy, SkyRL's boundary prompt_mean) coincide here; give "
+    "--mini-batch-size, --micro-batch-size and --dp-size (or --config) to see the trainer's cuts, the prompts they "
+    "split, and check's findings on them."
+)
+
+
+def spec_layout_given(layout: Layout) -> bool:
+    """The layout cuts a step (mini-batches, ranks or micro-batches), unlike the default."""
+    return (
+        layout.mini_batch_size is not None
+        or layout.mini_batch_prompts is not None
+        or layout.micro_batch_size is not None
+        or layout.dp_size != 1
+    )
+
+
+def _per_step(updates: list[int]) -> str:
+    low, high = min(updates, default=0), max(updates, default=0)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def coincide_sentence(document: ReportDocument, group: Coincidence) -> str:
+    """One sentence saying that the SPECs of ``group`` coincide under their layout, and why."""
+    names = group.labels
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    if group.identical:
+        why = "they give every loss token the same weight"
+    elif group.uniform:
+        why = (
+            "each gives every loss token of an optimizer update the same weight, so each update points the same way "
+            "and only its size differs"
+        )
+    else:
+        why = "their weights differ by one factor per optimizer update, so each update points the same way and only its size differs"
+    return f"{listed} coincide under this layout: {why}; shown once, as {names[0]}."
 
 
 def _zero_grad_sentence(document: ReportDocument, base: str) -> str:
@@ -163,7 +301,7 @@ def _length_sentence(document: ReportDocument, change: Change) -> tuple[float, s
     bounds = document.comparison.length_quartiles
 
     def quarter(i: int) -> str:
-        return f"the {QUARTILE_NAMES[i]} of responses ({token_span(bounds, i)} loss tokens)"
+        return length_bucket_text(bounds, i)
 
     before, after = quartiles.base_share, quartiles.candidate_share
     text = (
@@ -172,6 +310,22 @@ def _length_sentence(document: ReportDocument, change: Change) -> tuple[float, s
         f"{share_text(after[gainer])} instead of {share_text(before[gainer])} ({points(delta[gainer])})."
     )
     return float(max(-delta[loser], delta[gainer])), text
+
+
+def length_bucket_text(buckets: Buckets, i: int) -> str:
+    """A length bucket in words: ``the longest 25.0% of responses (434–1,024 loss tokens)``.
+
+    Ties are never split, so a bucket is not always a quarter: its share of responses is stated.
+    """
+    nonempty = buckets.nonempty
+    share = share_text(float(buckets.rows[i]) / max(int(buckets.rows.sum()), 1))
+    if nonempty and i == nonempty[-1]:
+        where = f"the longest {share} of responses"
+    elif nonempty and i == nonempty[0]:
+        where = f"the shortest {share} of responses"
+    else:
+        where = f"the {share} of responses"
+    return f"{where} ({token_span(buckets, i)} loss tokens)"
 
 
 def _difficulty_sentence(document: ReportDocument, change: Change) -> tuple[float, str] | None:

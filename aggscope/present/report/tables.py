@@ -15,7 +15,7 @@ from aggscope.analysis.breakdown import Buckets, BucketShares, Change, PromptMov
 from aggscope.analysis.breakdown.outcomes import finite_or_none, ratio_keys, report_findings_omitted
 from aggscope.analysis.checks import CheckReport
 from aggscope.present.report.document import ReportDocument
-from aggscope.present.report.sentences import QUARTILE_NAMES, points, token_span
+from aggscope.present.report.sentences import length_bucket_text, points, token_span
 
 STEP_ROWS = 50
 FINDING_ROWS = 60
@@ -75,7 +75,8 @@ def glance_rows(document: ReportDocument) -> list[GlanceRow]:
     which get their own section instead.
     """
     rows = []
-    for spec in document.specs:
+    last = document.comparison.length_quartiles.last  # the longest responses (ties are never split)
+    for spec in document.shown_specs:
         outcome = document.results[spec.label]
         total = outcome.total
         cells = {
@@ -83,13 +84,14 @@ def glance_rows(document: ReportDocument) -> list[GlanceRow]:
             "grad_abs_sum": fmt.number(total.grad_abs_sum),
             "ess_tokens": fmt.number(_rounded(total.ess_tokens)),
             "long_short_ratio": fmt.number(total.long_short_ratio, 3),
-            "longest_quarter": fmt.percent(float(outcome.length_quartiles.grad_mass_share[3])),
+            "longest_quarter": fmt.percent(float(outcome.length_quartiles.grad_mass_share[last])),
             "positive": fmt.percent(outcome.advantage_sign.positive_share),
             "no_gradient": fmt.number(outcome.no_gradient_tokens),
         }
         if document.kind == "compare":
             cells["findings"] = severity_counts(outcome.checks)
-        rows.append(GlanceRow(spec.label, spec.colour, cells))
+        label = " = ".join([spec.label, *document.coinciding(spec.label)])
+        rows.append(GlanceRow(label, spec.colour, cells))
     return rows
 
 
@@ -115,14 +117,14 @@ def specs_table(document: ReportDocument) -> Table:
 
 def length_table(document: ReportDocument) -> Table:
     """Rows, tokens and each SPEC's share of gradient mass per length quartile."""
-    shares = [outcome.length_quartiles for outcome in document.results.values()]
+    shares = [document.results[spec.label].length_quartiles for spec in document.shown_specs]
     return _bucket_table(document, "length quartile", document.comparison.length_quartiles, shares, spans=True)
 
 
 def difficulty_table(document: ReportDocument) -> Table | None:
     """The same per prompt difficulty; None without uids or rewards."""
     buckets = document.comparison.difficulty
-    shares = [outcome.difficulty for outcome in document.results.values()]
+    shares = [document.results[spec.label].difficulty for spec in document.shown_specs]
     if buckets is None or any(entry is None for entry in shares):
         return None
     return _bucket_table(document, "prompt difficulty", buckets, [entry for entry in shares if entry is not None], spans=False)
@@ -130,22 +132,24 @@ def difficulty_table(document: ReportDocument) -> Table | None:
 
 def _bucket_table(document: ReportDocument, title: str, buckets: Buckets, shares: list[BucketShares], *, spans: bool) -> Table:
     """One line per non-empty bucket; ``spans``: name the bucket's shortest and longest row's loss tokens."""
-    labels = [spec.label for spec in document.specs]
+    labels = [spec.label for spec in document.shown_specs]
     token_share = buckets.token_share()
     rows = []
+    prompts = [] if buckets.prompts is None else ["prompts"]
     for i, name in enumerate(buckets.names):
         if buckets.rows[i] == 0:
             continue
         rows.append(
             [
                 name + (f" ({token_span(buckets, i)} tokens)" if spans else ""),
+                *([] if buckets.prompts is None else [fmt.number(buckets.prompts[i])]),
                 fmt.number(buckets.rows[i]),
                 fmt.number(buckets.loss_tokens[i]),
                 fmt.percent(float(token_share[i])),
                 *(fmt.percent(float(entry.grad_mass_share[i])) for entry in shares),
             ]
         )
-    return Table([title, "responses", "loss tokens", "share of tokens", *labels], rows, [None] * len(rows))
+    return Table([title, *prompts, "responses", "loss tokens", "share of tokens", *labels], rows, [None] * len(rows))
 
 
 # ---- changes -------------------------------------------------------------------------------------
@@ -179,7 +183,9 @@ def _shift_lines(shift: Shift, names: Sequence[str | None]) -> list[list[str]]:
 def _moves_table(document: ReportDocument, change: Change) -> Table:
     lines = []
     if change.length_quartiles is not None:
-        lines += _shift_lines(change.length_quartiles, [f"the {name} of responses" for name in QUARTILE_NAMES])
+        bounds = document.comparison.length_quartiles
+        names = [length_bucket_text(bounds, i) if bounds.rows[i] else None for i in range(len(bounds.names))]
+        lines += _shift_lines(change.length_quartiles, names)
     sign_before, sign_after = change.advantage_sign
     b_pos, c_pos = sign_before.positive_share, sign_after.positive_share
     moved = None if b_pos is None or c_pos is None else 100 * (c_pos - b_pos)
@@ -210,7 +216,7 @@ def _prompts_table(entries: list[PromptMove] | None) -> Table | None:
     if entries is None:
         return None
     return Table(
-        ["step", "uid", "responses", "loss tokens", "mean reward", "base share", "candidate share", "change"],
+        ["step", "uid", "responses", "loss tokens", "mean reward", "base share of Σ|w·A|", "candidate share", "change"],
         [
             [
                 str(e.step),
@@ -250,24 +256,63 @@ def change_tables(document: ReportDocument, change: Change) -> ChangeTables:
 
 # ---- findings, zero gradient, steps ---------------------------------------------------------------
 @dataclass(frozen=True)
+class FindingGroup:
+    """check's findings of one code under one layout: its worst severity, how many, the first rows."""
+
+    code: str
+    severity: str
+    count: int
+    table: Table
+
+
+@dataclass(frozen=True)
 class FindingsTable:
     """check's findings under one layout (the SPECs of one layout share them).
 
     Attributes:
-        more: findings beyond the first ``FINDING_ROWS``, left out of the table.
+        groups: the findings by code, worst code first, each with at most ``FINDING_ROWS`` rows.
+        more: findings beyond the rows shown, left out of the tables.
         omitted: findings report.json leaves out too (beyond its first of each code).
+        cut: the prompts each level of the layout cuts (``level, step, uid``), at most ``FINDING_ROWS``.
+        cut_total: how many (level, prompt) pairs there are.
     """
 
     layout: str
     modes: str
-    table: Table
+    groups: list[FindingGroup]
     more: int
     notes: list[str]
     omitted: int = 0
+    cut: Table | None = None
+    cut_total: int = 0
+
+
+def _finding_groups(checks: CheckReport) -> tuple[list[FindingGroup], int]:
+    """The findings by code, in the order codes first appear (worst first), and how many are left out."""
+    by_code: dict[str, list] = {}
+    for finding in checks.findings:
+        by_code.setdefault(finding.code, []).append(finding)
+    groups, shown = [], 0
+    for code, findings in by_code.items():
+        rows = [
+            [f.severity, str(f.step), fmt.MISSING if f.uid is None else str(f.uid), fmt.number(f.tokens), f.message]
+            for f in findings[:FINDING_ROWS]
+        ]
+        shown += len(rows)
+        table = Table(["severity", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 5)
+        groups.append(FindingGroup(code, findings[0].severity, len(findings), table))
+    return groups, len(checks.findings) - shown
+
+
+def _cut_table(checks: CheckReport) -> tuple[Table | None, int]:
+    rows = [[level, str(step), str(uid)] for level, pairs in checks.cut_prompts.items() for step, uid in pairs]
+    if not rows:
+        return None, 0
+    return Table(["cut by", "step", "uid"], rows[:FINDING_ROWS], [None] * min(len(rows), FINDING_ROWS), 3), len(rows)
 
 
 def findings_tables(document: ReportDocument) -> list[FindingsTable]:
-    """check's findings, once per distinct layout, worst first."""
+    """check's findings, once per distinct layout, grouped by code, worst first; and the prompts each layout cuts."""
     out: list[FindingsTable] = []
     seen: set[str] = set()
     for spec in document.specs:
@@ -275,26 +320,18 @@ def findings_tables(document: ReportDocument) -> list[FindingsTable]:
             continue
         seen.add(spec.layout_text)
         checks = document.results[spec.label].checks
-        rows = [
-            [
-                f.severity,
-                f.code,
-                str(f.step),
-                fmt.MISSING if f.uid is None else str(f.uid),
-                fmt.number(f.tokens),
-                f.message,
-            ]
-            for f in checks.findings[:FINDING_ROWS]
-        ]
-        table = Table(["severity", "code", "step", "uid", "tokens", "message"], rows, [None] * len(rows), 6)
+        groups, more = _finding_groups(checks)
+        cut, cut_total = _cut_table(checks)
         out.append(
             FindingsTable(
                 spec.layout_text,
                 ", ".join(checks.modes),
-                table,
-                len(checks.findings) - len(rows),
+                groups,
+                more,
                 checks.notes,
                 sum(report_findings_omitted(checks).values()),
+                cut,
+                cut_total,
             )
         )
     return out
@@ -302,7 +339,7 @@ def findings_tables(document: ReportDocument) -> list[FindingsTable]:
 
 def zero_grad_table(document: ReportDocument) -> Table:
     """Loss tokens with no gradient by check's cause (rows) and SPEC (columns)."""
-    labels = [spec.label for spec in document.specs]
+    labels = [spec.label for spec in document.shown_specs]
     loss_tokens = max(document.input.loss_tokens, 1)
     causes: list[str] = []
     for label in labels:
@@ -320,7 +357,7 @@ def zero_grad_table(document: ReportDocument) -> Table:
 
 def steps_table(document: ReportDocument) -> Table:
     """The first ``STEP_ROWS`` steps: each SPEC's effective number of tokens, the base's tokens with no gradient."""
-    labels = [spec.label for spec in document.specs]
+    labels = [spec.label for spec in document.shown_specs]
     headers = ["step", *(f"{label}: ESS tokens" for label in labels), "no gradient (base)"]
     base = document.results[document.base]
     rows = []
