@@ -156,7 +156,7 @@ def test_a_prompts_drilldown_shows_report_json_numbers(browser: Any, report_page
     assert detail.is_displayed() and prompt["uid"] in detail.find_element("tag name", "h3").text
     rows = detail.find_elements("css selector", "tbody tr")
     assert len(rows) == len(prompt["rows"])
-    labels = [spec["label"] for spec in document["specs"]]
+    labels = document["drilldown"]["labels"]
     for row, expected in zip(rows, prompt["rows"], strict=True):
         cells = row.find_elements("tag name", "td")
         values = [cell.get_attribute("data-value") for cell in cells[1:]]
@@ -198,7 +198,7 @@ def test_charts_show_their_values_on_hover_and_figures_open_large(browser: Any, 
     browser.execute_script("arguments[0].scrollIntoView()", figure)
     figure.click()
     assert "zoomed" in figure.get_attribute("class")
-    assert figure.size["width"] >= browser.execute_script("return window.innerWidth") - 1
+    assert figure.size["width"] >= browser.execute_script("return document.documentElement.clientWidth") - 1
     ActionChains(browser).send_keys(Keys.ESCAPE).perform()
     assert "zoomed" not in (figure.get_attribute("class") or "")
 

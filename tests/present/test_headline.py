@@ -14,7 +14,8 @@ from aggscope.core.layout import Layout, split_step
 from aggscope.core.weights import compute_weights
 from aggscope.io.open import load_steps
 from aggscope.present.report import full_report
-from aggscope.present.report.sentences import NO_LAYOUT_SENTENCE, SENTENCE_THRESHOLD
+from aggscope.present.report.headline import SENTENCE_THRESHOLD
+from aggscope.present.report.sentences import NO_LAYOUT_SENTENCE
 
 MODES = ["token_mean", "token_mean_legacy", "token_sum", "sequence_mean", "seq_mean_token_sum", "prompt_mean"]
 CUT = Layout(mini_batch_size=100, micro_batch_size=8, dp_size=2)
@@ -79,8 +80,12 @@ def test_changes_are_ranked_by_size_and_small_ones_listed_as_negligible(plain: A
     for report in (plain, cut):
         headline = report.document["headline"]
         assert headline["threshold_points"] == SENTENCE_THRESHOLD
-        sizes = [item["size"] for item in headline["changes"]]
-        assert sizes == sorted(sizes, reverse=True)
+        # Moves of share (points) largest first, then the effective number of tokens (percent).
+        kinds = [item["kind"] == "ess" for item in headline["changes"]]
+        assert kinds == sorted(kinds)
+        for ess in (False, True):
+            sizes = [item["size"] for item in headline["changes"] if (item["kind"] == "ess") == ess]
+            assert sizes == sorted(sizes, reverse=True)
         for item in headline["changes"]:
             assert item["negligible"] == (item["size"] < SENTENCE_THRESHOLD)
             if item["negligible"]:

@@ -162,4 +162,10 @@ def drilldown(breakdown: Breakdown, labels: list[str], first: set[tuple[int, str
                 ],
             }
         )
-    return {"prompts_total": breakdown.n_prompts, "rows_total": breakdown.n_rows, "max_rows": DRILLDOWN_ROWS, "prompts": prompts}
+    return {
+        "labels": labels,
+        "prompts_total": breakdown.n_prompts,
+        "rows_total": breakdown.n_rows,
+        "max_rows": DRILLDOWN_ROWS,
+        "prompts": prompts,
+    }

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from aggscope.analysis.breakdown.groups import Coincidence, coincidences, updates_per_step
-from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET, Breakdown, Buckets, BucketShares, Concentration, PromptMove, SignShares
+from aggscope.analysis.breakdown.model import (
+    MIN_ROWS_PER_BUCKET,
+    Breakdown,
+    Buckets,
+    BucketShares,
+    Concentration,
+    PromptMove,
+    SignShares,
+)
 from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
 from aggscope.core.weights import ModeSummary

@@ -19,7 +19,7 @@ from aggscope.analysis.breakdown import Breakdown, Change, Comparison, SpecOutco
 from aggscope.analysis.breakdown.groups import drilldown
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.present.figures import mode_colour
-from aggscope.present.report.sentences import SENTENCE_THRESHOLD, HeadlineItem, spec_layout_given
+from aggscope.present.report.headline import SENTENCE_THRESHOLD, HeadlineItem, spec_layout_given
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,8 @@ def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -
         specs=[SpecInfo(spec, mode_colour(spec.mode.name)) for spec in breakdown.specs],
         comparison=compare_specs(breakdown),
     )
-    return replace(document, drilldown=drilldown(breakdown, breakdown.labels, _prompts_first(document)))
+    shown = [spec.label for spec in document.shown_specs]  # a coinciding SPEC's rows add nothing
+    return replace(document, drilldown=drilldown(breakdown, shown, _prompts_first(document)))
 
 
 def _prompts_first(document: ReportDocument) -> set[tuple[int, str]]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from html import escape as e
 from urllib.parse import quote
 
+from aggscope import fmt
 from aggscope.present.report.assets import CSS, SCRIPT
 from aggscope.present.report.sections import (
     Block,
@@ -115,7 +116,7 @@ def _table(table: Table, *, table_id: str = "", keys: list[str] | None = None) -
             content = text(cell)
             if i == 0 and colour:
                 content = f'<span class="swatch" style="background:{text(colour)}"></span>{content}'
-            if step_col is not None and table.headers[i] == "uid":
+            if step_col is not None and table.headers[i] == "uid" and cell != fmt.MISSING:
                 key = prompt_key(row[step_col], cell)
                 content = f'<a class="prompt-link" href="#prompt={e(quote(key))}" data-prompt="{e(key)}">{content}</a>'
             cells.append(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>")

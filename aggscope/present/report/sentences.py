@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aggscope import fmt
 from aggscope.analysis.breakdown import Buckets, Change
 from aggscope.analysis.breakdown.groups import Coincidence
-from aggscope.core.layout import Layout
+from aggscope.present.report.headline import SENTENCE_THRESHOLD, HeadlineItem, spec_layout_given
 
 if TYPE_CHECKING:  # the document imports this module to write its sentences
     from aggscope.present.report.document import ReportDocument
 
-# A change smaller than this (in points of share, or percent for ESS) is listed as negligible.
-SENTENCE_THRESHOLD = 1.0
-MAX_SENTENCES = 5
+MAX_SENTENCES = 4
 # The kinds of change a summary sentence can state, most important first.
 SENTENCE_KINDS = ("lost_gradient", "check_errors", "length", "sign", "difficulty", "ess")
 DIFFICULTY_TEXT = {
@@ -56,29 +53,6 @@ def token_span(buckets: Buckets, i: int) -> str:
     return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
-@dataclass(frozen=True)
-class HeadlineItem:
-    """One change the summary can state, with its size for ranking.
-
-    Attributes:
-        kind: one of ``SENTENCE_KINDS``.
-        candidate: the SPEC it is about.
-        size: points of share (percent for ``ess``); ``lost_gradient`` and ``check_errors`` always
-            rank first (at least 100).
-        sentence: the sentence stating it.
-        negligible: below ``SENTENCE_THRESHOLD``: listed as negligible, not stated.
-    """
-
-    kind: str
-    candidate: str
-    size: float
-    sentence: str
-    negligible: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def headline_items(document: ReportDocument) -> list[HeadlineItem]:
     """Every change of every shown candidate against the base, largest first.
 
@@ -93,7 +67,9 @@ def headline_items(document: ReportDocument) -> list[HeadlineItem]:
         for kind, (size, sentence) in _change_sentences(document, change).items():
             items.append(HeadlineItem(kind, change.candidate, size, sentence, size < SENTENCE_THRESHOLD))
     kind_rank = {kind: i for i, kind in enumerate(SENTENCE_KINDS)}
-    return sorted(items, key=lambda item: (-item.size, kind_rank[item.kind]))
+    # Shares move in points, the effective number of tokens in percent: the two are not compared,
+    # so ESS changes rank after the moves of gradient mass.
+    return sorted(items, key=lambda item: (item.kind == "ess", -item.size, kind_rank[item.kind]))
 
 
 def _shown_candidates(document: ReportDocument) -> list[str]:
@@ -201,21 +177,10 @@ def _layout_sentences(document: ReportDocument) -> list[str]:
 
 
 NO_LAYOUT_SENTENCE = (
-    "No layout was given: each step is taken as one optimizer update on one rank in one micro-batch, so modes "
-    "that differ only in how a step is cut (token_mean_legacy, SkyRL's boundary prompt_mean) coincide here; give "
-    "--mini-batch-size, --micro-batch-size and --dp-size (or --config) to see the trainer's cuts, the prompts they "
-    "split, and check's findings on them."
+    "No layout was given, so each step is one optimizer update on one rank without micro-batches; give "
+    "--mini-batch-size, --micro-batch-size and --dp-size (or --config) to see the prompts the trainer's cuts split "
+    "and what they change for token_mean_legacy and SkyRL's prompt_mean."
 )
-
-
-def spec_layout_given(layout: Layout) -> bool:
-    """The layout cuts a step (mini-batches, ranks or micro-batches), unlike the default."""
-    return (
-        layout.mini_batch_size is not None
-        or layout.mini_batch_prompts is not None
-        or layout.micro_batch_size is not None
-        or layout.dp_size != 1
-    )
 
 
 def _per_step(updates: list[int]) -> str:
@@ -324,7 +289,7 @@ def length_bucket_text(buckets: Buckets, i: int) -> str:
     elif nonempty and i == nonempty[0]:
         where = f"the shortest {share} of responses"
     else:
-        where = f"the {share} of responses"
+        return f"the {share} of responses with {token_span(buckets, i)} loss tokens"
     return f"{where} ({token_span(buckets, i)} loss tokens)"
 
 
