@@ -113,8 +113,10 @@ def test_updates_per_step_and_total_weight_are_stated_when_they_change(steps: li
     assert "Optimizer updates per step: 1 under token_mean, 2 under token_sum,mini-batch-size=128." in report.summary
     total = results["token_sum,mini-batch-size=128"]["total"]["weight_sum"]
     assert total == sum(int(batch.stats.loss_tokens.sum()) for batch in steps)  # token_sum: 1 per loss token
-    line = next(s for s in report.summary if s.startswith("Total weight Σw over the run changes"))
-    assert f"{round(total):,} under token_sum,mini-batch-size=128" in line
+    line = next(s for s in report.summary if s.startswith("Total weight Σw per optimizer update"))
+    # token_mean: 1 per update; token_sum: its loss tokens over its 8 updates.
+    assert line.startswith("Total weight Σw per optimizer update: 1 under token_mean, ")
+    assert f"{round(total / 8):,} under token_sum,mini-batch-size=128" in line
 
 
 @pytest.mark.parametrize("n", [3, 7, 12, 40, 101])

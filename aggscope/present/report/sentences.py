@@ -161,17 +161,14 @@ def _layout_sentences(document: ReportDocument) -> list[str]:
     if differing:
         listed = ", ".join(f"{_per_step(updates[label])} under {label}" for label in differing)
         out.append(f"Optimizer updates per step: {_per_step(base_updates)} under {document.base}, {listed}.")
-    base_weight = document.results[document.base].total.weight_sum
-    scaled = [
-        spec.label
-        for spec in document.specs
-        if not math.isclose(document.results[spec.label].total.weight_sum, base_weight, rel_tol=1e-6)
-    ]
+    per_update = {spec.label: _weight_per_update(document, spec.label) for spec in document.specs}
+    base_weight = per_update[document.base]
+    scaled = [label for label, weight in per_update.items() if not math.isclose(weight, base_weight, rel_tol=1e-6)]
     if scaled and math.isfinite(base_weight) and base_weight > 0:
-        listed = ", ".join(f"{fmt.number(document.results[label].total.weight_sum)} under {label}" for label in scaled)
+        listed = ", ".join(f"{fmt.number(per_update[label])} under {label}" for label in scaled)
         out.append(
-            f"Total weight Σw over the run changes: {fmt.number(base_weight)} under {document.base}, {listed} "
-            "(the size of the updates: plain SGD takes it as it is, Adam normalizes most of it away)."
+            f"Total weight Σw per optimizer update: {fmt.number(base_weight)} under {document.base}, {listed} "
+            "(the size of each update: plain SGD takes it as it is, Adam normalizes most of it away)."
         )
     return out
 
@@ -181,6 +178,12 @@ NO_LAYOUT_SENTENCE = (
     "--mini-batch-size, --micro-batch-size and --dp-size (or --config) to see the prompts the trainer's cuts split "
     "and what they change for token_mean_legacy and SkyRL's prompt_mean."
 )
+
+
+def _weight_per_update(document: ReportDocument, label: str) -> float:
+    """The SPEC's total weight over the run divided by its optimizer updates."""
+    outcome = document.results[label]
+    return outcome.total.weight_sum / max(sum(outcome.updates_per_step), 1)
 
 
 def _per_step(updates: list[int]) -> str:
