@@ -180,3 +180,26 @@ def test_drilldown_rows_are_the_engines(cut: Any, steps: list[Any]) -> None:
         )
         assert row["mean_advantage"] == pytest.approx(float(advantages.astype(np.float64).mean()), rel=1e-6)
         assert row["reward"] == float(batch.rewards[i]) and not math.isnan(row["reward"])
+
+
+def test_drilldown_writes_numbers_that_are_not_finite_as_null(tmp_path: Any) -> None:
+    """A row whose advantages are all NaN and whose reward is NaN: null in report.json and in the page's JSON."""
+    import json
+    import re
+
+    from aggscope.core.batch import StepBatch
+
+    batch = StepBatch.from_flat(
+        np.array([1.0, -1.0, math.nan, math.nan, 0.5]),
+        np.ones(5, dtype=bool),
+        np.array([0, 1, 2, 4, 5]),
+        uids=["a", "a", "b", "b"],
+        rewards=[1.0, 0.0, math.nan, 1.0],
+    )
+    files = full_report([batch], ["token_mean", "sequence_mean"], Layout(), source="nan").write(tmp_path / "out")
+    prompts = json.loads(files.json.read_text())["drilldown"]["prompts"]
+    (rows,) = [prompt["rows"] for prompt in prompts if prompt["uid"] == "b"]
+    assert rows[0]["reward"] is None and rows[0]["mean_advantage"] is None and rows[1]["reward"] == 1.0
+    embedded = re.search(r'<script type="application/json" id="aggscope-drilldown">(.*?)</script>', files.html.read_text())
+    assert embedded is not None
+    assert json.loads(embedded.group(1))["prompts"] == prompts

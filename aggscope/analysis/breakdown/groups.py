@@ -117,11 +117,18 @@ def coincidences(breakdown: Breakdown) -> list[Coincidence]:
 
 
 # ---- the per-prompt drill-down -------------------------------------------------------------------
+def _finite(value: float) -> float | None:
+    """A number as the drill-down (JSON) holds it: None where it is not finite."""
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def drilldown(breakdown: Breakdown, labels: list[str], first: set[tuple[int, str]]) -> dict[str, Any] | None:
     """Every prompt's rows (reward, mean advantage, loss tokens, each SPEC's weight and gradient mass).
 
     Whole prompts up to ``DRILLDOWN_ROWS`` rows: those in ``first`` ((step, uid) pairs, e.g. the
-    prompts with findings) before the others, then in step order. None without uids.
+    prompts with findings) before the others, then in step order. Numbers that are not finite are
+    None. None without uids.
     """
     if breakdown.row_prompt is None:
         return None
@@ -149,14 +156,14 @@ def drilldown(breakdown: Breakdown, labels: list[str], first: set[tuple[int, str
                 "step": keys[p][0],
                 "uid": keys[p][1],
                 "text": None if breakdown.prompt_text is None else breakdown.prompt_text[p],
-                "grad_mass": {label: float(prompt_mass[label][p]) for label in labels},
+                "grad_mass": {label: _finite(prompt_mass[label][p]) for label in labels},
                 "rows": [
                     {
-                        "reward": None if reward is None else float(reward[r]),
-                        "mean_advantage": float(mean_advantage[r]),
+                        "reward": None if reward is None else _finite(reward[r]),
+                        "mean_advantage": _finite(mean_advantage[r]),
                         "loss_tokens": int(stats.loss_tokens[r]),
-                        "weight": {label: float(weights[label][r]) for label in labels},
-                        "grad_mass": {label: float(grad_mass[label][r]) for label in labels},
+                        "weight": {label: _finite(weights[label][r]) for label in labels},
+                        "grad_mass": {label: _finite(grad_mass[label][r]) for label in labels},
                     }
                     for r in rows.tolist()
                 ],
