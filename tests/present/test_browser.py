@@ -217,6 +217,7 @@ def test_readable_at_narrow_and_wide_windows(browser: Any, report_page: Path, tm
         assert wrap.size["width"] <= page_width
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(width, min(int(height) + 120, 16000))
+    browser.execute_script("window.scrollTo(0, 0)")
     folder = Path(os.environ.get("AGGSCOPE_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     shot = folder / f"report-{width}px.png"
