@@ -203,3 +203,13 @@ def test_drilldown_writes_numbers_that_are_not_finite_as_null(tmp_path: Any) -> 
     embedded = re.search(r'<script type="application/json" id="aggscope-drilldown">(.*?)</script>', files.html.read_text())
     assert embedded is not None
     assert json.loads(embedded.group(1))["prompts"] == prompts
+
+
+def test_prompt_text_keeps_its_start_and_its_end() -> None:
+    from aggscope.analysis.breakdown.step import PROMPT_TEXT_HEAD, PROMPT_TEXT_TAIL, text_excerpt
+
+    assert text_excerpt(None) is None and text_excerpt("short") == "short"
+    text = "S" * 1000 + "the question?"
+    excerpt = text_excerpt(text)
+    assert excerpt is not None and excerpt.endswith("the question?") and excerpt.startswith("S" * PROMPT_TEXT_HEAD + " … ")
+    assert len(excerpt) == PROMPT_TEXT_HEAD + PROMPT_TEXT_TAIL + 3

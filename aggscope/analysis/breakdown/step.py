@@ -132,12 +132,17 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
         uid_labels=batch.uid_labels,
         rewards=batch.rewards,
         layouts=parts,
-        uid_texts=None if batch.uid_texts is None else tuple(_text_start(text) for text in batch.uid_texts),
+        uid_texts=None if batch.uid_texts is None else tuple(text_excerpt(text) for text in batch.uid_texts),
     )
 
 
-PROMPT_TEXT_CHARS = 300  # of each prompt's text, kept for the report's search (not the whole prompt)
+# Of each prompt's text the report's search keeps its start and its end (where a chat template puts
+# the question, after a system prompt that every prompt shares), not the whole prompt.
+PROMPT_TEXT_HEAD, PROMPT_TEXT_TAIL = 100, 300
 
 
-def _text_start(text: str | None) -> str | None:
-    return None if text is None else text[:PROMPT_TEXT_CHARS]
+def text_excerpt(text: str | None) -> str | None:
+    """The start and the end of a prompt's text, ``…`` between them when the middle is left out."""
+    if text is None or len(text) <= PROMPT_TEXT_HEAD + PROMPT_TEXT_TAIL:
+        return text
+    return f"{text[:PROMPT_TEXT_HEAD]} … {text[-PROMPT_TEXT_TAIL:]}"

@@ -337,13 +337,15 @@ def explorer_block(document: ReportDocument) -> Explorer | None:
     if data is None:
         return None
     labels = [spec.label for spec in document.shown_specs]
+    texts = any(prompt["text"] for prompt in data["prompts"])  # a text column only where the input has texts
     rows = []
     for prompt in data["prompts"]:
-        cells = [str(prompt["step"]), prompt["uid"], (prompt["text"] or "")[:80], fmt.number(len(prompt["rows"]))]
-        cells.append(fmt.number(sum(row["loss_tokens"] for row in prompt["rows"])))
+        cells = [str(prompt["step"]), prompt["uid"], *([(prompt["text"] or "")[-80:]] if texts else [])]  # its end: the question
+        cells += [fmt.number(len(prompt["rows"])), fmt.number(sum(row["loss_tokens"] for row in prompt["rows"]))]
         cells += [fmt.number(prompt["grad_mass"][label]) for label in labels]
         rows.append(cells)
-    headers = ["step", "uid", "text", "responses", "loss tokens", *(f"{label}: Σ|w·A|" for label in labels)]
+    headers = ["step", "uid", *(["text"] if texts else []), "responses", "loss tokens"]
+    headers += [f"{label}: Σ|w·A|" for label in labels]
     shown, total = len(data["prompts"]), data["prompts_total"]
     text = (
         f"All {total:,} prompts."
@@ -353,4 +355,4 @@ def explorer_block(document: ReportDocument) -> Explorer | None:
             "move the most first); report.json's drilldown holds the same."
         )
     )
-    return Explorer(Table(headers, rows, [None] * len(rows), 3), text, tuple(labels), tuple(data["prompts"]))
+    return Explorer(Table(headers, rows, [None] * len(rows), 2 + texts), text, tuple(labels), tuple(data["prompts"]))
