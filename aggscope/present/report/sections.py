@@ -190,6 +190,7 @@ def sections(document: ReportDocument) -> list[Section]:
     out.append(Section("Figures", 2, figures, anchor="figures"))
     out += _change_sections(document)
     out += _findings_sections(document)
+    out += _unrecoverable_sections(document)
     steps: tuple[Block, ...] = (TableBlock(steps_table(document)),)
     if len(document.input.steps) > STEP_ROWS:
         steps += (note(f"First {STEP_ROWS} of {len(document.input.steps)} steps; report.json has them all.", web_only=True),)
@@ -235,3 +236,22 @@ def _findings_sections(document: ReportDocument) -> list[Section]:
         out.append(Section(findings.layout, 3, tuple(blocks)))
     out.append(Section("Why tokens get no gradient", 3, (TableBlock(zero_grad_table(document)),)))
     return out
+
+
+UNRECOVERABLE_NOTE = (
+    "The trainer knew these facts but its dump does not hold them; the numbers named after each are "
+    "estimated, or can differ from what was trained."
+)
+
+
+def _unrecoverable_sections(document: ReportDocument) -> list[Section]:
+    """The "Not in this dump" section: the trainer facts the input lacks and what each changes (report.json:
+    ``input.unrecoverable``); none when it lacks nothing (canonical Parquet, ``log_batch``)."""
+    facts = document.input.unrecoverable
+    if not facts:
+        return []
+    lines = tuple(
+        f"{fact['fact']}: {fact['affects']}" + (f" (modes: {', '.join(fact['modes'])})" if fact["modes"] else "")
+        for fact in facts
+    )
+    return [Section("Not in this dump", 2, (note(UNRECOVERABLE_NOTE), Lines(lines)), anchor="unrecoverable")]
