@@ -490,7 +490,8 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
 
         resolve_mode_option(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
-        return input_spec.open(), layout, modes, None
+        rollouts = input_spec.open()
+        return rollouts, _recorded(rollouts, layout, None), modes, None
     import dataclasses
 
     from aggscope.presets.apply import apply_setup
@@ -501,7 +502,18 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
     rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
-    return rollouts, applied.layout, list(applied.modes), applied
+    return rollouts, _recorded(rollouts, applied.layout, "the config"), list(applied.modes), applied
+
+
+def _recorded(rollouts: Any, layout: Any, set_by: Optional[str]) -> Any:
+    """The layout with what the dump records of it (SkyRL's mini-batches) where nothing else set it; the
+    line saying which won joins the input's notes."""
+    from aggscope.presets.recorded import with_recorded_layout
+
+    layout, line = with_recorded_layout(rollouts, layout, set_by=set_by)
+    if line is not None and line not in rollouts.notes:
+        rollouts.notes.append(line)
+    return layout
 
 
 def _input_format(input_spec: InputSpec) -> Optional[str]:
