@@ -33,7 +33,7 @@ from aggscope.io import decode, fastread
 from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
 from aggscope.io.limits import check_step
 from aggscope.io.paths import resolve_paths, step_in_name
-from aggscope.io.reader import ReadOptions, Rollouts, reject_options, Unrecoverable, unrecoverable_from
+from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, reject_options, unrecoverable_from
 
 
 @dataclass(frozen=True)

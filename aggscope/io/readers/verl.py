@@ -33,19 +33,12 @@ from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, Unrecoverable
 from aggscope.io.readers.base import estimator_note, plan_by_name
+from aggscope.io.readers.facts import BATCH_MEMBERSHIP_MODES, config_fact
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
 from aggscope.io.readers.text import TextDumpRollouts, TextSettings
 from aggscope.io.readers.verl_keys import V1_KEY, V1Keys, parse_v1_keys, v1_advantages
 
 TOOL_MARKER = "<tool_response>"
-# the modes whose weight of a row depends on which other rows share its mini-batch or micro-batch
-BATCH_MEMBERSHIP_MODES = (
-    "token_mean",
-    "token_mean_legacy",
-    "prompt_mean",
-    "sequence_mean_nonempty",
-    "seq_mean_token_sum_norm_padded",
-)
 
 
 @dataclass(frozen=True)
@@ -235,6 +228,7 @@ def verl_unrecoverable(*, v1_keys: bool, has_uid: bool) -> tuple[Unrecoverable, 
             "advantages are rebuilt from the score alone, and gradient weights are those at importance ratio 1 "
             "(ppo_epochs > 1 and clipping not modelled)",
         ),
+        config_fact("actor.ppo_mini_batch_size, ppo_micro_batch_size_per_gpu, the data-parallel size"),
     ]
     if v1_keys:
         facts.append(
