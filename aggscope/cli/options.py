@@ -491,7 +491,10 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         resolve_mode_option(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
         rollouts = input_spec.open()
-        return rollouts, _recorded(rollouts, layout, None), modes, None
+        from aggscope.presets.recorded import RecordedLayout, with_recorded_layout
+
+        layout, line = with_recorded_layout(rollouts, layout)
+        return rollouts, layout, modes, None if line is None else RecordedLayout(layout, line)
     import dataclasses
 
     from aggscope.presets.apply import apply_setup
@@ -502,18 +505,12 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
     rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
-    return rollouts, _recorded(rollouts, applied.layout, "the config"), list(applied.modes), applied
-
-
-def _recorded(rollouts: Any, layout: Any, set_by: Optional[str]) -> Any:
-    """The layout with what the dump records of it (SkyRL's mini-batches) where nothing else set it; the
-    line saying which won joins the input's notes."""
     from aggscope.presets.recorded import with_recorded_layout
 
-    layout, line = with_recorded_layout(rollouts, layout, set_by=set_by)
-    if line is not None and line not in rollouts.notes:
-        rollouts.notes.append(line)
-    return layout
+    _, line = with_recorded_layout(rollouts, applied.layout, set_by="the config")  # the config wins; say what the dump held
+    if line is not None:
+        applied = dataclasses.replace(applied, overrides=(*applied.overrides, line))
+    return rollouts, applied.layout, list(applied.modes), applied
 
 
 def _input_format(input_spec: InputSpec) -> Optional[str]:

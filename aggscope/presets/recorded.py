@@ -7,10 +7,29 @@ set the mini-batches: then theirs win, and the returned line says what the dump 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from aggscope.core.layout import Layout
 from aggscope.io.reader import Rollouts
 
 _MINI_BATCH = ("mini_batch_size", "mini_batch_prompts")
+
+
+@dataclass(frozen=True)
+class RecordedLayout:
+    """The layout an input records, applied without a trainer config: what commands print and put in
+    ``--json`` under ``config``, as they do for a config (``notes``, ``to_dict``)."""
+
+    layout: Layout
+    line: str
+
+    @property
+    def notes(self) -> list[str]:
+        return [self.line]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": "the input's own record", "layout": self.layout.to_dict(), "notes": self.notes}
 
 
 def with_recorded_layout(rollouts: Rollouts, layout: Layout, *, set_by: str | None = None) -> tuple[Layout, str | None]:
@@ -37,4 +56,5 @@ def with_recorded_layout(rollouts: Rollouts, layout: Layout, *, set_by: str | No
     ):
         return layout, f"the dump records {shown}, as {set_by or 'the flags'} set"
     given = ", ".join(f"{name} {value}" for name, value in current.items() if value is not None) or "one mini-batch"
-    return layout, f"the dump records {shown}; {set_by or 'the flags'} override it with {given}"
+    who = "the flags override" if set_by is None else f"{set_by} overrides"
+    return layout, f"the dump records {shown}; {who} it with {given}"

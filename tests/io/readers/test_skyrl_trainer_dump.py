@@ -105,12 +105,13 @@ def test_cli_uses_the_recorded_layout_and_lists_what_the_dump_lacks(dump_dir: Pa
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["layout"]["mini_batch_prompts"] == 2
+    assert doc["config"]["notes"][0].startswith("layout from the dump: mini_batch_prompts 2")
     facts = {u["fact"] for u in doc["unrecoverable"]}
     assert "trainer.algorithm.loss_reduction" in facts and "trainer.update_epochs_per_batch" in facts
     checked = runner.invoke(app, ["check", str(dump_dir), "-m", "token_mean", "--json"])
     assert checked.exit_code == 0, checked.output
     check = json.loads(checked.stdout)
-    assert check["unrecoverable"] == doc["unrecoverable"]
+    assert check["unrecoverable"] == doc["unrecoverable"] and check["layout"]["mini_batch_prompts"] == 2
     codes = {f["code"] for f in check["findings"]}
     assert "masked_token_advantage" not in codes  # SkyRL's loss masks them: no advice that does not apply
     assert check["sequences"] == 8
@@ -128,3 +129,16 @@ def test_a_bad_pad_size_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"aggscope: error: {path}: metadata['pad_size'] is 12; expected a whole number from 0 to 9"
+
+
+def test_the_text_output_says_where_the_mini_batches_came_from(dump_dir: Path) -> None:
+    shown = runner.invoke(app, ["weights", str(dump_dir), "-m", "token_mean"])
+    assert shown.exit_code == 0, shown.output
+    assert "config: layout from the dump: mini_batch_prompts 2" in shown.stdout
+    config = [
+        f"--set={key}"
+        for key in ("trainer.train_batch_size=4", "trainer.policy_mini_batch_size=4", "generator.n_samples_per_prompt=2")
+    ]
+    overridden = runner.invoke(app, ["weights", str(dump_dir), "-m", "token_mean", "--trainer", "skyrl", *config])
+    assert overridden.exit_code == 0, overridden.output
+    assert "the dump records mini_batch_prompts 2; the config overrides it with mini_batch_prompts 4" in overridden.stdout
