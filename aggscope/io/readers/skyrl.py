@@ -8,8 +8,9 @@ file runs and SkyRL need not be installed; ``--trust-pickle`` unpickles it fully
 - Tensors: left-padded ``[B, L]`` ``loss_mask`` and ``advantages`` (before the loss-reduction
   scaling); every position becomes a token, padding is masked. SkyRL's advantages span the
   ``response_mask`` (in multi-turn runs also the tool tokens) and its loss multiplies by
-  ``loss_mask`` (``ppo_utils.reduce_loss``), so an advantage on a masked token never reaches the
-  gradient: it is read as 0, as trained (a note counts them). Optional ``rewards`` (per token, or
+  ``loss_mask`` (``ppo_utils.reduce_loss``), so a finite advantage on a masked token never reaches
+  the gradient: it is read as 0, as trained (a note counts them). A NaN or infinite one is kept:
+  times a 0 mask it is still NaN in SkyRL's loss. Optional ``rewards`` (per token, or
   one per row) give the reward as the row sum.
 - Padding rows: ``pad_training_input_batch`` appends ``metadata["pad_size"]`` copies of row 0 with
   ``loss_mask`` 0 to fill the data-parallel ranks, outside every recorded boundary: they are
@@ -121,13 +122,14 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
             lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
         )
         token_advantages = advantages[:n_rows].reshape(-1)  # [n_rows * width]
-        masked_nonzero = int(np.count_nonzero(token_advantages[~mask]))
-        if masked_nonzero:
+        # a finite value times a 0 mask is 0 in SkyRL's loss; NaN * 0 is NaN, so a non-finite one is kept (and reported)
+        untrained = ~mask & np.isfinite(token_advantages) & (token_advantages != 0)  # [n_rows * width]
+        if untrained.any():
             self._note(
-                f"step {step}: {masked_nonzero} masked tokens carry a non-zero advantage in the dump; SkyRL's loss multiplies "
-                "by loss_mask (reduce_loss), so they are read as 0, as trained"
+                f"step {step}: {int(untrained.sum())} masked tokens carry a non-zero advantage in the dump; SkyRL's loss "
+                "multiplies by loss_mask (reduce_loss), so they are read as 0, as trained"
             )
-            token_advantages = np.where(mask, token_advantages, 0).astype(token_advantages.dtype, copy=False)
+            token_advantages = np.where(untrained, 0, token_advantages).astype(token_advantages.dtype, copy=False)
         return build_batch(
             step,
             file,

@@ -142,3 +142,19 @@ def test_the_text_output_says_where_the_mini_batches_came_from(dump_dir: Path) -
     overridden = runner.invoke(app, ["weights", str(dump_dir), "-m", "token_mean", "--trainer", "skyrl", *config])
     assert overridden.exit_code == 0, overridden.output
     assert "the dump records mini_batch_prompts 2; the config overrides it with mini_batch_prompts 4" in overridden.stdout
+
+
+def test_a_nan_advantage_on_a_masked_token_is_kept(tmp_path: Path) -> None:
+    """NaN x 0 is NaN in SkyRL's loss (reduce_loss): only finite masked advantages are read as 0."""
+    from framework_wheels import skyrl_training_batch
+
+    with skyrl_training_batch():
+        batch = pickle.loads(DUMP.read_bytes())
+        batch["advantages"][6, 1] = float("nan")  # a tool token of row 6 (loss_mask 0)
+        path = tmp_path / "nan" / "global_step_3_training_input.pkl"
+        path.parent.mkdir()
+        path.write_bytes(pickle.dumps(batch))
+    rollouts = open_rollouts(str(path))
+    (step,) = list(rollouts.iter_steps())
+    assert np.isnan(step.advantages[6 * 6 + 1]) and step.advantages[6 * 6 + 2] == 0.0
+    assert any("1 masked tokens carry a non-zero advantage" in note for note in rollouts.notes)
