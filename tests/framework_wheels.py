@@ -91,25 +91,34 @@ def _run_file(name: str, path: Path) -> types.ModuleType:
     return module
 
 
+# Real installed packages (and what they imported) brought in by ``_third_party``: kept on the way out of
+# ``_isolated_modules``, since a package dropped and imported again is two copies that disagree (omegaconf
+# imports yaml: a second yaml then fails every safe_load with "could not determine a constructor").
+_REAL: set[str] = set()
+
+
 @contextmanager
 def _isolated_modules() -> Iterator[None]:
-    """``sys.modules`` as it was on the way out: what was added inside is removed, what was replaced
-    (a stand-in over a real package imported by an earlier test) is put back."""
+    """``sys.modules`` as it was on the way out: what was added inside is removed (but real installed
+    packages), what was replaced (a stand-in over a real package imported by an earlier test) is put back."""
     before = dict(sys.modules)
     try:
         yield
     finally:
-        for name in set(sys.modules) - set(before):
+        for name in set(sys.modules) - set(before) - _REAL:
             del sys.modules[name]
         sys.modules.update(before)
 
 
 def _third_party(name: str, **attributes: Any) -> None:
     """The real package when it is installed, else a stand-in with these attributes."""
+    loaded = set(sys.modules)
     try:
         importlib.import_module(name)
     except ImportError:
         _module(name, **attributes)
+    else:
+        _REAL.update(set(sys.modules) - loaded)
 
 
 def load_verl() -> types.SimpleNamespace:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from aggscope.core.batch import StepBatch
-from aggscope.io.reader import Rollouts
+from aggscope.io.reader import Rollouts, unrecoverable_of
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 99, 100)
 
@@ -45,6 +45,7 @@ class RolloutsDescription:
     notes: list[str]
     steps: list[StepDescription] = field(default_factory=list)
     lengths_estimated: bool = False
+    unrecoverable: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         doc = {("layout" if key == "format" else key): value for key, value in asdict(self).items()}
@@ -94,6 +95,7 @@ def describe(rollouts: Rollouts, batches: Iterable[StepBatch] | None = None) -> 
         notes=list(rollouts.notes),
         steps=steps,
         lengths_estimated=estimated,
+        unrecoverable=unrecoverable_of(rollouts),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from aggscope.core.modes import Mode
 from aggscope.core.weights import StepAnalysis, StepSummary, analyse_step, summarize
 from aggscope.errors import AggscopeError
 from aggscope.io.export import WeightsParquetWriter
+from aggscope.io.reader import unrecoverable_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class WeightsReport:
     steps: list[StepSummary]
     total: StepSummary
     lengths_estimated: bool = False
+    unrecoverable: list[dict[str, Any]] = field(default_factory=list)  # what the dump cannot tell (``Unrecoverable``)
 
     def to_dict(self) -> dict[str, Any]:
         total = self.total.to_dict()
@@ -42,6 +44,7 @@ class WeightsReport:
             "layout": self.layout.to_dict(),
             "modes": self.modes,
             "lengths_estimated": self.lengths_estimated,
+            "unrecoverable": self.unrecoverable,
             "steps": [step.to_dict() for step in self.steps],
             "total": total,
         }
@@ -136,8 +139,10 @@ def run_weights(
         progress: optional wrapper of the results as they come (a progress bar).
     """
     merger = WeightsAccumulator(layout, list(modes))
+    facts = unrecoverable_of(rollouts)
     if out is None:
-        return run(engine, rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout), merger, progress)
+        report = run(engine, rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout), merger, progress)
+        return replace(report, unrecoverable=facts)
     if engine is not None and engine.name != "local":
         raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
     with WeightsParquetWriter(out, modes) as writer:
@@ -147,4 +152,4 @@ def run_weights(
             writer.write(analysis)
             return StepResult.of(analysis)
 
-        return run(engine, rollouts, weigh_and_write, merger, progress)
+        return replace(run(engine, rollouts, weigh_and_write, merger, progress), unrecoverable=facts)

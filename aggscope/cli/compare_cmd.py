@@ -48,7 +48,7 @@ def compare(
     configured = layout
     rollouts, layout, _, config = open_configured(input_spec, layout, None)
     changes: list[str] = []
-    if getattr(configured, "candidates", ()) or (config is not None and base is None):
+    if getattr(configured, "candidates", ()) or (getattr(config, "setup", None) is not None and base is None):
         specs, changes = config_specs(configured, config, candidates or [], rollouts)
     elif base is None:
         raise AggscopeError("give --from SPEC (or --from-config FILE): the configuration you have")

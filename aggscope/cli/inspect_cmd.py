@@ -70,6 +70,7 @@ def inspect(
     console.print(mapping)
     for note in description.notes:
         console.print(f"[dim]note: {markup(note)}[/dim]")
+    _print_unrecoverable(console, description.unrecoverable)
     if not any(role in description.columns for role in ("uid", "uid_text")):
         console.print(
             "[yellow]no uid column: prompt_mean and prompt-level checks are unavailable (set one with --col uid=NAME)[/yellow]"
@@ -95,6 +96,16 @@ def inspect(
     console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
     if description.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")
+
+
+def _print_unrecoverable(console: Any, facts: list[dict[str, Any]]) -> None:
+    """What the dump cannot tell, each fact with the numbers it changes (``--json``: ``unrecoverable``)."""
+    if not facts:
+        return
+    console.print("[bold]not in this dump[/bold] (what each lack changes):")
+    for fact in facts:
+        modes = f" [modes: {markup(', '.join(fact['modes']))}]" if fact["modes"] else ""
+        console.print(f"  - {markup(fact['fact'])}: {markup(fact['affects'])}{modes}")
 
 
 def _print_uid(found: Any) -> None:

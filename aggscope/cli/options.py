@@ -490,7 +490,11 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
 
         resolve_mode_option(modes)  # an unknown mode is a usage error: say so before opening the input
     if not isinstance(layout, ConfiguredLayout):
-        return input_spec.open(), layout, modes, None
+        rollouts = input_spec.open()
+        from aggscope.presets.recorded import RecordedLayout, with_recorded_layout
+
+        layout, line = with_recorded_layout(rollouts, layout)
+        return rollouts, layout, modes, None if line is None else RecordedLayout(layout, line)
     import dataclasses
 
     from aggscope.presets.apply import apply_setup
@@ -501,6 +505,11 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
     rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
+    from aggscope.presets.recorded import with_recorded_layout
+
+    _, line = with_recorded_layout(rollouts, applied.layout, set_by="the config")  # the config wins; say what the dump held
+    if line is not None:
+        applied = dataclasses.replace(applied, overrides=(*applied.overrides, line))
     return rollouts, applied.layout, list(applied.modes), applied
 
 

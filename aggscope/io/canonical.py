@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from aggscope.core.batch import StepBatch, widen_half
 from aggscope.errors import AggscopeError
 from aggscope.io.columns import METADATA_KEY
-from aggscope.io.reader import Rollouts
+from aggscope.io.reader import Rollouts, unrecoverable_of
 from aggscope.io.writing import atomic_output, list_array
 
 
@@ -79,6 +79,7 @@ def rollouts_metadata(rollouts: Rollouts) -> dict[str, Any]:
         "source": str(rollouts.source),
         "lengths_estimated": rollouts.lengths_estimated,
         "notes": list(rollouts.notes),
+        "unrecoverable": unrecoverable_of(rollouts),  # still lacking in the converted file
     }
 
 

@@ -88,7 +88,12 @@ def open_any(
         raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
     module, name = READERS[fmt]
     reader: type[Rollouts] = getattr(importlib.import_module(module), name)
-    return reader.open(path, options)
+    rollouts = reader.open(path, options)
+    from aggscope.io.readers.facts import DUMP_FACTS
+
+    if fmt in DUMP_FACTS and not rollouts.unrecoverable:  # the formats whose readers do not build their own
+        rollouts.unrecoverable = DUMP_FACTS[fmt]
+    return rollouts
 
 
 PICKLE_FORMATS = ("skyrl", "slime")

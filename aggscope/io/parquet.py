@@ -33,7 +33,7 @@ from aggscope.io import decode, fastread
 from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
 from aggscope.io.limits import check_step
 from aggscope.io.paths import resolve_paths, step_in_name
-from aggscope.io.reader import ReadOptions, Rollouts, reject_options
+from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, reject_options, unrecoverable_from
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class ParquetRollouts(Rollouts):
     _token_columns: tuple[str, ...]  # list columns of one value per token
     _text_column: str | None  # prompt texts the batches carry (uid_texts), read with the rows
     _open: _OpenFile = field(default_factory=_OpenFile, repr=False)
+    unrecoverable: tuple[Unrecoverable, ...] = ()  # what the dump ``convert`` read lacked
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for Ray tasks) without the open file, which each process opens for itself."""
@@ -141,6 +142,7 @@ class ParquetRollouts(Rollouts):
             tuple(plans),
             token_columns,
             text_column,
+            unrecoverable=unrecoverable_from(recorded.get("unrecoverable")),
         )
 
     def read_step(self, step: int) -> StepBatch:

@@ -62,6 +62,25 @@ class Unrecoverable:
         return {"fact": self.fact, "affects": self.affects, "modes": list(self.modes)}
 
 
+def unrecoverable_from(records: object) -> tuple[Unrecoverable, ...]:
+    """The list a converted file recorded (``unrecoverable_of``'s), skipping entries of another shape."""
+    if not isinstance(records, list):
+        return ()
+    facts = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        fact, affects, modes = record.get("fact"), record.get("affects"), record.get("modes", [])
+        if isinstance(fact, str) and isinstance(affects, str) and isinstance(modes, list):
+            facts.append(Unrecoverable(fact, affects, tuple(str(mode) for mode in modes)))
+    return tuple(facts)
+
+
+def unrecoverable_of(rollouts: object) -> list[dict[str, object]]:
+    """The ``unrecoverable`` list of ``--json`` and report.json: an opened input's, or none for batches in memory."""
+    return [fact.as_dict() for fact in getattr(rollouts, "unrecoverable", ())]
+
+
 class Rollouts(ABC):
     """An opened input: its steps, read one at a time into ``StepBatch``.
 
@@ -78,6 +97,10 @@ class Rollouts(ABC):
         lengths_estimated: whether token counts are estimated from text.
         unrecoverable: the trainer facts this dump cannot tell, each with the numbers it affects
             (``inspect``, the report and every ``--json`` list them under ``unrecoverable``).
+        recorded_layout: layout fields the dump itself records (SkyRL's mini-batch boundaries:
+            ``{"mini_batch_prompts": 4}``), used where no flag or ``--config`` sets them
+            (``aggscope.presets.recorded``); None when it records none.
+        recorded_layout_source: where in the dump they were read, for the line that says so.
     """
 
     source: str
@@ -89,6 +112,8 @@ class Rollouts(ABC):
     has_groups: bool
     lengths_estimated: bool
     unrecoverable: tuple[Unrecoverable, ...] = ()
+    recorded_layout: dict[str, int] | None = None
+    recorded_layout_source: str = ""
 
     @classmethod
     @abstractmethod

@@ -68,7 +68,7 @@ def test_weights_json_equals_the_library() -> None:
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc) == {"layout", "modes", "lengths_estimated", "steps", "total"}
+    assert set(doc) == {"layout", "modes", "lengths_estimated", "unrecoverable", "steps", "total"}
     assert doc["layout"]["mini_batch_size"] == 64
     default = [name for name, m in MODES.items() if m.in_defaults]  # the trainer variants only when named
     assert doc["modes"] == default

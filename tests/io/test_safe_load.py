@@ -66,7 +66,8 @@ def skyrl_importable(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
 
 # ---- real SkyRL dumps ---------------------------------------------------------------------------------
 # Each dump: rows [[0,0,1,1], [0,1,1,1], [0,0,0,1], [1,1,1,1]] of loss_mask (left-padded) and
-# advantages [[0,0,1.5,1.5], [0,-1,-1,-1], [9,0,0,2], [0.5]*4]; prompt boundaries (0,2), (2,3): row 3 is padding.
+# advantages [[0,0,1.5,1.5], [0,-1,-1,-1], [9,0,0,2], [0.5]*4]; prompt boundaries (0,2), (2,3), mini-batch
+# boundaries (0,4): row 3 is trained in no prompt's range.
 @pytest.mark.parametrize(
     "name", ["skyrl-0.4.0-protocol4.pkl", "skyrl-0.4.0-packed-protocol5.pkl", "skyrl_train-0.3.1-protocol4.pkl"]
 )
@@ -75,7 +76,7 @@ def test_real_skyrl_dumps_load_without_running_skyrl(name: str, skyrl_importable
     path.parent.mkdir()
     path.write_bytes((SKYRL_DATA / name).read_bytes())
     (batch,) = list(open_rollouts(str(path.parent)).iter_steps())
-    assert batch.step == 7 and batch.row_uids() == ["p0", "p0", "p1", "pad:3"]
+    assert batch.step == 7 and batch.row_uids() == ["p0", "p0", "p1", "row:3"]
     assert batch.loss_mask.tolist() == [
         False,
         False,
@@ -94,7 +95,7 @@ def test_real_skyrl_dumps_load_without_running_skyrl(name: str, skyrl_importable
         True,
         True,
     ]
-    assert batch.advantages.tolist()[8:12] == [9.0, 0.0, 0.0, 2.0]
+    assert batch.advantages.tolist()[8:12] == [0.0, 0.0, 0.0, 2.0]  # the masked 9.0 is not trained: read as 0
     assert not skyrl_importable.exists()
 
 
@@ -116,9 +117,9 @@ def test_a_dump_by_skyrls_own_code_loads_with_and_without_skyrl_importable(proto
         with_skyrl = list(open_rollouts(str(path)).iter_steps())
     without_skyrl = list(open_rollouts(str(path)).iter_steps())
     for (step,) in (with_skyrl, without_skyrl):
-        assert step.step == 9 and step.row_uids() == ["p0", "p0", "p1", "pad:3"]
+        assert step.step == 9 and step.row_uids() == ["p0", "p0", "p1", "row:3"]
         assert np.array_equal(step.loss_mask, loss_mask.reshape(-1).bool().numpy())
-        assert np.array_equal(step.advantages, advantages.reshape(-1).numpy())
+        assert np.array_equal(step.advantages, (advantages * loss_mask).reshape(-1).numpy())  # masked ones read as 0
 
 
 def test_the_allow_list_is_exactly_what_real_dumps_hold() -> None:

@@ -30,6 +30,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes
 from aggscope.errors import AggscopeError
+from aggscope.io.reader import unrecoverable_of
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class CheckReport:
     notes: list[str]
     worst_step: StepLanes | None = None
     lengths_estimated: bool = False
+    unrecoverable: list[dict[str, Any]] = field(default_factory=list)  # what the dump cannot tell (``Unrecoverable``)
 
     def counts(self, step: int | None = None) -> dict[str, int]:
         """Findings per severity, over all steps or in one step."""
@@ -95,6 +97,7 @@ class CheckReport:
             "modes": self.modes,
             "notes": self.notes,
             "lengths_estimated": self.lengths_estimated,
+            "unrecoverable": self.unrecoverable,
             "worst_step": None
             if self.worst_step is None
             else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
@@ -199,10 +202,11 @@ def run_checks(
         progress: optional wrapper of the results as they come (a progress bar).
     """
     layout = layout or Layout()
+    facts = unrecoverable_of(rollouts)
     if modes is None:
         rollouts, modes = _first_step_modes(rollouts, layout)
     work = functools.partial(check_step, modes=list(modes), layout=layout)
-    return run(engine, rollouts, work, CheckAccumulator(layout), progress)
+    return replace(run(engine, rollouts, work, CheckAccumulator(layout), progress), unrecoverable=facts)
 
 
 def _first_step_modes(

@@ -1,15 +1,26 @@
 """SkyRL ``trainer.dump_data_batch``: ``{export_path}/dumped_data/global_step_{N}_training_input.pkl``.
 
 The file is a pickled ``TrainingInputBatch`` (a dict of ``[B, L]`` tensors with a ``metadata``
-dict). It is unpickled with only the globals a SkyRL dump holds (``aggscope.io.safe_load``), so no
-code from the file runs and SkyRL need not be installed; ``--trust-pickle`` unpickles it fully.
+dict), written after the advantages and before training (``skyrl/train/trainer.py``). It is
+unpickled with only the globals a SkyRL dump holds (``aggscope.io.safe_load``), so no code from the
+file runs and SkyRL need not be installed; ``--trust-pickle`` unpickles it fully.
 
 - Tensors: left-padded ``[B, L]`` ``loss_mask`` and ``advantages`` (before the loss-reduction
-  scaling); every position becomes a token, padding is masked. Optional ``rewards`` (per token, or
+  scaling); every position becomes a token, padding is masked. SkyRL's advantages span the
+  ``response_mask`` (in multi-turn runs also the tool tokens) and its loss multiplies by
+  ``loss_mask`` (``ppo_utils.reduce_loss``), so a finite advantage on a masked token never reaches
+  the gradient: it is read as 0, as trained (a note counts them). A NaN or infinite one is kept:
+  times a 0 mask it is still NaN in SkyRL's loss. Optional ``rewards`` (per token, or
   one per row) give the reward as the row sum.
-- Groups: ``metadata["uids"]`` where kept, else ``metadata["policy_prompt_boundaries"]`` (one
-  ``(start, end)`` row range per prompt, uid ``p{k}``); rows after the last boundary (padding rows
-  added to fill a mini-batch) each get their own uid ``pad:{row}``. Neither: no groups.
+- Padding rows: ``pad_training_input_batch`` appends ``metadata["pad_size"]`` copies of row 0 with
+  ``loss_mask`` 0 to fill the data-parallel ranks, outside every recorded boundary: they are
+  dropped (where ``pad_size`` is not recorded, the rows after the last mini-batch boundary).
+- Groups: ``metadata["uids"]`` where kept (SkyRL's trainer removes them before the dump), else
+  ``metadata["policy_prompt_boundaries"]`` (one ``(start, end)`` row range per prompt, uid
+  ``p{k}``); a trained row outside every boundary gets its own uid ``row:{row}``. Neither: no groups.
+- Layout: ``metadata["policy_mini_batch_boundaries"]`` records the mini-batches; where each one
+  spans the same number of prompts it is the layout's ``mini_batch_prompts``
+  (``recorded_layout``, used unless a flag or ``--config`` sets the mini-batches).
 - Step: the number in ``global_step_{N}``.
 """
 
@@ -27,6 +38,7 @@ from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch, plan_by_name
+from aggscope.io.readers.skyrl_layout import pad_size, recorded_mini_batch_prompts, skyrl_unrecoverable, trained_rows
 from aggscope.io.safe_load import load_skyrl_pickle
 
 
@@ -65,7 +77,7 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
         boundaries = metadata.get("policy_mini_batch_boundaries")
         if isinstance(boundaries, (list, tuple)) and boundaries:
             notes.append(f"the dump's policy_mini_batch_boundaries (rows): {_short(boundaries)}")
-        return cls(
+        rollouts = cls(
             path,
             plan,
             settings=settings,
@@ -74,6 +86,16 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
             has_groups=has_groups,
             loaded=(files[0], first),
         )
+        prompts = recorded_mini_batch_prompts(metadata)
+        if prompts is not None:
+            rollouts.recorded_layout = {"mini_batch_prompts": prompts}
+            rollouts.recorded_layout_source = f"metadata policy_mini_batch_boundaries {_short(boundaries or [])}: {prompts} prompts each by policy_prompt_boundaries"
+            rollouts.notes.append(
+                f"the dump records its mini-batches: {prompts} prompts each; used as --mini-batch-prompts {prompts} "
+                "unless a flag or --config sets the mini-batches"
+            )
+        rollouts.unrecoverable = skyrl_unrecoverable(has_uids="uids" in metadata, has_boundaries=has_groups)
+        return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         if len(files) != 1:
@@ -86,30 +108,54 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
             raise AggscopeError(
                 f"{file}: loss_mask {tuple(loss_mask.shape)} and advantages {tuple(advantages.shape)} must be [B, L] of one shape"
             )
-        n_rows, width = loss_mask.shape
+        metadata = _metadata(batch)
+        all_rows, width = loss_mask.shape
+        n_rows = trained_rows(metadata, all_rows, file)
+        if n_rows < all_rows:
+            self._note(
+                f"step {step}: dropped {all_rows - n_rows} SkyRL padding rows (pad_training_input_batch's copies of row 0, "
+                "loss_mask 0, outside every boundary)"
+            )
         mask = mask_as_bool(
-            loss_mask.reshape(-1),
+            loss_mask[:n_rows].reshape(-1),
             np.arange(n_rows + 1, dtype=np.int64) * width,
             lambda row, position: (f"{file}: loss_mask", f"row {row}, position {position}"),
         )
-        rewards = None
-        reward_tensor = _tensor(batch, self.settings.reward_key, file, optional=True)
-        if reward_tensor is not None:
-            reward_tensor = reward_tensor.astype(np.float64)
-            if reward_tensor.shape[:1] != (n_rows,):
-                raise AggscopeError(
-                    f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{n_rows}, ...]"
-                )
-            rewards = np.array([ordered_sum(row) for row in reward_tensor.reshape(n_rows, -1)])  # torch's order, as before
+        token_advantages = advantages[:n_rows].reshape(-1)  # [n_rows * width]
+        # a finite value times a 0 mask is 0 in SkyRL's loss; NaN * 0 is NaN, so a non-finite one is kept (and reported)
+        untrained = ~mask & np.isfinite(token_advantages) & (token_advantages != 0)  # [n_rows * width]
+        if untrained.any():
+            self._note(
+                f"step {step}: {int(untrained.sum())} masked tokens carry a non-zero advantage in the dump; SkyRL's loss "
+                "multiplies by loss_mask (reduce_loss), so they are read as 0, as trained"
+            )
+            token_advantages = np.where(untrained, 0, token_advantages).astype(token_advantages.dtype, copy=False)
         return build_batch(
             step,
             file,
             lengths=np.full(n_rows, width, dtype=np.int64),
             loss_mask=mask,
-            token_advantages=advantages.reshape(-1),
-            uids=_uids(_metadata(batch), n_rows, file) if self.has_groups else None,
-            rewards=rewards,
+            token_advantages=token_advantages,
+            uids=_uids(metadata, n_rows, file) if self.has_groups else None,
+            rewards=self._rewards(batch, all_rows, n_rows, file),
         )
+
+    def _rewards(self, batch: Any, all_rows: int, n_rows: int, file: str) -> np.ndarray | None:
+        """``[n_rows]`` row sums of the rewards tensor (per token or per row), or None without one."""
+        reward_tensor = _tensor(batch, self.settings.reward_key, file, optional=True)
+        if reward_tensor is None:
+            return None
+        reward_tensor = reward_tensor.astype(np.float64)
+        if reward_tensor.shape[:1] != (all_rows,):
+            raise AggscopeError(
+                f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{all_rows}, ...]"
+            )
+        # torch's order of summation, as before
+        return np.array([ordered_sum(row) for row in reward_tensor[:n_rows].reshape(n_rows, -1)])
+
+    def _note(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
 
 def _metadata(batch: Any) -> dict[str, Any]:
@@ -148,10 +194,10 @@ def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
 def _uids_of(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     if "uids" in metadata:
         uids = list(metadata["uids"])
-        if len(uids) > n_rows:
+        if len(uids) > n_rows + pad_size(metadata):
             raise AggscopeError(f"{file}: metadata has {len(uids)} uids for {n_rows} rows")
-        padding = [f"pad:{row}" for row in range(len(uids), n_rows)]
-        return np.asarray([str(u) for u in uids] + padding, dtype=object)
+        uncovered = [f"row:{row}" for row in range(len(uids), n_rows)]
+        return np.asarray([str(u) for u in uids[:n_rows]] + uncovered, dtype=object)
     boundaries = np.asarray(metadata["policy_prompt_boundaries"], dtype=np.int64).reshape(-1, 2)  # [n_prompts, 2]
     starts, ends = boundaries[:, 0], boundaries[:, 1]
     covered = int(ends[-1]) if len(ends) else 0
@@ -161,8 +207,8 @@ def _uids_of(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
         )
     prompt_of_row = np.repeat(np.arange(len(starts)), ends - starts)  # [covered]
     labels = np.char.add("p", prompt_of_row.astype(str)).astype(object)
-    pad_labels = np.char.add("pad:", np.arange(covered, n_rows).astype(str)).astype(object)
-    return np.concatenate([labels, pad_labels])
+    outside = np.char.add("row:", np.arange(covered, n_rows).astype(str)).astype(object)  # trained, in no prompt range
+    return np.concatenate([labels, outside])
 
 
 def _short(values: Sequence[Any]) -> str:

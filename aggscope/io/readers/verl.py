@@ -3,12 +3,17 @@
 Fields: ``input`` and ``output`` (decoded text), ``score`` (the sum of the token-level scores),
 ``step``, optional ``uid``, ``gts``, ``request_id`` and reward extras (``acc``, ``pred``, ...).
 
-- Groups: the ``uid`` field where present (the v1 trainer), else the exact ``input`` text hashed to
-  a short stable uid (``aggscope.core.batch.text_uid``). Rows are in ``balance_batch`` order, so the
-  samples of one prompt are not contiguous; groups are numbered in order of first appearance.
+- Groups: the ``uid`` field where present, else the exact ``input`` text hashed to a short stable
+  uid (``aggscope.core.batch.text_uid``; two prompts of the same text then share a group). The v1
+  trainer (verl 0.9.1's default) writes its sample keys ``{prompt uid}_{session}_{index}`` there,
+  sorted by key: they are grouped by the prompt uid, its padding rows dropped
+  (``aggscope.io.readers.verl_keys``). The classic trainer writes no uid, in ``balance_batch``
+  order (the order it trained in), so the samples of one prompt are not contiguous; groups are
+  numbered in order of first appearance.
 - Step: the ``step`` field (one step per file, as verl writes it), else the number in the name.
 - Advantages: rebuilt from ``score`` (or ``--reward-col``) with ``--advantage`` (default GRPO,
-  verl's formula), broadcast over the response tokens.
+  verl's formula), broadcast over the response tokens; with v1 keys, from each session's final
+  output as verl does.
 - Lengths: from the ``output`` text (``--tokenizer`` or the estimate of ``readers.text``). In
   multi-turn runs ``output`` also holds tool responses that were not trained on; they are counted
   as loss tokens here, and a note says how many outputs hold them.
@@ -26,10 +31,12 @@ import pyarrow.compute as pc
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
-from aggscope.io.reader import ReadOptions
+from aggscope.io.reader import ReadOptions, Unrecoverable
 from aggscope.io.readers.base import estimator_note, plan_by_name
+from aggscope.io.readers.facts import BATCH_MEMBERSHIP_MODES, config_fact
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
 from aggscope.io.readers.text import TextDumpRollouts, TextSettings
+from aggscope.io.readers.verl_keys import V1_KEY, V1Keys, parse_v1_keys, v1_advantages
 
 TOOL_MARKER = "<tool_response>"
 
@@ -42,11 +49,13 @@ class VerlSettings(TextSettings):
         fields: ``{field: Arrow type}`` read from every line.
         names: the ``(prompt text, uid or None, reward)`` fields.
         step_from_field: True when each file's step is its ``step`` field (else its name).
+        v1_keys: True when the uids are the v1 trainer's ``{prompt uid}_{session}_{index}`` keys.
     """
 
     fields: Mapping[str, pa.DataType]
     names: tuple[str, str | None, str]
     step_from_field: bool
+    v1_keys: bool = False
 
 
 class VerlRollouts(TextDumpRollouts[VerlSettings]):
@@ -68,6 +77,7 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
                     "not a verl rollout_data_dir dump, or choose the reward with --reward-col"
                 )
         has_uid = uid_field in first and first[uid_field] is not None
+        v1_keys = has_uid and "uid" not in options.columns and V1_KEY.fullmatch(str(first[uid_field])) is not None
         plan, notes, step_from_field = _plan(files)
         estimator = options.advantage or "grpo"
         columns = {
@@ -84,8 +94,16 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             "lengths come from the decoded output text: in multi-turn runs it also holds tool responses that were "
             "not trained on, counted here as loss tokens",
         ]
+        if v1_keys:
+            notes.append(
+                "uids are verl v1 sample keys {prompt uid}_{session}_{index}: grouped by the prompt uid; rows are "
+                "sorted by key, not in the order verl trained them"
+            )
         if not has_uid:
-            notes.append("no uid field: prompt groups are the rows with the exact same input text")
+            notes.append(
+                "no uid field: prompt groups are the rows with the exact same input text, so two prompts of the same "
+                "text (different uids in verl) merge into one group"
+            )
         fields = {
             text_field: pa.string(),
             "output": pa.string(),
@@ -95,10 +113,12 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
         if has_uid:
             fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
         names = (text_field, uid_field if has_uid else None, reward_field)
-        settings = VerlSettings(lengths, estimator, fields, names, step_from_field)
-        return cls(
+        settings = VerlSettings(lengths, estimator, fields, names, step_from_field, v1_keys)
+        rollouts = cls(
             path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
         )
+        rollouts.unrecoverable = verl_unrecoverable(v1_keys=v1_keys, has_uid=has_uid)
+        return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         text_field, uid_field, reward_field = self.settings.names
@@ -110,19 +130,38 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
         outputs = pa.concat_arrays([p.column("output") for p in parts])
         with_tools = int(pc.sum(pc.match_substring(outputs, TOOL_MARKER).cast(pa.int64())).as_py() or 0)
         if with_tools:
-            note = (
+            self._note(
                 f"step {step}: {with_tools} of {len(outputs)} outputs hold tool responses ({TOOL_MARKER}) counted as loss tokens"
             )
-            if note not in self.notes:
-                self.notes.append(note)
+        prompts = pa.concat_arrays([p.column(text_field) for p in parts])
+        rewards = pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False)
+        uid_values = None if uid_field is None else pa.concat_arrays([p.column(uid_field) for p in parts])
+        if not self.settings.v1_keys or uid_values is None:
+            return self.text_batch(
+                step, self.step_source(files), prompts=prompts, responses=outputs, uid_values=uid_values, rewards=rewards
+            )
+        keys = _v1_keys(parts, uid_field or "uid")
+        keep = ~keys.padding
+        if keys.padding.any():
+            self._note(
+                f"step {step}: dropped {int(keys.padding.sum())} verl padding rows (uid pad<hex>, added by balance_batch; "
+                "no loss tokens, score 0)"
+            )
+        keys, rewards = keys.without_padding(), rewards[keep]
+        indices = pa.array(np.flatnonzero(keep))
         return self.text_batch(
             step,
             self.step_source(files),
-            prompts=pa.concat_arrays([p.column(text_field) for p in parts]),
-            responses=outputs,
-            uid_values=None if uid_field is None else pa.concat_arrays([p.column(uid_field) for p in parts]),
-            rewards=pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False),
+            prompts=prompts.take(indices),
+            responses=outputs.take(indices),
+            uid_values=pa.array(keys.prompt_uids.tolist(), type=pa.string()),
+            rewards=rewards,
+            row_advantages=v1_advantages(rewards, keys, self.settings.estimator or "grpo", self.step_source(files)),
         )
+
+    def _note(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str], bool]:
@@ -151,3 +190,62 @@ def _check_step(part: JsonlTable, step: int) -> None:
             f"{part.where(row)}: step {values[row].as_py()} differs from step {step} of the first line; "
             "aggscope reads one step per verl file ({global_step}.jsonl)"
         )
+
+
+def _v1_keys(parts: list[JsonlTable], uid_field: str) -> V1Keys:
+    """The rows' v1 keys, or one line naming the first row whose uid is not one."""
+    values: list[str] = []
+    for part in parts:
+        column = part.column(uid_field).cast(pa.string()).to_pylist()
+        for row, value in enumerate(column):
+            if V1_KEY.fullmatch(value) is None:
+                raise AggscopeError(
+                    f"{part.where(row)}: uid {value!r} is not a verl v1 key {{prompt uid}}_{{session}}_{{index}} like the "
+                    "first line's (one dump holds one kind of uid)"
+                )
+        values.extend(column)
+    keys = parse_v1_keys(values)
+    assert keys is not None  # every value matched above
+    return keys
+
+
+def verl_unrecoverable(*, v1_keys: bool, has_uid: bool) -> tuple[Unrecoverable, ...]:
+    """What a verl ``rollout_data_dir`` dump does not hold, and what it changes."""
+    facts = [
+        Unrecoverable(
+            "the response_mask (which output tokens verl trained: tool responses of multi-turn runs are not trained)",
+            "token counts and every per-token weight come from the decoded output text; exact only for single-turn "
+            "outputs re-tokenized with --tokenizer",
+            ("*",),
+        ),
+        Unrecoverable(
+            "the special tokens of each output (decoded with skip_special_tokens=True: a trained EOS is not in the text)",
+            "token counts of EOS-terminated outputs are one short, and the weights of length-normalised modes with them",
+            ("*",),
+        ),
+        Unrecoverable(
+            "the KL penalty in the reward (algorithm.use_kl_in_reward) and the log-probabilities",
+            "advantages are rebuilt from the score alone, and gradient weights are those at importance ratio 1 "
+            "(ppo_epochs > 1 and clipping not modelled)",
+        ),
+        config_fact("actor.ppo_mini_batch_size, ppo_micro_batch_size_per_gpu, the data-parallel size"),
+    ]
+    if v1_keys:
+        facts.append(
+            Unrecoverable(
+                "the order verl trained the rows in (the v1 dump is sorted by key; balance_batch's order is not kept)",
+                "which rows share a mini-batch and a micro-batch, so the weights of modes that count what their batch "
+                "holds, when a step has several mini-batches (or micro-batches); exact with one",
+                BATCH_MEMBERSHIP_MODES,
+            )
+        )
+    if not has_uid:
+        facts.append(
+            Unrecoverable(
+                "the prompt uids (the classic trainer writes none)",
+                "prompt groups are rebuilt from the input text: two prompts of the same text merge into one group, "
+                "changing their rebuilt advantages and prompt_mean's groups",
+                ("prompt_mean",),
+            )
+        )
+    return tuple(facts)

@@ -27,7 +27,7 @@ from aggscope.analysis.specs import Spec
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, resolve_mode
-from aggscope.io.reader import Rollouts
+from aggscope.io.reader import Rollouts, unrecoverable_of
 from aggscope.io.writing import atomic_directory
 from aggscope.present.figures import earlier_output, figure_bytes, make_figures
 from aggscope.present.report.document import ReportDocument, build_document
@@ -136,7 +136,7 @@ def compare(
         notes: the reader's remarks on the input, shown in the report; default the input's ``notes``.
     """
     breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
-    return build_report(breakdown, "compare", _notes(rollouts, notes))
+    return build_report(breakdown, "compare", _notes(rollouts, notes), unrecoverable_of(rollouts))
 
 
 def full_report(
@@ -152,7 +152,7 @@ def full_report(
     """Every given mode at one layout, against the first (``aggscope report``); arguments as ``compare``."""
     specs = [Spec(mode if isinstance(mode, Mode) else resolve_mode(mode), layout) for mode in modes]
     breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
-    return build_report(breakdown, "report", _notes(rollouts, notes))
+    return build_report(breakdown, "report", _notes(rollouts, notes), unrecoverable_of(rollouts))
 
 
 def _notes(rollouts: object, notes: Sequence[str] | None) -> Sequence[str]:
@@ -161,10 +161,15 @@ def _notes(rollouts: object, notes: Sequence[str] | None) -> Sequence[str]:
     return rollouts.notes if isinstance(rollouts, Rollouts) else ()
 
 
-def build_report(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> Report:
-    """The document and figures of a breakdown; the first SPEC is the base of every comparison."""
+def build_report(
+    breakdown: Breakdown, kind: str, notes: Sequence[str] = (), unrecoverable: Sequence[dict[str, Any]] = ()
+) -> Report:
+    """The document and figures of a breakdown; the first SPEC is the base of every comparison.
+
+    ``unrecoverable``: what the input cannot tell (``aggscope.io.reader.unrecoverable_of``).
+    """
     figures = make_figures(breakdown)
-    document = build_document(breakdown, kind, notes)
+    document = build_document(breakdown, kind, notes, unrecoverable)
     document = replace(
         document,
         summary=tuple(summary_sentences(document)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ class InputInfo:
     tokens: int
     lengths_estimated: bool
     notes: list[str]
+    unrecoverable: list[dict[str, Any]] = field(default_factory=list)  # what the dump cannot tell (``Unrecoverable``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class InputInfo:
             "tokens": self.tokens,
             "lengths_estimated": self.lengths_estimated,
             "notes": self.notes,
+            "unrecoverable": self.unrecoverable,
         }
 
 
@@ -166,7 +168,9 @@ class ReportDocument:
         return document
 
 
-def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -> ReportDocument:
+def build_document(
+    breakdown: Breakdown, kind: str, notes: Sequence[str] = (), unrecoverable: Sequence[dict[str, Any]] = ()
+) -> ReportDocument:
     """Every number of the report, without its opening sentences (``aggscope.present.report`` adds them). The first SPEC is the base."""
     document = ReportDocument(
         kind=kind,
@@ -179,6 +183,7 @@ def build_document(breakdown: Breakdown, kind: str, notes: Sequence[str] = ()) -
             tokens=sum(size.tokens for size in breakdown.step_sizes),
             lengths_estimated=breakdown.lengths_estimated,
             notes=list(notes),
+            unrecoverable=list(unrecoverable),
         ),
         specs=[SpecInfo(spec, mode_colour(spec.mode.name)) for spec in breakdown.specs],
         comparison=compare_specs(breakdown),

@@ -232,6 +232,7 @@ def sections(document: ReportDocument) -> list[Section]:
     out.append(Section("Figures", 2, figures, anchor="figures"))
     out += _change_sections(document)
     out += _findings_sections(document)
+    out += _unrecoverable_sections(document)
     explorer = explorer_block(document)
     if explorer is not None:
         out.append(Section("Prompts", 2, (explorer,), anchor="prompts", web_only=True))
@@ -356,3 +357,22 @@ def explorer_block(document: ReportDocument) -> Explorer | None:
         )
     )
     return Explorer(Table(headers, rows, [None] * len(rows), 2 + texts), text, tuple(labels), tuple(data["prompts"]))
+
+
+UNRECOVERABLE_NOTE = (
+    "The trainer knew these facts but its dump does not hold them; the numbers named after each are "
+    "estimated, or can differ from what was trained."
+)
+
+
+def _unrecoverable_sections(document: ReportDocument) -> list[Section]:
+    """The "Not in this dump" section: the trainer facts the input lacks and what each changes (report.json:
+    ``input.unrecoverable``); none when it lacks nothing (canonical Parquet, ``log_batch``)."""
+    facts = document.input.unrecoverable
+    if not facts:
+        return []
+    lines = tuple(
+        f"{fact['fact']}: {fact['affects']}" + (f" (modes: {', '.join(fact['modes'])})" if fact["modes"] else "")
+        for fact in facts
+    )
+    return [Section("Not in this dump", 2, (note(UNRECOVERABLE_NOTE), Lines(lines)), anchor="unrecoverable")]

@@ -18,7 +18,8 @@ def test_skyrl_stand_in_pickle_with_prompt_boundaries(tmp_path: Path, stand_in_s
     rollouts = open_rollouts(str(tmp_path / "dumped_data"))
     assert rollouts.format == "skyrl" and rollouts.steps == [12] and rollouts.has_groups
     (batch,) = list(rollouts.iter_steps())
-    assert batch.row_uids() == ["p0", "p0", "p1", "pad:3"]  # row 3 lies after the last prompt boundary
+    # row 3 is trained (inside the mini-batch boundary) but in no prompt range: a group of its own
+    assert batch.row_uids() == ["p0", "p0", "p1", "row:3"]
     got = per_row(batch)
     assert [m for _, m, _ in got] == [
         [False, False, True, True],
@@ -26,7 +27,8 @@ def test_skyrl_stand_in_pickle_with_prompt_boundaries(tmp_path: Path, stand_in_s
         [False, False, False, True],
         [True] * 4,
     ]
-    assert got[2][2] == [9.0, 0.0, 0.0, 2.0]  # padding keeps its value; the mask decides
+    assert got[2][2] == [0.0, 0.0, 0.0, 2.0]  # the masked 9.0 never reaches SkyRL's loss (reduce_loss): read as 0
+    assert any("1 masked tokens carry a non-zero advantage" in note for note in rollouts.notes)
     assert batch.rewards is not None and batch.rewards.tolist() == [1.0, 0.0, 1.0, 1.0]
     assert path.exists()
 
