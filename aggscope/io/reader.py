@@ -78,6 +78,8 @@ class Rollouts(ABC):
         lengths_estimated: whether token counts are estimated from text.
         unrecoverable: the trainer facts this dump cannot tell, each with the numbers it affects
             (``inspect``, the report and every ``--json`` list them under ``unrecoverable``).
+        unused_fields: ``(field, what it holds and how a trainer uses it)`` of the per-token dump
+            fields the weights do not use (``check`` says so: ``unused_dump_field``).
     """
 
     source: str
@@ -89,6 +91,7 @@ class Rollouts(ABC):
     has_groups: bool
     lengths_estimated: bool
     unrecoverable: tuple[Unrecoverable, ...] = ()
+    unused_fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     @abstractmethod
