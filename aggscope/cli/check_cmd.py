@@ -177,7 +177,9 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
         console.print(header)
         shown = findings if verbose else findings[:SHOWN_PER_CODE]
         for index, finding in enumerate(shown):
-            where = ("all steps" if finding.step is None else f"step {finding.step}") + (f" · prompt {finding.uid}" if finding.uid is not None else "")
+            where = ("all steps" if finding.step is None else f"step {finding.step}") + (
+                f" · prompt {finding.uid}" if finding.uid is not None else ""
+            )
             row_text = row_ranges(finding.rows, None if verbose else 4)
             noun = "row" if len(finding.rows) == 1 else "rows"
             rows_part = f" · {noun} {row_text}" if finding.rows else ""

@@ -36,10 +36,10 @@ class CheckCode:
 CODES: dict[str, CheckCode] = {
     c.code: c
     for c in (
+        CheckCode("no_gradient_share", "warning"),  # first: the verdict on the whole step or run
         CheckCode("prompt_cut_by_mini_batch", "warning"),
         CheckCode("prompt_cut_by_rank", "info"),
         CheckCode("prompt_cut_by_micro_batch", "info"),
-        CheckCode("no_gradient_share", "warning"),
         CheckCode("silent_zero_advantage", "error"),
         CheckCode("rebased_prompt_mean_misweight", "warning"),
         CheckCode("nonfinite_advantage", "error"),

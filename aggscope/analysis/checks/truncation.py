@@ -59,7 +59,9 @@ def truncated_findings(batch: StepBatch, loss_tokens: np.ndarray, cap: int, cap_
             "that; or raise the cap."
         )
     rows = np.flatnonzero(truncated)
-    return [Finding("truncated_response", severity, batch.step, None, tuple(rows.tolist()), int(loss_tokens[rows].sum()), message)]
+    return [
+        Finding("truncated_response", severity, batch.step, None, tuple(rows.tolist()), int(loss_tokens[rows].sum()), message)
+    ]
 
 
 def _reward_contrast(rewards: np.ndarray | None, truncated: np.ndarray, answered: np.ndarray) -> tuple[bool, str]:
