@@ -29,7 +29,6 @@ from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch
 from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
-
 RL_WEIGHTS = "a weight per token, which a trainer that reads it multiplies into each token's loss term."
 
 
