@@ -168,8 +168,10 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
     for finding in report.findings:  # already worst first
         by_code[(finding.severity, finding.code)].append(finding)
     for (severity, code), findings in by_code.items():
-        rows = sum(len(f.rows) for f in findings)
-        tokens = sum(f.tokens for f in findings)
+        # a run-wide finding counts the steps' tokens again: add it up only where there is nothing else
+        counted = [f for f in findings if f.step is not None] or findings
+        rows = sum(len(f.rows) for f in counted)
+        tokens = sum(f.tokens for f in counted)
         header = Text()
         header.append(f"{severity.upper():<8}", style=STYLE[severity])
         header.append(code, style="bold")

@@ -92,7 +92,8 @@ def cap_hint(batch: StepBatch) -> str | None:
     at_longest = int((lengths == longest).sum())
     if at_longest < 2:
         return None
+    # no step or count in the text: the steps that share a longest length share one note
     return (
-        f"{at_longest} responses of step {batch.step} end at the longest length, {number(longest)} tokens: if that is "
-        f"the response cap, give --max-response-len {longest} (or the trainer's --config) to check truncated responses"
+        f"several responses of a step end at its longest length, {number(longest)} tokens: if that is the response "
+        f"cap, give --max-response-len {longest} (or the trainer's --config) to check truncated responses"
     )
