@@ -3,8 +3,8 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_checks import FAULTY, batch_of  # the same tiny batches: row i has lengths[i] tokens of advantage i
 
 from aggscope.analysis.checks import (
     CheckOptions,
@@ -15,30 +15,11 @@ from aggscope.analysis.checks import (
     response_lengths,
     run_checks,
 )
-from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.errors import AggscopeError
 from aggscope.io.open import open_rollouts
 
-REPO = Path(__file__).resolve().parents[2]
-FAULTY = REPO / "sample_data" / "faulty.parquet"
-REAL = REPO.parent / "shared" / "data" / "real"
-
-
-def batch_of(uids, lengths, advantages, *, rewards=None, mask=None, step=0) -> StepBatch:
-    """Row ``i`` has ``lengths[i]`` tokens, all with advantage ``advantages[i]``; every token a loss token
-    unless ``mask`` (flat) says otherwise."""
-    flat = [a for a, n in zip(advantages, lengths, strict=True) for _ in range(n)]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    loss_mask = np.ones(len(flat), dtype=bool) if mask is None else np.array(mask, dtype=bool)
-    return StepBatch.from_flat(
-        np.array(flat, dtype=np.float32),
-        loss_mask,
-        offsets,
-        uids=uids,
-        rewards=None if rewards is None else np.array(rewards, dtype=np.float64),
-        step=step,
-    )
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def codes(findings, code):
