@@ -325,6 +325,13 @@ def test_truncated_responses_from_the_flag_and_the_config():
         assert [f["step"] for f in found] == [0, 1, 2, 3]
         assert all(f["severity"] == "warning" and "every one 0" in f["message"] for f in found)
     assert "(the verl config's data.max_response_length)" in json.dumps(config)
+    assert config["options"] == {
+        "max_no_grad_share": {"warning": 0.25, "error": 0.5},
+        "response_cap": 1024,
+        "cap_source": "the verl config's data.max_response_length",
+        "trainer": "verl",
+    }
+    assert flag["options"]["cap_source"] == "--max-response-len" and flag["options"]["trainer"] is None
     # The flag wins over the config.
     both = json.loads(
         invoke("check", *verl, "--set", "data.max_response_length=1024", "--max-response-len", "2048", "--json").stdout

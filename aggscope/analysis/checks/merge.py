@@ -59,6 +59,7 @@ class CheckReport:
         steps: the zero-gradient causes of each step.
         loss_tokens: loss tokens over all steps.
         worst_step: the split picture data of the step with the worst findings, or None.
+        options: the thresholds, response cap and trainer the checks ran with.
     """
 
     layout: Layout
@@ -72,6 +73,7 @@ class CheckReport:
     notes: list[str]
     worst_step: StepLanes | None = None
     lengths_estimated: bool = False
+    options: CheckOptions = field(default_factory=CheckOptions)
 
     def counts(self, step: int | None = None) -> dict[str, int]:
         """Findings per severity, over all steps or in one step."""
@@ -115,6 +117,7 @@ class CheckReport:
             "modes": self.modes,
             "notes": self.notes,
             "lengths_estimated": self.lengths_estimated,
+            "options": self.options.to_dict(),
             "worst_step": None
             if self.worst_step is None
             else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
@@ -200,6 +203,7 @@ class CheckAccumulator:
             notes=notes,
             worst_step=self._worst[1] if self._worst is not None else None,
             lengths_estimated=self.lengths_estimated,
+            options=self.options,
         )
 
 

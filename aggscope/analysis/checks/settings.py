@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aggscope.analysis.checks.no_gradient import NoGradThresholds
 
@@ -28,6 +29,14 @@ class CheckOptions:
     response_cap: int | None = None
     cap_source: str = "--max-response-len"
     trainer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_no_grad_share": {"warning": self.no_grad.warning, "error": self.no_grad.error},
+            "response_cap": self.response_cap,
+            "cap_source": self.cap_source if self.response_cap is not None else None,
+            "trainer": self.trainer,
+        }
 
     @property
     def boundary_in_play(self) -> bool:
