@@ -72,7 +72,7 @@ def check(
     threshold = parse_fail_on(fail_on)
     options = _check_options(max_no_grad_share, max_response_len)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
-    options = _with_config(options, config, max_response_len is not None)
+    options = _with_config(options, config, max_response_len is not None, rollouts.format)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
         rollouts,
@@ -100,11 +100,14 @@ def _check_options(max_no_grad_share: Optional[str], max_response_len: Optional[
     return CheckOptions(no_grad=thresholds, response_cap=parse_max_response_len(max_response_len))
 
 
-def _with_config(options: Any, config: Any, cap_given: bool) -> Any:
-    """The trainer in use (``--trainer`` or the config's) and, unless given, the config's response cap."""
+def _with_config(options: Any, config: Any, cap_given: bool, input_format: str) -> Any:
+    """The trainer in use (``--trainer`` or the config's, else the one whose dump this is) and, unless
+    given, the config's response cap."""
     import dataclasses
 
-    trainer = config.setup.trainer if config is not None else None
+    from aggscope.analysis.checks import trainer_of_dump
+
+    trainer = config.setup.trainer if config is not None else trainer_of_dump(input_format)
     if cap_given:
         return dataclasses.replace(options, trainer=trainer)
     cap = config.setup.derivation("response_cap") if config is not None else None

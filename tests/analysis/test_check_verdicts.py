@@ -127,7 +127,7 @@ def test_truncated_response_hand_worked():
     (finding,) = codes(check_step(batch, ["token_mean"], options=options).findings, "truncated_response")
     assert (finding.severity, finding.rows, finding.tokens) == ("warning", (0, 2), 8)
     assert finding.message.startswith(
-        "2 responses of 4 (50.0%) reach the response cap of 4 tokens (--max-response-len): they were cut off"
+        "2 responses of 4 (50.0%) reach the response cap of 4 tokens (--max-response-len): they were cut off before"
     )
     assert "Their mean reward is 0, every one 0, against 1 for the other responses." in finding.message
     assert "overlong" in finding.message

@@ -352,3 +352,26 @@ def test_bad_verdict_options_are_one_line(args, message):
     result = invoke("check", *args)
     assert result.exit_code == 2
     assert result.stderr == f"aggscope: error: {message}\n"
+
+
+@pytest.mark.skipif(not (REAL / "verl_rollout_data_dir_step2.jsonl").exists(), reason="real dumps not present")
+def test_a_verl_dump_gets_no_skyrl_findings():
+    # The rows of verl's dump are in balance_batch order, so uids reappear; verl wrote it, and only SkyRL
+    # asserts on that.
+    path = str(REAL / "verl_rollout_data_dir_step2.jsonl")
+    result = json.loads(invoke("check", path, "--json").stdout)
+    assert result["options"]["trainer"] == "verl"
+    assert not [f for f in result["findings"] if f["code"] == "noncontiguous_uid"]
+    assert any("the trainer here is verl, so they do not run" in note for note in result["notes"])
+    skyrl = json.loads(invoke("check", path, "--trainer", "skyrl", "--json").stdout)
+    assert len([f for f in skyrl["findings"] if f["code"] == "noncontiguous_uid"]) == 64
+
+
+def test_one_truncated_response_reads_in_the_singular(tmp_path):
+    path = tmp_path / "one_long.parquet"
+    table = {"uid": ["a", "a"], "advantages": [[1.0] * 3, [-1.0]], "loss_mask": [[1] * 3, [1]], "reward": [0.0, 1.0]}
+    pq.write_table(pa.table(table), path)
+    document = json.loads(invoke("check", str(path), "--max-response-len", "3", "--json").stdout)
+    out = next(f["message"] for f in document["findings"] if f["code"] == "truncated_response")
+    assert "1 response of 2 (50.0%) reaches the response cap of 3 tokens (--max-response-len): it was cut off" in out
+    assert "Its reward is 0, against a mean of 1 for the other responses." in out

@@ -72,7 +72,7 @@ from aggscope.analysis.checks.messages import layout_flags
 from aggscope.analysis.checks.no_gradient import NoGradThresholds, parse_max_no_grad_share
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
-from aggscope.analysis.checks.settings import CheckOptions
+from aggscope.analysis.checks.settings import CheckOptions, trainer_of_dump
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step, zero_grad_causes
 from aggscope.analysis.checks.truncation import parse_max_response_len, response_lengths
 
@@ -104,6 +104,7 @@ __all__ = [
     "response_lengths",
     "run_checks",
     "safe_chunk_sizes",
+    "trainer_of_dump",
     "unused_field_findings",
     "zero_grad_causes",
 ]

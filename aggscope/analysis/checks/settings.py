@@ -9,6 +9,14 @@ from aggscope.analysis.checks.no_gradient import NoGradThresholds
 
 # The trainers whose behaviour the SkyRL-only findings model; an unknown trainer (None) may be one.
 BOUNDARY_TRAINERS = frozenset({"skyrl"})
+# Dump formats that one trainer writes, so the dump tells the trainer (Atropos feeds several; canonical
+# Parquet says nothing).
+DUMP_TRAINERS = ("verl", "skyrl", "trl", "nemo-rl", "prime-rl", "slime")
+
+
+def trainer_of_dump(input_format: str) -> str | None:
+    """The trainer that wrote a dump of ``input_format`` (``Rollouts.format``), or None when it does not say."""
+    return input_format if input_format in DUMP_TRAINERS else None
 
 
 @dataclass(frozen=True)

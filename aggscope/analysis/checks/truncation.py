@@ -48,9 +48,10 @@ def truncated_findings(batch: StepBatch, loss_tokens: np.ndarray, cap: int, cap_
     differ, rewards_text = _reward_contrast(batch.rewards, truncated, loss_tokens > 0)
     severity = CODES["truncated_response"].severity if differ else "info"
     estimated = " (lengths estimated from text)" if batch.lengths_estimated else ""
+    reach, they = ("reaches", "it was") if count == 1 else ("reach", "they were")
     message = (
-        f"{plural(count, 'response')} of {number(answered)} ({percent(count / answered)}) reach the response cap of "
-        f"{plural(cap, 'token')}{estimated} ({cap_source}): they were cut off before they ended. {rewards_text}"
+        f"{plural(count, 'response')} of {number(answered)} ({percent(count / answered)}) {reach} the response cap of "
+        f"{plural(cap, 'token')}{estimated} ({cap_source}): {they} cut off before the end. {rewards_text}"
     )
     if differ:
         message += (
@@ -78,8 +79,11 @@ def _reward_contrast(rewards: np.ndarray | None, truncated: np.ndarray, answered
     every = values[answered & np.isfinite(values)]
     spread = float(every.max() - every.min())
     differ = spread > 0 and abs(cut_mean - rest_mean) > REWARD_GAP * spread
-    same = f", every one {cut_values[0]:.4g}" if np.all(cut_values == cut_values[0]) else ""
-    text = f"Their mean reward is {cut_mean:.4g}{same}, against {rest_mean:.4g} for the other responses"
+    if cut_values.size == 1:
+        text = f"Its reward is {cut_mean:.4g}, against a mean of {rest_mean:.4g} for the other responses"
+    else:
+        same = f", every one {cut_values[0]:.4g}" if np.all(cut_values == cut_values[0]) else ""
+        text = f"Their mean reward is {cut_mean:.4g}{same}, against {rest_mean:.4g} for the other responses"
     return differ, text + ("." if differ else ": no real difference.")
 
 
