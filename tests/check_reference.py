@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, split_step
 
+SEQUENCE_DENOMINATOR_MODES = ("sequence_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "seq_mean_token_sum_norm_padded")
 CUT_CODES = {"mini_batch": "prompt_cut_by_mini_batch", "rank": "prompt_cut_by_rank", "micro_batch": "prompt_cut_by_micro_batch"}
 
 
@@ -172,6 +173,19 @@ def cut_prompts(rows: list[Row], units: Units) -> dict[str, list[str]]:
 Expected = tuple[str, str, int, "str | None", tuple[int, ...], int]
 
 
+def no_gradient_share(rows: list[Row], step: int) -> set[Expected]:
+    """The step's ``no_gradient_share`` at the default thresholds (above 25%: warning, above 50% or at
+    100%: error). Every canonical mode gives each loss token a positive finite weight, so a token has
+    no gradient exactly where its advantage is 0 or not finite, the same under every mode."""
+    loss = sum(r.loss_tokens for r in rows)
+    without = [r.zero_adv + r.nonfinite_adv for r in rows]
+    share = sum(without) / loss if loss else 0.0
+    if share <= 0.25:
+        return set()
+    severity = "error" if share > 0.5 or share == 1.0 else "warning"
+    return {("no_gradient_share", severity, step, None, tuple(i for i, w in enumerate(without) if w), sum(without))}
+
+
 def expected_findings(batch: StepBatch, layout: Layout, modes: list[str]) -> set[Expected]:
     """Every finding of one step as (code, severity, step, uid, rows, tokens)."""
     rows = rows_of(batch)
@@ -190,7 +204,9 @@ def expected_findings(batch: StepBatch, layout: Layout, modes: list[str]) -> set
     per_uid(
         "masked_token_advantage", "warning", [i for i in range(n) if rows[i].masked_nonzero], [r.masked_nonzero for r in rows]
     )
-    per_uid("empty_sequence", "warning", [i for i in range(n) if rows[i].loss_tokens == 0], [0] * n)
+    if any(mode in SEQUENCE_DENOMINATOR_MODES for mode in modes):  # the only modes an empty row dilutes
+        per_uid("empty_sequence", "warning", [i for i in range(n) if rows[i].loss_tokens == 0], [0] * n)
+    out |= no_gradient_share(rows, step)
     if not batch.has_groups:
         return out
 

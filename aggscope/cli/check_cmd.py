@@ -4,7 +4,7 @@ import json
 import re
 import textwrap
 from collections import defaultdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -43,13 +43,36 @@ def check(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="List every finding with its message and all its rows.")
     ] = False,
+    max_no_grad_share: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-no-grad-share",
+            metavar="[WARN,]ERROR",
+            help="Shares of loss tokens without gradient that make no_gradient_share a warning and an error, "
+            "as 0.5 or 50% (one value: the error share, warning at 25% or below it). Default: 25%,50%; 100% is "
+            "always an error.",
+            show_default=False,
+        ),
+    ] = None,
+    max_response_len: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-response-len",
+            metavar="N",
+            help="The trainer's response-length cap in tokens (default: the --config's): responses that reach it are "
+            "truncated_response findings.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
     from aggscope.analysis.checks import parse_fail_on, run_checks
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
+    options = _check_options(max_no_grad_share, max_response_len)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
+    options = _with_config(options, config, max_response_len is not None, rollouts.format)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
         rollouts,
@@ -57,6 +80,8 @@ def check(
         layout,
         engine=engine,
         progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
+        options=options,
+        unused_fields=rollouts.unused_fields,
     )
     if json_output:
         typer.echo(json.dumps(with_config(report.to_dict(), config)))
@@ -65,6 +90,31 @@ def check(
         _render(report, rollouts.source, len(rollouts.steps), threshold, verbose)
     if report.fails(threshold):
         raise typer.Exit(1)
+
+
+def _check_options(max_no_grad_share: Optional[str], max_response_len: Optional[int]) -> Any:
+    """The ``CheckOptions`` of the flags (validated before the input is opened)."""
+    from aggscope.analysis.checks import CheckOptions, NoGradThresholds, parse_max_no_grad_share, parse_max_response_len
+
+    thresholds = NoGradThresholds() if max_no_grad_share is None else parse_max_no_grad_share(max_no_grad_share)
+    return CheckOptions(no_grad=thresholds, response_cap=parse_max_response_len(max_response_len))
+
+
+def _with_config(options: Any, config: Any, cap_given: bool, input_format: str) -> Any:
+    """The trainer in use (``--trainer`` or the config's, else the one whose dump this is) and, unless
+    given, the config's response cap."""
+    import dataclasses
+
+    from aggscope.analysis.checks import trainer_of_dump
+
+    trainer = config.setup.trainer if config is not None else trainer_of_dump(input_format)
+    if cap_given:
+        return dataclasses.replace(options, trainer=trainer)
+    cap = config.setup.derivation("response_cap") if config is not None else None
+    if cap is None or cap.value is None:
+        return dataclasses.replace(options, trainer=trainer)
+    source = f"the {trainer} config's {', '.join(cap.keys) or 'default'}"
+    return dataclasses.replace(options, trainer=trainer, response_cap=int(cap.value), cap_source=source)
 
 
 def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool) -> None:
@@ -121,8 +171,10 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
     for finding in report.findings:  # already worst first
         by_code[(finding.severity, finding.code)].append(finding)
     for (severity, code), findings in by_code.items():
-        rows = sum(len(f.rows) for f in findings)
-        tokens = sum(f.tokens for f in findings)
+        # a run-wide finding counts the steps' tokens again: add it up only where there is nothing else
+        counted = [f for f in findings if f.step is not None] or findings
+        rows = sum(len(f.rows) for f in counted)
+        tokens = sum(f.tokens for f in counted)
         header = Text()
         header.append(f"{severity.upper():<8}", style=STYLE[severity])
         header.append(code, style="bold")
@@ -130,10 +182,13 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
         console.print(header)
         shown = findings if verbose else findings[:SHOWN_PER_CODE]
         for index, finding in enumerate(shown):
-            where = f"step {finding.step}" + (f" · prompt {finding.uid}" if finding.uid is not None else "")
+            where = ("all steps" if finding.step is None else f"step {finding.step}") + (
+                f" · prompt {finding.uid}" if finding.uid is not None else ""
+            )
             row_text = row_ranges(finding.rows, None if verbose else 4)
             noun = "row" if len(finding.rows) == 1 else "rows"
-            console.print(Text(f"  {where} · {noun} {row_text} · {plural(finding.tokens, 'token')}"))
+            rows_part = f" · {noun} {row_text}" if finding.rows else ""
+            console.print(Text(f"  {where}{rows_part} · {plural(finding.tokens, 'token')}"))
             if verbose or index == 0:
                 console.print(Text(_wrap(finding.message, console.width, "    "), style="dim"))
         hidden = len(findings) - len(shown)

@@ -101,6 +101,8 @@ class Rollouts(ABC):
             ``{"mini_batch_prompts": 4}``), used where no flag or ``--config`` sets them
             (``aggscope.presets.recorded``); None when it records none.
         recorded_layout_source: where in the dump they were read, for the line that says so.
+        unused_fields: ``(field, what it holds and how a trainer uses it)`` of the per-token dump
+            fields the weights do not use (``check`` says so: ``unused_dump_field``).
     """
 
     source: str
@@ -114,6 +116,7 @@ class Rollouts(ABC):
     unrecoverable: tuple[Unrecoverable, ...] = ()
     recorded_layout: dict[str, int] | None = None
     recorded_layout_source: str = ""
+    unused_fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     @abstractmethod

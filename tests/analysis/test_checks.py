@@ -179,6 +179,8 @@ def test_zero_advantage_rules():
     assert as_tuples(report.findings) == {
         ("zero_advantage", "error", 0, "h", (4,), 6),
         ("zero_variance_group", "info", 0, "z", (5, 6), 2),
+        # 4 + 6 + 2 = 12 of 22 loss tokens without gradient: 54.5% > 50%, an error
+        ("no_gradient_share", "error", 0, None, (2, 4, 5, 6), 12),
     }  # group sizes 3, 2, 2: the most common size is 2, so no group is incomplete
     # Token causes: row 2 (4 tokens) at the group mean, row 4 (6) zero advantage, rows 5-6 (2) zero variance.
     assert report.zero_grad["token_mean"] == {
@@ -197,7 +199,8 @@ def test_reward_at_group_mean_allows_rounding():
     batch = batch_of(["g"] * 3, [2, 3, 2], [-1.0, 0.0, 1.0], rewards=[0.1, 0.2, 0.3])
     assert (0.1 + 0.2 + 0.3) / 3 != 0.2
     check = check_step(batch, ["token_mean"])
-    assert not check.findings
+    # only row 1's 3 of 7 loss tokens lack a gradient: 42.9%, above 25%, a warning and no other finding
+    assert as_tuples(check.findings) == {("no_gradient_share", "warning", 0, None, (1,), 3)}
     assert check.zero_grad["token_mean"]["reward_at_group_mean"] == 3
 
 
@@ -407,10 +410,21 @@ def test_faulty_sample_every_finding():
                 zero_variance.add(finding("zero_variance_group", step, tuple(members)))
     assert len(zero_variance) == 8
 
-    expected = injected | from_layout | zero_variance
-    assert as_tuples(report.findings) == expected
-    assert len(report.findings) == len(expected)
-    # The same list from the plain-loop reference.
+    # Loss tokens without gradient (advantage 0 or NaN), per step and over the run: step 0 has 1,886 of
+    # 5,850 (32.2%, a warning), step 1 3,219 of 5,151 (62.5%, an error), step 2 1,405 of 5,886 (23.9%, none);
+    # the run 6,510 of 16,887 (38.6%, a warning).
+    without = [[r.zero_adv + r.nonfinite_adv for r in step_rows] for step_rows in rows]
+    assert [sum(w) for w in without] == [1886, 3219, 1405]
+    assert [sum(r.loss_tokens for r in step_rows) for step_rows in rows] == [5850, 5151, 5886]
+    no_gradient = {
+        ("no_gradient_share", severity, step, None, tuple(i for i, w in enumerate(without[step]) if w), sum(without[step]))
+        for step, severity in ((0, "warning"), (1, "error"))
+    }
+    run_wide = {("no_gradient_share", "warning", None, None, (), 6510)}
+    expected = injected | from_layout | zero_variance | no_gradient
+    assert as_tuples(report.findings) == expected | run_wide
+    assert len(report.findings) == len(expected) + 1
+    # The same list from the plain-loop reference (which works step by step).
     assert expected == set().union(*(expected_findings(batch, layout, ALL_MODES) for batch in steps))
     # Every fault the generator reports injecting is among them.
     _, faults = generate_faulty()
@@ -578,7 +592,11 @@ def test_merging_steps_keeps_every_step(batches, layout):
     for check in checks:
         accumulator.add(check)
     report = accumulator.result()
-    assert len(report.findings) == sum(len(c.findings) for c in checks)
+    # every step's finding, plus the run-wide no_gradient_share of a run of several steps
+    step_findings = [f for f in report.findings if f.step is not None]
+    assert len(step_findings) == sum(len(c.findings) for c in checks)
+    run_wide = [f for f in report.findings if f.step is None]
+    assert all(f.code == "no_gradient_share" for f in run_wide) and (len(checks) > 1 or not run_wide)
     for mode in ("token_mean", "prompt_mean"):
         for cause in ZERO_GRAD_CAUSES:
             assert report.zero_grad[mode][cause] == sum(c.zero_grad[mode][cause] for c in checks)

@@ -30,9 +30,11 @@ def test_check_faulty_sample_terminal_output():
     order = [
         out.index(f"{severity.upper():<8}{code}")
         for severity, code in [
+            ("error", "no_gradient_share"),
             ("error", "silent_zero_advantage"),
             ("error", "nonfinite_advantage"),
             ("error", "zero_advantage"),
+            ("warning", "no_gradient_share"),
             ("warning", "prompt_cut_by_mini_batch"),
             ("warning", "rebased_prompt_mean_misweight"),
             ("warning", "noncontiguous_uid"),
@@ -51,7 +53,7 @@ def test_check_faulty_sample_terminal_output():
     assert "     │^^        │" in out
     # The zero-gradient table: every canonical mode has the same causes here (one column).
     assert "every mode (6)" in out and "zero_variance_group  │  6,326   37.5%" in out
-    assert "4 errors · 13 warnings · 8 infos — fails --fail-on error" in out
+    assert "5 errors · 15 warnings · 8 infos — fails --fail-on error" in out
     assert all(len(line) <= 100 for line in out.splitlines())
     assert result.stderr == ""
 
@@ -95,9 +97,12 @@ def test_check_json_is_one_document():
         "prompt_mean",
     }
     first = document["findings"][0]
-    assert set(first) == {"code", "severity", "step", "uid", "rows", "tokens", "message"}
-    assert (first["code"], first["step"], first["rows"]) == ("silent_zero_advantage", 0, [10, 11])
-    assert document["counts"] == {"error": 4, "warning": 13, "info": 8}
+    assert set(first) == {"code", "severity", "step", "uid", "rows", "tokens", "message", "modes"}
+    # step 1: 3,219 of 5,151 loss tokens without gradient (62.5%)
+    assert (first["code"], first["step"], first["tokens"], first["modes"]) == ("no_gradient_share", 1, 3219, [])
+    silent = next(f for f in document["findings"] if f["code"] == "silent_zero_advantage")
+    assert (silent["step"], silent["rows"], silent["modes"]) == (0, [10, 11], ["prompt_mean"])
+    assert document["counts"] == {"error": 5, "warning": 15, "info": 8}
 
 
 @pytest.mark.parametrize(
@@ -111,9 +116,10 @@ def test_check_json_is_one_document():
         # The bundled sample cut by 20-row mini-batches, trained with token_mean: warnings (cuts), no error.
         (["check", "--mini-batch-size", "20", "-m", "token_mean"], "error", 0),
         (["check", "--mini-batch-size", "20", "-m", "token_mean"], "warning", 1),
-        # The bundled sample as it is: only zero-variance groups (info).
+        # The bundled sample as it is: zero-variance groups (info) that take 36.3% of its loss tokens
+        # (no_gradient_share, a warning).
         (["check"], "error", 0),
-        (["check"], "warning", 0),
+        (["check"], "warning", 1),
         (["check"], "info", 1),
         (["check"], "never", 0),
     ],
@@ -138,7 +144,7 @@ def test_check_as_a_subprocess_gate():
         check=False,
     )
     assert result.returncode == 1
-    assert json.loads(result.stdout)["counts"]["error"] == 4
+    assert json.loads(result.stdout)["counts"]["error"] == 5
     assert result.stderr == ""
 
 
@@ -284,3 +290,88 @@ def test_report_pictures_the_step_check_pictures() -> None:
         load_steps(str(FAULTY)), [parse_spec("token_mean", Layout()), parse_spec("token_mean,mini-batch-size=10", Layout())]
     )
     assert breakdown.steps[breakdown.worst_step_index()] == worst["step"]
+
+
+REAL = REPO.parent / "shared" / "data" / "real"
+
+
+@pytest.mark.skipif(not (REAL / "atropos_cybersec_subjreward.jsonl").exists(), reason="real dumps not present")
+def test_a_run_that_learns_nothing_fails():
+    # Every score of both groups is 0: all 11,868 loss tokens get no gradient.
+    result = invoke("check", str(REAL / "atropos_cybersec_subjreward.jsonl"))
+    assert result.exit_code == 1, result.output
+    assert "ERROR   no_gradient_share  1 finding · 16 rows · 11,868 tokens" in result.stdout
+    assert "11,868 of 11,868 loss tokens in this step (100.0%) get no gradient" in result.stdout
+    assert "1 error · 0 warnings · 2 infos — fails --fail-on error" in result.stdout
+    # Allowing every share up to 100% still fails at 100%.
+    assert invoke("check", str(REAL / "atropos_cybersec_subjreward.jsonl"), "--max-no-grad-share", "100%").exit_code == 1
+
+
+def test_the_bundled_sample_warns_on_its_lost_tokens():
+    result = invoke("check")
+    assert "WARNING no_gradient_share" in result.stdout
+    assert "118,001 of 324,757 loss tokens over the run (36.3%) get no gradient" in result.stdout
+    assert invoke("check", "--max-no-grad-share", "30%").exit_code == 1  # 36.3% > 30%: an error
+    assert "over the run" not in invoke("check", "--max-no-grad-share", "40%,60%").stdout  # 36.3% <= 40%
+
+
+def test_truncated_responses_from_the_flag_and_the_config():
+    flag = json.loads(invoke("check", "--max-response-len", "1024", "--json").stdout)
+    verl = ["--trainer", "verl", "--set", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8"]
+    config = json.loads(invoke("check", *verl, "--set", "data.max_response_length=1024", "--json").stdout)
+    for document in (flag, config):
+        found = [f for f in document["findings"] if f["code"] == "truncated_response"]
+        # the bundled sample caps at 1,024 tokens and scores those responses 0
+        assert [f["step"] for f in found] == [0, 1, 2, 3]
+        assert all(f["severity"] == "warning" and "every one 0" in f["message"] for f in found)
+    assert "(the verl config's data.max_response_length)" in json.dumps(config)
+    assert config["options"] == {
+        "max_no_grad_share": {"warning": 0.25, "error": 0.5},
+        "response_cap": 1024,
+        "cap_source": "the verl config's data.max_response_length",
+        "trainer": "verl",
+    }
+    assert flag["options"]["cap_source"] == "--max-response-len" and flag["options"]["trainer"] is None
+    # The flag wins over the config.
+    both = json.loads(
+        invoke("check", *verl, "--set", "data.max_response_length=1024", "--max-response-len", "2048", "--json").stdout
+    )
+    assert not [f for f in both["findings"] if f["code"] == "truncated_response"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-no-grad-share", "lots"], "--max-no-grad-share 'lots': 'lots' is not a share (0 to 1, or 0% to 100%)"),
+        (["--max-no-grad-share", "120%"], "--max-no-grad-share '120%': '120%' is above 100%"),
+        (["--max-no-grad-share", "60%,40%"], "--max-no-grad-share '60%,40%': the warning share is above the error share"),
+        (["--max-response-len", "0"], "--max-response-len 0: expected a whole number of tokens >= 1"),
+    ],
+)
+def test_bad_verdict_options_are_one_line(args, message):
+    result = invoke("check", *args)
+    assert result.exit_code == 2
+    assert result.stderr == f"aggscope: error: {message}\n"
+
+
+@pytest.mark.skipif(not (REAL / "verl_rollout_data_dir_step2.jsonl").exists(), reason="real dumps not present")
+def test_a_verl_dump_gets_no_skyrl_findings():
+    # The rows of verl's dump are in balance_batch order, so uids reappear; verl wrote it, and only SkyRL
+    # asserts on that.
+    path = str(REAL / "verl_rollout_data_dir_step2.jsonl")
+    result = json.loads(invoke("check", path, "--json").stdout)
+    assert result["options"]["trainer"] == "verl"
+    assert not [f for f in result["findings"] if f["code"] == "noncontiguous_uid"]
+    assert any("the trainer here is verl, so they do not run" in note for note in result["notes"])
+    skyrl = json.loads(invoke("check", path, "--trainer", "skyrl", "--json").stdout)
+    assert len([f for f in skyrl["findings"] if f["code"] == "noncontiguous_uid"]) == 64
+
+
+def test_one_truncated_response_reads_in_the_singular(tmp_path):
+    path = tmp_path / "one_long.parquet"
+    table = {"uid": ["a", "a"], "advantages": [[1.0] * 3, [-1.0]], "loss_mask": [[1] * 3, [1]], "reward": [0.0, 1.0]}
+    pq.write_table(pa.table(table), path)
+    document = json.loads(invoke("check", str(path), "--max-response-len", "3", "--json").stdout)
+    out = next(f["message"] for f in document["findings"] if f["code"] == "truncated_response")
+    assert "1 response of 2 (50.0%) reaches the response cap of 3 tokens (--max-response-len): it was cut off" in out
+    assert "Its reward is 0, against a mean of 1 for the other responses." in out

@@ -53,7 +53,7 @@ class SpecOutcome:
         advantage_sign: its gradient mass on positive and negative advantages.
         prompt_concentration: how concentrated its gradient mass is across prompts.
         zero_grad: cause -> loss tokens with no gradient (``check``'s accounting).
-        checks: what ``check`` reports under the SPEC's layout (with the modes of the SPECs there).
+        checks: what ``check`` reports under the SPEC's layout, for the SPEC's own mode (``CheckReport.for_mode``).
         updates_per_step: the optimizer updates (mini-batches) of each step under its layout.
     """
 
@@ -275,7 +275,7 @@ def compare_specs(breakdown: Breakdown, min_rows_per_bucket: int = MIN_ROWS_PER_
             advantage_sign=SignShares.of(result.total),
             prompt_concentration=breakdown.concentration(spec.label),
             zero_grad=zero_grad[spec.label],
-            checks=breakdown.checks[spec.layout],
+            checks=breakdown.checks[spec.layout].for_mode(spec.mode.name),  # the SPEC's own findings
             updates_per_step=updates_per_step(breakdown, spec.label),
         )
     base = breakdown.specs[0]

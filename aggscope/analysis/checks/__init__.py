@@ -66,11 +66,15 @@ from aggscope.analysis.checks.merge import (
     StepZeroGrad,
     parse_fail_on,
     run_checks,
+    unused_field_findings,
 )
 from aggscope.analysis.checks.messages import layout_flags
+from aggscope.analysis.checks.no_gradient import NoGradThresholds, parse_max_no_grad_share
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
+from aggscope.analysis.checks.settings import CheckOptions, trainer_of_dump
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step, zero_grad_causes
+from aggscope.analysis.checks.truncation import parse_max_response_len, response_lengths
 
 __all__ = [
     "CODES",
@@ -82,8 +86,10 @@ __all__ = [
     "ZERO_GRAD_CAUSES",
     "CheckAccumulator",
     "CheckCode",
+    "CheckOptions",
     "CheckReport",
     "Finding",
+    "NoGradThresholds",
     "SafeSizes",
     "StepCheck",
     "StepLanes",
@@ -93,7 +99,12 @@ __all__ = [
     "count_severities",
     "layout_flags",
     "parse_fail_on",
+    "parse_max_no_grad_share",
+    "parse_max_response_len",
+    "response_lengths",
     "run_checks",
     "safe_chunk_sizes",
+    "trainer_of_dump",
+    "unused_field_findings",
     "zero_grad_causes",
 ]

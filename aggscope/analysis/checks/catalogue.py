@@ -36,6 +36,7 @@ class CheckCode:
 CODES: dict[str, CheckCode] = {
     c.code: c
     for c in (
+        CheckCode("no_gradient_share", "warning"),  # first: the verdict on the whole step or run
         CheckCode("prompt_cut_by_mini_batch", "warning"),
         CheckCode("prompt_cut_by_rank", "info"),
         CheckCode("prompt_cut_by_micro_batch", "info"),
@@ -46,6 +47,8 @@ CODES: dict[str, CheckCode] = {
         CheckCode("noncontiguous_uid", "warning"),
         CheckCode("masked_token_advantage", "warning"),
         CheckCode("empty_sequence", "warning"),
+        CheckCode("truncated_response", "warning"),
+        CheckCode("unused_dump_field", "warning"),
         CheckCode("singleton_group", "warning"),
         CheckCode("incomplete_group", "warning"),
         CheckCode("zero_variance_group", "info"),
@@ -55,6 +58,10 @@ CODE_ORDER = {code: index for index, code in enumerate(CODES)}
 SEVERITY_RANK = {severity: index for index, severity in enumerate(SEVERITIES)}
 CUT_CODES = {level: f"prompt_cut_by_{level}" for level in CUT_LEVELS}
 ADVISED_CODES = ("prompt_cut_by_mini_batch", "silent_zero_advantage")
+# The modes that divide by the mini-batch's sequence count N_b, where an empty row dilutes the rest.
+SEQUENCE_DENOMINATOR_MODES = ("sequence_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "seq_mean_token_sum_norm_padded")
+# The cut levels whose severity token_mean_legacy raises (it normalises each micro-batch by its own tokens).
+LEGACY_CUT_CODES = ("prompt_cut_by_rank", "prompt_cut_by_micro_batch")
 
 
 @dataclass(frozen=True)
@@ -64,29 +71,38 @@ class Finding:
     Attributes:
         code: stable code (a key of ``CODES``).
         severity: ``error``, ``warning`` or ``info``.
-        step: the step.
+        step: the step, or None for a finding on the whole run.
         uid: the prompt group, or None where none applies.
         rows: ``seq_index`` values of the rows concerned, ascending.
         tokens: loss tokens affected (see the package notes for the two exceptions).
         message: what it means and what to change.
+        modes: the modes the finding concerns (it is raised only because one of them is selected);
+            empty when it concerns every mode.
     """
 
     code: str
     severity: str
-    step: int
+    step: int | None
     uid: str | None
     rows: tuple[int, ...]
     tokens: int
     message: str
+    modes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["rows"] = list(self.rows)
+        out["modes"] = list(self.modes)
         return out
+
+    def concerns(self, mode: str) -> bool:
+        """True when the finding matters for ``mode``."""
+        return not self.modes or mode in self.modes
 
     @property
     def sort_key(self) -> tuple[int, int, int, int]:
-        return (SEVERITY_RANK[self.severity], CODE_ORDER[self.code], self.step, self.rows[0] if self.rows else -1)
+        step = -1 if self.step is None else self.step  # a run-wide finding before the steps' own
+        return (SEVERITY_RANK[self.severity], CODE_ORDER[self.code], step, self.rows[0] if self.rows else -1)
 
 
 def count_severities(findings: Iterable[Finding], step: int | None = None) -> dict[str, int]:

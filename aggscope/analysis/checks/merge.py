@@ -16,14 +16,18 @@ from typing import Any
 
 from aggscope.analysis.checks.catalogue import (
     ADVISED_CODES,
+    CODES,
     CUT_LEVELS,
     FAIL_ON_LEVELS,
+    LEGACY_CUT_CODES,
     SEVERITY_RANK,
     ZERO_GRAD_CAUSES,
     Finding,
     count_severities,
 )
+from aggscope.analysis.checks.no_gradient import no_gradient_findings
 from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
+from aggscope.analysis.checks.settings import CheckOptions
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
 from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import StepBatch
@@ -56,6 +60,7 @@ class CheckReport:
         steps: the zero-gradient causes of each step.
         loss_tokens: loss tokens over all steps.
         worst_step: the split picture data of the step with the worst findings, or None.
+        options: the thresholds, response cap and trainer the checks ran with.
     """
 
     layout: Layout
@@ -70,6 +75,7 @@ class CheckReport:
     worst_step: StepLanes | None = None
     lengths_estimated: bool = False
     unrecoverable: list[dict[str, Any]] = field(default_factory=list)  # what the dump cannot tell (``Unrecoverable``)
+    options: CheckOptions = field(default_factory=CheckOptions)
 
     def counts(self, step: int | None = None) -> dict[str, int]:
         """Findings per severity, over all steps or in one step."""
@@ -81,6 +87,22 @@ class CheckReport:
         if threshold == "never":
             return False
         return any(SEVERITY_RANK[f.severity] <= SEVERITY_RANK[threshold] for f in self.findings)
+
+    def for_mode(self, mode: str) -> CheckReport:
+        """The report as a user training with ``mode`` alone would get it: the findings that concern
+        ``mode`` (a cut that ``token_mean_legacy`` raised to a warning is back at its own severity
+        under another mode), and ``mode``'s zero-gradient accounting."""
+        findings = []
+        for finding in self.findings:
+            if not finding.concerns(mode):
+                continue
+            if finding.code in LEGACY_CUT_CODES and mode != "token_mean_legacy":
+                finding = replace(finding, severity=CODES[finding.code].severity)
+            findings.append(finding)
+        findings.sort(key=lambda f: f.sort_key)
+        steps = [StepZeroGrad(s.step, s.loss_tokens, {m: c for m, c in s.zero_grad.items() if m == mode}) for s in self.steps]
+        zero_grad = {m: c for m, c in self.zero_grad.items() if m == mode}
+        return replace(self, modes=[m for m in self.modes if m == mode], findings=findings, zero_grad=zero_grad, steps=steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +120,7 @@ class CheckReport:
             "notes": self.notes,
             "lengths_estimated": self.lengths_estimated,
             "unrecoverable": self.unrecoverable,
+            "options": self.options.to_dict(),
             "worst_step": None
             if self.worst_step is None
             else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
@@ -121,6 +144,8 @@ class CheckAccumulator:
     """
 
     layout: Layout
+    options: CheckOptions = field(default_factory=CheckOptions)
+    unused_fields: tuple[tuple[str, str], ...] = ()
     findings: list[Finding] = field(default_factory=list)
     steps: list[StepZeroGrad] = field(default_factory=list)
     cut_prompts: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: {level: [] for level in CUT_LEVELS})
@@ -164,6 +189,9 @@ class CheckAccumulator:
         findings = [
             replace(f, message=f"{f.message} {advice}") if advice and f.code in ADVISED_CODES else f for f in self.findings
         ]
+        if len(self.steps) > 1:  # one step's finding already is the run's
+            findings += no_gradient_findings(None, self.loss_tokens, total, self.options.no_grad)
+        findings += unused_field_findings(self.unused_fields)
         findings.sort(key=lambda f: f.sort_key)
         notes = list(self.notes)
         return CheckReport(
@@ -178,6 +206,7 @@ class CheckAccumulator:
             notes=notes,
             worst_step=self._worst[1] if self._worst is not None else None,
             lengths_estimated=self.lengths_estimated,
+            options=self.options,
         )
 
 
@@ -188,6 +217,8 @@ def run_checks(
     *,
     engine: Engine | None = None,
     progress: Progress | None = None,
+    options: CheckOptions | None = None,
+    unused_fields: Sequence[tuple[str, str]] = (),
 ) -> CheckReport:
     """Check every step, one at a time, and merge the results.
 
@@ -200,13 +231,35 @@ def run_checks(
         layout: the trainer configuration (default: one mini-batch).
         engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
         progress: optional wrapper of the results as they come (a progress bar).
+        options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
+        unused_fields: ``(field, what the trainer does with it)`` of the dump fields the computation
+            does not use (``Rollouts.unused_fields``); each gives an ``unused_dump_field`` finding.
     """
     layout = layout or Layout()
     facts = unrecoverable_of(rollouts)
+    options = options or CheckOptions()
     if modes is None:
         rollouts, modes = _first_step_modes(rollouts, layout)
-    work = functools.partial(check_step, modes=list(modes), layout=layout)
-    return replace(run(engine, rollouts, work, CheckAccumulator(layout), progress), unrecoverable=facts)
+    work = functools.partial(check_step, modes=list(modes), layout=layout, options=options)
+    report = run(engine, rollouts, work, CheckAccumulator(layout, options, tuple(unused_fields)), progress)
+    return replace(report, unrecoverable=facts)
+
+
+def unused_field_findings(fields: Sequence[tuple[str, str]]) -> list[Finding]:
+    """One ``unused_dump_field`` finding, over the run, per dump field the computation leaves aside."""
+    return [
+        Finding(
+            "unused_dump_field",
+            CODES["unused_dump_field"].severity,
+            None,
+            None,
+            (),
+            0,
+            f"the dump carries {name!r}, which these weights do not use: {what} Every weight and gradient share here "
+            "assumes a trainer that ignores it; where yours reads it, the numbers differ by its per-token factor.",
+        )
+        for name, what in fields
+    ]
 
 
 def _first_step_modes(

@@ -9,15 +9,18 @@ over findings.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
-from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, Finding
+from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, SEQUENCE_DENOMINATOR_MODES, Finding
 from aggscope.analysis.checks.messages import check_command, cut_message, has_or_have, who
+from aggscope.analysis.checks.no_gradient import no_gradient_findings, same_accounting
 from aggscope.analysis.checks.quantities import Groups, Rows, host_float64
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
+from aggscope.analysis.checks.settings import CheckOptions
+from aggscope.analysis.checks.truncation import cap_hint, truncated_findings
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, default_modes, resolve_modes
@@ -31,6 +34,10 @@ _NO_UID_NOTE = (
 _NO_PROMPT_MEAN_NOTE = (
     "the boundary prompt_mean checks (silent_zero_advantage, rebased_prompt_mean_misweight) run only with "
     "prompt_mean among the modes"
+)
+_NOT_SKYRL_NOTE = (
+    "the boundary prompt_mean checks (silent_zero_advantage, rebased_prompt_mean_misweight) and noncontiguous_uid "
+    "model SkyRL; the trainer here is {trainer}, so they do not run"
 )
 
 
@@ -126,6 +133,7 @@ def check_step(
     modes: Sequence[Mode | str] | None = None,
     layout: Layout | None = None,
     split: Split | None = None,
+    options: CheckOptions | None = None,
 ) -> StepCheck:
     """Check one step: findings, cut prompts and zero-gradient causes.
 
@@ -136,8 +144,10 @@ def check_step(
             (only with ``prompt_mean``) and the micro-batch cut severity (``token_mean_legacy``).
         layout: the trainer configuration (default: one mini-batch).
         split: the split of this batch under ``layout``, if already computed.
+        options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
     """
     layout = layout or Layout()
+    options = options or CheckOptions()
     if modes is None:
         resolved = default_modes(has_groups=batch.has_groups, max_seq_len=layout.max_seq_len)
     else:
@@ -152,11 +162,25 @@ def check_step(
     findings: list[Finding] = []
     findings += row_level.nonfinite_advantage(rows)
     findings += row_level.masked_token_advantage(rows)
-    findings += row_level.empty_sequence(rows)
+    findings += row_level.empty_sequence(rows, [name for name in weights if name in SEQUENCE_DENOMINATOR_MODES])
+    findings += no_gradient_findings(
+        batch.step,
+        int(rows.loss.sum()),
+        zero_grad,
+        options.no_grad,
+        rows=_no_grad_rows(rows, weights, zero_grad),
+        detail=_zero_variance_detail(batch, groups),
+    )
+    notes: tuple[str, ...] = ()
+    if options.response_cap is not None:
+        findings += truncated_findings(batch, rows.loss, options.response_cap, options.cap_source)
+    else:
+        hint = cap_hint(batch)
+        notes = (hint,) if hint else ()
     if groups is None:
         prompts = _PromptChecks(notes=(_NO_UID_NOTE,))
     else:
-        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights)
+        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights, options)
     findings += prompts.findings
     findings.sort(key=lambda f: f.sort_key)
     return StepCheck(
@@ -169,7 +193,7 @@ def check_step(
         lanes=prompts.lanes,
         safe=prompts.safe,
         group_sizes=prompts.group_sizes,
-        notes=prompts.notes,
+        notes=prompts.notes + notes,
         lengths_estimated=batch.lengths_estimated,
     )
 
@@ -196,6 +220,36 @@ def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]
     }
 
 
+def _no_grad_rows(
+    rows: Rows, weights: dict[str, np.ndarray], zero_grad: dict[str, dict[str, int]]
+) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """``{modes: rows with a loss token without gradient}`` for each group of modes with one accounting."""
+    out = {}
+    finite_nonzero = rows.loss - rows.zero_adv - rows.nonfinite_adv  # [n]
+    for modes, _ in same_accounting(zero_grad):
+        weight = weights[modes[0]]  # [n]
+        bad_weight = (weight == 0) | ~np.isfinite(weight)
+        without = rows.zero_adv + rows.nonfinite_adv + np.where(bad_weight, finite_nonzero, 0)  # [n]
+        out[modes] = tuple(np.flatnonzero(without > 0).tolist())
+    return out
+
+
+def _zero_variance_detail(batch: StepBatch, groups: Groups | None) -> dict[str, str]:
+    """Words on the zero-variance groups: how many, and their rewards (``{"zero_variance_group": ...}``)."""
+    if groups is None or not groups.zero_variance.any():
+        return {}
+    flat = np.flatnonzero(groups.zero_variance)
+    used = int((groups.size > 0).sum())
+    text = f", {flat.size} of {plural(used, 'prompt')}"
+    if batch.rewards is not None:
+        values = np.unique(np.round(groups.reward_mean[flat][np.isfinite(groups.reward_mean[flat])], 9))
+        if values.size == 1:
+            text += f", every reward {values[0]:.4g}"
+        elif values.size:
+            text += f", at rewards {', '.join(f'{v:.4g}' for v in values[:4].tolist())}{' …' if values.size > 4 else ''}"
+    return {"zero_variance_group": text}
+
+
 def _prompt_checks(
     batch: StepBatch,
     rows: Rows,
@@ -204,6 +258,7 @@ def _prompt_checks(
     layout: Layout,
     split: Split,
     weights: dict[str, np.ndarray],
+    options: CheckOptions,
 ) -> _PromptChecks:
     """The checks that need uids: group findings, non-contiguous uids, cuts, the boundary prompt_mean."""
     mode_names = set(weights)
@@ -213,15 +268,20 @@ def _prompt_checks(
     findings = row_level.zero_advantage(rows, groups, host_float64(batch.rewards))
     findings += _group_findings(batch, rows, groups)
     contiguous = bool((groups.runs <= 1).all())
-    if "prompt_mean" not in mode_names:
+    in_play = options.boundary_in_play
+    if not in_play:
+        notes.append(_NOT_SKYRL_NOTE.format(trainer=options.trainer))
+    elif "prompt_mean" not in mode_names:
         notes.append(_NO_PROMPT_MEAN_NOTE)
-    findings += _noncontiguous(batch, rows, groups, layout)
-    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, contiguous)
+    if in_play:
+        findings += _noncontiguous(batch, rows, groups, layout)
+    boundary = in_play and "prompt_mean" in mode_names and contiguous
+    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, boundary)
     findings += cut_findings
     no_gradient = np.zeros(rows.n, dtype=bool)
-    if "prompt_mean" in mode_names and contiguous:
+    if boundary:
         found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
-        findings += found
+        findings += [replace(f, modes=("prompt_mean",)) for f in found]
     safe = None
     # the sizes that cut no prompt are worked out for contiguous mini-batches (the canonical composition)
     if layout.composition == "canonical" and (layout.mini_batch_size is not None or layout.mini_batch_prompts is not None):
@@ -304,15 +364,20 @@ class _RowFindings:
 
         return self._per_uid("masked_token_advantage", rows.masked_nonzero > 0, rows.masked_nonzero, message)
 
-    def empty_sequence(self, rows: Rows) -> list[Finding]:
+    def empty_sequence(self, rows: Rows, modes: Sequence[str]) -> list[Finding]:
+        """Only for the selected modes that divide by the sequence count (``modes``): the others do not see an empty row."""
+        if not modes:
+            return []
+
         def message(members: np.ndarray, uid: str | None) -> str:
             return (
                 f"{who(uid, members)} {has_or_have(int(members.size))} no loss token but still count in the "
-                "sequence denominator N_b (sequence_mean, seq_mean_token_sum, seq_mean_token_sum_norm), diluting every "
-                "other row of the mini-batch. Drop empty responses before the update, or check the mask."
+                f"sequence denominator N_b ({', '.join(modes)}), diluting every other row of the mini-batch. Drop "
+                "empty responses before the update, or check the mask."
             )
 
-        return self._per_uid("empty_sequence", rows.loss == 0, np.zeros_like(rows.loss), message)
+        found = self._per_uid("empty_sequence", rows.loss == 0, np.zeros_like(rows.loss), message)
+        return [replace(f, modes=tuple(modes)) for f in found]
 
     def zero_advantage(self, rows: Rows, groups: Groups, rewards: np.ndarray | None) -> list[Finding]:
         all_zero = (rows.loss > 0) & (rows.zero_adv == rows.loss)
@@ -421,7 +486,7 @@ def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout)
 
 
 def _cuts(
-    step: int, rows: Rows, groups: Groups, mode_names: set[str], contiguous: bool
+    step: int, rows: Rows, groups: Groups, mode_names: set[str], boundary: bool
 ) -> tuple[list[Finding], dict[str, tuple[str, ...]], np.ndarray]:
     """Prompts whose rows span more than one unit of each level; findings at the coarsest level."""
     units = {"mini_batch": rows.mini_batch, "rank": rows.rank_unit, "micro_batch": rows.micro_unit}
@@ -436,7 +501,6 @@ def _cuts(
         np.maximum.at(highest, groups.code, unit)
         cut[level] = used & (lowest != highest)
     legacy = "token_mean_legacy" in mode_names
-    boundary = "prompt_mean" in mode_names and contiguous
     severity = {
         "mini_batch": "warning",
         "rank": "warning" if legacy else "info",

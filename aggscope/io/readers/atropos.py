@@ -2,8 +2,9 @@
 
 Fields per line: ``tokens`` (a token list per sample), ``masks`` (per sample: ``-100`` where the
 token is not trained on, else the token id), ``scores`` (one per sample), optional
-``advantages`` (per token per sample, or one per sample), and others (``messages``,
-``ref_logprobs``, ``overrides``, ...) that are not needed here.
+``advantages`` (per token per sample, or one per sample), optional ``token_weights`` and
+``token_scores`` (per token per sample: not used here; ``unused_fields`` names them), and others
+(``messages``, ``ref_logprobs``, ``overrides``, ...) that are not needed here.
 
 - Groups: the line; the uid is ``{file stem}:{line number}``. Samples keep their line order.
 - A sequence is a sample's whole token list (prompt included); its loss tokens are the ones whose
@@ -38,6 +39,12 @@ from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 NOT_TRAINED = -100
 _PER_TOKEN = pa.list_(pa.list_(pa.float64()))
 _PER_SAMPLE = pa.list_(pa.float64())
+# Per-token fields of a ScoredDataGroup that the weights here leave aside (``check``: unused_dump_field).
+UNUSED_FIELDS = {
+    "token_weights": "a weight per token per sample, which a trainer that reads it multiplies into each token's loss term.",
+    "token_scores": "a score per token per sample (a dense reward), which a trainer that reads it turns into per-token "
+    "advantages in place of the sample's one score.",
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,9 @@ class AtroposRollouts(DumpRollouts[AtroposSettings]):
         if given is None or options.advantage is not None:
             notes.append(estimator_note(estimator, score_field))
         settings = AtroposSettings(score_field, _PER_SAMPLE if per_sample else _PER_TOKEN, options.advantage)
-        return cls(path, plan, settings=settings, columns=columns, notes=notes, has_groups=True)
+        rollouts = cls(path, plan, settings=settings, columns=columns, notes=notes, has_groups=True)
+        rollouts.unused_fields = tuple((name, what) for name, what in UNUSED_FIELDS.items() if first.get(name) is not None)
+        return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         fields = {

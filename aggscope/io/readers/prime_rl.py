@@ -2,7 +2,8 @@
 
 One line per packed sequence (newer versions write one line per sample, which reads the same):
 per-token ``position_ids``, ``loss_mask``, ``advantages`` (and ``token_ids``, logprobs, ...),
-optional per-token ``rewards``, and ``step``, ``rank``, ``micro_step``.
+optional per-token ``rewards``, optional per-token ``rl_weights`` (not used here: ``unused_fields``
+names it), and ``step``, ``rank``, ``micro_step``.
 
 - A line packs several samples; a new sample starts where ``position_ids`` stop increasing
   (restart at 0). Samples keep the order ranks (natural order of the files), lines, position.
@@ -27,6 +28,8 @@ from aggscope.io.paths import list_files, step_in_name
 from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch
 from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
+
+RL_WEIGHTS = "a weight per token, which a trainer that reads it multiplies into each token's loss term."
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,10 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
         }
         if reward_field is not None:
             columns["reward"] = reward_field
-        return cls(path, plan, settings=PrimeRlSettings(reward_field), columns=columns, notes=notes, has_groups=False)
+        rollouts = cls(path, plan, settings=PrimeRlSettings(reward_field), columns=columns, notes=notes, has_groups=False)
+        if first.get("rl_weights") is not None:
+            rollouts.unused_fields = (("rl_weights", RL_WEIGHTS),)
+        return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         decoded = []

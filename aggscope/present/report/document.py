@@ -198,7 +198,7 @@ def _prompts_first(document: ReportDocument) -> set[tuple[int, str]]:
         (finding.step, str(finding.uid))
         for outcome in document.results.values()
         for finding in outcome.checks.findings
-        if finding.uid is not None
+        if finding.uid is not None and finding.step is not None
     }
     for change in document.changes:
         for move in (change.prompts_gaining or []) + (change.prompts_losing or []):

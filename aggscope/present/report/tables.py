@@ -8,12 +8,13 @@ significant digits, shares with one decimal, ``–`` where a value is missing or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aggscope import fmt
 from aggscope.analysis.breakdown import Buckets, BucketShares, Change, PromptMove, Shift
 from aggscope.analysis.breakdown.outcomes import finite_or_none, ratio_keys, report_findings_omitted
 from aggscope.analysis.checks import CheckReport
+from aggscope.analysis.checks.catalogue import SEVERITY_RANK, Finding
 from aggscope.present.report.document import ReportDocument
 from aggscope.present.report.sentences import length_bucket_text, points, token_span
 
@@ -295,7 +296,13 @@ def _finding_groups(checks: CheckReport) -> tuple[list[FindingGroup], int]:
     groups, shown = [], 0
     for code, findings in by_code.items():
         rows = [
-            [f.severity, str(f.step), fmt.MISSING if f.uid is None else str(f.uid), fmt.number(f.tokens), f.message]
+            [
+                f.severity,
+                "run" if f.step is None else str(f.step),
+                fmt.MISSING if f.uid is None else str(f.uid),
+                fmt.number(f.tokens),
+                f.message,
+            ]
             for f in findings[:FINDING_ROWS]
         ]
         shown += len(rows)
@@ -312,19 +319,19 @@ def _cut_table(checks: CheckReport) -> tuple[Table | None, int]:
 
 
 def findings_tables(document: ReportDocument) -> list[FindingsTable]:
-    """check's findings, once per distinct layout, grouped by code, worst first; and the prompts each layout cuts."""
-    out: list[FindingsTable] = []
-    seen: set[str] = set()
+    """check's findings, once per distinct layout (the findings of every SPEC there, each under its own
+    mode, shown once), grouped by code, worst first; and the prompts each layout cuts."""
+    by_layout: dict[str, list[CheckReport]] = {}
     for spec in document.specs:
-        if spec.layout_text in seen:
-            continue
-        seen.add(spec.layout_text)
-        checks = document.results[spec.label].checks
+        by_layout.setdefault(spec.layout_text, []).append(document.results[spec.label].checks)
+    out: list[FindingsTable] = []
+    for layout_text, reports in by_layout.items():
+        checks = _layout_checks(reports)
         groups, more = _finding_groups(checks)
         cut, cut_total = _cut_table(checks)
         out.append(
             FindingsTable(
-                spec.layout_text,
+                layout_text,
                 ", ".join(checks.modes),
                 groups,
                 more,
@@ -335,6 +342,22 @@ def findings_tables(document: ReportDocument) -> list[FindingsTable]:
             )
         )
     return out
+
+
+def _layout_checks(reports: Sequence[CheckReport]) -> CheckReport:
+    """One report of the SPECs that share a layout: each finding once, at the worst severity a SPEC's
+    mode gives it (``CheckReport.for_mode`` keeps one mode's findings)."""
+    if len(reports) == 1:
+        return reports[0]
+    worst: dict[tuple, Finding] = {}
+    for report in reports:
+        for finding in report.findings:
+            key = (finding.code, finding.step, finding.uid, finding.rows, finding.message)
+            if key not in worst or SEVERITY_RANK[finding.severity] < SEVERITY_RANK[worst[key].severity]:
+                worst[key] = finding
+    modes = [mode for report in reports for mode in report.modes]
+    findings = sorted(worst.values(), key=lambda f: f.sort_key)
+    return replace(reports[0], findings=findings, modes=list(dict.fromkeys(modes)))
 
 
 def zero_grad_table(document: ReportDocument) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dumps import cli_error, per_row, write_jsonl
@@ -43,3 +44,22 @@ def test_advantage_option_is_refused_for_parquet_and_prime_rl(tmp_path: Path) ->
     assert "--advantage rebuilds advantages of dumps that hold only rewards" in cli_error("inspect", "--advantage", "grpo")
     path = write_jsonl(tmp_path / "step_1" / "rank_0.jsonl", [{"position_ids": [0], "loss_mask": [1], "advantages": [1.0]}])
     assert "the prime-rl format has no rewards and prompt groups" in cli_error("inspect", str(path), "--advantage", "rloo")
+
+
+def test_prime_rl_rl_weights_are_named_as_unused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aggscope.cli import app
+
+    root = tmp_path / "token_exports"
+    line = {"step": 0, "position_ids": [0, 1, 2], "loss_mask": [0, 1, 1], "advantages": [0.0, 1.0, -1.0],
+            "rl_weights": [0.0, 0.5, 0.5]}  # fmt: skip
+    write_jsonl(root / "step_0" / "rank_0.jsonl", [line])
+    rollouts = open_rollouts(str(root))
+    assert [name for name, _ in rollouts.unused_fields] == ["rl_weights"]
+    result = CliRunner().invoke(app, ["check", str(root), "--json"])
+    found = [f for f in json.loads(result.stdout)["findings"] if f["code"] == "unused_dump_field"]
+    assert len(found) == 1 and found[0]["message"].startswith("the dump carries 'rl_weights'")
+    del line["rl_weights"]
+    write_jsonl(root / "step_0" / "rank_0.jsonl", [line])
+    assert open_rollouts(str(root)).unused_fields == ()
