@@ -6,7 +6,7 @@ aggscope's environment; ``.ci/run`` builds that Python) for every loss type belo
 ``d loss / d per_token_logps`` on the tensor TRL's loss is computed from. At ratio 1 that gradient
 is ``-w * A`` (divided by the number of processes by DDP's mean), so:
 
-- from the mixin's log and its ``grpo_config.json``, aggscope's per-token ``w * A`` equals the
+- with one process and with two (``torchrun``, DDP on gloo), from the mixin's log and its ``grpo_config.json``, aggscope's per-token ``w * A`` equals the
   captured gradient on every token, for every loss type;
 - from TRL's own completions files, read with ``--tokenizer`` and ``--max-completion-length``
   (steps_per_generation = gradient_accumulation_steps), every completion's token count, advantage
@@ -51,14 +51,17 @@ def trl_python() -> str:
     return python
 
 
-@pytest.fixture(scope="module")
-def trl_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trl-run")
-    spec = {**SPEC, "out": str(out), "loss_types": LOSS_TYPES}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [trl_python(), str(RUN)], input=json.dumps(spec), capture_output=True, text=True, timeout=900, env=env, cwd=out
-    )
+@pytest.fixture(scope="module", params=[1, 2], ids=["1 process", "2 processes"])
+def trl_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's folder: one process, or two under ``torchrun`` (DDP on gloo, CPU)."""
+    python = Path(trl_python())
+    out = tmp_path_factory.mktemp(f"trl-run-{request.param}")
+    spec = json.dumps({**SPEC, "out": str(out), "loss_types": LOSS_TYPES})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "AGGSCOPE_TRL_SPEC": spec}
+    command = [str(python), str(RUN)]
+    if request.param > 1:
+        command = [str(python.parent / "torchrun"), "--standalone", f"--nproc-per-node={request.param}", str(RUN)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=out)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -145,6 +148,7 @@ def test_completions_dump_loses_only_what_it_says(trl_run: Path, loss_type: str)
 
 
 def test_nan_rewards_are_missing_and_their_advantage_zero(trl_run: Path) -> None:
+    """Completions starting with ``w5`` get None from the reward function: NaN, advantage 0 in TRL."""
     document, _ = dump_batches(trl_run / "grpo")
     rows = [(r, a) for step in document["steps"] for r, a in zip(step["rewards"], step["advantages"], strict=True)]
     unscorable = [a for r, a in rows if r is None]

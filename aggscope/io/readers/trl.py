@@ -27,6 +27,7 @@ shuffle that cuts it into micro-batches).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -305,14 +306,22 @@ def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str]]:
     return plan, []
 
 
-def _generation(file: str) -> pa.Table | None:
-    """A one-step file's rows without ``step`` (what repeats when TRL logs one generation twice)."""
+def _generation(file: str) -> bytes | None:
+    """A digest of a one-step file's rows without ``step`` (what repeats when TRL logs one generation twice).
+
+    Compared as Arrow IPC bytes rather than with ``Table.equals``, which takes NaN (a reward
+    function's None) as unequal to itself.
+    """
     table = pq.read_table(file)
     if "step" in table.column_names:
         if pc.count_distinct(table.column("step")).as_py() > 1:
             return None
         table = table.drop_columns(["step"])
-    return table.combine_chunks()
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).digest()
 
 
 def _read_generations_once(plan: dict[int, list[str]]) -> tuple[dict[int, list[str]], dict[int, list[int]]]:
@@ -327,7 +336,7 @@ def _read_generations_once(plan: dict[int, list[str]]) -> tuple[dict[int, list[s
     for step in sorted(plan):
         files = plan[step]
         generation = _generation(files[0]) if len(files) == 1 else None
-        if generation is not None and previous is not None and first is not None and generation.equals(previous):
+        if generation is not None and first is not None and generation == previous:
             repeats.setdefault(first, []).append(step)
             continue
         kept[step] = files
