@@ -2,8 +2,8 @@
 
 Run as ``$AGGSCOPE_TRL_PYTHON trl_grpo_run.py < spec.json`` with aggscope on ``PYTHONPATH`` (or
 under ``torchrun --nproc-per-node 2`` for two processes on gloo). The spec gives ``out`` (a folder),
-``loss_types``, ``B``, ``GA``, ``SPG``, ``G`` (num_generations), ``steps`` and
-``max_completion_length``. For each loss type it builds, with no hub access, a WordLevel tokenizer
+``loss_types``, ``B``, ``GA``, ``SPG``, ``G`` (num_generations), ``steps``,
+``max_completion_length`` and ``conversational`` (the loss types whose prompts are chat messages). For each loss type it builds, with no hub access, a WordLevel tokenizer
 over a few words (EOS doubles as padding) and a random Llama (hidden size 64, 2 layers), trains
 ``steps`` optimizer steps with ``log_completions=True`` and aggscope's mixin logging into
 ``{out}/{loss_type}/batches``, and captures the gradient of the loss with respect to the per-token
@@ -30,6 +30,7 @@ from trl import GRPOConfig, GRPOTrainer
 from aggscope.trainer.trl import AggscopeGRPOMixin
 
 WORDS = [f"w{i}" for i in range(10)]
+CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
 
 
 def build_tokenizer(folder: str) -> PreTrainedTokenizerFast:
@@ -59,9 +60,10 @@ def build_model(vocab_size: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def reward_w3(completions: list[str], **_: object) -> list[float | None]:
+def reward_w3(completions: list, **_: object) -> list[float | None]:
     """Count of ``w3`` in the completion; None (unscorable) when it starts with ``w5``."""
-    return [None if text.startswith("w5") else float(text.split().count("w3")) for text in completions]
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]  # chat: the assistant message
+    return [None if text.startswith("w5") else float(text.split().count("w3")) for text in texts]
 
 
 class CapturingTrainer(AggscopeGRPOMixin, GRPOTrainer):
@@ -82,7 +84,11 @@ def run(spec: dict, loss_type: str) -> None:
     out = os.path.join(spec["out"], loss_type)
     os.makedirs(out, exist_ok=True)
     tokenizer = build_tokenizer(os.path.join(out, "tokenizer"))
-    prompts = [" ".join(WORDS[(i * 3 + k) % len(WORDS)] for k in range(3)) for i in range(32)]
+    texts = [" ".join(WORDS[(i * 3 + k) % len(WORDS)] for k in range(3)) for i in range(32)]
+    prompts: list = texts
+    if loss_type in spec.get("conversational", []):  # chat messages: TRL logs prompt and completion as messages
+        tokenizer.chat_template = CHAT_TEMPLATE
+        prompts = [[{"role": "user", "content": text}] for text in texts]
     args = GRPOConfig(
         output_dir=out,
         loss_type=loss_type,

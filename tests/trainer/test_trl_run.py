@@ -8,7 +8,7 @@ is ``-w * A`` (divided by the number of processes by DDP's mean), so:
 
 - with one process and with two (``torchrun``, DDP on gloo), from the mixin's log and its ``grpo_config.json``, aggscope's per-token ``w * A`` equals the
   captured gradient on every token, for every loss type;
-- from TRL's own completions files, read with ``--tokenizer`` and ``--max-completion-length``
+- from TRL's own completions files (chat messages for ``dapo``, text for the others), read with ``--tokenizer`` and ``--max-completion-length``
   (steps_per_generation = gradient_accumulation_steps), every completion's token count, advantage
   and reward equal what was trained, and the step sums of ``grpo``, ``dapo`` and ``dr_grpo`` equal the
   exact ones; ``bnpo``'s micro-batches, cut after TRL's shuffle, are what the reader's
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow  # end to end: TRL trains in its own Python
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "tests" / "trl_grpo_run.py"
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
-SPEC = {"B": 4, "GA": 2, "SPG": 2, "G": 4, "steps": 2, "max_completion_length": 8}
+SPEC = {"B": 4, "GA": 2, "SPG": 2, "G": 4, "steps": 2, "max_completion_length": 8, "conversational": ["dapo"]}
 EXACT_FROM_DUMP = ["grpo", "dr_grpo", "dapo"]  # step sums that do not depend on the micro-batch order
 
 

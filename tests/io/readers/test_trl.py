@@ -138,3 +138,16 @@ def test_eos_options_are_for_trl_only(tmp_path: Path) -> None:
     assert "--eos-trained applies to TRL completions files" in cli_error("inspect", str(path), "--eos-trained")
     message = cli_error("inspect", str(path), "--max-completion-length", "8")
     assert "--max-completion-length applies to TRL completions files" in message
+
+
+def test_trl_unscorable_rows_are_not_zero_advantage_findings(tmp_path: Path) -> None:
+    from aggscope.analysis.checks import check_step
+
+    nan = float("nan")
+    table = pa.table(
+        {"step": [1] * 3, "prompt": ["P"] * 3, "completion": ["a", "b", "c"], "r": [1.0, 0.0, nan], "advantage": [0.7, -0.7, 0.0]}
+    )
+    pq.write_table(table, tmp_path / "completions_00001.parquet")
+    (batch,) = read_all(tmp_path)
+    # row 2: its reward function returned None; TRL gives it advantage 0 on purpose
+    assert not [f for f in check_step(batch, ["token_mean"]).findings if f.code == "zero_advantage"]
