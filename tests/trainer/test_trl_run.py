@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trl_env import trl_python
 
 from aggscope.core.batch import StepBatch
 from aggscope.core.weights import compute_weights
@@ -41,20 +42,10 @@ SPEC = {"B": 4, "GA": 2, "SPG": 2, "G": 4, "steps": 2, "max_completion_length": 
 EXACT_FROM_DUMP = ["grpo", "dr_grpo", "dapo"]  # step sums that do not depend on the micro-batch order
 
 
-def trl_python() -> str:
-    python = os.environ.get("AGGSCOPE_TRL_PYTHON")
-    if not python:
-        reason = "AGGSCOPE_TRL_PYTHON is not set to a Python with trl==1.16.0 installed (.ci/run builds one)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real TRL run, but {reason}")
-        pytest.skip(reason)
-    return python
-
-
 @pytest.fixture(scope="module", params=[1, 2], ids=["1 process", "2 processes"])
 def trl_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's folder: one process, or two under ``torchrun`` (DDP on gloo, CPU)."""
-    python = Path(trl_python())
+    python = Path(trl_python("the real TRL run"))
     out = tmp_path_factory.mktemp(f"trl-run-{request.param}")
     spec = json.dumps({**SPEC, "out": str(out), "loss_types": LOSS_TYPES})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "AGGSCOPE_TRL_SPEC": spec}

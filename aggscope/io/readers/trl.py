@@ -7,8 +7,9 @@ datasets), one column per reward function (NaN where it returned None), any ``lo
 and ``advantage``. The rows are the latest generation batch, in generation order (before the
 shuffle that cuts it into micro-batches).
 
-- Groups: the exact ``prompt`` text hashed to a short stable uid (``aggscope.core.batch.text_uid``);
-  chat messages as ``role: content`` lines.
+- Groups: the exact ``prompt`` text hashed to a short stable uid (``aggscope.core.batch.text_uid``;
+  chat messages: their list hashed, shown as ``role: content`` lines), one group per run of
+  consecutive rows with that text (``generation_groups``).
 - Reward: the sum of the reward columns, skipping missing (NaN) values as TRL's ``nansum`` with
   its default equal weights does; NaN where every column is NaN (TRL leaves such a row out of its
   group's baseline and gives it advantage 0). Or the one column named by ``--reward-col``.
@@ -113,7 +114,10 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
         eos_trained, eos_notes = _eos_rule(options, lengths.tokenizer_path)
         notes += eos_notes
         if not uid_column:
-            notes.append("prompt groups are the rows with the exact same prompt text")
+            notes.append(
+                "prompt groups are the runs of consecutive rows with the exact same prompt text (TRL's generation order); "
+                "the same text in a later run is another group, uid suffixed #k"
+            )
         settings = TrlSettings(
             lengths,
             estimator,
@@ -144,7 +148,10 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
         rewards = _rewards(table, settings) if settings.reward_columns else None
         prompts, prompt_uids = _prompt_texts(table.column(settings.text_column).combine_chunks(), settings.text_column, source)
         completions = _completion_texts(table.column("completion").combine_chunks(), source)
-        uid_values = table.column(settings.uid_column).combine_chunks() if settings.uid_column else prompt_uids
+        if settings.uid_column:
+            uid_values = table.column(settings.uid_column).combine_chunks()
+        else:
+            uid_values = generation_groups(np.asarray(prompt_uids) if prompt_uids is not None else hashed_uids(prompts))
         row_advantages = None
         if settings.estimator is None:
             row_advantages = table.column("advantage").cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -177,6 +184,27 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
                 table = table.filter(pc.equal(table.column("step"), step))
             tables.append(table)
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+def generation_groups(prompt_uids: np.ndarray) -> pa.Array:
+    """``[n]`` group uids: TRL's groups are runs of consecutive rows of one prompt, in generation order.
+
+    ``RepeatSampler`` repeats each prompt ``num_generations`` times in a row and TRL logs the batch
+    before shuffling it, so a prompt text seen again in a later run is another group: its uid gets
+    ``#k`` for its ``k``-th run (a prompt repeated in adjacent groups stays one run).
+    """
+    uids = np.asarray(prompt_uids, dtype=object)
+    if uids.size == 0:
+        return pa.array([], type=pa.string())
+    is_start = np.concatenate([[True], uids[1:] != uids[:-1]])  # [n]
+    seen: dict[str, int] = {}
+    labels = []
+    for uid in uids[is_start]:  # a loop over runs: one per prompt group
+        k = seen.get(uid, 0)
+        seen[uid] = k + 1
+        labels.append(uid if k == 0 else f"{uid}#{k}")
+    run_of_row = np.cumsum(is_start) - 1  # [n]
+    return pa.array(np.asarray(labels, dtype=object)[run_of_row].tolist(), type=pa.string())
 
 
 def trained_lengths(text_counts: np.ndarray, eos_trained: bool, max_completion_length: int | None) -> np.ndarray:
@@ -385,6 +413,15 @@ def trl_unrecoverable(settings: TrlSettings, steps: list[int], repeats: dict[int
             ("*",),
         ),
     ]
+    if settings.uid_column is None:
+        facts.append(
+            Unrecoverable(
+                "where one group ends and the next begins when a prompt is drawn into two adjacent groups (num_generations "
+                "is not logged)",
+                "such groups read as one: prompt_mean and rebuilt advantages",
+                ("prompt_mean",),
+            )
+        )
     if settings.lengths.estimated:
         facts.append(Unrecoverable("the completions' token ids (text only)", "every token count: estimated", ("*",)))
     if settings.eos_trained and settings.max_completion_length is None:

@@ -151,3 +151,20 @@ def test_trl_unscorable_rows_are_not_zero_advantage_findings(tmp_path: Path) -> 
     (batch,) = read_all(tmp_path)
     # row 2: its reward function returned None; TRL gives it advantage 0 on purpose
     assert not [f for f in check_step(batch, ["token_mean"]).findings if f.code == "zero_advantage"]
+
+
+def test_trl_the_same_prompt_in_two_groups_is_two_groups(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "step": [1] * 6,
+            "prompt": ["A", "A", "B", "B", "A", "A"],  # TRL's order: num_generations rows per prompt, A drawn twice
+            "completion": ["x"] * 6,
+            "r": [1.0, 0.0, 1.0, 0.0, 1.0, 1.0],
+        }
+    )
+    pq.write_table(table, tmp_path / "completions_00001.parquet")
+    (batch,) = read_all(tmp_path)
+    a = text_uid("A")
+    assert list(batch.row_uids()) == [a, a, text_uid("B"), text_uid("B"), f"{a}#1", f"{a}#1"]
+    # the second A group has rewards 1, 1: advantage 0 (one group of four would give it +0.43 each)
+    assert [adv[0] for _, _, adv in per_row(batch)][4:] == [0.0, 0.0]
