@@ -3,7 +3,8 @@
 Run as ``$AGGSCOPE_TRL_PYTHON trl_grpo_run.py < spec.json`` with aggscope on ``PYTHONPATH`` (or
 under ``torchrun --nproc-per-node 2`` for two processes on gloo). The spec gives ``out`` (a folder),
 ``loss_types``, ``B``, ``GA``, ``SPG``, ``G`` (num_generations), ``steps``,
-``max_completion_length`` and ``conversational`` (the loss types whose prompts are chat messages). For each loss type it builds, with no hub access, a WordLevel tokenizer
+``max_completion_length``, ``conversational`` (the loss types whose prompts are chat messages) and
+``variants`` (``{name: settings}``, more runs with some of these changed, into ``{out}/{name}``). For each loss type it builds, with no hub access, a WordLevel tokenizer
 over a few words (EOS doubles as padding) and a random Llama (hidden size 64, 2 layers), trains
 ``steps`` optimizer steps with ``log_completions=True`` and aggscope's mixin logging into
 ``{out}/{loss_type}/batches``, and captures the gradient of the loss with respect to the per-token
@@ -80,8 +81,8 @@ class CapturingTrainer(AggscopeGRPOMixin, GRPOTrainer):
         return result
 
 
-def run(spec: dict, loss_type: str) -> None:
-    out = os.path.join(spec["out"], loss_type)
+def run(spec: dict, name: str, loss_type: str) -> None:
+    out = os.path.join(spec["out"], name)
     os.makedirs(out, exist_ok=True)
     tokenizer = build_tokenizer(os.path.join(out, "tokenizer"))
     texts = [" ".join(WORDS[(i * 3 + k) % len(WORDS)] for k in range(3)) for i in range(32)]
@@ -158,7 +159,9 @@ def read_dump(out: str, max_completion_length: int) -> None:
 def main() -> None:
     spec = json.loads(os.environ["AGGSCOPE_TRL_SPEC"]) if "AGGSCOPE_TRL_SPEC" in os.environ else json.load(sys.stdin)
     for loss_type in spec["loss_types"]:
-        run(spec, loss_type)
+        run(spec, loss_type, loss_type)
+    for name, variant in spec.get("variants", {}).items():  # the same run with other settings
+        run({**spec, **variant}, name, variant["loss_type"])
 
 
 if __name__ == "__main__":

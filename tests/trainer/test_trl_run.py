@@ -38,7 +38,16 @@ pytestmark = pytest.mark.slow  # end to end: TRL trains in its own Python
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "tests" / "trl_grpo_run.py"
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
-SPEC = {"B": 4, "GA": 2, "SPG": 2, "G": 4, "steps": 2, "max_completion_length": 8, "conversational": ["dapo"]}
+SPEC = {
+    "B": 4,
+    "GA": 2,
+    "SPG": 2,
+    "G": 4,
+    "steps": 2,
+    "max_completion_length": 8,
+    "conversational": ["dapo"],
+    "variants": {"grpo_spg4": {"loss_type": "grpo", "SPG": 4}},  # one generation feeds both optimizer steps
+}
 EXACT_FROM_DUMP = ["grpo", "dr_grpo", "dapo"]  # step sums that do not depend on the micro-batch order
 
 
@@ -145,3 +154,26 @@ def test_nan_rewards_are_missing_and_their_advantage_zero(trl_run: Path) -> None
     unscorable = [a for r, a in rows if r is None]
     assert unscorable, "the run should have a completion whose reward function returned None"
     assert all(a == 0.0 for a in unscorable)
+
+
+def test_a_generation_fed_to_two_steps_is_read_once(trl_run: Path) -> None:
+    """``steps_per_generation = 2 x gradient_accumulation_steps``: TRL writes the generation into both steps' files."""
+    folder = trl_run / "grpo_spg4"
+    assert sorted(p.name for p in (folder / "completions").iterdir()) == [
+        "completions_00001.parquet",
+        "completions_00002.parquet",
+    ]
+    document, dump = dump_batches(folder)
+    assert [batch.step for batch in dump] == [1]
+    assert any("step 1 (also 2)" in note for note in document["notes"])
+    logged = list(open_rollouts(str(folder / "batches")).iter_steps())
+    assert [batch.step for batch in logged] == [1, 2]  # the mixin logs each optimizer step's half
+    trained = sorted(row for batch in logged for row in rows_of(batch))
+    assert rows_of(dump[0]) == trained  # the generation, read once, is the rows both steps trained
+    # Step 1 trains at ratio 1: exact. Step 2 trains the rest of the generation with the policy step 1 made, so
+    # its gradient carries the importance ratio, which neither file holds (the reader's unrecoverable list says so).
+    applied, captured = applied_setup(folder), captured_by_step(folder)
+    processes = applied.layout.dp_size
+    assert relative_error(step_gradient(logged[0], applied), -captured[1] / processes) <= 1e-6
+    assert relative_error(step_gradient(logged[1], applied), -captured[2] / processes) > 1e-3
+    assert any("steps_per_generation > gradient_accumulation_steps" in fact["fact"] for fact in document["unrecoverable"])

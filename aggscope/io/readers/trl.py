@@ -399,8 +399,9 @@ def trl_unrecoverable(settings: TrlSettings, steps: list[int], repeats: dict[int
             ("*",),
         ),
         Unrecoverable(
-            "the importance ratio of every pass after the first when num_iterations > 1 (no log-probabilities logged)",
-            "per-token gradients of those passes (the weights here assume ratio 1, as on the first pass)",
+            "the importance ratio of every optimizer step after the first on a generation (num_iterations > 1, or "
+            "steps_per_generation > gradient_accumulation_steps: the policy has moved; no log-probabilities logged)",
+            "per-token gradients (w x A x ratio, clipped) of those steps; the weights are unaffected",
         ),
         Unrecoverable(
             "the generations trained between logged steps when logging_steps > 1 (TRL writes only the latest generation "
