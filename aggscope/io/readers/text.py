@@ -65,7 +65,7 @@ _EOS_TOKENS: dict[str, str | None] = {}
 def tokenizer_eos(path: str) -> str | None:
     """The end-of-sequence token of the local tokenizer at ``path``, or None when it has none."""
     load_tokenizer(path)
-    return _EOS_TOKENS[path]
+    return _EOS_TOKENS.get(path)
 
 
 def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
