@@ -22,8 +22,10 @@ Every process writes its own shard (``rank=``), one file per micro-batch (``_par
 reads back rank by rank, micro-batch by micro-batch: the order the layout's ``order=logged``
 takes. The main process also writes ``grpo_config.json`` (``args.to_json_string()``) into the
 folder once, for ``--config``. Passes after the first (``num_iterations > 1``) are logged as the
-optimizer steps they are. Not logged: rewards (TRL keeps no per-row reward in the batch), the
-importance ratio, and the entropy and off-policy masks applied inside the loss.
+optimizer steps they are. Rewards (the ``nansum`` of the reward functions with
+``reward_weights``, NaN where all returned None) are logged too: the mixin adds them to the batch
+TRL shuffles and splits, and takes them out again before the loss. Not logged: the importance
+ratio, and the entropy and off-policy masks applied inside the loss.
 """
 
 from __future__ import annotations
@@ -50,13 +52,38 @@ def prompt_uids(prompt_ids: Any, prompt_mask: Any) -> list[str]:
     ]
 
 
+REWARD_KEY = "aggscope_rewards"
+
+
+def local_rewards(trainer: Any, n_local: int) -> Any:
+    """``[n_local]`` this process's rewards of the generation just scored, as TRL sums them.
+
+    TRL keeps the gathered per-function rewards of the generation in ``_logs["rewards"]`` (the
+    last ``n_local x num_processes`` values of each); the reward is their ``nansum`` with
+    ``reward_weights``, NaN where every function returned None (TRL's unscorable rows).
+    """
+    import torch
+
+    accelerator = trainer.accelerator
+    n_global = n_local * accelerator.num_processes
+    per_function = torch.tensor(
+        [list(trainer._logs["rewards"][name])[-n_global:] for name in trainer.reward_func_names], dtype=torch.float64
+    ).T  # [n_global, n_functions]
+    weights = trainer.reward_weights.to(torch.float64)  # [n_functions]
+    rewards = (per_function * weights).nansum(dim=1)  # [n_global]
+    rewards[torch.isnan(per_function).all(dim=1)] = float("nan")
+    start = accelerator.process_index * n_local
+    return rewards[start : start + n_local]
+
+
 def log_grpo_micro_batch(folder: str | os.PathLike[str], inputs: dict[str, Any], *, step: int, rank: int | None) -> Path:
     """Log one micro-batch of ``GRPOTrainer`` (the dict ``_prepare_inputs`` returns) with ``log_batch``.
 
     Args:
         folder: the folder of canonical Parquet files.
         inputs: TRL's micro-batch: ``prompt_ids``/``prompt_mask`` ``[B, P]``, ``completion_mask``
-            ``[B, C]``, ``advantages`` ``[B]``, optionally ``tool_mask`` ``[B, C]``.
+            ``[B, C]``, ``advantages`` ``[B]``, optionally ``tool_mask`` ``[B, C]`` and the mixin's
+            ``aggscope_rewards`` ``[B]``.
         step: the optimizer step (TRL's 1-based count).
         rank: the process index, or None for a single process.
     """
@@ -70,6 +97,7 @@ def log_grpo_micro_batch(folder: str | os.PathLike[str], inputs: dict[str, Any],
         uids=prompt_uids(inputs["prompt_ids"], inputs["prompt_mask"]),
         advantages=inputs["advantages"],
         loss_mask=loss_mask,
+        rewards=inputs.get(REWARD_KEY),
     )
 
 
@@ -83,6 +111,13 @@ class AggscopeGRPOMixin:
     aggscope_folder: str | None = None
     _aggscope_config_written = False
 
+    def _generate_and_score_completions(self, inputs: Any) -> Any:
+        output = super()._generate_and_score_completions(inputs)  # type: ignore[misc]
+        trainer: Any = self
+        if trainer.model.training:  # the rows' rewards ride along through TRL's shuffle and split
+            output = {**output, REWARD_KEY: local_rewards(trainer, len(output["advantages"]))}
+        return output
+
     def _prepare_inputs(self, generation_batch: Any) -> Any:
         inputs = super()._prepare_inputs(generation_batch)  # type: ignore[misc]
         trainer: Any = self
@@ -94,6 +129,8 @@ class AggscopeGRPOMixin:
                 self._aggscope_config_written = True
             rank = accelerator.process_index if accelerator.num_processes > 1 else None
             log_grpo_micro_batch(folder, inputs, step=trainer.state.global_step + 1, rank=rank)
+        if isinstance(inputs, dict) and REWARD_KEY in inputs:  # the loss sees TRL's own keys only (buffer untouched)
+            inputs = {key: value for key, value in inputs.items() if key != REWARD_KEY}
         return inputs
 
     def train(self, *args: Any, **kwargs: Any) -> Any:

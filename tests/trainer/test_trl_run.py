@@ -113,12 +113,14 @@ def dump_batches(folder: Path) -> tuple[dict, list[StepBatch]]:
         lengths = np.asarray(step["lengths"], dtype=np.int64)
         advantages = np.repeat(np.asarray(step["advantages"], dtype=np.float64), lengths)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        batches.append(StepBatch.from_flat(advantages, np.ones(int(offsets[-1]), dtype=bool), offsets, step=step["step"]))
+        rewards = np.asarray([np.nan if r is None else r for r in step["rewards"]], dtype=np.float64)
+        mask = np.ones(int(offsets[-1]), dtype=bool)
+        batches.append(StepBatch.from_flat(advantages, mask, offsets, rewards=rewards, step=step["step"]))
     return document, batches
 
 
-def rows_of(batch: StepBatch) -> list[tuple[float, int]]:
-    """``(advantage, loss tokens)`` per completion, sorted: the rows whatever order they were cut in."""
+def rows_of(batch: StepBatch) -> list[tuple[float, int, str]]:
+    """``(advantage, loss tokens, reward)`` per completion, sorted: the rows whatever order they were cut in."""
     mask = np.asarray(batch.loss_mask, dtype=np.int64)
     loss_tokens = np.add.reduceat(mask, batch.offsets[:-1]) if mask.size else np.zeros(0, dtype=np.int64)
     first = np.asarray(batch.advantages, dtype=np.float64)
@@ -126,7 +128,9 @@ def rows_of(batch: StepBatch) -> list[tuple[float, int]]:
         float(first[start:end][mask[start:end] > 0][0]) if n else 0.0
         for start, end, n in zip(batch.offsets[:-1], batch.offsets[1:], loss_tokens, strict=True)
     ]
-    return sorted((round(a, 5), int(n)) for a, n in zip(advantages, loss_tokens, strict=True))
+    assert batch.rewards is not None
+    rewards = [f"{r:.6g}" for r in np.asarray(batch.rewards, dtype=np.float64).tolist()]  # NaN as "nan": comparable
+    return sorted((round(a, 5), int(n), r) for a, n, r in zip(advantages, loss_tokens, rewards, strict=True))
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -138,7 +142,7 @@ def test_completions_dump_loses_only_what_it_says(trl_run: Path, loss_type: str)
     assert [batch.step for batch in dump] == sorted(logged)
     for batch in dump:
         exact = logged[batch.step]
-        assert rows_of(batch) == rows_of(exact), "token counts or advantages differ from what TRL trained"
+        assert rows_of(batch) == rows_of(exact), "token counts, advantages or rewards differ from what TRL trained"
         dumped, trained = step_gradient(batch, applied).sum(), step_gradient(exact, applied).sum()
         if loss_type in EXACT_FROM_DUMP:
             assert dumped == pytest.approx(trained, rel=1e-6, abs=1e-9), (loss_type, batch.step)
