@@ -16,7 +16,8 @@ micro-batch as the trainer feeds it to the loss, so every command reads exact nu
 Each training micro-step (``GRPOTrainer._prepare_inputs``) logs its rows with ``log_batch``:
 ``advantages`` (one per row), ``loss_mask`` (``completion_mask``, times ``tool_mask`` in
 multi-turn runs) over the padded completion, and ``uids`` hashed from the prompt's token ids with
-its padding cut off by ``prompt_mask``. The step is TRL's optimizer step number as its own logs
+its padding cut off by ``prompt_mask`` (the same prompt drawn into two groups of one generation
+shares a uid; TRL's groups are its positions). The step is TRL's optimizer step number as its own logs
 and ``completions_{step:05d}.parquet`` count it (``state.global_step + 1`` while the step runs).
 Every process writes its own shard (``rank=``), one file per micro-batch (``_part``), so a step
 reads back rank by rank, micro-batch by micro-batch: the order the layout's ``order=logged``
