@@ -90,3 +90,17 @@ def test_grpo_trainer_class_without_trl_is_one_line(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(trl_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(AggscopeError, match=r"^aggscope.trainer.trl needs TRL, which is not installed here: pip install trl$"):
         trl_module.grpo_trainer_class()
+
+
+def test_local_rewards_are_trls_weighted_nansum_of_this_process_slice() -> None:
+    nan = float("nan")
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(num_processes=2, process_index=1),
+        reward_func_names=["correct", "format"],
+        reward_weights=torch.tensor([1.0, 0.5]),
+        # an earlier generation's 2 values first, then this one's 4 (2 per process), gathered in process order
+        _logs={"rewards": {"correct": [9.0, 9.0, 1.0, 0.0, 1.0, nan], "format": [9.0, 9.0, 1.0, 1.0, nan, nan]}},
+    )
+    rewards = trl_module.local_rewards(trainer, n_local=2).tolist()
+    # process 1's rows: 1 + 0.5 * NaN -> nansum 1; NaN and NaN -> unscorable, NaN
+    assert rewards[0] == 1.0 and np.isnan(rewards[1])
