@@ -228,7 +228,9 @@ def expected_findings(batch: StepBatch, layout: Layout, modes: list[str]) -> set
             out.add(("zero_variance_group", "info", step, uid, tuple(members), tokens))
         for i in members:
             all_zero = loss[i] > 0 and rows[i].zero_adv == loss[i]
-            if all_zero and not variance_zero and not at_group_mean(rows[i], mean):
+            # a missing reward in a group with finite ones: advantage 0 by design (TRL's unscorable rows)
+            unscorable = rows[i].reward is not None and math.isnan(rows[i].reward) and mean is not None
+            if all_zero and not variance_zero and not at_group_mean(rows[i], mean) and not unscorable:
                 zeroed.append(i)
     per_uid("zero_advantage", "error", sorted(zeroed), loss)
 

@@ -44,6 +44,8 @@ class InputSpec:
     advantage: Optional[str] = None
     tokenizer: Optional[str] = None
     trust_pickle: bool = False
+    eos_trained: Optional[bool] = None
+    max_completion_length: Optional[int] = None
 
     def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
@@ -64,6 +66,8 @@ class InputSpec:
             advantage=self.advantage,
             tokenizer=self.tokenizer,
             trust_pickle=self.trust_pickle,
+            eos_trained=self.eos_trained,
+            max_completion_length=self.max_completion_length,
         )
 
 
@@ -167,6 +171,35 @@ _INPUT_PARAMS = [
             ),
         ],
         False,
+    ),
+    _param(
+        "eos_trained",
+        Annotated[
+            Optional[bool],
+            typer.Option(
+                "--eos-trained/--no-eos-trained",
+                help="Count each completion's end-of-sequence token, which the trainer trains but the logged text "
+                "leaves out (trl). Default: on for trl.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "max_completion_length",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                "--max-completion-length",
+                min=1,
+                help="The trainer's max_completion_length (trl): a completion that long was cut there and has no "
+                "end-of-sequence token to count.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
     ),
 ]
 
@@ -399,6 +432,8 @@ def _build_input(
     advantage: Optional[str],
     tokenizer: Optional[Path],
     trust_pickle: bool,
+    eos_trained: Optional[bool] = None,
+    max_completion_length: Optional[int] = None,
 ) -> InputSpec:
     from aggscope.io.columns import parse_column_overrides
 
@@ -410,6 +445,8 @@ def _build_input(
         advantage=advantage,
         tokenizer=str(tokenizer) if tokenizer is not None else None,
         trust_pickle=trust_pickle,
+        eos_trained=eos_trained,
+        max_completion_length=max_completion_length,
     )
 
 

@@ -77,3 +77,44 @@ def _constant_groups(rewards: np.ndarray, group_of_row: np.ndarray, n_groups: in
         np.maximum.at(highest, group_of_row, rewards)
         np.minimum.at(lowest, group_of_row, rewards)
     return (highest == lowest) & np.isfinite(highest)
+
+
+TRL_EPSILON = 1e-4
+
+
+def trl_group_advantages(
+    rewards: np.ndarray, group_of_row: np.ndarray, *, scale: bool = True, epsilon: float = TRL_EPSILON
+) -> np.ndarray:
+    """One advantage per row as TRL 1.16's ``GRPOTrainer`` computes it (``scale_rewards="group"``).
+
+    A reward function returning None gives TRL a NaN reward; such rows are left out of their
+    group's statistics (``torch.nanmean`` and TRL's ``nanstd``, unbiased over the finite rows,
+    NaN below two) and get advantage 0 (``torch.nan_to_num``), as does every row of a group whose
+    std is NaN. Notation: ``r`` a group's rewards, ``m``/``s`` their NaN-aware mean and std.
+
+    - ``scale``:     ``(r - m) / (s + eps)``, ``eps = 1e-4``
+    - not ``scale``: ``r - m`` (``scale_rewards="none"``, Dr. GRPO)
+
+    Args:
+        rewards: ``[n_rows]`` rewards, NaN where unscorable.
+        group_of_row: ``[n_rows]`` int group codes ``0..n_groups-1``.
+        scale: divide by the group's std.
+        epsilon: the denominator's epsilon.
+
+    Returns:
+        ``[n_rows]`` float64 advantages, 0 where TRL's are NaN.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    group_of_row = np.asarray(group_of_row, dtype=np.int64)
+    n_groups = int(group_of_row.max()) + 1 if group_of_row.size else 0
+    scored = ~np.isnan(rewards)  # [n_rows]
+    count = np.bincount(group_of_row, weights=scored, minlength=n_groups)  # [n_groups] finite rows
+    total = np.bincount(group_of_row, weights=np.where(scored, rewards, 0.0), minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty groups: NaN, as torch.nanmean gives
+        mean = total / count
+        centred = rewards - mean[group_of_row]  # [n_rows], NaN where unscorable
+        if scale:
+            squares = np.bincount(group_of_row, weights=np.where(scored, centred * centred, 0.0), minlength=n_groups)
+            std = np.where(count > 1, np.sqrt(squares / (count - 1)), np.nan)  # Bessel-corrected, NaN below 2
+            centred = centred / (std[group_of_row] + epsilon)
+    return np.nan_to_num(centred, nan=0.0)

@@ -41,7 +41,9 @@ def open_rollouts(
             ``skyrl`` (see ``aggscope.io.readers``); None detects it from the files.
         options: ``reward_col``, ``advantage`` (grpo, dr_grpo, rloo), ``tokenizer`` (a local folder),
             ``trust_pickle`` (unpickle a ``.pkl``/``.pt`` file fully: it may run code; only for ``path``
-            naming that one file, see ``trusted_pickle_file``).
+            naming that one file, see ``trusted_pickle_file``), ``eos_trained`` and
+            ``max_completion_length`` (TRL: count each completion's trained end token; see
+            ``aggscope.io.readers.trl``).
 
     Returns:
         The reader (``aggscope.io.reader.Rollouts``): a ``ParquetRollouts`` for Parquet input.
@@ -70,6 +72,8 @@ def open_any(
     advantage: str | None = None,
     tokenizer: str | None = None,
     trust_pickle: bool = False,
+    eos_trained: bool | None = None,
+    max_completion_length: int | None = None,
 ) -> Rollouts:
     """Open rollouts of any supported format (see the module docstring)."""
     from aggscope.core.advantages import resolve_estimator
@@ -82,6 +86,8 @@ def open_any(
         advantage=None if advantage is None else resolve_estimator(advantage),
         tokenizer=None if tokenizer is None else str(tokenizer),
         trust_pickle=trust_pickle,
+        eos_trained=eos_trained,
+        max_completion_length=max_completion_length,
     )
     fmt = resolve_format(format) if format is not None else detect_format(path)
     if trust_pickle and fmt not in PICKLE_FORMATS:

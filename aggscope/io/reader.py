@@ -32,6 +32,11 @@ class ReadOptions:
             or None for the dump's own advantages (GRPO where it has none).
         tokenizer: a local tokenizer folder for the token counts of text-only dumps.
         trust_pickle: unpickle ``.pkl``/``.pt`` dumps fully (runs code they name; ``aggscope.io.safe_load``).
+        eos_trained: whether each completion's trained end-of-sequence token, which the decoded text
+            leaves out, is counted (``--eos-trained``/``--no-eos-trained``); None for the format's
+            default (on for TRL).
+        max_completion_length: the trainer's cap on completion tokens; a completion that long was
+            cut there, without an end-of-sequence token.
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -39,6 +44,8 @@ class ReadOptions:
     advantage: str | None = None
     tokenizer: str | None = None
     trust_pickle: bool = False
+    eos_trained: bool | None = None
+    max_completion_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,9 +151,16 @@ def reject_options(
     reward_col: bool = True,
     advantage: bool = True,
     tokenizer: bool = False,
+    eos: bool = False,
     roles: Sequence[str] = (),
 ) -> None:
     """One-line error for an input option the format cannot honour (rather than ignoring it)."""
+    if not eos:
+        given = "--eos-trained" if options.eos_trained else "--no-eos-trained" if options.eos_trained is False else None
+        if options.max_completion_length is not None:
+            given = "--max-completion-length"
+        if given is not None:
+            raise AggscopeError(f"{given} applies to TRL completions files (decoded text without its end token); not to {fmt}")
     if options.tokenizer is not None and not tokenizer:
         raise AggscopeError(
             f"--tokenizer counts the tokens of text-only dumps ({', '.join(TEXT_FORMATS)}); the {fmt} format holds tokens already"

@@ -14,6 +14,7 @@ import pytest
 from dumps import cli_error, per_row, read_all, write_jsonl
 
 import aggscope.io.readers.text as text_module
+from aggscope.io.open import open_rollouts
 
 ROWS = [
     {"input": "Q1", "output": "hello world hello", "score": 1.0, "step": 1},
@@ -98,3 +99,27 @@ def test_with_real_transformers(tmp_path: Path) -> None:
     )
     (batch,) = read_all(write_jsonl(tmp_path / "1.jsonl", ROWS), tokenizer=str(folder))
     assert [len(m) for _, m, _ in per_row(batch)] == [3, 1] and batch.lengths_estimated is False
+
+
+def test_trl_eos_follows_the_tokenizer(tmp_path: Path, stand_in_transformers: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    dump = tmp_path / "completions"
+    dump.mkdir()
+    table = pa.table({"step": [1, 1], "prompt": ["P", "P"], "completion": ["a b", ""], "advantage": [0.5, -0.5]})
+    pq.write_table(table, dump / "completions_00001.parquet")
+    # the stand-in has no eos_token: no EOS counted unless --eos-trained says so
+    rollouts = open_rollouts(str(dump), tokenizer=str(folder))
+    assert [len(m) for _, m, _ in per_row(next(rollouts.iter_steps()))] == [2, 0]
+    assert any("has no EOS token: none counted" in note for note in rollouts.notes)
+    (forced,) = read_all(dump, tokenizer=str(folder), eos_trained=True)
+    assert [len(m) for _, m, _ in per_row(forced)] == [3, 1]
+    monkeypatch.setattr(text_module, "_TOKENIZERS", {})
+    monkeypatch.setattr(WhitespaceTokenizer, "eos_token", "</s>", raising=False)
+    rollouts = open_rollouts(str(dump), tokenizer=str(folder))
+    assert [len(m) for _, m, _ in per_row(next(rollouts.iter_steps()))] == [3, 1]  # 2 words + EOS; EOS only
+    assert any("'</s>': TRL trains the first EOS" in note for note in rollouts.notes)

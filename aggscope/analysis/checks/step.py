@@ -382,6 +382,8 @@ class _RowFindings:
     def zero_advantage(self, rows: Rows, groups: Groups, rewards: np.ndarray | None) -> list[Finding]:
         all_zero = (rows.loss > 0) & (rows.zero_adv == rows.loss)
         flagged = all_zero & ~groups.zero_variance[groups.code] & ~groups.at_mean
+        if rewards is not None:  # a missing reward in a scored group gets advantage 0 by design (TRL's unscorable rows)
+            flagged &= ~(np.isnan(rewards) & np.isfinite(groups.reward_mean[groups.code]))
 
         def message(members: np.ndarray, uid: str | None) -> str:
             if rewards is not None:

@@ -59,6 +59,13 @@ class TextLengths:
 
 
 _TOKENIZERS: dict[str, Callable[[Sequence[str]], list[list[int]]]] = {}
+_EOS_TOKENS: dict[str, str | None] = {}
+
+
+def tokenizer_eos(path: str) -> str | None:
+    """The end-of-sequence token of the local tokenizer at ``path``, or None when it has none."""
+    load_tokenizer(path)
+    return _EOS_TOKENS.get(path)
 
 
 def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
@@ -83,6 +90,7 @@ def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
         return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
     _TOKENIZERS[path] = encode
+    _EOS_TOKENS[path] = getattr(tokenizer, "eos_token", None) or None
     return encode
 
 
@@ -115,9 +123,9 @@ class TextDumpRollouts(DumpRollouts[Settings]):
     token counts from the response text, advantages given per row or rebuilt from the rewards."""
 
     @classmethod
-    def text_options(cls, options: ReadOptions) -> TextLengths:
+    def text_options(cls, options: ReadOptions, *, eos: bool = False) -> TextLengths:
         """Check the options a text dump takes and load ``--tokenizer`` early."""
-        reject_options(options, cls.format, tokenizer=True, roles=("uid", "uid_text", "reward"))
+        reject_options(options, cls.format, tokenizer=True, eos=eos, roles=("uid", "uid_text", "reward"))
         return check_tokenizer(options.tokenizer)
 
     def text_batch(
@@ -130,8 +138,13 @@ class TextDumpRollouts(DumpRollouts[Settings]):
         uid_values: pa.Array | None,
         rewards: np.ndarray | None,
         row_advantages: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
     ) -> StepBatch:
-        """One step from ``[n]`` prompt and response texts, uids, rewards and advantages (or the estimator)."""
+        """One step from ``[n]`` prompt and response texts, uids, rewards and advantages (or the estimator).
+
+        ``lengths`` gives the ``[n]`` token counts where the reader counted them itself (else the
+        response texts are counted).
+        """
         prompts = prompts.cast(pa.string())
         uids: Any
         if uid_values is not None:
@@ -144,7 +157,7 @@ class TextDumpRollouts(DumpRollouts[Settings]):
         return build_batch(
             step,
             source,
-            lengths=self.settings.lengths.count(responses),
+            lengths=self.settings.lengths.count(responses) if lengths is None else lengths,
             row_advantages=row_advantages,
             uids=uids,
             rewards=rewards,

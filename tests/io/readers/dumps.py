@@ -65,11 +65,11 @@ VERL_ROWS = [  # balance_batch order: the samples of a prompt are not contiguous
 ]
 
 
-def trl_table(step: int, advantage: bool = True) -> pa.Table:
+def trl_table(step: int, advantage: bool = True, completion: str = "abcd") -> pa.Table:
     columns: dict[str, Any] = {
         "step": [step] * 4,
         "prompt": ["P1", "P1", "P2", "P2"],
-        "completion": ["abcd", "abcdefgh", "", "xyz"],
+        "completion": [completion, "abcdefgh", "", "xyz"],
         "accuracy_reward": [1.0, 0.0, float("nan"), 1.0],
         "format_reward": [0.5, 0.5, 0.0, 0.25],
         "solution": ["1", "1", "2", "2"],
