@@ -106,7 +106,10 @@ def _with_config(options: Any, config: Any, cap_given: bool, input_format: str) 
     import dataclasses
 
     from aggscope.analysis.checks import trainer_of_dump
+    from aggscope.presets.recorded import RecordedLayout
 
+    if isinstance(config, RecordedLayout):  # the dump's own layout: no trainer config, the dump names the trainer
+        config = None
     trainer = config.setup.trainer if config is not None else trainer_of_dump(input_format)
     if cap_given:
         return dataclasses.replace(options, trainer=trainer)
