@@ -17,7 +17,7 @@ import numpy as np
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES, Breakdown, SpecResult, TokenHistogram
 from aggscope.analysis.breakdown.step import BreakdownStep, LayoutPart, breakdown_step, by_layout
-from aggscope.analysis.checks import CheckAccumulator
+from aggscope.analysis.checks import CheckAccumulator, CheckOptions
 from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.analysis.specs import Spec
 from aggscope.analysis.weights import WeightsAccumulator, WeightsReport
@@ -35,6 +35,7 @@ def run_breakdown(
     engine: Engine | None = None,
     source: str | None = None,
     progress: Progress | None = None,
+    check_options: CheckOptions | None = None,
 ) -> Breakdown:
     """Run the engine and ``check`` on every step under every SPEC and keep what the breakdowns need.
 
@@ -48,11 +49,16 @@ def run_breakdown(
         source: where the steps came from, for messages and the reports; default the opened
             input's ``source``, else ``input``.
         progress: optional wrapper of the steps' results as they come (a progress bar).
+        check_options: ``check``'s thresholds, response cap and trainer in use (``CheckOptions``);
+            default ``CheckOptions()``: no cap, an unknown trainer.
     """
     if source is None:
         source = rollouts.source if isinstance(rollouts, Rollouts) else "input"
-    merger = BreakdownMerger(specs, source=source)
-    return run(engine, rollouts, functools.partial(breakdown_step, specs=list(specs)), merger, progress)
+    options = check_options or CheckOptions()
+    unused = rollouts.unused_fields if isinstance(rollouts, Rollouts) else ()
+    merger = BreakdownMerger(specs, source=source, check_options=options, unused_fields=unused)
+    step_fn = functools.partial(breakdown_step, specs=list(specs), check_options=options)
+    return run(engine, rollouts, step_fn, merger, progress)
 
 
 def _zero_histogram() -> np.ndarray:
@@ -149,14 +155,22 @@ class BreakdownMerger:
     histogram counts; and once, the rows and prompts of every step.
     """
 
-    def __init__(self, specs: Sequence[Spec], *, source: str = "input") -> None:
+    def __init__(
+        self,
+        specs: Sequence[Spec],
+        *,
+        source: str = "input",
+        check_options: CheckOptions | None = None,
+        unused_fields: Sequence[tuple[str, str]] = (),
+    ) -> None:
         if not specs:
             raise AggscopeError("nothing to analyse: give at least one mode")
         self.specs = list(specs)
         self.source = source
         self._layouts = by_layout(self.specs)
         self._weights = {layout: WeightsAccumulator(layout, [s.mode for s in group]) for layout, group in self._layouts.items()}
-        self._checks = {layout: CheckAccumulator(layout) for layout in self._layouts}
+        options = check_options or CheckOptions()
+        self._checks = {layout: CheckAccumulator(layout, options, tuple(unused_fields)) for layout in self._layouts}
         self._splits: dict[Layout, list[Split]] = {layout: [] for layout in self._layouts}
         self._cut_prompts: dict[Layout, list[dict[str, tuple[str, ...]]]] = {layout: [] for layout in self._layouts}
         self._per_spec = {spec.label: _SpecAccumulator(spec) for spec in self.specs}

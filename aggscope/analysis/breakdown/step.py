@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES
-from aggscope.analysis.checks import StepCheck, check_step
+from aggscope.analysis.checks import CheckOptions, StepCheck, check_step
 from aggscope.analysis.specs import Spec, check_specs
 from aggscope.analysis.weights import StepResult
 from aggscope.core.batch import StepBatch
@@ -106,8 +106,9 @@ def by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
     return layouts
 
 
-def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
-    """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step)."""
+def breakdown_step(batch: StepBatch, specs: Sequence[Spec], check_options: CheckOptions | None = None) -> BreakdownStep:
+    """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step);
+    ``check_options`` as ``check_step`` takes them."""
     check_specs(specs, has_groups=batch.has_groups, source=batch.source)
     tokens = _StepTokens.of(batch)
     parts = {}
@@ -118,7 +119,7 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec]) -> BreakdownStep:
         for spec in group:
             row_weight = analysis.weights[spec.mode.name].row_weight
             histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
-        check = check_step(batch, modes, layout, analysis.split)
+        check = check_step(batch, modes, layout, analysis.split, options=check_options)
         parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
     return BreakdownStep(
         step=batch.step,

@@ -22,6 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from aggscope.analysis.breakdown import Breakdown, run_breakdown
+from aggscope.analysis.checks import CheckOptions
 from aggscope.analysis.runner import Engine, Progress, SteppedRollouts
 from aggscope.analysis.specs import Spec
 from aggscope.core.batch import StepBatch
@@ -124,6 +125,7 @@ def compare(
     progress: Progress | None = None,
     source: str | None = None,
     notes: Sequence[str] | None = None,
+    check_options: CheckOptions | None = None,
 ) -> Report:
     """Compare ``specs[1:]`` against ``specs[0]`` on every step (``aggscope compare``).
 
@@ -134,8 +136,10 @@ def compare(
         progress: optional wrapper of the steps' results as they come (a progress bar).
         source: where the steps came from, shown in the report; default the input's ``source``.
         notes: the reader's remarks on the input, shown in the report; default the input's ``notes``.
+        check_options: ``check``'s thresholds, response cap and trainer in use (``CheckOptions``);
+            with the trainer known, findings that model another trainer's behaviour are left out.
     """
-    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress, check_options=check_options)
     return build_report(breakdown, "compare", _notes(rollouts, notes), unrecoverable_of(rollouts))
 
 
@@ -148,10 +152,11 @@ def full_report(
     progress: Progress | None = None,
     source: str | None = None,
     notes: Sequence[str] | None = None,
+    check_options: CheckOptions | None = None,
 ) -> Report:
     """Every given mode at one layout, against the first (``aggscope report``); arguments as ``compare``."""
     specs = [Spec(mode if isinstance(mode, Mode) else resolve_mode(mode), layout) for mode in modes]
-    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress)
+    breakdown = run_breakdown(rollouts, specs, engine=engine, source=source, progress=progress, check_options=check_options)
     return build_report(breakdown, "report", _notes(rollouts, notes), unrecoverable_of(rollouts))
 
 
