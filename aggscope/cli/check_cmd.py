@@ -37,7 +37,9 @@ def check(
     fail_on: Annotated[
         str,
         typer.Option(
-            "--fail-on", help="Exit with code 1 when a finding is at or above this severity: error, warning, info or never."
+            "--fail-on",
+            metavar="LEVEL",
+            help="Exit with code 1 when a finding is at or above this severity: error, warning, info or never.",
         ),
     ] = "error",
     verbose: Annotated[

@@ -16,7 +16,9 @@ from aggscope.cli.render import stdout_console, with_progress
 def convert(
     input_spec: InputSpec,
     *,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The canonical .parquet file to write (whole or not at all).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FILE", help="The canonical .parquet file to write (whole or not at all).")
+    ],
     json_output: Json = False,
 ) -> None:
     """Convert a trainer's dump (or any input) to the canonical Parquet that every command reads."""

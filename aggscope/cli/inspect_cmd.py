@@ -26,7 +26,10 @@ def inspect(
     uid: Annotated[
         Optional[str],
         typer.Option(
-            "--uid", help="Show the prompt text behind this uid and its rows, rewards and loss tokens.", show_default=False
+            "--uid",
+            metavar="UID",
+            help="Show the prompt text behind this uid and its rows, rewards and loss tokens.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:

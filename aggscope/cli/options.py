@@ -26,6 +26,7 @@ Modes = Annotated[
     typer.Option(
         "--mode",
         "-m",
+        metavar="MODE",
         help="Aggregation mode, canonical name or a framework's alias (repeatable). Default: every mode that applies.",
         show_default=False,
     ),
@@ -78,6 +79,7 @@ _INPUT_PARAMS = [
             # A string, not a Path: Path would fold the '//' of an object-storage URI (s3://...).
             Optional[str],
             typer.Argument(
+                metavar="PATH",
                 help="Rollout batches: a file, directory or glob (canonical Parquet or a trainer's dump, see --format), "
                 "local or a URI such as s3://bucket/run/. "
                 "Default: the bundled sample.",
@@ -93,6 +95,7 @@ _INPUT_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--col",
+                metavar="ROLE=NAME",
                 help="Set a column's role, ROLE=NAME (repeatable), e.g. --col uid=prompt_id. "
                 "Roles: uid, uid_text, advantages, loss_mask, reward, response_length, step, sequence.",
                 rich_help_panel=INPUT_PANEL,
@@ -107,6 +110,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--format",
+                metavar="FORMAT",
                 help="Input format: parquet, trl, verl, nemo-rl, prime-rl, atropos, slime, skyrl. Default: detected.",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
@@ -120,6 +124,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--reward-col",
+                metavar="NAME",
                 help="Field or column holding the reward, where a dump has several (e.g. a TRL reward function, verl's acc).",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
@@ -133,6 +138,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--advantage",
+                metavar="ESTIMATOR",
                 help="Rebuild advantages from rewards per prompt group: grpo, dr_grpo or rloo. Default: the dump's own "
                 "advantages, grpo where it has none.",
                 rich_help_panel=INPUT_PANEL,
@@ -147,6 +153,7 @@ _INPUT_PARAMS = [
             Optional[Path],
             typer.Option(
                 "--tokenizer",
+                metavar="DIR",
                 help="Local tokenizer folder to count the tokens of text-only dumps (verl, trl); needs transformers "
                 "(pip install 'aggscope\\[tokenizer]'). Default: estimate from the text.",
                 rich_help_panel=INPUT_PANEL,
@@ -176,7 +183,10 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
-                help="Sequences per optimizer step (default: the whole step).", rich_help_panel=LAYOUT_PANEL, show_default=False
+                metavar="N",
+                help="Sequences per optimizer step (default: the whole step).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
             ),
         ],
         None,
@@ -186,6 +196,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Prompts per optimizer step, counted as SkyRL counts them (runs of equal consecutive uids). "
                 "verl's ppo_mini_batch_size is in prompts but slices prompts x n rows: give that as --mini-batch-size.",
                 rich_help_panel=LAYOUT_PANEL,
@@ -199,6 +210,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Sequences per micro-batch per rank (default: the whole rank shard).",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -209,7 +221,8 @@ _LAYOUT_PARAMS = [
     _param(
         "dp_size",
         Annotated[
-            Optional[int], typer.Option(help="Data-parallel ranks (default 1).", rich_help_panel=LAYOUT_PANEL, show_default=False)
+            Optional[int],
+            typer.Option(metavar="N", help="Data-parallel ranks (default 1).", rich_help_panel=LAYOUT_PANEL, show_default=False),
         ],
         None,
     ),
@@ -218,6 +231,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="H",
                 help="Horizon H of seq_mean_token_sum_norm (Dr. GRPO); enables that mode.",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -230,6 +244,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="ORDER",
                 help="Row order the trainer sees: logged (default), grouped or shuffle.",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -241,7 +256,9 @@ _LAYOUT_PARAMS = [
         "seed",
         Annotated[
             Optional[int],
-            typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False),
+            typer.Option(
+                metavar="N", help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False
+            ),
         ],
         None,
     ),
@@ -250,6 +267,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="COMPOSITION",
                 help="canonical (default: mini-batches, then rank shards inside each) or ranks_first (verl: rank shards "
                 "of the whole step, then mini-batches inside each).",
                 rich_help_panel=LAYOUT_PANEL,
@@ -267,6 +285,7 @@ _CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--config",
+                metavar="FILE",
                 help="The trainer's config (repeatable, later files win): verl/SkyRL/NeMo-RL YAML (a run's .hydra/config.yaml), "
                 "TRL GRPOConfig JSON or YAML, prime-rl TOML, or a saved command line (.sh, .txt: OpenRLHF). Sets the layout "
                 "and the mode; layout flags still win.",
@@ -282,6 +301,7 @@ _CONFIG_PARAMS = [
             Optional[str],
             typer.Option(
                 "--trainer",
+                metavar="TRAINER",
                 help="verl, skyrl, trl, openrlhf, nemo-rl or prime-rl. Default: inferred from the config's keys or the dump.",
                 rich_help_panel=CONFIG_PANEL,
                 show_default=False,
@@ -295,6 +315,7 @@ _CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--set",
+                metavar="KEY=VALUE",
                 help="Override a config key in the trainer's spelling, KEY=VALUE (repeatable), e.g. "
                 "--set actor_rollout_ref.actor.ppo_mini_batch_size=64.",
                 rich_help_panel=CONFIG_PANEL,
@@ -312,6 +333,7 @@ _COMPARE_CONFIG_PARAMS = [
             Optional[str],
             typer.Option(
                 "--from-config",
+                metavar="FILE",
                 help="compare: the trainer config you have, as the base (with --trainer and --set like --config).",
                 rich_help_panel=CONFIG_PANEL,
                 show_default=False,
@@ -325,6 +347,7 @@ _COMPARE_CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--to-config",
+                metavar="FILE[,KEY=VALUE...]",
                 help="compare: a config to compare against it (repeatable): FILE, FILE,KEY=VALUE,... or ,KEY=VALUE,... "
                 "(the --from-config with these changes).",
                 rich_help_panel=CONFIG_PANEL,
@@ -342,6 +365,7 @@ _ENGINE_PARAMS = [
         Annotated[
             str,
             typer.Option(
+                metavar="ENGINE",
                 help="local (this process, one step at a time) or ray (one Ray task per step, reading the files on the "
                 "workers; needs pip install 'aggscope\\[ray]').",
                 rich_help_panel=ENGINE_PANEL,
@@ -354,6 +378,7 @@ _ENGINE_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="ADDRESS",
                 help="Ray cluster to use with --engine ray: auto, HOST:PORT or ray://HOST:PORT. Default: a running Ray "
                 "(RAY_ADDRESS) or a new local one.",
                 rich_help_panel=ENGINE_PANEL,

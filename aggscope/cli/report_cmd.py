@@ -30,9 +30,9 @@ def report(
     layout: Any,
     engine: Any,
     mode: Modes = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")] = Path(
-        "reports"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write the report into (created if missing).")
+    ] = Path("reports"),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
     from aggscope.core.weights import select_modes

@@ -33,7 +33,11 @@ def weights(
     out: Annotated[
         Optional[Path],
         typer.Option(
-            "--out", "-o", help="Write per-token weights and gradient weights to this .parquet file.", show_default=False
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Write per-token weights and gradient weights to this .parquet file.",
+            show_default=False,
         ),
     ] = None,
     all_steps: Annotated[
