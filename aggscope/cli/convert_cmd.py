@@ -37,8 +37,8 @@ def convert(
         return
     console = stdout_console()
     console.print(
-        f"wrote {summary.path}: {fmt.number(summary.steps)} step(s), {fmt.number(summary.sequences)} sequences, "
-        f"{fmt.number(summary.tokens)} tokens ({fmt.number(summary.loss_tokens)} loss tokens)",
+        f"wrote {summary.path}: {fmt.plural(summary.steps, 'step')}, {fmt.plural(summary.sequences, 'sequence')}, "
+        f"{fmt.plural(summary.tokens, 'token')} ({fmt.plural(summary.loss_tokens, 'loss token')})",
         markup=False,
     )
     for note in summary.notes:

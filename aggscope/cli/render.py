@@ -299,3 +299,23 @@ def _least_width(console: Console, table: Table, wrapping: Sequence[bool]) -> in
             lines = [Text.from_markup(line).plain for text in texts for line in text.splitlines()]
             slack += max(map(cell_len, lines), default=0) - max((cell_len(w) for line in lines for w in line.split()), default=0)
     return natural - slack
+
+
+def wrap_words(text: str, width: int) -> str:
+    """``text`` wrapped at its spaces to ``width`` columns; a word longer than that (a SPEC label)
+    breaks after its commas rather than anywhere, and only where it has none, anywhere."""
+    words: list[tuple[str, bool]] = []  # (piece, whether a space comes before it)
+    for word in text.split(" "):
+        pieces = re.findall(r"[^,]*,|[^,]+", word) if cell_len(word) > width else [word]
+        words += [(piece, index == 0) for index, piece in enumerate(pieces or [""])]
+    lines: list[str] = []
+    line = ""
+    for piece, spaced in words:
+        joined = f"{line} {piece}" if spaced and line else line + piece
+        if line and cell_len(joined) > width:
+            lines.append(line)
+            line = piece
+        else:
+            line = joined
+    lines.append(line)
+    return "\n".join(lines)
