@@ -234,7 +234,7 @@ class _Frame:
 
     box: box.Box
     show_edge: bool
-    padding: tuple[int, ...]
+    padding: tuple[int, int] | tuple[int, int, int, int]
 
 
 BOXED = _Frame(box.HEAVY_HEAD, True, (0, 1))
