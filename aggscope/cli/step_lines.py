@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from aggscope import fmt
-from aggscope.cli.render import Column, Row, fit_table
+from aggscope.cli.render import Column, Row, fit_table, wrap_words
 
 SHOWN_STEPS = 8
 
@@ -63,7 +63,7 @@ WEIGHTS_COLUMNS = (
     Column("non-finite", "NaN/inf"),
     Column("lowest ESS share", "min ESS"),
 )
-WEIGHTS_ORDER = "worst first: most non-finite gradients, then the largest share without gradient (under any mode)"
+WEIGHTS_ORDER = "most tokens with a non-finite gradient, then the largest share without gradient, under any mode"
 
 
 def check_step_lines(report: Any) -> list[StepLine]:
@@ -98,7 +98,7 @@ CHECK_COLUMNS = (
     Column("warnings", "W"),
     Column("infos", "I"),
 )
-CHECK_ORDER = "worst first: most errors, then warnings, infos, and the largest share without gradient (under any mode)"
+CHECK_ORDER = "most errors, then warnings, infos, and the largest share without gradient under any mode"
 
 
 def print_step_lines(console: Console, lines: Sequence[StepLine], columns: Sequence[Column], order: str, all_steps: bool) -> None:
@@ -106,8 +106,9 @@ def print_step_lines(console: Console, lines: Sequence[StepLine], columns: Seque
     how the lines are sorted and how many are left out."""
     ranked = sorted(lines, key=lambda line: (tuple(-value for value in line.badness), line.step))
     shown = ranked if all_steps else ranked[:SHOWN_STEPS]
-    title = f"{fmt.plural(len(lines), 'step')}, {order}"
-    for table in fit_table(console, columns, [Row(line.cells) for line in shown], title):
+    heading = f"{fmt.plural(len(lines), 'step')}, worst first ({order})"
+    console.print(Text(wrap_words(heading, console.width), style="bold"))
+    for table in fit_table(console, columns, [Row(line.cells) for line in shown]):
         console.print(table)
     hidden = len(ranked) - len(shown)
     if hidden:
