@@ -246,8 +246,10 @@ def _choices(columns: Sequence[Column], rows: Sequence[Row]) -> list[tuple[_Fram
     cell_widths = [max((_cell_width(row.cells[i]) for row in rows), default=0) for i in range(len(columns))]
 
     def wrapped(text: str, cells: int) -> str:
+        # each line of a title wraps on its own: a title of one mode per line keeps its lines
         longest_word = max((len(word) for word in text.split()), default=0)
-        return "\n".join(textwrap.wrap(text, max(cells, longest_word), break_long_words=False)) or text
+        lines = [textwrap.wrap(line, max(cells, longest_word), break_long_words=False) for line in text.splitlines()]
+        return "\n".join(piece for pieces in lines for piece in pieces) or text
 
     full = [column.header for column in columns]
     short = [column.short or column.header for column in columns]

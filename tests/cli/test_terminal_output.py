@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -12,6 +13,7 @@ import pytest
 import typer
 from conftest import REPO, SAMPLE_DATA
 from rich.cells import cell_len
+from test_cli import assert_error
 from typer.testing import CliRunner
 
 from aggscope import fmt
@@ -181,13 +183,6 @@ def test_help_shows_plain_metavars_and_sample_defaults() -> None:
         assert metavar in weights
 
 
-def assert_error(result: object, expected: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aggscope: error: "), result.stderr
-    assert expected in lines[0], lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -258,3 +253,23 @@ def test_every_output_of_the_readme_examples_is_ignored_by_git() -> None:
         # a folder's pattern (/reports/) matches what is inside it whether or not it exists yet
         ignored = [subprocess.run(["git", "check-ignore", "-q", p], cwd=REPO).returncode == 0 for p in (path, f"{path}/x")]
         assert any(ignored), f"{path} is written by a README example but not in .gitignore"
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_fit_table_never_cuts_a_cell(width: int) -> None:
+    """A table far wider than the console: shortened, opened, then stacked, each cell whole."""
+    from rich.console import Console
+
+    from aggscope.cli.render import Column, Row, fit_table
+
+    columns = [Column("mode", justify="left")] + [Column(f"a long column title {i}", f"c{i}") for i in range(9)]
+    names = ["seq_mean_token_sum_norm_padded", "token_mean"]
+    rows = [Row((name, *(fmt.number(123_456_789 + 1_000 * i + j) for i in range(9)))) for j, name in enumerate(names)]
+    console = Console(width=width, record=True, file=io.StringIO())
+    tables = fit_table(console, columns, rows, "title")
+    for table in tables:
+        console.print(table)
+    text = console.export_text()
+    assert max(cell_len(line) for line in text.splitlines()) <= width
+    assert len(tables) > 1 and all(text.count(name) == len(tables) for name in names)  # the mode column repeats
+    assert_whole(text, *(cell for row in rows for cell in row.cells[1:]))
