@@ -63,6 +63,9 @@ def test_weights_every_mode_fits_with_every_number(width: str) -> None:
 def test_weights_keeps_full_titles_where_they_fit() -> None:
     text = assert_fits(run("weights", columns="100"), "100")
     assert "ESS tokens" in text and "long/short" in text and "non-finite" in text
+    sample_at_80 = assert_fits(run("weights", columns="80"), "80")  # the sample's 6 modes: short titles, one table each
+    assert_whole(sample_at_80, "seq_mean_token_sum", "324,757", "118,001")
+    assert sample_at_80.count("┃mode ") == 5
     narrow = assert_fits(run("weights", "--max-seq-len", "1024", *EVERY_MODE, columns="80"), "80")
     # 9 modes and a 30-character name: each step's table fits 80 columns with short titles wrapped;
     # the total's wider numbers do not, so it is stacked in 2 parts that each repeat the mode column.
@@ -71,8 +74,14 @@ def test_weights_keeps_full_titles_where_they_fit() -> None:
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_check_every_mode_fits(width: str) -> None:
-    args = ["check", FAULTY, "--mini-batch-size", "10", "--max-seq-len", "256", *EVERY_MODE, "--fail-on", "never"]
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check"],  # the bundled sample, its default modes
+        ["check", FAULTY, "--mini-batch-size", "10", "--max-seq-len", "256", *EVERY_MODE, "--fail-on", "never"],
+    ],
+)
+def test_check_fits(width: str, args: list[str]) -> None:
     document = json.loads(run(*args, "--json").stdout)
     text = assert_fits(run(*args, columns=width), width)
     assert_whole(text, *document["modes"], fmt.number(document["loss_tokens"]))
