@@ -166,9 +166,15 @@ def test_check_many_steps_one_line_per_step_worst_first(many_steps: str) -> None
     assert step_column(run(*args, "--all-steps").stdout) == expected
 
 
-def test_one_step_gets_no_step_lines() -> None:
-    text = run("check", "../shared/data/real/verl_rollout_data_dir_step2.jsonl").stdout
-    assert "worst first" not in text
+def test_one_step_gets_no_step_lines_and_counts_read_one_way(real_data: Path, tmp_path: Path) -> None:
+    dump = str(real_data / "verl_rollout_data_dir_step2.jsonl")
+    checked = run("check", dump, "--fail-on", "never").stdout
+    assert "worst first" not in checked
+    assert " · 1 step · 1,024 sequences · 332,100" in checked
+    assert "all 1 step · 1,024 sequences · 64 prompts · 332,100 loss tokens" in run("weights", dump, "-m", "token_mean").stdout
+    converted = run("convert", dump, "-o", str(tmp_path / "c.parquet")).stdout
+    assert ": 1 step, 1,024 sequences, 332,100 tokens (332,100 loss tokens)" in " ".join(converted.split())
+    assert fmt.plural(1024, "warning") == "1,024 warnings" and fmt.plural(1, "step") == "1 step"
 
 
 # ---- help, suggestions, defaults --------------------------------------------------------------------
