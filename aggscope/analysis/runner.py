@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 from aggscope.io.reader import Rollouts
 
 if TYPE_CHECKING:  # this module is imported before torch is needed
@@ -137,7 +137,7 @@ class Engine:
 def open_engine(name: str = "local", address: str | None = None) -> Engine:
     """Check an engine's name (and that Ray is installed for ``ray``) and return it."""
     if name not in ENGINES:
-        raise AggscopeError(f"unknown engine {name!r}; engines: {', '.join(ENGINES)} (--engine)")
+        raise AggscopeError(f"unknown engine {name!r}{did_you_mean(name, ENGINES)}; engines: {', '.join(ENGINES)} (--engine)")
     if name == "local":
         if address is not None:
             raise AggscopeError("--address is the Ray cluster's address: give it with --engine ray")

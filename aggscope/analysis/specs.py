@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, check_applicable, resolve_mode
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 
 SPEC_KEYS = tuple(f.name.replace("_", "-") for f in fields(Layout))
 _TEXT_KEYS = frozenset({"order", "composition"})
@@ -66,7 +66,9 @@ def parse_spec(text: str, base: Layout) -> Spec:
         if not sep or not key or not value:
             raise AggscopeError(f"SPEC {text!r}: {part!r} is not key=value; valid keys: {', '.join(SPEC_KEYS)}")
         if key not in SPEC_KEYS:
-            raise AggscopeError(f"SPEC {text!r}: unknown key {key!r}; valid keys: {', '.join(SPEC_KEYS)}")
+            raise AggscopeError(
+                f"SPEC {text!r}: unknown key {key!r}{did_you_mean(key, SPEC_KEYS)}; valid keys: {', '.join(SPEC_KEYS)}"
+            )
         if key in overrides:
             raise AggscopeError(f"SPEC {text!r}: key {key!r} is given twice")
         overrides[key] = value

@@ -25,6 +25,11 @@ def _one_line(text: str) -> str:
 class _Group(TyperGroup):
     """Prints every usage or input error as one line on stderr, with exit code 2, no traceback."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            _plain_argument_types(command)
+
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None, **extra: Any) -> Any:  # type: ignore[override]
         extra["standalone_mode"] = False
         try:
@@ -43,6 +48,12 @@ class _Group(TyperGroup):
             sys.exit(2)
         except _ClickException as exc:
             message = exc.format_message()  # type: ignore[attr-defined]
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                # Bare ``aggscope``: typer's rich help is already on stdout (click's plain one is
+                # the message); asking for help is not an error.
+                if message.strip():
+                    typer.echo(message)
+                sys.exit(0)
             hint = ""
             ctx = getattr(exc, "ctx", None)
             if "unexpected extra argument" in message:
@@ -65,6 +76,17 @@ class _Group(TyperGroup):
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(_PREFIX + terminal_safe(_one_line(where + (exc.strerror or str(exc)))), err=True)
             sys.exit(2)
+
+
+def _plain_argument_types(command: Any) -> None:
+    """Let help show an argument by its metavar alone (``PATH``), without typer's ``<str>`` type
+    column beside it: each argument gets a copy of its type that names no metavar of its own."""
+    import copy
+
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is not None:
+            param.type = copy.copy(param.type)
+            param.type.get_metavar = lambda *args, **kwargs: ""
 
 
 def _exit_now_if_stuck(code: int) -> None:

@@ -14,7 +14,8 @@ from rich.text import Text
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import WIDTH, stdout_console, with_progress
+from aggscope.cli.render import WIDTH, Column, Row, fit_table, stdout_console, with_progress
+from aggscope.cli.step_lines import CHECK_COLUMNS, CHECK_ORDER, SHOWN_STEPS, check_step_lines, print_step_lines
 
 SHOWN_PER_CODE = 3
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -37,7 +38,9 @@ def check(
     fail_on: Annotated[
         str,
         typer.Option(
-            "--fail-on", help="Exit with code 1 when a finding is at or above this severity: error, warning, info or never."
+            "--fail-on",
+            metavar="LEVEL",
+            help="Exit with code 1 when a finding is at or above this severity: error, warning, info or never.",
         ),
     ] = "error",
     verbose: Annotated[
@@ -64,6 +67,10 @@ def check(
             show_default=False,
         ),
     ] = None,
+    all_steps: Annotated[
+        bool,
+        typer.Option("--all-steps", help=f"List every step's line in the per-step table (default: the {SHOWN_STEPS} worst)."),
+    ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
     from aggscope.analysis.checks import parse_fail_on, run_checks
@@ -87,7 +94,7 @@ def check(
         typer.echo(json.dumps(with_config(report.to_dict(), config)))
     else:
         print_applied(config)
-        _render(report, rollouts.source, len(rollouts.steps), threshold, verbose)
+        _render(report, rollouts.source, len(rollouts.steps), threshold, verbose, all_steps)
     if report.fails(threshold):
         raise typer.Exit(1)
 
@@ -120,15 +127,15 @@ def _with_config(options: Any, config: Any, cap_given: bool, input_format: str) 
     return dataclasses.replace(options, trainer=trainer, response_cap=int(cap.value), cap_source=source)
 
 
-def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool) -> None:
+def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool, all_steps: bool = False) -> None:
     from aggscope.analysis.checks import layout_flags
     from aggscope.fmt import number, plural
 
     console = stdout_console()
     console.print(
         Text(
-            f"{source} · {plural(n_steps, 'step')} · {number(report.sequences)} sequences · "
-            f"{number(report.loss_tokens)} loss tokens",
+            f"{source} · {plural(n_steps, 'step')} · {plural(report.sequences, 'sequence')} · "
+            f"{plural(report.loss_tokens, 'loss token')}",
             style="bold",
         )
     )
@@ -143,11 +150,14 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
         for line in split_picture(report.worst_step, min(console.width, WIDTH)):
             console.print(_lane_text(line), no_wrap=True, crop=True)
         console.print()
+    if n_steps > 1:
+        print_step_lines(console, check_step_lines(report), CHECK_COLUMNS, CHECK_ORDER, all_steps)
+        console.print()
     if report.modes:
         console.print(
             Text(f"loss tokens without gradient (w x A is 0 or not finite), of {number(report.loss_tokens)}", style="bold")
         )
-        console.print(_zero_grad_table(report))
+        console.print(*_zero_grad_table(console, report))
     for note in report.notes:
         console.print(Text(_wrap(f"note: {note}", console.width, ""), style="dim"))
     if report.lengths_estimated:
@@ -213,7 +223,7 @@ def _lane_text(line: str) -> Text:
     return text
 
 
-def _zero_grad_table(report: Any) -> Table:
+def _zero_grad_table(console: Console, report: Any) -> list[Table]:
     from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 
     total = report.loss_tokens
@@ -227,22 +237,17 @@ def _zero_grad_table(report: Any) -> Table:
         for index, cause in enumerate(ZERO_GRAD_CAUSES)
         if cause not in ADDED_CAUSES or any(counts[index] for counts in columns)
     ]
-    table = Table(pad_edge=False)
-    table.add_column("cause", no_wrap=True)
-    for modes in columns.values():
-        header = f"every mode ({len(modes)})" if len(columns) == 1 else "\n".join(modes)
-        table.add_column(header, justify="right", no_wrap=True)
-    for index, cause in shown_causes:
-        table.add_row(cause, *(_share(counts[index], total) for counts in columns))
-    table.add_section()
-    table.add_row("total", *(_share(sum(counts), total) for counts in columns), style="bold")
-    return table
+    headers = [Column("cause", justify="left")]
+    headers += [Column(f"every mode ({len(modes)})" if len(columns) == 1 else "\n".join(modes)) for modes in columns.values()]
+    rows = [Row((cause, *(_share(counts[index], total) for counts in columns))) for index, cause in shown_causes]
+    rows.append(Row(("total", *(_share(sum(counts), total) for counts in columns)), style="bold", rule_before=True))
+    return fit_table(console, headers, rows)
 
 
 def _share(tokens: int, total: int) -> str:
-    from aggscope.fmt import number, percent
+    from aggscope.fmt import MISSING, number, percent
 
-    share = percent(tokens / total) if total else "-"
+    share = percent(tokens / total) if total else MISSING
     return f"{number(tokens)}  {share:>6}"
 
 

@@ -30,14 +30,20 @@ def compare(
     layout: Any,
     engine: Any,
     *,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write the report into (created if missing).")
+    ] = Path("compare"),
     base: Annotated[
         Optional[str],
-        typer.Option("--from", help=f"The configuration you have (or --from-config). {SPEC_HELP}", show_default=False),
+        typer.Option(
+            "--from", metavar="SPEC", help=f"The configuration you have (or --from-config). {SPEC_HELP}", show_default=False
+        ),
     ] = None,
     candidates: Annotated[
         Optional[list[str]],
-        typer.Option("--to", help="A configuration to compare against it (repeatable); same form.", show_default=False),
+        typer.Option(
+            "--to", metavar="SPEC", help="A configuration to compare against it (repeatable); same form.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""

@@ -16,7 +16,9 @@ from aggscope.cli.render import stdout_console, with_progress
 def convert(
     input_spec: InputSpec,
     *,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The canonical .parquet file to write (whole or not at all).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FILE", help="The canonical .parquet file to write (whole or not at all).")
+    ],
     json_output: Json = False,
 ) -> None:
     """Convert a trainer's dump (or any input) to the canonical Parquet that every command reads."""
@@ -35,8 +37,8 @@ def convert(
         return
     console = stdout_console()
     console.print(
-        f"wrote {summary.path}: {fmt.number(summary.steps)} step(s), {fmt.number(summary.sequences)} sequences, "
-        f"{fmt.number(summary.tokens)} tokens ({fmt.number(summary.loss_tokens)} loss tokens)",
+        f"wrote {summary.path}: {fmt.plural(summary.steps, 'step')}, {fmt.plural(summary.sequences, 'sequence')}, "
+        f"{fmt.plural(summary.tokens, 'token')} ({fmt.plural(summary.loss_tokens, 'loss token')})",
         markup=False,
     )
     for note in summary.notes:

@@ -10,7 +10,7 @@ from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_setup
 from aggscope.cli.options import InputSpec, Json, config_options, input_options
-from aggscope.cli.render import markup, stdout_console, with_progress
+from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress
 
 
 @app.command(
@@ -26,7 +26,10 @@ def inspect(
     uid: Annotated[
         Optional[str],
         typer.Option(
-            "--uid", help="Show the prompt text behind this uid and its rows, rewards and loss tokens.", show_default=False
+            "--uid",
+            metavar="UID",
+            help="Show the prompt text behind this uid and its rows, rewards and loss tokens.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -58,9 +61,7 @@ def inspect(
         return
     console = stdout_console()
     files = description.files
-    console.print(
-        f"[bold]{markup(description.source)}[/bold]: {len(files)} file{'s' * (len(files) != 1)}, {description.format} layout"
-    )
+    console.print(f"[bold]{markup(description.source)}[/bold]: {fmt.plural(len(files), 'file')}, {description.format} layout")
     mapping = Table(title="columns", title_justify="left", pad_edge=False)
     mapping.add_column("role")
     mapping.add_column("column")
@@ -75,24 +76,25 @@ def inspect(
         console.print(
             "[yellow]no uid column: prompt_mean and prompt-level checks are unavailable (set one with --col uid=NAME)[/yellow]"
         )
-    steps = Table(title="steps", title_justify="left", pad_edge=False)
-    for header in ("step", "sequences", "prompts", "group sizes", "tokens", "loss tokens", "p10", "p50", "p90", "max"):
-        steps.add_column(header, justify="right" if header != "group sizes" else "left", no_wrap=header != "group sizes")
+    rows = []
     for step in description.steps:
         sizes = (
-            "-" if step.group_sizes is None else ", ".join(f"{size}×{count}" for size, count in sorted(step.group_sizes.items()))
+            fmt.MISSING
+            if step.group_sizes is None
+            else ", ".join(f"{size}×{count}" for size, count in sorted(step.group_sizes.items()))
         )
         pct = step.loss_tokens_percentiles
-        steps.add_row(
-            str(step.step),
+        cells = (
+            fmt.number(step.step),
             fmt.number(step.sequences),
             fmt.number(step.prompts),
             sizes,
             fmt.number(step.tokens),
             fmt.number(step.loss_tokens),
-            *(fmt.number(round(pct[k])) if k in pct else "-" for k in ("p10", "p50", "p90", "p100")),
+            *(fmt.number(round(pct[k])) if k in pct else fmt.MISSING for k in ("p10", "p50", "p90", "p100")),
         )
-    console.print(steps)
+        rows.append(Row(cells))
+    console.print(*fit_table(console, STEP_COLUMNS, rows, "steps"))
     console.print("[dim]p10 ... max: loss tokens per sequence[/dim]")
     if description.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")
@@ -108,10 +110,26 @@ def _print_unrecoverable(console: Any, facts: list[dict[str, Any]]) -> None:
         console.print(f"  - {markup(fact['fact'])}: {markup(fact['affects'])}{modes}")
 
 
+STEP_COLUMNS = (
+    Column("step"),
+    Column("sequences", "seqs"),
+    Column("prompts"),
+    Column("group sizes", "groups", justify="left", wrap=True),
+    Column("tokens"),
+    Column("loss tokens", "loss tok"),
+    Column("p10"),
+    Column("p50"),
+    Column("p90"),
+    Column("max"),
+)
+
+
 def _print_uid(found: Any) -> None:
     console = stdout_console()
     rows = sum(len(o.rows) for o in found.occurrences)
-    console.print(f"[bold]uid {markup(found.uid)}[/bold]: {rows:,} rows in {len(found.occurrences)} step(s)")
+    console.print(
+        f"[bold]uid {markup(found.uid)}[/bold]: {fmt.plural(rows, 'row')} in {fmt.plural(len(found.occurrences), 'step')}"
+    )
     if found.text is None:
         console.print("[dim]the input holds no prompt text for this uid[/dim]")
     else:
@@ -123,7 +141,7 @@ def _print_uid(found: Any) -> None:
     for occurrence in found.occurrences:
         rewards = occurrence.rewards or [None] * len(occurrence.rows)
         for row, reward, tokens in zip(occurrence.rows, rewards, occurrence.loss_tokens, strict=True):
-            table.add_row(str(occurrence.step), str(row), fmt.number(reward), fmt.number(tokens))
+            table.add_row(fmt.number(occurrence.step), fmt.number(row), fmt.number(reward), fmt.number(tokens))
     console.print(table)
     if found.lengths_estimated:
         console.print("[yellow]token counts are estimated from text[/yellow]")

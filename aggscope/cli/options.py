@@ -26,6 +26,7 @@ Modes = Annotated[
     typer.Option(
         "--mode",
         "-m",
+        metavar="MODE",
         help="Aggregation mode, canonical name or a framework's alias (repeatable). Default: every mode that applies.",
         show_default=False,
     ),
@@ -82,6 +83,7 @@ _INPUT_PARAMS = [
             # A string, not a Path: Path would fold the '//' of an object-storage URI (s3://...).
             Optional[str],
             typer.Argument(
+                metavar="PATH",
                 help="Rollout batches: a file, directory or glob (canonical Parquet or a trainer's dump, see --format), "
                 "local or a URI such as s3://bucket/run/. "
                 "Default: the bundled sample.",
@@ -97,6 +99,7 @@ _INPUT_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--col",
+                metavar="ROLE=NAME",
                 help="Set a column's role, ROLE=NAME (repeatable), e.g. --col uid=prompt_id. "
                 "Roles: uid, uid_text, advantages, loss_mask, reward, response_length, step, sequence.",
                 rich_help_panel=INPUT_PANEL,
@@ -111,6 +114,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--format",
+                metavar="FORMAT",
                 help="Input format: parquet, trl, verl, nemo-rl, prime-rl, atropos, slime, skyrl. Default: detected.",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
@@ -124,6 +128,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--reward-col",
+                metavar="NAME",
                 help="Field or column holding the reward, where a dump has several (e.g. a TRL reward function, verl's acc).",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
@@ -137,6 +142,7 @@ _INPUT_PARAMS = [
             Optional[str],
             typer.Option(
                 "--advantage",
+                metavar="ESTIMATOR",
                 help="Rebuild advantages from rewards per prompt group: grpo, dr_grpo or rloo. Default: the dump's own "
                 "advantages, grpo where it has none.",
                 rich_help_panel=INPUT_PANEL,
@@ -151,6 +157,7 @@ _INPUT_PARAMS = [
             Optional[Path],
             typer.Option(
                 "--tokenizer",
+                metavar="DIR",
                 help="Local tokenizer folder to count the tokens of text-only dumps (verl, trl); needs transformers "
                 "(pip install 'aggscope\\[tokenizer]'). Default: estimate from the text.",
                 rich_help_panel=INPUT_PANEL,
@@ -209,7 +216,10 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
-                help="Sequences per optimizer step (default: the whole step).", rich_help_panel=LAYOUT_PANEL, show_default=False
+                metavar="N",
+                help="Sequences per optimizer step (default: the whole step).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
             ),
         ],
         None,
@@ -219,6 +229,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Prompts per optimizer step, counted as SkyRL counts them (runs of equal consecutive uids). "
                 "verl's ppo_mini_batch_size is in prompts but slices prompts x n rows: give that as --mini-batch-size.",
                 rich_help_panel=LAYOUT_PANEL,
@@ -232,6 +243,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Sequences per micro-batch per rank (default: the whole rank shard).",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -242,7 +254,8 @@ _LAYOUT_PARAMS = [
     _param(
         "dp_size",
         Annotated[
-            Optional[int], typer.Option(help="Data-parallel ranks (default 1).", rich_help_panel=LAYOUT_PANEL, show_default=False)
+            Optional[int],
+            typer.Option(metavar="N", help="Data-parallel ranks (default 1).", rich_help_panel=LAYOUT_PANEL, show_default=False),
         ],
         None,
     ),
@@ -251,6 +264,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="H",
                 help="Horizon H of seq_mean_token_sum_norm (Dr. GRPO); enables that mode.",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -263,6 +277,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="ORDER",
                 help="Row order the trainer sees: logged (default), grouped or shuffle.",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
@@ -274,7 +289,9 @@ _LAYOUT_PARAMS = [
         "seed",
         Annotated[
             Optional[int],
-            typer.Option(help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False),
+            typer.Option(
+                metavar="N", help="Seed of --order shuffle (default 0).", rich_help_panel=LAYOUT_PANEL, show_default=False
+            ),
         ],
         None,
     ),
@@ -283,6 +300,7 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="COMPOSITION",
                 help="canonical (default: mini-batches, then rank shards inside each) or ranks_first (verl: rank shards "
                 "of the whole step, then mini-batches inside each).",
                 rich_help_panel=LAYOUT_PANEL,
@@ -300,6 +318,7 @@ _CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--config",
+                metavar="FILE",
                 help="The trainer's config (repeatable, later files win): verl/SkyRL/NeMo-RL YAML (a run's .hydra/config.yaml), "
                 "TRL GRPOConfig JSON or YAML, prime-rl TOML, or a saved command line (.sh, .txt: OpenRLHF). Sets the layout "
                 "and the mode; layout flags still win.",
@@ -315,6 +334,7 @@ _CONFIG_PARAMS = [
             Optional[str],
             typer.Option(
                 "--trainer",
+                metavar="TRAINER",
                 help="verl, skyrl, trl, openrlhf, nemo-rl or prime-rl. Default: inferred from the config's keys or the dump.",
                 rich_help_panel=CONFIG_PANEL,
                 show_default=False,
@@ -328,6 +348,7 @@ _CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--set",
+                metavar="KEY=VALUE",
                 help="Override a config key in the trainer's spelling, KEY=VALUE (repeatable), e.g. "
                 "--set actor_rollout_ref.actor.ppo_mini_batch_size=64.",
                 rich_help_panel=CONFIG_PANEL,
@@ -345,6 +366,7 @@ _COMPARE_CONFIG_PARAMS = [
             Optional[str],
             typer.Option(
                 "--from-config",
+                metavar="FILE",
                 help="compare: the trainer config you have, as the base (with --trainer and --set like --config).",
                 rich_help_panel=CONFIG_PANEL,
                 show_default=False,
@@ -358,6 +380,7 @@ _COMPARE_CONFIG_PARAMS = [
             Optional[list[str]],
             typer.Option(
                 "--to-config",
+                metavar="FILE[,KEY=VALUE...]",
                 help="compare: a config to compare against it (repeatable): FILE, FILE,KEY=VALUE,... or ,KEY=VALUE,... "
                 "(the --from-config with these changes).",
                 rich_help_panel=CONFIG_PANEL,
@@ -375,6 +398,7 @@ _ENGINE_PARAMS = [
         Annotated[
             str,
             typer.Option(
+                metavar="ENGINE",
                 help="local (this process, one step at a time) or ray (one Ray task per step, reading the files on the "
                 "workers; needs pip install 'aggscope\\[ray]').",
                 rich_help_panel=ENGINE_PANEL,
@@ -387,6 +411,7 @@ _ENGINE_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
+                metavar="ADDRESS",
                 help="Ray cluster to use with --engine ray: auto, HOST:PORT or ray://HOST:PORT. Default: a running Ray "
                 "(RAY_ADDRESS) or a new local one.",
                 rich_help_panel=ENGINE_PANEL,

@@ -11,7 +11,7 @@ from aggscope.cli.options import InputSpec, Modes, engine_options, input_options
 from aggscope.cli.render import stdout_console
 from aggscope.cli.report_cmd import step_progress
 
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory to write into (created if missing).", show_default=False)]
+OutDir = Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write into (created if missing).")]
 
 
 @app.command(
@@ -26,13 +26,14 @@ def plot(
     layout: Any,
     engine: Any,
     *,
-    out: OutDir,
+    out: OutDir = Path("plots"),
     mode: Modes = None,
-    image_format: Annotated[str, typer.Option("--image-format", help="png, svg or pdf.")] = "png",
+    image_format: Annotated[str, typer.Option("--image-format", metavar="FORMAT", help="png, svg or pdf.")] = "png",
     figure: Annotated[
         Optional[list[str]],
         typer.Option(
             "--figure",
+            metavar="NAME",
             help="Only this figure (repeatable): weight_distribution, mass_vs_length, prompt_concentration, split_map, "
             "zero_grad_causes, steps. Default: all.",
             show_default=False,

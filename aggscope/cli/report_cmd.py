@@ -5,17 +5,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from aggscope.cli.app import app
 from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import markup, stdout_console, with_progress
+from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress, wrap_words
 
 # The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
 # and a shorter header where the page's would not fit 100 columns.
 TERMINAL_COLUMNS = ("ess_tokens", "longest_quarter", "positive", "no_gradient", "findings")
-SHORT_HEADERS = {"findings": "findings E/W/I"}
+SHORT_HEADERS = {
+    "findings": "findings E/W/I",
+    "ess_tokens": "ESS",
+    "longest_quarter": "long ¼",
+    "positive": "A>0",
+    "no_gradient": "no grad",
+}
 
 
 @app.command(
@@ -30,9 +35,9 @@ def report(
     layout: Any,
     engine: Any,
     mode: Modes = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report into (created if missing).")] = Path(
-        "reports"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write the report into (created if missing).")
+    ] = Path("reports"),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
     from aggscope.core.weights import select_modes
@@ -63,20 +68,19 @@ def print_summary(result: Any, files: Any) -> None:
 
     console = stdout_console()
     for sentence in result.summary:
-        console.print(sentence, markup=False)
+        console.print(wrap_words(sentence, console.width), markup=False)
     for note in result.data.input.notes:
         console.print(f"[dim]input: {markup(note)}[/dim]")
     rows = glance_rows(result.data)
     keys = [key for key in TERMINAL_COLUMNS if rows and key in rows[0].cells]
-    headers = {**GLANCE_COLUMNS, **SHORT_HEADERS}
-    table = Table(pad_edge=False, title_justify="left")
-    table.add_column("mode" if result.kind == "report" else "SPEC", overflow="fold")
-    for key in keys:
-        table.add_column(headers[key], justify="right", no_wrap=True)
-    for row in rows:
-        # A long SPEC label may wrap after its commas.
-        table.add_row(f"[{row.colour}]■[/] {markup(row.label.replace(',', ', '))}", *(row.cells[key] for key in keys))
-    console.print(table)
+    headers = {**GLANCE_COLUMNS, "findings": SHORT_HEADERS["findings"]}
+    columns = [Column("mode" if result.kind == "report" else "SPEC", justify="left", wrap=True)]
+    columns += [Column(headers[key], SHORT_HEADERS.get(key, "")) for key in keys]
+    # A long SPEC label may wrap after its commas.
+    lines = [
+        Row((f"[{row.colour}]■[/] {markup(row.label.replace(',', ', '))}", *(row.cells[key] for key in keys))) for row in rows
+    ]
+    console.print(*fit_table(console, columns, lines))
     console.print(
         f"also written: {files.json}, {files.markdown} and {len(files.figures)} figures in {files.html.parent}", markup=False
     )

@@ -14,23 +14,28 @@ from aggscope.cli.app import app
 )
 def sample(
     out_dir: Annotated[
-        Path, typer.Argument(help="Directory to write rollouts.parquet (or faulty.parquet) into (created if missing).")
+        Path,
+        typer.Argument(metavar="DIR", help="Directory to write rollouts.parquet (or faulty.parquet) into (created if missing)."),
     ],
     steps: Annotated[
-        Optional[int], typer.Option(min=1, help="Training steps [default: 4; 3 with --faults].", show_default=False)
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="Training steps \\[default: 4; 3 with --faults].", show_default=False),
     ] = None,
     prompts: Annotated[
-        Optional[int], typer.Option(min=1, help="Prompts per step [default: 32; 8 with --faults].", show_default=False)
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="Prompts per step \\[default: 32; 8 with --faults].", show_default=False),
     ] = None,
     group_size: Annotated[
-        Optional[int], typer.Option(min=1, help="Responses per prompt [default: 8; 4 with --faults].", show_default=False)
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="Responses per prompt \\[default: 8; 4 with --faults].", show_default=False),
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same file.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, metavar="N", help="Random seed; the same seed gives the same file.")] = 0,
     max_len: Annotated[
         Optional[int],
         typer.Option(
             min=8,
-            help="Maximum response length (longer responses are truncated) [default: 1024; 256 with --faults].",
+            metavar="N",
+            help="Maximum response length (longer responses are truncated) \\[default: 1024; 256 with --faults].",
             show_default=False,
         ),
     ] = None,

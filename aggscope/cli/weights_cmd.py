@@ -5,15 +5,16 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
+from rich.console import Console
 
 from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import stdout_console, with_progress
+from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress
+from aggscope.cli.step_lines import SHOWN_STEPS, WEIGHTS_COLUMNS, WEIGHTS_ORDER, print_step_lines, weights_step_lines
 
-PER_STEP_TABLES = 8
+PER_STEP_TABLES = 8  # a run of more steps gets one line per step (cli.step_lines)
 
 
 @app.command(
@@ -33,11 +34,20 @@ def weights(
     out: Annotated[
         Optional[Path],
         typer.Option(
-            "--out", "-o", help="Write per-token weights and gradient weights to this .parquet file.", show_default=False
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Write per-token weights and gradient weights to this .parquet file.",
+            show_default=False,
         ),
     ] = None,
     all_steps: Annotated[
-        bool, typer.Option("--all-steps", help=f"Print a table for every step (default: up to {PER_STEP_TABLES}).")
+        bool,
+        typer.Option(
+            "--all-steps",
+            help=f"Runs of more than {PER_STEP_TABLES} steps get one line per step, the {SHOWN_STEPS} worst first: "
+            "list every step's line.",
+        ),
     ] = False,
 ) -> None:
     """Recompute every token's weight under each aggregation mode and summarise it per step."""
@@ -62,39 +72,46 @@ def weights(
         return
     console = stdout_console()
     print_applied(config, console)
-    shown = report.steps if all_steps or len(report.steps) <= PER_STEP_TABLES else []
-    for step in shown:
-        console.print(_table(step, f"step {step.step}"))
-    if len(report.steps) > len(shown):
-        console.print(
-            f"[dim]{len(report.steps)} steps: per-step tables omitted (--all-steps shows them, --json gives all numbers)[/dim]"
-        )
-    console.print(_table(report.total, f"all {len(report.steps)} steps"))
+    if len(report.steps) <= PER_STEP_TABLES:
+        for step in report.steps:
+            _print_table(console, step, f"step {step.step}")
+    else:
+        print_step_lines(console, weights_step_lines(report.steps), WEIGHTS_COLUMNS, WEIGHTS_ORDER, all_steps)
+    _print_table(console, report.total, f"all {fmt.plural(len(report.steps), 'step')}")
     if report.lengths_estimated:
         console.print("[yellow]token counts are estimated from text: every number here is an estimate[/yellow]")
     if out is not None:
         console.print(f"per-token weights written to {out}", markup=False)
 
 
-def _table(step: Any, title: str) -> Table:
-    prompts = "" if step.prompts is None else f" · {step.prompts:,} prompts"
-    table = Table(
-        title=f"{title} · {step.sequences:,} sequences{prompts} · {step.loss_tokens:,} loss tokens",
-        title_justify="left",
-        expand=False,
-        pad_edge=False,
-    )
-    table.add_column("mode", no_wrap=True)
-    for header in ("Σ weight", "Σ |grad|", "ESS tokens", "long/short", "zero-grad", "non-finite"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for name, summary in step.modes.items():
-        table.add_row(
-            name,
-            fmt.number(summary.weight_sum),
-            fmt.number(summary.grad_abs_sum),
-            fmt.number(None if summary.ess_tokens is None else round(summary.ess_tokens)),
-            fmt.number(summary.long_short_ratio, 3),
-            fmt.number(summary.zero_grad_tokens),
-            fmt.number(summary.nonfinite_grad_tokens),
+MODE_COLUMNS = (
+    Column("mode", justify="left"),
+    Column("Σ weight"),
+    Column("Σ |grad|"),
+    Column("ESS tokens", "ESS"),
+    Column("long/short", "L/S"),
+    Column("zero-grad", "zero"),
+    Column("non-finite", "NaN/inf"),
+)
+
+
+def _print_table(console: Console, step: Any, title: str) -> None:
+    """One step's (or all steps') table: a line per mode, fitted to the console's width."""
+    prompts = "" if step.prompts is None else f" · {fmt.plural(step.prompts, 'prompt')}"
+    title = f"{title} · {fmt.plural(step.sequences, 'sequence')}{prompts} · {fmt.plural(step.loss_tokens, 'loss token')}"
+    rows = [
+        Row(
+            (
+                markup(name),
+                fmt.number(summary.weight_sum),
+                fmt.number(summary.grad_abs_sum),
+                fmt.number(None if summary.ess_tokens is None else round(summary.ess_tokens)),
+                fmt.number(summary.long_short_ratio, 3),
+                fmt.number(summary.zero_grad_tokens),
+                fmt.number(summary.nonfinite_grad_tokens),
+            )
         )
-    return table
+        for name, summary in step.modes.items()
+    ]
+    for table in fit_table(console, MODE_COLUMNS, rows, title):
+        console.print(table)

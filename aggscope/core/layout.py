@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from aggscope.core.segments import run_ids
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 
 ORDERS = ("logged", "grouped", "shuffle")
 # Sizes above this cannot be a real trainer's (a step of 2^31 sequences does not fit in memory) and
@@ -74,12 +74,14 @@ class Layout:
         if self.mini_batch_size is not None and self.mini_batch_prompts is not None:
             raise AggscopeError("layout: give --mini-batch-size or --mini-batch-prompts, not both")
         if self.order not in ORDERS:
-            raise AggscopeError(f"layout: unknown order {self.order!r}; valid orders: {', '.join(ORDERS)} (--order)")
+            raise AggscopeError(
+                f"layout: unknown order {self.order!r}{did_you_mean(self.order, ORDERS)}; valid orders: {', '.join(ORDERS)} (--order)"
+            )
         if not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise AggscopeError(f"layout: --seed must be a whole number from 0 to {MAX_SEED:,}, got {self.seed!r}")
         if self.composition not in COMPOSITIONS:
             raise AggscopeError(
-                f"layout: unknown composition {self.composition!r}; valid compositions: {', '.join(COMPOSITIONS)} (--composition)"
+                f"layout: unknown composition {self.composition!r}{did_you_mean(self.composition, COMPOSITIONS)}; valid compositions: {', '.join(COMPOSITIONS)} (--composition)"
             )
         if self.composition == "ranks_first":
             if self.mini_batch_prompts is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from aggscope.core.layout import Split
 from aggscope.core.segments import group_sum
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ def resolve_mode(name: str) -> Mode:
     canonical = _ALIASES.get(_normalise(name))
     if canonical is None:
         aliases = sorted(a for a in _ALIASES if a not in MODES)
-        raise AggscopeError(f"unknown mode {name!r}; valid modes: {', '.join(MODES)} (aliases: {', '.join(aliases)})")
+        hint = did_you_mean(name, list(_ALIASES))
+        raise AggscopeError(f"unknown mode {name!r}{hint}; valid modes: {', '.join(MODES)} (aliases: {', '.join(aliases)})")
     return MODES[canonical]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 
 # Candidate names per role, first match wins (dump-formats.md); `inspect` shows what was taken.
 ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -38,7 +38,9 @@ def parse_column_overrides(specs: Iterable[str]) -> dict[str, str]:
         if not sep or not name.strip():
             raise AggscopeError(f"--col {spec!r}: expected ROLE=NAME, e.g. --col uid=prompt_id")
         if role not in ROLE_CANDIDATES:
-            raise AggscopeError(f"--col {spec!r}: unknown role {role!r}; roles: {', '.join(ROLE_CANDIDATES)}")
+            raise AggscopeError(
+                f"--col {spec!r}: unknown role {role!r}{did_you_mean(role, list(ROLE_CANDIDATES))}; roles: {', '.join(ROLE_CANDIDATES)}"
+            )
         overrides[role] = name.strip()
     return overrides
 

@@ -28,7 +28,7 @@ from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown
 from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.modes import MODES
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 from aggscope.io.writing import atomic_directory, check_replaceable_directory
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
@@ -407,13 +407,17 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
 
 def check_image_format(image_format: str) -> None:
     if image_format not in IMAGE_FORMATS:
-        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)")
+        raise AggscopeError(
+            f"unknown image format {image_format!r}{did_you_mean(image_format, IMAGE_FORMATS)}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)"
+        )
 
 
 def check_figure_names(names: Sequence[str] | None) -> None:
     unknown = [name for name in names or () if name not in FIGURES]
     if unknown:
-        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)} (--figure)")
+        raise AggscopeError(
+            f"unknown figure {unknown[0]!r}{did_you_mean(unknown[0], list(FIGURES))}; figures: {', '.join(FIGURES)} (--figure)"
+        )
 
 
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:

@@ -48,7 +48,9 @@ def split_picture(lanes: StepLanes, width: int = 100) -> list[str]:
         legend.append("¦: rank shard boundary")
     if lanes.no_gradient.any():
         legend.append("^: no gradient under the boundary-based prompt_mean")
-    lines = [f"step {lanes.step}: {n_rows:,} rows in trainer order, {plural(n_lanes, 'mini-batch', 'mini-batches')}, {scale}"]
+    lines = [
+        f"step {lanes.step}: {plural(n_rows, 'row')} in trainer order, {plural(n_lanes, 'mini-batch', 'mini-batches')}, {scale}"
+    ]
     lines += _wrap(legend, width)
     drawn = []
     for lane in shown.tolist():
@@ -56,7 +58,7 @@ def split_picture(lanes: StepLanes, width: int = 100) -> list[str]:
         text, marks = _lane_text(lanes, begin, end, per_char, show_ranks)
         prompts = np.unique(lanes.prompt[begin:end]).size
         cut = np.unique(lanes.prompt[begin:end][lanes.cut_by_mini_batch[begin:end]]).size
-        suffix = f" {end - begin:,} rows, {plural(prompts, 'prompt')}" + (f", {cut} cut" if cut else "")
+        suffix = f" {plural(end - begin, 'row')}, {plural(prompts, 'prompt')}" + (f", {cut:,} cut" if cut else "")
         drawn.append((lane, text, marks, suffix))
     content = max(len(text) for _, text, _, _ in drawn)
     for lane, text, marks, suffix in drawn:

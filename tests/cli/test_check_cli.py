@@ -1,6 +1,7 @@
 """``aggscope check`` and ``aggscope sample --faults`` through the command line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,8 +267,16 @@ def test_readme_shows_the_real_check_output():
     readme = (REPO / "README.md").read_text()
     command = "$ aggscope check sample_data/faulty.parquet --mini-batch-size 10\n"
     shown = readme.split(command, 1)[1].split("\n$ echo $?", 1)[0]
+    # The README shows the output piped, 100 columns wide; pin it (readline, loaded by pytest, puts
+    # COLUMNS=80 into the environment that child processes inherit).
+    env = {**os.environ, "COLUMNS": "100"}
     result = subprocess.run(
-        [sys.executable, "-m", "aggscope", *command[2:].split()[1:]], cwd=REPO, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "aggscope", *command[2:].split()[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     assert result.returncode == 1
     assert shown == result.stdout.rstrip("\n"), "README: paste the real output of the command again"

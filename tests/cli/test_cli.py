@@ -133,12 +133,13 @@ def test_weights_out_is_not_written_on_error(tmp_path: Path) -> None:
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_weights_many_steps_prints_total_only(tmp_path: Path) -> None:
+def test_weights_many_steps_prints_one_line_per_step(tmp_path: Path) -> None:
     assert run("sample", str(tmp_path), "--steps", "9", "--prompts", "2", "--group-size", "2").exit_code == 0
     result = run("weights", str(tmp_path / "rollouts.parquet"))
     assert result.exit_code == 0, result.output
-    assert "step 0 ·" not in result.stdout and "9 steps: per-step tables omitted" in result.stdout
-    assert "step 8 ·" in run("weights", str(tmp_path / "rollouts.parquet"), "--all-steps").stdout
+    assert "step 0 ·" not in result.stdout and "9 steps, worst first" in result.stdout
+    assert "… 1 more step (--all-steps lists every step" in result.stdout
+    assert "more step" not in run("weights", str(tmp_path / "rollouts.parquet"), "--all-steps").stdout
 
 
 def test_inspect_text_and_json() -> None:

@@ -46,7 +46,7 @@ def test_uids_in_findings_reach_the_terminal_escaped(hostile: Path) -> None:
 def test_inspect_uid_shows_it_escaped(uid: str, shown: str, hostile: Path) -> None:
     result = runner.invoke(app, ["inspect", str(hostile), "--uid", uid])
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"uid {shown}: 2 rows in 1 step(s)")
+    assert result.stdout.startswith(f"uid {shown}: 2 rows in 1 step\n")
 
 
 def test_an_error_line_escapes_the_data_it_quotes(hostile: Path) -> None:

@@ -380,8 +380,11 @@ def test_report_with_no_path_reads_the_bundled_sample(tmp_path: Path, monkeypatc
 @pytest.mark.parametrize(
     ("to", "message"),
     [
-        ("token_mena", "SPEC 'token_mena': unknown mode 'token_mena'; valid modes: token_mean"),
-        ("prompt_mean,mini_batch=4", "SPEC 'prompt_mean,mini_batch=4': unknown key 'mini-batch'; valid keys: mini-batch-size"),
+        ("token_mena", "SPEC 'token_mena': unknown mode 'token_mena' (did you mean 'token_mean'?); valid modes: token_mean"),
+        (
+            "prompt_mean,mini_batch=4",
+            "SPEC 'prompt_mean,mini_batch=4': unknown key 'mini-batch' (did you mean 'mini-batch-size'?); valid keys: mini-batch-size",
+        ),
         ("prompt_mean,dp-size=x", "SPEC 'prompt_mean,dp-size=x': dp-size must be a whole number, got 'x'"),
         ("prompt_mean,order=sorted", "SPEC 'prompt_mean,order=sorted': layout: unknown order 'sorted'"),
         ("dapo", "SPEC 'dapo': the same mode and layout as 'token_mean'"),

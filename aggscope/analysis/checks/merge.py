@@ -33,7 +33,7 @@ from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts,
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes
-from aggscope.errors import AggscopeError
+from aggscope.errors import AggscopeError, did_you_mean
 from aggscope.io.reader import unrecoverable_of
 
 
@@ -131,7 +131,9 @@ def parse_fail_on(value: str) -> str:
     """Validate a ``--fail-on`` level."""
     level = value.strip().lower()
     if level not in FAIL_ON_LEVELS:
-        raise AggscopeError(f"--fail-on {value!r}: expected one of {', '.join(FAIL_ON_LEVELS)}")
+        raise AggscopeError(
+            f"--fail-on {value!r}{did_you_mean(level, FAIL_ON_LEVELS)}: expected one of {', '.join(FAIL_ON_LEVELS)}"
+        )
     return level
 
 
