@@ -200,6 +200,7 @@ _INPUT_PARAMS = [
             typer.Option(
                 "--max-completion-length",
                 min=1,
+                metavar="N",
                 help="The trainer's max_completion_length (trl): a completion that long was cut there and has no "
                 "end-of-sequence token to count.",
                 rich_help_panel=INPUT_PANEL,
