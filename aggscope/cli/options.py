@@ -230,7 +230,8 @@ _LAYOUT_PARAMS = [
         Annotated[
             Optional[str],
             typer.Option(
-                help="Row order the trainer sees: logged (default), grouped or shuffle.",
+                help="Row order the trainer sees: logged (default), grouped, shuffle or balanced (verl's balance_batch "
+                "over --dp-size ranks).",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
             ),
@@ -252,6 +253,45 @@ _LAYOUT_PARAMS = [
             typer.Option(
                 help="canonical (default: mini-batches, then rank shards inside each) or ranks_first (verl: rank shards "
                 "of the whole step, then mini-batches inside each).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "micro_batch_tokens",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Token budget of a micro-batch per rank, instead of --micro-batch-size: verl's use_dynamic_bsz "
+                "(ppo_max_token_len_per_gpu x sequence-parallel size), partitioned as verl does.",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "prompt_tokens",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Prompt tokens to add to every row's length where the split counts lengths (--micro-batch-tokens, "
+                "--order balanced); the input holds responses only (default 0).",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    _param(
+        "passes",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Times every mini-batch is trained with the same split (verl ppo_epochs, TRL num_iterations); "
+                "weights are summed over the passes (default 1).",
                 rich_help_panel=LAYOUT_PANEL,
                 show_default=False,
             ),
@@ -468,7 +508,7 @@ def _build_layout(
     if spec is not None:
         flags = {name: value for name, value in values.items() if value is not None}
         return ConfiguredLayout(flags, spec, tuple(to_config or ()))
-    defaults = {"dp_size": 1, "order": "logged", "composition": "canonical"}
+    defaults = {"dp_size": 1, "order": "logged", "composition": "canonical", "prompt_tokens": 0, "passes": 1}
     values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
         values["seed"] = 0

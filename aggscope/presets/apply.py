@@ -9,7 +9,7 @@ exactly) is an error here, unless the user overrode what it concerns.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aggscope.core.layout import Layout
@@ -87,7 +87,7 @@ def apply_setup(
         overrides.append(
             f"{given} given: the numbers follow what the command line asks, not the config, which aggscope would refuse ({refusal.message})"
         )
-    values = setup.layout.to_dict()
+    values = asdict(setup.layout)  # every field, set or not
     for name, value in flags.items():
         if values[name] != value:
             overrides.append(

@@ -114,7 +114,7 @@ def test_default_modes_need_horizon_and_uids() -> None:
         "seq_mean_token_sum",
     ]
     # the trainer variants are computed only when named (or chosen by a trainer preset)
-    variants = {"sequence_mean_nonempty", "seq_mean_token_sum_norm_padded"}
+    variants = {"sequence_mean_nonempty", "seq_mean_token_sum_norm_padded", "token_mean_generation"}
     assert [m.name for m in default_modes(has_groups=True, max_seq_len=100)] == [m for m in MODES if m not in variants]
 
 

@@ -5,7 +5,9 @@ contiguous rank shards (TransferQueue's ``BatchMeta.chunk``: the shards are cont
 when the step is a multiple of ``dp``, as verl pads it to be), each rank's mini-batches from verl's
 own ``make_iterator`` (the iterator of ``TrainingWorker.train_mini_batch``, seeded
 ``data_loader_seed + rank``), contiguous micro-batches of ``ppo_micro_batch_size_per_gpu`` rows
-(``prepare_micro_batches``), each padded to its longest row, and verl's own ``agg_loss`` with what
+(``prepare_micro_batches``) or, with ``use_dynamic_bsz``, verl's own ``rearrange_micro_batches``
+run on all ranks at once (their all-reduces really reduce over the ranks), each padded to its
+longest row, and verl's own ``agg_loss`` with what
 the engine passes it: ``dp_size``, the global mini-batch's token count, ``ppo_mini_batch_size * n``
 and ``loss_scale_factor``. The losses of the ranks are averaged (FSDP's gradient mean) and every
 mini-batch is back-propagated; the gradient on each token's loss is its weight. aggscope's side
@@ -20,7 +22,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from framework_wheels import IndexBatch, load_verl
+from framework_wheels import IndexBatch, load_verl, verl_micro_batches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,10 +63,8 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
     for b in range(len(chunks[0])):
         tokens = sum(float(mask[row].sum()) for rank in range(dp) for row in chunks[rank][b])  # all-reduced
         total = torch.zeros((), dtype=torch.float64)
-        for rank in range(dp):
-            rows = chunks[rank][b]
-            for start in range(0, len(rows), config["micro"]):
-                micro = rows[start : start + config["micro"]]
+        for micros in micro_batches([chunks[rank][b] for rank in range(dp)], lengths, config):
+            for micro in micros:
                 width = max(lengths[row] for row in micro)
                 loss_mat = torch.stack([torch.nn.functional.pad(losses[row], (0, width - lengths[row])) for row in micro])
                 loss_mask = torch.stack([torch.nn.functional.pad(mask[row], (0, width - lengths[row])) for row in micro])
@@ -82,6 +82,19 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
     return [loss.grad if loss.grad is not None else torch.zeros_like(loss) for loss in losses]
 
 
+def micro_batches(rank_rows: list[list[int]], lengths: list[int], config: dict) -> list[list[list[int]]]:
+    """Each rank's micro-batches of one mini-batch (row numbers): contiguous chunks of
+    ``ppo_micro_batch_size_per_gpu`` rows, or with ``use_dynamic_bsz`` verl's own
+    ``rearrange_micro_batches`` over prompt + response lengths, all ranks at once."""
+    if not config.get("budget"):
+        step = config["micro"]
+        return [[rows[start : start + step] for start in range(0, len(rows), step)] for rows in rank_rows]
+    seq_lengths = [[lengths[row] + config["prompt"] for row in rows] for rows in rank_rows]
+    parts = verl_micro_batches(verl().seqlen_balancing, seq_lengths, config["budget"])
+    assert not isinstance(parts, str), parts
+    return [[[rows[i] for i in micro] for micro in micros] for rows, micros in zip(rank_rows, parts, strict=True)]
+
+
 def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -> list[torch.Tensor]:
     sets = [
         f"data.train_batch_size={config['prompts']}",
@@ -93,7 +106,12 @@ def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -
         f"trainer.n_gpus_per_node={config['dp']}",
         "algorithm.adv_estimator=grpo",
     ]
-    applied = apply_setup(load_setup([], trainer="verl", sets=sets), {})
+    flags = {}
+    if config.get("budget"):
+        sets[3] = f"{A}ppo_max_token_len_per_gpu={config['budget']}"
+        sets.append(f"{A}use_dynamic_bsz=true")
+        flags["prompt_tokens"] = config["prompt"]  # the batch holds responses; the test's prompts are this long
+    applied = apply_setup(load_setup([], trainer="verl", sets=sets), flags)
     flat_mask = torch.tensor([bit for m in masks for bit in m], dtype=torch.float64)
     batch = StepBatch.from_flat(torch.ones_like(flat_mask), flat_mask, np.cumsum([0, *lengths]))
     weights = compute_weights(batch, applied.setup.mode, applied.layout).token_weights(torch.float64)
@@ -115,10 +133,21 @@ def steps(draw: st.DrawFn) -> tuple[list[int], list[list[int]], dict]:
     scale = draw(st.none() | st.integers(1, 40))
     lengths = draw(st.lists(st.integers(1, 9), min_size=prompts * n, max_size=prompts * n))
     masks = [[draw(st.integers(0, 1)) if draw(st.booleans()) else 1 for _ in range(length)] for length in lengths]
-    return lengths, masks, {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
+    prompt = draw(st.integers(0, 6))
+    # use_dynamic_bsz: a budget from the longest sequence (verl's floor) to a few of them
+    budget = draw(st.none() | st.integers(max(lengths) + prompt, 4 * (9 + prompt)))
+    return (
+        lengths,
+        masks,
+        {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
+        | {
+            "budget": budget,
+            "prompt": prompt,
+        },
+    )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(step=steps())
 def test_config_weights_equal_verl_own_loss(step: tuple[list[int], list[list[int]], dict]) -> None:
     lengths, masks, config = step

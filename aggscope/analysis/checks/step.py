@@ -19,9 +19,9 @@ from aggscope.analysis.checks.messages import check_command, cut_message, has_or
 from aggscope.analysis.checks.quantities import Groups, Rows, host_float64
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, Split, split_step
+from aggscope.core.layout import Layout, Split
 from aggscope.core.modes import Mode, default_modes, resolve_modes
-from aggscope.core.weights import compute_weights
+from aggscope.core.weights import compute_weights, split_batch
 from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
@@ -143,7 +143,7 @@ def check_step(
     else:
         resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
     if split is None:
-        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+        split = split_batch(batch, layout)
     weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
     rows = Rows.of(batch, split)
     groups = Groups.of(batch, rows) if batch.has_groups else None
