@@ -10,7 +10,8 @@ run on all ranks at once (their all-reduces really reduce over the ranks), each 
 longest row, and verl's own ``agg_loss`` with what
 the engine passes it: ``dp_size``, the global mini-batch's token count, ``ppo_mini_batch_size * n``
 and ``loss_scale_factor``. The losses of the ranks are averaged (FSDP's gradient mean) and every
-mini-batch is back-propagated; the gradient on each token's loss is its weight. aggscope's side
+mini-batch of every epoch (``ppo_epochs``) is back-propagated; the gradient on each token's loss is
+its weight, summed over the epochs. aggscope's side
 is only ``--config`` (here as ``--set`` overrides) -> layout and mode -> weights.
 """
 
@@ -55,7 +56,7 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
         [
             [shards[rank][int(i)] for i in indices]
             for indices in code.tensordict_utils.make_iterator(
-                IndexBatch(shard), per_gpu, epochs=1, seed=42 + rank, dataloader_kwargs={"shuffle": False}
+                IndexBatch(shard), per_gpu, epochs=config["epochs"], seed=42 + rank, dataloader_kwargs={"shuffle": False}
             )
         ]
         for rank in range(dp)
@@ -105,6 +106,7 @@ def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -
         f"{A}loss_scale_factor={'null' if config['scale'] is None else config['scale']}",
         f"trainer.n_gpus_per_node={config['dp']}",
         "algorithm.adv_estimator=grpo",
+        f"{A}ppo_epochs={config['epochs']}",
     ]
     flags = {}
     if config.get("budget"):
@@ -136,15 +138,9 @@ def steps(draw: st.DrawFn) -> tuple[list[int], list[list[int]], dict]:
     prompt = draw(st.integers(0, 6))
     # use_dynamic_bsz: a budget from the longest sequence (verl's floor) to a few of them
     budget = draw(st.none() | st.integers(max(lengths) + prompt, 4 * (9 + prompt)))
-    return (
-        lengths,
-        masks,
-        {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
-        | {
-            "budget": budget,
-            "prompt": prompt,
-        },
-    )
+    epochs = draw(st.sampled_from([1, 1, 2]))  # ppo_epochs
+    config = {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
+    return lengths, masks, config | {"budget": budget, "prompt": prompt, "epochs": epochs}
 
 
 @settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -167,7 +163,7 @@ def test_canonical_composition_is_not_verls() -> None:
     # 2 ranks, 2 mini-batches: verl's mini-batch 0 is rows 0-1 and 4-5, not rows 0-3.
     lengths = [1, 2, 3, 4, 5, 6, 7, 8]
     masks = [[1] * length for length in lengths]
-    config = {"dp": 2, "n": 1, "mini": 4, "prompts": 8, "micro": 1, "agg": "token-mean", "scale": None}
+    config = {"dp": 2, "n": 1, "mini": 4, "prompts": 8, "micro": 1, "agg": "token-mean", "scale": None, "epochs": 1}
     expected = torch.cat(verl_weights(lengths, masks, config))
     flat = torch.ones(sum(lengths), dtype=torch.float64)
     batch = StepBatch.from_flat(flat, flat, np.cumsum([0, *lengths]))
@@ -180,7 +176,7 @@ def test_canonical_composition_is_not_verls() -> None:
 def test_null_loss_scale_factor_horizon_is_each_micro_batch_width(agg: str) -> None:
     # Rows of 3, 9 | 2, 4 tokens in micro-batches of 2: horizons 9 and 4, not one constant.
     lengths, masks = [3, 9, 2, 4], [[1] * 3, [1] * 9, [1] * 2, [1] * 4]
-    config = {"dp": 1, "n": 1, "mini": 4, "prompts": 4, "micro": 2, "agg": agg, "scale": None}
+    config = {"dp": 1, "n": 1, "mini": 4, "prompts": 4, "micro": 2, "agg": agg, "scale": None, "epochs": 1}
     expected = verl_weights(lengths, masks, config)
     assert [float(w[0]) for w in expected] == pytest.approx([1 / 36, 1 / 36, 1 / 16, 1 / 16])
     got = aggscope_weights(lengths, masks, config)
