@@ -230,6 +230,14 @@ def split_step(
         mini_batch_at, rank_at, micro_at = _canonical(positions, group_ids, order, layout)
     if layout.micro_batch_tokens is not None and n_rows:
         lengths = _need_lengths(seq_lengths, n_rows, "--micro-batch-tokens")
+        too_long = np.flatnonzero(lengths > layout.micro_batch_tokens)
+        if too_long.size:
+            row = int(too_long[0])
+            raise AggscopeError(
+                f"layout: row {row} has {int(lengths[row])} tokens (prompt + response), more than --micro-batch-tokens "
+                f"{layout.micro_batch_tokens} (verl's ppo_max_token_len_per_gpu); verl refuses it: raise the budget to at "
+                f"least {int(lengths.max())}"
+            )
         regrouped, micro_at = _token_budget(mini_batch_at, rank_at, lengths[order], layout.micro_batch_tokens)
         order, mini_batch_at, rank_at = order[regrouped], mini_batch_at[regrouped], rank_at[regrouped]
     n_mini_batches = int(mini_batch_at.max()) + 1 if n_rows else 0

@@ -146,6 +146,7 @@ def token_budget_micro_batches(rank_lengths: Sequence[Sequence[int]], budget: in
     fewest_rows = min(len(lengths) for lengths in rank_lengths)
     # each rank's first guess, then the largest over ranks (verl all-reduces it with MAX)
     count = max(min(len(lengths), -(-sum(lengths) // budget)) for lengths in rank_lengths)
+    count = max(count, 1)  # all rows empty: verl would ask for 0 sets and fail; one micro-batch holds them
     costs = [[workload(int(length)) for length in lengths] for lengths in rank_lengths]
     while True:
         if count > fewest_rows:

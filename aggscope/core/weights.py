@@ -19,6 +19,7 @@ from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens, ordered_sum
+from aggscope.errors import AggscopeError
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,8 +97,12 @@ def split_batch(batch: StepBatch, layout: Layout) -> Split:
     A row's sequence length, where the layout counts it (token budgets, verl's balancing), is its
     tokens in the input plus ``layout.prompt_tokens``: dumps hold the response, seldom the prompt.
     """
-    lengths = batch.stats.lengths + layout.prompt_tokens if layout.needs_lengths else None
-    return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, lengths)
+    if not layout.needs_lengths:
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+    try:
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.stats.lengths + layout.prompt_tokens)
+    except AggscopeError as exc:  # a split by lengths fails on one step's data: say which
+        raise AggscopeError(f"{batch.source} step {batch.step}: {exc.message}") from None
 
 
 def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = None, split: Split | None = None) -> StepWeights:
