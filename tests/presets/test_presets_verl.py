@@ -143,7 +143,7 @@ def steps(draw: st.DrawFn) -> tuple[list[int], list[list[int]], dict]:
     return lengths, masks, config | {"budget": budget, "prompt": prompt, "epochs": epochs}
 
 
-@settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(step=steps())
 def test_config_weights_equal_verl_own_loss(step: tuple[list[int], list[list[int]], dict]) -> None:
     lengths, masks, config = step
