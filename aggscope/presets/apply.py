@@ -18,6 +18,9 @@ from aggscope.errors import AggscopeError
 from aggscope.presets.setup import FLAG_NAMES, LAYOUT_FIELDS, TrainerSetup
 
 _MINI_BATCH = ("mini_batch_size", "mini_batch_prompts")
+_MICRO_BATCH = ("micro_batch_size", "micro_batch_tokens")
+# Two ways of giving one size: a flag for one replaces the config's value of the other.
+_EITHER_OR = (_MINI_BATCH, _MINI_BATCH[::-1], _MICRO_BATCH, _MICRO_BATCH[::-1])
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def apply_setup(
                 f"--{FLAG_NAMES[name]} {value} (command line) wins over the config's {_derived(setup, name, values[name])}"
             )
         values[name] = value
-    for name, other in (_MINI_BATCH, _MINI_BATCH[::-1]):
+    for name, other in _EITHER_OR:
         if name in flags and other not in flags and values[other] is not None:
             overrides.append(f"--{FLAG_NAMES[name]} replaces the config's {_derived(setup, other, values[other])}")
             values[other] = None

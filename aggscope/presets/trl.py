@@ -103,6 +103,12 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"steps_per_generation {spg} / {reader.term('gradient_accumulation_steps')} (per generation batch)",
         )
     draft.set("micro_batch_size", per_device, ["per_device_train_batch_size"])
+    _loss(reader, draft, spg, accumulation)
+    return draft.finish()
+
+
+def _loss(reader: ConfigReader, draft: Draft, spg: int, accumulation: int) -> None:
+    """The mode, horizon and passes of ``loss_type``, and what steps_per_generation does to them."""
     loss_type = reader.choice("loss_type", "dapo", tuple(LOSS_TYPES))
     mode = LOSS_TYPES[loss_type]
     cap = reader.integer("max_completion_length", 512)
@@ -149,7 +155,6 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             ["num_iterations"],
             f"{reader.term('num_iterations')}: the same micro-batches are trained again; a token's weight is the sum over the iterations",
         )
-    return draft.finish()
 
 
 def _processes(reader: ConfigReader, draft: Draft, per_device: int) -> tuple[int, list[str], str]:

@@ -79,3 +79,12 @@ def test_a_verl_config_with_dynamic_bsz_and_epochs_reaches_the_weights() -> None
     assert out["total"]["modes"]["token_mean"]["weight_sum"] == pytest.approx(16.0, rel=1e-12)
     notes = " ".join(out["config"]["not_exact"])
     assert "use_dynamic_bsz" in notes and "estimated" in notes
+
+
+def test_a_micro_batch_size_flag_replaces_the_configs_token_budget() -> None:
+    sets = ["--set", f"{A}use_dynamic_bsz=true"]
+    result = run("weights", SAMPLE, "--config", VERL, *sets, "--micro-batch-size", "4", "--json")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    out = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert out["layout"]["micro_batch_size"] == 4 and "micro_batch_tokens" not in out["layout"]
+    assert any("--micro-batch-size replaces the config's micro-batch-tokens 16384" in n for n in out["config"]["overrides"])
