@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, split_step
+from aggscope.core.layout import Layout
+from aggscope.core.weights import split_batch
 
 SEQUENCE_DENOMINATOR_MODES = ("sequence_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "seq_mean_token_sum_norm_padded")
 CUT_CODES = {"mini_batch": "prompt_cut_by_mini_batch", "rank": "prompt_cut_by_rank", "micro_batch": "prompt_cut_by_micro_batch"}
@@ -69,7 +70,7 @@ class Units:
 
 
 def units_of(batch: StepBatch, layout: Layout) -> Units:
-    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+    split = split_batch(batch, layout)  # the core split, with sequence lengths where the layout counts them
     return Units(split.order.tolist(), split.mini_batch.tolist(), split.rank.tolist(), split.micro_batch.tolist())
 
 

@@ -17,10 +17,11 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import types
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,14 @@ def _isolated_modules() -> Iterator[None]:
         sys.modules.update(before)
 
 
+def _import_real(name: str) -> None:
+    """Import a real package before ``_isolated_modules``: imported inside, it would be taken out
+    again afterwards while the modules it loaded (yaml's constructors) stay, and the next import of
+    it would be a second copy that no longer matches them."""
+    with suppress(ImportError):
+        importlib.import_module(name)
+
+
 def _third_party(name: str, **attributes: Any) -> None:
     """The real package when it is installed, else a stand-in with these attributes."""
     loaded = set(sys.modules)
@@ -122,10 +131,12 @@ def _third_party(name: str, **attributes: Any) -> None:
 
 
 def load_verl() -> types.SimpleNamespace:
-    """verl 0.9.1's ``core_algos`` (``agg_loss``, GRPO) and ``tensordict_utils`` (``make_iterator``,
-    the per-rank mini-batch iterator of ``TrainingWorker.train_mini_batch``)."""
+    """verl 0.9.1's ``core_algos`` (``agg_loss``, GRPO), ``tensordict_utils`` (``make_iterator``,
+    the per-rank mini-batch iterator of ``TrainingWorker.train_mini_batch``) and ``seqlen_balancing``
+    (``balance_batch``'s partitions and the ``use_dynamic_bsz`` micro-batches)."""
     root = unpacked_wheel("verl")
     verl = root / "verl"
+    _import_real("omegaconf")
     with _isolated_modules():
         _third_party("omegaconf", DictConfig=_Placeholder, OmegaConf=_Placeholder, ListConfig=_Placeholder)
         tensordict = types.ModuleType("tensordict")
@@ -150,6 +161,7 @@ def load_verl() -> types.SimpleNamespace:
         _module("verl.workers.config", ActorConfig=_Placeholder)
         _module("verl.protocol", DataProto=_Placeholder)
         tensordict_utils = _run_file("verl.utils.tensordict_utils", verl / "utils" / "tensordict_utils.py")
+        seqlen_balancing = _run_file("verl.utils.seqlen_balancing", verl / "utils" / "seqlen_balancing.py")
         _run_file("verl.utils.import_utils", verl / "utils" / "import_utils.py")
         groupwise = _run_file("verl.utils.groupwise", verl / "utils" / "groupwise.py")
         utils.as_torch_index, utils.group_mean_std = groupwise.as_torch_index, groupwise.group_mean_std  # type: ignore[attr-defined]
@@ -157,7 +169,66 @@ def load_verl() -> types.SimpleNamespace:
         core_algos = _run_file("verl.trainer.ppo.core_algos", verl / "trainer" / "ppo" / "core_algos.py")
     # The tests iterate row indices, not TensorDicts: select indices from an index "batch".
     tensordict_utils.index_select_tensor_dict = lambda batch, indices: torch.as_tensor(indices)
-    return types.SimpleNamespace(core_algos=core_algos, tensordict_utils=tensordict_utils, root=root)
+    return types.SimpleNamespace(
+        core_algos=core_algos, tensordict_utils=tensordict_utils, seqlen_balancing=seqlen_balancing, root=root
+    )
+
+
+class ThreadGroup:
+    """``torch.distributed`` for ranks that are threads: ``all_reduce`` reduces over all of them."""
+
+    ReduceOp = types.SimpleNamespace(MAX="max", MIN="min", SUM="sum")
+
+    def __init__(self, n_ranks: int) -> None:
+        self.barrier = threading.Barrier(n_ranks)
+        self.slots: list[torch.Tensor | None] = [None] * n_ranks
+        self.local = threading.local()
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum", group: object = None) -> None:
+        self.slots[self.local.rank] = tensor.clone()
+        self.barrier.wait()
+        stacked = torch.stack([slot for slot in self.slots if slot is not None])
+        reduced = {"max": stacked.max(0).values, "min": stacked.min(0).values, "sum": stacked.sum(0)}[op]
+        self.barrier.wait()  # everyone has read the slots before anyone writes the next call's
+        tensor.copy_(reduced)
+
+
+def verl_micro_batches(module: types.ModuleType, rank_lengths: list[list[int]], budget: int) -> list[list[list[int]]] | str:
+    """verl's ``rearrange_micro_batches`` (of ``module``, its ``seqlen_balancing``) on every rank at once,
+    as threads; a refusal (ValueError, AssertionError) comes back as text."""
+    group = ThreadGroup(len(rank_lengths))
+    results: list[object] = [None] * len(rank_lengths)
+
+    def run(rank: int) -> None:
+        group.local.rank = rank
+        lengths = rank_lengths[rank]
+        width = max(lengths)
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+        batch = {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
+        try:
+            _, indices = module.rearrange_micro_batches(batch, max_token_len=budget, dp_group="dp")
+            results[rank] = [list(map(int, rows)) for rows in indices]
+        except (ValueError, AssertionError) as exc:
+            results[rank] = f"refused: {exc}"
+            group.barrier.abort()  # the other ranks would hang in their next all-reduce
+        except threading.BrokenBarrierError:
+            results[rank] = None
+
+    saved = module.dist
+    module.dist = group
+    try:
+        threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(rank_lengths))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        module.dist = saved
+    refused = [result for result in results if isinstance(result, str)]
+    return refused[0] if refused else results  # type: ignore[return-value]
 
 
 class IndexBatch:

@@ -115,7 +115,9 @@ def trainer_loss(
     """
     dp = config.dp_size
     total = per_token_loss.new_zeros(())
-    for shards in split_rows(uids, config, step):
+    mini_batches = split_rows(uids, config, step)
+    step_tokens = float(mask.sum())  # TRL's num_items_in_batch: the whole generation batch
+    for shards in mini_batches:
         rows_of_mini_batch = [row for shard in shards for micro in shard for row in micro]
         # Scalars the trainer's config and its all-reduces give it for this mini-batch.
         global_tokens = float(mask[rows_of_mini_batch].sum())
@@ -152,6 +154,8 @@ def trainer_loss(
                 elif mode == "seq_mean_token_sum_norm":
                     assert config.max_seq_len is not None
                     micro_loss = (loss_l * m).sum(-1).sum() / (n_sequences * config.max_seq_len) * dp
+                elif mode == "token_mean_generation":  # TRL dapo: tokens per optimizer step, on average
+                    micro_loss = (loss_l * m).sum() / (max(step_tokens, 1.0) / len(mini_batches)) * dp
                 elif mode == "prompt_mean":
                     denominators = torch.tensor([max(prompt_tokens[uids[row]], 1.0) for row in micro], dtype=loss_l.dtype)
                     micro_loss = ((loss_l * m).sum(-1) / denominators).sum() / n_prompts * dp

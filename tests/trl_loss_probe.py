@@ -2,7 +2,7 @@
 
 Run by ``test_presets_trl.py`` as ``$AGGSCOPE_TRL_PYTHON trl_loss_probe.py < specs.json`` (a list of
 specs, so TRL is imported once). A spec gives one generation batch (``lengths``, ``masks``, process count ``P``, ``B``, ``GA``, ``SPG``,
-``loss_type``, ``max_completion_length``). The probe builds a ``GRPOTrainer`` without a model
+``loss_type``, ``max_completion_length``, optional ``iterations``). The probe builds a ``GRPOTrainer`` without a model
 (``__new__``; only the attributes ``_compute_loss`` reads are set), stands in for the model's
 per-token log-probabilities with leaf tensors, and runs what TRL runs: process ``p`` holds the
 ``p``-th slice of the batch, cut into ``SPG`` chunks of ``B`` rows (unshuffled here, so the split is
@@ -66,7 +66,8 @@ def probe(spec: dict) -> list[list[float]]:
     )
     num_items_in_batch = mask.sum()  # the generation batch's loss tokens over all processes
     local = per_device * spg
-    for micro_step in range(spg):
+    # num_iterations: TRL trains its buffered split of the generation batch again, unchanged
+    for micro_step in [step for _ in range(spec.get("iterations", 1)) for step in range(spg)]:
         total = torch.zeros((), dtype=torch.float64)
         for process in range(processes):
             rows = list(range(process * local + micro_step * per_device, process * local + (micro_step + 1) * per_device))

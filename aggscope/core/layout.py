@@ -3,13 +3,22 @@
 Rules (from the reference sheet):
 
 - Rows are taken in the trainer's order: ``logged`` (input order), ``grouped`` (each uid's rows
-  made contiguous, groups in order of first appearance) or ``shuffle``
-  (``numpy.random.default_rng([seed, step]).permutation(n_rows)``).
+  made contiguous, groups in order of first appearance), ``shuffle``
+  (``numpy.random.default_rng([seed, step]).permutation(n_rows)``) or ``balanced`` (verl's
+  ``balance_batch``: ``dp_size`` equal-size sets of balanced sequence length, set ``r`` first as
+  rank ``r``'s shard; ``aggscope.core.partition``).
 - Mini-batches are contiguous slices of that order: ``mini_batch_size`` sequences, or
   ``mini_batch_prompts`` runs of equal consecutive uids. A trailing short mini-batch is kept.
 - Each mini-batch is cut into ``dp_size`` contiguous rank shards of as-equal-as-possible size (the
   first ``N_b mod D`` shards get one extra row), each shard into micro-batches of
-  ``micro_batch_size`` sequences (the last may be shorter).
+  ``micro_batch_size`` sequences (the last may be shorter), or, with ``micro_batch_tokens``, into
+  verl's token-budget micro-batches (``use_dynamic_bsz``): balanced sets of at most that many
+  tokens, the same number on every rank, run in verl's order. The trainer order then lists each
+  shard's rows micro-batch by micro-batch, so every micro-batch is a run of trainer positions.
+
+Sequence lengths (prompt + response, as the trainer counts them) are needed by ``balanced`` and
+``micro_batch_tokens``; the caller passes them (``aggscope.core.weights.split_batch`` uses the
+row's tokens plus ``prompt_tokens``, since a dump seldom holds prompt lengths).
 
 That is the ``canonical`` composition (mini-batches first). verl 0.9.1 composes the other way,
 ``ranks_first``: the whole step is cut into ``dp_size`` contiguous rank shards first (same sizing
@@ -24,15 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from aggscope.core.partition import balance_batch_order, token_budget_micro_batches
 from aggscope.core.segments import run_ids
 from aggscope.errors import AggscopeError, did_you_mean
 
-ORDERS = ("logged", "grouped", "shuffle")
+ORDERS = ("logged", "grouped", "shuffle", "balanced")
 # Sizes above this cannot be a real trainer's (a step of 2^31 sequences does not fit in memory) and
 # would overflow the int64 arithmetic of the split (mini-batch x rank ids); seeds stay within int64.
 MAX_SIZE = 2**31 - 1
 MAX_SEED = 2**63 - 1
 COMPOSITIONS = ("canonical", "ranks_first")
+_OPTIONAL_FIELDS = {"micro_batch_tokens": None, "prompt_tokens": 0, "passes": 1}
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,13 @@ class Layout:
         seed: seed of ``shuffle``.
         composition: ``canonical`` (mini-batches, then rank shards inside each) or ``ranks_first``
             (rank shards of the whole step, then mini-batches inside each shard, as verl does).
+        micro_batch_tokens: the token budget of a micro-batch per rank (verl ``use_dynamic_bsz``
+            with ``ppo_max_token_len_per_gpu``), instead of ``micro_batch_size``.
+        prompt_tokens: tokens added to every row's length where the split counts sequence lengths
+            (``micro_batch_tokens``, ``balanced``): the prompt, which most dumps do not hold.
+        passes: how many times the trainer trains on every mini-batch of the step with the same
+            split (verl ``ppo_epochs`` without ``shuffle``, TRL ``num_iterations``): a token's
+            weight is the sum over the passes, ``passes`` times one pass's.
     """
 
     mini_batch_size: int | None = None
@@ -59,20 +77,31 @@ class Layout:
     order: str = "logged"
     seed: int = 0
     composition: str = "canonical"
+    micro_batch_tokens: int | None = None
+    prompt_tokens: int = 0
+    passes: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("mini_batch_size", "mini_batch_prompts", "micro_batch_size", "max_seq_len"):
+        for name in ("mini_batch_size", "mini_batch_prompts", "micro_batch_size", "max_seq_len", "micro_batch_tokens", "passes"):
             value = getattr(self, name)
             if value is not None and (not _whole(value) or value < 1):
                 raise AggscopeError(f"layout: {_flag(name)} must be a whole number of at least 1, got {value!r}")
             if value is not None and value > MAX_SIZE:
                 raise AggscopeError(f"layout: {_flag(name)} must be at most {MAX_SIZE:,}, got {value!r}")
+        if self.passes is None:
+            raise AggscopeError("layout: --passes must be a whole number of at least 1, got None")
         if not _whole(self.dp_size) or self.dp_size < 1:
             raise AggscopeError(f"layout: --dp-size must be a whole number of at least 1, got {self.dp_size!r}")
         if self.dp_size > MAX_SIZE:
             raise AggscopeError(f"layout: --dp-size must be at most {MAX_SIZE:,}, got {self.dp_size!r}")
         if self.mini_batch_size is not None and self.mini_batch_prompts is not None:
             raise AggscopeError("layout: give --mini-batch-size or --mini-batch-prompts, not both")
+        if self.micro_batch_size is not None and self.micro_batch_tokens is not None:
+            raise AggscopeError("layout: give --micro-batch-size or --micro-batch-tokens, not both")
+        if not _whole(self.prompt_tokens) or not 0 <= self.prompt_tokens <= MAX_SIZE:
+            raise AggscopeError(
+                f"layout: --prompt-tokens must be a whole number from 0 to {MAX_SIZE:,}, got {self.prompt_tokens!r}"
+            )
         if self.order not in ORDERS:
             raise AggscopeError(
                 f"layout: unknown order {self.order!r}{did_you_mean(self.order, ORDERS)}; valid orders: {', '.join(ORDERS)} (--order)"
@@ -97,8 +126,19 @@ class Layout:
         """True when the split itself needs uids (grouped order or mini-batches counted in prompts)."""
         return self.order == "grouped" or self.mini_batch_prompts is not None
 
+    @property
+    def needs_lengths(self) -> bool:
+        """True when the split itself counts sequence lengths (token budgets, verl's balancing)."""
+        return self.order == "balanced" or self.micro_batch_tokens is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; those added for trainer-specific layouts only when set, so that the JSON of a
+        layout that does not use them stays what it was."""
+        values = asdict(self)
+        for name, default in _OPTIONAL_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     def replace(self, **changes: Any) -> Layout:
         """A copy with some fields changed (validated again)."""
@@ -142,8 +182,10 @@ class Split:
         return int(self.micro_unit.max()) + 1 if self.micro_unit.size else 0
 
 
-def trainer_order(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int) -> np.ndarray:
-    """The seq_index at each trainer position: ``[n_rows]`` int64."""
+def trainer_order(
+    n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int, seq_lengths: np.ndarray | None = None
+) -> np.ndarray:
+    """The seq_index at each trainer position: ``[n_rows]`` int64 (``seq_lengths``: see ``split_step``)."""
     if layout.order == "logged":
         return np.arange(n_rows, dtype=np.int64)
     if layout.order == "grouped":
@@ -152,12 +194,24 @@ def trainer_order(n_rows: int, group_ids: np.ndarray | None, layout: Layout, ste
         # Codes are numbered by first appearance, so a stable sort by code is exactly "groups in
         # order of first appearance, rows of a group in logged order".
         return np.argsort(group_ids, kind="stable").astype(np.int64, copy=False)
+    if layout.order == "balanced":
+        lengths = _need_lengths(seq_lengths, n_rows, "--order balanced")
+        if n_rows % layout.dp_size:
+            raise AggscopeError(
+                f"layout: --order balanced (verl's balance_batch) needs the step's {n_rows} rows to be a multiple of "
+                f"--dp-size {layout.dp_size}: verl pads the step with empty rows first, and the input must hold them"
+            )
+        if n_rows == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(balance_batch_order(lengths.tolist(), layout.dp_size), dtype=np.int64)
     if step < 0:
         raise AggscopeError(f"layout: --order shuffle needs non-negative step numbers, got step {step}")
     return np.random.default_rng([layout.seed, step]).permutation(n_rows).astype(np.int64)
 
 
-def split_step(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int) -> Split:
+def split_step(
+    n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int, seq_lengths: np.ndarray | None = None
+) -> Split:
     """Assign every row of a step to its mini-batch, rank shard and micro-batch.
 
     Args:
@@ -165,15 +219,29 @@ def split_step(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: 
         group_ids: ``[n_rows]`` uid codes in input order, or None.
         layout: the trainer configuration.
         step: the step number (seeds ``shuffle``).
+        seq_lengths: ``[n_rows]`` sequence lengths (prompt + response tokens) in input order; needed
+            when ``layout.needs_lengths``.
     """
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
-    order = trainer_order(n_rows, group_ids, layout, step)  # [n] seq_index by position
+    order = trainer_order(n_rows, group_ids, layout, step, seq_lengths)  # [n] seq_index by position
     positions = np.arange(n_rows, dtype=np.int64)  # [n]
     if layout.composition == "ranks_first":
         mini_batch_at, rank_at, micro_at = _ranks_first(positions, layout)
     else:
         mini_batch_at, rank_at, micro_at = _canonical(positions, group_ids, order, layout)
+    if layout.micro_batch_tokens is not None and n_rows:
+        lengths = _need_lengths(seq_lengths, n_rows, "--micro-batch-tokens")
+        too_long = np.flatnonzero(lengths > layout.micro_batch_tokens)
+        if too_long.size:
+            row = int(too_long[0])
+            raise AggscopeError(
+                f"layout: row {row} has {int(lengths[row])} tokens (prompt + response), more than --micro-batch-tokens "
+                f"{layout.micro_batch_tokens} (verl's ppo_max_token_len_per_gpu); verl refuses it: raise the budget to at "
+                f"least {int(lengths.max())}"
+            )
+        regrouped, micro_at = _token_budget(mini_batch_at, rank_at, lengths[order], layout.micro_batch_tokens)
+        order, mini_batch_at, rank_at = order[regrouped], mini_batch_at[regrouped], rank_at[regrouped]
     n_mini_batches = int(mini_batch_at.max()) + 1 if n_rows else 0
     rank_unit_at = mini_batch_at * layout.dp_size + rank_at
     # Every (mini-batch, rank, micro-batch) unit is a contiguous run of trainer positions (also
@@ -198,6 +266,52 @@ def split_step(n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: 
         micro_unit=by_row(micro_unit_at),
         n_mini_batches=n_mini_batches,
     )
+
+
+def _need_lengths(seq_lengths: np.ndarray | None, n_rows: int, option: str) -> np.ndarray:
+    if seq_lengths is None or np.shape(seq_lengths) != (n_rows,):
+        raise AggscopeError(f"layout: {option} needs every row's sequence length")
+    return np.asarray(seq_lengths, dtype=np.int64)
+
+
+def _token_budget(
+    mini_batch_at: np.ndarray, rank_at: np.ndarray, lengths_at: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """verl's token-budget micro-batches of every (mini-batch, rank) shard.
+
+    Args:
+        mini_batch_at, rank_at: ``[n]`` mini-batch and rank of each trainer position.
+        lengths_at: ``[n]`` sequence length of each trainer position.
+        budget: tokens per micro-batch per rank.
+
+    Returns:
+        ``[n]`` the trainer positions regrouped (each shard's rows micro-batch by micro-batch, in the
+        order verl runs them) and ``[n]`` the micro-batch of each regrouped position.
+    """
+    regrouped = np.empty_like(mini_batch_at)
+    micro_at = np.empty_like(mini_batch_at)
+    n_ranks = int(rank_at.max()) + 1
+    # shards in trainer order: (mini-batch, rank) blocks, each a contiguous run of positions
+    shard_key = mini_batch_at * n_ranks + rank_at
+    by_shard = np.argsort(shard_key, kind="stable")
+    keys, starts = np.unique(shard_key[by_shard], return_index=True)
+    bounds = [*starts.tolist(), by_shard.size]
+    shards = {int(key): by_shard[bounds[i] : bounds[i + 1]] for i, key in enumerate(keys.tolist())}
+    cursor = 0
+    for mini_batch in range(int(mini_batch_at.max()) + 1):
+        ranks = [shards[key] for key in range(mini_batch * n_ranks, (mini_batch + 1) * n_ranks) if key in shards]
+        micros = token_budget_micro_batches([lengths_at[rows].tolist() for rows in ranks], budget)
+        for rows, rank_micros in zip(ranks, micros, strict=True):
+            for micro, members in enumerate(rank_micros):
+                regrouped[cursor : cursor + len(members)] = rows[members]
+                micro_at[cursor : cursor + len(members)] = micro
+                cursor += len(members)
+    # positions are regrouped in (mini-batch, rank) order: put them back in trainer order of shards
+    shard_first = np.array([int(rows[0]) for rows in shards.values()])
+    blocks = [regrouped[bounds[i] : bounds[i + 1]] for i in range(len(shards))]
+    micro_blocks = [micro_at[bounds[i] : bounds[i + 1]] for i in range(len(shards))]
+    in_order = np.argsort(shard_first, kind="stable")
+    return np.concatenate([blocks[i] for i in in_order]), np.concatenate([micro_blocks[i] for i in in_order])
 
 
 def _shards(index: np.ndarray, size: np.ndarray, dp: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ per-row quantities to a per-row weight ``w_i`` (``[n_seqs]`` float64); the per-t
 ``w_i * m[i, t]``. Notation (one mini-batch ``b``): ``N_b`` rows, ``T_b`` loss tokens, ``P_b``
 distinct uids, ``T_{p,b}`` loss tokens of uid ``p`` in ``b``, ``K_b`` micro-batches holding a row
 (over all ranks), ``T_k`` loss tokens of micro-batch ``k``, ``L_i`` loss tokens of row ``i``,
-``H`` the horizon. Denominators are clamped to at least 1.
+``H`` the horizon, ``T_s`` loss tokens and ``M_s`` mini-batches of the whole step. Denominators are clamped to at least 1.
 
 To add a mode, write one function below and decorate it with ``@register``. A mode registered
 with ``in_defaults=False`` is a trainer's variant of another (computed when named, or when a
@@ -175,6 +175,17 @@ def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> np.ndarray:
     width = np.zeros(n_units, dtype=np.float64)  # [n_units] W_k
     np.maximum.at(width, unit, inputs.lengths)
     return 1.0 / (inputs.rows_per_mini_batch() * np.maximum(width[unit], 1))
+
+
+@register("token_mean_generation", "M_s / T_s", in_defaults=False)
+def token_mean_generation(inputs: ModeInputs) -> np.ndarray:
+    # TRL 1.16.0 dapo/cispo/vespo: num_items_in_batch counts the loss tokens T_s of the whole
+    # generation batch (the logged step), rescaled by GA / SPG to one optimizer step; with M_s =
+    # SPG / GA optimizer steps per generation batch that is 1 / (T_s / M_s) on every token, so an
+    # optimizer step's weights sum to T_b M_s / T_s, about 1 but not 1. With M_s = 1: token_mean.
+    step_tokens = float(inputs.loss_tokens.sum())  # T_s
+    weight = inputs.split.n_mini_batches / max(step_tokens, 1.0)
+    return np.full_like(inputs.loss_tokens, weight)
 
 
 def mode_names() -> list[str]:

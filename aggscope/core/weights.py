@@ -19,6 +19,7 @@ from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout, Split, split_step
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens, ordered_sum
+from aggscope.errors import AggscopeError
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +91,20 @@ class StepWeights:
         return summarize(self.batch.stats, self.row_weight)
 
 
+def split_batch(batch: StepBatch, layout: Layout) -> Split:
+    """Where every row of the batch lands under the layout (``split_step`` with the batch's sizes).
+
+    A row's sequence length, where the layout counts it (token budgets, verl's balancing), is its
+    tokens in the input plus ``layout.prompt_tokens``: dumps hold the response, seldom the prompt.
+    """
+    if not layout.needs_lengths:
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+    try:
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.stats.lengths + layout.prompt_tokens)
+    except AggscopeError as exc:  # a split by lengths fails on one step's data: say which
+        raise AggscopeError(f"{batch.source} step {batch.step}: {exc.message}") from None
+
+
 def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = None, split: Split | None = None) -> StepWeights:
     """Weights of one step under one mode and layout.
 
@@ -103,7 +118,7 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     (resolved,) = resolve_modes([mode]) if isinstance(mode, str) else (mode,)
     check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
     if split is None:
-        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+        split = split_batch(batch, layout)
     inputs = ModeInputs(
         loss_tokens=batch.stats.loss_tokens.astype(np.float64),
         split=split,
@@ -112,7 +127,11 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
         max_seq_len=layout.max_seq_len,
         lengths=batch.stats.lengths.astype(np.float64),
     )
-    return StepWeights(batch, resolved, layout, split, resolved.weight(inputs))
+    row_weight = resolved.weight(inputs)
+    if layout.passes != 1:
+        # every pass trains the same split with the same weights (Layout.passes): their sum
+        row_weight = row_weight * float(layout.passes)
+    return StepWeights(batch, resolved, layout, split, row_weight)
 
 
 @dataclass(frozen=True)
@@ -264,7 +283,7 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
 
 def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
     """Weights and summaries of one step under several modes, sharing one split."""
-    split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+    split = split_batch(batch, layout)
     weights = {mode.name: compute_weights(batch, mode, layout, split) for mode in modes}
     summary = StepSummary(
         step=batch.step,

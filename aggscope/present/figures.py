@@ -45,6 +45,7 @@ MODE_COLOURS: dict[str, str] = {
     "prompt_mean": "#6A3D9A",
     "sequence_mean_nonempty": "#8C564B",
     "seq_mean_token_sum_norm_padded": "#17BECF",
+    "token_mean_generation": "#BCBD22",
 }
 FALLBACK_COLOURS = ("#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
 LINE_STYLES = ("-", "--", ":", "-.")

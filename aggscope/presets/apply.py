@@ -9,7 +9,7 @@ exactly) is an error here, unless the user overrode what it concerns.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aggscope.core.layout import Layout
@@ -18,6 +18,9 @@ from aggscope.errors import AggscopeError
 from aggscope.presets.setup import FLAG_NAMES, LAYOUT_FIELDS, TrainerSetup
 
 _MINI_BATCH = ("mini_batch_size", "mini_batch_prompts")
+_MICRO_BATCH = ("micro_batch_size", "micro_batch_tokens")
+# Two ways of giving one size: a flag for one replaces the config's value of the other.
+_EITHER_OR = (_MINI_BATCH, _MINI_BATCH[::-1], _MICRO_BATCH, _MICRO_BATCH[::-1])
 
 
 @dataclass(frozen=True)
@@ -87,14 +90,14 @@ def apply_setup(
         overrides.append(
             f"{given} given: the numbers follow what the command line asks, not the config, which aggscope would refuse ({refusal.message})"
         )
-    values = setup.layout.to_dict()
+    values = asdict(setup.layout)  # every field, set or not
     for name, value in flags.items():
         if values[name] != value:
             overrides.append(
                 f"--{FLAG_NAMES[name]} {value} (command line) wins over the config's {_derived(setup, name, values[name])}"
             )
         values[name] = value
-    for name, other in (_MINI_BATCH, _MINI_BATCH[::-1]):
+    for name, other in _EITHER_OR:
         if name in flags and other not in flags and values[other] is not None:
             overrides.append(f"--{FLAG_NAMES[name]} replaces the config's {_derived(setup, other, values[other])}")
             values[other] = None

@@ -27,6 +27,9 @@ FLAG_NAMES = {
     "order": "order",
     "seed": "seed",
     "composition": "composition",
+    "micro_batch_tokens": "micro-batch-tokens",
+    "prompt_tokens": "prompt-tokens",
+    "passes": "passes",
     "mode": "mode",
     "advantage": "advantage",
     "response_cap": "response cap",
@@ -317,6 +320,9 @@ LAYOUT_FIELDS = (
     "order",
     "seed",
     "composition",
+    "micro_batch_tokens",
+    "prompt_tokens",
+    "passes",
 )
 
 

@@ -12,7 +12,11 @@ generation batch is ``P * SPG * B`` completions (what one ``completions_*.parque
 | bnpo | ``1 / (P * GA * T_k)`` per micro-batch of B rows | token_mean_legacy |
 | dr_grpo | ``1 / (N * max_completion_length)`` | seq_mean_token_sum_norm |
 | luspo | ``1 / N`` | seq_mean_token_sum |
-| dapo, cispo, vespo | ``SPG / (GA * N_gen)``, N_gen the generation batch's tokens | token_mean when SPG == GA |
+| dapo, cispo, vespo | ``SPG / (GA * N_gen)``, N_gen the generation batch's tokens | token_mean when SPG == GA, else token_mean_generation |
+
+Each process trains its contiguous slice of the generation batch (``ranks_first``); ``num_iterations``
+trains the same buffered, already-shuffled split again (``passes``), so a token's weight is the sum
+over the iterations.
 
 The number of processes is not part of a GRPOConfig: a saved ``to_json_string()`` shows it through
 ``generation_batch_size = B * P * SPG``; otherwise give ``--set num_processes=N`` (as
@@ -84,6 +88,13 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         f"{processes} processes x {reader.term('gradient_accumulation_steps')} x {reader.term('per_device_train_batch_size')}",
     )
     draft.set("dp_size", processes, process_keys, how_many)
+    draft.set(
+        "composition",
+        "ranks_first",
+        [],
+        "each process trains its own slice of the generation batch (the files gather them process by process), in "
+        "optimizer steps of gradient_accumulation_steps micro-batches",
+    )
     if spg >= accumulation and spg % accumulation == 0:
         draft.set(
             "updates",
@@ -92,6 +103,12 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"steps_per_generation {spg} / {reader.term('gradient_accumulation_steps')} (per generation batch)",
         )
     draft.set("micro_batch_size", per_device, ["per_device_train_batch_size"])
+    _loss(reader, draft, spg, accumulation)
+    return draft.finish()
+
+
+def _loss(reader: ConfigReader, draft: Draft, spg: int, accumulation: int) -> None:
+    """The mode, horizon and passes of ``loss_type``, and what steps_per_generation does to them."""
     loss_type = reader.choice("loss_type", "dapo", tuple(LOSS_TYPES))
     mode = LOSS_TYPES[loss_type]
     cap = reader.integer("max_completion_length", 512)
@@ -116,22 +133,28 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             "TRL shuffles a generation batch (global torch RNG) before cutting it into optimizer steps: which rows share a "
             "step is not in the files, so the mini-batch split and its findings are estimates"
         )
-        if mode == "token_mean":
-            draft.refuse(
-                f"trl config: loss_type {loss_type} with steps_per_generation {spg} != gradient_accumulation_steps "
-                f"{accumulation} weights each token SPG/(GA x N_gen) over its generation batch (an optimizer step's weights "
-                "sum to about 1, not 1), which aggscope does not model yet: give --mode token_mean for the token-mean "
-                "approximation, or set steps_per_generation = gradient_accumulation_steps",
-                "mode",
-            )
-    draft.set("mode", mode, ["loss_type"])
+    if spg > accumulation and mode == "token_mean":
+        # num_items_in_batch counts the whole generation batch, rescaled by GA / SPG
+        mode = "token_mean_generation"
+        draft.set(
+            "mode",
+            mode,
+            ["loss_type", "steps_per_generation", "gradient_accumulation_steps"],
+            f"loss_type {loss_type}: each token weighs steps_per_generation {spg} / ({reader.term('gradient_accumulation_steps')} "
+            "x the generation batch's loss tokens), so an optimizer step's weights sum to about 1, not 1",
+        )
+    else:
+        draft.set("mode", mode, ["loss_type"])
     draft.set("advantage", None, [], "the completions files hold the advantages")
     iterations = reader.integer("num_iterations", 1)
     if iterations > 1:
-        draft.notes.append(
-            f"num_iterations {iterations}: every generation batch is trained {iterations} times with the same weights: the numbers are those of one pass"
+        # TRL keeps the shuffled, split generation batch for all its iterations: the same split each pass
+        draft.set(
+            "passes",
+            iterations,
+            ["num_iterations"],
+            f"{reader.term('num_iterations')}: the same micro-batches are trained again; a token's weight is the sum over the iterations",
         )
-    return draft.finish()
 
 
 def _processes(reader: ConfigReader, draft: Draft, per_device: int) -> tuple[int, list[str], str]:

@@ -8,7 +8,11 @@ Facts from the wheel (``verl/...``):
   chunks of ``mini_batch_size / dp`` rows (``workers/engine_workers.py`` ``train_mini_batch``,
   ``utils/tensordict_utils.py`` ``make_iterator``), so mini-batch ``b`` is chunk ``b`` of every
   rank: aggscope's ``ranks_first`` composition. Micro-batches are contiguous chunks of
-  ``ppo_micro_batch_size_per_gpu`` rows of a rank's chunk (``workers/engine/utils.py``).
+  ``ppo_micro_batch_size_per_gpu`` rows of a rank's chunk (``workers/engine/utils.py``), or with
+  ``use_dynamic_bsz`` verl's balanced token-budget sets (``utils/seqlen_balancing.py``
+  ``rearrange_micro_batches``; aggscope's ``micro_batch_tokens``, ``core/partition.py``) of at most
+  ``ppo_max_token_len_per_gpu * ulysses_sequence_parallel_size`` tokens (context-parallel size
+  under Megatron). The losses need no rescaling: ``agg_loss``'s denominators are global.
 - ``agg_loss`` (``trainer/ppo/core_algos.py``) gets the global mini-batch's token count and
   ``ppo_mini_batch_size * n`` as its row count: the canonical modes over mini-batch ``b``.
   ``seq-mean-token-sum-norm`` with ``loss_scale_factor: null`` divides by the padded width of each
@@ -60,7 +64,9 @@ KNOWN = {
     "algorithm.gamma": "GAE discount: changes advantages, not weights",
     "algorithm.lam": "GAE lambda: changes advantages, not weights",
     "trainer.balance_batch": "ignored by verl's v1 trainer, which always reorders the batch by length across ranks "
-    "(balance_batch): the input must be in the order the actor saw",
+    "(balance_batch): a batch logged after it (aggscope.log_batch before update_actor) is in the actor's order, as "
+    "aggscope takes it; for rows in the order before it give --order balanced (verl's reordering, from prompt + "
+    "response lengths: add --prompt-tokens)",
     "trainer.rollout_data_dir": "where verl dumps rollouts, sorted by uid: the order the actor trained in is not kept",
     "data.max_prompt_length": "prompt cap: prompts are not loss tokens",
     "algorithm.rollout_correction.rollout_rs": "rollout rejection sampling: rewrites response_mask but not the loss_mask "
@@ -85,7 +91,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             f"({mini} prompts) is larger than the step (data.train_batch_size {prompts}); verl refuses it: make it at most {prompts}",
         )
     draft.set("step_rows", prompts * n, ["data.train_batch_size", ROLLOUT + "n"])
-    dp = _dp_size(reader, draft)
+    dp, sequence_parallel = _dp_size(reader, draft)
     rows = mini * n
     if rows % dp:
         raise reader.error(
@@ -109,7 +115,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             "rows (loss mask 0) up to a multiple of the mini-batch, and they count in the seq-mean denominators; the input must "
             "hold them, as verl's own dump does"
         )
-    _micro_batches(reader, draft, rows // dp, dynamic)
+    _micro_batches(reader, draft, rows // dp, dynamic, sequence_parallel)
     mode = _mode(reader, draft, dynamic)
     _advantage(reader, draft)
     cap = reader.integer("data.max_response_length", 512)
@@ -118,7 +124,8 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     return draft.finish()
 
 
-def _dp_size(reader: ConfigReader, draft: Draft) -> int:
+def _dp_size(reader: ConfigReader, draft: Draft) -> tuple[int, tuple[str, int]]:
+    """The data-parallel size, and the sequence-parallel key and size that multiply the token budget."""
     gpus, nodes = reader.integer("trainer.n_gpus_per_node", 8), reader.integer("trainer.nnodes", 1)
     strategy = reader.choice(ACTOR + "strategy", "fsdp", ("fsdp", "fsdp2", "megatron", "veomni", "torchtitan", "automodel"))
     keys = ["trainer.n_gpus_per_node", "trainer.nnodes"]
@@ -130,6 +137,7 @@ def _dp_size(reader: ConfigReader, draft: Draft) -> int:
         divisor = 1
         for key in split_keys:
             divisor *= reader.integer(key, 1)
+        sequence_parallel = (split_keys[2], reader.integer(split_keys[2], 1))
     else:
         # the actor's deprecated key wins when it is above 1 (workers/config/actor.py FSDPActorConfig)
         deprecated = reader.integer(ACTOR + "ulysses_sequence_parallel_size", 1)
@@ -138,6 +146,7 @@ def _dp_size(reader: ConfigReader, draft: Draft) -> int:
             ACTOR + ("ulysses_sequence_parallel_size" if deprecated > 1 else "fsdp_config.ulysses_sequence_parallel_size")
         ]
         divisor = deprecated if deprecated > 1 else current
+        sequence_parallel = (split_keys[0], divisor)
     if (gpus * nodes) % divisor:
         raise reader.error(
             split_keys[0], f"leaves {gpus * nodes} GPUs not divisible into data-parallel ranks ({divisor} per rank)"
@@ -145,27 +154,36 @@ def _dp_size(reader: ConfigReader, draft: Draft) -> int:
     dp = gpus * nodes // divisor
     terms = " x ".join(reader.term(k) for k in keys)
     draft.set("dp_size", dp, keys + split_keys, f"{terms} / {' / '.join(reader.term(k) for k in split_keys)}")
-    return dp
+    return dp, sequence_parallel
 
 
-def _micro_batches(reader: ConfigReader, draft: Draft, rows_per_rank: int, dynamic: bool) -> None:
+def _micro_batches(
+    reader: ConfigReader, draft: Draft, rows_per_rank: int, dynamic: bool, sequence_parallel: tuple[str, int]
+) -> None:
     deprecated = reader.integer(ACTOR + "ppo_micro_batch_size", None, nullable=True)
     per_gpu = reader.integer(ACTOR + "ppo_micro_batch_size_per_gpu", None, nullable=True)
     budget = reader.integer(ACTOR + "ppo_max_token_len_per_gpu", 16384)
     if dynamic:
+        sp_key, sp_size = sequence_parallel
         draft.set(
-            "micro_batch_size",
-            None,
-            [ACTOR + "use_dynamic_bsz"],
-            "use_dynamic_bsz true: micro-batches by token budget (not modelled)",
+            "micro_batch_tokens",
+            budget * sp_size,
+            [ACTOR + "use_dynamic_bsz", ACTOR + "ppo_max_token_len_per_gpu", sp_key],
+            f"{reader.term(ACTOR + 'ppo_max_token_len_per_gpu')} x {reader.term(sp_key)} (use_dynamic_bsz true: "
+            "verl's balanced micro-batches of at most this many tokens per rank)",
         )
-        draft.notes.append(
-            f"use_dynamic_bsz: verl packs each rank's mini-batch into micro-batches of at most ppo_max_token_len_per_gpu {budget} "
-            "tokens (prompt + response) with its own partitioning, which aggscope does not model yet: the layout has no "
-            "micro-batches, so token_mean_legacy and the micro-batch findings describe whole rank shards. verl's own modes "
-            "use mini-batch-wide denominators, so their weights do not depend on micro-batches (seq-mean-token-sum-norm with "
-            "loss_scale_factor null excepted)"
+        draft.not_exact.append(
+            "use_dynamic_bsz: verl partitions micro-batches by sequence length (prompt + response tokens); the input "
+            "holds the responses, so each row's length is its tokens here plus --prompt-tokens (0 unless given): which "
+            "rows share a micro-batch is estimated, and with it token_mean_legacy, the padded Dr. GRPO horizon and the "
+            "micro-batch findings (verl's own token-mean, seq-mean and token-sum weights do not depend on it)"
         )
+        if reader.integer(ACTOR + "megatron.virtual_pipeline_model_parallel_size", None, nullable=True):
+            draft.notes.append(
+                "megatron virtual pipeline: verl rounds the micro-batch count up to a multiple of "
+                "microbatch_group_size_per_vp_stage, which aggscope does not model: the token-budget split may have "
+                "fewer micro-batches than the run"
+            )
         return
     if deprecated is not None and per_gpu is not None:
         raise reader.error(
@@ -217,14 +235,6 @@ def _mode(reader: ConfigReader, draft: Draft, dynamic: bool) -> str:
             draft.set("max_seq_len", scale, [ACTOR + "loss_scale_factor"])
         elif use_v1:
             mode = "seq_mean_token_sum_norm_padded"
-            if dynamic:
-                draft.refuse(
-                    "verl config: seq-mean-token-sum-norm with loss_scale_factor null divides by each micro-batch's padded width, "
-                    "and use_dynamic_bsz decides the micro-batches by a token budget aggscope does not model yet: set "
-                    "actor.loss_scale_factor (the constant horizon) or give --micro-batch-size or --mode",
-                    "mode",
-                    "micro_batch_size",
-                )
             keys.append(ACTOR + "loss_scale_factor")
         else:
             draft.set(
@@ -282,8 +292,12 @@ def _passes(reader: ConfigReader, draft: Draft, mode: str, mini_batches: int) ->
             f"{mode} weights do not depend on it, the split findings do"
         )
     if epochs > 1:
-        draft.notes.append(
-            f"ppo_epochs {epochs}: every mini-batch is trained {epochs} times"
-            + (" in a new order each epoch (not modelled)" if shuffle else " with the same weights")
-            + f": the numbers are those of one pass; a token's total weight is {epochs} times its weight here"
+        # without shuffle every epoch walks the same mini-batches; with it the mini-batch weights of
+        # the modes verl computes do not change between draws (refused above where they would)
+        draft.set(
+            "passes",
+            epochs,
+            [ACTOR + "ppo_epochs"],
+            f"{reader.term(ACTOR + 'ppo_epochs')}: a token's weight is the sum over the epochs that train it"
+            + (" (each epoch in a new torch.randperm order)" if shuffle else ""),
         )

@@ -36,6 +36,9 @@ def test_every_layout_option_is_a_key() -> None:
         "order",
         "seed",
         "composition",
+        "micro-batch-tokens",
+        "prompt-tokens",
+        "passes",
     }
     spec = parse_spec("prompt_mean,order=shuffle,seed=7,max-seq-len=512", BASE)
     assert (spec.layout.order, spec.layout.seed, spec.layout.max_seq_len) == ("shuffle", 7, 512)

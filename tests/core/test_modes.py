@@ -114,7 +114,7 @@ def test_default_modes_need_horizon_and_uids() -> None:
         "seq_mean_token_sum",
     ]
     # the trainer variants are computed only when named (or chosen by a trainer preset)
-    variants = {"sequence_mean_nonempty", "seq_mean_token_sum_norm_padded"}
+    variants = {"sequence_mean_nonempty", "seq_mean_token_sum_norm_padded", "token_mean_generation"}
     assert [m.name for m in default_modes(has_groups=True, max_seq_len=100)] == [m for m in MODES if m not in variants]
 
 
@@ -135,6 +135,25 @@ def test_padded_horizon_is_the_micro_batch_width() -> None:
     assert weights.tolist() == [1 / 20, 1 / 20, 1 / 24, 1 / 24]
     # one micro-batch: the step's longest row
     assert compute_weights(batch, "seq_mean_token_sum_norm_padded", Layout()).row_weight.tolist() == [1 / 24] * 4
+
+
+def test_token_mean_generation_normalises_by_the_steps_tokens_per_optimizer_step() -> None:
+    # TRL dapo, SPG 2 x GA: rows of 3, 1 | 4, 2 loss tokens in 2 mini-batches of 2 rows, T_s = 10:
+    # every token weighs M_s / T_s = 2 / 10; mini-batch 0 sums to 4 x 0.2 = 0.8, mini-batch 1 to 1.2.
+    mask = torch.ones(10)
+    batch = StepBatch.from_flat(torch.ones(10), mask, [0, 3, 4, 8, 10])
+    weights = compute_weights(batch, "token_mean_generation", Layout(mini_batch_size=2)).row_weight
+    assert weights.tolist() == [0.2] * 4
+    # one mini-batch (SPG = GA): token_mean
+    same = compute_weights(batch, "token_mean_generation", Layout()).row_weight
+    assert same.tolist() == compute_weights(batch, "token_mean", Layout()).row_weight.tolist() == [0.1] * 4
+
+
+def test_passes_sum_the_weight_over_passes() -> None:
+    batch = StepBatch.from_flat(torch.ones(4), torch.ones(4), [0, 1, 4])
+    once = compute_weights(batch, "sequence_mean", Layout()).row_weight
+    thrice = compute_weights(batch, "sequence_mean", Layout(passes=3)).row_weight
+    assert thrice.tolist() == (3 * once).tolist() == [1.5, 0.5]  # 3 x 1 / (2 L_i)
 
 
 def test_ranks_first_takes_the_bth_chunk_of_every_rank() -> None:

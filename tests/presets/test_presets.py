@@ -18,6 +18,7 @@ from aggscope.presets.apply import apply_setup
 from aggscope.presets.files import parse_command_line, read_config
 
 VERL = str(SAMPLE_DATA / "verl_grpo.yaml")
+TRL = str(SAMPLE_DATA / "trl_grpo.json")
 A = "actor_rollout_ref.actor."
 
 
@@ -157,11 +158,43 @@ def test_verl_megatron_and_ulysses_rank_counts() -> None:
     assert ulysses.layout.dp_size == 2
 
 
-def test_verl_dynamic_bsz_has_no_micro_batches_and_says_so() -> None:
-    setup = load_setup([VERL], sets=[f"{A}use_dynamic_bsz=true"])
-    assert setup.layout.micro_batch_size is None
-    assert any("use_dynamic_bsz" in note and "not model" in note for note in setup.notes)
-    assert not setup.refusals  # token-mean does not depend on micro-batches
+def test_verl_dynamic_bsz_is_a_token_budget_per_rank() -> None:
+    # ppo_max_token_len_per_gpu 3000 x ulysses 2 = 6000 tokens a micro-batch on each of 4 / 2 = 2 ranks
+    setup = load_setup(
+        [VERL],
+        sets=[
+            f"{A}use_dynamic_bsz=true",
+            f"{A}ppo_max_token_len_per_gpu=3000",
+            f"{A}fsdp_config.ulysses_sequence_parallel_size=2",
+        ],
+    )
+    assert (setup.layout.micro_batch_tokens, setup.layout.micro_batch_size, setup.layout.dp_size) == (6000, None, 2)
+    assert lines(setup)["micro_batch_tokens"] == (
+        "micro-batch-tokens 6000 = ppo_max_token_len_per_gpu 3000 x ulysses_sequence_parallel_size 2 (use_dynamic_bsz "
+        "true: verl's balanced micro-batches of at most this many tokens per rank)"
+    )
+    assert any("--prompt-tokens" in text and "estimated" in text for text in setup.not_exact)
+    assert not setup.refusals  # the padded Dr. GRPO horizon is modelled under a token budget too
+    padded = load_setup([VERL], sets=[f"{A}use_dynamic_bsz=true", f"{A}loss_agg_mode=seq-mean-token-sum-norm"])
+    assert padded.mode == "seq_mean_token_sum_norm_padded" and not padded.refusals
+
+
+def test_epochs_and_iterations_are_passes() -> None:
+    verl = load_setup([VERL], sets=[f"{A}ppo_epochs=3"])
+    assert verl.layout.passes == 3
+    assert lines(verl)["passes"] == "passes 3 = ppo_epochs 3: a token's weight is the sum over the epochs that train it"
+    trl = load_setup([TRL], sets=["num_iterations=2"])
+    assert trl.layout.passes == 2 and trl.layout.composition == "ranks_first"
+    assert load_setup([VERL]).layout.passes == 1
+
+
+def test_trl_dapo_with_more_steps_per_generation_than_accumulation() -> None:
+    # SPG 8, GA 4: two optimizer steps per generation batch, each token weighs 8 / (4 x T_gen) = 2 / T_gen
+    setup = load_setup([TRL], sets=["steps_per_generation=8"])
+    assert setup.mode == "token_mean_generation" and not setup.refusals
+    assert lines(setup)["mode"].startswith(
+        "mode token_mean_generation = loss_type dapo: each token weighs steps_per_generation 8"
+    )
 
 
 def test_verl_estimator_dr_grpo_and_unmodelled() -> None:

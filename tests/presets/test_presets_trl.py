@@ -1,4 +1,6 @@
-"""The TRL preset against TRL's own ``GRPOTrainer._compute_loss``, every loss type of TRL 1.16.0.
+"""The TRL preset against TRL's own ``GRPOTrainer._compute_loss``, every loss type of TRL 1.16.0,
+with one or several optimizer steps per generation batch (``steps_per_generation`` a multiple of
+``gradient_accumulation_steps``) and ``num_iterations`` 1 or 2 (weights summed over the passes).
 
 TRL needs transformers, accelerate and datasets, which aggscope's environment does not carry, so
 the loss runs in a Python that has them: ``$AGGSCOPE_TRL_PYTHON`` (``.ci/run`` builds one with
@@ -32,14 +34,16 @@ def specs() -> list[dict]:
     rng = random.Random(12)
     out = []
     for loss_type in LOSS_TYPES:
-        for _ in range(4):
+        # SPG = GA (one optimizer step per generation batch), then SPG = 2 or 3 x GA, and num_iterations 2
+        for generations_per_step, iterations in [(1, 1)] * 4 + [(2, 1), (3, 1), (2, 2), (1, 2)]:
             processes, per_device, accumulation = rng.choice([1, 2]), rng.choice([2, 4]), rng.choice([1, 2, 3])
-            rows = processes * per_device * accumulation  # steps_per_generation = gradient_accumulation_steps
+            spg = accumulation * generations_per_step
+            rows = processes * per_device * spg  # one generation batch
             lengths = [rng.randint(1, 8) for _ in range(rows)]
             masks = [[int(rng.random() < 0.85) for _ in range(n)] for n in lengths]
             out.append(
-                {"lengths": lengths, "masks": masks, "P": processes, "B": per_device, "GA": accumulation, "SPG": accumulation}
-                | {"loss_type": loss_type, "max_completion_length": 8}
+                {"lengths": lengths, "masks": masks, "P": processes, "B": per_device, "GA": accumulation, "SPG": spg}
+                | {"loss_type": loss_type, "max_completion_length": 8, "iterations": iterations}
             )
     return out
 
@@ -52,6 +56,8 @@ def aggscope_weights(spec: dict) -> list[list[float]]:
         "num_generations=2",
         f"loss_type={spec['loss_type']}",
         f"max_completion_length={spec['max_completion_length']}",
+        f"steps_per_generation={spec['SPG']}",
+        f"num_iterations={spec['iterations']}",
     ]
     # TRL's micro-batches come from a shuffle the probe leaves out, so the test gives the order
     applied = apply_setup(load_setup([], trainer="trl", sets=sets), {"order": "logged"})
@@ -81,4 +87,12 @@ def test_trl_config_weights_equal_trl_compute_loss() -> None:
     for spec, expected in zip(cases, json.loads(done.stdout), strict=True):
         got = aggscope_weights(spec)
         for row, (want, have) in enumerate(zip(expected, got, strict=True)):
-            assert have == pytest.approx(want, rel=1e-6, abs=1e-12), (spec["loss_type"], spec["P"], spec["B"], spec["GA"], row)
+            assert have == pytest.approx(want, rel=1e-6, abs=1e-12), (
+                spec["loss_type"],
+                spec["P"],
+                spec["B"],
+                spec["GA"],
+                spec["SPG"],
+                spec["iterations"],
+                row,
+            )

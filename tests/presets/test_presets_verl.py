@@ -5,10 +5,13 @@ contiguous rank shards (TransferQueue's ``BatchMeta.chunk``: the shards are cont
 when the step is a multiple of ``dp``, as verl pads it to be), each rank's mini-batches from verl's
 own ``make_iterator`` (the iterator of ``TrainingWorker.train_mini_batch``, seeded
 ``data_loader_seed + rank``), contiguous micro-batches of ``ppo_micro_batch_size_per_gpu`` rows
-(``prepare_micro_batches``), each padded to its longest row, and verl's own ``agg_loss`` with what
+(``prepare_micro_batches``) or, with ``use_dynamic_bsz``, verl's own ``rearrange_micro_batches``
+run on all ranks at once (their all-reduces really reduce over the ranks), each padded to its
+longest row, and verl's own ``agg_loss`` with what
 the engine passes it: ``dp_size``, the global mini-batch's token count, ``ppo_mini_batch_size * n``
 and ``loss_scale_factor``. The losses of the ranks are averaged (FSDP's gradient mean) and every
-mini-batch is back-propagated; the gradient on each token's loss is its weight. aggscope's side
+mini-batch of every epoch (``ppo_epochs``) is back-propagated; the gradient on each token's loss is
+its weight, summed over the epochs. aggscope's side
 is only ``--config`` (here as ``--set`` overrides) -> layout and mode -> weights.
 """
 
@@ -20,7 +23,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from framework_wheels import IndexBatch, load_verl
+from framework_wheels import IndexBatch, load_verl, verl_micro_batches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,7 +56,7 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
         [
             [shards[rank][int(i)] for i in indices]
             for indices in code.tensordict_utils.make_iterator(
-                IndexBatch(shard), per_gpu, epochs=1, seed=42 + rank, dataloader_kwargs={"shuffle": False}
+                IndexBatch(shard), per_gpu, epochs=config["epochs"], seed=42 + rank, dataloader_kwargs={"shuffle": False}
             )
         ]
         for rank in range(dp)
@@ -61,10 +64,8 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
     for b in range(len(chunks[0])):
         tokens = sum(float(mask[row].sum()) for rank in range(dp) for row in chunks[rank][b])  # all-reduced
         total = torch.zeros((), dtype=torch.float64)
-        for rank in range(dp):
-            rows = chunks[rank][b]
-            for start in range(0, len(rows), config["micro"]):
-                micro = rows[start : start + config["micro"]]
+        for micros in micro_batches([chunks[rank][b] for rank in range(dp)], lengths, config):
+            for micro in micros:
                 width = max(lengths[row] for row in micro)
                 loss_mat = torch.stack([torch.nn.functional.pad(losses[row], (0, width - lengths[row])) for row in micro])
                 loss_mask = torch.stack([torch.nn.functional.pad(mask[row], (0, width - lengths[row])) for row in micro])
@@ -82,6 +83,19 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
     return [loss.grad if loss.grad is not None else torch.zeros_like(loss) for loss in losses]
 
 
+def micro_batches(rank_rows: list[list[int]], lengths: list[int], config: dict) -> list[list[list[int]]]:
+    """Each rank's micro-batches of one mini-batch (row numbers): contiguous chunks of
+    ``ppo_micro_batch_size_per_gpu`` rows, or with ``use_dynamic_bsz`` verl's own
+    ``rearrange_micro_batches`` over prompt + response lengths, all ranks at once."""
+    if not config.get("budget"):
+        step = config["micro"]
+        return [[rows[start : start + step] for start in range(0, len(rows), step)] for rows in rank_rows]
+    seq_lengths = [[lengths[row] + config["prompt"] for row in rows] for rows in rank_rows]
+    parts = verl_micro_batches(verl().seqlen_balancing, seq_lengths, config["budget"])
+    assert not isinstance(parts, str), parts
+    return [[[rows[i] for i in micro] for micro in micros] for rows, micros in zip(rank_rows, parts, strict=True)]
+
+
 def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -> list[torch.Tensor]:
     sets = [
         f"data.train_batch_size={config['prompts']}",
@@ -92,8 +106,14 @@ def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -
         f"{A}loss_scale_factor={'null' if config['scale'] is None else config['scale']}",
         f"trainer.n_gpus_per_node={config['dp']}",
         "algorithm.adv_estimator=grpo",
+        f"{A}ppo_epochs={config['epochs']}",
     ]
-    applied = apply_setup(load_setup([], trainer="verl", sets=sets), {})
+    flags = {}
+    if config.get("budget"):
+        sets[3] = f"{A}ppo_max_token_len_per_gpu={config['budget']}"
+        sets.append(f"{A}use_dynamic_bsz=true")
+        flags["prompt_tokens"] = config["prompt"]  # the batch holds responses; the test's prompts are this long
+    applied = apply_setup(load_setup([], trainer="verl", sets=sets), flags)
     flat_mask = torch.tensor([bit for m in masks for bit in m], dtype=torch.float64)
     batch = StepBatch.from_flat(torch.ones_like(flat_mask), flat_mask, np.cumsum([0, *lengths]))
     weights = compute_weights(batch, applied.setup.mode, applied.layout).token_weights(torch.float64)
@@ -115,7 +135,12 @@ def steps(draw: st.DrawFn) -> tuple[list[int], list[list[int]], dict]:
     scale = draw(st.none() | st.integers(1, 40))
     lengths = draw(st.lists(st.integers(1, 9), min_size=prompts * n, max_size=prompts * n))
     masks = [[draw(st.integers(0, 1)) if draw(st.booleans()) else 1 for _ in range(length)] for length in lengths]
-    return lengths, masks, {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
+    prompt = draw(st.integers(0, 6))
+    # use_dynamic_bsz: a budget from the longest sequence (verl's floor) to a few of them
+    budget = draw(st.none() | st.integers(max(lengths) + prompt, 4 * (9 + prompt)))
+    epochs = draw(st.sampled_from([1, 1, 2]))  # ppo_epochs
+    config = {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
+    return lengths, masks, config | {"budget": budget, "prompt": prompt, "epochs": epochs}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -138,7 +163,7 @@ def test_canonical_composition_is_not_verls() -> None:
     # 2 ranks, 2 mini-batches: verl's mini-batch 0 is rows 0-1 and 4-5, not rows 0-3.
     lengths = [1, 2, 3, 4, 5, 6, 7, 8]
     masks = [[1] * length for length in lengths]
-    config = {"dp": 2, "n": 1, "mini": 4, "prompts": 8, "micro": 1, "agg": "token-mean", "scale": None}
+    config = {"dp": 2, "n": 1, "mini": 4, "prompts": 8, "micro": 1, "agg": "token-mean", "scale": None, "epochs": 1}
     expected = torch.cat(verl_weights(lengths, masks, config))
     flat = torch.ones(sum(lengths), dtype=torch.float64)
     batch = StepBatch.from_flat(flat, flat, np.cumsum([0, *lengths]))
@@ -151,7 +176,7 @@ def test_canonical_composition_is_not_verls() -> None:
 def test_null_loss_scale_factor_horizon_is_each_micro_batch_width(agg: str) -> None:
     # Rows of 3, 9 | 2, 4 tokens in micro-batches of 2: horizons 9 and 4, not one constant.
     lengths, masks = [3, 9, 2, 4], [[1] * 3, [1] * 9, [1] * 2, [1] * 4]
-    config = {"dp": 1, "n": 1, "mini": 4, "prompts": 4, "micro": 2, "agg": agg, "scale": None}
+    config = {"dp": 1, "n": 1, "mini": 4, "prompts": 4, "micro": 2, "agg": agg, "scale": None, "epochs": 1}
     expected = verl_weights(lengths, masks, config)
     assert [float(w[0]) for w in expected] == pytest.approx([1 / 36, 1 / 36, 1 / 16, 1 / 16])
     got = aggscope_weights(lengths, masks, config)

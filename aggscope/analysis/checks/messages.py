@@ -22,7 +22,7 @@ def layout_flags(layout: Layout, **changes: Any) -> str:
     default = Layout().to_dict()
     flags = []
     for name, value in values.items():
-        if value is None or value == default[name] or (name == "seed" and values["order"] != "shuffle"):
+        if value is None or value == default.get(name) or (name == "seed" and values["order"] != "shuffle"):
             continue
         flags.append(f"--{name.replace('_', '-')} {value}")
     return " ".join(flags)

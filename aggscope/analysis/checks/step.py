@@ -22,9 +22,9 @@ from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
 from aggscope.analysis.checks.settings import CheckOptions
 from aggscope.analysis.checks.truncation import cap_hint, truncated_findings
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, Split, split_step
+from aggscope.core.layout import Layout, Split
 from aggscope.core.modes import Mode, default_modes, resolve_modes
-from aggscope.core.weights import compute_weights
+from aggscope.core.weights import compute_weights, split_batch
 from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
@@ -153,7 +153,7 @@ def check_step(
     else:
         resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
     if split is None:
-        split = split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+        split = split_batch(batch, layout)
     weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
     rows = Rows.of(batch, split)
     groups = Groups.of(batch, rows) if batch.has_groups else None
