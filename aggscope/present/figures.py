@@ -29,9 +29,15 @@ from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.modes import MODES
 from aggscope.errors import AggscopeError
-from aggscope.io.writing import atomic_directory, check_replaceable_directory
-
-IMAGE_FORMATS = ("png", "svg", "pdf")
+from aggscope.io.writing import atomic_directory
+from aggscope.present.outputs import (
+    IMAGE_FORMATS,
+    check_figure_names,
+    check_image_format,
+    check_output_directory,
+    earlier_output,
+    ensure_directory,
+)
 
 # One colour per mode, everywhere (Okabe-Ito, readable by colour-blind readers). A mode added
 # later without an entry here takes the next colour of FALLBACK_COLOURS by registry position.
@@ -383,6 +389,20 @@ FIGURES: dict[str, FigureBuilder] = {
     "zero_grad_causes": zero_grad_causes,
     "steps": steps,
 }
+__all__ = [
+    "FIGURES",
+    "IMAGE_FORMATS",
+    "MODE_COLOURS",
+    "check_figure_names",
+    "check_image_format",
+    "check_output_directory",
+    "earlier_output",
+    "ensure_directory",
+    "figure_bytes",
+    "make_figures",
+    "mode_colour",
+    "save_figures",
+]
 
 
 def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> dict[str, Figure]:
@@ -405,17 +425,6 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
     return figures
 
 
-def check_image_format(image_format: str) -> None:
-    if image_format not in IMAGE_FORMATS:
-        raise AggscopeError(f"unknown image format {image_format!r}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)")
-
-
-def check_figure_names(names: Sequence[str] | None) -> None:
-    unknown = [name for name in names or () if name not in FIGURES]
-    if unknown:
-        raise AggscopeError(f"unknown figure {unknown[0]!r}; figures: {', '.join(FIGURES)} (--figure)")
-
-
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
     """The figure encoded as ``png``, ``svg`` or ``pdf`` (no timestamps, so output is reproducible)."""
     check_image_format(image_format)
@@ -434,26 +443,3 @@ def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str],
         for name, data in images.items():
             (directory / f"{name}.{image_format}").write_bytes(data)
     return {name: Path(out_dir) / f"{name}.{image_format}" for name in images}
-
-
-def earlier_output(name: str) -> bool:
-    """True for a file name that ``report``, ``compare`` or ``plot`` writes (what ``-o`` may hold already)."""
-    stem, _, suffix = name.rpartition(".")
-    return name in ("report.html", "report.md", "report.json") or (stem in FIGURES and suffix in IMAGE_FORMATS)
-
-
-def check_output_directory(path: str | os.PathLike[str]) -> Path:
-    """Fail early, before any work, when the output directory cannot take a whole set of outputs."""
-    directory = Path(path)
-    check_replaceable_directory(directory.resolve() if directory.is_symlink() else directory, earlier_output)
-    return directory
-
-
-def ensure_directory(path: str | os.PathLike[str]) -> Path:
-    """The output directory, created with its parents if missing; a one-line error if it cannot be."""
-    directory = check_output_directory(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AggscopeError(f"{directory}: cannot create the output directory ({exc.strerror or exc})") from None
-    return directory

@@ -185,3 +185,9 @@ def test_figures_when_every_token_gets_a_gradient(tmp_path: Path) -> None:
     assert [tick.get_text() for tick in axis.get_yticklabels()] == ["prompt_mean", "token_mean"]
     assert "every loss token gets a gradient" in axis.get_title()
     assert save_figures({"zero_grad_causes": figure}, tmp_path)["zero_grad_causes"].stat().st_size > 5_000
+
+
+def test_figure_names_known_before_matplotlib_match_the_builders() -> None:
+    from aggscope.present.outputs import FIGURE_NAMES
+
+    assert tuple(FIGURES) == FIGURE_NAMES
