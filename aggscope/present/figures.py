@@ -30,6 +30,7 @@ from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.modes import MODES
 from aggscope.errors import AggscopeError
 from aggscope.io.writing import atomic_directory
+from aggscope.present.forked import forked_map
 from aggscope.present.outputs import (
     IMAGE_FORMATS,
     check_figure_names,
@@ -397,6 +398,7 @@ __all__ = [
     "check_image_format",
     "check_output_directory",
     "earlier_output",
+    "encode_figures",
     "ensure_directory",
     "figure_bytes",
     "make_figures",
@@ -435,10 +437,18 @@ def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
     return buffer.getvalue()
 
 
+def encode_figures(figures: Mapping[str, Figure], image_format: str = "png") -> dict[str, bytes]:
+    """Every figure's ``figure_bytes``, encoded on all cores at once (``forked_map``; the same bytes)."""
+    check_image_format(image_format)
+    names = list(figures)
+    encoded = forked_map(lambda name: figure_bytes(figures[name], image_format), names)
+    return dict(zip(names, encoded, strict=True))
+
+
 def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str], image_format: str = "png") -> dict[str, Path]:
     """Write each figure to ``out_dir/<name>.<format>``; name -> path. The folder is replaced whole
     by the new set (``atomic_directory``): a kill never leaves figures of two runs in it."""
-    images = {name: figure_bytes(figure, image_format) for name, figure in figures.items()}
+    images = encode_figures(figures, image_format)
     with atomic_directory(out_dir, earlier_output) as directory:
         for name, data in images.items():
             (directory / f"{name}.{image_format}").write_bytes(data)
