@@ -120,8 +120,8 @@ def shade(colour: str, repeat: int) -> str:
         return colour
     red, green, blue = colors.to_rgb(colour)
     target = 0.0 if amount > 0 else 1.0
-    mixed = [channel + abs(amount) * (target - channel) for channel in (red, green, blue)]
-    return str(colors.to_hex(mixed))
+    mix = abs(amount)
+    return str(colors.to_hex((red + mix * (target - red), green + mix * (target - green), blue + mix * (target - blue))))
 
 
 @contextmanager
