@@ -160,16 +160,6 @@ def in_process_goals(rows: dict[str, dict[str, Any]], one_step: str, small_steps
                     f"{many[case]['seconds']:.3f} s against {one[case]['seconds']:.3f} s",
                 )
             )
-    if "peak_rss" in one.get("summary", {}) and "peak_rss" in many.get("summary", {}):
-        working = {k: rows[k]["summary"]["peak_rss"] - rows[k]["summary"]["base_rss"] for k in (one_step, small_steps)}
-        goals.append(
-            Goal(
-                f"memory, weights: working MiB {small_steps} / {one_step}",
-                working[small_steps] / working[one_step],
-                1.0,
-                f"{working[small_steps] / 2**20:.0f} MiB against {working[one_step] / 2**20:.0f} MiB",
-            )
-        )
     return goals
 
 
