@@ -73,8 +73,15 @@ def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: l
 
     A usage error of ``report``, ``plot`` or ``compare`` is told before their figures import matplotlib.
     """
+    code, loaded = _exit_and_loaded(SUMMARY_PROBE, args)
+    assert code == exit_code
+    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+
+
+def _exit_and_loaded(probe: str, args: list[str]) -> tuple[int, str]:
+    """Run ``aggscope ARGS`` under ``probe`` in a fresh interpreter: its exit code and the heavy modules it loaded."""
     done = subprocess.run(
-        [sys.executable, "-c", SUMMARY_PROBE, *args],
+        [sys.executable, "-c", probe, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -82,24 +89,14 @@ def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: l
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     tail = done.stdout.rsplit("EXIT", 1)[1].split()
-    assert int(tail[0]) == exit_code, done.stderr
-    loaded = " ".join(tail[2:])
-    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+    return int(tail[0]), " ".join(tail[2:])
 
 
 def test_usage_errors_import_no_pyarrow() -> None:
     """An unknown mode is rejected before anything reads Parquet (pyarrow's import is a tenth of a second)."""
     probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("pyarrow",)')
     for args in (["check", "-m", "nope"], ["weights", "-m", "nope"], ["report", "-m", "nope"]):
-        done = subprocess.run(
-            [sys.executable, "-c", probe, *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert done.stdout.rsplit("EXIT", 1)[1].split()[2:] == ["[]"], f"aggscope {' '.join(args)}: {done.stdout}"
+        assert _exit_and_loaded(probe, args) == (2, "[]"), f"aggscope {' '.join(args)}"
 
 
 def test_safe_load_imports_torch_only_when_a_dump_needs_it() -> None:
