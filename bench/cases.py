@@ -10,6 +10,9 @@ Cases:
     out        ``aggscope weights --out``: the same plus per-token weights written to Parquet.
     read_write the floor of ``out``: the bare read plus writing the same output bytes.
     check      ``aggscope check`` (when the package has it).
+    report     ``aggscope report``: every mode's breakdown, the figures and the files, written to OUT_DIR.
+    duckdb     peer: the same per-mode sums in one duckdb query (``bench/peers.py``).
+    polars     peer: the same per-mode sums with polars (``bench/peers.py``).
     pandas     reference (a): lists exploded to one row per token, groupby for the denominators.
     padded     reference (b): padded ``[B, max_len]`` torch tensors, a loop over prompts.
 """
@@ -115,6 +118,31 @@ def case_check(path: str, out_dir: str) -> dict[str, Any]:
     return {"seconds": seconds, "findings": len(getattr(result, "findings", []))}
 
 
+def case_report(path: str, out_dir: str) -> dict[str, Any]:
+    from aggscope.core.layout import Layout
+    from aggscope.core.weights import select_modes
+    from aggscope.io.open import open_rollouts
+    from aggscope.present.report import full_report
+
+    start = time.perf_counter()
+    rollouts = open_rollouts(path)
+    modes = select_modes(None, has_groups=rollouts.has_groups, layout=Layout())
+    full_report(rollouts, modes, Layout()).write(Path(out_dir) / "report")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds}
+
+
+def _peer_case(name: str) -> Any:
+    def case(path: str, out_dir: str) -> dict[str, Any]:
+        from bench.peers import PEERS
+
+        start = time.perf_counter()
+        digest = PEERS[name](path)
+        return {"seconds": time.perf_counter() - start, "digest": digest}
+
+    return case
+
+
 def case_pandas(path: str, out_dir: str) -> dict[str, Any]:
     """Reference (a): one row per token, then groupby for every mode's denominator."""
     import pandas as pd
@@ -209,6 +237,9 @@ CASES = {
     "out": case_out,
     "read_write": case_read_write,
     "check": case_check,
+    "report": case_report,
+    "duckdb": _peer_case("duckdb"),
+    "polars": _peer_case("polars"),
     "pandas": case_pandas,
     "padded": case_padded,
 }
@@ -221,10 +252,14 @@ def main(argv: list[str]) -> None:
     import pyarrow.dataset
     import pyarrow.parquet  # noqa: F401
 
-    if case not in ("read", "read_write"):
+    if case in ("duckdb", "polars"):
+        __import__(case)
+    elif case not in ("read", "read_write"):
+        import aggscope.core.weights
+    if case == "padded":
         import torch  # noqa: F401
-
-        import aggscope.core.weights  # noqa: F401
+    if case == "report":
+        import aggscope.present.report  # noqa: F401
     if case == "pandas":
         import pandas  # noqa: F401
     base = current_rss()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +28,26 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.cases import NEEDED  # noqa: E402
+from bench.goals import Goal, in_process_goals, process_goals, render_goals, startup_goals  # noqa: E402
 from bench.synth import SynthConfig, write_synthetic  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-REFERENCES = ("pandas", "padded")
-DEFAULT_CASES = ("read", "summary", "out", "read_write", "check", "pandas", "padded")
+REFERENCES = ("duckdb", "polars", "pandas", "padded")
+DEFAULT_CASES = ("read", "summary", "out", "read_write", "check", "report", "duckdb", "polars", "pandas", "padded")
+REPORT_MAX = 1e7  # the largest size ``report`` runs at in the table (it draws every figure)
+SMALL_STEP_CASES = ("read", "summary", "check", "report")
 
 
 def parse_sizes(text: str) -> list[int]:
     return [int(float(part)) for part in text.split(",") if part.strip()]
 
 
-def data_file(data_dir: Path, tokens: int, seed: int) -> Path:
-    path = data_dir / f"synth_{tokens:.2g}_{seed}.parquet".replace("+", "")
+def data_file(data_dir: Path, tokens: int, seed: int, steps: int = 1) -> Path:
+    path = data_dir / f"synth_{tokens:.2g}_{seed}{f'_x{steps}' if steps > 1 else ''}.parquet".replace("+", "")
     if not path.exists():
         start = time.perf_counter()
         partial = path.with_suffix(".partial")
-        write_synthetic(partial, SynthConfig(tokens=tokens, seed=seed))
+        write_synthetic(partial, SynthConfig(tokens=tokens, seed=seed, steps=steps))
         partial.rename(path)
         print(
             f"  generated {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s", flush=True
@@ -149,6 +153,46 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_size(tokens: int, path: Path, cases: list[str], args: argparse.Namespace, label: str | None = None) -> dict[str, Any]:
+    """Every case on one file, in rounds; the merged results (references checked against aggscope)."""
+    print(label or f"{tokens:.2g} tokens", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(dir=args.data_dir) as work:
+        # Rounds of every case in turn (not all runs of one case, then the next), so that
+        # a busy spell of the machine does not land on one case only.
+        rounds = args.repeat if tokens < 1e8 else min(args.repeat, 2)
+        for round_index in range(rounds):
+            for case in cases:
+                if case in REFERENCES and (tokens > args.ref_max or (round_index > 0 and tokens > 1e7)):
+                    continue
+                if case == "report" and tokens > REPORT_MAX:
+                    continue
+                if case == "read_write" and not any("seconds" in r for r in runs.get("out", [])):
+                    continue
+                result = run_case(case, path, Path(work))
+                runs.setdefault(case, []).append(result)
+                print(f"  {case}: {result.get('seconds', result)}", flush=True)
+    results: dict[str, Any] = {case: merge_runs(case_runs) for case, case_runs in runs.items()}
+    ours = results.get("summary", {}).get("digest")
+    for case in REFERENCES:
+        if ours and "digest" in results.get(case, {}):
+            results[case]["agrees"] = agree(results[case].pop("digest"), ours, rtol=1e-5)
+    for result in results.values():
+        result.pop("report", None)
+        result.pop("digest", None)
+    return {"tokens": tokens, "label": label, "file_bytes": path.stat().st_size, "cases": results}
+
+
+def peer_agreement(peer: str, path: Path) -> str:
+    """Run a peer and aggscope on ``path`` and compare their per-mode numbers; raise if they differ."""
+    done = [run_case(case, path, path.parent) for case in (peer, "summary")]
+    if any("digest" not in d for d in done):
+        raise RuntimeError(f"{peer} or aggscope failed on {path}: {done}")
+    if not agree(done[0]["digest"], done[1]["digest"], rtol=1e-9):
+        raise RuntimeError(f"{peer}'s numbers differ from aggscope's on {path}")
+    return "numbers equal to aggscope's, rtol 1e-9"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6,3e6,1e7,3e7", help="tokens per step, comma-separated")
@@ -158,44 +202,24 @@ def main() -> None:
     parser.add_argument("--process-sizes", default="1.8e8", help="sizes for the whole-process comparison")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "aggscope-bench", help="where inputs go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--goal-sizes", default="1e7,3e7", help="sizes of the whole-process goals ('' to skip the goals)")
+    parser.add_argument("--small-steps", default="200x5e4", help="STEPSxTOKENS: the many-small-steps file of the goals")
     args = parser.parse_args()
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for c in args.cases.split(",") if c]
     sizes = parse_sizes(args.sizes)
     process_sizes = parse_sizes(args.process_sizes)
-    rows = []
-    for tokens in sizes:
-        print(f"{tokens:.2g} tokens", flush=True)
-        path = data_file(args.data_dir, tokens, args.seed)
-        runs: dict[str, list[dict[str, Any]]] = {}
-        with tempfile.TemporaryDirectory(dir=args.data_dir) as work:
-            # Rounds of every case in turn (not all runs of one case, then the next), so that
-            # a busy spell of the machine does not land on one case only.
-            rounds = args.repeat if tokens < 1e8 else min(args.repeat, 2)
-            for round_index in range(rounds):
-                for case in cases:
-                    if case in REFERENCES and (tokens > args.ref_max or (round_index > 0 and tokens > 1e7)):
-                        continue
-                    if case == "read_write" and not any("seconds" in r for r in runs.get("out", [])):
-                        continue
-                    result = run_case(case, path, Path(work))
-                    runs.setdefault(case, []).append(result)
-                    print(f"  {case}: {result.get('seconds', result)}", flush=True)
-        results: dict[str, Any] = {case: merge_runs(case_runs) for case, case_runs in runs.items()}
-        ours = results.get("summary", {}).get("digest")
-        for case in REFERENCES:
-            if ours and "digest" in results.get(case, {}):
-                results[case]["agrees"] = agree(results[case].pop("digest"), ours, rtol=1e-5)
-        for result in results.values():
-            result.pop("report", None)
-        rows.append({"tokens": tokens, "file_bytes": path.stat().st_size, "cases": results})
+    rows = [run_size(tokens, data_file(args.data_dir, tokens, args.seed), cases, args) for tokens in sizes]
     processes = {}
     for tokens in process_sizes:
         path = data_file(args.data_dir, tokens, args.seed)
         processes[f"{tokens:.2g}"] = whole_process(path, args.repeat)
         print(f"whole process at {tokens:.2g} tokens: {processes[f'{tokens:.2g}']}", flush=True)
 
+    goals = []
+    if args.goal_sizes:
+        goals = measure_all_goals(args, rows)
     print()
     print(render(rows))
     for size, times in processes.items():
@@ -203,8 +227,35 @@ def main() -> None:
             f"\nwhole process, {size} tokens: aggscope weights --json {times['aggscope_weights_json']:.2f} s, "
             f"import pyarrow + read_table {times['pyarrow_read']:.2f} s, ratio {times['ratio']:.2f}"
         )
+    if goals:
+        print("\nGoals of issue #15 (ratios measured in this run):\n")
+        print(render_goals(goals))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"sizes": rows, "processes": processes}, indent=1))
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"sizes": rows, "processes": processes, "goals": [asdict(g) | {"passed": g.passed} for g in goals]}, indent=1)
+    )
+
+
+def measure_all_goals(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Goal]:
+    """The issue's goals: the many-small-steps file's cases, then the whole processes."""
+    steps_text, _, tokens_text = args.small_steps.partition("x")
+    n_steps, step_tokens = int(steps_text), int(float(tokens_text))
+    small_label = f"{n_steps} steps of {step_tokens:.0e} tokens".replace("+0", "")
+    small = run_size(
+        step_tokens * n_steps,
+        data_file(args.data_dir, step_tokens, args.seed, n_steps),
+        list(SMALL_STEP_CASES),
+        args,
+        label=small_label,
+    )
+    by_label = {row["label"] or f"{row['tokens']:.0e} tokens".replace("+0", ""): row["cases"] for row in rows}
+    by_label[small_label] = small["cases"]
+    goal_sizes = parse_sizes(args.goal_sizes)
+    one_step = f"{min(goal_sizes):.0e} tokens".replace("+0", "")
+    goals = startup_goals(5)
+    goals += process_goals({t: data_file(args.data_dir, t, args.seed) for t in goal_sizes}, args.repeat, peer_agreement)
+    goals += in_process_goals(by_label, one_step, small_label)
+    return goals
 
 
 if __name__ == "__main__":

@@ -48,8 +48,7 @@ def compare(
 ) -> None:
     """Compare candidate modes and layouts against a base: where the gradient mass moves, as a report."""
     from aggscope.analysis.specs import parse_specs
-    from aggscope.present.figures import check_output_directory
-    from aggscope.present.report import compare as compare_report
+    from aggscope.present.outputs import check_output_directory
 
     configured = layout
     rollouts, layout, _, config = open_configured(input_spec, layout, None)
@@ -61,6 +60,8 @@ def compare(
     else:
         specs = parse_specs(base, candidates or [], layout)
     check_output_directory(out)
+    from aggscope.present.report import compare as compare_report  # matplotlib: only once the arguments are checked
+
     notes = [*changes, *rollouts.notes, *config_notes(config)]
     result = compare_report(rollouts, specs, engine=engine, progress=step_progress(rollouts, "compare"), notes=notes)
     print_summary(result, result.write(out))

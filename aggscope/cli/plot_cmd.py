@@ -44,18 +44,14 @@ def plot(
     from aggscope.analysis.breakdown import run_breakdown
     from aggscope.analysis.specs import Spec
     from aggscope.core.weights import select_modes
-    from aggscope.present.figures import (
-        check_figure_names,
-        check_image_format,
-        check_output_directory,
-        make_figures,
-        save_figures,
-    )
+    from aggscope.present.outputs import check_figure_names, check_image_format, check_output_directory
 
     check_image_format(image_format)
     check_figure_names(figure)
     check_output_directory(out)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
+    from aggscope.present.figures import make_figures, save_figures  # matplotlib: only once the arguments are checked
+
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     specs = [Spec(m, layout) for m in modes]
     breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))

@@ -41,11 +41,12 @@ def report(
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
     from aggscope.core.weights import select_modes
-    from aggscope.present.figures import check_output_directory
-    from aggscope.present.report import full_report
+    from aggscope.present.outputs import check_output_directory
 
     check_output_directory(out)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
+    from aggscope.present.report import full_report  # matplotlib: only once the arguments are checked
+
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     notes = [*rollouts.notes, *config_notes(config)]
     result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"), notes=notes)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 import collections
 import enum
+import functools
 import io
 import pickle
 import re
@@ -30,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from aggscope.errors import AggscopeError
 
@@ -96,6 +96,8 @@ def _rebuild_tensor_batch(cls: Any, state: Any) -> SkyrlBatch:
 
 def _decode_field(value: Any) -> Any:
     """A SkyRL field as a tensor (``TENSOR_LIST``: a list of tensors; ``PACKED_TENSOR``: its values)."""
+    import torch  # only a SkyRL dump needs it: the summary path must not pay its import
+
     if value is None or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (bytes, bytearray)):  # skyrl-train 0.3: torch.save bytes
@@ -131,6 +133,8 @@ def _decode_field(value: Any) -> Any:
 def _torch_bytes(data: Any) -> Any:
     if not isinstance(data, (bytes, bytearray)):
         raise AggscopeError("a torch field does not hold torch.save bytes")
+    import torch
+
     try:
         return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -157,18 +161,38 @@ def _numpy_globals() -> dict[str, Any]:
 
 
 _SKYRL_MODULES = ("skyrl.backends.skyrl_train.training_batch", "skyrl_train.training_batch")
-SKYRL_GLOBALS: dict[str, Any] = {
-    **{f"{module}.TrainingInputBatch": SkyrlBatch for module in _SKYRL_MODULES},
-    "skyrl.backends.skyrl_train.training_batch._rebuild_tensor_batch": _rebuild_tensor_batch,
-    "skyrl.backends.skyrl_train.training_batch.TensorFormat": TensorFormat,
-    "torch.device": torch.device,
-    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-    "torch.storage._load_from_bytes": _storage_from_bytes,
-    "collections.OrderedDict": collections.OrderedDict,
-    **_numpy_globals(),
-    # containers and numbers that pickle by name in protocols below 5 (never getattr, eval, exec, ...)
-    **{f"builtins.{name}": getattr(builtins, name) for name in ("bytearray", "set", "frozenset", "complex", "slice", "range")},
-}
+
+
+@functools.cache
+def skyrl_globals() -> dict[str, Any]:
+    """The globals a SkyRL training batch pickle may name (pickled name -> object to use).
+
+    Built on first use, because naming torch's objects imports torch (seconds), which only a
+    SkyRL or slime dump needs.
+    """
+    import torch
+
+    return {
+        **{f"{module}.TrainingInputBatch": SkyrlBatch for module in _SKYRL_MODULES},
+        "skyrl.backends.skyrl_train.training_batch._rebuild_tensor_batch": _rebuild_tensor_batch,
+        "skyrl.backends.skyrl_train.training_batch.TensorFormat": TensorFormat,
+        "torch.device": torch.device,
+        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+        "torch.storage._load_from_bytes": _storage_from_bytes,
+        "collections.OrderedDict": collections.OrderedDict,
+        **_numpy_globals(),
+        # containers and numbers that pickle by name in protocols below 5 (never getattr, eval, exec, ...)
+        **{
+            f"builtins.{name}": getattr(builtins, name) for name in ("bytearray", "set", "frozenset", "complex", "slice", "range")
+        },
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """``SKYRL_GLOBALS``, the allow-list of ``skyrl_globals()``, built when first asked for."""
+    if name == "SKYRL_GLOBALS":
+        return skyrl_globals()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -195,7 +219,7 @@ def load_skyrl_pickle(file: str, *, trust: bool = False) -> SkyrlBatch | Any:
     """A SkyRL training batch pickle, unpickled with only SkyRL's own globals, or one line why not."""
     try:
         with open(file, "rb") as handle:
-            batch = pickle.load(handle) if trust else restricted_load(handle, SKYRL_GLOBALS)
+            batch = pickle.load(handle) if trust else restricted_load(handle, skyrl_globals())
     except RefusedGlobal as exc:
         raise AggscopeError(
             f"{file}: refused to unpickle: it names the global {exc.name}, which a SkyRL training batch does not hold "
@@ -234,6 +258,8 @@ def _numpy_safe_globals() -> list[Any]:
 
 def load_torch_file(file: str, *, trust: bool = False, what: str = "a slime .pt dump") -> Any:
     """``torch.load`` with ``weights_only=True`` (and numpy's types), or one line naming the refused global."""
+    import torch
+
     if trust:
         return _torch_load(file, what, lambda: torch.load(file, map_location="cpu", weights_only=False))
     with torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -270,6 +296,8 @@ def _refused_name(exc: BaseException, file: str | None = None) -> str | None:
     """The global torch's weights-only unpickler refused (from the file where it can tell, else its
     message), or None when it refused no global (the bytes are not a pickle it can read)."""
     if file is not None:
+        import torch
+
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
             if unsafe:

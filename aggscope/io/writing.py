@@ -22,11 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from aggscope.errors import AggscopeError
+
+if TYPE_CHECKING:  # pyarrow is imported by list_array only: a usage error must not pay its import
+    import pyarrow as pa
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -262,6 +265,8 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def list_array(values: np.ndarray | pa.Array, offsets: np.ndarray) -> pa.Array:
     """A list column from flat ``values`` and ``[n_rows + 1]`` offsets (large offsets when needed)."""
+    import pyarrow as pa
+
     flat = values if isinstance(values, pa.Array) else pa.array(values)
     if offsets.size and int(offsets[-1]) >= 2**31 - 1:
         return pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)), flat)

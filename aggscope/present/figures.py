@@ -20,6 +20,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib import colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -28,10 +29,17 @@ from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown
 from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
 from aggscope.core.modes import MODES
-from aggscope.errors import AggscopeError, did_you_mean
-from aggscope.io.writing import atomic_directory, check_replaceable_directory
-
-IMAGE_FORMATS = ("png", "svg", "pdf")
+from aggscope.errors import AggscopeError
+from aggscope.io.writing import atomic_directory
+from aggscope.present.forked import forked_map
+from aggscope.present.outputs import (
+    IMAGE_FORMATS,
+    check_figure_names,
+    check_image_format,
+    check_output_directory,
+    earlier_output,
+    ensure_directory,
+)
 
 # One colour per mode, everywhere (Okabe-Ito, readable by colour-blind readers). A mode added
 # later without an entry here takes the next colour of FALLBACK_COLOURS by registry position.
@@ -82,7 +90,8 @@ def mode_colour(name: str) -> str:
 
 @dataclass(frozen=True)
 class SpecStyle:
-    """How one SPEC is drawn: its mode's colour, and a line style telling apart SPECs of one mode."""
+    """How one SPEC is drawn: its mode's colour (a darker or lighter shade of it for a second, third...
+    SPEC of the same mode), and a line style and hatch telling them apart also in grey print."""
 
     colour: str
     line: str
@@ -96,8 +105,24 @@ def spec_styles(specs: Sequence[Spec]) -> dict[str, SpecStyle]:
         repeat = seen.get(spec.mode.name, 0)
         seen[spec.mode.name] = repeat + 1
         hatch = ("", "//", "..", "xx")[repeat % 4]
-        styles[spec.label] = SpecStyle(mode_colour(spec.mode.name), LINE_STYLES[repeat % len(LINE_STYLES)], hatch)
+        colour = shade(mode_colour(spec.mode.name), repeat)
+        styles[spec.label] = SpecStyle(colour, LINE_STYLES[repeat % len(LINE_STYLES)], hatch)
     return styles
+
+
+# How the n-th SPEC of one mode shades the mode's colour: towards black (> 0) or white (< 0).
+SHADES = (0.0, 0.45, -0.45, 0.7, -0.7)
+
+
+def shade(colour: str, repeat: int) -> str:
+    """``colour`` for the first SPEC of a mode; a darker, then lighter, shade of it for the next ones."""
+    amount = SHADES[repeat % len(SHADES)]
+    if amount == 0:
+        return colour
+    red, green, blue = colors.to_rgb(colour)
+    target = 0.0 if amount > 0 else 1.0
+    mix = abs(amount)
+    return str(colors.to_hex((red + mix * (target - red), green + mix * (target - green), blue + mix * (target - blue))))
 
 
 @contextmanager
@@ -106,8 +131,36 @@ def _style() -> Iterator[None]:
         yield
 
 
+def wrap_label(label: str, width: int = 34) -> str:
+    """A SPEC label broken after its commas into lines of about ``width`` characters, so that a long
+    layout (``prompt_mean,mini-batch-size=64,micro-batch-size=4,...``) never runs off a figure."""
+    lines: list[str] = []
+    for part in label.split(","):
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "," + part
+        else:
+            lines.append(part)
+    return ",\n".join(lines)
+
+
+def legend_columns(labels: Sequence[str], most: int = 4, line_chars: int = 110) -> int:
+    """How many legend columns fit the figure's width for these (wrapped) labels."""
+    longest = max((len(line) for label in labels for line in label.splitlines()), default=1)
+    return max(1, min(most, len(labels), line_chars // (longest + 6)))
+
+
 def _percent(values: np.ndarray) -> np.ndarray:
     return 100.0 * values
+
+
+def nothing_to_draw(title: str, reason: str) -> Figure:
+    """A figure that says in words why it has nothing to show, instead of empty panels."""
+    fig = Figure(figsize=(10, 2.2), layout="constrained")
+    fig.suptitle(title)
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"Nothing to draw: {reason}.", ha="center", va="center", fontsize=11, wrap=True, transform=ax.transAxes)
+    return fig
 
 
 # ---- the figures ---------------------------------------------------------------------------------
@@ -116,7 +169,12 @@ def weight_distribution(breakdown: Breakdown) -> Figure:
     positive and negative advantages in two panels."""
     styles = spec_styles(breakdown.specs)
     labels = breakdown.labels
-    fig = Figure(figsize=(10, 1.9 + 0.62 * len(labels)), layout="constrained")
+    title = "Per-token gradient weight by mode (black tick: median)"
+    counted = sum(int(r.histogram.positive.sum() + r.histogram.negative.sum()) for r in breakdown.results.values())
+    if not counted:
+        return nothing_to_draw(title, "no loss token has a non-zero, finite gradient weight under any mode")
+    lines = max(wrap_label(label).count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(10, 1.9 + max(0.62, 0.2 * lines) * len(labels)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True, sharex=True)
     for ax, sign in zip(axes, ("positive", "negative"), strict=True):
         tokens = 0
@@ -145,18 +203,20 @@ def weight_distribution(breakdown: Breakdown) -> Figure:
         first, last = np.flatnonzero(occupied)[[0, -1]]
         axes[0].set_xlim(10.0 ** (HISTOGRAM_LOG10_EDGES[first] - 0.3), 10.0 ** (HISTOGRAM_LOG10_EDGES[last + 1] + 0.3))
     fig.supxlabel("gradient weight |w·A| ÷ the mode's mean per loss token (log scale; 1 = an average token)", fontsize=10)
-    axes[0].set_yticks(np.arange(len(labels)) + 0.35, labels[::-1])
+    axes[0].set_yticks(np.arange(len(labels)) + 0.35, [wrap_label(label) for label in labels[::-1]])
     axes[0].set_ylim(-0.1, len(labels))
-    for tick in axes[0].get_yticklabels():
-        tick.set_color(styles[tick.get_text()].colour)
+    for tick, label in zip(axes[0].get_yticklabels(), labels[::-1], strict=True):
+        tick.set_color(styles[label].colour)
         tick.set_fontweight("bold")
-    fig.suptitle("Per-token gradient weight by mode (black tick: median)")
+    fig.suptitle(title)
     return fig
 
 
 def mass_vs_length(breakdown: Breakdown) -> Figure:
     """Share of gradient mass per response-length decile, per SPEC, against the share of tokens."""
     styles = spec_styles(breakdown.specs)
+    if breakdown.loss_tokens == 0:
+        return nothing_to_draw("Gradient mass by response length", "the input has no loss tokens")
     deciles = breakdown.length_buckets(10)
     x = np.arange(1, 11)
     fig = Figure(figsize=(10, 4.8), layout="constrained")
@@ -172,14 +232,14 @@ def mass_vs_length(breakdown: Breakdown) -> Figure:
             marker="o",
             markersize=4,
             linewidth=1.8,
-            label=spec.label,
+            label=wrap_label(spec.label),
         )
     ax.set_xticks(x, [f"{i}\n{lo:,}–{hi:,}" for i, lo, hi in zip(x, deciles.min_tokens, deciles.max_tokens, strict=True)])
     ax.set_xlabel("response length decile, shortest to longest (loss tokens per response)")
     ax.set_ylabel("share of gradient mass Σ|w·A| (%)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Gradient mass by response length ({breakdown.n_rows:,} responses, {len(breakdown.steps)} steps)")
-    fig.legend(loc="outside lower center", ncols=min(len(breakdown.specs) + 1, 4))
+    fig.legend(loc="outside lower center", ncols=legend_columns(ax.get_legend_handles_labels()[1]))
     return fig
 
 
@@ -187,11 +247,15 @@ def prompt_concentration(breakdown: Breakdown) -> Figure:
     """Lorenz-style curve: prompts ranked by gradient mass against the cumulative share they get."""
     styles = spec_styles(breakdown.specs)
     unit = "prompts" if breakdown.has_groups else "responses (no uid column)"
+    title = f"How concentrated the gradient is across {unit.split(' ')[0]}"
+    masses = {spec.label: breakdown.ranked_prompt_mass(spec.label) for spec in breakdown.specs}  # [n_units] largest first
+    if not any(mass.size and mass.sum() > 0 for mass in masses.values()):
+        return nothing_to_draw(title, "no token has any gradient mass |w·A| under any mode")
     fig = Figure(figsize=(10, 4.8), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 100], [0, 100], color=REFERENCE_COLOUR, linestyle="--", linewidth=1, label="every one equal")
     for spec in breakdown.specs:
-        mass = breakdown.ranked_prompt_mass(spec.label)  # [n_units] largest first
+        mass = masses[spec.label]
         total = mass.sum()
         if mass.size == 0 or total <= 0:
             continue
@@ -199,12 +263,14 @@ def prompt_concentration(breakdown: Breakdown) -> Figure:
         y = np.concatenate([[0.0], np.cumsum(mass) / total * 100])
         top = float(np.interp(10.0, x, y))
         style = styles[spec.label]
-        ax.plot(x, y, color=style.colour, linestyle=style.line, linewidth=1.8, label=f"{spec.label} (top 10%: {top:.0f}%)")
+        ax.plot(
+            x, y, color=style.colour, linestyle=style.line, linewidth=1.8, label=f"{wrap_label(spec.label)} (top 10%: {top:.0f}%)"
+        )
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 101)
     ax.set_xlabel(f"{unit}, ranked by gradient mass, largest first (% of {unit.split(' ')[0]})")
     ax.set_ylabel("cumulative share of gradient mass (%)")
-    ax.set_title(f"How concentrated the gradient is across {unit.split(' ')[0]}")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     return fig
 
@@ -296,7 +362,8 @@ def zero_grad_causes(breakdown: Breakdown) -> Figure:
     loss_tokens = max(breakdown.loss_tokens, 1)
     names = [name for name in ZERO_GRAD_CAUSES if any(per_cause.get(name, 0) for per_cause in causes.values())]
     labels = breakdown.labels[::-1]
-    fig = Figure(figsize=(10, 1.6 + 0.45 * len(labels)), layout="constrained")
+    lines = max(wrap_label(label).count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(10, 1.6 + max(0.45, 0.2 * lines) * len(labels)), layout="constrained")
     ax = fig.subplots()
     left = np.zeros(len(labels))
     for index, cause in enumerate(names):
@@ -307,17 +374,17 @@ def zero_grad_causes(breakdown: Breakdown) -> Figure:
         tokens = sum(causes.get(label, {}).values())
         ax.text(total, y, f"  {total:.1f}% ({tokens:,})", va="center", fontsize=9)
     # Label the bars by SPEC even when no cause drew one (every token has a gradient).
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), [wrap_label(label) for label in labels])
     for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
         tick.set_color(styles[label].colour)
         tick.set_fontweight("bold")
     ax.set_ylim(-0.6, len(labels) - 0.4)
-    ax.set_xlim(0, max(float(left.max()) * 1.25, 1.0))
+    ax.set_xlim(0, max(float(left.max()) * 1.4, 1.0))  # room for the share written after the longest bar
     ax.set_xlabel(f"loss tokens with zero or non-finite gradient weight (% of {breakdown.loss_tokens:,} loss tokens)")
     ax.grid(axis="y", visible=False)
     if names:
         ax.set_title("Why tokens get no gradient")
-        fig.legend(loc="outside lower center", ncols=min(len(names), 4))
+        fig.legend(loc="outside lower center", ncols=legend_columns(ax.get_legend_handles_labels()[1]))
     else:
         ax.set_title("Why tokens get no gradient: every loss token gets a gradient under every mode")
     return fig
@@ -352,7 +419,7 @@ def steps(breakdown: Breakdown) -> Figure:
             longest = mass[:, 3] / mass.sum(axis=1) * 100
         ess = np.array([np.nan if s.ess_tokens is None else s.ess_tokens for s in breakdown.results[spec.label].steps])
         kwargs = {"color": style.colour, "linestyle": style.line, "marker": marker, "markersize": 4, "linewidth": 1.6}
-        axes[1].plot(step_numbers, longest, label=spec.label, **kwargs)
+        axes[1].plot(step_numbers, longest, label=wrap_label(spec.label), **kwargs)
         axes[2].plot(step_numbers, ess / loss_tokens * 100, **kwargs)
     token_share = quarters.loss_tokens.reshape(n_steps, 4)
     axes[1].plot(
@@ -370,7 +437,7 @@ def steps(breakdown: Breakdown) -> Figure:
     if n_steps <= 20:
         axes[2].set_xticks(step_numbers)
     handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels))
     fig.suptitle(f"Per-step trends ({n_steps} step{'s' * (n_steps != 1)})")
     return fig
 
@@ -384,6 +451,21 @@ FIGURES: dict[str, FigureBuilder] = {
     "zero_grad_causes": zero_grad_causes,
     "steps": steps,
 }
+__all__ = [
+    "FIGURES",
+    "IMAGE_FORMATS",
+    "MODE_COLOURS",
+    "check_figure_names",
+    "check_image_format",
+    "check_output_directory",
+    "earlier_output",
+    "encode_figures",
+    "ensure_directory",
+    "figure_bytes",
+    "make_figures",
+    "mode_colour",
+    "save_figures",
+]
 
 
 def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> dict[str, Figure]:
@@ -406,21 +488,6 @@ def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> di
     return figures
 
 
-def check_image_format(image_format: str) -> None:
-    if image_format not in IMAGE_FORMATS:
-        raise AggscopeError(
-            f"unknown image format {image_format!r}{did_you_mean(image_format, IMAGE_FORMATS)}; formats: {', '.join(IMAGE_FORMATS)} (--image-format)"
-        )
-
-
-def check_figure_names(names: Sequence[str] | None) -> None:
-    unknown = [name for name in names or () if name not in FIGURES]
-    if unknown:
-        raise AggscopeError(
-            f"unknown figure {unknown[0]!r}{did_you_mean(unknown[0], list(FIGURES))}; figures: {', '.join(FIGURES)} (--figure)"
-        )
-
-
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
     """The figure encoded as ``png``, ``svg`` or ``pdf`` (no timestamps, so output is reproducible)."""
     check_image_format(image_format)
@@ -431,34 +498,19 @@ def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
     return buffer.getvalue()
 
 
+def encode_figures(figures: Mapping[str, Figure], image_format: str = "png") -> dict[str, bytes]:
+    """Every figure's ``figure_bytes``, encoded on all cores at once (``forked_map``; the same bytes)."""
+    check_image_format(image_format)
+    names = list(figures)
+    encoded = forked_map(lambda name: figure_bytes(figures[name], image_format), names)
+    return dict(zip(names, encoded, strict=True))
+
+
 def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str], image_format: str = "png") -> dict[str, Path]:
     """Write each figure to ``out_dir/<name>.<format>``; name -> path. The folder is replaced whole
     by the new set (``atomic_directory``): a kill never leaves figures of two runs in it."""
-    images = {name: figure_bytes(figure, image_format) for name, figure in figures.items()}
+    images = encode_figures(figures, image_format)
     with atomic_directory(out_dir, earlier_output) as directory:
         for name, data in images.items():
             (directory / f"{name}.{image_format}").write_bytes(data)
     return {name: Path(out_dir) / f"{name}.{image_format}" for name in images}
-
-
-def earlier_output(name: str) -> bool:
-    """True for a file name that ``report``, ``compare`` or ``plot`` writes (what ``-o`` may hold already)."""
-    stem, _, suffix = name.rpartition(".")
-    return name in ("report.html", "report.md", "report.json") or (stem in FIGURES and suffix in IMAGE_FORMATS)
-
-
-def check_output_directory(path: str | os.PathLike[str]) -> Path:
-    """Fail early, before any work, when the output directory cannot take a whole set of outputs."""
-    directory = Path(path)
-    check_replaceable_directory(directory.resolve() if directory.is_symlink() else directory, earlier_output)
-    return directory
-
-
-def ensure_directory(path: str | os.PathLike[str]) -> Path:
-    """The output directory, created with its parents if missing; a one-line error if it cannot be."""
-    directory = check_output_directory(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AggscopeError(f"{directory}: cannot create the output directory ({exc.strerror or exc})") from None
-    return directory

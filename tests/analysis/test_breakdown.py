@@ -360,3 +360,42 @@ def test_worst_step_is_checks_worst_step() -> None:
     assert breakdown.worst_step_index() == len(steps) - 1
     plain = StepBatch.from_flat([1.0, -1.0], [1, 1], [0, 1, 2], step=7)
     assert run_breakdown([plain], specs("token_mean")).worst_step_index() == 0  # no uids: no picture
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=200), st.integers(0, 60))
+def test_bin_index_counts_as_numpy_histogram(values: list[float], on_edge: int) -> None:
+    """The histogram's integer bins are np.histogram's, values exactly on an edge included."""
+    from aggscope.analysis.breakdown.step import uniform_bin_index
+
+    array = np.array([*values, float(HISTOGRAM_LOG10_EDGES[on_edge]), -3.0, 3.0])
+    bins = HISTOGRAM_LOG10_EDGES.size - 1
+    ours = np.bincount(uniform_bin_index(array, HISTOGRAM_LOG10_EDGES), minlength=bins)
+    theirs = np.histogram(array, bins=bins, range=(-3.0, 3.0))[0]
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_histogram_matches_a_plain_per_token_count() -> None:
+    """Per-token advantages, rows without weight and masked tokens: the counts of a loop over tokens."""
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 40, size=60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    advantages = rng.normal(0, 1, size=int(offsets[-1])) * (rng.random(int(offsets[-1])) < 0.9)
+    mask = rng.random(advantages.size) < 0.8
+    mask[offsets[3] : offsets[4]] = False  # a row without loss tokens: no weight under sequence_mean
+    uids = [f"g{i // 4}" for i in range(lengths.size)]
+    batch = StepBatch.from_flat(advantages, mask, offsets, uids=uids)
+    breakdown = run_breakdown([batch], specs("token_mean", "sequence_mean", "prompt_mean"))
+    edges = HISTOGRAM_LOG10_EDGES
+    for label, result in breakdown.results.items():
+        weights = compute_weights(batch, label)
+        token_weight = np.repeat(weights.row_weight, lengths).astype(np.float64)
+        grad = np.abs(token_weight * advantages)
+        mean_abs = grad[mask].sum() / mask.sum()
+        positive, negative = np.zeros(edges.size - 1, dtype=int), np.zeros(edges.size - 1, dtype=int)
+        for token in np.flatnonzero(mask & (advantages != 0) & (token_weight != 0)):
+            value = min(max(math.log10(abs(advantages[token])) + math.log10(token_weight[token] / mean_abs), -3.0), 3.0)
+            index = min(int(np.searchsorted(edges, value, side="right")) - 1, edges.size - 2)
+            (positive if advantages[token] > 0 else negative)[index] += 1
+        assert result.histogram.positive.tolist() == positive.tolist(), label
+        assert result.histogram.negative.tolist() == negative.tolist(), label

@@ -58,12 +58,30 @@ print("\\nEXIT", code, "LOADED", [name for name in ("torch", "pandas", "matplotl
         (["weights", "-m", "nope"], 2),
         (["weights", "no_such_file.parquet"], 2),
         (["weights", "--mini-batch-size", "0"], 2),
+        (["check", "-m", "nope"], 2),
+        (["check", "no_such_file.parquet"], 2),
+        (["check", "--mini-batch-size", "0"], 2),
+        (["report", "-m", "nope"], 2),
+        (["report", "--mini-batch-size", "0"], 2),
+        (["plot", "-m", "nope"], 2),
+        (["plot", "--figure", "nope"], 2),
+        (["compare", "--from", "nope"], 2),
     ],
 )
 def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: list[str], exit_code: int) -> None:
-    """The summary path is numpy and pyarrow only: torch, pandas and matplotlib cost seconds to import."""
+    """The summary path is numpy and pyarrow only: torch, pandas and matplotlib cost seconds to import.
+
+    A usage error of ``report``, ``plot`` or ``compare`` is told before their figures import matplotlib.
+    """
+    code, loaded = _exit_and_loaded(SUMMARY_PROBE, args)
+    assert code == exit_code
+    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+
+
+def _exit_and_loaded(probe: str, args: list[str]) -> tuple[int, str]:
+    """Run ``aggscope ARGS`` under ``probe`` in a fresh interpreter: its exit code and the heavy modules it loaded."""
     done = subprocess.run(
-        [sys.executable, "-c", SUMMARY_PROBE, *args],
+        [sys.executable, "-c", probe, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -71,9 +89,24 @@ def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: l
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     tail = done.stdout.rsplit("EXIT", 1)[1].split()
-    assert int(tail[0]) == exit_code, done.stderr
-    loaded = " ".join(tail[2:])
-    assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
+    return int(tail[0]), " ".join(tail[2:])
+
+
+def test_usage_errors_import_no_pyarrow() -> None:
+    """An unknown mode is rejected before anything reads Parquet (pyarrow's import is a tenth of a second)."""
+    probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("pyarrow",)')
+    for args in (["check", "-m", "nope"], ["weights", "-m", "nope"], ["report", "-m", "nope"]):
+        assert _exit_and_loaded(probe, args) == (2, "[]"), f"aggscope {' '.join(args)}"
+
+
+def test_safe_load_imports_torch_only_when_a_dump_needs_it() -> None:
+    """``aggscope.io.safe_load`` is imported by the SkyRL and slime readers; its allow-list is built on first use."""
+    code = (
+        "import sys; import aggscope.io.safe_load as s; before = 'torch' in sys.modules; "
+        "n = len(s.SKYRL_GLOBALS); print(before, 'torch' in sys.modules, n > 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "True"]
 
 
 def _peak_rss_of(command: list[str], stdout: Path) -> int:

@@ -38,7 +38,9 @@ def assert_fits(result: object, width: str) -> str:
     too_wide = [line for line in lines if cell_len(line) > int(width)]
     assert not too_wide, too_wide
     # aggscope's own row-range abbreviation ("rows 0-7, 24-31, … (80 rows)") says what it leaves out
-    cut = [line for line in lines if "…" in re.sub(r"…( more)? \(\d[\d,]* rows\)", "", line) and not line.lstrip().startswith("…")]
+    cut = [
+        line for line in lines if "…" in re.sub(r"…( more)? \(\d[\d,]* rows\)", "", line) and not line.lstrip().startswith("…")
+    ]
     assert not cut, cut
     return result.stdout
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,7 +27,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES
 from aggscope.io.open import load_steps
-from aggscope.present.figures import FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
+from aggscope.present.figures import _STYLE, FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
 
 runner = CliRunner()
 FIGURE_NAMES = ["weight_distribution", "mass_vs_length", "prompt_concentration", "split_map", "zero_grad_causes", "steps"]
@@ -36,12 +41,13 @@ def test_every_mode_has_its_own_colour() -> None:
     assert set(MODE_COLOURS) == set(MODES)
     assert len(set(MODE_COLOURS.values())) == len(MODE_COLOURS)
     assert all(mode_colour(name) == MODE_COLOURS[name] for name in MODES)
-    # SPECs sharing a mode keep its colour and differ by line style.
+    # SPECs sharing a mode: the first has its colour, the next ones shades of it, and other line styles.
     layout = Layout()
-    styles = spec_styles([parse_spec("prompt_mean", layout), parse_spec("prompt_mean,dp-size=2", layout)])
-    first, second = styles.values()
-    assert first.colour == second.colour == MODE_COLOURS["prompt_mean"]
-    assert first.line != second.line
+    names = ("prompt_mean", "prompt_mean,dp-size=2", "prompt_mean,dp-size=4", "token_mean")
+    first, second, third, other = spec_styles([parse_spec(name, layout) for name in names]).values()
+    assert first.colour == MODE_COLOURS["prompt_mean"] and other.colour == MODE_COLOURS["token_mean"]
+    assert len({first.colour, second.colour, third.colour, other.colour}) == 4
+    assert len({first.line, second.line, third.line}) == 3
 
 
 def test_plot_writes_one_png_per_figure(tmp_path: Path) -> None:
@@ -183,3 +189,70 @@ def test_figures_when_every_token_gets_a_gradient(tmp_path: Path) -> None:
     assert [tick.get_text() for tick in axis.get_yticklabels()] == ["prompt_mean", "token_mean"]
     assert "every loss token gets a gradient" in axis.get_title()
     assert save_figures({"zero_grad_causes": figure}, tmp_path)["zero_grad_causes"].stat().st_size > 5_000
+
+
+def test_figure_names_known_before_matplotlib_match_the_builders() -> None:
+    from aggscope.present.outputs import FIGURE_NAMES
+
+    assert tuple(FIGURES) == FIGURE_NAMES
+
+
+LONG_LAYOUT = ",mini-batch-size=64,micro-batch-size=4,dp-size=2,order=shuffle,seed=3"
+
+
+def _drawn_texts(figure: Figure) -> list[Text]:
+    """The figure's visible texts, less the tick labels matplotlib keeps outside the axes' view (not drawn)."""
+    texts = [t for t in figure.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    hidden = set()
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if not low - 1e-9 * abs(low) <= tick.get_loc() <= high + 1e-9 * abs(high):
+                    hidden |= {id(tick.label1), id(tick.label2)}
+    return [t for t in texts if id(t) not in hidden]
+
+
+@pytest.mark.parametrize("long_labels", [False, True])
+def test_no_text_runs_off_a_figure(long_labels: bool) -> None:
+    """Every title, label, tick label and legend entry lies inside its figure, at any SPEC label length."""
+    layout = LONG_LAYOUT if long_labels else ""
+    names = (
+        "token_mean",
+        f"prompt_mean{layout}",
+        f"seq_mean_token_sum_norm,max-seq-len=1024{layout}",
+        "prompt_mean,dp-size=2",
+        f"sequence_mean{layout}",
+    )
+    breakdown = run_breakdown(load_steps()[:3], [parse_spec(name, Layout()) for name in names])
+    for name, figure in make_figures(breakdown).items():
+        canvas = FigureCanvasAgg(figure)
+        with matplotlib.rc_context(_STYLE), warnings.catch_warnings():
+            warnings.simplefilter("error")  # "constrained_layout not applied": labels too large for the figure
+            canvas.draw()
+        renderer = canvas.get_renderer()
+        box = figure.bbox
+        for text in _drawn_texts(figure):
+            extent = text.get_window_extent(renderer)
+            inside = extent.x0 >= box.x0 - 1 and extent.y0 >= box.y0 - 1 and extent.x1 <= box.x1 + 1 and extent.y1 <= box.y1 + 1
+            assert inside, f"{name}: {text.get_text()!r} at {extent.bounds} runs off the figure {box.bounds}"
+
+
+def _texts(figure: Figure) -> str:
+    return " ".join(t.get_text() for t in figure.findobj(Text))
+
+
+def test_a_figure_with_nothing_to_draw_says_so() -> None:
+    """All advantages 0: no gradient anywhere; no loss tokens at all: nothing by length either."""
+    offsets = np.array([0, 4, 10, 12])
+    uids = ["g0", "g0", "g1"]
+    no_gradient = StepBatch.from_flat(np.zeros(12, dtype=np.float32), np.ones(12, dtype=bool), offsets, uids=uids)
+    figures = make_figures(run_breakdown([no_gradient], [parse_spec("token_mean", Layout())]))
+    for name in ("weight_distribution", "prompt_concentration"):
+        assert "Nothing to draw: no" in _texts(figures[name]), name
+        assert not figures[name].axes[0].lines, name
+    assert "Nothing to draw" not in _texts(figures["mass_vs_length"])
+    no_loss = StepBatch.from_flat(np.ones(12, dtype=np.float32), np.zeros(12, dtype=bool), offsets, uids=uids)
+    figures = make_figures(run_breakdown([no_loss], [parse_spec("token_mean", Layout())]))
+    assert "Nothing to draw: the input has no loss tokens" in _texts(figures["mass_vs_length"])
+    assert "Nothing to draw" in _texts(figures["weight_distribution"])

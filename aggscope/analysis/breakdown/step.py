@@ -41,7 +41,9 @@ class _StepTokens:
         advantages = batch.advantages
         counted = batch.loss_mask & np.isfinite(advantages) & (advantages != 0)  # [n_tokens]
         lengths = batch.offsets[1:] - batch.offsets[:-1]  # [n_seqs]
-        row = np.repeat(np.arange(batch.n_sequences), lengths)[counted]
+        # int32 row ids (built once per step, shared by every SPEC) halve the gather's memory traffic.
+        row_dtype = np.int32 if batch.n_sequences < 2**31 else np.int64
+        row = np.repeat(np.arange(batch.n_sequences, dtype=row_dtype), lengths)[counted]
         kept = advantages[counted]
         return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
 
@@ -53,18 +55,46 @@ def _histogram(tokens: _StepTokens, row_weight: np.ndarray, summary: ModeSummary
     or not finite are left out (``zero_grad_causes`` shows them).
     """
     bins = HISTOGRAM_LOG10_EDGES.size - 1
-    positive, negative = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
     if summary.loss_tokens == 0 or not summary.grad_abs_sum > 0 or not math.isfinite(summary.grad_abs_sum):
-        return positive, negative
+        return np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
     mean_abs = summary.grad_abs_sum / summary.loss_tokens
     with np.errstate(divide="ignore", invalid="ignore"):
         log_weight = np.log10(row_weight.astype(np.float64) / mean_abs)  # [n_seqs], -inf where w = 0
-    valid = np.isfinite(log_weight)[tokens.row]  # [n_counted]
+    valid_row = np.isfinite(log_weight)  # [n_seqs]
+    row, log10_abs_adv, positive = tokens.row, tokens.log10_abs_adv, tokens.positive
+    if not valid_row.all():  # rare (a row without weight): only then pay a per-token mask
+        keep = valid_row[row]  # [n_counted]
+        row, log10_abs_adv, positive = row[keep], log10_abs_adv[keep], positive[keep]
     low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
-    values = np.clip(tokens.log10_abs_adv + log_weight[tokens.row], low, high)
-    for counts, keep in ((positive, valid & tokens.positive), (negative, valid & ~tokens.positive)):
-        counts += np.histogram(values[keep], bins=bins, range=(low, high))[0]
-    return positive, negative
+    counts = np.zeros(2 * bins, dtype=np.int64)
+    # Blocks that stay in the CPU cache through the dozen passes below (as np.histogram does);
+    # negative-advantage tokens count in bins [bins, 2 * bins): one bincount for both signs.
+    for start in range(0, row.size, _HISTOGRAM_BLOCK):
+        part = slice(start, start + _HISTOGRAM_BLOCK)
+        values = np.clip(log10_abs_adv[part] + log_weight[row[part]], low, high)  # [block]
+        index = uniform_bin_index(values, HISTOGRAM_LOG10_EDGES)
+        index[~positive[part]] += bins
+        counts += np.bincount(index, minlength=2 * bins)
+    return counts[:bins], counts[bins:]
+
+
+_HISTOGRAM_BLOCK = 1 << 16
+
+
+def uniform_bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``[n]`` bin of each value among equal-width ``edges`` (``np.linspace``), exactly as ``np.histogram``.
+
+    ``np.histogram`` sorts nothing for equal bins but checks and counts through masks of every
+    value; this is its arithmetic (the scaled index, then the same one-step corrections at the
+    edges, the last bin closed) without the rest. ``values`` must lie within the edges.
+    """
+    bins = edges.size - 1
+    first, last = float(edges[0]), float(edges[-1])
+    index = ((values - first) / (last - first) * bins).astype(np.intp)  # [n]
+    index[index == bins] -= 1
+    index[values < edges[index]] -= 1
+    index[(values >= edges[index + 1]) & (index != bins - 1)] += 1
+    return index
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, resolve_mode
 from aggscope.io.reader import Rollouts, unrecoverable_of
 from aggscope.io.writing import atomic_directory
-from aggscope.present.figures import earlier_output, figure_bytes, make_figures
+from aggscope.present.figures import earlier_output, encode_figures, make_figures
 from aggscope.present.report.document import ReportDocument, build_document
 from aggscope.present.report.html import render_html
 from aggscope.present.report.markdown import render_markdown
@@ -88,7 +88,7 @@ class Report:
         full disk or another writer never leaves files of two reports, or half of one, in it.
         """
         assert self.data.figures is not None
-        images = {name: figure_bytes(figure, "png") for name, figure in self.figures.items()}
+        images = encode_figures(self.figures, "png")
         drawn = page(self.data)  # one list of sections, for both renderings
         files = {self.data.figures[name]: data for name, data in images.items()}
         files["report.json"] = (json.dumps(self.document, indent=2) + "\n").encode()

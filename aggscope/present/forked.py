@@ -1,0 +1,95 @@
+"""Encode figures on every core: the same bytes, made in forked copies of this process.
+
+Drawing a matplotlib figure is Python-bound work that holds the GIL, so threads do not help; a
+forked child has the figures already (nothing is pickled) and sends back only the encoded bytes.
+Workers take the next job from a shared pipe of job numbers as they become free, so one large
+figure does not hold up the rest. A child that fails or dies leaves its jobs to this process, which
+then does them itself (and raises what they raise, as the plain loop would).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+Item = TypeVar("Item")
+
+
+# Threads of aggscope's own that wait idle once the steps are read (``io.fastread``'s reducer).
+IDLE_THREAD_PREFIXES = ("aggscope-stats",)
+
+
+def can_fork() -> bool:
+    """True where forking is safe: a POSIX system, more than one core, and no other thread running
+    but aggscope's idle ones (a thread holding a lock at the fork would leave the child waiting on
+    it for ever; a program with threads of its own, such as a trainer, encodes in the plain loop)."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    idle = all(t.name.startswith(IDLE_THREAD_PREFIXES) for t in others)
+    return hasattr(os, "fork") and (os.cpu_count() or 1) > 1 and idle
+
+
+def forked_map(encode: Callable[[Item], bytes], items: Sequence[Item], workers: int | None = None) -> list[bytes]:
+    """``[encode(item) for item in items]``, spread over ``workers`` processes (default: the cores).
+
+    Falls back to the plain loop where ``can_fork()`` is false or there is one item.
+    """
+    workers = min(len(items), workers or os.cpu_count() or 1)
+    if workers < 2 or len(items) > 255 or not can_fork():  # job numbers are single bytes
+        return [encode(item) for item in items]
+    jobs_read, jobs_write = os.pipe()
+    os.write(jobs_write, bytes(range(len(items))))
+    os.close(jobs_write)  # every job is queued: an empty read means no job is left
+    children = [_start_child(encode, items, jobs_read) for _ in range(workers - 1)]
+    done = dict(_take_jobs(encode, items, jobs_read))
+    os.close(jobs_read)
+    for pid, results_read in children:
+        done.update(_collect(pid, results_read))
+    # the jobs of a child that failed: do them here (raising what they raise)
+    return [done[index] if index in done else encode(item) for index, item in enumerate(items)]
+
+
+def _take_jobs(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_read: int) -> list[tuple[int, bytes]]:
+    results = []
+    while job := os.read(jobs_read, 1):
+        results.append((job[0], encode(items[job[0]])))
+    return results
+
+
+def _start_child(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_read: int) -> tuple[int, int]:
+    """Fork a worker; returns its pid and the pipe its results come from (sent once, when it is done)."""
+    results_read, results_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: take jobs until none is left, send every result, leave without cleanup
+        code = 1
+        try:
+            os.close(results_read)
+            results = _take_jobs(encode, items, jobs_read)
+            with os.fdopen(results_write, "wb") as out:
+                for index, data in results:
+                    out.write(_HEADER.pack(index, len(data)) + data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(results_write)
+    return pid, results_read
+
+
+def _collect(pid: int, results_read: int) -> list[tuple[int, bytes]]:
+    with os.fdopen(results_read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return []
+    results, position = [], 0
+    while position < len(data):
+        index, size = _HEADER.unpack_from(data, position)
+        position += _HEADER.size
+        results.append((index, data[position : position + size]))
+        position += size
+    return results
+
+
+_HEADER = struct.Struct("<BQ")  # a result's job number and byte count, before its bytes

@@ -1,0 +1,57 @@
+"""Figures encoded in forked processes: the bytes of the plain loop, in order, whatever a child does."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from aggscope.analysis.breakdown import run_breakdown
+from aggscope.analysis.specs import parse_spec
+from aggscope.core.layout import Layout
+from aggscope.io.open import load_steps
+from aggscope.present import forked
+from aggscope.present.figures import encode_figures, figure_bytes, make_figures
+
+needs_fork = pytest.mark.skipif(not forked.can_fork(), reason="forking needs POSIX, two cores and no other thread")
+
+
+def _pid_and_square(n: int) -> bytes:
+    time.sleep(0.1)  # long enough that the child, forked in a millisecond, takes some of the jobs
+    return f"{os.getpid()} {n * n}".encode()
+
+
+@needs_fork
+def test_forked_map_keeps_order_and_uses_children() -> None:
+    results = forked.forked_map(_pid_and_square, list(range(12)), workers=2)
+    assert [int(r.split()[1]) for r in results] == [n * n for n in range(12)]
+    assert len({int(r.split()[0]) for r in results}) == 2  # this process and one child shared the jobs
+    assert not forked.forked_map(_pid_and_square, [])
+
+
+def _fails_in_children(n: int) -> bytes:
+    if os.getpid() != PARENT:
+        raise RuntimeError("a child's encoder failed")
+    return str(n).encode()
+
+
+PARENT = os.getpid()
+
+
+@needs_fork
+def test_jobs_of_a_failed_child_are_done_here() -> None:
+    assert forked.forked_map(_fails_in_children, list(range(6)), workers=2) == [str(n).encode() for n in range(6)]
+
+
+def test_plain_loop_where_forking_is_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forked, "can_fork", lambda: False)
+    results = forked.forked_map(_pid_and_square, [1, 2, 3], workers=2)
+    assert {int(r.split()[0]) for r in results} == {os.getpid()}
+
+
+def test_encoded_figures_are_the_plain_encoding() -> None:
+    breakdown = run_breakdown(load_steps()[:2], [parse_spec(name, Layout()) for name in ("token_mean", "sequence_mean")])
+    # A figure encoded twice need not give the same bytes (a layout pass moves things): compare first encodings.
+    plain = {name: figure_bytes(figure) for name, figure in make_figures(breakdown).items()}
+    assert encode_figures(make_figures(breakdown)) == plain
