@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from aggscope.cli import params
+from aggscope.cli.params import COMPARE_CONFIG_PARAMS, CONFIG_PARAMS, ENGINE_PARAMS, INPUT_PARAMS, LAYOUT_PARAMS
 
 if TYPE_CHECKING:
     from aggscope.io.reader import Rollouts
@@ -243,12 +243,12 @@ def _build_engine(engine: str, address: Optional[str]) -> Any:
     return open_engine(engine, address)
 
 
-input_options = _inject(params.INPUT_PARAMS, "input_spec", _build_input)
-engine_options = _inject(params.ENGINE_PARAMS, "engine", _build_engine)
-layout_options = _inject(params.LAYOUT_PARAMS + params.CONFIG_PARAMS, "layout", _build_layout)
+input_options = _inject(INPUT_PARAMS, "input_spec", _build_input)
+engine_options = _inject(ENGINE_PARAMS, "engine", _build_engine)
+layout_options = _inject(LAYOUT_PARAMS + CONFIG_PARAMS, "layout", _build_layout)
 spec_layout_options = _inject(
-    params.LAYOUT_PARAMS + params.CONFIG_PARAMS + params.COMPARE_CONFIG_PARAMS,
+    LAYOUT_PARAMS + CONFIG_PARAMS + COMPARE_CONFIG_PARAMS,
     "layout",
     functools.partial(_build_layout, seed_for_specs=True),
 )
-config_options = _inject(params.CONFIG_PARAMS, "config", _build_config)
+config_options = _inject(CONFIG_PARAMS, "config", _build_config)

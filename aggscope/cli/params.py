@@ -258,6 +258,7 @@ LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Token budget of a micro-batch per rank, instead of --micro-batch-size: verl's use_dynamic_bsz "
                 "(ppo_max_token_len_per_gpu x sequence-parallel size), partitioned as verl does.",
                 rich_help_panel=LAYOUT_PANEL,
@@ -271,6 +272,7 @@ LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Prompt tokens to add to every row's length where the split counts lengths (--micro-batch-tokens, "
                 "--order balanced); the input holds responses only (default 0).",
                 rich_help_panel=LAYOUT_PANEL,
@@ -284,6 +286,7 @@ LAYOUT_PARAMS = [
         Annotated[
             Optional[int],
             typer.Option(
+                metavar="N",
                 help="Times every mini-batch is trained with the same split (verl ppo_epochs, TRL num_iterations); "
                 "weights are summed over the passes (default 1).",
                 rich_help_panel=LAYOUT_PANEL,
