@@ -391,7 +391,10 @@ def uid_codes(uids: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
 
     Objects (strings, Python ints, mixtures) are compared by their text; numbers and bools by value.
     """
-    codes, distinct = factorize(uids.astype(str) if uids.dtype == object else uids)
+    if uids.dtype == object:
+        # Python strings, not numpy's str dtype: that drops trailing NULs, which would merge '\x00' and ''.
+        uids = np.array([str(v) for v in uids.tolist()], dtype=object)
+    codes, distinct = factorize(uids)
     return codes, tuple(str(v) for v in distinct.tolist())
 
 
