@@ -91,9 +91,14 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     _advantage(reader, draft)
     epochs = reader.integer(T + "update_epochs_per_batch", 1)
     if epochs > 1:
-        draft.notes.append(
-            f"update_epochs_per_batch {epochs}: every mini-batch is trained {epochs} times with the same weights: the numbers "
-            f"are those of one pass"
+        # SkyRL 0.4.0 (trainer._execute_training_step) stages the mini-batch chunks once and walks the
+        # same chunks in the same order every epoch: no reshuffle, so the passes are exact.
+        draft.set(
+            "passes",
+            epochs,
+            [T + "update_epochs_per_batch"],
+            f"{reader.term(T + 'update_epochs_per_batch')}: every mini-batch is trained again in the same order each "
+            "epoch; a token's weight is the sum over the epochs",
         )
     if reader.boolean(ALGO + "advantage_batch_normalize", False):
         draft.notes.append(

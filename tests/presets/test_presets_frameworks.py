@@ -70,6 +70,7 @@ def skyrl_steps(draw: st.DrawFn) -> dict:
     masks = [[draw(st.integers(0, 1)) if draw(st.booleans()) else 1 for _ in range(length)] for length in lengths]
     uids = [f"p{row // n}" for row in range(prompts * n)]
     return {
+        "epochs": draw(st.sampled_from([1, 2])),
         "dp": dp,
         "n": n,
         "mini": mini,
@@ -91,11 +92,13 @@ def test_skyrl_config_weights_equal_skyrl_own_loss_reduction(step: dict) -> None
     boundaries = code.preprocess.compute_prompt_mini_batch_boundaries(uids, step["mini"], step["prompts"], False, step["n"])
     prompt_boundaries = code.preprocess.compute_prompt_boundaries(uids)
     expected = torch.zeros_like(mask)
-    for start, end in boundaries:
-        rebased = [(s - start, e - start) for s, e in prompt_boundaries if start <= s < end]
-        expected[start:end] = code.ppo_utils.apply_loss_reduction_to_advantages_minibatch(
-            torch.ones_like(mask[start:end]), mask[start:end], step["reduction"], step["micro"], 64, rebased
-        )
+    # SkyRL's _execute_training_step: every epoch walks the same mini-batch chunks in the same order
+    for _epoch in range(step["epochs"]):
+        for start, end in boundaries:
+            rebased = [(s - start, e - start) for s, e in prompt_boundaries if start <= s < end]
+            expected[start:end] += code.ppo_utils.apply_loss_reduction_to_advantages_minibatch(
+                torch.ones_like(mask[start:end]), mask[start:end], step["reduction"], step["micro"], 64, rebased
+            )
     sets = [
         f"trainer.train_batch_size={step['prompts']}",
         f"trainer.policy_mini_batch_size={step['mini']}",
@@ -104,6 +107,7 @@ def test_skyrl_config_weights_equal_skyrl_own_loss_reduction(step: dict) -> None
         f"trainer.placement.policy_num_gpus_per_node={step['dp']}",
         f"trainer.algorithm.loss_reduction={step['reduction']}",
         "trainer.algorithm.max_seq_len=64",
+        f"trainer.update_epochs_per_batch={step['epochs']}",
     ]
     got = aggscope_weights("skyrl", sets, step["lengths"], step["masks"], uids)
     torch.testing.assert_close(got, expected * mask, rtol=1e-6, atol=1e-12, msg=str(step))

@@ -115,7 +115,7 @@ def skyrl_unrecoverable(*, has_uids: bool, has_boundaries: bool) -> tuple[Unreco
         ),
         Unrecoverable(
             "trainer.update_epochs_per_batch",
-            "how many passes each mini-batch had: the numbers are those of one pass",
+            "how many passes each mini-batch had: the numbers are those of one pass (give --passes or --config)",
         ),
     ]
     if not has_uids and not has_boundaries:
