@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aggscope.cli.app import app
+from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import WIDTH, Column, Row, fit_table, stdout_console, with_progress
@@ -77,9 +78,9 @@ def check(
     from aggscope.core.weights import select_modes
 
     threshold = parse_fail_on(fail_on)
-    options = _check_options(max_no_grad_share, max_response_len)
+    options = check_options(max_no_grad_share, max_response_len)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
-    options = _with_config(options, config, max_response_len is not None, rollouts.format)
+    options = with_trainer(options, config, rollouts.format, cap_given=max_response_len is not None)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
         rollouts,
@@ -97,34 +98,6 @@ def check(
         _render(report, rollouts.source, len(rollouts.steps), threshold, verbose, all_steps)
     if report.fails(threshold):
         raise typer.Exit(1)
-
-
-def _check_options(max_no_grad_share: Optional[str], max_response_len: Optional[int]) -> Any:
-    """The ``CheckOptions`` of the flags (validated before the input is opened)."""
-    from aggscope.analysis.checks import CheckOptions, NoGradThresholds, parse_max_no_grad_share, parse_max_response_len
-
-    thresholds = NoGradThresholds() if max_no_grad_share is None else parse_max_no_grad_share(max_no_grad_share)
-    return CheckOptions(no_grad=thresholds, response_cap=parse_max_response_len(max_response_len))
-
-
-def _with_config(options: Any, config: Any, cap_given: bool, input_format: str) -> Any:
-    """The trainer in use (``--trainer`` or the config's, else the one whose dump this is) and, unless
-    given, the config's response cap."""
-    import dataclasses
-
-    from aggscope.analysis.checks import trainer_of_dump
-    from aggscope.presets.recorded import RecordedLayout
-
-    if isinstance(config, RecordedLayout):  # the dump's own layout: no trainer config, the dump names the trainer
-        config = None
-    trainer = config.setup.trainer if config is not None else trainer_of_dump(input_format)
-    if cap_given:
-        return dataclasses.replace(options, trainer=trainer)
-    cap = config.setup.derivation("response_cap") if config is not None else None
-    if cap is None or cap.value is None:
-        return dataclasses.replace(options, trainer=trainer)
-    source = f"the {trainer} config's {', '.join(cap.keys) or 'default'}"
-    return dataclasses.replace(options, trainer=trainer, response_cap=int(cap.value), cap_source=source)
 
 
 def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool, all_steps: bool = False) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aggscope.cli.app import app
+from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, engine_options, input_options, open_configured, spec_layout_options
 from aggscope.cli.report_cmd import print_summary, step_progress
@@ -63,7 +64,14 @@ def compare(
     from aggscope.present.report import compare as compare_report  # matplotlib: only once the arguments are checked
 
     notes = [*changes, *rollouts.notes, *config_notes(config)]
-    result = compare_report(rollouts, specs, engine=engine, progress=step_progress(rollouts, "compare"), notes=notes)
+    result = compare_report(
+        rollouts,
+        specs,
+        engine=engine,
+        progress=step_progress(rollouts, "compare"),
+        notes=notes,
+        check_options=with_trainer(check_options(None, None), config, rollouts.format),
+    )
     print_summary(result, result.write(out))
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from aggscope.cli.app import app
+from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
 from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress, wrap_words
@@ -49,7 +50,15 @@ def report(
 
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     notes = [*rollouts.notes, *config_notes(config)]
-    result = full_report(rollouts, modes, layout, engine=engine, progress=step_progress(rollouts, "report"), notes=notes)
+    result = full_report(
+        rollouts,
+        modes,
+        layout,
+        engine=engine,
+        progress=step_progress(rollouts, "report"),
+        notes=notes,
+        check_options=with_trainer(check_options(None, None), config, rollouts.format),
+    )
     print_summary(result, result.write(out))
 
 
