@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trl_env import trl_python
 
 from aggscope.core.batch import StepBatch
 from aggscope.core.weights import compute_weights
@@ -68,12 +69,7 @@ def aggscope_weights(spec: dict) -> list[list[float]]:
 
 
 def test_trl_config_weights_equal_trl_compute_loss() -> None:
-    python = os.environ.get("AGGSCOPE_TRL_PYTHON")
-    if not python:
-        reason = "AGGSCOPE_TRL_PYTHON is not set to a Python with trl==1.16.0 installed (.ci/run builds one)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the TRL test, but {reason}")
-        pytest.skip(reason)
+    python = trl_python("the TRL test")
     cases = specs()
     done = subprocess.run(
         [python, str(PROBE)],
