@@ -101,7 +101,7 @@ INPUT_PARAMS = [
                 "--tokenizer",
                 metavar="DIR",
                 help="Local tokenizer folder to count the tokens of text-only dumps (verl, trl); needs transformers "
-                "(pip install 'aggscope\\[tokenizer]'). Default: estimate from the text.",
+                "(pip install 'aggscope[tokenizer]'). Default: estimate from the text.",
                 rich_help_panel=INPUT_PANEL,
                 show_default=False,
             ),
@@ -385,7 +385,7 @@ ENGINE_PARAMS = [
             typer.Option(
                 metavar="ENGINE",
                 help="local (this process, one step at a time) or ray (one Ray task per step, reading the files on the "
-                "workers; needs pip install 'aggscope\\[ray]').",
+                "workers; needs pip install 'aggscope[ray]').",
                 rich_help_panel=ENGINE_PANEL,
             ),
         ],

@@ -19,15 +19,15 @@ def sample(
     ],
     steps: Annotated[
         Optional[int],
-        typer.Option(min=1, metavar="N", help="Training steps \\[default: 4; 3 with --faults].", show_default=False),
+        typer.Option(min=1, metavar="N", help="Training steps [default: 4; 3 with --faults].", show_default=False),
     ] = None,
     prompts: Annotated[
         Optional[int],
-        typer.Option(min=1, metavar="N", help="Prompts per step \\[default: 32; 8 with --faults].", show_default=False),
+        typer.Option(min=1, metavar="N", help="Prompts per step [default: 32; 8 with --faults].", show_default=False),
     ] = None,
     group_size: Annotated[
         Optional[int],
-        typer.Option(min=1, metavar="N", help="Responses per prompt \\[default: 8; 4 with --faults].", show_default=False),
+        typer.Option(min=1, metavar="N", help="Responses per prompt [default: 8; 4 with --faults].", show_default=False),
     ] = None,
     seed: Annotated[int, typer.Option(min=0, metavar="N", help="Random seed; the same seed gives the same file.")] = 0,
     max_len: Annotated[
@@ -35,7 +35,7 @@ def sample(
         typer.Option(
             min=8,
             metavar="N",
-            help="Maximum response length (longer responses are truncated) \\[default: 1024; 256 with --faults].",
+            help="Maximum response length (longer responses are truncated) [default: 1024; 256 with --faults].",
             show_default=False,
         ),
     ] = None,

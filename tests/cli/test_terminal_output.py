@@ -197,7 +197,7 @@ def test_help_shows_plain_metavars_and_sample_defaults() -> None:
     sample = " ".join(run("sample", "--help", columns="100").stdout.split())
     for default in ("[default: 4; 3 with --faults]", "[default: 32; 8 with --faults]", "[default: 1024; 256 with --faults]"):
         assert default in sample
-    assert "{DIR}" in sample and "--steps N [x>=1]" in sample
+    assert "{DIR}" in sample and "--steps N Training steps" in sample and "[x>=1]" in sample
     weights = run("weights", "--help", columns="100").stdout
     for metavar in ("PATH", "MODE", "FILE", "ROLE=NAME", "KEY=VALUE"):
         assert metavar in weights
