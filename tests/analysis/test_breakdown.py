@@ -375,12 +375,16 @@ def test_bin_index_counts_as_numpy_histogram(values: list[float], on_edge: int) 
     assert ours.tolist() == theirs.tolist()
 
 
-def test_histogram_matches_a_plain_per_token_count() -> None:
-    """Per-token advantages, rows without weight and masked tokens: the counts of a loop over tokens."""
+@pytest.mark.parametrize("per_row", [False, True])
+def test_histogram_matches_a_plain_per_token_count(per_row: bool) -> None:
+    """Per-token (or per-row, as GRPO's: runs of equal advantages) advantages, rows without weight and
+    masked tokens: the counts of a loop over tokens."""
     rng = np.random.default_rng(5)
     lengths = rng.integers(1, 40, size=60)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     advantages = rng.normal(0, 1, size=int(offsets[-1])) * (rng.random(int(offsets[-1])) < 0.9)
+    if per_row:  # one value per row, and equal values in neighbouring rows (runs must stop at rows)
+        advantages = np.repeat(np.round(rng.normal(0, 1, size=lengths.size), 1), lengths)
     mask = rng.random(advantages.size) < 0.8
     mask[offsets[3] : offsets[4]] = False  # a row without loss tokens: no weight under sequence_mean
     uids = [f"g{i // 4}" for i in range(lengths.size)]

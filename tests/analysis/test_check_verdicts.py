@@ -4,6 +4,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_checks import FAULTY, batch_of  # the same tiny batches: row i has lengths[i] tokens of advantage i
 
 from aggscope.analysis.checks import (
@@ -118,6 +120,17 @@ def test_response_lengths_start_at_the_first_loss_token():
     mask = [False, False, True, False, True, False, False, True, True]
     batch = batch_of(None, [5, 2, 2], [1.0, 1.0, 1.0], mask=mask)
     assert response_lengths(batch).tolist() == [3, 0, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), max_size=6), min_size=1, max_size=8))
+def test_response_lengths_equal_a_loop_over_rows(rows):
+    # Empty rows and rows without loss tokens included: a plain loop over each row's mask.
+    lengths = [len(row) for row in rows]
+    mask = [m for row in rows for m in row]
+    batch = batch_of(None, lengths, [1.0] * len(rows), mask=mask)
+    expected = [len(row) - row.index(True) if True in row else 0 for row in rows]
+    assert response_lengths(batch).tolist() == expected
 
 
 def test_truncated_response_hand_worked():

@@ -24,17 +24,24 @@ from aggscope.core.weights import ModeSummary, analyse_step
 
 @dataclass(frozen=True)
 class _StepTokens:
-    """The loss tokens of one step that a histogram counts: finite, non-zero advantage.
+    """The loss tokens of one step that a histogram counts (finite, non-zero advantage), as runs.
+
+    A run is consecutive counted tokens of one row with one advantage: every token of a run has
+    the same ``|g| = w_row * |A|`` and so falls in the same bin, and a run counts as its length.
+    Outcome-reward advantages (GRPO and its kin) are one value per row, so a step's histogram
+    costs its rows, not its tokens; per-token advantages give about one run per token.
 
     Attributes:
-        row: ``[n_counted]`` seq_index of each counted token.
-        log10_abs_adv: ``[n_counted]`` float64 ``log10 |A|``.
-        positive: ``[n_counted]`` bool, advantage > 0.
+        row: ``[n_runs]`` seq_index of each run.
+        log10_abs_adv: ``[n_runs]`` float64 ``log10 |A|`` of the run's advantage.
+        positive: ``[n_runs]`` bool, advantage > 0.
+        length: ``[n_runs]`` int64 counted tokens in the run.
     """
 
     row: np.ndarray
     log10_abs_adv: np.ndarray
     positive: np.ndarray
+    length: np.ndarray
 
     @classmethod
     def of(cls, batch: StepBatch) -> _StepTokens:
@@ -43,9 +50,15 @@ class _StepTokens:
         lengths = batch.offsets[1:] - batch.offsets[:-1]  # [n_seqs]
         # int32 row ids (built once per step, shared by every SPEC) halve the gather's memory traffic.
         row_dtype = np.int32 if batch.n_sequences < 2**31 else np.int64
-        row = np.repeat(np.arange(batch.n_sequences, dtype=row_dtype), lengths)[counted]
-        kept = advantages[counted]
-        return cls(row, np.log10(np.abs(kept).astype(np.float64)), kept > 0)
+        row = np.repeat(np.arange(batch.n_sequences, dtype=row_dtype), lengths)[counted]  # [n_counted]
+        kept = advantages[counted]  # [n_counted]
+        starts = np.ones(row.size, dtype=bool)  # a run starts where the row or the advantage changes
+        np.not_equal(row[1:], row[:-1], out=starts[1:])
+        starts[1:] |= kept[1:] != kept[:-1]
+        first = np.flatnonzero(starts)  # [n_runs]
+        run_length = np.diff(np.append(first, row.size))  # [n_runs]
+        run_adv = kept[first]
+        return cls(row[first], np.log10(np.abs(run_adv).astype(np.float64)), run_adv > 0, run_length)
 
 
 def _histogram(tokens: _StepTokens, row_weight: np.ndarray, summary: ModeSummary) -> tuple[np.ndarray, np.ndarray]:
@@ -61,20 +74,21 @@ def _histogram(tokens: _StepTokens, row_weight: np.ndarray, summary: ModeSummary
     with np.errstate(divide="ignore", invalid="ignore"):
         log_weight = np.log10(row_weight.astype(np.float64) / mean_abs)  # [n_seqs], -inf where w = 0
     valid_row = np.isfinite(log_weight)  # [n_seqs]
-    row, log10_abs_adv, positive = tokens.row, tokens.log10_abs_adv, tokens.positive
-    if not valid_row.all():  # rare (a row without weight): only then pay a per-token mask
-        keep = valid_row[row]  # [n_counted]
-        row, log10_abs_adv, positive = row[keep], log10_abs_adv[keep], positive[keep]
+    row, log10_abs_adv, positive, length = tokens.row, tokens.log10_abs_adv, tokens.positive, tokens.length
+    if not valid_row.all():  # rare (a row without weight): only then pay a per-run mask
+        keep = valid_row[row]  # [n_runs]
+        row, log10_abs_adv, positive, length = row[keep], log10_abs_adv[keep], positive[keep], length[keep]
     low, high = float(HISTOGRAM_LOG10_EDGES[0]), float(HISTOGRAM_LOG10_EDGES[-1])
     counts = np.zeros(2 * bins, dtype=np.int64)
     # Blocks that stay in the CPU cache through the dozen passes below (as np.histogram does);
-    # negative-advantage tokens count in bins [bins, 2 * bins): one bincount for both signs.
+    # negative-advantage runs count in bins [bins, 2 * bins): one bincount for both signs.
     for start in range(0, row.size, _HISTOGRAM_BLOCK):
         part = slice(start, start + _HISTOGRAM_BLOCK)
         values = np.clip(log10_abs_adv[part] + log_weight[row[part]], low, high)  # [block]
         index = uniform_bin_index(values, HISTOGRAM_LOG10_EDGES)
         index[~positive[part]] += bins
-        counts += np.bincount(index, minlength=2 * bins)
+        # run lengths as float64 weights: exact for counts below 2**53
+        counts += np.rint(np.bincount(index, weights=length[part], minlength=2 * bins)).astype(np.int64)
     return counts[:bins], counts[bins:]
 
 

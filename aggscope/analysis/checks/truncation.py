@@ -30,11 +30,14 @@ def parse_max_response_len(value: int | None) -> int | None:
 
 def response_lengths(batch: StepBatch) -> np.ndarray:
     """``[n_seqs]`` int64 tokens from each row's first loss token to its end (0 without loss tokens)."""
-    loss_positions = np.flatnonzero(batch.loss_mask)  # [n_loss]
-    row_of = np.searchsorted(batch.offsets[1:], loss_positions, side="right")  # [n_loss]
-    rows_with, first = np.unique(row_of, return_index=True)
+    loss_positions = np.flatnonzero(batch.loss_mask)  # [n_loss], ascending, so grouped by row
+    # loss tokens per row (a cumulative count read at the row ends): row r's first loss token is
+    # loss_positions[number of loss tokens in the rows before r]; no per-token row search or sort
+    before_end = np.searchsorted(loss_positions, batch.offsets)  # [n_seqs + 1] loss tokens before each offset
+    counts = np.diff(before_end)  # [n_seqs]
+    rows_with = np.flatnonzero(counts)
     lengths = np.zeros(batch.n_sequences, dtype=np.int64)
-    lengths[rows_with] = batch.offsets[rows_with + 1] - loss_positions[first]
+    lengths[rows_with] = batch.offsets[rows_with + 1] - loss_positions[before_end[rows_with]]
     return lengths
 
 
