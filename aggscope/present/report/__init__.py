@@ -115,12 +115,11 @@ def report_json(document: dict[str, Any]) -> str:
     file easy to read and to grep by uid at a fraction of the cost.
     """
     drilldown = document.get("drilldown")
-    prompts = drilldown.get("prompts") if isinstance(drilldown, dict) else None
-    if not prompts:
+    if not isinstance(drilldown, dict) or not drilldown.get("prompts"):
         return json.dumps(document, indent=2) + "\n"
     marker = f"prompts-{secrets.token_hex(16)}"  # a string no input can hold: it is drawn now
     shell = {**document, "drilldown": {**drilldown, "prompts": marker}}
-    lines = ",\n".join("      " + json.dumps(prompt, separators=(", ", ": ")) for prompt in prompts)
+    lines = ",\n".join("      " + json.dumps(prompt, separators=(", ", ": ")) for prompt in drilldown["prompts"])
     text = json.dumps(shell, indent=2)
     return text.replace(json.dumps(marker), "[\n" + lines + "\n    ]") + "\n"
 
