@@ -109,7 +109,10 @@ def _build_input(
     max_completion_length: Optional[int] = None,
 ) -> InputSpec:
     from aggscope.io.columns import parse_column_overrides
+    from aggscope.io.paths import refuse_missing
 
+    if path is not None:
+        refuse_missing(str(path))
     return InputSpec(
         str(path) if path is not None else None,
         parse_column_overrides(col or []),

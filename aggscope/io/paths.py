@@ -42,6 +42,21 @@ def natural_key(path: str) -> tuple[list[Any], str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)], path
 
 
+def refuse_missing(path: str) -> None:
+    """One line when a local ``path`` (not a URI) names nothing: no file, folder or glob match.
+
+    The command line calls it before anything heavy is imported, so a mistyped path costs
+    start-up only; the readers check the same again (``list_files``) with the same words.
+    """
+    if "://" in path or os.path.lexists(path):
+        return
+    if any(ch in path for ch in GLOB_CHARS):
+        if not any(not os.path.isdir(p) for p in globlib.iglob(path, recursive=True)):
+            raise AggscopeError(f"{path}: no file matches this pattern")
+        return
+    raise AggscopeError(f"{path}: no such file or directory")
+
+
 def list_files(path: str, suffixes: Sequence[str], what: str) -> list[str]:
     """The local files behind a file, a directory or a glob (see the module docstring).
 

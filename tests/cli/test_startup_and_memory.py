@@ -99,6 +99,13 @@ def test_usage_errors_import_no_pyarrow() -> None:
         assert _exit_and_loaded(probe, args) == (2, "[]"), f"aggscope {' '.join(args)}"
 
 
+def test_a_missing_path_is_told_before_numpy_or_pyarrow_load() -> None:
+    """A mistyped path (file, folder or glob) costs start-up only: it is checked before any reader loads."""
+    probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("pyarrow", "numpy")')
+    for args in (["check", "no_such_file.parquet"], ["weights", "no_such_dir/"], ["report", "nowhere/*.parquet"]):
+        assert _exit_and_loaded(probe, args) == (2, "[]"), f"aggscope {' '.join(args)}"
+
+
 def test_safe_load_imports_torch_only_when_a_dump_needs_it() -> None:
     """``aggscope.io.safe_load`` is imported by the SkyRL and slime readers; its allow-list is built on first use."""
     code = (
