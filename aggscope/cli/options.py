@@ -216,6 +216,10 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
     setup = layout.config.load(input_format)
     if input_spec.advantage is None and input_format == "verl" and setup.estimator is not None:
         input_spec = dataclasses.replace(input_spec, advantage=setup.estimator)
+    if input_spec.max_completion_length is None and input_format == "trl" and setup.trainer == "trl":
+        # TRL's log holds text: a completion as long as the config's max_completion_length was cut
+        # there and has no end token to count (``--max-completion-length`` still wins)
+        input_spec = dataclasses.replace(input_spec, max_completion_length=setup.response_cap)
     rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
     from aggscope.presets.recorded import with_recorded_layout

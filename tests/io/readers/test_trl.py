@@ -170,3 +170,31 @@ def test_trl_the_same_prompt_in_two_groups_is_two_groups(tmp_path: Path) -> None
     assert list(batch.row_uids()) == [a, a, text_uid("B"), text_uid("B"), f"{a}#1", f"{a}#1"]
     # the second A group has rewards 1, 1: advantage 0 (one group of four would give it +0.43 each)
     assert [adv[0] for _, _, adv in per_row(batch)][4:] == [0.0, 0.0]
+
+
+def test_trl_config_gives_the_completion_cap(tmp_path: Path) -> None:
+    # The config's max_completion_length 2 does what --max-completion-length 2 does: the 2-token
+    # completion reached the cap (no EOS to count); a larger explicit cap still wins over the config.
+    import json
+
+    from dumps import runner
+
+    from aggscope.cli import app
+
+    pq.write_table(trl_table(1), tmp_path / "completions_00001.parquet")
+    config = tmp_path / "grpo_config.json"
+    settings = {"per_device_train_batch_size": 4, "num_generations": 2, "gradient_accumulation_steps": 1}
+    config.write_text(json.dumps({**settings, "max_completion_length": 2, "loss_type": "dapo"}))
+
+    def loss_tokens(*extra: str) -> int:
+        done = runner.invoke(app, ["weights", str(tmp_path), "--json", "--config", str(config), *extra])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)["steps"][0]["loss_tokens"]
+
+    from_config, explicit, uncapped = (
+        loss_tokens(),
+        loss_tokens("--max-completion-length", "2"),
+        loss_tokens("--max-completion-length", "100"),
+    )
+    assert from_config == explicit == 7  # lengths 2, 2, 1, 2 (test above)
+    assert uncapped == 8  # every completion's EOS counted: 2, 3, 1, 2
