@@ -223,6 +223,23 @@ BAD = [
     ),
     (["--config", "{tmp}/nemo_missing.yaml"], ["nemo_missing.yaml: grpo.num_generations_per_prompt is missing"]),
     (
+        ["--config", NEMO, "--set", "policy.sequence_packing.algorithm=best_fit"],
+        ["policy.sequence_packing.algorithm is 'best_fit'; NeMo-RL's get_packer accepts concatenative, first_fit_decreasing"],
+    ),
+    (
+        ["--config", "{tmp}/nemo_no_budget.yaml"],
+        ["nemo_no_budget.yaml: policy.sequence_packing.train_mb_tokens is missing"],
+    ),
+    (
+        ["--config", NEMO, "--set", "policy.dynamic_batching.enabled=true"],
+        ["policy.dynamic_batching.enabled and policy.sequence_packing.enabled are both true; NeMo-RL asserts"],
+    ),
+    (
+        ["--config", NEMO, "--set", "policy.sequence_packing.enabled=false", "--set", "policy.dynamic_batching.enabled=true",
+         "--set", "policy.dynamic_batching.train_mb_tokens=0"],
+        ["policy.dynamic_batching.train_mb_tokens must be at least 1, got 0"],
+    ),
+    (
         ["--config", NEMO, "--set", "policy.dtensor_cfg.tensor_parallel_size=3"],
         ["tensor_parallel_size leaves 4 GPUs not divisible"],
     ),
@@ -245,6 +262,9 @@ def _bad_files(tmp: Path) -> None:
         Path(VERL).read_text().replace("ppo_micro_batch_size_per_gpu: 8", "ppo_micro_batch_size_per_gpu: 5")
     )
     (tmp / "nemo_missing.yaml").write_text("grpo:\n  num_prompts_per_step: 8\n")
+    (tmp / "nemo_no_budget.yaml").write_text(
+        "\n".join(line for line in Path(NEMO).read_text().splitlines() if not line.strip().startswith("train_mb_tokens")) + "\n"
+    )
 
 
 @pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a).replace(str(SAMPLE_DATA) + "/", "") for a, _ in BAD])
