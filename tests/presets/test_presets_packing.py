@@ -53,7 +53,9 @@ def random_step(rng: np.random.Generator, n_rows: int) -> tuple[list[int], list[
 def aggscope_weights(files: list[str], sets: list[str], lengths: list[int], masks: list[np.ndarray]) -> np.ndarray:
     applied = apply_setup(load_setup(files, sets=sets), {})
     flat = np.concatenate(masks)
-    batch = StepBatch.from_flat(np.ones_like(flat), flat, np.cumsum([0, *lengths]), uids=[str(i // 4) for i in range(len(lengths))])
+    batch = StepBatch.from_flat(
+        np.ones_like(flat), flat, np.cumsum([0, *lengths]), uids=[str(i // 4) for i in range(len(lengths))]
+    )
     return np.asarray(compute_weights(batch, applied.setup.mode, applied.layout).token_weights(np.float64))
 
 
