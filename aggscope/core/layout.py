@@ -24,10 +24,16 @@ That is the ``canonical`` composition (mini-batches first). verl 0.9.1 composes 
 ``ranks_first``: the whole step is cut into ``dp_size`` contiguous rank shards first (same sizing
 rule), each shard into chunks of ``mini_batch_size / dp_size`` rows, and mini-batch ``b`` is the
 ``b``-th chunk of every shard (``verl/workers/engine_workers.py`` ``train_mini_batch``).
+
+With ``rank_shuffle_seed`` (verl ``actor.shuffle``), each rank walks its shard in a new random order
+every pass before it is cut into chunks: the order of a ``torch.utils.data.DataLoader(shuffle=True)``
+whose ``torch.Generator`` is seeded ``rank_shuffle_seed + rank`` once per step and drawn again for
+every pass (verl ``utils/tensordict_utils.py`` ``make_iterator``); ``pass_index`` selects the pass.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +49,7 @@ ORDERS = ("logged", "grouped", "shuffle", "balanced")
 MAX_SIZE = 2**31 - 1
 MAX_SEED = 2**63 - 1
 COMPOSITIONS = ("canonical", "ranks_first")
-_OPTIONAL_FIELDS = {"micro_batch_tokens": None, "prompt_tokens": 0, "passes": 1}
+_OPTIONAL_FIELDS = {"micro_batch_tokens": None, "prompt_tokens": 0, "passes": 1, "rank_shuffle_seed": None}
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,11 @@ class Layout:
             (``micro_batch_tokens``, ``balanced``): the prompt, which most dumps do not hold.
         passes: how many times the trainer trains on every mini-batch of the step with the same
             split (verl ``ppo_epochs`` without ``shuffle``, TRL ``num_iterations``): a token's
-            weight is the sum over the passes, ``passes`` times one pass's.
+            weight is the sum over the passes, ``passes`` times one pass's (with
+            ``rank_shuffle_seed``, each pass has its own split).
+        rank_shuffle_seed: verl's ``actor.shuffle`` with ``data_loader_seed``: under ``ranks_first``,
+            each rank's shard is walked in a torch ``DataLoader`` shuffle order seeded
+            ``rank_shuffle_seed + rank``, a new draw every pass (None: no shuffle).
     """
 
     mini_batch_size: int | None = None
@@ -80,6 +90,7 @@ class Layout:
     micro_batch_tokens: int | None = None
     prompt_tokens: int = 0
     passes: int = 1
+    rank_shuffle_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("mini_batch_size", "mini_batch_prompts", "micro_batch_size", "max_seq_len", "micro_batch_tokens", "passes"):
@@ -112,6 +123,13 @@ class Layout:
             raise AggscopeError(
                 f"layout: unknown composition {self.composition!r}{did_you_mean(self.composition, COMPOSITIONS)}; valid compositions: {', '.join(COMPOSITIONS)} (--composition)"
             )
+        if self.rank_shuffle_seed is not None:
+            if not _whole(self.rank_shuffle_seed) or not 0 <= self.rank_shuffle_seed <= MAX_SEED - MAX_SIZE:
+                raise AggscopeError(
+                    f"layout: rank_shuffle_seed must be a whole number from 0 to {MAX_SEED - MAX_SIZE:,}, got {self.rank_shuffle_seed!r}"
+                )
+            if self.composition != "ranks_first":
+                raise AggscopeError("layout: rank_shuffle_seed (verl's actor.shuffle) needs --composition ranks_first")
         if self.composition == "ranks_first":
             if self.mini_batch_prompts is not None:
                 raise AggscopeError("layout: --composition ranks_first counts mini-batches in sequences: give --mini-batch-size")
@@ -210,7 +228,12 @@ def trainer_order(
 
 
 def split_step(
-    n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int, seq_lengths: np.ndarray | None = None
+    n_rows: int,
+    group_ids: np.ndarray | None,
+    layout: Layout,
+    step: int,
+    seq_lengths: np.ndarray | None = None,
+    pass_index: int = 0,
 ) -> Split:
     """Assign every row of a step to its mini-batch, rank shard and micro-batch.
 
@@ -221,11 +244,15 @@ def split_step(
         step: the step number (seeds ``shuffle``).
         seq_lengths: ``[n_rows]`` sequence lengths (prompt + response tokens) in input order; needed
             when ``layout.needs_lengths``.
+        pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
+            ``rank_shuffle_seed`` makes the passes differ.
     """
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
     order = trainer_order(n_rows, group_ids, layout, step, seq_lengths)  # [n] seq_index by position
     positions = np.arange(n_rows, dtype=np.int64)  # [n]
+    if layout.rank_shuffle_seed is not None:
+        order = order[_rank_shuffled_positions(n_rows, layout, pass_index)]
     if layout.composition == "ranks_first":
         mini_batch_at, rank_at, micro_at = _ranks_first(positions, layout)
     else:
@@ -266,6 +293,44 @@ def split_step(
         micro_unit=by_row(micro_unit_at),
         n_mini_batches=n_mini_batches,
     )
+
+
+def _rank_shuffled_positions(n_rows: int, layout: Layout, pass_index: int) -> np.ndarray:
+    """``[n]`` the trainer position each rank walks at each place of its shard in pass ``pass_index``
+    (verl ``actor.shuffle``): every rank's contiguous shard permuted by its own seeded draw."""
+    if not 0 <= pass_index < layout.passes:
+        raise AggscopeError(f"layout: pass {pass_index} of a layout with {layout.passes} passes")
+    positions = np.arange(n_rows, dtype=np.int64)
+    rank_at, shard_start = _shards(positions, np.full_like(positions, n_rows), layout.dp_size)
+    shuffled = positions.copy()
+    assert layout.rank_shuffle_seed is not None
+    for rank in np.unique(rank_at).tolist():
+        rows = np.flatnonzero(rank_at == rank)
+        permutation = verl_shuffle_orders(rows.size, layout.rank_shuffle_seed + rank, layout.passes)[pass_index]
+        shuffled[rows] = int(shard_start[rows[0]]) + permutation
+    return shuffled
+
+
+@functools.lru_cache(maxsize=64)
+def verl_shuffle_orders(size: int, seed: int, passes: int) -> np.ndarray:
+    """``[passes, size]`` the order a rank walks ``size`` rows in, pass by pass, as verl 0.9.1's
+    ``make_iterator`` draws it with ``shuffle=True``: one ``torch.Generator`` seeded ``seed`` and a
+    ``torch.utils.data.DataLoader`` over the rows iterated once per pass (each new iterator draws its
+    base seed from the generator, then its ``RandomSampler`` a ``torch.randperm``). torch's own
+    classes draw it, so it is the trainer's order wherever the trainer's torch draws as this one does."""
+    import torch  # only a shuffled verl layout needs it
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    # only the sampler's draws matter: the rows themselves are the dataset (verl's is torch.arange)
+    rows: Any = range(size)
+    loader: DataLoader[int] = DataLoader(rows, batch_size=max(size, 1), shuffle=True, generator=generator, collate_fn=list)
+    orders = np.empty((passes, size), dtype=np.int64)
+    for index in range(passes):
+        orders[index] = [row for batch in loader for row in batch]
+    orders.setflags(write=False)
+    return orders
 
 
 def _need_lengths(seq_lengths: np.ndarray | None, n_rows: int, option: str) -> np.ndarray:

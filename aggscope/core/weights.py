@@ -91,16 +91,18 @@ class StepWeights:
         return summarize(self.batch.stats, self.row_weight)
 
 
-def split_batch(batch: StepBatch, layout: Layout) -> Split:
-    """Where every row of the batch lands under the layout (``split_step`` with the batch's sizes).
+def split_batch(batch: StepBatch, layout: Layout, pass_index: int = 0) -> Split:
+    """Where every row of the batch lands under the layout (``split_step`` with the batch's sizes),
+    in pass ``pass_index`` (the passes differ only under ``layout.rank_shuffle_seed``).
 
     A row's sequence length, where the layout counts it (token budgets, verl's balancing), is its
     tokens in the input plus ``layout.prompt_tokens``: dumps hold the response, seldom the prompt.
     """
     if not layout.needs_lengths:
-        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step)
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, pass_index=pass_index)
     try:
-        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, batch.stats.lengths + layout.prompt_tokens)
+        lengths = batch.stats.lengths + layout.prompt_tokens
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, lengths, pass_index)
     except AggscopeError as exc:  # a split by lengths fails on one step's data: say which
         raise AggscopeError(f"{batch.source} step {batch.step}: {exc.message}") from None
 
@@ -112,14 +114,27 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
         batch: the step.
         mode: a ``Mode`` or any mode name or alias.
         layout: the trainer configuration (default: one mini-batch, one rank, no micro-batching).
-        split: a split already computed for this batch and layout, to share between modes.
+        split: a split already computed for this batch and layout (its first pass), to share
+            between modes.
     """
     layout = layout or Layout()
     (resolved,) = resolve_modes([mode]) if isinstance(mode, str) else (mode,)
     check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
     if split is None:
         split = split_batch(batch, layout)
-    inputs = ModeInputs(
+    row_weight = resolved.weight(_mode_inputs(batch, layout, split))
+    if layout.rank_shuffle_seed is not None and layout.passes > 1:
+        # every pass draws its own mini-batches: the weight is the sum over the passes' splits
+        for pass_index in range(1, layout.passes):
+            row_weight = row_weight + resolved.weight(_mode_inputs(batch, layout, split_batch(batch, layout, pass_index)))
+    elif layout.passes != 1:
+        # every pass trains the same split with the same weights (Layout.passes): their sum
+        row_weight = row_weight * float(layout.passes)
+    return StepWeights(batch, resolved, layout, split, row_weight)
+
+
+def _mode_inputs(batch: StepBatch, layout: Layout, split: Split) -> ModeInputs:
+    return ModeInputs(
         loss_tokens=batch.stats.loss_tokens.astype(np.float64),
         split=split,
         group_ids=batch.group_ids,
@@ -127,11 +142,6 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
         max_seq_len=layout.max_seq_len,
         lengths=batch.stats.lengths.astype(np.float64),
     )
-    row_weight = resolved.weight(inputs)
-    if layout.passes != 1:
-        # every pass trains the same split with the same weights (Layout.passes): their sum
-        row_weight = row_weight * float(layout.passes)
-    return StepWeights(batch, resolved, layout, split, row_weight)
 
 
 @dataclass(frozen=True)

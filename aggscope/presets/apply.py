@@ -104,6 +104,12 @@ def apply_setup(
     if values["mini_batch_prompts"] is not None and values["composition"] == "ranks_first" and "composition" not in flags:
         values["composition"] = "canonical"
         overrides.append("composition canonical: mini-batches counted in prompts are cut before the rank shards")
+    if values["rank_shuffle_seed"] is not None and values["composition"] != "ranks_first":
+        overrides.append(
+            f"composition {values['composition']}: the config's per-rank shuffle ({_derived(setup, 'rank_shuffle_seed', values['rank_shuffle_seed'])}) "
+            "exists only under ranks_first and is dropped"
+        )
+        values["rank_shuffle_seed"] = None
     if "seed" in flags and values["order"] != "shuffle":
         raise AggscopeError("--seed applies only to --order shuffle; add --order shuffle or drop --seed")
     layout = Layout(**values)

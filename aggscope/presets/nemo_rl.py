@@ -11,6 +11,19 @@ branch (snapshot 7ea279a, 2026-08-22); not checked against a released wheel.
   ``sequence_mean_nonempty``, since the nemo-rl reader zeroes the mask of dropped samples).
 - ``dp = cluster.num_nodes * cluster.gpus_per_node`` over the tensor, context (and Megatron
   pipeline) parallel sizes. NeMo-RL has no defaults for these keys: a config without them is refused.
+- Sequence packing (``policy.sequence_packing``) and dynamic batching (``policy.dynamic_batching``)
+  change which samples share a micro-batch, never a weight: both work inside one global batch
+  (``batched_data_dict.py`` ``shard_by_batch_size``: each ``train_global_batch_size`` chunk is packed
+  into bins of ``train_mb_tokens`` by ``nemo_rl/data/packing/algorithms.py`` ``get_packer``, bins dealt
+  to the ranks round-robin; dynamic batching sorts a chunk by length and strides it over the ranks),
+  and the denominators are the global batch's valid tokens or samples summed over all ranks before
+  any micro-batch is cut (``models/automodel/data.py`` and ``models/megatron/data.py``
+  ``process_global_batch``). Each packed sequence's loss is ``loss_fn`` with those global counts
+  (``algorithms/loss/wrapper.py`` ``SequencePackingLossWrapper``), the micro-batch losses are summed
+  by backward, scaled by ``dp`` (``models/automodel/train.py`` ``automodel_forward_backward``) and
+  averaged over ranks, and padding micro-batches are multiplied by 0. So the weights are those of
+  the unpacked layout (tests/presets/test_presets_packing.py checks it on random packings); only
+  findings that look at micro-batches describe whole rank shards instead.
 """
 
 from __future__ import annotations
@@ -29,7 +42,19 @@ KNOWN = {
     "loss_fn.sequence_level_importance_ratios": "sequence-level ratios (GSPO): change each token's loss, not its weight",
     "grpo.normalize_rewards": "advantage scaling: the dump holds the advantages",
     "grpo.use_leave_one_out_baseline": "advantage baseline: the dump holds the advantages",
+    "policy.sequence_packing.microbatch_order": "order a rank runs its packed micro-batches in: changes no weight",
+    "policy.sequence_packing.sequence_length_round": "padding of packed sequences: padding is not a loss token",
+    "policy.make_sequence_length_divisible_by": "padding of packed sequences: padding is not a loss token",
+    "policy.dynamic_batching.sequence_length_round": "padding of a micro-batch: padding is not a loss token",
+    "policy.sequence_packing.logprob_mb_tokens": "token budget of the log-prob pass: no gradient",
+    "policy.dynamic_batching.logprob_mb_tokens": "token budget of the log-prob pass: no gradient",
 }
+# nemo_rl/data/packing/algorithms.py PackingAlgorithm (get_packer takes the name in any case)
+PACKING_ALGORITHMS = ("concatenative", "first_fit_decreasing", "first_fit_shuffle", "modified_first_fit_decreasing")
+_NO_WEIGHT_CHANGE = (
+    "NeMo-RL's denominators are the global batch's valid tokens or samples over all ranks (process_global_batch), "
+    "so no weight depends on it; micro-batch findings describe whole rank shards"
+)
 
 
 def derive(reader: ConfigReader) -> TrainerSetup:
@@ -60,15 +85,7 @@ def derive(reader: ConfigReader) -> TrainerSetup:
         ["grpo.num_prompts_per_step", "grpo.num_generations_per_prompt", "policy.train_global_batch_size"],
         f"{step_rows} samples / {reader.term('policy.train_global_batch_size')}",
     )
-    packed = [key for key in ("policy.sequence_packing.enabled", "policy.dynamic_batching.enabled") if reader.boolean(key, False)]
-    if packed:
-        draft.set("micro_batch_size", None, packed, f"{reader.term(packed[0])}: micro-batches by token budget (not modelled)")
-        draft.notes.append(
-            f"{packed[0]}: micro-batches hold whole samples up to a token budget, not modelled; NeMo-RL's denominators are "
-            "global per batch, so the trainer's weights do not depend on it; micro-batch findings describe whole rank shards"
-        )
-    else:
-        draft.set("micro_batch_size", micro, ["policy.train_micro_batch_size"])
+    _packing(reader, draft, micro)
     token_level = reader.boolean("loss_fn.token_level_loss", True)
     if token_level:
         draft.set("mode", "token_mean", ["loss_fn.token_level_loss"])
@@ -94,6 +111,36 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     )
     draft.set("advantage", None, [], "the dump holds the advantages")
     return draft.finish()
+
+
+def _packing(reader: ConfigReader, draft: Draft, micro: int) -> None:
+    """Micro-batches: ``train_micro_batch_size`` rows, or token-budget bins that change no weight."""
+    packing = reader.boolean("policy.sequence_packing.enabled", False)
+    dynamic = reader.boolean("policy.dynamic_batching.enabled", False)
+    if packing and dynamic:
+        raise reader.error(
+            "policy.dynamic_batching.enabled",
+            "and policy.sequence_packing.enabled are both true; NeMo-RL asserts at most one is: disable one",
+        )
+    if not (packing or dynamic):
+        draft.set("micro_batch_size", micro, ["policy.train_micro_batch_size"])
+        return
+    section = "policy.sequence_packing." if packing else "policy.dynamic_batching."
+    keys = [section + "enabled", section + "train_mb_tokens"]
+    budget = reader.integer(keys[1])
+    if packing:
+        algorithm = reader.text(section + "algorithm")
+        if not isinstance(algorithm, str) or algorithm.lower() not in PACKING_ALGORITHMS:
+            raise reader.error(
+                section + "algorithm", f"is {algorithm!r}; NeMo-RL's get_packer accepts {', '.join(PACKING_ALGORITHMS)}"
+            )
+        keys.append(section + "algorithm")
+        how = f"samples packed by {algorithm.lower()} into sequences of at most {budget} tokens"
+    else:
+        reader.integer(section + "sequence_length_round")
+        how = f"samples sorted by length and cut into micro-batches of at most {budget} tokens"
+    draft.set("micro_batch_size", None, keys, f"{section.split('.')[1]} {reader.term(keys[0])}: {how}")
+    draft.notes.append(f"{section}enabled: {how}; {_NO_WEIGHT_CHANGE}")
 
 
 def _dp_size(reader: ConfigReader, draft: Draft) -> int:

@@ -9,6 +9,8 @@ Facts from the wheel (``openrlhf-0.11.2.data/purelib/openrlhf/...``):
   (``utils/loss_utils.py``): token mode ``1 / T_step``; sample mode (``seq-mean-token-mean``, or
   ``policy_loss_type gspo``) ``1 / (N+ * L_i)`` where N+ counts only the samples with at least one
   trained token: aggscope's ``sequence_mean_nonempty``, not verl's ``sequence_mean``.
+- ``train.max_epochs`` passes (``ppo_actor.py`` ``ppo_train``): the same DataLoader iterated again,
+  reshuffled every epoch by the global torch RNG (seed unknown: estimated where it matters).
 - Micro-batches come from a ``DataLoader(shuffle=True, drop_last=True)`` on the global torch RNG
   (``trainer/ray/ppo_actor.py``), unless dynamic batching, ring attention or TP > 1.
 - ``dp = actor.num_nodes * actor.num_gpus_per_node / ds.ring_attn_size / ds.tensor_parallel_size``.
@@ -98,9 +100,18 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     _mode_and_advantage(reader, draft)
     epochs = reader.integer("train.max_epochs", 1)
     if epochs > 1:
-        draft.notes.append(
-            f"train.max_epochs {epochs}: every sample is trained {epochs} times, reshuffled each time: the numbers are those of one pass"
+        # ppo_actor.py ppo_train: one DataLoader over the replay buffer, iterated max_epochs times
+        draft.set(
+            "passes",
+            epochs,
+            ["train.max_epochs"],
+            f"{reader.term('train.max_epochs')}: every sample is trained once per epoch; a token's weight is the sum over the epochs",
         )
+        if shuffled and several:
+            draft.not_exact.append(
+                f"estimated: seed unknown: OpenRLHF reshuffles the step every epoch (train.max_epochs {epochs}) with the global "
+                "torch RNG, so each epoch's optimizer steps hold other samples; aggscope sums one draw over the epochs"
+            )
     if micro > 1 and shuffled:
         draft.notes.append(
             "OpenRLHF's DataLoader drops a rank's last samples that do not fill a micro-batch (drop_last): they are counted here"

@@ -3,9 +3,14 @@ checked against a released wheel.
 
 - One training step is one optimizer step: the trainer runs every micro-batch of the step's batch
   and then ``optimizer.step()`` once (``src/prime_rl/trainer/rl/train.py``).
-- The loss sums per-token losses and divides by the step's loss tokens summed over all ranks
-  (``rl_scale``, ``train.py``; ``loss.py`` ``compute_loss``): token_mean over the whole step, so the
-  packing of samples into micro-batches and the ranks do not change a weight.
+- Samples are packed into micro-batches of one row of at most ``seq_len`` tokens
+  (``src/prime_rl/trainer/batch.py`` ``prepare_batch``, ``packed_samples_into_micro_bs``: first fit),
+  ``position_ids`` restarting at each sample. The loss of a packed row is the sum over its samples
+  of their masked per-token losses (``loss.py`` ``compute_loss``, split by ``sequence_lengths``),
+  divided by ``rl_scale``, the step's loss tokens summed over all ranks and counted before the
+  micro-batch loop (``train.py``); FSDP's divide by the rank count is undone. So the weight is
+  token_mean over the whole step: neither the packing (``seq_len``) nor the ranks change a weight
+  (tests/presets/test_presets_packing.py checks it on random packings).
 - A step holds ``orchestrator.batch_size`` samples (``token_batch_size`` instead counts tokens).
 """
 
@@ -17,7 +22,8 @@ RELEASE = "prime-rl main (559b447)"
 DETECT = ("orchestrator.", "deployment.")
 KNOWN = {
     "orchestrator.group_size": "samples per example: groups, not weights",
-    "seq_len": "packing length of a micro-batch: the trainer's token mean is over the whole step, so packing changes no weight",
+    "seq_len": "packing length of a micro-batch (trainer/batch.py prepare_batch): the token mean is over the whole step "
+    "(train.py rl_scale), so packing changes no weight",
     "orchestrator.seq_len": "packing length of a micro-batch: changes no weight",
     "deployment.num_train_gpus": "trainer ranks: the token mean is over all ranks, so they change no weight",
 }

@@ -30,6 +30,7 @@ FLAG_NAMES = {
     "micro_batch_tokens": "micro-batch-tokens",
     "prompt_tokens": "prompt-tokens",
     "passes": "passes",
+    "rank_shuffle_seed": "rank-shuffle-seed",
     "mode": "mode",
     "advantage": "advantage",
     "response_cap": "response cap",
@@ -323,6 +324,7 @@ LAYOUT_FIELDS = (
     "micro_batch_tokens",
     "prompt_tokens",
     "passes",
+    "rank_shuffle_seed",
 )
 
 

@@ -19,6 +19,13 @@ Facts from the wheel (``verl/...``):
   micro-batch (``workers/utils/losses.py``, ``workers/utils/padding.py``).
 - ``dp = nnodes * n_gpus_per_node / ulysses_sequence_parallel_size`` (FSDP), or divided by the
   tensor, pipeline and context parallel sizes (Megatron).
+- ``ppo_epochs`` passes over the step's mini-batches. With ``actor.shuffle`` each rank walks its
+  shard in a new random order every epoch before cutting it into mini-batches: ``make_iterator``
+  wraps the shard in a ``torch.utils.data.DataLoader(shuffle=True)`` whose ``torch.Generator`` is
+  seeded ``data_loader_seed + dp rank`` (``engine_workers.py`` ``train_mini_batch``), made anew every
+  step, so every step draws the same orders; aggscope draws them with torch's own classes
+  (``Layout.rank_shuffle_seed``) and sums each token's weight over the epochs' splits. The v0
+  trainer (``ray_trainer.py``) passes the same seed and shuffle to the same worker.
 """
 
 from __future__ import annotations
@@ -116,11 +123,11 @@ def derive(reader: ConfigReader) -> TrainerSetup:
             "hold them, as verl's own dump does"
         )
     _micro_batches(reader, draft, rows // dp, dynamic, sequence_parallel)
-    mode = _mode(reader, draft, dynamic)
+    _mode(reader, draft, dynamic)
     _advantage(reader, draft)
     cap = reader.integer("data.max_response_length", 512)
     draft.set("response_cap", cap, ["data.max_response_length"])
-    _passes(reader, draft, mode, updates)
+    _passes(reader, draft, updates)
     return draft.finish()
 
 
@@ -274,30 +281,43 @@ def _advantage(reader: ConfigReader, draft: Draft) -> None:
         )
 
 
-def _passes(reader: ConfigReader, draft: Draft, mode: str, mini_batches: int) -> None:
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        return "(not installed)"
+
+
+def _passes(reader: ConfigReader, draft: Draft, mini_batches: int) -> None:
     epochs = reader.integer(ACTOR + "ppo_epochs", 1)
     shuffle = reader.boolean(ACTOR + "shuffle", False)
-    seed = reader.integer(ACTOR + "data_loader_seed", 42, minimum=0)
-    if shuffle and mini_batches > 1 and mode in ("token_mean", "seq_mean_token_sum_norm_padded"):
-        draft.refuse(
-            f"verl config: actor.shuffle true with {mini_batches} mini-batches per step: each rank draws its mini-batches with "
-            f"torch.randperm (seed data_loader_seed {seed} + rank), which aggscope does not reproduce yet, and {mode}'s "
-            "denominators depend on that draw: set shuffle false, or give --order shuffle (an aggscope draw) or --mode",
-            "order",
-            "mode",
+    if shuffle:
+        # make_iterator: DataLoader(shuffle=True) with a torch.Generator seeded data_loader_seed +
+        # dp rank, made anew every step (so every step draws the same orders) and drawn per epoch;
+        # verl adds the rank to the seed, so a null seed fails in verl itself
+        seed = reader.integer(ACTOR + "data_loader_seed", 42, minimum=0)
+        draft.set(
+            "rank_shuffle_seed",
+            seed,
+            [ACTOR + "shuffle", ACTOR + "data_loader_seed"],
+            f"{reader.term(ACTOR + 'shuffle')}, {reader.term(ACTOR + 'data_loader_seed')}: each rank walks its shard in "
+            "the order of a torch DataLoader shuffle seeded data_loader_seed + rank, a new draw every epoch",
         )
-    elif shuffle and mini_batches > 1:
         draft.notes.append(
-            "actor.shuffle true: which rows share a mini-batch follows verl's torch.randperm draw, not modelled; the trainer's "
-            f"{mode} weights do not depend on it, the split findings do"
+            f"actor.shuffle true: verl's per-rank orders are drawn here with torch {_torch_version()}'s DataLoader and "
+            "Generator, as verl 0.9.1's make_iterator draws them; a trainer on a torch release whose randperm draws "
+            "differently would have other mini-batches"
+            + ("" if mini_batches > 1 or epochs > 1 else " (one mini-batch and one epoch: the order changes no weight)")
         )
+    else:
+        reader.integer(ACTOR + "data_loader_seed", 42, minimum=0)
     if epochs > 1:
-        # without shuffle every epoch walks the same mini-batches; with it the mini-batch weights of
-        # the modes verl computes do not change between draws (refused above where they would)
         draft.set(
             "passes",
             epochs,
             [ACTOR + "ppo_epochs"],
             f"{reader.term(ACTOR + 'ppo_epochs')}: a token's weight is the sum over the epochs that train it"
-            + (" (each epoch in a new torch.randperm order)" if shuffle else ""),
+            + (" (each epoch in its own shuffled mini-batches)" if shuffle else ""),
         )

@@ -307,3 +307,33 @@ def test_config_choices_and_changes() -> None:
 def test_naming_the_configs_own_mode_is_not_an_override() -> None:
     assert apply_setup(load_setup([VERL]), {}, ["token-mean"]).overrides == ()
     assert apply_setup(load_setup([VERL]), {}, ["dapo"]).overrides == ()  # an alias of token_mean
+
+
+def test_verl_shuffle_is_a_seeded_per_rank_order() -> None:
+    setup = load_setup([VERL], sets=[f"{A}shuffle=true", f"{A}data_loader_seed=7", f"{A}ppo_epochs=2"])
+    assert (setup.layout.rank_shuffle_seed, setup.layout.passes, setup.refusals) == (7, 2, ())
+    assert lines(setup)["rank_shuffle_seed"].startswith("rank-shuffle-seed 7 = shuffle true, data_loader_seed 7: each rank walks")
+    assert any("torch" in note and "make_iterator" in note for note in setup.notes)
+    assert load_setup([VERL]).layout.rank_shuffle_seed is None
+    # mini-batches counted in prompts are canonical: verl's per-rank shuffle does not exist there
+    applied = apply_setup(setup, {"mini_batch_prompts": 8})
+    assert applied.layout.rank_shuffle_seed is None
+    assert any("per-rank shuffle (rank-shuffle-seed 7" in line and "dropped" in line for line in applied.overrides)
+
+
+def test_rank_shuffle_seed_needs_ranks_first() -> None:
+    from aggscope.core.layout import Layout
+
+    with pytest.raises(AggscopeError, match=r"rank_shuffle_seed \(verl's actor.shuffle\) needs --composition ranks_first"):
+        Layout(rank_shuffle_seed=1)
+    with pytest.raises(AggscopeError, match="rank_shuffle_seed must be a whole number"):
+        Layout(rank_shuffle_seed=-1, composition="ranks_first")
+
+
+def test_openrlhf_epochs_are_passes_estimated_when_reshuffled() -> None:
+    path = str(SAMPLE_DATA / "openrlhf_grpo.sh")
+    one_update = load_setup([path], sets=["train.max_epochs=2"])
+    assert one_update.layout.passes == 2 and not any("seed unknown" in t for t in one_update.not_exact)
+    several = load_setup([path], sets=["train.max_epochs=2", "train.batch_size=64"])
+    assert several.layout.passes == 2
+    assert any(t.startswith("estimated: seed unknown: OpenRLHF reshuffles the step every epoch") for t in several.not_exact)

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout
+from aggscope.core.layout import Layout, verl_shuffle_orders
 from aggscope.core.weights import compute_weights
 from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup
@@ -56,7 +56,11 @@ def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> li
         [
             [shards[rank][int(i)] for i in indices]
             for indices in code.tensordict_utils.make_iterator(
-                IndexBatch(shard), per_gpu, epochs=config["epochs"], seed=42 + rank, dataloader_kwargs={"shuffle": False}
+                IndexBatch(shard),
+                per_gpu,
+                epochs=config["epochs"],
+                seed=config.get("seed", 42) + rank,
+                dataloader_kwargs={"shuffle": config.get("shuffle", False)},
             )
         ]
         for rank in range(dp)
@@ -107,6 +111,8 @@ def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -
         f"trainer.n_gpus_per_node={config['dp']}",
         "algorithm.adv_estimator=grpo",
         f"{A}ppo_epochs={config['epochs']}",
+        f"{A}shuffle={str(config.get('shuffle', False)).lower()}",
+        f"{A}data_loader_seed={config.get('seed', 42)}",
     ]
     flags = {}
     if config.get("budget"):
@@ -138,9 +144,11 @@ def steps(draw: st.DrawFn) -> tuple[list[int], list[list[int]], dict]:
     prompt = draw(st.integers(0, 6))
     # use_dynamic_bsz: a budget from the longest sequence (verl's floor) to a few of them
     budget = draw(st.none() | st.integers(max(lengths) + prompt, 4 * (9 + prompt)))
-    epochs = draw(st.sampled_from([1, 1, 2]))  # ppo_epochs
+    epochs = draw(st.sampled_from([1, 1, 2, 3]))  # ppo_epochs
+    shuffle = draw(st.booleans())  # actor.shuffle, with data_loader_seed
+    seed = draw(st.sampled_from([0, 42, 2**40 + 7]))
     config = {"dp": dp, "n": n, "mini": mini, "prompts": prompts, "micro": micro, "agg": agg, "scale": scale}
-    return lengths, masks, config | {"budget": budget, "prompt": prompt, "epochs": epochs}
+    return lengths, masks, config | {"budget": budget, "prompt": prompt, "epochs": epochs, "shuffle": shuffle, "seed": seed}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -157,6 +165,36 @@ def test_verl_iterator_gives_each_rank_contiguous_chunks() -> None:
     # the fact ranks_first rests on: without shuffle, verl's iterator walks a rank's shard in order
     chunks = [idx.tolist() for idx in verl().tensordict_utils.make_iterator(IndexBatch(8), 2, epochs=1, seed=42)]
     assert chunks == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_verl_shuffle_orders_are_verls_iterator_draws() -> None:
+    # actor.shuffle: the orders aggscope draws for a rank are the chunks verl's make_iterator yields,
+    # epoch after epoch from one generator (so the epochs differ), and another seed draws another order
+    want = [
+        idx.tolist()
+        for idx in verl().tensordict_utils.make_iterator(
+            IndexBatch(12), 3, epochs=3, seed=43, dataloader_kwargs={"shuffle": True}
+        )
+    ]
+    orders = verl_shuffle_orders(12, 43, 3)
+    assert [orders[e][c : c + 3].tolist() for e in range(3) for c in range(0, 12, 3)] == want
+    assert orders[0].tolist() != orders[1].tolist() and sorted(orders[2].tolist()) == list(range(12))
+    assert verl_shuffle_orders(12, 44, 1)[0].tolist() != orders[0].tolist()
+
+
+def test_verl_shuffle_changes_token_mean_weights() -> None:
+    # 2 mini-batches of 4 rows on one rank, rows of 1..8 loss tokens: unshuffled, rows 0-3 weigh
+    # 1 / (1+2+3+4) = 1/10 and rows 4-7 1 / 26; shuffled, the mini-batches hold other rows, so the
+    # weights differ, and each equals verl's own
+    lengths = [1, 2, 3, 4, 5, 6, 7, 8]
+    masks = [[1] * length for length in lengths]
+    config = {"dp": 1, "n": 1, "mini": 4, "prompts": 8, "micro": 2, "agg": "token-mean", "scale": None, "epochs": 1}
+    plain = aggscope_weights(lengths, masks, config)
+    assert [float(w[0]) for w in plain] == pytest.approx([1 / 10] * 4 + [1 / 26] * 4, rel=1e-12)
+    shuffled = aggscope_weights(lengths, masks, config | {"shuffle": True})
+    assert [float(w[0]) for w in shuffled] != [float(w[0]) for w in plain]
+    expected = verl_weights(lengths, masks, config | {"shuffle": True})
+    torch.testing.assert_close(torch.cat(shuffled), torch.cat(expected), rtol=1e-12, atol=0)
 
 
 def test_canonical_composition_is_not_verls() -> None:
