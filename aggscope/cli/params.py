@@ -295,6 +295,20 @@ LAYOUT_PARAMS = [
         ],
         None,
     ),
+    param(
+        "rank_shuffle_seed",
+        Annotated[
+            Optional[int],
+            typer.Option(
+                metavar="S",
+                help="verl's actor.shuffle with data_loader_seed S (needs --composition ranks_first): each rank walks "
+                "its shard in the order of torch's DataLoader shuffle seeded S + rank, a new draw every pass.",
+                rich_help_panel=LAYOUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
 ]
 
 CONFIG_PARAMS = [

@@ -39,6 +39,7 @@ def test_every_layout_option_is_a_key() -> None:
         "micro-batch-tokens",
         "prompt-tokens",
         "passes",
+        "rank-shuffle-seed",  # verl's actor.shuffle: from a verl config, or a SPEC (rank-shuffle-seed=none drops it)
     }
     spec = parse_spec("prompt_mean,order=shuffle,seed=7,max-seq-len=512", BASE)
     assert (spec.layout.order, spec.layout.seed, spec.layout.max_seq_len) == ("shuffle", 7, 512)
