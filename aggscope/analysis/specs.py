@@ -18,7 +18,9 @@ from aggscope.errors import AggscopeError, did_you_mean
 
 SPEC_KEYS = tuple(f.name.replace("_", "-") for f in fields(Layout))
 _TEXT_KEYS = frozenset({"order", "composition"})
-_OPTIONAL_KEYS = frozenset({"mini-batch-size", "mini-batch-prompts", "micro-batch-size", "max-seq-len", "micro-batch-tokens", "rank-shuffle-seed"})
+_OPTIONAL_KEYS = frozenset(
+    {"mini-batch-size", "mini-batch-prompts", "micro-batch-size", "max-seq-len", "micro-batch-tokens", "rank-shuffle-seed"}
+)
 _MINI_BATCH_KEYS = ("mini-batch-size", "mini-batch-prompts")
 
 
