@@ -161,6 +161,7 @@ class NemoRlRollouts(DumpRollouts[NemoRlSettings]):
         trained = mask_as_bool(raw_mask, offsets, lambda row, token: (f"{part.where(row)}: 'token_loss_mask'", f"token {token}"))
         sample_mask = part.column("sample_loss_mask").cast(pa.float64()).fill_null(1.0).to_numpy(zero_copy_only=False)
         loss_mask = trained & np.repeat(sample_mask != 0, lengths)
+        self._note_kept_without_tokens(part, sample_mask, trained, offsets)
         advantages = adv_lists.flatten().to_numpy(zero_copy_only=False)[keep]
         rewards = np.zeros(0)
         if self.settings.reward_field is not None:
@@ -171,6 +172,25 @@ class NemoRlRollouts(DumpRollouts[NemoRlSettings]):
             tokens = token_lists.flatten().to_numpy(zero_copy_only=False)[keep]
             uids = _prompt_uids(tokens, trained, offsets)
         return lengths, loss_mask, advantages, rewards, uids
+
+    def _note_kept_without_tokens(
+        self, part: JsonlTable, sample_mask: np.ndarray, trained: np.ndarray, offsets: np.ndarray
+    ) -> None:
+        """Say so where the weights of a sample-level loss are estimated: NeMo-RL's ``global_valid_seqs``
+        is the sum of ``sample_mask`` (``nemo_rl/models/automodel/data.py``), so a kept sample with no
+        trained token still counts, and a fractional mask counts its fraction; aggscope's
+        ``sequence_mean_nonempty`` counts the samples with trained tokens."""
+        trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int64)])  # [n_tokens + 1]
+        trained_per_row = trained_before[offsets[1:]] - trained_before[offsets[:-1]]  # [n_rows]
+        odd = ((sample_mask != 0) & (trained_per_row == 0)) | ((sample_mask != 0) & (sample_mask != 1))
+        if odd.any():
+            note = (
+                f"{part.where(int(np.flatnonzero(odd)[0]))}: {int(odd.sum())} sample(s) kept with no trained token or a "
+                "sample_loss_mask other than 0 or 1; NeMo-RL counts them in a sample-level loss's global_valid_seqs "
+                "(the sum of sample_mask): under loss_fn.token_level_loss false the weights of their global batch are estimated"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
 
 
 def _prompt_uids(tokens: np.ndarray, trained: np.ndarray, offsets: np.ndarray) -> np.ndarray:

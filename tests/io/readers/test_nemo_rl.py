@@ -45,3 +45,20 @@ def test_nemo_rl_mismatched_lengths_name_the_line(tmp_path: Path) -> None:
     assert "train_data_step1.jsonl: line 2: 'advantages' has 5 values but 'token_loss_mask' has 8" in cli_error(
         "inspect", str(path)
     )
+
+
+def test_nemo_rl_kept_samples_without_trained_tokens_are_said_to_make_weights_estimated(tmp_path: Path) -> None:
+    # NeMo-RL's global_valid_seqs sums sample_mask: the kept sample with no response token (row 1) counts
+    # in a sample-level loss's denominator, which aggscope's sequence_mean_nonempty does not model.
+    a = [11, 12, 13]
+    rows = [nemo_record(a, [1, 2], 0.5, 1.0), nemo_record(a, [], 0.5, 1.0), nemo_record(a, [3], -0.5, 0.0, keep=0.0)]
+    write_jsonl(tmp_path / "train_data_step1.jsonl", rows)
+    rollouts = open_rollouts(str(tmp_path))
+    list(rollouts.iter_steps())
+    (note,) = [n for n in rollouts.notes if "global_valid_seqs" in n]
+    assert "1 sample(s) kept with no trained token" in note and "estimated" in note
+    # the usual dump (a dropped sample, every kept one with trained tokens) gets no such note
+    write_jsonl(tmp_path / "train_data_step1.jsonl", [rows[0], rows[2]])
+    plain = open_rollouts(str(tmp_path))
+    list(plain.iter_steps())
+    assert not any("global_valid_seqs" in n for n in plain.notes)
