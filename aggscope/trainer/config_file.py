@@ -50,6 +50,8 @@ def config_yaml(config: Any, where: str) -> str:
 
 def _plain(value: Any) -> Any:
     """The value as YAML's safe types: mappings, lists, strings, numbers, booleans and null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
