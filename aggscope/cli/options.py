@@ -157,8 +157,8 @@ class ConfigSpec:
 
         if self.picked and self.logged is not None:
             return [
-                f"config {display_path(self.logged)}: written into the log folder by aggscope's trainer integration, used "
-                "as --config (give --config FILE to use another)"
+                f"{display_path(self.logged)}, written into the log folder by aggscope's trainer integration, is used as "
+                "--config (give --config FILE to use another)"
             ]
         if self.unused_logged is not None:
             return [f"the log folder's {Path(self.unused_logged).name} is not used: --config {', '.join(self.paths)} given"]

@@ -25,6 +25,7 @@ from trainer_losses import skyrl_weights, verl_weights
 from typer.testing import CliRunner
 
 from aggscope.cli import app
+from aggscope.errors import AggscopeError
 from aggscope.trainer.batch_log import flush_batch_logs
 from aggscope.trainer.config_file import config_yaml
 from aggscope.trainer.skyrl_hook import log_skyrl_batch
@@ -126,7 +127,9 @@ def skyrl_batch(mask: torch.Tensor, uids: list[str]) -> object:
     return batch
 
 
-@pytest.mark.parametrize("reduction", ["token_mean", "token_mean_legacy", "sequence_mean", "seq_mean_token_sum_norm", "prompt_mean"])
+@pytest.mark.parametrize(
+    "reduction", ["token_mean", "token_mean_legacy", "sequence_mean", "seq_mean_token_sum_norm", "prompt_mean"]
+)
 def test_skyrl_folder_weights_equal_skyrl_loss_reduction_under_the_logged_config(tmp_path: Path, reduction: str) -> None:
     from omegaconf import OmegaConf
 
@@ -204,7 +207,9 @@ def test_config_yaml_writes_dataclasses_and_refuses_other_objects() -> None:
     assert yaml.safe_load(config_yaml({"trainer": Trainer()}, "w")) == {
         "trainer": {"strategy": "fsdp2", "export_path": "/runs/x", "sizes": [1, 2]}
     }
-    with pytest.raises(Exception, match=r"^w: config must be the trainer's OmegaConf DictConfig, a dataclass or a mapping, not int$"):
+    with pytest.raises(
+        AggscopeError, match=r"^w: config must be the trainer's OmegaConf DictConfig, a dataclass or a mapping, not int$"
+    ):
         config_yaml(3, "w")
 
 
