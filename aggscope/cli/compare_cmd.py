@@ -8,7 +8,14 @@ import typer
 from aggscope.cli.app import app
 from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import config_notes
-from aggscope.cli.options import InputSpec, engine_options, input_options, open_configured, spec_layout_options
+from aggscope.cli.options import (
+    InputSpec,
+    engine_options,
+    input_options,
+    open_configured,
+    spec_layout_options,
+    with_logged_config,
+)
 from aggscope.cli.report_cmd import print_summary, step_progress
 from aggscope.errors import AggscopeError
 
@@ -51,8 +58,8 @@ def compare(
     from aggscope.analysis.specs import parse_specs
     from aggscope.present.outputs import check_output_directory
 
-    configured = layout
-    rollouts, layout, _, config = open_configured(input_spec, layout, None)
+    configured = with_logged_config(input_spec, layout)  # the log folder's config is the base, as --from-config
+    rollouts, layout, _, config = open_configured(input_spec, configured, None)
     changes: list[str] = []
     if getattr(configured, "candidates", ()) or (getattr(config, "setup", None) is not None and base is None):
         specs, changes = config_specs(configured, config, candidates or [], rollouts)

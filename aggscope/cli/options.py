@@ -128,16 +128,50 @@ def _build_input(
 
 @dataclass(frozen=True)
 class ConfigSpec:
-    """A trainer config as given on the command line (read only when a command needs it)."""
+    """A trainer config as given on the command line (read only when a command needs it).
+
+    Attributes:
+        logged: the config file a trainer integration wrote into the input's log folder, where it is
+            the one used (the input is then in the trainer's own order: ``load_setup(logged=True)``).
+        picked: True when ``logged`` was picked up from the folder, not given with ``--config``.
+        unused_logged: the log folder's config file, where ``--config`` named another.
+    """
 
     paths: tuple[str, ...]
     trainer: Optional[str]
     sets: tuple[str, ...]
+    logged: Optional[str] = None
+    picked: bool = False
+    unused_logged: Optional[str] = None
 
     def load(self, input_format: Optional[str] = None) -> Any:
         from aggscope.presets import load_setup
 
-        return load_setup(self.paths, trainer=self.trainer, sets=self.sets, input_format=input_format)
+        return load_setup(
+            self.paths, trainer=self.trainer, sets=self.sets, input_format=input_format, logged=self.logged is not None
+        )
+
+    def source_lines(self) -> list[str]:
+        """Where the config came from, when the input's log folder holds one."""
+        from aggscope.presets.files import display_path
+
+        if self.picked and self.logged is not None:
+            return [
+                f"{display_path(self.logged)}, written into the log folder by aggscope's trainer integration, is used as "
+                "--config (give --config FILE to use another)"
+            ]
+        if self.unused_logged is not None:
+            return [f"the log folder's {Path(self.unused_logged).name} is not used: --config {', '.join(self.paths)} given"]
+        return []
+
+
+@dataclass(frozen=True)
+class FlagLayout:
+    """Layout flags without a trainer config: the layout they give, and the flags given explicitly
+    (which win over a config the input's log folder holds, as over ``--config``)."""
+
+    layout: Any
+    flags: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -181,13 +215,41 @@ def _build_layout(
     if spec is not None:
         flags = {name: value for name, value in values.items() if value is not None}
         return ConfiguredLayout(flags, spec, tuple(to_config or ()))
+    flags = {name: value for name, value in values.items() if value is not None}
     defaults = {"dp_size": 1, "order": "logged", "composition": "canonical", "prompt_tokens": 0, "passes": 1}
     values = {**values, **{name: value for name, value in defaults.items() if values[name] is None}}
     if values["seed"] is None:
         values["seed"] = 0
     elif values["order"].strip().lower() != "shuffle" and not seed_for_specs:
         raise AggscopeError("--seed applies only to --order shuffle; add --order shuffle or drop --seed")
-    return Layout(**values)
+    return FlagLayout(Layout(**values), flags)
+
+
+def with_logged_config(input_spec: InputSpec, layout: Any) -> Any:
+    """The layout options with the config a trainer integration wrote into the input's log folder.
+
+    Without ``--config`` that file is the config (``--trainer``, ``--set`` and the layout flags still
+    apply over it); with ``--config`` the named files are used and the output says the folder's is
+    not. Without such a file, the options unchanged. Calling it twice gives the same result.
+    """
+    import dataclasses
+
+    from aggscope.io.logged_config import logged_config
+
+    found = logged_config(input_spec.path)
+    if found is None:
+        return layout
+    file, trainer = found
+    if isinstance(layout, FlagLayout):
+        return ConfiguredLayout(layout.flags, ConfigSpec((file,), trainer, (), logged=file, picked=True))
+    spec = layout.config
+    if not spec.paths or spec.picked:  # --trainer or --set alone: they start from the log folder's config
+        spec = dataclasses.replace(spec, paths=(file,), trainer=spec.trainer or trainer, logged=file, picked=True)
+    elif any(Path(path).resolve() == Path(file).resolve() for path in spec.paths):
+        spec = dataclasses.replace(spec, logged=file)
+    else:
+        spec = dataclasses.replace(spec, unused_logged=file)
+    return dataclasses.replace(layout, config=spec)
 
 
 def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str]]) -> tuple[Any, Any, Optional[list[str]], Any]:
@@ -202,6 +264,9 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         from aggscope.core.modes import resolve_mode_option
 
         resolve_mode_option(modes)  # an unknown mode is a usage error: say so before opening the input
+    layout = with_logged_config(input_spec, layout)
+    if isinstance(layout, FlagLayout):
+        layout = layout.layout
     if not isinstance(layout, ConfiguredLayout):
         rollouts = input_spec.open()
         from aggscope.presets.recorded import RecordedLayout, with_recorded_layout
@@ -222,6 +287,9 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         input_spec = dataclasses.replace(input_spec, max_completion_length=setup.response_cap)
     rollouts = input_spec.open()
     applied = apply_setup(setup, layout.flags, modes, has_groups=rollouts.has_groups, input_format=input_format)
+    source = layout.config.source_lines()
+    if source:
+        applied = dataclasses.replace(applied, overrides=(*source, *applied.overrides))
     from aggscope.presets.recorded import with_recorded_layout
 
     _, line = with_recorded_layout(rollouts, applied.layout, set_by="the config")  # the config wins; say what the dump held

@@ -37,7 +37,12 @@ def resolve_trainer(name: str) -> str:
 
 
 def load_setup(
-    paths: Sequence[str], *, trainer: str | None = None, sets: Sequence[str] = (), input_format: str | None = None
+    paths: Sequence[str],
+    *,
+    trainer: str | None = None,
+    sets: Sequence[str] = (),
+    input_format: str | None = None,
+    logged: bool = False,
 ) -> TrainerSetup:
     """Read the config files and overrides and derive the trainer's setup.
 
@@ -46,6 +51,8 @@ def load_setup(
         trainer: the trainer's name; None infers it from the config's keys, else from ``input_format``.
         sets: ``KEY=VALUE`` overrides in the trainer's own spelling (win over the files).
         input_format: the format of the rollouts being analysed (a trainer's dump implies the trainer).
+        logged: the rollouts are the log a trainer integration wrote beside this config, in the
+            trainer's own order (``ConfigReader.logged``).
 
     Raises:
         AggscopeError: one line naming the file and key, for a config the trainer would refuse.
@@ -55,7 +62,7 @@ def load_setup(
     config = read_config(paths, sets)
     name = resolve_trainer(trainer) if trainer is not None else infer_trainer(config, input_format)
     module = import_module(TRAINERS[name])
-    setup: TrainerSetup = module.derive(ConfigReader(config, name))
+    setup: TrainerSetup = module.derive(ConfigReader(config, name, logged=logged))
     return setup
 
 

@@ -178,11 +178,14 @@ class ConfigReader:
         config: the flat config.
         trainer: the preset's name, for messages.
         known: keys the preset knows without modelling them (their effect is listed by the preset).
+        logged: the input is the log an aggscope trainer integration wrote beside this config: its
+            rows are in the order the trainer trained them, one file per optimizer step it logged.
     """
 
     config: ConfigFiles
     trainer: str
     known: dict[str, str] = field(default_factory=dict)
+    logged: bool = False
     read: dict[str, Any] = field(default_factory=dict)
     defaulted: set[str] = field(default_factory=set)
 

@@ -123,7 +123,7 @@ def _loss(reader: ConfigReader, draft: Draft, spg: int, accumulation: int) -> No
             "to weigh each file on its own",
             "mini_batch_size",
         )
-    elif spg > accumulation:
+    elif spg > accumulation and not reader.logged:
         draft.notes.append(
             f"steps_per_generation {spg} > gradient_accumulation_steps {accumulation}: one generation batch is trained over "
             "several optimizer steps and consecutive completions files repeat it (with logging_steps 1): count each "
@@ -133,7 +133,13 @@ def _loss(reader: ConfigReader, draft: Draft, spg: int, accumulation: int) -> No
             "TRL shuffles a generation batch (global torch RNG) before cutting it into optimizer steps: which rows share a "
             "step is not in the files, so the mini-batch split and its findings are estimates"
         )
-    if spg > accumulation and mode == "token_mean":
+    if spg > accumulation and mode == "token_mean" and reader.logged:
+        draft.not_exact.append(
+            f"loss_type {loss_type} with steps_per_generation {spg} > gradient_accumulation_steps {accumulation}: TRL divides "
+            "by the loss tokens of the whole generation batch, which the mixin's log splits into optimizer steps: each "
+            "step is weighed by its own tokens (token_mean), an estimate"
+        )
+    elif spg > accumulation and mode == "token_mean":
         # num_items_in_batch counts the whole generation batch, rescaled by GA / SPG
         mode = "token_mean_generation"
         draft.set(
@@ -147,7 +153,12 @@ def _loss(reader: ConfigReader, draft: Draft, spg: int, accumulation: int) -> No
         draft.set("mode", mode, ["loss_type"])
     draft.set("advantage", None, [], "the completions files hold the advantages")
     iterations = reader.integer("num_iterations", 1)
-    if iterations > 1:
+    if iterations > 1 and reader.logged:
+        draft.notes.append(
+            f"num_iterations {iterations}: the mixin logs every iteration as the optimizer steps it is, so each logged step "
+            "is one pass (passes 1)"
+        )
+    elif iterations > 1:
         # TRL keeps the shuffled, split generation batch for all its iterations: the same split each pass
         draft.set(
             "passes",
@@ -207,7 +218,9 @@ def _steps_per_generation(reader: ConfigReader, per_device: int, processes: int,
 
 
 def _order(reader: ConfigReader, draft: Draft, mode: str) -> None:
-    if mode == "token_mean_legacy":
+    if reader.logged:  # the mixin logs each micro-batch as TRL feeds it to the loss, after its shuffle
+        draft.set("order", "logged", [], "the mixin logged each micro-batch in the order TRL trained it (after its shuffle)")
+    elif mode == "token_mean_legacy":
         draft.set(
             "order",
             "shuffle",

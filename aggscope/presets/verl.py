@@ -76,6 +76,8 @@ KNOWN = {
     "response lengths: add --prompt-tokens)",
     "trainer.rollout_data_dir": "where verl dumps rollouts, sorted by uid: the order the actor trained in is not kept",
     "data.max_prompt_length": "prompt cap: prompts are not loss tokens",
+    "algorithm.rollout_correction.rollout_is": "rollout importance-sampling weights (null: off): multiply each token's "
+    "loss by a per-token ratio clipped at rollout_is_threshold, on top of the weight aggscope computes (not modelled)",
     "algorithm.rollout_correction.rollout_rs": "rollout rejection sampling: rewrites response_mask but not the loss_mask "
     "verl's token-mean counts, so its denominators keep rejected tokens (not modelled)",
 }

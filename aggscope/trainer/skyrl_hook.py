@@ -11,6 +11,11 @@ Fields read (``TrainingInputBatch``): ``advantages`` and ``loss_mask`` (``[B, R]
 summed per row (where present), ``metadata["uids"]`` (else ``policy_prompt_boundaries``), and
 ``metadata["pad_size"]``: the padding rows ``pad_training_input_batch`` appended are not logged.
 Nothing of SkyRL is imported.
+
+With ``config=`` (the trainer's ``cfg``: SkyRL 0.4.0's ``SkyRLTrainConfig`` dataclass, or a Hydra
+``DictConfig``) the first call also writes it into the folder as ``skyrl_config.yaml``; the mixin
+does so. Every analysing command given the folder then takes the layout (``policy_mini_batch_size``
+in prompts, ranks, micro-batches, ``loss_reduction``) from it, as if ``--config`` had been given.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from typing import Any
 from aggscope.errors import AggscopeError
 from aggscope.io.readers.skyrl_layout import trained_rows
 from aggscope.trainer.batch_log import log_batch
+from aggscope.trainer.config_file import write_config_once
 
 
-def log_skyrl_batch(directory: str | os.PathLike[str], data: Any, *, step: int, rank: int | None = None) -> Path:
+def log_skyrl_batch(
+    directory: str | os.PathLike[str], data: Any, *, step: int, rank: int | None = None, config: Any = None
+) -> Path:
     """Log one SkyRL step's ``TrainingInputBatch`` (after ``compute_advantages_and_returns``) with ``log_batch``.
 
     Args:
@@ -32,6 +40,7 @@ def log_skyrl_batch(directory: str | os.PathLike[str], data: Any, *, step: int, 
         data: the batch: tensors by key (``data["advantages"]``) and a ``metadata`` dict.
         step: SkyRL's ``global_step``.
         rank: the rank, where each rank logs its own shard.
+        config: the trainer's config, written once as ``skyrl_config.yaml``; None: not written.
 
     Returns:
         The file the step is written to.
@@ -40,6 +49,7 @@ def log_skyrl_batch(directory: str | os.PathLike[str], data: Any, *, step: int, 
     advantages, loss_mask = _field(data, "advantages"), _field(data, "loss_mask")
     rows = trained_rows(metadata, int(loss_mask.shape[0]), "log_skyrl_batch")
     rewards = _field(data, "rewards", optional=True)
+    write_config_once(directory, "skyrl", config, rank=rank, where="log_skyrl_batch")
     return log_batch(
         directory,
         step=step,
@@ -54,7 +64,8 @@ def log_skyrl_batch(directory: str | os.PathLike[str], data: Any, *, step: int, 
 class AggscopeSkyrlLogging:
     """Mix into SkyRL's trainer class to log every step's batch: ``class Trainer(AggscopeSkyrlLogging, RayPPOTrainer)``.
 
-    The folder is ``aggscope_log_dir`` (default ``{trainer.export_path}/aggscope_batches``).
+    The folder is ``aggscope_log_dir`` (default ``{trainer.export_path}/aggscope_batches``); the
+    trainer's ``cfg`` is written into it once as ``skyrl_config.yaml``.
     """
 
     aggscope_log_dir: str | None = None
@@ -62,7 +73,7 @@ class AggscopeSkyrlLogging:
     def compute_advantages_and_returns(self, data: Any) -> Any:
         data = super().compute_advantages_and_returns(data)  # type: ignore[misc]
         folder = self.aggscope_log_dir or os.path.join(self.cfg.trainer.export_path, "aggscope_batches")  # type: ignore[attr-defined]
-        log_skyrl_batch(folder, data, step=self.global_step)  # type: ignore[attr-defined]
+        log_skyrl_batch(folder, data, step=self.global_step, config=self.cfg)  # type: ignore[attr-defined]
         return data
 
 

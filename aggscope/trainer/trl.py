@@ -38,10 +38,10 @@ from typing import Any
 
 from aggscope.core.batch import text_uid
 from aggscope.errors import AggscopeError
-from aggscope.io.writing import atomic_output
+from aggscope.io.logged_config import CONFIG_NAMES, write_logged_config
 from aggscope.trainer.batch_log import flush_batch_logs, log_batch
 
-CONFIG_NAME = "grpo_config.json"
+CONFIG_NAME = CONFIG_NAMES["trl"]  # grpo_config.json
 
 
 def prompt_uids(prompt_ids: Any, prompt_mask: Any) -> list[str]:
@@ -143,11 +143,7 @@ class AggscopeGRPOMixin:
 
 def write_config(folder: str | os.PathLike[str], config_json: str) -> Path:
     """Write the trainer's config (JSON text) whole into ``folder/grpo_config.json``."""
-    path = Path(folder) / CONFIG_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as temporary:
-        Path(temporary).write_text(config_json, encoding="utf-8")
-    return path
+    return write_logged_config(folder, "trl", config_json)
 
 
 def grpo_trainer_class() -> type:

@@ -19,19 +19,15 @@ import types
 
 import numpy as np
 import torch
-from framework_wheels import load_openrlhf, load_skyrl
+from framework_wheels import load_openrlhf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from trainer_losses import skyrl_weights
 
 from aggscope.core.batch import StepBatch
 from aggscope.core.weights import compute_weights
 from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup
-
-
-@functools.cache
-def skyrl() -> types.SimpleNamespace:
-    return load_skyrl()
 
 
 @functools.cache
@@ -86,19 +82,9 @@ def skyrl_steps(draw: st.DrawFn) -> dict:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(step=skyrl_steps())
 def test_skyrl_config_weights_equal_skyrl_own_loss_reduction(step: dict) -> None:
-    code = skyrl()
     mask = padded(step["lengths"], step["masks"])
     uids = step["uids"]
-    boundaries = code.preprocess.compute_prompt_mini_batch_boundaries(uids, step["mini"], step["prompts"], False, step["n"])
-    prompt_boundaries = code.preprocess.compute_prompt_boundaries(uids)
-    expected = torch.zeros_like(mask)
-    # SkyRL's _execute_training_step: every epoch walks the same mini-batch chunks in the same order
-    for _epoch in range(step["epochs"]):
-        for start, end in boundaries:
-            rebased = [(s - start, e - start) for s, e in prompt_boundaries if start <= s < end]
-            expected[start:end] += code.ppo_utils.apply_loss_reduction_to_advantages_minibatch(
-                torch.ones_like(mask[start:end]), mask[start:end], step["reduction"], step["micro"], 64, rebased
-            )
+    expected = skyrl_weights(mask, uids, step, max_seq_len=64)
     sets = [
         f"trainer.train_batch_size={step['prompts']}",
         f"trainer.policy_mini_batch_size={step['mini']}",

@@ -11,21 +11,19 @@ longest row, and verl's own ``agg_loss`` with what
 the engine passes it: ``dp_size``, the global mini-batch's token count, ``ppo_mini_batch_size * n``
 and ``loss_scale_factor``. The losses of the ranks are averaged (FSDP's gradient mean) and every
 mini-batch of every epoch (``ppo_epochs``) is back-propagated; the gradient on each token's loss is
-its weight, summed over the epochs. aggscope's side
+its weight, summed over the epochs (``trainer_losses.verl_weights``). aggscope's side
 is only ``--config`` (here as ``--set`` overrides) -> layout and mode -> weights.
 """
 
 from __future__ import annotations
 
-import functools
-import types
-
 import numpy as np
 import pytest
 import torch
-from framework_wheels import IndexBatch, load_verl, verl_micro_batches
+from framework_wheels import IndexBatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trainer_losses import verl, verl_weights
 
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout, verl_shuffle_orders
@@ -34,70 +32,6 @@ from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup
 
 A = "actor_rollout_ref.actor."
-
-
-@functools.cache
-def verl() -> types.SimpleNamespace:
-    return load_verl()
-
-
-def verl_weights(lengths: list[int], masks: list[list[int]], config: dict) -> list[torch.Tensor]:
-    """Per-token weights of one step as verl 0.9.1 computes them (see the module docstring)."""
-    code = verl()
-    dp, n = config["dp"], config["n"]
-    mini_rows = config["mini"] * n  # the trainer's mini_batch_size = global_batch_size
-    per_gpu = mini_rows // dp
-    n_rows = len(lengths)
-    losses = [torch.zeros(length, dtype=torch.float64, requires_grad=True) for length in lengths]
-    mask = [torch.tensor(m, dtype=torch.float64) for m in masks]
-    shard = n_rows // dp
-    shards = [list(range(rank * shard, (rank + 1) * shard)) for rank in range(dp)]
-    chunks = [
-        [
-            [shards[rank][int(i)] for i in indices]
-            for indices in code.tensordict_utils.make_iterator(
-                IndexBatch(shard),
-                per_gpu,
-                epochs=config["epochs"],
-                seed=config.get("seed", 42) + rank,
-                dataloader_kwargs={"shuffle": config.get("shuffle", False)},
-            )
-        ]
-        for rank in range(dp)
-    ]
-    for b in range(len(chunks[0])):
-        tokens = sum(float(mask[row].sum()) for rank in range(dp) for row in chunks[rank][b])  # all-reduced
-        total = torch.zeros((), dtype=torch.float64)
-        for micros in micro_batches([chunks[rank][b] for rank in range(dp)], lengths, config):
-            for micro in micros:
-                width = max(lengths[row] for row in micro)
-                loss_mat = torch.stack([torch.nn.functional.pad(losses[row], (0, width - lengths[row])) for row in micro])
-                loss_mask = torch.stack([torch.nn.functional.pad(mask[row], (0, width - lengths[row])) for row in micro])
-                loss = code.core_algos.agg_loss(
-                    loss_mat,
-                    loss_mask,
-                    config["agg"],
-                    dp_size=dp,
-                    batch_num_tokens=tokens,
-                    global_batch_size=mini_rows,
-                    loss_scale_factor=config["scale"],
-                )
-                total = total + loss / dp  # DDP/FSDP average the ranks' gradients
-        total.backward()
-    return [loss.grad if loss.grad is not None else torch.zeros_like(loss) for loss in losses]
-
-
-def micro_batches(rank_rows: list[list[int]], lengths: list[int], config: dict) -> list[list[list[int]]]:
-    """Each rank's micro-batches of one mini-batch (row numbers): contiguous chunks of
-    ``ppo_micro_batch_size_per_gpu`` rows, or with ``use_dynamic_bsz`` verl's own
-    ``rearrange_micro_batches`` over prompt + response lengths, all ranks at once."""
-    if not config.get("budget"):
-        step = config["micro"]
-        return [[rows[start : start + step] for start in range(0, len(rows), step)] for rows in rank_rows]
-    seq_lengths = [[lengths[row] + config["prompt"] for row in rows] for rows in rank_rows]
-    parts = verl_micro_batches(verl().seqlen_balancing, seq_lengths, config["budget"])
-    assert not isinstance(parts, str), parts
-    return [[[rows[i] for i in micro] for micro in micros] for rows, micros in zip(rank_rows, parts, strict=True)]
 
 
 def aggscope_weights(lengths: list[int], masks: list[list[int]], config: dict) -> list[torch.Tensor]:

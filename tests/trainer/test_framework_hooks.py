@@ -62,8 +62,10 @@ def test_skyrl_hook_logs_what_the_dump_reader_reads(tmp_path: Path, with_uids: b
 
 
 def test_skyrl_mixin_logs_every_step_after_the_advantages(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
     class Trainer:  # SkyRL's RayPPOTrainer as the mixin sees it
-        cfg = types.SimpleNamespace(trainer=types.SimpleNamespace(export_path=str(tmp_path)))
+        cfg = OmegaConf.create({"trainer": {"export_path": str(tmp_path), "policy_mini_batch_size": 2}})
         global_step = 5
 
         def compute_advantages_and_returns(self, data: object) -> object:
@@ -77,6 +79,8 @@ def test_skyrl_mixin_logs_every_step_after_the_advantages(tmp_path: Path) -> Non
     flush_batch_logs()
     rollouts = open_rollouts(str(tmp_path / "aggscope_batches"))
     assert rollouts.steps == [5] and rollouts.unrecoverable == ()
+    written = OmegaConf.load(tmp_path / "aggscope_batches" / "skyrl_config.yaml")  # the trainer's cfg, for the commands
+    assert OmegaConf.to_container(written) == OmegaConf.to_container(Trainer.cfg)
 
 
 def verl_data(advantage_key: str = "advantages") -> types.SimpleNamespace:

@@ -67,8 +67,9 @@ def trl_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def applied_setup(folder: Path):  # type: ignore[no-untyped-def]
-    """The TRL setup from the config the mixin wrote, micro-batches in the logged order."""
-    return apply_setup(load_setup([str(folder / "batches" / "grpo_config.json")], trainer="trl"), {"order": "logged"})
+    """The TRL setup from the config the mixin wrote, read as the commands read it from the log folder
+    (``logged``: the micro-batches in the order the mixin logged them, no flag)."""
+    return apply_setup(load_setup([str(folder / "batches" / "grpo_config.json")], trainer="trl", logged=True), {})
 
 
 def step_gradient(batch: StepBatch, applied) -> np.ndarray:  # type: ignore[no-untyped-def]
