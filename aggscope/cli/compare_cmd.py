@@ -52,7 +52,9 @@ def compare(
     from aggscope.present.outputs import check_output_directory
 
     configured = layout
-    input_spec.refuse_dump_weights("compare", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence")
+    input_spec.refuse_dump_weights(
+        "compare", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
+    )
     rollouts, layout, _, config = open_configured(input_spec, layout, None)
     changes: list[str] = []
     if getattr(configured, "candidates", ()) or (getattr(config, "setup", None) is not None and base is None):

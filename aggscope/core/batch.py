@@ -65,7 +65,9 @@ class SequenceStats:
         """The rows of several steps, in order (empty arrays when ``parts`` is empty)."""
         names = list(cls.__dataclass_fields__)
         if not parts:
-            return cls(**{name: np.zeros(0, dtype=np.float64 if "sum" in name or "factor" in name else np.int64) for name in names})
+            return cls(
+                **{name: np.zeros(0, dtype=np.float64 if "sum" in name or "factor" in name else np.int64) for name in names}
+            )
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in names})
 
 
@@ -226,7 +228,7 @@ class StepBatch:
             raise AggscopeError(f"{self.source}: {factor.size} token factors for {self.n_tokens} tokens")
         if not bool(np.isfinite(factor).all()):
             first = int(np.flatnonzero(~np.isfinite(factor))[0])
-            raise AggscopeError(f"{self.source}: token factor {factor[first]!r} at token {first}; a factor must be finite")
+            raise AggscopeError(f"{self.source}: token factor {factor[first].item()!r} at token {first}; a factor must be finite")
         mask = self.loss_mask & (factor != 0)  # [n_tokens] prime-rl: loss_mask & (rl_weights != 0)
         return replace(self, loss_mask=mask, token_factor=factor)
 

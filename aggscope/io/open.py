@@ -93,7 +93,9 @@ def open_any(
     )
     fmt = resolve_format(format) if format is not None else detect_format(path)
     if use_dump_weights and fmt != "prime-rl":
-        raise AggscopeError(f"--use-dump-weights: {DUMP_WEIGHTS_REFUSAL.get(fmt, DUMP_WEIGHTS_REFUSAL[''])} ({path} is read as {fmt})")
+        raise AggscopeError(
+            f"--use-dump-weights: {DUMP_WEIGHTS_REFUSAL.get(fmt, DUMP_WEIGHTS_REFUSAL[''])} ({path} is read as {fmt})"
+        )
     if trust_pickle and fmt not in PICKLE_FORMATS:
         raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
     module, name = READERS[fmt]

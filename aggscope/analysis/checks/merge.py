@@ -263,8 +263,10 @@ def unused_field_findings(fields: Sequence[tuple[str, str]], used: Sequence[tupl
         for name, what in fields
     ]
     taken = [
-        ("info", f"the dump carries {name!r}, which these weights use: {what} Every weight and gradient share here "
-         "includes it.")  # fmt: skip
+        (
+            "info",
+            f"the dump carries {name!r}, which these weights use: {what} Every weight and gradient share here includes it.",
+        )
         for name, what in used
     ]
     return [Finding("unused_dump_field", severity, None, None, (), 0, message) for severity, message in unused + taken]

@@ -122,7 +122,7 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
             part = read_jsonl(file, fields)
             decoded.append((*self._decode(part), self._rl_weights(part) if self.settings.rl_weights else None))
         rewards = np.concatenate([d[3] for d in decoded]) if self.settings.reward_field is not None else None
-        factor = np.concatenate([d[4] for d in decoded]) if self.settings.rl_weights else None  # type: ignore[misc]
+        factor = np.concatenate([d[4] for d in decoded]) if self.settings.rl_weights else None
         return build_batch(
             step,
             self.step_source(files),
@@ -144,13 +144,15 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
         check_same_lengths(part, np.where(present, listed, 0), counts, "rl_weights", "position_ids")
         values = weights.flatten()
         if values.null_count:
-            row = int(np.searchsorted(weights.offsets.to_numpy(), np.flatnonzero(values.is_null().to_numpy(False))[0], side="right") - 1)
+            row = int(
+                np.searchsorted(weights.offsets.to_numpy(), np.flatnonzero(values.is_null().to_numpy(False))[0], side="right") - 1
+            )
             raise AggscopeError(f"{part.where(row)}: 'rl_weights' holds a null; a weight must be a number")
         flat = values.to_numpy(zero_copy_only=False).astype(np.float64)  # [weighted tokens]
         if not np.isfinite(flat).all():
             token = int(np.flatnonzero(~np.isfinite(flat))[0])
             row = int(np.searchsorted(weights.offsets.to_numpy(), token, side="right") - 1)
-            raise AggscopeError(f"{part.where(row)}: 'rl_weights' holds {flat[token]!r}; a weight must be finite")
+            raise AggscopeError(f"{part.where(row)}: 'rl_weights' holds {flat[token].item()!r}; a weight must be finite")
         factor = np.ones(int(listed.sum()), dtype=np.float64)  # [n_tokens]
         factor[np.repeat(present, listed)] = flat  # the tokens of the lines that carry weights
         return factor
