@@ -90,6 +90,7 @@ def check(
         progress=lambda checks: with_progress(checks, len(rollouts.steps), "checking", rollouts=rollouts),
         options=options,
         unused_fields=rollouts.unused_fields,
+        used_fields=rollouts.used_fields,
     )
     if json_output:
         typer.echo(json.dumps(with_config(report.to_dict(), config)))

@@ -58,6 +58,9 @@ def compare(
     from aggscope.analysis.specs import parse_specs
     from aggscope.present.outputs import check_output_directory
 
+    input_spec.refuse_dump_weights(
+        "compare", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
+    )
     configured = with_logged_config(input_spec, layout)  # the log folder's config is the base, as --from-config
     rollouts, layout, _, config = open_configured(input_spec, configured, None)
     changes: list[str] = []

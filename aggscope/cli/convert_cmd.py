@@ -27,6 +27,7 @@ def convert(
     from aggscope.io.canonical import write_canonical
     from aggscope.io.writing import refuse_to_overwrite_inputs
 
+    input_spec.refuse_dump_weights("convert", "writes canonical Parquet, which has no column for per-token loss weights")
     rollouts = input_spec.open()
     refuse_to_overwrite_inputs(out, rollouts.files, rollouts.source)
     summary = write_canonical(

@@ -46,6 +46,14 @@ class InputSpec:
     trust_pickle: bool = False
     eos_trained: Optional[bool] = None
     max_completion_length: Optional[int] = None
+    use_dump_weights: bool = False
+
+    def refuse_dump_weights(self, command: str, why: str) -> None:
+        """A one-line error where ``command`` cannot take the dump's per-token weights in (``why``)."""
+        if self.use_dump_weights:
+            from aggscope.errors import AggscopeError
+
+            raise AggscopeError(f"--use-dump-weights: {command} {why}; use it with weights or check")
 
     def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
@@ -68,6 +76,7 @@ class InputSpec:
             trust_pickle=self.trust_pickle,
             eos_trained=self.eos_trained,
             max_completion_length=self.max_completion_length,
+            use_dump_weights=self.use_dump_weights,
         )
 
 
@@ -107,6 +116,7 @@ def _build_input(
     trust_pickle: bool,
     eos_trained: Optional[bool] = None,
     max_completion_length: Optional[int] = None,
+    use_dump_weights: bool = False,
 ) -> InputSpec:
     from aggscope.io.columns import parse_column_overrides
     from aggscope.io.paths import refuse_missing
@@ -123,6 +133,7 @@ def _build_input(
         trust_pickle=trust_pickle,
         eos_trained=eos_trained,
         max_completion_length=max_completion_length,
+        use_dump_weights=use_dump_weights,
     )
 
 

@@ -136,6 +136,20 @@ INPUT_PARAMS = [
         None,
     ),
     param(
+        "use_dump_weights",
+        Annotated[
+            bool,
+            typer.Option(
+                "--use-dump-weights",
+                help="Take the dump's own per-token loss weights into the weights, as the trainer that reads them does "
+                "(prime-rl's rl_weights: each token's loss times its weight, weight-0 tokens out of the mask and every "
+                "denominator). weights, check and inspect only.",
+                rich_help_panel=INPUT_PANEL,
+            ),
+        ],
+        False,
+    ),
+    param(
         "max_completion_length",
         Annotated[
             Optional[int],

@@ -49,6 +49,9 @@ def plot(
     check_image_format(image_format)
     check_figure_names(figure)
     check_output_directory(out)
+    input_spec.refuse_dump_weights(
+        "plot", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
+    )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     from aggscope.present.figures import make_figures, save_figures  # matplotlib: only once the arguments are checked
 

@@ -45,6 +45,9 @@ def report(
     from aggscope.present.outputs import check_output_directory
 
     check_output_directory(out)
+    input_spec.refuse_dump_weights(
+        "report", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
+    )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     from aggscope.present.report import full_report  # matplotlib: only once the arguments are checked
 

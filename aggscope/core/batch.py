@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,12 @@ class SequenceStats:
     """Per-sequence quantities built once from the tokens; every mode and summary reads these.
 
     All arrays are ``[n_seqs]`` numpy; sums are float64 and counts int64.
-    Sums of advantages run over loss tokens whose advantage is finite.
+    Sums of advantages run over loss tokens whose advantage is finite; where the batch carries a
+    per-token factor ``f`` (``StepBatch.token_factor``), they are sums of ``f * A``.
+
+    ``factor_sum``, ``factor_sq_sum``: sums of ``f`` and ``f**2`` over each row's loss tokens
+    (``loss_tokens`` itself without a factor); ``factor_min``, ``factor_max``: the extremes of ``f``
+    over them (1.0 without a factor or loss token).
     """
 
     lengths: np.ndarray
@@ -40,6 +45,10 @@ class SequenceStats:
     zero_adv_tokens: np.ndarray
     nonfinite_adv_tokens: np.ndarray
     masked_nonzero_adv_tokens: np.ndarray
+    factor_sum: np.ndarray
+    factor_sq_sum: np.ndarray
+    factor_min: np.ndarray
+    factor_max: np.ndarray
 
     @property
     def adv_pos_sum(self) -> np.ndarray:
@@ -56,7 +65,9 @@ class SequenceStats:
         """The rows of several steps, in order (empty arrays when ``parts`` is empty)."""
         names = list(cls.__dataclass_fields__)
         if not parts:
-            return cls(**{name: np.zeros(0, dtype=np.float64 if "sum" in name else np.int64) for name in names})
+            return cls(
+                **{name: np.zeros(0, dtype=np.float64 if "sum" in name or "factor" in name else np.int64) for name in names}
+            )
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in names})
 
 
@@ -79,6 +90,10 @@ class StepBatch:
             none), or None when the input holds no prompt texts; a group's text is its last row's.
         input_device: the torch device of the tensors the batch was built from (per-token results
             go back there as tensors), or None when it was built from arrays.
+        token_factor: ``[n_tokens]`` float per-token factor the trainer multiplies into each token's
+            loss term (prime-rl's ``rl_weights``, ``--use-dump-weights``), or None for 1.0 on every
+            token. Every mode's weight of a token is its row's weight times this factor; it is
+            never 0 on a loss token (``from_flat`` takes such tokens out of the loss mask).
 
     All arrays are numpy on the host: a batch built from tensors holds host copies of them (views
     of CPU tensors, no copy).
@@ -95,6 +110,7 @@ class StepBatch:
     lengths_estimated: bool = False
     uid_texts: tuple[str | None, ...] | None = None
     input_device: Any = None
+    token_factor: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n_tokens = self.advantages.size
@@ -118,6 +134,8 @@ class StepBatch:
             raise AggscopeError(f"{self.source}: uid texts must come one per uid label")
         if self.rewards is not None and self.rewards.shape != (n_seqs,):
             raise AggscopeError(f"{self.source}: {self.rewards.size} rewards for {n_seqs} sequences")
+        if self.token_factor is not None:
+            _check_factor(self.token_factor, self.loss_mask, self.source)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -139,7 +157,7 @@ class StepBatch:
     @cached_property
     def stats(self) -> SequenceStats:
         """Per-sequence loss-token counts and advantage sums (computed once, then shared)."""
-        return sequence_stats_numpy(widen_half(self.advantages), self.loss_mask, self.offsets)
+        return sequence_stats_numpy(widen_half(self.advantages), self.loss_mask, self.offsets, self.token_factor)
 
     def with_stats(self, stats: SequenceStats) -> StepBatch:
         """This batch with ``stats`` already in place of computing them from the tokens.
@@ -178,6 +196,7 @@ class StepBatch:
         step: int = 0,
         source: str = "<memory>",
         prompts: Sequence[str | None] | None = None,
+        token_factor: Any = None,
     ) -> StepBatch:
         """Build a batch from flat token arrays and sequence offsets (tensors, arrays or lists).
 
@@ -194,9 +213,24 @@ class StepBatch:
             source: a name for messages.
             prompts: ``[n_seqs]`` the prompt text of each row (or None), kept per group as
                 ``uid_texts``; needs ``uids``.
+            token_factor: ``[n_tokens]`` per-token factor of each token's loss term (prime-rl's
+                ``rl_weights``), or None. As prime-rl does, a token whose factor is 0 leaves the
+                loss mask, so it leaves every denominator too.
         """
         device = _device_of(advantages, loss_mask, offsets)
-        return cls._build(advantages, loss_mask, offsets, uids, rewards, step, source, prompts, device)
+        batch = cls._build(advantages, loss_mask, offsets, uids, rewards, step, source, prompts, device)
+        return batch if token_factor is None else batch.with_token_factor(token_factor)
+
+    def with_token_factor(self, token_factor: Any) -> StepBatch:
+        """This batch with a per-token factor (see ``from_flat``): tokens whose factor is 0 leave the loss mask."""
+        factor = np.asarray(host_array(token_factor), dtype=np.float64).reshape(-1)  # [n_tokens]
+        if factor.shape != self.loss_mask.shape:
+            raise AggscopeError(f"{self.source}: {factor.size} token factors for {self.n_tokens} tokens")
+        if not bool(np.isfinite(factor).all()):
+            first = int(np.flatnonzero(~np.isfinite(factor))[0])
+            raise AggscopeError(f"{self.source}: token factor {factor[first].item()!r} at token {first}; a factor must be finite")
+        mask = self.loss_mask & (factor != 0)  # [n_tokens] prime-rl: loss_mask & (rl_weights != 0)
+        return replace(self, loss_mask=mask, token_factor=factor)
 
     @classmethod
     def _build(
@@ -262,6 +296,13 @@ class StepBatch:
             )
         offsets = np.arange(n_rows + 1, dtype=np.int64) * width
         return cls._build(adv.reshape(-1), mask.reshape(-1), offsets, uids, rewards, step, source, None, device)
+
+
+def _check_factor(factor: np.ndarray, mask: np.ndarray, source: str) -> None:
+    if factor.shape != mask.shape or factor.dtype != np.float64:
+        raise AggscopeError(f"{source}: the token factor must be a float64 array of one value per token")
+    if bool((mask & (factor == 0)).any()):
+        raise AggscopeError(f"{source}: a loss token has factor 0; build the batch with from_flat, which masks it")
 
 
 def is_tensor(value: Any) -> bool:
@@ -429,9 +470,9 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 STATS_CHUNK_TOKENS = 1 << 20  # tokens per chunk of the per-sequence reductions (CPU)
 
 
-def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) -> SequenceStats:
+def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray, factor: np.ndarray | None = None) -> SequenceStats:
     """``SequenceStats`` of flat numpy arrays: ``adv [n_tokens]`` float, ``mask [n_tokens]`` bool,
-    ``offs [n_seqs + 1]`` int64 from 0.
+    ``offs [n_seqs + 1]`` int64 from 0, ``factor [n_tokens]`` float64 or None (``StepBatch.token_factor``).
 
     Every sequence is reduced on its own, so the stats of consecutive parts of a step, concatenated,
     equal those of the whole step bit for bit (readers use this to reduce each part as it is decoded).
@@ -458,6 +499,8 @@ def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) ->
         # Sums run over loss tokens whose advantage is finite; every other token counts as +0.0
         # (as np.where(m & finite, a, 0) gives it, here by zeroing the masked places of a copy).
         trained = a.astype(np.float64)  # [chunk]
+        if factor is not None:
+            trained *= factor[start:stop]  # f * A: the gradient weight of a token is w_i * f * A
         n_masked = int(np.count_nonzero(masked))
         if n_masked == 0:
             masked_count = masked_nonzero_count = np.zeros(last - first, dtype=np.int64)
@@ -485,6 +528,7 @@ def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) ->
             sums = segment_sum_numpy(trained, local, np.float64)
         adv_sum[rows] = sums
         adv_abs_sum[rows] = segment_sum_numpy(np.abs(trained, out=trained), local, np.float64)
+    factor_sums = _factor_sums(loss_tokens, mask, offs, factor)
     return SequenceStats(
         lengths=lengths,
         loss_tokens=loss_tokens,
@@ -493,7 +537,31 @@ def sequence_stats_numpy(adv: np.ndarray, mask: np.ndarray, offs: np.ndarray) ->
         zero_adv_tokens=zero_adv,
         nonfinite_adv_tokens=nonfinite,
         masked_nonzero_adv_tokens=masked_nonzero,
+        **factor_sums,
     )
+
+
+def _factor_sums(loss_tokens: np.ndarray, mask: np.ndarray, offs: np.ndarray, factor: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The ``factor_*`` fields of ``SequenceStats``: ``[n_seqs]`` float64 each."""
+    if factor is None:
+        tokens = loss_tokens.astype(np.float64)
+        ones = np.ones(loss_tokens.size, dtype=np.float64)
+        return {"factor_sum": tokens, "factor_sq_sum": tokens, "factor_min": ones, "factor_max": ones.copy()}
+    trained = np.where(mask, factor, 0.0)  # [n_tokens]
+    has_tokens = loss_tokens > 0  # [n_seqs]
+    starts = offs[:-1][has_tokens]
+    # reduceat over each row with loss tokens; the masked places hold +-inf so they are never the extreme
+    low = np.minimum.reduceat(np.where(mask, factor, np.inf), starts) if starts.size else np.zeros(0)
+    high = np.maximum.reduceat(np.where(mask, factor, -np.inf), starts) if starts.size else np.zeros(0)
+    factor_min = np.ones(loss_tokens.size, dtype=np.float64)
+    factor_max = np.ones(loss_tokens.size, dtype=np.float64)
+    factor_min[has_tokens], factor_max[has_tokens] = low, high
+    return {
+        "factor_sum": segment_sum_numpy(trained, offs, np.float64),
+        "factor_sq_sum": segment_sum_numpy(trained * trained, offs, np.float64),
+        "factor_min": factor_min,
+        "factor_max": factor_max,
+    }
 
 
 def text_uid(text: str) -> str:

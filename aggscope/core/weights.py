@@ -1,7 +1,9 @@
 """One step's weights: every row's weight under a mode and layout, and the summaries built from it.
 
-The weight of a loss token ``(i, t)`` is ``w_i`` (constant over a row's loss tokens) and its
-gradient weight is ``g[i, t] = w_i * A[i, t]``. Summaries are built from per-sequence quantities
+The weight of a loss token ``(i, t)`` is ``w_i * f[i, t]``: the row's weight under the mode (constant
+over a row's loss tokens) times the batch's per-token factor ``f`` (``StepBatch.token_factor``, 1.0
+where it has none: prime-rl's ``rl_weights`` under ``--use-dump-weights``). Its gradient weight is
+``g[i, t] = w_i * f[i, t] * A[i, t]``. Summaries are built from per-sequence quantities
 (``SequenceStats``) so no per-token array is touched after the batch is loaded, except where a
 caller asks for per-token output.
 """
@@ -31,7 +33,8 @@ class StepWeights:
         mode: the aggregation mode.
         layout: the trainer configuration.
         split: where every row landed.
-        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each loss token of row ``i``.
+        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of row ``i``; a loss token's weight is ``w_i``
+            times the batch's ``token_factor`` at it (where the batch has one).
     """
 
     batch: StepBatch
@@ -73,6 +76,8 @@ class StepWeights:
         start, stop = int(offsets[0]), int(offsets[-1])
         weight = self.row_weight[first:last].astype(_host_dtype(dtype))  # [rows]
         per_token = expand_to_tokens(weight, offsets - start, stop - start)  # [tokens of rows]
+        if batch.token_factor is not None:
+            per_token *= batch.token_factor[start:stop].astype(per_token.dtype)  # w_i * f[i, t]
         return per_token, batch.loss_mask[start:stop], batch.advantages[start:stop]
 
     def _as_output(self, per_token: np.ndarray, dtype: Any) -> Any:
@@ -190,15 +195,17 @@ def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
 
     Float sums run in ``ordered_sum``'s order, so every summary is the one aggscope gave before.
 
+    A row's token weights are ``w_i * f`` (``f`` the batch's per-token factor, 1.0 without one), so
+    sums over tokens come from the rows' factor sums: ``sum_t w_i f = w_i * factor_sum_i``.
+
     Args:
         stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
-        row_weight: ``[n_seqs]`` float64 weight of each row's loss tokens.
+        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each row.
     """
     w = np.asarray(row_weight, dtype=np.float64)  # [n_seqs]
-    loss_tokens = stats.loss_tokens.astype(np.float64)  # [n_seqs] L_i
     has_tokens = stats.loss_tokens > 0  # [n_seqs]
-    weight_sum = ordered_sum(w * loss_tokens)  # sum_i w_i L_i
-    weight_sq_sum = ordered_sum(w * w * loss_tokens)  # sum_i w_i^2 L_i
+    weight_sum = ordered_sum(w * stats.factor_sum)  # sum_i w_i sum_t f (= sum_i w_i L_i without a factor)
+    weight_sq_sum = ordered_sum(w * w * stats.factor_sq_sum)  # sum_i w_i^2 sum_t f^2
     weight_is_zero = w == 0
     # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
     # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
@@ -207,7 +214,10 @@ def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
     nonfinite_grad = np.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens)
     zero_grad = np.where(weight_finite, zero_grad, 0)
     w_finite = np.where(weight_finite, w, 0.0)
-    token_weights = w[has_tokens]
+    # extremes of w_i * f over a row: at its smallest or largest factor (either, by the sign of w_i)
+    with np.errstate(invalid="ignore"):
+        low, high = (w * stats.factor_min)[has_tokens], (w * stats.factor_max)[has_tokens]
+    lowest, highest = np.minimum(low, high), np.maximum(low, high)
     return ModeSummary(
         loss_tokens=int(stats.loss_tokens.sum()),
         weight_sum=weight_sum,
@@ -215,20 +225,21 @@ def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
         grad_pos_sum=ordered_sum(w_finite * stats.adv_pos_sum),
         grad_neg_sum=ordered_sum(w_finite * stats.adv_neg_sum),
         ess_tokens=weight_sum * weight_sum / weight_sq_sum if weight_sq_sum > 0 else None,
-        long_short_ratio=long_short_ratio(stats.loss_tokens, w),
+        long_short_ratio=long_short_ratio(stats.loss_tokens, w, stats.factor_sum),
         zero_grad_tokens=int(zero_grad.sum()),
         nonfinite_grad_tokens=int(nonfinite_grad.sum()),
-        min_token_weight=float(token_weights.min()) if token_weights.size else None,
-        max_token_weight=float(token_weights.max()) if token_weights.size else None,
+        min_token_weight=float(lowest.min()) if lowest.size else None,
+        max_token_weight=float(highest.max()) if highest.size else None,
     )
 
 
-def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray) -> float | None:
+def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray, factor_sum: np.ndarray | None = None) -> float | None:
     """Mean per-token weight of the longest quarter of sequences over the shortest quarter's.
 
     Sequences are ranked by loss-token count (ties by position); a quarter is
     ``max(1, n_seqs // 4)`` sequences. None with fewer than two sequences or when the shortest
-    quarter has no loss token.
+    quarter has no loss token. ``factor_sum``: ``[n_seqs]`` each row's sum of its per-token factors
+    (``SequenceStats.factor_sum``; None: its loss tokens), so a row's weight mass is ``w_i * factor_sum_i``.
     """
     n_seqs = loss_tokens.size
     if n_seqs < 2:
@@ -236,11 +247,12 @@ def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray) -> float |
     quarter = max(1, n_seqs // 4)
     ranked = np.argsort(loss_tokens, kind="stable")  # [n_seqs] shortest first
     tokens = loss_tokens.astype(np.float64)
+    mass_per_weight = tokens if factor_sum is None else factor_sum
 
     def mean_weight(rows: np.ndarray) -> float:
         token_count = ordered_sum(tokens[rows])
         with np.errstate(invalid="ignore"):
-            return ordered_sum(row_weight[rows] * tokens[rows]) / token_count if token_count else math.nan
+            return ordered_sum(row_weight[rows] * mass_per_weight[rows]) / token_count if token_count else math.nan
 
     short, long = mean_weight(ranked[:quarter]), mean_weight(ranked[-quarter:])
     if not (math.isfinite(short) and math.isfinite(long)) or short == 0:

@@ -74,6 +74,7 @@ def open_any(
     trust_pickle: bool = False,
     eos_trained: bool | None = None,
     max_completion_length: int | None = None,
+    use_dump_weights: bool = False,
 ) -> Rollouts:
     """Open rollouts of any supported format (see the module docstring)."""
     from aggscope.core.advantages import resolve_estimator
@@ -88,8 +89,13 @@ def open_any(
         trust_pickle=trust_pickle,
         eos_trained=eos_trained,
         max_completion_length=max_completion_length,
+        use_dump_weights=use_dump_weights,
     )
     fmt = resolve_format(format) if format is not None else detect_format(path)
+    if use_dump_weights and fmt != "prime-rl":
+        raise AggscopeError(
+            f"--use-dump-weights: {DUMP_WEIGHTS_REFUSAL.get(fmt, DUMP_WEIGHTS_REFUSAL[''])} ({path} is read as {fmt})"
+        )
     if trust_pickle and fmt not in PICKLE_FORMATS:
         raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
     module, name = READERS[fmt]
@@ -101,6 +107,13 @@ def open_any(
         rollouts.unrecoverable = DUMP_FACTS[fmt]
     return rollouts
 
+
+# Why --use-dump-weights does not apply to a format; prime-rl's rl_weights are the only dump weights a trainer reads.
+DUMP_WEIGHTS_REFUSAL = {
+    "": "only prime-rl token exports carry per-token loss weights that their trainer reads (rl_weights)",
+    "atropos": "no Atropos trainer reads token_weights or token_scores (the API server's ScoredData has no such "
+    "field and drops them, atropos 296a0bc), so they stay out of the weights",
+}
 
 PICKLE_FORMATS = ("skyrl", "slime")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt")

@@ -37,6 +37,8 @@ class ReadOptions:
             default (on for TRL).
         max_completion_length: the trainer's cap on completion tokens; a completion that long was
             cut there, without an end-of-sequence token.
+        use_dump_weights: take the dump's own per-token loss weights into the weights as the trainer
+            that reads them does (``--use-dump-weights``: prime-rl's ``rl_weights``).
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -46,6 +48,7 @@ class ReadOptions:
     trust_pickle: bool = False
     eos_trained: bool | None = None
     max_completion_length: int | None = None
+    use_dump_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Rollouts(ABC):
         recorded_layout_source: where in the dump they were read, for the line that says so.
         unused_fields: ``(field, what it holds and how a trainer uses it)`` of the per-token dump
             fields the weights do not use (``check`` says so: ``unused_dump_field``).
+        used_fields: the same for the per-token dump fields the weights do use
+            (``--use-dump-weights``); ``check``'s ``unused_dump_field`` finding says they are used.
     """
 
     source: str
@@ -124,6 +129,7 @@ class Rollouts(ABC):
     recorded_layout: dict[str, int] | None = None
     recorded_layout_source: str = ""
     unused_fields: tuple[tuple[str, str], ...] = ()
+    used_fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     @abstractmethod

@@ -55,6 +55,6 @@ def derive(reader: ConfigReader) -> TrainerSetup:
     draft.set("advantage", None, [], "the token exports hold the advantages")
     draft.notes.append(
         "prime-rl's per-token rl_weights scale each token's loss and a weight of 0 drops the token from the denominator; "
-        "aggscope reads the export's loss_mask as it is (not modelled)"
+        "aggscope takes them in with --use-dump-weights, else reads the export's loss_mask as it is"
     )
     return draft.finish()

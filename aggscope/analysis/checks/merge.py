@@ -148,6 +148,7 @@ class CheckAccumulator:
     layout: Layout
     options: CheckOptions = field(default_factory=CheckOptions)
     unused_fields: tuple[tuple[str, str], ...] = ()
+    used_fields: tuple[tuple[str, str], ...] = ()
     findings: list[Finding] = field(default_factory=list)
     steps: list[StepZeroGrad] = field(default_factory=list)
     cut_prompts: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: {level: [] for level in CUT_LEVELS})
@@ -193,7 +194,7 @@ class CheckAccumulator:
         ]
         if len(self.steps) > 1:  # one step's finding already is the run's
             findings += no_gradient_findings(None, self.loss_tokens, total, self.options.no_grad)
-        findings += unused_field_findings(self.unused_fields)
+        findings += unused_field_findings(self.unused_fields, self.used_fields)
         findings.sort(key=lambda f: f.sort_key)
         notes = list(self.notes)
         return CheckReport(
@@ -221,6 +222,7 @@ def run_checks(
     progress: Progress | None = None,
     options: CheckOptions | None = None,
     unused_fields: Sequence[tuple[str, str]] = (),
+    used_fields: Sequence[tuple[str, str]] = (),
 ) -> CheckReport:
     """Check every step, one at a time, and merge the results.
 
@@ -236,6 +238,8 @@ def run_checks(
         options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
         unused_fields: ``(field, what the trainer does with it)`` of the dump fields the computation
             does not use (``Rollouts.unused_fields``); each gives an ``unused_dump_field`` finding.
+        used_fields: the same for the dump fields the weights do use (``Rollouts.used_fields``,
+            ``--use-dump-weights``); the finding then says so, as an info.
     """
     layout = layout or Layout()
     facts = unrecoverable_of(rollouts)
@@ -243,25 +247,29 @@ def run_checks(
     if modes is None:
         rollouts, modes = _first_step_modes(rollouts, layout)
     work = functools.partial(check_step, modes=list(modes), layout=layout, options=options)
-    report = run(engine, rollouts, work, CheckAccumulator(layout, options, tuple(unused_fields)), progress)
+    report = run(engine, rollouts, work, CheckAccumulator(layout, options, tuple(unused_fields), tuple(used_fields)), progress)
     return replace(report, unrecoverable=facts)
 
 
-def unused_field_findings(fields: Sequence[tuple[str, str]]) -> list[Finding]:
-    """One ``unused_dump_field`` finding, over the run, per dump field the computation leaves aside."""
-    return [
-        Finding(
-            "unused_dump_field",
+def unused_field_findings(fields: Sequence[tuple[str, str]], used: Sequence[tuple[str, str]] = ()) -> list[Finding]:
+    """One ``unused_dump_field`` finding, over the run, per per-token dump field: a warning for each the
+    computation leaves aside (``fields``), an info saying so for each it takes in (``used``)."""
+    unused = [
+        (
             CODES["unused_dump_field"].severity,
-            None,
-            None,
-            (),
-            0,
             f"the dump carries {name!r}, which these weights do not use: {what} Every weight and gradient share here "
             "assumes a trainer that ignores it; where yours reads it, the numbers differ by its per-token factor.",
         )
         for name, what in fields
     ]
+    taken = [
+        (
+            "info",
+            f"the dump carries {name!r}, which these weights use: {what} Every weight and gradient share here includes it.",
+        )
+        for name, what in used
+    ]
+    return [Finding("unused_dump_field", severity, None, None, (), 0, message) for severity, message in unused + taken]
 
 
 def _first_step_modes(

@@ -39,11 +39,19 @@ from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl
 NOT_TRAINED = -100
 _PER_TOKEN = pa.list_(pa.list_(pa.float64()))
 _PER_SAMPLE = pa.list_(pa.float64())
-# Per-token fields of a ScoredDataGroup that the weights here leave aside (``check``: unused_dump_field).
+# Per-token fields that some Atropos environments write (environments/community/selcube) and the weights
+# here leave aside (``check``: unused_dump_field). No Atropos trainer reads them: atroposlib's
+# ScoredDataGroup and the API server's ScoredData (snapshot 296a0bc) have no such field, so the server
+# drops them before a trainer sees the group; example_trainer (data.py) reads no per-token weight or score.
+_NO_TRAINER = (
+    " No Atropos trainer reads it (the API server's ScoredData has no such field and drops it, atropos 296a0bc), "
+    "so --use-dump-weights leaves it out too; only a trainer of your own would."
+)
 UNUSED_FIELDS = {
-    "token_weights": "a weight per token per sample, which a trainer that reads it multiplies into each token's loss term.",
+    "token_weights": "a weight per token per sample, which a trainer that reads it multiplies into each token's loss term."
+    + _NO_TRAINER,
     "token_scores": "a score per token per sample (a dense reward), which a trainer that reads it turns into per-token "
-    "advantages in place of the sample's one score.",
+    "advantages in place of the sample's one score." + _NO_TRAINER,
 }
 
 

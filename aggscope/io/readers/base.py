@@ -125,6 +125,7 @@ def build_batch(
     rewards: np.ndarray | None = None,
     lengths_estimated: bool = False,
     prompts: pa.Array | None = None,
+    token_factor: np.ndarray | None = None,
 ) -> StepBatch:
     """A ``StepBatch`` from per-row lengths and flat per-token (or per-row) values.
 
@@ -135,6 +136,7 @@ def build_batch(
         row_advantages: ``[n_seqs]`` advantages, broadcast over each row's loss tokens (0 on the
             masked ones, as trainers multiply the broadcast advantage by the mask).
         prompts: ``[n_seqs]`` prompt texts, which the batch keeps per group (``uid_texts``).
+        token_factor: ``[n_tokens]`` per-token loss factor (``StepBatch.from_flat``), or None.
     """
     # Arrays decoded by pyarrow are read-only; the batch gets its own writable copies.
     offsets = offsets_of(lengths)
@@ -152,6 +154,7 @@ def build_batch(
         rewards=None if rewards is None else np.array(rewards, dtype=np.float64),
         step=step,
         source=source,
+        token_factor=token_factor,
     )
     texts = None
     if prompts is not None and batch.group_ids is not None:

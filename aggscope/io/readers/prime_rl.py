@@ -2,8 +2,14 @@
 
 One line per packed sequence (newer versions write one line per sample, which reads the same):
 per-token ``position_ids``, ``loss_mask``, ``advantages`` (and ``token_ids``, logprobs, ...),
-optional per-token ``rewards``, optional per-token ``rl_weights`` (not used here: ``unused_fields``
-names it), and ``step``, ``rank``, ``micro_step``.
+optional per-token ``rewards``, optional per-token ``rl_weights``, and ``step``, ``rank``, ``micro_step``.
+
+- ``rl_weights`` (``--use-dump-weights``): prime-rl's trainer (``src/prime_rl/trainer/rl/loss.py``
+  ``compute_loss``, snapshot 559b447) runs the rl loss on ``loss_mask & (rl_weights != 0)``,
+  multiplies each token's loss term by its weight, and divides by the count of those tokens over
+  the step and every rank (``train.py``, ``local_rl_scale``). A null stream means 1.0 on the loss
+  mask. The batch carries them as its ``token_factor``; without the option, ``unused_fields``
+  names them.
 
 - A line packs several samples; a new sample starts where ``position_ids`` stop increasing
   (restart at 0). Samples keep the order ranks (natural order of the files), lines, position.
@@ -29,14 +35,24 @@ from aggscope.io.reader import ReadOptions, reject_options
 from aggscope.io.readers.base import DumpRollouts, build_batch
 from aggscope.io.readers.jsonl import JsonlTable, check_same_lengths, first_record, mask_type, read_jsonl
 
-RL_WEIGHTS = "a weight per token, which a trainer that reads it multiplies into each token's loss term."
+RL_WEIGHTS = (
+    "a weight per token, which prime-rl's trainer multiplies into each token's loss term; a weight of 0 takes the "
+    "token out of the loss mask and the step's token count."
+)
+RL_WEIGHTS_UNUSED = f"{RL_WEIGHTS} Pass --use-dump-weights to take them in as prime-rl does."
+RL_WEIGHTS_USED = (
+    f"{RL_WEIGHTS} --use-dump-weights takes them in as prime-rl does: each token's weight is the mode's weight times its "
+    "rl_weight, and the denominators count only tokens whose rl_weight is not 0."
+)
 
 
 @dataclass(frozen=True)
 class PrimeRlSettings:
-    """``reward_field``: the per-token rewards field (a sample's reward at its first token), or None."""
+    """``reward_field``: the per-token rewards field (a sample's reward at its first token), or None;
+    ``rl_weights``: read the ``rl_weights`` stream into each batch's ``token_factor``."""
 
     reward_field: str | None
+    rl_weights: bool = False
 
 
 class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
@@ -80,9 +96,17 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
         }
         if reward_field is not None:
             columns["reward"] = reward_field
-        rollouts = cls(path, plan, settings=PrimeRlSettings(reward_field), columns=columns, notes=notes, has_groups=False)
-        if first.get("rl_weights") is not None:
-            rollouts.unused_fields = (("rl_weights", RL_WEIGHTS),)
+        has_rl_weights = first.get("rl_weights") is not None
+        if options.use_dump_weights:
+            columns["token_factor"] = "rl_weights"
+            if not has_rl_weights:
+                notes.append("--use-dump-weights: the first line has no rl_weights; lines without them weigh 1.0, as in prime-rl")
+        settings = PrimeRlSettings(reward_field, rl_weights=options.use_dump_weights)
+        rollouts = cls(path, plan, settings=settings, columns=columns, notes=notes, has_groups=False)
+        if options.use_dump_weights:
+            rollouts.used_fields = (("rl_weights", RL_WEIGHTS_USED),)
+        elif has_rl_weights:
+            rollouts.unused_fields = (("rl_weights", RL_WEIGHTS_UNUSED),)
         return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
@@ -93,8 +117,12 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
             fields = {"position_ids": pa.list_(pa.int64()), "loss_mask": mask_lists, "advantages": pa.list_(pa.float64())}
             if self.settings.reward_field is not None:
                 fields[self.settings.reward_field] = pa.list_(pa.float64())
-            decoded.append(self._decode(read_jsonl(file, fields)))
+            if self.settings.rl_weights:
+                fields["rl_weights"] = pa.list_(pa.float64())
+            part = read_jsonl(file, fields)
+            decoded.append((*self._decode(part), self._rl_weights(part) if self.settings.rl_weights else None))
         rewards = np.concatenate([d[3] for d in decoded]) if self.settings.reward_field is not None else None
+        factor = np.concatenate([d[4] for d in decoded]) if self.settings.rl_weights else None
         return build_batch(
             step,
             self.step_source(files),
@@ -102,7 +130,32 @@ class PrimeRlRollouts(DumpRollouts[PrimeRlSettings]):
             loss_mask=np.concatenate([d[1] for d in decoded]),
             token_advantages=np.concatenate([d[2] for d in decoded]),
             rewards=rewards,
+            token_factor=factor,
         )
+
+    @staticmethod
+    def _rl_weights(part: JsonlTable) -> np.ndarray:
+        """``[n_tokens]`` float64 rl weight of every token of a file; 1.0 on a line whose stream is null
+        (prime-rl's default), a one-line error at a line whose weights do not match its tokens."""
+        weights = part.column("rl_weights")
+        listed = np.diff(part.column("position_ids").offsets.to_numpy().astype(np.int64))  # [n_lines]
+        present = ~np.asarray(weights.is_null().to_numpy(zero_copy_only=False), dtype=bool)  # [n_lines]
+        counts = np.diff(weights.offsets.to_numpy().astype(np.int64))  # [n_lines], 0 on a null line
+        check_same_lengths(part, np.where(present, listed, 0), counts, "rl_weights", "position_ids")
+        values = weights.flatten()
+        if values.null_count:
+            row = int(
+                np.searchsorted(weights.offsets.to_numpy(), np.flatnonzero(values.is_null().to_numpy(False))[0], side="right") - 1
+            )
+            raise AggscopeError(f"{part.where(row)}: 'rl_weights' holds a null; a weight must be a number")
+        flat = values.to_numpy(zero_copy_only=False).astype(np.float64)  # [weighted tokens]
+        if not np.isfinite(flat).all():
+            token = int(np.flatnonzero(~np.isfinite(flat))[0])
+            row = int(np.searchsorted(weights.offsets.to_numpy(), token, side="right") - 1)
+            raise AggscopeError(f"{part.where(row)}: 'rl_weights' holds {flat[token].item()!r}; a weight must be finite")
+        factor = np.ones(int(listed.sum()), dtype=np.float64)  # [n_tokens]
+        factor[np.repeat(present, listed)] = flat  # the tokens of the lines that carry weights
+        return factor
 
     def _decode(self, part: JsonlTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One file: per-sample lengths, and flat loss mask, advantages; per-sample rewards."""
