@@ -176,6 +176,19 @@ def test_flags_and_config_win_over_the_logged_config_and_say_so(tmp_path: Path) 
     assert f"the log folder's skyrl_config.yaml is not used: --config {other} given" in config["overrides"]
 
 
+def test_inspect_names_the_log_folders_config(tmp_path: Path) -> None:
+    folder = tmp_path / "batches"
+    log_skyrl_batch(
+        folder, skyrl_batch(response_masks(seed=2), [f"q{row // 2}" for row in range(ROWS)]), step=1, config={"trainer": {}}
+    )
+    flush_batch_logs()
+    listed = runner.invoke(app, ["inspect", str(folder), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)["logged_config"] == str(folder / "skyrl_config.yaml")
+    shown = runner.invoke(app, ["inspect", str(folder)], env={"COLUMNS": "200"})
+    assert f"trainer config: {folder / 'skyrl_config.yaml'} (skyrl" in " ".join(shown.stdout.split())
+
+
 def test_two_trainers_configs_in_one_folder_is_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "batches"
     log_skyrl_batch(folder, skyrl_batch(response_masks(seed=2), ["q"] * ROWS), step=3, config={"trainer": {}})
