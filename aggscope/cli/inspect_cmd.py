@@ -58,9 +58,9 @@ def inspect(
     description = describe(rollouts, with_progress(rollouts.iter_steps(), len(rollouts.steps), "reading", rollouts=rollouts))
     from aggscope.io.logged_config import logged_config
 
-    found = logged_config(input_spec.path)  # a trainer integration's config beside the batches
+    logged = logged_config(input_spec.path)  # a trainer integration's config beside the batches
     if json_output:
-        typer.echo(json.dumps({**description.to_dict(), "logged_config": None if found is None else found[0]}))
+        typer.echo(json.dumps({**description.to_dict(), "logged_config": None if logged is None else logged[0]}))
         return
     console = stdout_console()
     files = description.files
@@ -74,10 +74,10 @@ def inspect(
     console.print(mapping)
     for note in description.notes:
         console.print(f"[dim]note: {markup(note)}[/dim]")
-    if found is not None:
+    if logged is not None:
         console.print(
-            f"trainer config: {markup(found[0])} ({found[1]}, written by aggscope's integration): weights, check, report, "
-            f"compare and plot use it as --config; aggscope inspect --config {markup(found[0])} shows what it gives"
+            f"trainer config: {markup(logged[0])} ({logged[1]}, written by aggscope's integration): weights, check, report, "
+            f"compare and plot use it as --config; aggscope inspect --config {markup(logged[0])} shows what it gives"
         )
     _print_unrecoverable(console, description.unrecoverable)
     if not any(role in description.columns for role in ("uid", "uid_text")):
