@@ -94,7 +94,9 @@ def config_specs(configured: Any, applied: Any, spec_texts: list[str], rollouts:
     from aggscope.presets.apply import apply_setup
     from aggscope.presets.changes import config_changes, parse_config_choice
 
-    base_label = Path(configured.config.paths[-1]).name
+    paths = configured.config.paths
+    # --trainer (and --set) without a file: the trainer's defaults are the config, named by the trainer
+    base_label = Path(paths[-1]).name if paths else applied.setup.trainer
     specs = [config_spec(applied.setup.mode, applied.layout, base_label)]
     changes = []
     for text in configured.candidates:

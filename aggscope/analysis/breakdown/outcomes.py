@@ -29,9 +29,13 @@ from aggscope.analysis.breakdown.model import (
     SignShares,
 )
 from aggscope.analysis.checks import CheckReport
+from aggscope.analysis.checks.settings import BOUNDARY_TRAINERS
 from aggscope.analysis.specs import Spec
 from aggscope.core.weights import ModeSummary
 
+# The zero-gradient cause of the tokens SkyRL trains at weight 0 where aggscope's (canonical) prompt_mean
+# gives them a gradient: rows of a prompt cut by a mini-batch boundary, past the boundary.
+SKYRL_CUT_CAUSE = "skyrl_cut_prompt"
 RATIO_QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 TOP_PROMPTS = 5
 
@@ -52,9 +56,12 @@ class SpecOutcome:
             None without uids or rewards).
         advantage_sign: its gradient mass on positive and negative advantages.
         prompt_concentration: how concentrated its gradient mass is across prompts.
-        zero_grad: cause -> loss tokens with no gradient (``check``'s accounting).
+        zero_grad: cause -> loss tokens with no gradient (``check``'s accounting, plus ``SKYRL_CUT_CAUSE``
+            where ``trainer_zeroed`` is not 0).
         checks: what ``check`` reports under the SPEC's layout, for the SPEC's own mode (``CheckReport.for_mode``).
         updates_per_step: the optimizer updates (mini-batches) of each step under its layout.
+        trainer_zeroed: per step, the loss tokens the trainer in use trains at weight 0 although the
+            SPEC's weights give them a gradient (``trainer_zeroed_per_step``); empty: none.
     """
 
     steps: list[int]
@@ -68,15 +75,30 @@ class SpecOutcome:
     zero_grad: dict[str, int]
     checks: CheckReport
     updates_per_step: list[int]
+    trainer_zeroed: tuple[int, ...] = ()
+
+    @property
+    def trainer_zeroed_tokens(self) -> int:
+        """Loss tokens the trainer in use trains at weight 0 where the SPEC's weights give them a gradient."""
+        return sum(self.trainer_zeroed)
 
     @property
     def no_gradient_tokens(self) -> int:
-        """Loss tokens whose gradient weight is zero or not finite."""
-        return self.total.zero_grad_tokens + self.total.nonfinite_grad_tokens
+        """Loss tokens whose gradient weight is zero or not finite, plus those the trainer in use trains at 0."""
+        return self.total.zero_grad_tokens + self.total.nonfinite_grad_tokens + self.trainer_zeroed_tokens
+
+    def no_gradient_in_step(self, index: int) -> int:
+        """``no_gradient_tokens`` of the ``index``-th step."""
+        summary = self.step_summaries[index]
+        zeroed = self.trainer_zeroed[index] if self.trainer_zeroed else 0
+        return summary.zero_grad_tokens + summary.nonfinite_grad_tokens + zeroed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total.to_dict(),
+            "no_gradient_tokens": self.no_gradient_tokens,
+            "trainer_zeroed_tokens": self.trainer_zeroed_tokens,
+            "trainer_zeroed_per_step": list(self.trainer_zeroed),
             "steps": [{"step": step, **summary.to_dict()} for step, summary in zip(self.steps, self.step_summaries, strict=True)],
             "length_quartiles": self.length_quartiles.to_dict(),
             "length_deciles": self.length_deciles.to_dict(),
@@ -252,6 +274,24 @@ class Comparison:
         return next((group.labels[0] for group in self.coincide if label in group.labels), label)
 
 
+def trainer_zeroed_per_step(checks: CheckReport, mode: str, steps: Sequence[int]) -> tuple[int, ...]:
+    """Per step of ``steps``, the loss tokens the trainer ``checks`` ran with trains at weight 0 although
+    ``mode``'s weights give them a gradient, or ``()`` when there are none.
+
+    Only SkyRL under ``prompt_mean``: SkyRL's prompt_mean takes the prompts whose first row lies in a
+    mini-batch and leaves the rows of a prompt cut by that mini-batch's end at weight 0 (SkyRL 0.4.0
+    ``trainer._normalize_advantages``); aggscope's ``prompt_mean`` is the canonical one, which gives
+    them their share in the next mini-batch. SkyRL's own mini-batches are whole prompts, so this is
+    non-zero only under a layout that cuts one (a SPEC's or a flag's mini-batch size). With the trainer
+    unknown, ``check`` says a boundary-based prompt_mean *would* do this and nothing is counted.
+    """
+    if mode != "prompt_mean" or checks.options.trainer not in BOUNDARY_TRAINERS:
+        return ()
+    by_step = {entry.step: entry.boundary_zeroed_tokens for entry in checks.steps}
+    counts = tuple(by_step.get(step, 0) for step in steps)
+    return counts if any(counts) else ()
+
+
 def compare_specs(breakdown: Breakdown, min_rows_per_bucket: int = MIN_ROWS_PER_BUCKET) -> Comparison:
     """Group the breakdown once and compare every SPEC after the first against the first.
 
@@ -265,6 +305,11 @@ def compare_specs(breakdown: Breakdown, min_rows_per_bucket: int = MIN_ROWS_PER_
     outcomes = {}
     for spec in breakdown.specs:
         result = breakdown.results[spec.label]
+        checks = breakdown.checks[spec.layout].for_mode(spec.mode.name)  # the SPEC's own findings
+        zeroed = trainer_zeroed_per_step(checks, spec.mode.name, breakdown.steps)
+        causes = dict(zero_grad[spec.label])
+        if zeroed:
+            causes[SKYRL_CUT_CAUSE] = sum(zeroed)
         outcomes[spec.label] = SpecOutcome(
             steps=breakdown.steps,
             total=result.total,
@@ -274,9 +319,10 @@ def compare_specs(breakdown: Breakdown, min_rows_per_bucket: int = MIN_ROWS_PER_
             difficulty=None if difficulty is None else difficulty.shares(spec.label),
             advantage_sign=SignShares.of(result.total),
             prompt_concentration=breakdown.concentration(spec.label),
-            zero_grad=zero_grad[spec.label],
-            checks=breakdown.checks[spec.layout].for_mode(spec.mode.name),  # the SPEC's own findings
+            zero_grad=causes,
+            checks=checks,
             updates_per_step=updates_per_step(breakdown, spec.label),
+            trainer_zeroed=zeroed,
         )
     base = breakdown.specs[0]
     changes = [_change(breakdown, base, candidate, outcomes) for candidate in breakdown.specs[1:]]

@@ -3,7 +3,9 @@
 ``boundary_prompt_mean`` computes the row weights SkyRL gives from prompt boundaries in trainer
 order; ``boundary_prompt_mean_findings`` compares them with the canonical ``prompt_mean`` weights
 of one step (``silent_zero_advantage``: rows left at weight 0; ``rebased_prompt_mean_misweight``:
-rows weighted wrongly because a prompt cut at a mini-batch start is not counted in it).
+rows weighted wrongly because a prompt cut at a mini-batch start is not counted in it);
+``boundary_zeroed_tokens`` counts the loss tokens of the rows left at 0 that the canonical weights
+give a gradient (what SkyRL trains at 0 on top of the zero and non-finite advantages).
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def boundary_prompt_mean(loss_tokens: np.ndarray, group_ids: np.ndarray, split: 
     return out
 
 
+def gradient_tokens(rows: Rows, canonical: np.ndarray) -> np.ndarray:
+    """``[n_seqs]`` loss tokens of each row that get a gradient under ``canonical`` row weights: finite
+    non-zero advantage and a finite non-zero weight (the tokens ``zero_grad_causes`` counts nowhere)."""
+    finite_nonzero = rows.loss - rows.zero_adv - rows.nonfinite_adv  # [n]
+    return np.where(np.isfinite(canonical) & (canonical != 0), finite_nonzero, 0)
+
+
+def boundary_zeroed_tokens(rows: Rows, silent: np.ndarray, canonical: np.ndarray) -> int:
+    """Loss tokens of the ``silent`` rows (``[n_seqs]`` bool) that get a gradient under the canonical
+    ``prompt_mean`` and none under the boundary-based one: the count to add to the canonical
+    ``zero_grad_tokens + nonfinite_grad_tokens`` for what SkyRL trains (no token counted twice)."""
+    return int(gradient_tokens(rows, canonical)[silent].sum())
+
+
 def boundary_prompt_mean_findings(
     batch: StepBatch, rows: Rows, groups: Groups, split: Split, canonical: np.ndarray
 ) -> tuple[list[Finding], np.ndarray]:
@@ -74,9 +90,11 @@ def boundary_prompt_mean_findings(
     runs_starting = np.bincount(rows.mini_batch[rows.order][run_start], minlength=rows.n_mini_batches)  # prompts SkyRL counts
     findings = []
     silent_rows = np.flatnonzero(silent)
+    trained = gradient_tokens(rows, can)  # [n]
     for group in np.unique(groups.code[silent_rows]).tolist():
         members = silent_rows[groups.code[silent_rows] == group]
         tokens = int(rows.loss[members].sum())
+        losing = int(trained[members].sum())
         lost = float(mass[members].sum())
         lanes = np.unique(rows.mini_batch[members]).tolist()
         share = lost / float(mass_of_mini_batch[lanes].sum()) if mass_of_mini_batch[lanes].sum() > 0 else 0.0
@@ -85,8 +103,8 @@ def boundary_prompt_mean_findings(
         message = (
             f"rows {row_ranges(members, 6)} of prompt {groups.labels[group]} lie in mini-batch "
             f"{', '.join(map(str, lanes))} but the prompt's run starts in mini-batch {start}, so a boundary-based "
-            f"prompt_mean (SkyRL) leaves them at weight 0: {plural(tokens, 'loss token')} with non-zero advantage get no "
-            f"gradient. Gradient mass lost: {lost:.4g} (sum of |A| x canonical prompt_mean weight over them, "
+            f"prompt_mean (SkyRL) leaves them at weight 0: {plural(losing, 'loss token')} with non-zero advantage get no "
+            f"gradient{f' (of their {tokens} loss tokens)' if losing != tokens else ''}. Gradient mass lost: {lost:.4g} (sum of |A| x canonical prompt_mean weight over them, "
             f"{share:.1%} of that mini-batch's)"
             f"{f'; {nonfinite} non-finite advantages left out of the sum' if nonfinite else ''}. Make mini-batches whole "
             "prompts (--mini-batch-prompts, as SkyRL does)."

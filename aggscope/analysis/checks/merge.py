@@ -39,14 +39,21 @@ from aggscope.io.reader import unrecoverable_of
 
 @dataclass(frozen=True)
 class StepZeroGrad:
-    """The zero-gradient causes of one step."""
+    """The zero-gradient causes of one step, and the loss tokens a boundary-based prompt_mean (SkyRL's)
+    leaves at weight 0 where the canonical one gives them a gradient (``StepCheck.boundary_zeroed_tokens``)."""
 
     step: int
     loss_tokens: int
     zero_grad: dict[str, dict[str, int]]
+    boundary_zeroed_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "loss_tokens": self.loss_tokens, "zero_grad": self.zero_grad}
+        return {
+            "step": self.step,
+            "loss_tokens": self.loss_tokens,
+            "zero_grad": self.zero_grad,
+            "boundary_zeroed_tokens": self.boundary_zeroed_tokens,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +84,12 @@ class CheckReport:
     unrecoverable: list[dict[str, Any]] = field(default_factory=list)  # what the dump cannot tell (``Unrecoverable``)
     options: CheckOptions = field(default_factory=CheckOptions)
 
+    @property
+    def boundary_zeroed_tokens(self) -> int:
+        """Loss tokens over all steps that a boundary-based prompt_mean (SkyRL's) leaves at weight 0 where
+        the canonical ``prompt_mean`` gives them a gradient (0 where that check did not run)."""
+        return sum(s.boundary_zeroed_tokens for s in self.steps)
+
     def counts(self, step: int | None = None) -> dict[str, int]:
         """Findings per severity, over all steps or in one step."""
         return count_severities(self.findings, step)
@@ -100,7 +113,15 @@ class CheckReport:
                 finding = replace(finding, severity=CODES[finding.code].severity)
             findings.append(finding)
         findings.sort(key=lambda f: f.sort_key)
-        steps = [StepZeroGrad(s.step, s.loss_tokens, {m: c for m, c in s.zero_grad.items() if m == mode}) for s in self.steps]
+        steps = [
+            StepZeroGrad(
+                s.step,
+                s.loss_tokens,
+                {m: c for m, c in s.zero_grad.items() if m == mode},
+                s.boundary_zeroed_tokens if mode == "prompt_mean" else 0,
+            )
+            for s in self.steps
+        ]
         zero_grad = {m: c for m, c in self.zero_grad.items() if m == mode}
         return replace(self, modes=[m for m in self.modes if m == mode], findings=findings, zero_grad=zero_grad, steps=steps)
 
@@ -113,6 +134,7 @@ class CheckReport:
             },
             "counts": self.counts(),
             "loss_tokens": self.loss_tokens,
+            "boundary_zeroed_tokens": self.boundary_zeroed_tokens,
             "sequences": self.sequences,
             "steps": [s.to_dict() for s in self.steps],
             "layout": self.layout.to_dict(),
@@ -165,7 +187,7 @@ class CheckAccumulator:
         if self.modes is None:
             self.modes = list(check.zero_grad)
         self.findings.extend(check.findings)
-        self.steps.append(StepZeroGrad(check.step, check.loss_tokens, check.zero_grad))
+        self.steps.append(StepZeroGrad(check.step, check.loss_tokens, check.zero_grad, check.boundary_zeroed_tokens))
         self.loss_tokens += check.loss_tokens
         self.sequences += check.sequences
         self.lengths_estimated = self.lengths_estimated or check.lengths_estimated

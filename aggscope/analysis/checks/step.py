@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings
+from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings, boundary_zeroed_tokens
 from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, SEQUENCE_DENOMINATOR_MODES, Finding
 from aggscope.analysis.checks.messages import check_command, cut_message, has_or_have, who
 from aggscope.analysis.checks.no_gradient import no_gradient_findings, same_accounting
@@ -80,6 +80,8 @@ class StepCheck:
         group_sizes: ``{group size: number of prompts}``.
         notes: remarks on checks that could not run.
         lengths_estimated: the step's token counts were estimated from text.
+        boundary_zeroed_tokens: loss tokens that get a gradient under the canonical ``prompt_mean`` and
+            none under the boundary-based one (SkyRL's; 0 when that check did not run).
     """
 
     step: int
@@ -93,6 +95,7 @@ class StepCheck:
     group_sizes: dict[int, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     lengths_estimated: bool = False
+    boundary_zeroed_tokens: int = 0
 
 
 def zero_grad_causes(
@@ -195,6 +198,7 @@ def check_step(
         group_sizes=prompts.group_sizes,
         notes=prompts.notes + notes,
         lengths_estimated=batch.lengths_estimated,
+        boundary_zeroed_tokens=prompts.boundary_zeroed,
     )
 
 
@@ -208,6 +212,7 @@ class _PromptChecks:
     safe: SafeSizes | None = None
     group_sizes: dict[int, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    boundary_zeroed: int = 0
 
 
 def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
@@ -279,9 +284,11 @@ def _prompt_checks(
     cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, boundary)
     findings += cut_findings
     no_gradient = np.zeros(rows.n, dtype=bool)
+    boundary_zeroed = 0
     if boundary:
         found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
         findings += [replace(f, modes=("prompt_mean",)) for f in found]
+        boundary_zeroed = boundary_zeroed_tokens(rows, no_gradient, weights["prompt_mean"])
     safe = None
     # the sizes that cut no prompt are worked out for contiguous mini-batches (the canonical composition)
     if layout.composition == "canonical" and (layout.mini_batch_size is not None or layout.mini_batch_prompts is not None):
@@ -299,7 +306,7 @@ def _prompt_checks(
         n_mini_batches=rows.n_mini_batches,
         dp_size=layout.dp_size,
     )
-    return _PromptChecks(findings, cut_prompts, lanes, safe, group_sizes, tuple(notes))
+    return _PromptChecks(findings, cut_prompts, lanes, safe, group_sizes, tuple(notes), boundary_zeroed)
 
 
 def _safe_sizes(rows: Rows, groups: Groups) -> SafeSizes:

@@ -325,10 +325,15 @@ def _check_sentence(document: ReportDocument, base: str, candidate: str) -> tupl
         f"({', '.join(codes)}), against {errors_before} under {base}"
     )
     silent = [finding for finding in after.findings if finding.code == "silent_zero_advantage"]
-    if silent:
-        tokens = sum(finding.tokens for finding in silent)
+    prompts = f"{len(silent)} cut prompt{'s' * (len(silent) != 1)}"
+    outcome = document.results[candidate]
+    if outcome.trainer_zeroed_tokens:  # the trainer is SkyRL: the column counts what it trains at 0
         text += (
-            f": a boundary-based prompt_mean (SkyRL's) would leave {tokens:,} loss tokens of {len(silent)} cut "
-            f"prompt{'s' * (len(silent) != 1)} with no gradient"
+            f": SkyRL's boundary-based prompt_mean leaves {outcome.trainer_zeroed_tokens:,} loss tokens with a non-zero "
+            f"advantage in {prompts} with no gradient, counted in {candidate}'s {outcome.no_gradient_tokens:,} loss "
+            "tokens with no gradient"
         )
+    elif silent:  # the trainer is unknown: it may be SkyRL
+        tokens = sum(finding.tokens for finding in silent)
+        text += f": a boundary-based prompt_mean (SkyRL's) would leave {tokens:,} loss tokens of {prompts} with no gradient"
     return (100.0, text + ".")

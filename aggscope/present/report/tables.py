@@ -387,7 +387,6 @@ def steps_table(document: ReportDocument) -> Table:
     for i, step in enumerate(document.input.steps[:STEP_ROWS]):
         cells = [str(step)]
         cells += [fmt.number(_rounded(document.results[label].step_summaries[i].ess_tokens)) for label in labels]
-        entry = base.step_summaries[i]
-        cells.append(fmt.number(entry.zero_grad_tokens + entry.nonfinite_grad_tokens))
+        cells.append(fmt.number(base.no_gradient_in_step(i)))
         rows.append(cells)
     return Table(headers, rows, [None] * len(rows))
