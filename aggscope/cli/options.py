@@ -47,6 +47,7 @@ class InputSpec:
     eos_trained: Optional[bool] = None
     max_completion_length: Optional[int] = None
     use_dump_weights: bool = False
+    tool_mask: Optional[bool] = None
 
     def refuse_dump_weights(self, command: str, why: str) -> None:
         """A one-line error where ``command`` cannot take the dump's per-token weights in (``why``)."""
@@ -77,6 +78,7 @@ class InputSpec:
             eos_trained=self.eos_trained,
             max_completion_length=self.max_completion_length,
             use_dump_weights=self.use_dump_weights,
+            tool_mask=self.tool_mask,
         )
 
 
@@ -117,6 +119,7 @@ def _build_input(
     eos_trained: Optional[bool] = None,
     max_completion_length: Optional[int] = None,
     use_dump_weights: bool = False,
+    tool_mask: Optional[bool] = None,
 ) -> InputSpec:
     from aggscope.io.columns import parse_column_overrides
     from aggscope.io.paths import refuse_missing
@@ -134,6 +137,7 @@ def _build_input(
         eos_trained=eos_trained,
         max_completion_length=max_completion_length,
         use_dump_weights=use_dump_weights,
+        tool_mask=tool_mask,
     )
 
 

@@ -136,6 +136,20 @@ INPUT_PARAMS = [
         None,
     ),
     param(
+        "tool_mask",
+        Annotated[
+            Optional[bool],
+            typer.Option(
+                "--tool-mask/--no-tool-mask",
+                help="Count the tool responses a multi-turn output shows as ChatML tool turns as not trained, as verl's "
+                "response_mask has them (verl). Default: on for verl.",
+                rich_help_panel=INPUT_PANEL,
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    param(
         "use_dump_weights",
         Annotated[
             bool,

@@ -43,7 +43,8 @@ def open_rollouts(
             ``trust_pickle`` (unpickle a ``.pkl``/``.pt`` file fully: it may run code; only for ``path``
             naming that one file, see ``trusted_pickle_file``), ``eos_trained`` and
             ``max_completion_length`` (TRL: count each completion's trained end token; see
-            ``aggscope.io.readers.trl``).
+            ``aggscope.io.readers.trl``), ``tool_mask`` (verl: tool turns of multi-turn outputs not
+            trained; see ``aggscope.io.readers.verl_tools``).
 
     Returns:
         The reader (``aggscope.io.reader.Rollouts``): a ``ParquetRollouts`` for Parquet input.
@@ -75,6 +76,7 @@ def open_any(
     eos_trained: bool | None = None,
     max_completion_length: int | None = None,
     use_dump_weights: bool = False,
+    tool_mask: bool | None = None,
 ) -> Rollouts:
     """Open rollouts of any supported format (see the module docstring)."""
     from aggscope.core.advantages import resolve_estimator
@@ -90,12 +92,16 @@ def open_any(
         eos_trained=eos_trained,
         max_completion_length=max_completion_length,
         use_dump_weights=use_dump_weights,
+        tool_mask=tool_mask,
     )
     fmt = resolve_format(format) if format is not None else detect_format(path)
     if use_dump_weights and fmt != "prime-rl":
         raise AggscopeError(
             f"--use-dump-weights: {DUMP_WEIGHTS_REFUSAL.get(fmt, DUMP_WEIGHTS_REFUSAL[''])} ({path} is read as {fmt})"
         )
+    if tool_mask is not None and fmt != "verl":
+        given = "--tool-mask" if tool_mask else "--no-tool-mask"
+        raise AggscopeError(f"{given} applies to verl dumps (tool turns in the decoded output); {path} is read as {fmt}")
     if trust_pickle and fmt not in PICKLE_FORMATS:
         raise AggscopeError(f"--trust-pickle applies to pickled dumps ({', '.join(PICKLE_FORMATS)}); {path} is read as {fmt}")
     module, name = READERS[fmt]

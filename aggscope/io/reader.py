@@ -39,6 +39,8 @@ class ReadOptions:
             cut there, without an end-of-sequence token.
         use_dump_weights: take the dump's own per-token loss weights into the weights as the trainer
             that reads them does (``--use-dump-weights``: prime-rl's ``rl_weights``).
+        tool_mask: count the tool turns a verl multi-turn output shows as not trained
+            (``--tool-mask``/``--no-tool-mask``); None for the default (on for verl).
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -49,6 +51,7 @@ class ReadOptions:
     eos_trained: bool | None = None
     max_completion_length: int | None = None
     use_dump_weights: bool = False
+    tool_mask: bool | None = None
 
 
 @dataclass(frozen=True)

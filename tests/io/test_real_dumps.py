@@ -2,7 +2,8 @@
 
 Every expected number is computed here from the raw file with a plain ``json`` loop (one record at
 a time, no aggscope code): groups, samples, loss tokens (Atropos: mask entries other than -100;
-verl: ceil(UTF-8 bytes / 4) of each output, the documented estimate), and the zero-variance
+verl: ceil(UTF-8 bytes / 4) of each piece of output between its ChatML tool turns, the documented
+estimate, plus each turn's trained <|im_end|>: ``trained_verl_tokens``), and the zero-variance
 groups (all rewards of the group equal). PROVENANCE.md states the same facts independently: the
 verl step has 64 prompts x 16 samples, 691 rewards of 1 and one zero-variance group; the Atropos
 subjreward file has only zero scores.
@@ -31,11 +32,32 @@ ATROPOS = ["atropos_cybersec_objreward.jsonl", "atropos_cybersec_subjreward.json
 VERL = "verl_rollout_data_dir_step2.jsonl"
 
 
+def trained_verl_tokens(text: str) -> int:
+    """Estimated trained tokens of a verl output: the text outside its tool turns (found with str.find:
+    ``\nuser\n<tool_response>\n`` up to the first ``\n</tool_response>\nassistant\n`` with no
+    ``\nassistant\n`` before it, or up to the end of the text), and one <|im_end|> per turn."""
+    opening, closing, header = "\nuser\n<tool_response>\n", "\n</tool_response>\nassistant\n", "\nassistant\n"
+    trained, position, search = 0, 0, 0
+    while (start := text.find(opening, search)) >= 0:
+        end = text.find(closing, start)
+        stop = text.find(header, start)
+        if end >= 0 and stop == end + len("\n</tool_response>"):
+            span_end = end + len(closing)
+        elif stop < 0:
+            span_end = len(text)  # a turn cut at the end
+        else:
+            search = start + 1  # not a tool turn
+            continue
+        trained += math.ceil(len(text[position:start].encode("utf-8")) / 4) + 1
+        position = search = span_end
+    return trained + math.ceil(len(text[position:].encode("utf-8")) / 4)
+
+
 def plain_verl(path: Path) -> dict:
     groups: dict[str, list[tuple[float, int]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        tokens = math.ceil(len(record["output"].encode("utf-8")) / 4)
+        tokens = trained_verl_tokens(record["output"])
         groups.setdefault(record["input"], []).append((float(record["score"]), tokens))
     return summary(list(groups.values()))
 

@@ -60,12 +60,19 @@ class TextLengths:
 
 _TOKENIZERS: dict[str, Callable[[Sequence[str]], list[list[int]]]] = {}
 _EOS_TOKENS: dict[str, str | None] = {}
+_SPECIAL_TOKENS: dict[str, frozenset[str]] = {}
 
 
 def tokenizer_eos(path: str) -> str | None:
     """The end-of-sequence token of the local tokenizer at ``path``, or None when it has none."""
     load_tokenizer(path)
     return _EOS_TOKENS.get(path)
+
+
+def tokenizer_specials(path: str) -> frozenset[str]:
+    """The special tokens of the local tokenizer at ``path`` (those ``skip_special_tokens`` removes)."""
+    load_tokenizer(path)
+    return _SPECIAL_TOKENS.get(path, frozenset())
 
 
 def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
@@ -91,6 +98,7 @@ def load_tokenizer(path: str) -> Callable[[Sequence[str]], list[list[int]]]:
 
     _TOKENIZERS[path] = encode
     _EOS_TOKENS[path] = getattr(tokenizer, "eos_token", None) or None
+    _SPECIAL_TOKENS[path] = frozenset(str(token) for token in getattr(tokenizer, "all_special_tokens", None) or ())
     return encode
 
 
@@ -139,11 +147,12 @@ class TextDumpRollouts(DumpRollouts[Settings]):
         rewards: np.ndarray | None,
         row_advantages: np.ndarray | None = None,
         lengths: np.ndarray | None = None,
+        loss_mask: np.ndarray | None = None,
     ) -> StepBatch:
         """One step from ``[n]`` prompt and response texts, uids, rewards and advantages (or the estimator).
 
         ``lengths`` gives the ``[n]`` token counts where the reader counted them itself (else the
-        response texts are counted).
+        response texts are counted), ``loss_mask`` the ``[sum(lengths)]`` trained tokens (else all).
         """
         prompts = prompts.cast(pa.string())
         uids: Any
@@ -158,6 +167,7 @@ class TextDumpRollouts(DumpRollouts[Settings]):
             step,
             source,
             lengths=self.settings.lengths.count(responses) if lengths is None else lengths,
+            loss_mask=loss_mask,
             row_advantages=row_advantages,
             uids=uids,
             rewards=rewards,

@@ -15,8 +15,11 @@ Fields: ``input`` and ``output`` (decoded text), ``score`` (the sum of the token
   verl's formula), broadcast over the response tokens; with v1 keys, from each session's final
   output as verl does.
 - Lengths: from the ``output`` text (``--tokenizer`` or the estimate of ``readers.text``). In
-  multi-turn runs ``output`` also holds tool responses that were not trained on; they are counted
-  as loss tokens here, and a note says how many outputs hold them.
+  multi-turn runs ``output`` also holds tool responses that verl does not train on: where the text
+  shows them as ChatML tool turns, their tokens are counted at their positions as not trained
+  (``aggscope.io.readers.verl_tools``; ``--no-tool-mask`` counts them as loss tokens), and a note
+  per step says how many spans and tokens; in a template not recognised they stay loss tokens, and
+  a note says how many outputs hold them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pyarrow.compute as pc
 
 from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError
+from aggscope.fmt import number, plural
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, Unrecoverable
 from aggscope.io.readers.base import estimator_note, plan_by_name
@@ -37,8 +41,18 @@ from aggscope.io.readers.facts import BATCH_MEMBERSHIP_MODES, config_fact
 from aggscope.io.readers.jsonl import JsonlTable, first_record, read_jsonl, sniffed_type
 from aggscope.io.readers.text import TextDumpRollouts, TextSettings
 from aggscope.io.readers.verl_keys import V1_KEY, V1Keys, parse_v1_keys, v1_advantages
+from aggscope.io.readers.verl_tools import TOOL_MARKER, chatml_spans, marker_rows, tool_masked
 
-TOOL_MARKER = "<tool_response>"
+TOOL_MASKED = (
+    "tool responses (ChatML tool turns in the decoded text: <tool_response> blocks between a user and an "
+    "assistant header), which verl's response_mask leaves out of the loss. Their tokens, with the three special "
+    "tokens of each turn the decoded text lost, are counted at their positions as not trained (the notes say how "
+    "many spans and tokens per step; --no-tool-mask counts them as loss tokens)."
+)
+TOOL_COUNTED = (
+    "tool responses ({why}), which verl's response_mask leaves out of the loss but which are counted here as loss "
+    "tokens: loss-token counts and length-normalised weights include them."
+)
 
 
 @dataclass(frozen=True)
@@ -50,12 +64,14 @@ class VerlSettings(TextSettings):
         names: the ``(prompt text, uid or None, reward)`` fields.
         step_from_field: True when each file's step is its ``step`` field (else its name).
         v1_keys: True when the uids are the v1 trainer's ``{prompt uid}_{session}_{index}`` keys.
+        tool_mask: True to count the ChatML tool turns of the outputs as not trained.
     """
 
     fields: Mapping[str, pa.DataType]
     names: tuple[str, str | None, str]
     step_from_field: bool
     v1_keys: bool = False
+    tool_mask: bool = True
 
 
 class VerlRollouts(TextDumpRollouts[VerlSettings]):
@@ -91,8 +107,7 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             *notes,
             estimator_note(estimator, reward_field),
             lengths.describe(),
-            "lengths come from the decoded output text: in multi-turn runs it also holds tool responses that were "
-            "not trained on, counted here as loss tokens",
+            _tool_note(tool_mask := options.tool_mask is not False),
         ]
         if v1_keys:
             notes.append(
@@ -113,11 +128,12 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
         if has_uid:
             fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
         names = (text_field, uid_field if has_uid else None, reward_field)
-        settings = VerlSettings(lengths, estimator, fields, names, step_from_field, v1_keys)
+        settings = VerlSettings(lengths, estimator, fields, names, step_from_field, v1_keys, tool_mask)
         rollouts = cls(
             path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
         )
         rollouts.unrecoverable = verl_unrecoverable(v1_keys=v1_keys, has_uid=has_uid)
+        rollouts.used_fields, rollouts.unused_fields = _tool_fields(files[0], tool_mask)
         return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
@@ -128,17 +144,18 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             if self.settings.step_from_field:
                 _check_step(part, step)
         outputs = pa.concat_arrays([p.column("output") for p in parts])
-        with_tools = int(pc.sum(pc.match_substring(outputs, TOOL_MARKER).cast(pa.int64())).as_py() or 0)
-        if with_tools:
-            self._note(
-                f"step {step}: {with_tools} of {len(outputs)} outputs hold tool responses ({TOOL_MARKER}) counted as loss tokens"
-            )
         prompts = pa.concat_arrays([p.column(text_field) for p in parts])
         rewards = pa.concat_arrays([p.column(reward_field).cast(pa.float64()) for p in parts]).to_numpy(zero_copy_only=False)
         uid_values = None if uid_field is None else pa.concat_arrays([p.column(uid_field) for p in parts])
         if not self.settings.v1_keys or uid_values is None:
             return self.text_batch(
-                step, self.step_source(files), prompts=prompts, responses=outputs, uid_values=uid_values, rewards=rewards
+                step,
+                self.step_source(files),
+                prompts=prompts,
+                responses=outputs,
+                uid_values=uid_values,
+                rewards=rewards,
+                **self._counted(step, outputs),
             )
         keys = _v1_keys(parts, uid_field or "uid")
         keep = ~keys.padding
@@ -149,19 +166,73 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             )
         keys, rewards = keys.without_padding(), rewards[keep]
         indices = pa.array(np.flatnonzero(keep))
+        kept = outputs.take(indices)
         return self.text_batch(
             step,
             self.step_source(files),
             prompts=prompts.take(indices),
-            responses=outputs.take(indices),
+            responses=kept,
+            **self._counted(step, kept),
             uid_values=pa.array(keys.prompt_uids.tolist(), type=pa.string()),
             rewards=rewards,
             row_advantages=v1_advantages(rewards, keys, self.settings.estimator or "grpo", self.step_source(files)),
         )
 
+    def _counted(self, step: int, outputs: pa.Array) -> dict[str, np.ndarray | None]:
+        """The ``lengths`` and ``loss_mask`` of a step's outputs (tool turns not trained), with the step's notes."""
+        if not self.settings.tool_mask:
+            with_tools = int(marker_rows(outputs).sum())
+            if with_tools:
+                self._note(
+                    f"step {step}: {number(with_tools)} of {number(len(outputs))} outputs hold tool responses ({TOOL_MARKER}) "
+                    "counted as "
+                    "loss tokens (--no-tool-mask)"
+                )
+            return {"lengths": None, "loss_mask": None}
+        counted = tool_masked(outputs, self.settings.lengths)
+        estimated = ", estimated" if self.settings.lengths.estimated else ""
+        if counted.spans:
+            cut = f", {number(counted.cut_spans)} of them cut at the output's end" if counted.cut_spans else ""
+            self._note(
+                f"step {step}: {plural(counted.spans, 'tool span')} ({plural(counted.masked_tokens, 'token')}{estimated}"
+                f"{cut}) in {number(counted.rows_with_tools - counted.unrecognised)} of {number(len(outputs))} outputs "
+                "counted as not trained (ChatML tool turns: response_mask 0 in verl)"
+            )
+        if counted.unrecognised:
+            self._note(
+                f"step {step}: {number(counted.unrecognised)} of {number(len(outputs))} outputs hold tool responses "
+                f"({TOOL_MARKER}) but no ChatML tool turn (template not recognised): counted as loss tokens"
+            )
+        return {"lengths": counted.lengths, "loss_mask": counted.loss_mask}
+
     def _note(self, note: str) -> None:
         if note not in self.notes:
             self.notes.append(note)
+
+
+def _tool_note(tool_mask: bool) -> str:
+    if not tool_mask:
+        return (
+            "lengths come from the decoded output text: in multi-turn runs it also holds tool responses that were "
+            "not trained on, counted here as loss tokens (--no-tool-mask)"
+        )
+    return (
+        "lengths come from the decoded output text: tool responses it shows as ChatML tool turns are counted as not "
+        "trained, as verl's response_mask has them (--no-tool-mask counts them as loss tokens)"
+    )
+
+
+def _tool_fields(file: str, tool_mask: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``(used_fields, unused_fields)`` for the tool responses the first file's outputs hold (none: both empty)."""
+    outputs = read_jsonl(file, {"output": pa.string()}).column("output")
+    rows = np.flatnonzero(marker_rows(outputs))
+    if not rows.size:
+        return (), ()
+    if not tool_mask:
+        return (), (("output", TOOL_COUNTED.format(why="--no-tool-mask")),)
+    if not any(chatml_spans(outputs[int(row)].as_py()) for row in rows[:64]):
+        return (), (("output", TOOL_COUNTED.format(why=f"{TOOL_MARKER} outside a ChatML tool turn: template not recognised")),)
+    return (("output", TOOL_MASKED),), ()
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str], bool]:
@@ -214,13 +285,15 @@ def verl_unrecoverable(*, v1_keys: bool, has_uid: bool) -> tuple[Unrecoverable, 
     facts = [
         Unrecoverable(
             "the response_mask (which output tokens verl trained: tool responses of multi-turn runs are not trained)",
-            "token counts and every per-token weight come from the decoded output text; exact only for single-turn "
-            "outputs re-tokenized with --tokenizer",
+            "token counts and every per-token weight come from the decoded output text; tool responses shown as "
+            "ChatML tool turns are masked as verl masks them (counted piece by piece between the special tokens the "
+            "text lost); exact at best with --tokenizer, estimated without",
             ("*",),
         ),
         Unrecoverable(
             "the special tokens of each output (decoded with skip_special_tokens=True: a trained EOS is not in the text)",
-            "token counts of EOS-terminated outputs are one short, and the weights of length-normalised modes with them",
+            "token counts of EOS-terminated outputs are one short (the final EOS; a ChatML tool turn's is counted), and "
+            "the weights of length-normalised modes with them",
             ("*",),
         ),
         Unrecoverable(
