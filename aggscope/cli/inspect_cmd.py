@@ -62,6 +62,11 @@ def inspect(
     if json_output:
         typer.echo(json.dumps({**description.to_dict(), "logged_config": None if logged is None else logged[0]}))
         return
+    _print_description(description, logged)
+
+
+def _print_description(description: Any, logged: Optional[tuple[str, str]]) -> None:
+    """``inspect``'s tables and notes for a human (``--json`` gives the same as one document)."""
     console = stdout_console()
     files = description.files
     console.print(f"[bold]{markup(description.source)}[/bold]: {fmt.plural(len(files), 'file')}, {description.format} layout")

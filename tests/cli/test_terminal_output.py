@@ -175,10 +175,10 @@ def test_one_step_gets_no_step_lines_and_counts_read_one_way(real_data: Path, tm
     dump = str(real_data / "verl_rollout_data_dir_step2.jsonl")
     checked = run("check", dump, "--fail-on", "never").stdout
     assert "worst first" not in checked
-    assert " · 1 step · 1,024 sequences · 332,100" in checked
-    assert "all 1 step · 1,024 sequences · 64 prompts · 332,100 loss tokens" in run("weights", dump, "-m", "token_mean").stdout
+    assert " · 1 step · 1,024 sequences · 297,510" in checked  # tool spans counted as not trained
+    assert "all 1 step · 1,024 sequences · 64 prompts · 297,510 loss tokens" in run("weights", dump, "-m", "token_mean").stdout
     converted = run("convert", dump, "-o", str(tmp_path / "c.parquet")).stdout
-    assert ": 1 step, 1,024 sequences, 332,100 tokens (332,100 loss tokens)" in " ".join(converted.split())
+    assert ": 1 step, 1,024 sequences, 340,259 tokens (297,510 loss tokens)" in " ".join(converted.split())
     assert fmt.plural(1024, "warning") == "1,024 warnings" and fmt.plural(1, "step") == "1 step"
 
 
