@@ -280,14 +280,14 @@ def unused_field_findings(fields: Sequence[tuple[str, str]], used: Sequence[tupl
         (
             CODES["unused_dump_field"].severity,
             f"the dump carries {name!r}, which these weights do not use: {what} Every weight and gradient share here "
-            "assumes a trainer that ignores it; where yours reads it, the numbers differ by its per-token factor.",
+            "assumes a trainer that ignores it; where yours uses it, the numbers differ where it does.",
         )
         for name, what in fields
     ]
     taken = [
         (
             "info",
-            f"the dump carries {name!r}, which these weights use: {what} Every weight and gradient share here includes it.",
+            f"the dump carries {name!r}, which these weights use: {what} Every weight and gradient share here takes it in.",
         )
         for name, what in used
     ]
