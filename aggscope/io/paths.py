@@ -48,8 +48,8 @@ def refuse_missing(path: str) -> None:
     The command line calls it before anything heavy is imported, so a mistyped path costs
     start-up only; the readers check the same again (``list_files``) with the same words.
     """
-    if "://" in path or os.path.lexists(path):
-        return
+    if not path or "://" in path or os.path.lexists(path):
+        return  # an empty PATH is told by the readers, with what to give instead
     if any(ch in path for ch in GLOB_CHARS):
         if not any(not os.path.isdir(p) for p in globlib.iglob(path, recursive=True)):
             raise AggscopeError(f"{path}: no file matches this pattern")

@@ -133,7 +133,7 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
         )
         rollouts.unrecoverable = verl_unrecoverable(v1_keys=v1_keys, has_uid=has_uid)
-        rollouts.used_fields, rollouts.unused_fields = _tool_fields(files[0], tool_mask)
+        rollouts.used_fields, rollouts.unused_fields = _tool_fields(files[0], fields, tool_mask)
         return rollouts
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
@@ -222,9 +222,13 @@ def _tool_note(tool_mask: bool) -> str:
     )
 
 
-def _tool_fields(file: str, tool_mask: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    """``(used_fields, unused_fields)`` for the tool responses the first file's outputs hold (none: both empty)."""
-    outputs = read_jsonl(file, {"output": pa.string()}).column("output")
+def _tool_fields(
+    file: str, fields: dict[str, pa.DataType], tool_mask: bool
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``(used_fields, unused_fields)`` for the tool responses the first file's outputs hold (none: both empty).
+
+    The file is read with the step's own ``fields``, so a bad line is told as the step's read tells it."""
+    outputs = read_jsonl(file, fields).column("output")
     rows = np.flatnonzero(marker_rows(outputs))
     if not rows.size:
         return (), ()
