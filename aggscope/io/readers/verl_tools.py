@@ -5,17 +5,21 @@ Facts from verl 0.9.1 (``verl/experimental/agent_loop/tool_agent_loop.py``,
 appends gets ``response_mask`` 0 (``align_response_metadata``): the tool messages as the chat
 template renders them, the next generation prompt, and for Qwen's ChatML the ``"\\n"`` that
 ``QwenContinuousTokenBuilder`` inserts after the turn's ``<|im_end|>`` (which the model generated,
-and which is trained). A tool turn that would pass ``response_length`` ends the rollout before it is
-appended (dropped, not cut), so a span is never left open.
+and which is trained). In 0.9.1 a tool turn that would pass ``response_length`` ends the rollout
+before it is appended (dropped, not cut); earlier releases cut it, and dumps hold such outputs (the
+real one in the tests does), so a tool turn still open at the output's end is counted as not
+trained to the end and named in the step's note as cut there.
 
 The dump's ``output`` is decoded with ``skip_special_tokens=True``: of a ChatML tool turn
 
     <|im_end|>\\n<|im_start|>user\\n<tool_response>\\n...\\n</tool_response><|im_end|>\\n<|im_start|>assistant\\n
 
 it keeps ``\\nuser\\n<tool_response>\\n...\\n</tool_response>\\nassistant\\n`` (several tool messages of
-one turn share one ``user`` block). That visible span is what ``CHATML_TOOL_SPAN`` matches; a row
-whose every ``<tool_response>`` lies in such a span is split, other rows holding the marker are left
-as they are (their template is not recognised: no guess is made).
+one turn share one ``user`` block). That visible span is what ``CHATML_TOOL_SPAN`` matches. A row
+with at least one such span is split at its spans; a ``<tool_response>`` outside every span (text
+the model wrote itself, in the real dump after an ``\nassistant\n``) stays trained text. A row whose
+markers lie in no span is left as it is and counted among the rows whose template is not recognised
+(no guess is made).
 
 Counting a split row: the text between special tokens is counted piece by piece (the special tokens
 split the real token stream there too), with ``TextLengths.count`` (the tokenizer, or the
