@@ -33,7 +33,7 @@ _EXPORTS = {
     "StepBatch": "aggscope.core.batch",
     "SequenceStats": "aggscope.core.batch",
     "Layout": "aggscope.core.layout",
-    "split_step": "aggscope.core.layout",
+    "split_step": "aggscope.core.split",
     "MODES": "aggscope.core.modes",
     "resolve_mode": "aggscope.core.modes",
     "register": "aggscope.core.modes",

@@ -255,7 +255,12 @@ def main(argv: list[str]) -> None:
     if case in ("duckdb", "polars"):
         __import__(case)
     elif case not in ("read", "read_write"):
+        # the modules the case calls, and the Parquet reader they load on first use
+        import aggscope.analysis.checks
+        import aggscope.analysis.weights
         import aggscope.core.weights
+        import aggscope.io.open
+        import aggscope.io.parquet
     if case == "padded":
         import torch  # noqa: F401
     if case == "report":

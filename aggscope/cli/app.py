@@ -9,8 +9,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from aggscope import __version__
-from aggscope.cli.render import terminal_safe
 from aggscope.cli.signals import Terminated, received, stop_cleanly_on_signals
+from aggscope.cli.text import terminal_safe
 from aggscope.errors import AggscopeError
 
 # typer >= 0.26 vendors click; reach its exception base through a public subclass either way.

@@ -4,19 +4,22 @@ import json
 import re
 import textwrap
 from collections import defaultdict
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from aggscope.cli.app import app
 from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import WIDTH, Column, Row, fit_table, stdout_console, with_progress
+from aggscope.cli.progress import with_progress
 from aggscope.cli.step_lines import CHECK_COLUMNS, CHECK_ORDER, SHOWN_STEPS, check_step_lines, print_step_lines
+from aggscope.cli.text import WIDTH, Column, Row
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 SHOWN_PER_CODE = 3
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -74,12 +77,14 @@ def check(
     ] = False,
 ) -> None:
     """Flag splits that cut a prompt group, silent zero-advantage rows, and explain every token without gradient."""
-    from aggscope.analysis.checks import parse_fail_on, run_checks
-    from aggscope.core.weights import select_modes
+    from aggscope.analysis.check_settings import parse_fail_on
 
     threshold = parse_fail_on(fail_on)
     options = check_options(max_no_grad_share, max_response_len)
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
+    from aggscope.analysis.checks import run_checks
+    from aggscope.core.weights import select_modes
+
     options = with_trainer(options, config, rollouts.format, cap_given=max_response_len is not None)
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     report = run_checks(
@@ -102,7 +107,10 @@ def check(
 
 
 def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: bool, all_steps: bool = False) -> None:
+    from rich.text import Text
+
     from aggscope.analysis.checks import layout_flags
+    from aggscope.cli.render import stdout_console
     from aggscope.fmt import number, plural
 
     console = stdout_console()
@@ -147,7 +155,9 @@ def _render(report: Any, source: str, n_steps: int, threshold: str, verbose: boo
     console.print(f"{summary} — {verdict} --fail-on {threshold}")
 
 
-def _render_findings(console: Console, report: Any, verbose: bool) -> None:
+def _render_findings(console: "Console", report: Any, verbose: bool) -> None:
+    from rich.text import Text
+
     from aggscope.fmt import number, plural, row_ranges
 
     if not report.findings:
@@ -187,8 +197,10 @@ def _render_findings(console: Console, report: Any, verbose: bool) -> None:
 _UPPER = re.compile(r"[A-Z^]")
 
 
-def _lane_text(line: str) -> Text:
+def _lane_text(line: str) -> "Text":
     """A line of the split picture, with cut prompts and no-gradient marks highlighted inside the lane."""
+    from rich.text import Text
+
     text = Text(line)
     if line.count("│") == 2:
         begin, end = line.index("│"), line.rindex("│")
@@ -197,8 +209,9 @@ def _lane_text(line: str) -> Text:
     return text
 
 
-def _zero_grad_table(console: Console, report: Any) -> list[Table]:
+def _zero_grad_table(console: "Console", report: Any) -> "list[Table]":
     from aggscope.analysis.checks import ZERO_GRAD_CAUSES
+    from aggscope.cli.render import fit_table
 
     total = report.loss_tokens
     # Modes with the same accounting share a column (every canonical mode gives each loss token a

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 def check_options(max_no_grad_share: Optional[str], max_response_len: Optional[int]) -> Any:
     """The ``CheckOptions`` of the flags (validated before the input is opened)."""
-    from aggscope.analysis.checks import CheckOptions, NoGradThresholds, parse_max_no_grad_share, parse_max_response_len
+    from aggscope.analysis.check_settings import CheckOptions, NoGradThresholds, parse_max_no_grad_share, parse_max_response_len
 
     thresholds = NoGradThresholds() if max_no_grad_share is None else parse_max_no_grad_share(max_no_grad_share)
     return CheckOptions(no_grad=thresholds, response_cap=parse_max_response_len(max_response_len))
@@ -17,7 +17,7 @@ def with_trainer(options: Any, config: Any, input_format: str, *, cap_given: boo
     given, the config's response cap."""
     import dataclasses
 
-    from aggscope.analysis.checks import trainer_of_dump
+    from aggscope.analysis.check_settings import trainer_of_dump
     from aggscope.presets.recorded import RecordedLayout
 
     if isinstance(config, RecordedLayout):  # the dump's own layout: no trainer config, the dump names the trainer

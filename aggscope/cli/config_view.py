@@ -1,14 +1,10 @@
 """What a trainer config gave: ``inspect --config`` in full, and the few lines other commands print."""
 
 import textwrap
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
-from aggscope.cli.render import stdout_console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ORDER = (
     "mode",
@@ -30,6 +26,11 @@ ORDER = (
 def print_setup(setup: Any) -> None:
     """``aggscope inspect --config``: every derived value with its keys and arithmetic, then every
     other key of the config, by what aggscope does with it."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from aggscope.cli.render import stdout_console
+
     console = stdout_console()
     files = ", ".join(setup.files) or "its defaults and --set"
     console.print(f"[bold]{setup.trainer} config[/bold] ({setup.release}): {escape(files)}")
@@ -60,10 +61,12 @@ def print_setup(setup: Any) -> None:
         _paragraph(console, f"refused by the commands that compute weights: {refusal.message}", "", "  ", "red")
 
 
-def print_applied(applied: Optional[Any], console: Optional[Console] = None) -> None:
+def print_applied(applied: Optional[Any], console: "Optional[Console]" = None) -> None:
     """The lines every analysing command prints about the config it used (nothing without one)."""
     if applied is None:
         return
+    from aggscope.cli.render import stdout_console
+
     console = console or stdout_console()
     for line in applied.notes:
         _paragraph(console, f"config: {line}", "", "  ", "yellow" if line.startswith("not exact") else "dim")
@@ -79,7 +82,9 @@ def with_config(document: dict, applied: Optional[Any]) -> dict:
     return document if applied is None else {**document, "config": applied.to_dict()}
 
 
-def _paragraph(console: Console, text: str, indent: str, then: Optional[str] = None, style: str = "") -> None:
+def _paragraph(console: "Console", text: str, indent: str, then: Optional[str] = None, style: str = "") -> None:
+    from rich.text import Text
+
     width = max(console.width, 40)
     wrapped = textwrap.fill(text, width, initial_indent=indent, subsequent_indent=then or indent, break_on_hyphens=False)
     console.print(Text(wrapped, style=style))

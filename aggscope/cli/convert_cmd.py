@@ -8,7 +8,7 @@ import typer
 from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.options import InputSpec, Json, input_options
-from aggscope.cli.render import stdout_console, with_progress
+from aggscope.cli.progress import with_progress
 
 
 @app.command(epilog="Example: aggscope convert rollout_data_dir/ -o rollouts.parquet --format verl --advantage grpo")
@@ -36,6 +36,8 @@ def convert(
     if json_output:
         typer.echo(json.dumps(summary.to_dict()))
         return
+    from aggscope.cli.render import stdout_console
+
     console = stdout_console()
     console.print(
         f"wrote {summary.path}: {fmt.plural(summary.steps, 'step')}, {fmt.plural(summary.sequences, 'sequence')}, "

@@ -4,13 +4,13 @@ import json
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_setup
 from aggscope.cli.options import InputSpec, Json, config_options, input_options
-from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress
+from aggscope.cli.progress import with_progress
+from aggscope.cli.text import Column, Row
 
 
 @app.command(
@@ -67,6 +67,10 @@ def inspect(
 
 def _print_description(description: Any, logged: Optional[tuple[str, str]]) -> None:
     """``inspect``'s tables and notes for a human (``--json`` gives the same as one document)."""
+    from rich.table import Table
+
+    from aggscope.cli.render import fit_table, markup, stdout_console
+
     console = stdout_console()
     files = description.files
     console.print(f"[bold]{markup(description.source)}[/bold]: {fmt.plural(len(files), 'file')}, {description.format} layout")
@@ -115,6 +119,8 @@ def _print_description(description: Any, logged: Optional[tuple[str, str]]) -> N
 
 def _print_unrecoverable(console: Any, facts: list[dict[str, Any]]) -> None:
     """What the dump cannot tell, each fact with the numbers it changes (``--json``: ``unrecoverable``)."""
+    from aggscope.cli.render import markup
+
     if not facts:
         return
     console.print("[bold]not in this dump[/bold] (what each lack changes):")
@@ -138,6 +144,10 @@ STEP_COLUMNS = (
 
 
 def _print_uid(found: Any) -> None:
+    from rich.table import Table
+
+    from aggscope.cli.render import markup, stdout_console
+
     console = stdout_console()
     rows = sum(len(o.rows) for o in found.occurrences)
     console.print(

@@ -58,7 +58,7 @@ class InputSpec:
 
     def open(self) -> "Rollouts":
         """Open the rollouts (imports the loading machinery only now)."""
-        from aggscope.cli.render import terminal_safe
+        from aggscope.cli.text import terminal_safe
         from aggscope.io.open import open_rollouts, trusted_pickle_file
 
         if self.trust_pickle:
@@ -284,6 +284,8 @@ def open_configured(input_spec: InputSpec, layout: Any, modes: Optional[list[str
         layout = layout.layout
     if not isinstance(layout, ConfiguredLayout):
         rollouts = input_spec.open()
+        if not rollouts.recorded_layout:  # most inputs: the presets need not load
+            return rollouts, layout, modes, None
         from aggscope.presets.recorded import RecordedLayout, with_recorded_layout
 
         layout, line = with_recorded_layout(rollouts, layout)

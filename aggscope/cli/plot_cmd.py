@@ -8,7 +8,6 @@ import typer
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import stdout_console
 from aggscope.cli.report_cmd import step_progress
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory to write into (created if missing).")]
@@ -59,6 +58,8 @@ def plot(
     specs = [Spec(m, layout) for m in modes]
     breakdown = run_breakdown(rollouts, specs, engine=engine, progress=step_progress(rollouts, "plotting"))
     paths = save_figures(make_figures(breakdown, figure), out, image_format)
+    from aggscope.cli.render import stdout_console
+
     console = stdout_console()
     print_applied(config, console)
     for name, path in paths.items():

@@ -10,7 +10,8 @@ from aggscope.cli.app import app
 from aggscope.cli.check_options import check_options, with_trainer
 from aggscope.cli.config_view import config_notes
 from aggscope.cli.options import InputSpec, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress, wrap_words
+from aggscope.cli.progress import with_progress
+from aggscope.cli.text import Column, Row
 
 # The at-a-glance columns the terminal shows, of the report page's (present.report.tables.GLANCE_COLUMNS),
 # and a shorter header where the page's would not fit 100 columns.
@@ -41,7 +42,6 @@ def report(
     ] = Path("reports"),
 ) -> None:
     """The main job: every mode at one layout, check's findings and all figures, in one HTML page plus JSON."""
-    from aggscope.core.weights import select_modes
     from aggscope.present.outputs import check_output_directory
 
     check_output_directory(out)
@@ -49,6 +49,7 @@ def report(
         "report", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
     )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
+    from aggscope.core.weights import select_modes
     from aggscope.present.report import full_report  # matplotlib: only once the arguments are checked
 
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
@@ -76,6 +77,7 @@ def step_progress(rollouts: Any, description: str) -> Callable[[Iterable[Any]], 
 
 def print_summary(result: Any, files: Any) -> None:
     """The opening sentences, one line per mode or SPEC, and where the files are (fits 100 columns)."""
+    from aggscope.cli.render import fit_table, markup, stdout_console, wrap_words
     from aggscope.present.report import glance_rows
     from aggscope.present.report.tables import GLANCE_COLUMNS
 

@@ -8,13 +8,13 @@ and how to see them.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from aggscope import fmt
-from aggscope.cli.render import Column, Row, fit_table, wrap_words
+from aggscope.cli.text import Column, Row
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SHOWN_STEPS = 8
 
@@ -101,9 +101,15 @@ CHECK_COLUMNS = (
 CHECK_ORDER = "most errors, then warnings, infos, and the largest share without gradient under any mode"
 
 
-def print_step_lines(console: Console, lines: Sequence[StepLine], columns: Sequence[Column], order: str, all_steps: bool) -> None:
+def print_step_lines(
+    console: "Console", lines: Sequence[StepLine], columns: Sequence[Column], order: str, all_steps: bool
+) -> None:
     """The per-step table, the worst ``SHOWN_STEPS`` lines (every line with ``all_steps``), saying
     how the lines are sorted and how many are left out."""
+    from rich.text import Text
+
+    from aggscope.cli.render import fit_table, wrap_words
+
     ranked = sorted(lines, key=lambda line: (tuple(-value for value in line.badness), line.step))
     shown = ranked if all_steps else ranked[:SHOWN_STEPS]
     heading = f"{fmt.plural(len(lines), 'step')}, worst first ({order})"

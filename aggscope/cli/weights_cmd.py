@@ -2,17 +2,20 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from aggscope import fmt
 from aggscope.cli.app import app
 from aggscope.cli.config_view import print_applied, with_config
 from aggscope.cli.options import InputSpec, Json, Modes, engine_options, input_options, layout_options, open_configured
-from aggscope.cli.render import Column, Row, fit_table, markup, stdout_console, with_progress
+from aggscope.cli.progress import with_progress
 from aggscope.cli.step_lines import SHOWN_STEPS, WEIGHTS_COLUMNS, WEIGHTS_ORDER, print_step_lines, weights_step_lines
+from aggscope.cli.text import Column, Row
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PER_STEP_TABLES = 8  # a run of more steps gets one line per step (cli.step_lines)
 
@@ -70,6 +73,8 @@ def weights(
     if json_output:
         typer.echo(json.dumps(with_config(report.to_dict(), config)))
         return
+    from aggscope.cli.render import stdout_console
+
     console = stdout_console()
     print_applied(config, console)
     if len(report.steps) <= PER_STEP_TABLES:
@@ -95,8 +100,10 @@ MODE_COLUMNS = (
 )
 
 
-def _print_table(console: Console, step: Any, title: str) -> None:
+def _print_table(console: "Console", step: Any, title: str) -> None:
     """One step's (or all steps') table: a line per mode, fitted to the console's width."""
+    from aggscope.cli.render import fit_table, markup
+
     prompts = "" if step.prompts is None else f" · {fmt.plural(step.prompts, 'prompt')}"
     title = f"{title} · {fmt.plural(step.sequences, 'sequence')}{prompts} · {fmt.plural(step.loss_tokens, 'loss token')}"
     rows = [

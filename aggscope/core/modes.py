@@ -7,7 +7,9 @@ distinct uids, ``T_{p,b}`` loss tokens of uid ``p`` in ``b``, ``K_b`` micro-batc
 (over all ranks), ``T_k`` loss tokens of micro-batch ``k``, ``L_i`` loss tokens of row ``i``,
 ``H`` the horizon, ``T_s`` loss tokens and ``M_s`` mini-batches of the whole step. Denominators are clamped to at least 1.
 
-To add a mode, write one function below and decorate it with ``@register``. A mode registered
+To add a mode, write one function below and decorate it with ``@register``. The registry itself
+loads no numpy (a command checks ``--mode`` before the numerical code loads), so each weight
+function imports numpy when it runs. A mode registered
 with ``in_defaults=False`` is a trainer's variant of another (computed when named, or when a
 trainer preset selects it), kept out of the default set so that it does not repeat its sibling.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from aggscope.core.layout import Split
-from aggscope.core.segments import group_sum
 from aggscope.errors import AggscopeError, did_you_mean
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from aggscope.core.split import Split
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,19 @@ class ModeInputs:
 
     def per_mini_batch(self, values: np.ndarray) -> np.ndarray:
         """Sum of ``values`` over each row's mini-batch, gathered back to rows: ``[n] -> [n]``."""
+        from aggscope.core.segments import group_sum
+
         mini_batch = self.split.mini_batch
         return group_sum(values, mini_batch, self.split.n_mini_batches)[mini_batch]
 
     def rows_per_mini_batch(self) -> np.ndarray:
         """``N_b`` of each row's mini-batch as float64: ``[n]``."""
+        import numpy as np
+
         return self.per_mini_batch(np.ones_like(self.loss_tokens))
 
 
-WeightFn = Callable[[ModeInputs], np.ndarray]
+WeightFn = Callable[[ModeInputs], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -101,12 +109,18 @@ def _normalise(name: str) -> str:
 
 @register("token_mean", "1 / T_b", aliases=("dapo", "cispo", "token_level"))
 def token_mean(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     tokens_in_mini_batch = inputs.per_mini_batch(inputs.loss_tokens)  # [n] T_b
     return 1.0 / np.maximum(tokens_in_mini_batch, 1)
 
 
 @register("token_mean_legacy", "1 / (K_b * T_k)", aliases=("bnpo",))
 def token_mean_legacy(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
+    from aggscope.core.segments import group_sum
+
     split = inputs.split
     unit = split.micro_unit
     n_units = split.n_micro_units
@@ -121,11 +135,15 @@ def token_mean_legacy(inputs: ModeInputs) -> np.ndarray:
 
 @register("token_sum", "1")
 def token_sum(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     return np.ones_like(inputs.loss_tokens)
 
 
 @register("sequence_mean", "1 / (N_b * L_i)", aliases=("seq_mean_token_mean", "grpo", "sapo", "gspo", "sample"))
 def sequence_mean(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     return 1.0 / (inputs.rows_per_mini_batch() * np.maximum(inputs.loss_tokens, 1))
 
 
@@ -142,6 +160,10 @@ def seq_mean_token_sum_norm(inputs: ModeInputs) -> np.ndarray:
 
 @register("prompt_mean", "1 / (P_b * T_{p,b})", aliases=("prompt_average",), needs_groups=True)
 def prompt_mean(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
+    from aggscope.core.segments import group_sum
+
     assert inputs.group_ids is not None
     mini_batch = inputs.split.mini_batch
     prompt_in_mini_batch = mini_batch * max(inputs.n_groups, 1) + inputs.group_ids  # [n] key of (b, p)
@@ -158,6 +180,8 @@ def prompt_mean(inputs: ModeInputs) -> np.ndarray:
 
 @register("sequence_mean_nonempty", "1 / (N+_b * L_i)", in_defaults=False)
 def sequence_mean_nonempty(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     # OpenRLHF's sample mode: N+_b counts only the rows with at least one loss token
     # (openrlhf/utils/loss_utils.py), where verl and SkyRL count every row.
     has_tokens = (inputs.loss_tokens > 0).astype(np.float64)  # [n]
@@ -167,6 +191,8 @@ def sequence_mean_nonempty(inputs: ModeInputs) -> np.ndarray:
 
 @register("seq_mean_token_sum_norm_padded", "1 / (N_b * W_k)", in_defaults=False)
 def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     # verl 0.9.1 with loss_scale_factor null: the horizon is the padded width of the micro-batch the
     # loss was computed on, i.e. W_k = the most tokens (masked ones included) of a row of micro-batch k.
     assert inputs.lengths is not None
@@ -179,6 +205,8 @@ def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> np.ndarray:
 
 @register("token_mean_generation", "M_s / T_s", in_defaults=False)
 def token_mean_generation(inputs: ModeInputs) -> np.ndarray:
+    import numpy as np
+
     # TRL 1.16.0 dapo/cispo/vespo: num_items_in_batch counts the loss tokens T_s of the whole
     # generation batch (the logged step), rescaled by GA / SPG to one optimizer step; with M_s =
     # SPG / GA optimizer steps per generation batch that is 1 / (T_s / M_s) on every token, so an

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from aggscope.core.batch import SequenceStats, StepBatch
-from aggscope.core.layout import Layout, Split, split_step
+from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens, ordered_sum
+from aggscope.core.split import Split, split_step
 from aggscope.errors import AggscopeError
 
 

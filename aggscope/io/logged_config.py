@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from aggscope.errors import AggscopeError
-from aggscope.io.writing import atomic_output
 
 # file name -> the trainer whose hook writes it
 LOGGED_CONFIGS = {"verl_config.yaml": "verl", "skyrl_config.yaml": "skyrl", "grpo_config.json": "trl"}
@@ -49,6 +48,8 @@ def logged_config(path: str | None) -> tuple[str, str] | None:
 
 def write_logged_config(folder: str | os.PathLike[str], trainer: str, text: str) -> Path:
     """Write the trainer's config text whole into ``folder`` under the name ``logged_config`` finds."""
+    from aggscope.io.writing import atomic_output  # a trainer's hook writes; the commands only read
+
     path = Path(folder) / CONFIG_NAMES[trainer]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as temporary:

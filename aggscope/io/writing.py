@@ -24,11 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from aggscope.errors import AggscopeError
 
-if TYPE_CHECKING:  # pyarrow is imported by list_array only: a usage error must not pay its import
+if TYPE_CHECKING:  # numpy and pyarrow are imported by list_array only: a usage error must not pay their import
+    import numpy as np
     import pyarrow as pa
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
@@ -265,6 +264,7 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def list_array(values: np.ndarray | pa.Array, offsets: np.ndarray) -> pa.Array:
     """A list column from flat ``values`` and ``[n_rows + 1]`` offsets (large offsets when needed)."""
+    import numpy as np
     import pyarrow as pa
 
     flat = values if isinstance(values, pa.Array) else pa.array(values)

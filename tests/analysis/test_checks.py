@@ -36,8 +36,9 @@ from aggscope.analysis.checks import (
 from aggscope.analysis.runner import Engine
 from aggscope.analysis.weights import run_weights
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, split_step
+from aggscope.core.layout import Layout
 from aggscope.core.modes import default_modes
+from aggscope.core.split import split_step
 from aggscope.core.weights import split_batch
 from aggscope.errors import AggscopeError
 from aggscope.fmt import row_ranges

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # end to end: fresh interpreters and many steps
 
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "pandas", "matplotlib", "pyarrow", "numpy")
+HEAVY = ("torch", "pandas", "matplotlib", "pyarrow", "numpy", "rich")
 
 PROBE = """
 import runpy, sys
@@ -92,11 +92,34 @@ def _exit_and_loaded(probe: str, args: list[str]) -> tuple[int, str]:
     return int(tail[0]), " ".join(tail[2:])
 
 
-def test_usage_errors_import_no_pyarrow() -> None:
-    """An unknown mode is rejected before anything reads Parquet (pyarrow's import is a tenth of a second)."""
-    probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("pyarrow",)')
-    for args in (["check", "-m", "nope"], ["weights", "-m", "nope"], ["report", "-m", "nope"]):
+USAGE_ERRORS = (
+    ["check", "-m", "nope"],
+    ["weights", "-m", "nope"],
+    ["report", "-m", "nope"],
+    ["weights", "--mini-batch-size", "0"],
+    ["report", "--mini-batch-size", "0"],
+    ["check", "--order", "nope"],
+    ["check", "--fail-on", "nope"],
+    ["check", "--max-no-grad-share", "2"],
+    ["check", "--max-response-len", "0"],
+    ["report", "--max-no-grad-share", "nope"],
+    ["weights", "--composition", "ranks_first", "--mini-batch-size", "3", "--dp-size", "2"],
+)
+
+
+def test_usage_errors_import_no_numpy_pyarrow_or_rich() -> None:
+    """A bad mode or layout is refused before anything numerical loads: numpy and pyarrow are a tenth
+    of a second each, rich's console half that, and the whole process should answer in under 0.3 s."""
+    probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("pyarrow", "numpy", "rich")')
+    for args in USAGE_ERRORS:
         assert _exit_and_loaded(probe, args) == (2, "[]"), f"aggscope {' '.join(args)}"
+
+
+def test_json_summaries_import_no_rich() -> None:
+    """``--json`` prints no table, so the terminal drawing (rich) stays unloaded."""
+    probe = SUMMARY_PROBE.replace('("torch", "pandas", "matplotlib")', '("rich",)')
+    for args in (["weights", "--json"], ["check", "--json"]):
+        assert _exit_and_loaded(probe, args) == (0, "[]"), f"aggscope {' '.join(args)}"
 
 
 def test_a_missing_path_is_told_before_numpy_or_pyarrow_load() -> None:

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, split_step
+from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES, default_modes, resolve_mode
+from aggscope.core.split import split_step
 from aggscope.core.weights import compute_weights, summarize
 from aggscope.errors import AggscopeError
 

@@ -17,8 +17,9 @@ from framework_wheels import load_verl, verl_micro_batches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggscope.core.layout import Layout, split_step
+from aggscope.core.layout import Layout
 from aggscope.core.partition import balance_batch_order, balanced_partitions, token_budget_micro_batches, workload
+from aggscope.core.split import split_step
 from aggscope.errors import AggscopeError
 
 

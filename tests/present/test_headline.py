@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET, _rank_buckets
-from aggscope.core.layout import Layout, split_step
+from aggscope.core.layout import Layout
+from aggscope.core.split import split_step
 from aggscope.core.weights import compute_weights
 from aggscope.io.open import load_steps
 from aggscope.present.report import full_report

@@ -500,16 +500,16 @@ def test_progress_shows_steps_and_tokens_on_a_terminal(
 ) -> None:
     import sys
 
-    from aggscope.cli import render
+    from aggscope.cli import progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    items = list(render.with_progress(iter([3, 4, 5]), 3, "report", tokens=lambda n: n * 1000))
+    items = list(progress.with_progress(iter([3, 4, 5]), 3, "report", tokens=lambda n: n * 1000))
     assert items == [3, 4, 5]
     err = capsys.readouterr().err
     assert "report" in err and "12,000 tokens" in err and "3/3" in err
     # Not a terminal, or a single step: no bar at all.
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert list(render.with_progress(iter([1, 2]), 2, "report", tokens=lambda n: n)) == [1, 2]
+    assert list(progress.with_progress(iter([1, 2]), 2, "report", tokens=lambda n: n)) == [1, 2]
     assert capsys.readouterr().err == ""
 
 
@@ -522,7 +522,7 @@ def test_progress_moves_within_one_big_step(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aggscope.cli import render
+    from aggscope.cli import progress
     from aggscope.io import fastread
     from aggscope.io import parquet as loading
     from aggscope.io.open import open_rollouts
@@ -533,23 +533,23 @@ def test_progress_moves_within_one_big_step(
     rollouts = open_rollouts(str(tmp_path / "one.parquet"))
     assert rollouts.step_tokens(0) == sum(lengths)
     monkeypatch.setattr(loading, "READ_BATCH_TOKENS", 2_000)  # 10 batches
-    monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 10_000)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_TOKENS", 10_000)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     seen: list[int] = []
     with fastread.reading_progress(seen.append):
-        (batch,) = list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))
+        (batch,) = list(progress.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))
     assert batch.n_tokens == sum(seen) == 20_000 and len(seen) == 10
     err = capsys.readouterr().err
     assert "weights" in err and "1/1 steps" in err and "20,000 tokens" in err
     # A consumer that stops after the first step leaves no listener behind.
-    bar = render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts)
+    bar = progress.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts)
     next(bar)
     assert fastread._read_listeners == []
     bar.close()
     capsys.readouterr()
     # Below the threshold a one-step input shows no bar.
-    monkeypatch.setattr(render, "PROGRESS_MIN_TOKENS", 1 << 30)
-    assert len(list(render.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))) == 1
+    monkeypatch.setattr(progress, "PROGRESS_MIN_TOKENS", 1 << 30)
+    assert len(list(progress.with_progress(rollouts.iter_steps(), 1, "weights", rollouts=rollouts))) == 1
     assert capsys.readouterr().err == ""
 
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from trainer_losses import verl, verl_weights
 
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, verl_shuffle_orders
+from aggscope.core.layout import Layout
+from aggscope.core.split import verl_shuffle_orders
 from aggscope.core.weights import compute_weights
 from aggscope.presets import load_setup
 from aggscope.presets.apply import apply_setup

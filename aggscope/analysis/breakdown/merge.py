@@ -22,8 +22,9 @@ from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.analysis.specs import Spec
 from aggscope.analysis.weights import WeightsAccumulator, WeightsReport
 from aggscope.core.batch import SequenceStats, StepBatch
-from aggscope.core.layout import Layout, Split
+from aggscope.core.layout import Layout
 from aggscope.core.segments import group_sum
+from aggscope.core.split import Split
 from aggscope.errors import AggscopeError
 from aggscope.io.reader import Rollouts
 

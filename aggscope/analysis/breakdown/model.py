@@ -23,8 +23,9 @@ import numpy as np
 from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
 from aggscope.core.batch import SequenceStats
-from aggscope.core.layout import Layout, Split
+from aggscope.core.layout import Layout
 from aggscope.core.segments import group_sum
+from aggscope.core.split import Split
 from aggscope.core.weights import ModeSummary, StepSummary
 from aggscope.errors import AggscopeError
 

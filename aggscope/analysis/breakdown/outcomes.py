@@ -28,8 +28,8 @@ from aggscope.analysis.breakdown.model import (
     PromptMove,
     SignShares,
 )
+from aggscope.analysis.check_settings import BOUNDARY_TRAINERS
 from aggscope.analysis.checks import CheckReport
-from aggscope.analysis.checks.settings import BOUNDARY_TRAINERS
 from aggscope.analysis.specs import Spec
 from aggscope.core.weights import ModeSummary
 

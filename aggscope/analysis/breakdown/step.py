@@ -18,7 +18,8 @@ from aggscope.analysis.checks import CheckOptions, StepCheck, check_step
 from aggscope.analysis.specs import Spec, check_specs
 from aggscope.analysis.weights import StepResult
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, Split
+from aggscope.core.layout import Layout
+from aggscope.core.split import Split
 from aggscope.core.weights import ModeSummary, analyse_step
 
 

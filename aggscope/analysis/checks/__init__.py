@@ -49,12 +49,20 @@ give every loss token a positive finite weight, so the added two stay 0 for them
 causes add up to ``zero_grad_tokens + nonfinite_grad_tokens`` of ``weights`` for any weight.
 """
 
+from aggscope.analysis.check_settings import (
+    FAIL_ON_LEVELS,
+    SEVERITIES,
+    CheckOptions,
+    NoGradThresholds,
+    parse_fail_on,
+    parse_max_no_grad_share,
+    parse_max_response_len,
+    trainer_of_dump,
+)
 from aggscope.analysis.checks.boundary import MISWEIGHT_RTOL, boundary_prompt_mean
 from aggscope.analysis.checks.catalogue import (
     CODES,
     CUT_LEVELS,
-    FAIL_ON_LEVELS,
-    SEVERITIES,
     ZERO_GRAD_CAUSES,
     CheckCode,
     Finding,
@@ -64,17 +72,14 @@ from aggscope.analysis.checks.merge import (
     CheckAccumulator,
     CheckReport,
     StepZeroGrad,
-    parse_fail_on,
     run_checks,
     unused_field_findings,
 )
 from aggscope.analysis.checks.messages import layout_flags
-from aggscope.analysis.checks.no_gradient import NoGradThresholds, parse_max_no_grad_share
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
-from aggscope.analysis.checks.settings import CheckOptions, trainer_of_dump
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step, zero_grad_causes
-from aggscope.analysis.checks.truncation import parse_max_response_len, response_lengths
+from aggscope.analysis.checks.truncation import response_lengths
 
 __all__ = [
     "CODES",

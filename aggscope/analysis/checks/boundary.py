@@ -15,8 +15,8 @@ import numpy as np
 from aggscope.analysis.checks.catalogue import Finding
 from aggscope.analysis.checks.quantities import Groups, Rows
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Split
 from aggscope.core.segments import group_sum, run_ids
+from aggscope.core.split import Split
 from aggscope.fmt import plural, row_ranges
 
 MISWEIGHT_RTOL = 1e-6

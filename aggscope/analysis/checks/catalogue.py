@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SEVERITIES = ("error", "warning", "info")
-FAIL_ON_LEVELS = (*SEVERITIES, "never")
+from aggscope.analysis.check_settings import SEVERITIES
+
 CUT_LEVELS = ("mini_batch", "rank", "micro_batch")
 ZERO_GRAD_CAUSES = (
     "nonfinite_advantage",

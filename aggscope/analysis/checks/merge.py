@@ -1,8 +1,8 @@
 """Many steps: ``CheckAccumulator`` merges the steps' ``StepCheck`` into a ``CheckReport``.
 
 ``run_checks`` checks every step (on any engine, through ``aggscope.analysis.runner.run``) and
-merges the results; ``parse_fail_on`` validates the
-``--fail-on`` level that ``CheckReport.fails`` compares the findings with.
+merges the results; ``CheckReport.fails`` compares the findings with a ``--fail-on`` level
+(``aggscope.analysis.check_settings.parse_fail_on`` validates it).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from aggscope.analysis.check_settings import CheckOptions, parse_fail_on
 from aggscope.analysis.checks.catalogue import (
     ADVISED_CODES,
     CODES,
     CUT_LEVELS,
-    FAIL_ON_LEVELS,
     LEGACY_CUT_CODES,
     SEVERITY_RANK,
     ZERO_GRAD_CAUSES,
@@ -27,13 +27,11 @@ from aggscope.analysis.checks.catalogue import (
 )
 from aggscope.analysis.checks.no_gradient import no_gradient_findings
 from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
-from aggscope.analysis.checks.settings import CheckOptions
 from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
 from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes
-from aggscope.errors import AggscopeError, did_you_mean
 from aggscope.io.reader import unrecoverable_of
 
 
@@ -147,16 +145,6 @@ class CheckReport:
             if self.worst_step is None
             else {"step": self.worst_step.step, "counts": self.counts(self.worst_step.step)},
         }
-
-
-def parse_fail_on(value: str) -> str:
-    """Validate a ``--fail-on`` level."""
-    level = value.strip().lower()
-    if level not in FAIL_ON_LEVELS:
-        raise AggscopeError(
-            f"--fail-on {value!r}{did_you_mean(level, FAIL_ON_LEVELS)}: expected one of {', '.join(FAIL_ON_LEVELS)}"
-        )
-    return level
 
 
 @dataclass

@@ -9,15 +9,11 @@ modes only when they are not all the selected ones.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from aggscope.analysis.check_settings import NoGradThresholds
 from aggscope.analysis.checks.catalogue import ZERO_GRAD_CAUSES, Finding
-from aggscope.errors import AggscopeError
 from aggscope.fmt import number, percent, plural
-
-_SHARE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
 ADVICE = {
     "zero_variance_group": (
@@ -39,56 +35,6 @@ ADVICE = {
     "zero_weight": "the mode gives those rows weight 0: check the mode and layout.",
     "nonfinite_weight": "the mode gives those rows a non-finite weight: check the mode and layout.",
 }
-
-
-@dataclass(frozen=True)
-class NoGradThresholds:
-    """Shares of loss tokens without gradient above which ``no_gradient_share`` is raised.
-
-    Attributes:
-        warning: a warning above this share (0 to 1).
-        error: an error above this share; a share of 1 is always an error.
-    """
-
-    warning: float = 0.25
-    error: float = 0.5
-
-    def severity(self, share: float) -> str | None:
-        """The severity of a share, or None when it is at or below the warning threshold."""
-        if share >= 1.0 or share > self.error:
-            return "error"
-        if share > self.warning:
-            return "warning"
-        return None
-
-
-def parse_max_no_grad_share(text: str) -> NoGradThresholds:
-    """Parse ``--max-no-grad-share ERROR`` or ``WARNING,ERROR``: shares as ``0.4`` or ``40%``.
-
-    One value sets the error threshold (the warning threshold becomes the lower of it and 25%).
-
-    Raises:
-        AggscopeError: one line naming the option and the bad value.
-    """
-    parts = text.split(",")
-    if len(parts) > 2:
-        raise AggscopeError(f"--max-no-grad-share {text!r}: give ERROR or WARNING,ERROR, e.g. 0.5 or 25%,50%")
-    shares = [_share(text, part) for part in parts]
-    if len(shares) == 1:
-        return NoGradThresholds(warning=min(NoGradThresholds.warning, shares[0]), error=shares[0])
-    if shares[0] > shares[1]:
-        raise AggscopeError(f"--max-no-grad-share {text!r}: the warning share is above the error share")
-    return NoGradThresholds(warning=shares[0], error=shares[1])
-
-
-def _share(text: str, part: str) -> float:
-    match = _SHARE.match(part)
-    if match is None:
-        raise AggscopeError(f"--max-no-grad-share {text!r}: {part.strip()!r} is not a share (0 to 1, or 0% to 100%)")
-    value = float(match.group(1)) / (100.0 if match.group(2) else 1.0)
-    if value > 1.0:
-        raise AggscopeError(f"--max-no-grad-share {text!r}: {part.strip()!r} is above 100%")
-    return value
 
 
 def same_accounting(zero_grad: Mapping[str, Mapping[str, int]]) -> list[tuple[tuple[str, ...], dict[str, int]]]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Split
 from aggscope.core.segments import run_ids
+from aggscope.core.split import Split
 
 REWARD_MEAN_RTOL = 1e-9
 

@@ -13,17 +13,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from aggscope.analysis.check_settings import CheckOptions
 from aggscope.analysis.checks.boundary import boundary_prompt_mean_findings, boundary_zeroed_tokens
 from aggscope.analysis.checks.catalogue import CODES, CUT_CODES, CUT_LEVELS, SEQUENCE_DENOMINATOR_MODES, Finding
 from aggscope.analysis.checks.messages import check_command, cut_message, has_or_have, who
 from aggscope.analysis.checks.no_gradient import no_gradient_findings, same_accounting
 from aggscope.analysis.checks.quantities import Groups, Rows, host_float64
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
-from aggscope.analysis.checks.settings import CheckOptions
 from aggscope.analysis.checks.truncation import cap_hint, truncated_findings
 from aggscope.core.batch import StepBatch
-from aggscope.core.layout import Layout, Split
+from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes, resolve_modes
+from aggscope.core.split import Split
 from aggscope.core.weights import compute_weights, split_batch
 from aggscope.fmt import plural, row_ranges
 

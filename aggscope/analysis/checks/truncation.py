@@ -13,19 +13,11 @@ import numpy as np
 
 from aggscope.analysis.checks.catalogue import CODES, Finding
 from aggscope.core.batch import StepBatch
-from aggscope.errors import AggscopeError
 from aggscope.fmt import number, percent, plural
 
 # The rewards of truncated responses "differ" from the rest when the means differ by more than
 # this share of the step's reward range (a gap a reader would act on, not rounding).
 REWARD_GAP = 0.05
-
-
-def parse_max_response_len(value: int | None) -> int | None:
-    """Validate ``--max-response-len`` (a whole number of tokens >= 1, or None)."""
-    if value is not None and value < 1:
-        raise AggscopeError(f"--max-response-len {value}: expected a whole number of tokens >= 1")
-    return value
 
 
 def response_lengths(batch: StepBatch) -> np.ndarray:
