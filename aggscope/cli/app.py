@@ -2,6 +2,7 @@
 
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Annotated, Any, Optional
 
@@ -94,7 +95,38 @@ class _Command(TyperCommand):
             sections.setdefault(name, []).append(record)
         for name, records in sections.items():
             with formatter.section(name):
-                formatter.write_dl(records)
+                _write_definitions(formatter, records)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        if self.epilog:
+            formatter.write_paragraph()
+            with formatter.indentation():
+                indent = " " * formatter.current_indent
+                formatter.write(_wrap(" ".join(self.epilog.split()), formatter.width, indent, indent) + "\n")
+
+
+_TERM_WIDTH = 30  # the widest option column; a longer term gets its text on the next line
+
+
+def _write_definitions(formatter: Any, records: list[tuple[str, str]]) -> None:
+    """The options and their help as two columns, wrapped at spaces only: an option named in the
+    text (``--mini-batch-size``) is never cut at its hyphens, as click's own wrapping cuts it."""
+    term_width = min(max(len(term) for term, _ in records), _TERM_WIDTH)
+    margin = " " * formatter.current_indent
+    hanging = " " * (formatter.current_indent + term_width + 2)
+    text_width = max(formatter.width - len(hanging), 10)
+    for term, text in records:
+        if len(term) <= term_width:
+            lines = _wrap(text, text_width + len(hanging), f"{margin}{term:<{term_width}}  ", hanging)
+        else:
+            lines = f"{margin}{term}\n" + _wrap(text, text_width + len(hanging), hanging, hanging)
+        formatter.write(lines.rstrip() + "\n")
+
+
+def _wrap(text: str, width: int, first: str, rest: str) -> str:
+    return textwrap.fill(
+        text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False, break_long_words=False
+    )
 
 
 class _App(typer.Typer):

@@ -203,6 +203,19 @@ def test_help_shows_plain_metavars_and_sample_defaults() -> None:
         assert metavar in weights
 
 
+@pytest.mark.parametrize("columns", ["60", "80", "100"])
+def test_help_never_cuts_an_option_name_at_its_hyphens(columns: str) -> None:
+    """Click's wrapping breaks at hyphens (``--mini-`` / ``batch-size``); the help wraps at spaces only,
+    and every option of a command, named in its help or its example, appears whole on one line."""
+    for name in typer.main.get_command(app).commands:  # type: ignore[attr-defined]
+        text = run(name, "--help", columns=columns).stdout
+        assert not re.search(r"[A-Za-z]-$", text, re.M), (name, columns, text)
+        joined = " ".join(text.split())
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", joined))
+        lines = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", text))
+        assert named == lines, (name, columns, named ^ lines)
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
