@@ -13,6 +13,7 @@ reads the same columns. Results also go to ``bench/results/latest.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -193,6 +194,49 @@ def peer_agreement(peer: str, path: Path) -> str:
     return "numbers equal to aggscope's, rtol 1e-9"
 
 
+README_BEGIN = "<!-- bench/run.py --readme: begin (generated; edit bench/run.py, not this block) -->"
+README_END = "<!-- bench/run.py --readme: end -->"
+
+
+def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """What the numbers ran on: the CPU, cores, memory, library versions and how busy the machine was."""
+    import platform
+    from importlib import metadata
+
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        memory = f", {kib / 2**20:.0f} GiB RAM"
+    versions = []
+    for name in ("pyarrow", "numpy", "torch", "duckdb", "polars", "matplotlib"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions.append(f"{name} {metadata.version(name)}")
+    return (
+        f"Machine ({time.strftime('%Y-%m-%d')}): {os.cpu_count()} cores, {model}{memory}; Python "
+        f"{platform.python_version()}, {', '.join(versions)}. Load average (1 min) {load_before[0]:.1f} when the "
+        f"run started and {load_after[0]:.1f} when it ended (other work on the same cores inflates the "
+        "seconds; the ratios of cases run side by side are steadier)."
+    )
+
+
+def write_readme(readme: Path, block: str) -> None:
+    """Put ``block`` between the README's markers, the rest of the file unchanged (written whole, then renamed)."""
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_BEGIN!r} ... {README_END!r} block to regenerate")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    partial = readme.with_name(f".{readme.name}.bench.tmp")
+    partial.write_text(f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}", encoding="utf-8")
+    partial.replace(readme)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6,3e6,1e7,3e7", help="tokens per step, comma-separated")
@@ -204,7 +248,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--goal-sizes", default="1e7,3e7", help="sizes of the whole-process goals ('' to skip the goals)")
     parser.add_argument("--small-steps", default="200x5e4", help="STEPSxTOKENS: the many-small-steps file of the goals")
+    parser.add_argument("--readme", type=Path, help="regenerate this README's generated block with the results")
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for c in args.cases.split(",") if c]
@@ -220,16 +266,20 @@ def main() -> None:
     goals = []
     if args.goal_sizes:
         goals = measure_all_goals(args, rows)
-    print()
-    print(render(rows))
+    parts = [machine_line(load_before, os.getloadavg()), render(rows)]
     for size, times in processes.items():
-        print(
-            f"\nwhole process, {size} tokens: aggscope weights --json {times['aggscope_weights_json']:.2f} s, "
+        parts.append(
+            f"Whole process, {size} tokens: aggscope weights --json {times['aggscope_weights_json']:.2f} s, "
             f"import pyarrow + read_table {times['pyarrow_read']:.2f} s, ratio {times['ratio']:.2f}"
         )
     if goals:
-        print("\nGoals of issue #15 (ratios measured in this run):\n")
-        print(render_goals(goals))
+        parts += ["Goals of issue #15, from the same run:", render_goals(goals)]
+    block = "\n\n".join(parts)
+    print()
+    print(block)
+    if args.readme is not None:
+        write_readme(args.readme, block)
+        print(f"\nregenerated the block of {args.readme}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(
         json.dumps({"sizes": rows, "processes": processes, "goals": [asdict(g) | {"passed": g.passed} for g in goals]}, indent=1)
