@@ -23,7 +23,7 @@ def test_write_readme_replaces_the_block_only(tmp_path: Path) -> None:
     assert readme.read_text(encoding="utf-8") == f"before\n{README_BEGIN}\nnew table\n{README_END}\nafter\n"
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary left behind
     readme.write_text("no block\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="no .* block to regenerate"):
+    with pytest.raises(SystemExit, match=r"no .* block to regenerate"):
         write_readme(readme, "new table")
     assert readme.read_text(encoding="utf-8") == "no block\n"
 
