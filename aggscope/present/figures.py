@@ -226,8 +226,8 @@ def _minor_ticks_as_one_line(axes: list[Axes]) -> None:
     """
     planned = []  # every axes before any change: shared axes share their locators
     for ax in axes:
-        locations = ax.xaxis.get_minorticklocs()
-        if not any(ax.xaxis.minor.formatter.format_ticks(locations)):
+        locations = ax.xaxis.get_minorticklocs().tolist()
+        if not any(ax.xaxis.get_minor_formatter().format_ticks(locations)):
             planned.append((ax, locations))
     for ax, locations in planned:
         low, high = sorted(ax.get_xlim())
