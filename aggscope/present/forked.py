@@ -9,6 +9,7 @@ then does them itself (and raises what they raise, as the plain loop would).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -19,8 +20,9 @@ from typing import TypeVar
 Item = TypeVar("Item")
 
 
-# Threads of aggscope's own that wait idle once the steps are read (``io.fastread``'s reducer).
-IDLE_THREAD_PREFIXES = ("aggscope-stats",)
+# Threads of aggscope's own that wait idle once the steps are read, holding no lock: ``io.fastread``'s
+# reducer, and the command line's signal watcher (``cli.signals``, blocked reading its pipe).
+IDLE_THREAD_PREFIXES = ("aggscope-stats", "aggscope-signals")
 
 
 def can_fork() -> bool:
@@ -82,6 +84,7 @@ def _start_child(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_re
     if pid == 0:  # the child: take jobs until none is left, send every result, leave without cleanup
         code = 1
         try:
+            _leave_signals_to_the_parent()
             os.close(results_read)
             results = _take_jobs(encode, items, jobs_read)
             with os.fdopen(results_write, "wb") as out:
@@ -92,6 +95,17 @@ def _start_child(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_re
             os._exit(code)
     os.close(results_write)
     return pid, results_read
+
+
+def _leave_signals_to_the_parent() -> None:
+    """In a child: SIGTERM and SIGHUP end it at once, and no signal of its own reaches the parent's
+    watcher through the wake-up pipe the child inherited (``cli.signals``); the parent, told by its
+    own signal, unwinds and removes what it was writing, or does a killed child's jobs itself."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing was set up here
+        signal.set_wakeup_fd(-1)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 def _stop(children: list[tuple[int, int]]) -> None:

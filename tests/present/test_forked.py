@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -110,3 +111,22 @@ def test_figures_are_built_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None
     assert built == ["split_map"]
     with pytest.raises(KeyError):
         figures["nope"]
+
+
+def _signal_state(n: int) -> bytes:
+    time.sleep(0.1)
+    return f"{os.getpid()} {signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}".encode()
+
+
+@needs_fork
+def test_forks_beside_the_signal_watcher_and_children_leave_signals_to_it() -> None:
+    """The command line's signal watcher (a thread blocked on a pipe) does not stop the forking, and
+    a child ends at once on SIGTERM instead of raising into its jobs or waking the parent's watcher."""
+    from aggscope.cli.signals import stop_cleanly_on_signals
+
+    with stop_cleanly_on_signals():
+        assert forked.can_fork()
+        results = forked.forked_map(_signal_state, list(range(6)), workers=2)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # this process keeps its handler
+    children = [r.split() for r in results if int(r.split()[0]) != os.getpid()]
+    assert children and all(state == b"True" for _, state in children)
