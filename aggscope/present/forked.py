@@ -9,7 +9,9 @@ then does them itself (and raises what they raise, as the plain loop would).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -18,8 +20,9 @@ from typing import TypeVar
 Item = TypeVar("Item")
 
 
-# Threads of aggscope's own that wait idle once the steps are read (``io.fastread``'s reducer).
-IDLE_THREAD_PREFIXES = ("aggscope-stats",)
+# Threads of aggscope's own that wait idle once the steps are read, holding no lock: ``io.fastread``'s
+# reducer, and the command line's signal watcher (``cli.signals``, blocked reading its pipe).
+IDLE_THREAD_PREFIXES = ("aggscope-stats", "aggscope-signals")
 
 
 def can_fork() -> bool:
@@ -31,20 +34,36 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and (os.cpu_count() or 1) > 1 and idle
 
 
-def forked_map(encode: Callable[[Item], bytes], items: Sequence[Item], workers: int | None = None) -> list[bytes]:
+def forked_map(
+    encode: Callable[[Item], bytes],
+    items: Sequence[Item],
+    workers: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
+) -> list[bytes]:
     """``[encode(item) for item in items]``, spread over ``workers`` processes (default: the cores).
 
+    ``meanwhile``: called once in this process after the children are started and before this
+    process takes jobs of its own (so other work overlaps theirs); first, in the plain loop.
     Falls back to the plain loop where ``can_fork()`` is false or there is one item.
     """
     workers = min(len(items), workers or os.cpu_count() or 1)
     if workers < 2 or len(items) > 255 or not can_fork():  # job numbers are single bytes
+        if meanwhile is not None:
+            meanwhile()
         return [encode(item) for item in items]
     jobs_read, jobs_write = os.pipe()
     os.write(jobs_write, bytes(range(len(items))))
     os.close(jobs_write)  # every job is queued: an empty read means no job is left
     children = [_start_child(encode, items, jobs_read) for _ in range(workers - 1)]
-    done = dict(_take_jobs(encode, items, jobs_read))
-    os.close(jobs_read)
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        done = dict(_take_jobs(encode, items, jobs_read))
+    except BaseException:
+        _stop(children)  # their results are not wanted: no child is left blocked on a full pipe
+        raise
+    finally:
+        os.close(jobs_read)
     for pid, results_read in children:
         done.update(_collect(pid, results_read))
     # the jobs of a child that failed: do them here (raising what they raise)
@@ -65,6 +84,7 @@ def _start_child(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_re
     if pid == 0:  # the child: take jobs until none is left, send every result, leave without cleanup
         code = 1
         try:
+            _leave_signals_to_the_parent()
             os.close(results_read)
             results = _take_jobs(encode, items, jobs_read)
             with os.fdopen(results_write, "wb") as out:
@@ -75,6 +95,24 @@ def _start_child(encode: Callable[[Item], bytes], items: Sequence[Item], jobs_re
             os._exit(code)
     os.close(results_write)
     return pid, results_read
+
+
+def _leave_signals_to_the_parent() -> None:
+    """In a child: SIGTERM and SIGHUP end it at once, and no signal of its own reaches the parent's
+    watcher through the wake-up pipe the child inherited (``cli.signals``); the parent, told by its
+    own signal, unwinds and removes what it was writing, or does a killed child's jobs itself."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing was set up here
+        signal.set_wakeup_fd(-1)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+def _stop(children: list[tuple[int, int]]) -> None:
+    for pid, results_read in children:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(results_read)
 
 
 def _collect(pid: int, results_read: int) -> list[tuple[int, bytes]]:

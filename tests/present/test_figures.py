@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 from conftest import REPO
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.markers import TICKDOWN
 from matplotlib.text import Text
 from PIL import Image
 from typer.testing import CliRunner
@@ -27,7 +30,17 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES
 from aggscope.io.open import load_steps
-from aggscope.present.figures import _STYLE, FIGURES, MODE_COLOURS, make_figures, mode_colour, save_figures, spec_styles
+from aggscope.present import figures as figures_module
+from aggscope.present.figures import (
+    _STYLE,
+    FIGURES,
+    MODE_COLOURS,
+    figure_bytes,
+    make_figures,
+    mode_colour,
+    save_figures,
+    spec_styles,
+)
 
 runner = CliRunner()
 FIGURE_NAMES = ["weight_distribution", "mass_vs_length", "prompt_concentration", "split_map", "zero_grad_causes", "steps"]
@@ -256,3 +269,31 @@ def test_a_figure_with_nothing_to_draw_says_so() -> None:
     figures = make_figures(run_breakdown([no_loss], [parse_spec("token_mean", Layout())]))
     assert "Nothing to draw: the input has no loss tokens" in _texts(figures["mass_vs_length"])
     assert "Nothing to draw" in _texts(figures["weight_distribution"])
+
+
+def _pixels(figure: Figure) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(figure_bytes(figure))).convert("RGBA"))
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_minor_ticks_drawn_as_one_line_look_as_matplotlibs(monkeypatch: pytest.MonkeyPatch, narrow: bool) -> None:
+    """The log axis's minor ticks drawn as one line of marks: the same pixels as matplotlib's ticks.
+
+    ``narrow``: every token has the same weight, so the axis spans under a decade and its minor ticks
+    carry labels; those stay matplotlib's.
+    """
+    if narrow:
+        offsets = np.array([0, 4, 8])
+        batch = StepBatch.from_flat(np.ones(8, dtype=np.float32), np.ones(8, dtype=bool), offsets, uids=["a", "b"])
+        breakdown = run_breakdown([batch], [parse_spec("token_mean", Layout())])
+    else:
+        specs = [parse_spec(name, Layout()) for name in ("token_mean", "sequence_mean", "prompt_mean")]
+        breakdown = run_breakdown(load_steps()[:2], specs)
+    fast = make_figures(breakdown, ["weight_distribution"])["weight_distribution"]
+    one_line = [
+        line for ax in fast.axes for line in ax.get_children() if isinstance(line, Line2D) and line.get_marker() == TICKDOWN
+    ]
+    assert len(one_line) == (0 if narrow else 2)  # one line of marks on each panel
+    monkeypatch.setattr(figures_module, "_minor_ticks_as_one_line", lambda axes: None)
+    plain = make_figures(breakdown, ["weight_distribution"])["weight_distribution"]
+    assert np.array_equal(_pixels(fast), _pixels(plain))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from aggscope.analysis.breakdown import run_breakdown
 from aggscope.analysis.specs import parse_spec
 from aggscope.core.layout import Layout
 from aggscope.io.open import load_steps
+from aggscope.present import figures as figures_module
 from aggscope.present import forked
 from aggscope.present.figures import encode_figures, figure_bytes, make_figures
 
@@ -55,3 +57,76 @@ def test_encoded_figures_are_the_plain_encoding() -> None:
     # A figure encoded twice need not give the same bytes (a layout pass moves things): compare first encodings.
     plain = {name: figure_bytes(figure) for name, figure in make_figures(breakdown).items()}
     assert encode_figures(make_figures(breakdown)) == plain
+
+
+@needs_fork
+def test_meanwhile_runs_here_while_children_take_jobs() -> None:
+    seen: list[int] = []
+
+    def meanwhile() -> None:
+        time.sleep(0.5)  # the child takes jobs while this process sleeps
+        seen.append(os.getpid())
+
+    results = forked.forked_map(_pid_and_square, list(range(6)), workers=2, meanwhile=meanwhile)
+    assert seen == [os.getpid()]
+    assert [int(r.split()[1]) for r in results] == [n * n for n in range(6)]
+    pids = [int(r.split()[0]) for r in results]
+    assert pids[0] != os.getpid()  # the first job went to the child while this process was busy
+
+
+@needs_fork
+def test_a_failing_meanwhile_stops_the_children() -> None:
+    def meanwhile() -> None:
+        raise RuntimeError("the texts failed")
+
+    with pytest.raises(RuntimeError, match="the texts failed"):
+        forked.forked_map(_pid_and_square, list(range(6)), workers=2, meanwhile=meanwhile)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every child was reaped: none is left running or a zombie
+
+
+def test_meanwhile_first_in_the_plain_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forked, "can_fork", lambda: False)
+    order: list[str] = []
+    forked.forked_map(lambda n: order.append(f"job {n}") or b"", [1, 2], workers=2, meanwhile=lambda: order.append("meanwhile"))
+    assert order == ["meanwhile", "job 1", "job 2"]
+
+
+def test_figures_are_built_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    breakdown = run_breakdown(load_steps()[:2], [parse_spec("token_mean", Layout())])
+    built: list[str] = []
+    builders = {name: (lambda b, n=name, f=f: built.append(n) or f(b)) for name, f in figures_module.FIGURES.items()}
+    monkeypatch.setattr(figures_module, "FIGURES", builders)
+    figures = make_figures(breakdown)
+    assert list(figures) == [
+        "weight_distribution",
+        "mass_vs_length",
+        "prompt_concentration",
+        "split_map",
+        "zero_grad_causes",
+        "steps",
+    ]
+    assert not built
+    assert figures["split_map"] is figures["split_map"]
+    assert built == ["split_map"]
+    with pytest.raises(KeyError):
+        figures["nope"]
+
+
+def _signal_state(n: int) -> bytes:
+    time.sleep(0.1)
+    return f"{os.getpid()} {signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}".encode()
+
+
+@needs_fork
+def test_forks_beside_the_signal_watcher_and_children_leave_signals_to_it() -> None:
+    """The command line's signal watcher (a thread blocked on a pipe) does not stop the forking, and
+    a child ends at once on SIGTERM instead of raising into its jobs or waking the parent's watcher."""
+    from aggscope.cli.signals import stop_cleanly_on_signals
+
+    with stop_cleanly_on_signals():
+        assert forked.can_fork()
+        results = forked.forked_map(_signal_state, list(range(6)), workers=2)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # this process keeps its handler
+    children = [r.split() for r in results if int(r.split()[0]) != os.getpid()]
+    assert children and all(state == b"True" for _, state in children)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -65,12 +65,12 @@ class Report:
     Attributes:
         kind: ``report`` (every mode at one layout) or ``compare`` (candidates against a base).
         data: every number shown, typed.
-        figures: figure name -> matplotlib figure.
+        figures: figure name -> matplotlib figure, each built on first use (``make_figures``).
     """
 
     kind: str
     data: ReportDocument
-    figures: dict[str, Figure] = field(repr=False)
+    figures: Mapping[str, Figure] = field(repr=False)
 
     @cached_property
     def document(self) -> dict[str, Any]:
@@ -86,14 +86,19 @@ class Report:
         """Write ``report.html``, ``report.md``, ``report.json`` and one PNG per figure into ``out_dir``.
 
         The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
-        full disk or another writer never leaves files of two reports, or half of one, in it.
+        full disk or another writer never leaves files of two reports, or half of one, in it. The
+        texts are made while forked processes draw the first figures (``encode_figures``).
         """
         assert self.data.figures is not None
-        images = encode_figures(self.figures, "png")
         drawn = page(self.data)  # one list of sections, for both renderings
-        files = {self.data.figures[name]: data for name, data in images.items()}
-        files["report.json"] = report_json(self.document).encode()
-        files["report.md"] = render_markdown(drawn).encode()
+        files: dict[str, bytes] = {}
+
+        def texts() -> None:
+            files["report.json"] = report_json(self.document).encode()
+            files["report.md"] = render_markdown(drawn).encode()
+
+        images = encode_figures(self.figures, "png", meanwhile=texts)
+        files.update({self.data.figures[name]: data for name, data in images.items()})
         files["report.html"] = render_html(drawn, images).encode()
         with atomic_directory(out_dir, earlier_output) as temporary:
             for name, data in files.items():
