@@ -414,6 +414,38 @@ def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, colum
         yield pa.Table.from_batches([record_batch])
 
 
+PLAN_ROWS = 1 << 18  # rows of the step column read per call when planning (many small row groups in one read)
+
+
+def _step_chunks(path: str, parquet: pq.ParquetFile, step_column: str) -> Iterator[tuple[range, pa.Array | None]]:
+    """``(row groups, their step column)`` for runs of consecutive row groups, in order.
+
+    A run holds up to ``PLAN_ROWS`` rows (or one larger group), so a file of many small steps (one
+    row group each) is planned in a few reads instead of one per group. The column is None when
+    the run's read failed: its groups are then read one by one, so the error names the damaged one.
+    """
+    metadata = parquet.metadata
+    first = 0
+    while first < metadata.num_row_groups:
+        last, rows = first + 1, metadata.row_group(first).num_rows
+        while last < metadata.num_row_groups and rows + metadata.row_group(last).num_rows <= PLAN_ROWS:
+            rows += metadata.row_group(last).num_rows
+            last += 1
+        try:
+            column = parquet.read_row_groups(list(range(first, last)), columns=[step_column]).column(0).combine_chunks()
+        except (pa.ArrowException, OSError):
+            column = None
+        yield range(first, last), column
+        first = last
+
+
+def _step_column(path: str, parquet: pq.ParquetFile, group: int, step_column: str) -> pa.Array:
+    try:
+        return parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, group, exc) from None
+
+
 def _damage_named(path: str, group: int, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
     """``tables``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
     try:
@@ -491,6 +523,40 @@ def _name_steps(files: Sequence[str], notes: list[str]) -> dict[str, int]:
     return {f: i for i, f in enumerate(files)}
 
 
+def _group_steps(column: pa.Array, first_row: int, path: str, step_column: str) -> frozenset[int]:
+    """The steps in one row group's step column (its first row ``first_row`` of the file), checked."""
+    where = f"{path}: column {step_column!r}"
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise AggscopeError(f"{where} (step) has type {column.type}; expected integers")
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + first_row
+        raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
+    values = decode.numpy_of(pc.unique(column))
+    if not np.all(values == np.round(values)):
+        raise AggscopeError(f"{where} (step) holds a value that is not a whole number")
+    if not np.isfinite(values).all():
+        raise AggscopeError(f"{where} (step) holds an infinite value")
+    return frozenset(check_step(int(v), where) for v in values)
+
+
+def _one_step_groups(column: pa.Array, sizes: list[int], where: str) -> list[frozenset[int]] | None:
+    """``_group_steps`` of consecutive row groups of ``sizes`` rows when each holds a single step and
+    every value passes its checks (the usual file); None otherwise (the groups are then checked one by one)."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or column.null_count:
+        return None
+    values = decode.numpy_of(column)  # [rows]
+    if not (np.all(values == np.round(values)) and np.isfinite(values).all()):
+        return None
+    bounds = offsets_of(sizes)
+    nonempty = bounds[1:] > bounds[:-1]  # [groups]
+    low = np.minimum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
+    high = np.maximum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
+    if not np.array_equal(low, high):
+        return None
+    one_step = iter(low.tolist())
+    return [frozenset({check_step(int(next(one_step)), where)}) if rows else frozenset() for rows in nonempty.tolist()]
+
+
 def _plan_file(
     path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None, name_steps: Mapping[str, int]
 ) -> _FilePlan:
@@ -504,21 +570,15 @@ def _plan_file(
     if step_column is None:
         fixed = frozenset({name_steps[path]})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
-    steps = []
-    for group in range(metadata.num_row_groups):
-        try:
-            column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
-        except (pa.ArrowException, OSError) as exc:
-            raise _damaged(path, group, exc) from None
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
-        if column.null_count:
-            first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + starts[group]
-            raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
-        values = decode.numpy_of(pc.unique(column))
-        if not np.all(values == np.round(values)):
-            raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
-        if not np.isfinite(values).all():
-            raise AggscopeError(f"{path}: column {step_column!r} (step) holds an infinite value")
-        steps.append(frozenset(check_step(int(v), f"{path}: column {step_column!r}") for v in values))
+    steps: list[frozenset[int]] = []
+    for groups, column in _step_chunks(path, parquet, step_column):
+        sizes = [metadata.row_group(g).num_rows for g in groups]
+        if column is not None and (quick := _one_step_groups(column, sizes, f"{path}: column {step_column!r}")) is not None:
+            steps += quick
+            continue
+        start = 0
+        for group, size in zip(groups, sizes, strict=True):
+            part = _step_column(path, parquet, group, step_column) if column is None else column.slice(start, size)
+            steps.append(_group_steps(part, starts[group], path, step_column))
+            start += size
     return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)
