@@ -75,6 +75,8 @@ def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, in
     n_seqs = offsets.size - 1
     if n_seqs <= 0:
         return [(0, 0)]
+    if int(offsets[-1]) <= chunk_tokens:  # a small step: one run (what the cuts below give, without them)
+        return [(0, n_seqs)]
     targets = np.arange(chunk_tokens, int(offsets[-1]), chunk_tokens)
     cuts = np.searchsorted(offsets, targets, side="left")  # first segment starting at or after each target
     bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n_seqs), [n_seqs]]))

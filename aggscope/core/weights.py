@@ -128,7 +128,12 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
     if split is None:
         split = split_batch(batch, layout)
-    row_weight = resolved.weight(_mode_inputs(batch, layout, split))
+    return _weigh(batch, resolved, layout, split, _mode_inputs(batch, layout, split))
+
+
+def _weigh(batch: StepBatch, resolved: Mode, layout: Layout, split: Split, inputs: ModeInputs) -> StepWeights:
+    """``compute_weights`` of an applicable mode, the first pass's ``inputs`` built already (shared by the modes of a step)."""
+    row_weight = resolved.weight(inputs)
     if layout.rank_shuffle_seed is not None and layout.passes > 1:
         # every pass draws its own mini-batches: the weight is the sum over the passes' splits
         for pass_index in range(1, layout.passes):
@@ -139,14 +144,28 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     return StepWeights(batch, resolved, layout, split, row_weight)
 
 
+def weigh_modes(batch: StepBatch, modes: Sequence[Mode], layout: Layout, split: Split) -> dict[str, StepWeights]:
+    """``compute_weights`` of each mode on one split (``split_batch(batch, layout)``), the modes sharing
+    what they read (one ``ModeInputs``, built once)."""
+    inputs = _mode_inputs(batch, layout, split)
+    weights = {}
+    for mode in modes:
+        check_applicable(mode, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
+        weights[mode.name] = _weigh(batch, mode, layout, split, inputs)
+    return weights
+
+
 def _mode_inputs(batch: StepBatch, layout: Layout, split: Split) -> ModeInputs:
+    """What the modes read; its arrays are read-only, so the modes of a step can share them."""
+    loss_tokens, lengths = batch.stats.loss_tokens.astype(np.float64), batch.stats.lengths.astype(np.float64)
+    loss_tokens.flags.writeable = lengths.flags.writeable = False
     return ModeInputs(
-        loss_tokens=batch.stats.loss_tokens.astype(np.float64),
+        loss_tokens=loss_tokens,
         split=split,
         group_ids=batch.group_ids,
         n_groups=batch.n_groups,
         max_seq_len=layout.max_seq_len,
-        lengths=batch.stats.lengths.astype(np.float64),
+        lengths=lengths,
     )
 
 
@@ -347,7 +366,7 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
 def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
     """Weights and summaries of one step under several modes, sharing one split."""
     split = split_batch(batch, layout)
-    weights = {mode.name: compute_weights(batch, mode, layout, split) for mode in modes}
+    weights = weigh_modes(batch, modes, layout, split)
     summary = StepSummary(
         step=batch.step,
         sequences=batch.n_sequences,

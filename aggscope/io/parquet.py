@@ -50,9 +50,9 @@ class _FilePlan:
 class _OpenFile:
     """The Parquet file read last, kept open for the next step (never pickled: see ``__getstate__``)."""
 
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.file: pq.ParquetFile | None = None
+    def __init__(self, path: str | None = None, file: pq.ParquetFile | None = None) -> None:
+        self.path = path
+        self.file = file
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +142,7 @@ class ParquetRollouts(Rollouts):
             tuple(plans),
             token_columns,
             text_column,
+            _OpenFile(files[0], first),  # the first steps are read from the file just planned, without a second footer parse
             unrecoverable=unrecoverable_from(recorded.get("unrecoverable")),
         )
 
@@ -264,6 +265,7 @@ class ParquetRollouts(Rollouts):
         return decode.decode_long(table, self.columns, step, self._step_source, where, self.lengths_estimated, self._text_column)
 
 
+THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded without pyarrow's threads
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
 
 
@@ -403,12 +405,13 @@ def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, colum
     about ``READ_BATCH_TOKENS`` tokens (``_rows_per_batch``).
 
     A group that fits in one batch (a small step) is read with one ``read_row_group``: about
-    half the cost of setting up ``iter_batches`` for it, with the same rows and types.
+    half the cost of setting up ``iter_batches`` for it, with the same rows and types; a small one
+    on this thread, as handing its few pages to pyarrow's thread pool costs more than it saves.
     """
     num_rows = parquet.metadata.row_group(group).num_rows
     batch_rows = _rows_per_batch(num_rows, tokens)
     if num_rows <= batch_rows:
-        yield parquet.read_row_group(group, columns=columns)
+        yield parquet.read_row_group(group, columns=columns, use_threads=tokens is None or tokens >= THREADED_GROUP_TOKENS)
         return
     for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
         yield pa.Table.from_batches([record_batch])

@@ -8,7 +8,7 @@ over findings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes, resolve_modes
 from aggscope.core.split import Split
-from aggscope.core.weights import compute_weights, split_batch
+from aggscope.core.weights import split_batch, weigh_modes
 from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
@@ -138,6 +138,7 @@ def check_step(
     layout: Layout | None = None,
     split: Split | None = None,
     options: CheckOptions | None = None,
+    row_weights: Mapping[str, np.ndarray] | None = None,
 ) -> StepCheck:
     """Check one step: findings, cut prompts and zero-gradient causes.
 
@@ -149,6 +150,8 @@ def check_step(
         layout: the trainer configuration (default: one mini-batch).
         split: the split of this batch under ``layout``, if already computed.
         options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
+        row_weights: ``{mode name: [n_seqs] row weight}`` of the modes under ``split``, if already
+            computed (``analyse_step``'s); the modes it lacks are computed here.
     """
     layout = layout or Layout()
     options = options or CheckOptions()
@@ -158,7 +161,10 @@ def check_step(
         resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
     if split is None:
         split = split_batch(batch, layout)
-    weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
+    known = row_weights or {}
+    missing = [mode for mode in resolved if mode.name not in known]
+    computed = {name: result.row_weight for name, result in weigh_modes(batch, missing, layout, split).items()}
+    weights = {mode.name: known[mode.name] if mode.name in known else computed[mode.name] for mode in resolved}
     rows = Rows.of(batch, split)
     groups = Groups.of(batch, rows) if batch.has_groups else None
     zero_grad = _zero_grad(rows, groups, weights)
@@ -476,8 +482,9 @@ def _group_findings(batch: StepBatch, rows: Rows, groups: Groups) -> list[Findin
 
 def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout) -> list[Finding]:
     out = []
-    command = check_command(batch.source, layout, order="grouped")
-    for group in np.flatnonzero(groups.runs > 1).tolist():
+    split_prompts = np.flatnonzero(groups.runs > 1).tolist()
+    command = check_command(batch.source, layout, order="grouped") if split_prompts else ""
+    for group in split_prompts:
         members = groups.rows(group)
         out.append(
             _group_finding(
