@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,8 @@ def _weigh(batch: StepBatch, resolved: Mode, layout: Layout, split: Split, input
 def weigh_modes(batch: StepBatch, modes: Sequence[Mode], layout: Layout, split: Split) -> dict[str, StepWeights]:
     """``compute_weights`` of each mode on one split (``split_batch(batch, layout)``), the modes sharing
     what they read (one ``ModeInputs``, built once)."""
+    if not modes:
+        return {}
     inputs = _mode_inputs(batch, layout, split)
     weights = {}
     for mode in modes:
@@ -200,8 +202,11 @@ class ModeSummary:
     max_token_weight: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: a value that is not finite becomes None."""
-        return {key: _finite_or_none(value) for key, value in asdict(self).items()}
+        """JSON-ready: a value that is not finite becomes None (every field is a number or None)."""
+        return {name: _finite_or_none(getattr(self, name)) for name in _SUMMARY_FIELDS}
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(ModeSummary))
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
@@ -260,3 +262,10 @@ def test_results_stay_on_the_gpu() -> None:
     batch = StepBatch.from_padded(advantages, torch.ones(4, 8, device="cuda"), uids=torch.tensor([0, 0, 1, 1], device="cuda"))
     weights = aggscope.compute_weights(batch, "prompt_mean", aggscope.Layout(micro_batch_size=1))
     assert batch.input_device.type == "cuda" and weights.token_weights().is_cuda and weights.grad_weights().is_cuda
+
+
+def test_mode_summary_to_dict_is_every_field_with_nonfinite_as_none() -> None:
+    summary = ModeSummary(10, 1.5, math.inf, 0.5, -0.25, None, math.nan, 2, 0, 0.1, 0.2)
+    expected = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in asdict(summary).items()}
+    assert summary.to_dict() == expected
+    assert list(summary.to_dict()) == [f.name for f in fields(ModeSummary)]
