@@ -119,14 +119,29 @@ def zero_grad_causes(
         ``{cause: loss tokens}`` over ``ZERO_GRAD_CAUSES``; the values add up to the
         ``zero_grad_tokens + nonfinite_grad_tokens`` that ``weights.summarize`` counts.
     """
-    # A token with finite non-zero A has a zero or non-finite gradient only through its weight.
     finite_nonzero = loss_tokens - zero_adv_tokens - nonfinite_adv_tokens  # [n]
-    other_zero = ~zero_variance & ~at_group_mean
+    return {
+        **_advantage_causes(zero_adv_tokens, nonfinite_adv_tokens, zero_variance, at_group_mean),
+        **_weight_causes(finite_nonzero, row_weight),
+    }
+
+
+def _advantage_causes(
+    zero_adv_tokens: np.ndarray, nonfinite_adv_tokens: np.ndarray, zero_variance: np.ndarray, at_group_mean: np.ndarray
+) -> dict[str, int]:
+    """The causes of ``zero_grad_causes`` that the advantages give, the same under every mode."""
     return {
         "nonfinite_advantage": int(nonfinite_adv_tokens.sum()),
         "zero_variance_group": int(zero_adv_tokens[zero_variance].sum()),
         "reward_at_group_mean": int(zero_adv_tokens[~zero_variance & at_group_mean].sum()),
-        "zero_advantage": int(zero_adv_tokens[other_zero].sum()),
+        "zero_advantage": int(zero_adv_tokens[~zero_variance & ~at_group_mean].sum()),
+    }
+
+
+def _weight_causes(finite_nonzero: np.ndarray, row_weight: np.ndarray) -> dict[str, int]:
+    """The causes of ``zero_grad_causes`` that a mode's weights give: a token with finite non-zero A
+    (``finite_nonzero [n]`` of them per row) has a zero or non-finite gradient only through its weight."""
+    return {
         "zero_weight": int(finite_nonzero[row_weight == 0].sum()),
         "nonfinite_weight": int(finite_nonzero[~np.isfinite(row_weight)].sum()),
     }
@@ -226,10 +241,10 @@ def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]
     """``{mode: {cause: loss tokens}}`` of one step."""
     zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
     at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
-    return {
-        name: zero_grad_causes(rows.loss, rows.zero_adv, rows.nonfinite_adv, w, zero_variance_row, at_mean_row)
-        for name, w in weights.items()
-    }
+    # the advantages' causes once for the step; each mode adds only those of its weights
+    shared = _advantage_causes(rows.zero_adv, rows.nonfinite_adv, zero_variance_row, at_mean_row)
+    finite_nonzero = rows.loss - rows.zero_adv - rows.nonfinite_adv  # [n]
+    return {name: {**shared, **_weight_causes(finite_nonzero, w)} for name, w in weights.items()}
 
 
 def _no_grad_rows(
