@@ -75,6 +75,8 @@ def segment_chunks(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, in
     n_seqs = offsets.size - 1
     if n_seqs <= 0:
         return [(0, 0)]
+    if int(offsets[-1]) <= chunk_tokens:  # a small step: one run (what the cuts below give, without them)
+        return [(0, n_seqs)]
     targets = np.arange(chunk_tokens, int(offsets[-1]), chunk_tokens)
     cuts = np.searchsorted(offsets, targets, side="left")  # first segment starting at or after each target
     bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n_seqs), [n_seqs]]))
@@ -130,54 +132,69 @@ def ordered_sum(values: np.ndarray) -> float:
     Args:
         values: ``[n]`` float64 (others are converted).
     """
-    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-    n = values.size
+    return float(ordered_sums(np.asarray(values, dtype=np.float64).reshape(1, -1))[0])
+
+
+def ordered_sums(rows: np.ndarray) -> np.ndarray:
+    """``ordered_sum`` of every row of a matrix at once: ``[k, n] -> [k]`` float64.
+
+    Each row is added with exactly the additions ``ordered_sum`` makes on it alone (the same
+    elementwise IEEE additions, done on all rows side by side), so each result equals that row's
+    ``ordered_sum`` bit for bit; the Python overhead of the cascade is paid once for all ``k`` rows.
+
+    Args:
+        rows: ``[k, n]`` float64 (others are converted).
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    k, n = rows.shape
     if n < _LANES:
-        return 0.0 + float(_row_sum(values.reshape(n, 1))[0])
+        return 0.0 + _row_sum(rows.reshape(k, n, 1))[:, 0]
     n_vectors = n // _LANES
-    lanes = _row_sum(values[: n_vectors * _LANES].reshape(n_vectors, _LANES))  # [_LANES]
-    total = 0.0
-    for value in values[n_vectors * _LANES :].tolist():
-        total += value
-    for value in lanes.tolist():
-        total += value
+    lanes = _row_sum(rows[:, : n_vectors * _LANES].reshape(k, n_vectors, _LANES))  # [k, _LANES]
+    total = np.zeros(k)
+    for column in range(n_vectors * _LANES, n):  # the tail, in order
+        total += rows[:, column]
+    for lane in range(_LANES):
+        total += lanes[:, lane]
     return 0.0 + total
 
 
 def _row_sum(units: np.ndarray) -> np.ndarray:
-    """torch's ``row_sum``: ``[m, width]`` -> ``[width]``, ``_ILP`` interleaved accumulators."""
-    n_rows = units.shape[0] // _ILP
-    partial = _multi_row_sum(units[: n_rows * _ILP].reshape(n_rows, _ILP, units.shape[1]))  # [_ILP, width]
-    for row in units[n_rows * _ILP :]:
-        partial[0] += row
-    for k in range(1, _ILP):
-        partial[0] += partial[k]
-    return partial[0]
+    """torch's ``row_sum`` on each of ``k`` inputs: ``[k, m, width]`` -> ``[k, width]``, ``_ILP`` interleaved accumulators."""
+    k, m, width = units.shape
+    n_rows = m // _ILP
+    partial = _multi_row_sum(units[:, : n_rows * _ILP].reshape(k, n_rows, _ILP, width))  # [k, _ILP, width]
+    for row in range(n_rows * _ILP, m):
+        partial[:, 0] += units[:, row]
+    for accumulator in range(1, _ILP):
+        partial[:, 0] += partial[:, accumulator]
+    return partial[:, 0]
 
 
 def _multi_row_sum(rows: np.ndarray) -> np.ndarray:
-    """torch's ``multi_row_sum``: ``[size, _ILP, width]`` -> ``[_ILP, width]`` by a cascade of levels."""
-    size = rows.shape[0]
+    """torch's ``multi_row_sum`` on each of ``k`` inputs: ``[k, size, _ILP, width]`` -> ``[k, _ILP, width]``
+    by a cascade of levels."""
+    k, size = rows.shape[:2]
     level_power = max(4, (size - 1).bit_length() // _LEVELS if size > 1 else 0)  # CeilLog2(size) / levels
     step = 1 << level_power
     n_blocks = size // step
-    acc = np.zeros((_LEVELS, *rows.shape[1:]))
+    acc = np.zeros((_LEVELS, k, *rows.shape[2:]))  # [_LEVELS, k, _ILP, width]
     if n_blocks:
-        blocks = rows[: n_blocks * step].reshape(n_blocks, step, *rows.shape[1:])
-        block_sums = 0.0 + blocks[:, 0]  # [n_blocks, _ILP, width], each block added one row at a time
+        blocks = rows[:, : n_blocks * step].reshape(k, n_blocks, step, *rows.shape[2:])
+        block_sums = 0.0 + blocks[:, :, 0]  # [k, n_blocks, _ILP, width], each block added one row at a time
         for j in range(1, step):
-            block_sums += blocks[:, j]
+            block_sums += blocks[:, :, j]
         mask = step - 1
         for block in range(n_blocks):
-            acc[0] = block_sums[block]
+            acc[0] = block_sums[:, block]
             done = (block + 1) * step
             for level in range(1, _LEVELS):
                 acc[level] += acc[level - 1]
                 acc[level - 1] = 0.0
                 if done & (mask << (level * level_power)):
                     break
-    for row in rows[n_blocks * step :]:
-        acc[0] += row
+    for row in range(n_blocks * step, size):
+        acc[0] += rows[:, row]
     for level in range(1, _LEVELS):
         acc[0] += acc[level]
     return acc[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
-from aggscope.core.segments import expand_to_tokens, ordered_sum
+from aggscope.core.segments import expand_to_tokens, ordered_sums
 from aggscope.core.split import Split, split_step
 from aggscope.errors import AggscopeError
 
@@ -128,7 +128,12 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     check_applicable(resolved, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
     if split is None:
         split = split_batch(batch, layout)
-    row_weight = resolved.weight(_mode_inputs(batch, layout, split))
+    return _weigh(batch, resolved, layout, split, _mode_inputs(batch, layout, split))
+
+
+def _weigh(batch: StepBatch, resolved: Mode, layout: Layout, split: Split, inputs: ModeInputs) -> StepWeights:
+    """``compute_weights`` of an applicable mode, the first pass's ``inputs`` built already (shared by the modes of a step)."""
+    row_weight = resolved.weight(inputs)
     if layout.rank_shuffle_seed is not None and layout.passes > 1:
         # every pass draws its own mini-batches: the weight is the sum over the passes' splits
         for pass_index in range(1, layout.passes):
@@ -139,14 +144,30 @@ def compute_weights(batch: StepBatch, mode: Mode | str, layout: Layout | None = 
     return StepWeights(batch, resolved, layout, split, row_weight)
 
 
+def weigh_modes(batch: StepBatch, modes: Sequence[Mode], layout: Layout, split: Split) -> dict[str, StepWeights]:
+    """``compute_weights`` of each mode on one split (``split_batch(batch, layout)``), the modes sharing
+    what they read (one ``ModeInputs``, built once)."""
+    if not modes:
+        return {}
+    inputs = _mode_inputs(batch, layout, split)
+    weights = {}
+    for mode in modes:
+        check_applicable(mode, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
+        weights[mode.name] = _weigh(batch, mode, layout, split, inputs)
+    return weights
+
+
 def _mode_inputs(batch: StepBatch, layout: Layout, split: Split) -> ModeInputs:
+    """What the modes read; its arrays are read-only, so the modes of a step can share them."""
+    loss_tokens, lengths = batch.stats.loss_tokens.astype(np.float64), batch.stats.lengths.astype(np.float64)
+    loss_tokens.flags.writeable = lengths.flags.writeable = False
     return ModeInputs(
-        loss_tokens=batch.stats.loss_tokens.astype(np.float64),
+        loss_tokens=loss_tokens,
         split=split,
         group_ids=batch.group_ids,
         n_groups=batch.n_groups,
         max_seq_len=layout.max_seq_len,
-        lengths=batch.stats.lengths.astype(np.float64),
+        lengths=lengths,
     )
 
 
@@ -181,8 +202,11 @@ class ModeSummary:
     max_token_weight: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: a value that is not finite becomes None."""
-        return {key: _finite_or_none(value) for key, value in asdict(self).items()}
+        """JSON-ready: a value that is not finite becomes None (every field is a number or None)."""
+        return {name: _finite_or_none(getattr(self, name)) for name in _SUMMARY_FIELDS}
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(ModeSummary))
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -192,46 +216,73 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
-    """Summarise a mode from per-sequence quantities alone.
+    """Summarise a mode from per-sequence quantities alone (``summarize_modes`` of one mode).
 
-    Float sums run in ``ordered_sum``'s order, so every summary is the one aggscope gave before.
+    Args:
+        stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
+        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each row.
+    """
+    (summary,) = summarize_modes(stats, [row_weight])
+    return summary
+
+
+def summarize_modes(stats: SequenceStats, row_weights: Sequence[np.ndarray]) -> list[ModeSummary]:
+    """Summarise several modes of one set of sequences from per-sequence quantities alone.
+
+    Float sums run in ``ordered_sum``'s order (all modes' sums in one ``ordered_sums``), so every
+    summary is the one aggscope gave before, mode by mode.
 
     A row's token weights are ``w_i * f`` (``f`` the batch's per-token factor, 1.0 without one), so
     sums over tokens come from the rows' factor sums: ``sum_t w_i f = w_i * factor_sum_i``.
 
     Args:
         stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
-        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each row.
+        row_weights: one ``[n_seqs]`` float64 weight ``w_i`` per row for each of ``n_modes`` modes.
     """
-    w = np.asarray(row_weight, dtype=np.float64)  # [n_seqs]
+    n_modes = len(row_weights)
+    w = np.asarray(row_weights, dtype=np.float64).reshape(n_modes, stats.loss_tokens.size)  # [n_modes, n_seqs]
     has_tokens = stats.loss_tokens > 0  # [n_seqs]
-    weight_sum = ordered_sum(w * stats.factor_sum)  # sum_i w_i sum_t f (= sum_i w_i L_i without a factor)
-    weight_sq_sum = ordered_sum(w * w * stats.factor_sq_sum)  # sum_i w_i^2 sum_t f^2
-    weight_is_zero = w == 0
+    weight_finite = np.isfinite(w)
+    w_finite = np.where(weight_finite, w, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite weight on a row without loss tokens: nan
+        terms = [
+            w * stats.factor_sum,  # sum_i w_i sum_t f (= sum_i w_i L_i without a factor)
+            w * w * stats.factor_sq_sum,  # sum_i w_i^2 sum_t f^2
+            w_finite * stats.adv_abs_sum,
+            w_finite * stats.adv_pos_sum,
+            w_finite * stats.adv_neg_sum,
+        ]
+    sums = ordered_sums(np.concatenate(terms)).reshape(5, n_modes)  # [5, n_modes]
+    weight_sums, weight_sq_sums, abs_sums, pos_sums, neg_sums = sums.tolist()
     # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
     # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
-    weight_finite = np.isfinite(w)
-    zero_grad = np.where(weight_is_zero, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
-    nonfinite_grad = np.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens)
-    zero_grad = np.where(weight_finite, zero_grad, 0)
-    w_finite = np.where(weight_finite, w, 0.0)
+    zero_grad = np.where(w == 0, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
+    zero_grad = np.where(weight_finite, zero_grad, 0).sum(axis=1).tolist()  # [n_modes]
+    nonfinite_grad = np.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens).sum(axis=1).tolist()
     # extremes of w_i * f over a row: at its smallest or largest factor (either, by the sign of w_i)
     with np.errstate(invalid="ignore"):
-        low, high = (w * stats.factor_min)[has_tokens], (w * stats.factor_max)[has_tokens]
-    lowest, highest = np.minimum(low, high), np.maximum(low, high)
-    return ModeSummary(
-        loss_tokens=int(stats.loss_tokens.sum()),
-        weight_sum=weight_sum,
-        grad_abs_sum=ordered_sum(w_finite * stats.adv_abs_sum),
-        grad_pos_sum=ordered_sum(w_finite * stats.adv_pos_sum),
-        grad_neg_sum=ordered_sum(w_finite * stats.adv_neg_sum),
-        ess_tokens=weight_sum * weight_sum / weight_sq_sum if weight_sq_sum > 0 else None,
-        long_short_ratio=long_short_ratio(stats.loss_tokens, w, stats.factor_sum),
-        zero_grad_tokens=int(zero_grad.sum()),
-        nonfinite_grad_tokens=int(nonfinite_grad.sum()),
-        min_token_weight=float(lowest.min()) if lowest.size else None,
-        max_token_weight=float(highest.max()) if highest.size else None,
-    )
+        low, high = (w * stats.factor_min)[:, has_tokens], (w * stats.factor_max)[:, has_tokens]
+    any_tokens = bool(has_tokens.any())
+    lowest = np.minimum(low, high).min(axis=1).tolist() if any_tokens else [None] * n_modes
+    highest = np.maximum(low, high).max(axis=1).tolist() if any_tokens else [None] * n_modes
+    ratios = long_short_ratios(stats.loss_tokens, w, stats.factor_sum)
+    loss_tokens = int(stats.loss_tokens.sum())
+    return [
+        ModeSummary(
+            loss_tokens=loss_tokens,
+            weight_sum=weight_sums[m],
+            grad_abs_sum=abs_sums[m],
+            grad_pos_sum=pos_sums[m],
+            grad_neg_sum=neg_sums[m],
+            ess_tokens=weight_sums[m] * weight_sums[m] / weight_sq_sums[m] if weight_sq_sums[m] > 0 else None,
+            long_short_ratio=ratios[m],
+            zero_grad_tokens=int(zero_grad[m]),
+            nonfinite_grad_tokens=int(nonfinite_grad[m]),
+            min_token_weight=lowest[m],
+            max_token_weight=highest[m],
+        )
+        for m in range(n_modes)
+    ]
 
 
 def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray, factor_sum: np.ndarray | None = None) -> float | None:
@@ -242,23 +293,36 @@ def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray, factor_sum
     quarter has no loss token. ``factor_sum``: ``[n_seqs]`` each row's sum of its per-token factors
     (``SequenceStats.factor_sum``; None: its loss tokens), so a row's weight mass is ``w_i * factor_sum_i``.
     """
-    n_seqs = loss_tokens.size
+    return long_short_ratios(loss_tokens, np.asarray(row_weight).reshape(1, -1), factor_sum)[0]
+
+
+def long_short_ratios(
+    loss_tokens: np.ndarray, row_weights: np.ndarray, factor_sum: np.ndarray | None = None
+) -> list[float | None]:
+    """``long_short_ratio`` of each of ``n_modes`` modes: ``row_weights [n_modes, n_seqs]``, every
+    quarter's sums in one ``ordered_sums``."""
+    n_modes, n_seqs = row_weights.shape
     if n_seqs < 2:
-        return None
+        return [None] * n_modes
     quarter = max(1, n_seqs // 4)
     ranked = np.argsort(loss_tokens, kind="stable")  # [n_seqs] shortest first
     tokens = loss_tokens.astype(np.float64)
     mass_per_weight = tokens if factor_sum is None else factor_sum
-
-    def mean_weight(rows: np.ndarray) -> float:
-        token_count = ordered_sum(tokens[rows])
-        with np.errstate(invalid="ignore"):
-            return ordered_sum(row_weight[rows] * mass_per_weight[rows]) / token_count if token_count else math.nan
-
-    short, long = mean_weight(ranked[:quarter]), mean_weight(ranked[-quarter:])
-    if not (math.isfinite(short) and math.isfinite(long)) or short == 0:
-        return None
-    return long / short
+    short, long = ranked[:quarter], ranked[-quarter:]
+    with np.errstate(invalid="ignore"):  # 0 * inf is nan: the ratio is then None
+        short_mass, long_mass = row_weights[:, short] * mass_per_weight[short], row_weights[:, long] * mass_per_weight[long]
+    sums = ordered_sums(
+        np.concatenate([tokens[short][None], tokens[long][None], short_mass, long_mass])
+    ).tolist()  # [2 + 2 * n_modes]
+    short_tokens, long_tokens = sums[0], sums[1]
+    ratios: list[float | None] = []
+    for m in range(n_modes):
+        short_mean = sums[2 + m] / short_tokens if short_tokens else math.nan
+        long_mean = sums[2 + n_modes + m] / long_tokens if long_tokens else math.nan
+        ratios.append(
+            long_mean / short_mean if math.isfinite(short_mean) and math.isfinite(long_mean) and short_mean != 0 else None
+        )
+    return ratios
 
 
 # ---- many steps --------------------------------------------------------------------------------
@@ -307,14 +371,14 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
 def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
     """Weights and summaries of one step under several modes, sharing one split."""
     split = split_batch(batch, layout)
-    weights = {mode.name: compute_weights(batch, mode, layout, split) for mode in modes}
+    weights = weigh_modes(batch, modes, layout, split)
     summary = StepSummary(
         step=batch.step,
         sequences=batch.n_sequences,
         prompts=batch.n_groups if batch.has_groups else None,
         tokens=batch.n_tokens,
         loss_tokens=int(batch.stats.loss_tokens.sum()),
-        modes={name: result.summary() for name, result in weights.items()},
+        modes=dict(zip(weights, summarize_modes(batch.stats, [result.row_weight for result in weights.values()]), strict=True)),
     )
     return StepAnalysis(batch, split, weights, summary)
 

@@ -7,6 +7,7 @@ reader (``aggscope.io.parquet``) for canonical Parquet, or one of ``aggscope.io.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -24,8 +25,10 @@ from aggscope.io.readers import DUMP_SUFFIXES, FORMAT_ALIASES, FORMATS, READERS
 SAMPLE_FILE = "rollouts.parquet"
 
 
+@functools.cache
 def bundled_sample_path() -> Path:
-    """The sample shipped with the package (the same file as ``sample_data/rollouts.parquet``)."""
+    """The sample shipped with the package (the same file as ``sample_data/rollouts.parquet``); looked up
+    once (a package-data lookup costs about a millisecond, and messages of every step ask for it)."""
     return Path(str(resources.files("aggscope.sample_data").joinpath(SAMPLE_FILE)))
 
 

@@ -50,9 +50,9 @@ class _FilePlan:
 class _OpenFile:
     """The Parquet file read last, kept open for the next step (never pickled: see ``__getstate__``)."""
 
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.file: pq.ParquetFile | None = None
+    def __init__(self, path: str | None = None, file: pq.ParquetFile | None = None) -> None:
+        self.path = path
+        self.file = file
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +142,7 @@ class ParquetRollouts(Rollouts):
             tuple(plans),
             token_columns,
             text_column,
+            _OpenFile(files[0], first),  # the first steps are read from the file just planned, without a second footer parse
             unrecoverable=unrecoverable_from(recorded.get("unrecoverable")),
         )
 
@@ -217,13 +218,8 @@ class ParquetRollouts(Rollouts):
             for group in groups:
                 shared = len(plan.row_group_steps[group]) > 1
                 row = plan.row_group_starts[group]
-                batch_rows = _rows_per_batch(
-                    parquet.metadata.row_group(group).num_rows,
-                    None if plan.row_group_tokens is None else plan.row_group_tokens[group],
-                )
-                batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=needed)
-                for record_batch in _damage_named(plan.path, group, batches):
-                    table = pa.Table.from_batches([record_batch])
+                tokens = None if plan.row_group_tokens is None else plan.row_group_tokens[group]
+                for table in _damage_named(plan.path, group, _group_tables(parquet, group, tokens, needed)):
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
                     if shared and step_column is not None:  # only rows of this step
@@ -269,6 +265,7 @@ class ParquetRollouts(Rollouts):
         return decode.decode_long(table, self.columns, step, self._step_source, where, self.lengths_estimated, self._text_column)
 
 
+THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded without pyarrow's threads
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
 
 
@@ -403,10 +400,59 @@ def _check_same_layout(file: str, schema: pa.Schema, detected: Mapping[str, str]
                 )
 
 
-def _damage_named(path: str, group: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``batches``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
+def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, columns: list[str]) -> Iterator[pa.Table]:
+    """Row group ``group`` of ``parquet`` (``tokens`` token entries, None: not known) as tables of
+    about ``READ_BATCH_TOKENS`` tokens (``_rows_per_batch``).
+
+    A group that fits in one batch (a small step) is read with one ``read_row_group``: about
+    half the cost of setting up ``iter_batches`` for it, with the same rows and types; a small one
+    on this thread, as handing its few pages to pyarrow's thread pool costs more than it saves.
+    """
+    num_rows = parquet.metadata.row_group(group).num_rows
+    batch_rows = _rows_per_batch(num_rows, tokens)
+    if num_rows <= batch_rows:
+        yield parquet.read_row_group(group, columns=columns, use_threads=tokens is None or tokens >= THREADED_GROUP_TOKENS)
+        return
+    for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+        yield pa.Table.from_batches([record_batch])
+
+
+PLAN_ROWS = 1 << 18  # rows of the step column read per call when planning (many small row groups in one read)
+
+
+def _step_chunks(path: str, parquet: pq.ParquetFile, step_column: str) -> Iterator[tuple[range, pa.Array | None]]:
+    """``(row groups, their step column)`` for runs of consecutive row groups, in order.
+
+    A run holds up to ``PLAN_ROWS`` rows (or one larger group), so a file of many small steps (one
+    row group each) is planned in a few reads instead of one per group. The column is None when
+    the run's read failed: its groups are then read one by one, so the error names the damaged one.
+    """
+    metadata = parquet.metadata
+    first = 0
+    while first < metadata.num_row_groups:
+        last, rows = first + 1, metadata.row_group(first).num_rows
+        while last < metadata.num_row_groups and rows + metadata.row_group(last).num_rows <= PLAN_ROWS:
+            rows += metadata.row_group(last).num_rows
+            last += 1
+        try:
+            column = parquet.read_row_groups(list(range(first, last)), columns=[step_column]).column(0).combine_chunks()
+        except (pa.ArrowException, OSError):
+            column = None
+        yield range(first, last), column
+        first = last
+
+
+def _step_column(path: str, parquet: pq.ParquetFile, group: int, step_column: str) -> pa.Array:
     try:
-        yield from batches
+        return parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, group, exc) from None
+
+
+def _damage_named(path: str, group: int, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``tables``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
+    try:
+        yield from tables
     except (pa.ArrowException, OSError) as exc:
         raise _damaged(path, group, exc) from None
 
@@ -480,6 +526,40 @@ def _name_steps(files: Sequence[str], notes: list[str]) -> dict[str, int]:
     return {f: i for i, f in enumerate(files)}
 
 
+def _group_steps(column: pa.Array, first_row: int, path: str, step_column: str) -> frozenset[int]:
+    """The steps in one row group's step column (its first row ``first_row`` of the file), checked."""
+    where = f"{path}: column {step_column!r}"
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise AggscopeError(f"{where} (step) has type {column.type}; expected integers")
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + first_row
+        raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
+    values = decode.numpy_of(pc.unique(column))
+    if not np.all(values == np.round(values)):
+        raise AggscopeError(f"{where} (step) holds a value that is not a whole number")
+    if not np.isfinite(values).all():
+        raise AggscopeError(f"{where} (step) holds an infinite value")
+    return frozenset(check_step(int(v), where) for v in values)
+
+
+def _one_step_groups(column: pa.Array, sizes: list[int], where: str) -> list[frozenset[int]] | None:
+    """``_group_steps`` of consecutive row groups of ``sizes`` rows when each holds a single step and
+    every value passes its checks (the usual file); None otherwise (the groups are then checked one by one)."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or column.null_count:
+        return None
+    values = decode.numpy_of(column)  # [rows]
+    if not (np.all(values == np.round(values)) and np.isfinite(values).all()):
+        return None
+    bounds = offsets_of(sizes)
+    nonempty = bounds[1:] > bounds[:-1]  # [groups]
+    low = np.minimum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
+    high = np.maximum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
+    if not np.array_equal(low, high):
+        return None
+    one_step = iter(low.tolist())
+    return [frozenset({check_step(int(next(one_step)), where)}) if rows else frozenset() for rows in nonempty.tolist()]
+
+
 def _plan_file(
     path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None, name_steps: Mapping[str, int]
 ) -> _FilePlan:
@@ -493,21 +573,15 @@ def _plan_file(
     if step_column is None:
         fixed = frozenset({name_steps[path]})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
-    steps = []
-    for group in range(metadata.num_row_groups):
-        try:
-            column = parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
-        except (pa.ArrowException, OSError) as exc:
-            raise _damaged(path, group, exc) from None
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            raise AggscopeError(f"{path}: column {step_column!r} (step) has type {column.type}; expected integers")
-        if column.null_count:
-            first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + starts[group]
-            raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
-        values = decode.numpy_of(pc.unique(column))
-        if not np.all(values == np.round(values)):
-            raise AggscopeError(f"{path}: column {step_column!r} (step) holds a value that is not a whole number")
-        if not np.isfinite(values).all():
-            raise AggscopeError(f"{path}: column {step_column!r} (step) holds an infinite value")
-        steps.append(frozenset(check_step(int(v), f"{path}: column {step_column!r}") for v in values))
+    steps: list[frozenset[int]] = []
+    for groups, column in _step_chunks(path, parquet, step_column):
+        sizes = [metadata.row_group(g).num_rows for g in groups]
+        if column is not None and (quick := _one_step_groups(column, sizes, f"{path}: column {step_column!r}")) is not None:
+            steps += quick
+            continue
+        start = 0
+        for group, size in zip(groups, sizes, strict=True):
+            part = _step_column(path, parquet, group, step_column) if column is None else column.slice(start, size)
+            steps.append(_group_steps(part, starts[group], path, step_column))
+            start += size
     return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)

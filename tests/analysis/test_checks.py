@@ -2,7 +2,7 @@
 
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from aggscope.analysis.checks import (
     CUT_LEVELS,
     ZERO_GRAD_CAUSES,
     CheckAccumulator,
+    Finding,
     boundary_prompt_mean,
     check_step,
     layout_flags,
@@ -37,9 +38,9 @@ from aggscope.analysis.runner import Engine
 from aggscope.analysis.weights import run_weights
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
-from aggscope.core.modes import default_modes
+from aggscope.core.modes import default_modes, resolve_modes
 from aggscope.core.split import split_step
-from aggscope.core.weights import split_batch
+from aggscope.core.weights import analyse_step, split_batch
 from aggscope.errors import AggscopeError
 from aggscope.fmt import row_ranges
 from aggscope.io.open import open_rollouts
@@ -543,6 +544,11 @@ def test_findings_equal_the_plain_loop_reference(batch, layout, modes):
     check = check_step(batch, modes, layout)
     assert as_tuples(check.findings) == expected_findings(batch, layout, modes)
     assert len(check.findings) == len(as_tuples(check.findings))
+    # handed the weights the engine computed (as the report's breakdown does), check finds the same
+    analysis = analyse_step(batch, resolve_modes(modes), layout)
+    row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
+    given_weights = check_step(batch, modes, layout, analysis.split, row_weights=row_weights)
+    assert given_weights.findings == check.findings and given_weights.zero_grad == check.zero_grad
 
 
 @PROPERTY_SETTINGS
@@ -624,3 +630,10 @@ def test_ranks_first_cuts_and_lanes_follow_the_mini_batches_not_the_positions() 
     assert cut == {"b": "prompt_cut_by_mini_batch", "c": "prompt_cut_by_mini_batch"}
     lane_rows = [line for line in split_picture(check.lanes, 100) if line.startswith("mb ")]
     assert [line.split("│")[1].strip() for line in lane_rows] == ["aB¦BC", "BB¦CC"]
+
+
+def test_finding_to_dict_holds_every_field_in_order():
+    # to_dict spells the fields out (for speed): one added to Finding must be added there too
+    finding = Finding("zero_advantage", "error", 3, "u1", (1, 2), 7, "text", ("token_mean",))
+    assert finding.to_dict() == {**asdict(finding), "rows": [1, 2], "modes": ["token_mean"]}
+    assert list(finding.to_dict()) == [f.name for f in fields(Finding)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
@@ -13,8 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aggscope
-from aggscope.core.batch import StepBatch, factorize_uids, mask_as_bool, offsets_of, uid_codes, widen_half
-from aggscope.core.segments import ordered_sum, segment_sum
+from aggscope.core.batch import SequenceStats, StepBatch, factorize_uids, mask_as_bool, offsets_of, uid_codes, widen_half
+from aggscope.core.segments import ordered_sum, ordered_sums, segment_sum
+from aggscope.core.weights import ModeSummary, long_short_ratio, summarize_modes
 
 
 def test_public_names_are_importable() -> None:
@@ -154,9 +157,115 @@ def test_ordered_sum_adds_in_torchs_order(size: int, seed: int) -> None:
     assert ordered_sum(values) == expected
 
 
+def _torch_sum(values: np.ndarray) -> float:
+    """``torch.sum`` of a float64 vector on one thread: the order ``ordered_sum`` keeps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).sum().item()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 9),
+    size=st.integers(0, 700) | st.sampled_from([2**12, 2**14 + 5, 70_001]),
+    seed=st.integers(0, 1000),
+)
+def test_ordered_sums_add_each_row_as_torch_sums_it(rows: int, size: int, seed: int) -> None:
+    # Every row of the batched sum is torch.sum of that row alone, bit for bit (mixed magnitudes,
+    # so another order would show in the last bits), and the single-vector function agrees.
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(rows, size)) * rng.random((rows, size)) ** 6
+    sums = ordered_sums(values)
+    assert sums.shape == (rows,) and sums.dtype == np.float64
+    assert sums.tolist() == [_torch_sum(row) for row in values]
+    assert sums.tolist() == [ordered_sum(row) for row in values]
+
+
+def test_ordered_sums_keep_special_values_row_by_row() -> None:
+    # nan, inf and -0.0 stay in their own row: torch gives nan, inf, and 0.0 (it starts from +0.0)
+    values = np.array([[1.0, np.nan, 2.0, 3.0, 4.0], [np.inf, 1.0, 1.0, 1.0, 1.0], [-0.0] * 5, [1e300, 1e300, -1e300, 0.0, 0.0]])
+    sums = ordered_sums(values)
+    assert np.isnan(sums[0]) and sums[1] == np.inf
+    assert sums[2] == 0.0 and not np.signbit(sums[2])
+    assert sums[1:].tolist() == [_torch_sum(row) for row in values[1:]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=40), n_modes=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_summarize_modes_equals_each_mode_on_its_own(lengths: list[int], n_modes: int, seed: int) -> None:
+    # Several modes summarised at once give every mode's numbers as an independent computation of
+    # that mode alone does them: torch.sum (one thread) for float sums, numpy for counts and extremes.
+    rng = np.random.default_rng(seed)
+    n_tokens = sum(lengths)
+    advantages = rng.normal(size=n_tokens) * (rng.random(n_tokens) < 0.8)  # some exact zeros
+    advantages[rng.random(n_tokens) < 0.05] = np.nan
+    mask = rng.random(n_tokens) < 0.85
+    batch = StepBatch.from_flat(advantages, mask, np.concatenate([[0], np.cumsum(lengths)]))
+    batch = batch.with_token_factor(rng.uniform(0.5, 2.0, n_tokens)) if seed % 2 else batch
+    stats = batch.stats
+    weights = [rng.random(len(lengths)) * (rng.random(len(lengths)) < 0.8) for _ in range(n_modes)]
+    if n_modes > 1:
+        weights[1][0] = np.inf  # a non-finite row weight in one mode only
+    summaries = summarize_modes(stats, weights)
+    for w, summary in zip(weights, summaries, strict=True):
+        with np.errstate(invalid="ignore"):  # inf weights times zero sums: nan, as in the summary
+            _check_mode_alone(stats, w, summary)
+
+
+def _check_mode_alone(stats: SequenceStats, w: np.ndarray, summary: ModeSummary) -> None:
+    """One mode's summary against torch sums and numpy counts of that mode alone."""
+    finite = np.where(np.isfinite(w), w, 0.0)
+    assert _same(summary.weight_sum, _torch_sum(w * stats.factor_sum))
+    sq_sum = _torch_sum(w * w * stats.factor_sq_sum)
+    assert _same(summary.ess_tokens, (summary.weight_sum**2 / sq_sum if sq_sum > 0 else None))
+    assert _same(summary.grad_abs_sum, _torch_sum(finite * stats.adv_abs_sum))
+    assert _same(summary.grad_pos_sum, _torch_sum(finite * stats.adv_pos_sum))
+    assert _same(summary.grad_neg_sum, _torch_sum(finite * stats.adv_neg_sum))
+    zero = np.where(w == 0, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
+    assert summary.zero_grad_tokens == int(np.where(np.isfinite(w), zero, 0).sum())
+    assert summary.nonfinite_grad_tokens == int(np.where(np.isfinite(w), stats.nonfinite_adv_tokens, stats.loss_tokens).sum())
+    rows = stats.loss_tokens > 0
+    extremes = np.concatenate([(w * stats.factor_min)[rows], (w * stats.factor_max)[rows]])
+    assert _same(summary.min_token_weight, (float(extremes.min()) if rows.any() else None))
+    assert _same(summary.max_token_weight, (float(extremes.max()) if rows.any() else None))
+    assert _same(summary.long_short_ratio, _long_short_by_torch(stats.loss_tokens, w, stats.factor_sum))
+    assert _same(summary.long_short_ratio, long_short_ratio(stats.loss_tokens, w, stats.factor_sum))
+
+
+def _same(got: float | None, expected: float | None) -> bool:
+    """The same number bit for bit (nan equals nan; 0.0 is not -0.0), or both None."""
+    if got is None or expected is None:
+        return got is None and expected is None
+    return np.float64(got).tobytes() == np.float64(expected).tobytes()
+
+
+def _long_short_by_torch(loss_tokens: np.ndarray, w: np.ndarray, factor_sum: np.ndarray) -> float | None:
+    """The long/short ratio of ``ModeSummary``, spelt out: quarters by stable rank, torch sums."""
+    if loss_tokens.size < 2:
+        return None
+    quarter = max(1, loss_tokens.size // 4)
+    ranked = np.argsort(loss_tokens, kind="stable")
+    means = []
+    for rows in (ranked[:quarter], ranked[-quarter:]):
+        tokens = _torch_sum(loss_tokens[rows].astype(np.float64))
+        means.append(_torch_sum(w[rows] * factor_sum[rows]) / tokens if tokens else np.nan)
+    short, long = means
+    return long / short if np.isfinite(short) and np.isfinite(long) and short != 0 else None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
 def test_results_stay_on_the_gpu() -> None:
     advantages = torch.randn(4, 8, device="cuda")
     batch = StepBatch.from_padded(advantages, torch.ones(4, 8, device="cuda"), uids=torch.tensor([0, 0, 1, 1], device="cuda"))
     weights = aggscope.compute_weights(batch, "prompt_mean", aggscope.Layout(micro_batch_size=1))
     assert batch.input_device.type == "cuda" and weights.token_weights().is_cuda and weights.grad_weights().is_cuda
+
+
+def test_mode_summary_to_dict_is_every_field_with_nonfinite_as_none() -> None:
+    summary = ModeSummary(10, 1.5, math.inf, 0.5, -0.25, None, math.nan, 2, 0, 0.1, 0.2)
+    expected = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in asdict(summary).items()}
+    assert summary.to_dict() == expected
+    assert list(summary.to_dict()) == [f.name for f in fields(ModeSummary)]

@@ -14,7 +14,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES, default_modes, resolve_mode
 from aggscope.core.split import split_step
-from aggscope.core.weights import compute_weights, summarize
+from aggscope.core.weights import analyse_step, compute_weights, summarize
 from aggscope.errors import AggscopeError
 
 
@@ -221,6 +221,37 @@ def test_token_mean_ignores_micro_batches_and_ranks(batch: StepBatch, mini: int 
     plain = compute_weights(batch, "token_mean", Layout(mini_batch_size=mini)).row_weight
     split = compute_weights(batch, "token_mean", Layout(mini_batch_size=mini, micro_batch_size=micro, dp_size=dp)).row_weight
     assert np.array_equal(plain, split)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=random_batch(),
+    per_rank=st.none() | st.integers(1, 4),
+    dp=st.integers(1, 3),
+    passes=st.integers(1, 3),
+    shuffle=st.booleans(),
+)
+def test_a_step_of_every_mode_equals_each_mode_alone(
+    batch: StepBatch, per_rank: int | None, dp: int, passes: int, shuffle: bool
+) -> None:
+    # analyse_step shares one split and one set of mode inputs between the modes and summarises
+    # them together; each mode's weights and summary are still those compute_weights gives alone
+    # (ranks_first, which the rank shuffle needs, takes a mini-batch size divisible by the ranks)
+    mini = (per_rank or 1) * dp if shuffle else None if per_rank is None else per_rank * dp
+    layout = Layout(
+        mini_batch_size=mini,
+        dp_size=dp,
+        max_seq_len=16,
+        passes=passes,
+        composition="ranks_first" if shuffle else "canonical",
+        rank_shuffle_seed=3 if shuffle else None,
+    )
+    modes = default_modes(has_groups=True, max_seq_len=16)
+    analysis = analyse_step(batch, modes, layout)
+    for mode in modes:
+        alone = compute_weights(batch, mode, layout)
+        assert analysis.weights[mode.name].row_weight.tobytes() == alone.row_weight.tobytes()
+        assert analysis.summary.modes[mode.name] == alone.summary()
 
 
 @settings(max_examples=80, deadline=None)

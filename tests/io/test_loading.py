@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from aggscope.core.batch import text_uid
 from aggscope.errors import AggscopeError
+from aggscope.io import parquet as parquet_module
 from aggscope.io.open import load_steps, open_rollouts
 
 
@@ -323,3 +325,51 @@ def test_float_mask_and_bool_mask_are_accepted(tmp_path: Path) -> None:
     columns = {"advantages": [[1.0, 2.0]], "loss_mask": [[True, False]]}
     (batch,) = load_steps(str(write(tmp_path / "b.parquet", columns)))
     assert batch.loss_mask.tolist() == [True, False]
+
+
+# ---- planning many row groups: the step column is read in runs of row groups ----------------------
+def many_groups(tmp_path: Path, steps: list, group_rows: int = 2) -> Path:
+    n = len(steps)
+    return write(tmp_path / "r.parquet", {"step": steps, "advantages": [[1.0]] * n, "loss_mask": [[1]] * n}, group_rows)
+
+
+@pytest.mark.parametrize("plan_rows", [1, 3, 4, 1 << 18])
+def test_steps_of_many_row_groups_whatever_the_runs_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan_rows: int) -> None:
+    # groups of 2 rows: [0 0] [0 1] [1 1] [2 2] [5 5] [3]: one group holds two steps, step 5 comes before 3
+    monkeypatch.setattr(parquet_module, "PLAN_ROWS", plan_rows)
+    rollouts = open_rollouts(str(many_groups(tmp_path, [0, 0, 0, 1, 1, 1, 2, 2, 5, 5, 3])))
+    assert rollouts.steps == [0, 1, 2, 3, 5]
+    assert [b.n_sequences for b in rollouts.iter_steps()] == [3, 3, 2, 1, 2]
+
+
+@pytest.mark.parametrize("plan_rows", [1, 1 << 18])
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([0, 0, 1, 1, None, 2], "r.parquet: row 4: column 'step' (step) is null"),
+        ([0, 0, 1, 1, 1.5, 2], "r.parquet: column 'step' (step) holds a value that is not a whole number"),
+        ([0.0, 0, 1, 1, float("inf"), 2], "r.parquet: column 'step' (step) holds an infinite value"),
+        ([0, 0, 1, 1, 2**62 * 1.0, 2**64 * 1.0], "step 18446744073709551616 is beyond the steps aggscope handles"),
+    ],
+)
+def test_a_bad_step_in_a_later_row_group_is_named_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan_rows: int, steps: list, message: str
+) -> None:
+    monkeypatch.setattr(parquet_module, "PLAN_ROWS", plan_rows)
+    with pytest.raises(AggscopeError, match=re.escape(message)):
+        open_rollouts(str(many_groups(tmp_path, steps)))
+
+
+def test_a_damaged_step_column_names_its_row_group(tmp_path: Path) -> None:
+    # 200 small row groups are planned in one read; a corrupt page in group 7 is named by a re-read
+    path = tmp_path / "r.parquet"
+    pq.write_table(
+        pa.table({"step": np.repeat(np.arange(100), 2), "advantages": [[1.0]] * 200}), path, row_group_size=1, compression="none"
+    )
+    chunk = pq.ParquetFile(path).metadata.row_group(7).column(0)
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset
+    data[start : start + 12] = b"\xff" * 12  # the data page's thrift header
+    path.write_bytes(bytes(data))
+    with pytest.raises(AggscopeError, match=re.escape(f"{path}: row group 7 cannot be decoded")):
+        open_rollouts(str(path))

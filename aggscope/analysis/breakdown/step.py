@@ -164,7 +164,8 @@ def breakdown_step(batch: StepBatch, specs: Sequence[Spec], check_options: Check
         for spec in group:
             row_weight = analysis.weights[spec.mode.name].row_weight
             histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
-        check = check_step(batch, modes, layout, analysis.split, options=check_options)
+        row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
+        check = check_step(batch, modes, layout, analysis.split, options=check_options, row_weights=row_weights)
         parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
     return BreakdownStep(
         step=batch.step,

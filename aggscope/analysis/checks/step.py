@@ -8,7 +8,7 @@ over findings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, default_modes, resolve_modes
 from aggscope.core.split import Split
-from aggscope.core.weights import compute_weights, split_batch
+from aggscope.core.weights import split_batch, weigh_modes
 from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
@@ -119,14 +119,29 @@ def zero_grad_causes(
         ``{cause: loss tokens}`` over ``ZERO_GRAD_CAUSES``; the values add up to the
         ``zero_grad_tokens + nonfinite_grad_tokens`` that ``weights.summarize`` counts.
     """
-    # A token with finite non-zero A has a zero or non-finite gradient only through its weight.
     finite_nonzero = loss_tokens - zero_adv_tokens - nonfinite_adv_tokens  # [n]
-    other_zero = ~zero_variance & ~at_group_mean
+    return {
+        **_advantage_causes(zero_adv_tokens, nonfinite_adv_tokens, zero_variance, at_group_mean),
+        **_weight_causes(finite_nonzero, row_weight),
+    }
+
+
+def _advantage_causes(
+    zero_adv_tokens: np.ndarray, nonfinite_adv_tokens: np.ndarray, zero_variance: np.ndarray, at_group_mean: np.ndarray
+) -> dict[str, int]:
+    """The causes of ``zero_grad_causes`` that the advantages give, the same under every mode."""
     return {
         "nonfinite_advantage": int(nonfinite_adv_tokens.sum()),
         "zero_variance_group": int(zero_adv_tokens[zero_variance].sum()),
         "reward_at_group_mean": int(zero_adv_tokens[~zero_variance & at_group_mean].sum()),
-        "zero_advantage": int(zero_adv_tokens[other_zero].sum()),
+        "zero_advantage": int(zero_adv_tokens[~zero_variance & ~at_group_mean].sum()),
+    }
+
+
+def _weight_causes(finite_nonzero: np.ndarray, row_weight: np.ndarray) -> dict[str, int]:
+    """The causes of ``zero_grad_causes`` that a mode's weights give: a token with finite non-zero A
+    (``finite_nonzero [n]`` of them per row) has a zero or non-finite gradient only through its weight."""
+    return {
         "zero_weight": int(finite_nonzero[row_weight == 0].sum()),
         "nonfinite_weight": int(finite_nonzero[~np.isfinite(row_weight)].sum()),
     }
@@ -138,6 +153,7 @@ def check_step(
     layout: Layout | None = None,
     split: Split | None = None,
     options: CheckOptions | None = None,
+    row_weights: Mapping[str, np.ndarray] | None = None,
 ) -> StepCheck:
     """Check one step: findings, cut prompts and zero-gradient causes.
 
@@ -149,6 +165,8 @@ def check_step(
         layout: the trainer configuration (default: one mini-batch).
         split: the split of this batch under ``layout``, if already computed.
         options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
+        row_weights: ``{mode name: [n_seqs] row weight}`` of the modes under ``split``, if already
+            computed (``analyse_step``'s); the modes it lacks are computed here.
     """
     layout = layout or Layout()
     options = options or CheckOptions()
@@ -158,7 +176,10 @@ def check_step(
         resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
     if split is None:
         split = split_batch(batch, layout)
-    weights = {mode.name: compute_weights(batch, mode, layout, split).row_weight for mode in resolved}
+    known = row_weights or {}
+    missing = [mode for mode in resolved if mode.name not in known]
+    computed = {name: result.row_weight for name, result in weigh_modes(batch, missing, layout, split).items()}
+    weights = {mode.name: known[mode.name] if mode.name in known else computed[mode.name] for mode in resolved}
     rows = Rows.of(batch, split)
     groups = Groups.of(batch, rows) if batch.has_groups else None
     zero_grad = _zero_grad(rows, groups, weights)
@@ -220,10 +241,10 @@ def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]
     """``{mode: {cause: loss tokens}}`` of one step."""
     zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
     at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
-    return {
-        name: zero_grad_causes(rows.loss, rows.zero_adv, rows.nonfinite_adv, w, zero_variance_row, at_mean_row)
-        for name, w in weights.items()
-    }
+    # the advantages' causes once for the step; each mode adds only those of its weights
+    shared = _advantage_causes(rows.zero_adv, rows.nonfinite_adv, zero_variance_row, at_mean_row)
+    finite_nonzero = rows.loss - rows.zero_adv - rows.nonfinite_adv  # [n]
+    return {name: {**shared, **_weight_causes(finite_nonzero, w)} for name, w in weights.items()}
 
 
 def _no_grad_rows(
@@ -476,8 +497,9 @@ def _group_findings(batch: StepBatch, rows: Rows, groups: Groups) -> list[Findin
 
 def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout) -> list[Finding]:
     out = []
-    command = check_command(batch.source, layout, order="grouped")
-    for group in np.flatnonzero(groups.runs > 1).tolist():
+    split_prompts = np.flatnonzero(groups.runs > 1).tolist()
+    command = check_command(batch.source, layout, order="grouped") if split_prompts else ""
+    for group in split_prompts:
         members = groups.rows(group)
         out.append(
             _group_finding(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from aggscope.core.batch import StepBatch, host_array, is_tensor, mask_as_bool, widen_half
-from aggscope.core.segments import ordered_sum
+from aggscope.core.segments import ordered_sums
 from aggscope.errors import AggscopeError
 from aggscope.io.paths import list_files
 from aggscope.io.reader import ReadOptions, reject_options
@@ -151,7 +151,7 @@ class SkyrlRollouts(DumpRollouts[SkyrlSettings]):
                 f"{file}: {self.settings.reward_key!r} has shape {tuple(reward_tensor.shape)}; expected [{all_rows}, ...]"
             )
         # torch's order of summation, as before
-        return np.array([ordered_sum(row) for row in reward_tensor[:n_rows].reshape(n_rows, -1)])
+        return ordered_sums(reward_tensor[:n_rows].reshape(n_rows, -1))
 
     def _note(self, note: str) -> None:
         if note not in self.notes:
