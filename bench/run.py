@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -217,12 +218,13 @@ def machine_line(load_before: tuple[float, ...], load_after: tuple[float, ...]) 
     for name in ("pyarrow", "numpy", "torch", "duckdb", "polars", "matplotlib"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
-    return (
+    line = (
         f"Machine ({time.strftime('%Y-%m-%d')}): {os.cpu_count()} cores, {model}{memory}; Python "
         f"{platform.python_version()}, {', '.join(versions)}. Load average (1 min) {load_before[0]:.1f} when the "
         f"run started and {load_after[0]:.1f} when it ended (other work on the same cores inflates the "
         "seconds; the ratios of cases run side by side are steadier)."
     )
+    return textwrap.fill(line, 100, break_on_hyphens=False)
 
 
 def write_readme(readme: Path, block: str) -> None:

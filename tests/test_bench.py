@@ -29,5 +29,7 @@ def test_write_readme_replaces_the_block_only(tmp_path: Path) -> None:
 
 
 def test_machine_line_names_the_cores_and_the_load() -> None:
-    line = machine_line((0.5, 0.0, 0.0), (1.25, 0.0, 0.0))
+    text = machine_line((0.5, 0.0, 0.0), (1.25, 0.0, 0.0))
+    line = " ".join(text.split())
     assert " cores, " in line and "Load average (1 min) 0.5 when the run started and 1.2 when it ended" in line
+    assert all(len(row) <= 100 for row in text.splitlines())  # wrapped as the README's prose is
