@@ -152,10 +152,11 @@ def ordered_sums(rows: np.ndarray) -> np.ndarray:
     n_vectors = n // _LANES
     lanes = _row_sum(rows[:, : n_vectors * _LANES].reshape(k, n_vectors, _LANES))  # [k, _LANES]
     total = np.zeros(k)
-    for column in range(n_vectors * _LANES, n):  # the tail, in order
-        total += rows[:, column]
-    for lane in range(_LANES):
-        total += lanes[:, lane]
+    with np.errstate(invalid="ignore", over="ignore"):  # silent, as ordered_sum's float additions are
+        for column in range(n_vectors * _LANES, n):  # the tail, in order
+            total += rows[:, column]
+        for lane in range(_LANES):
+            total += lanes[:, lane]
     return 0.0 + total
 
 

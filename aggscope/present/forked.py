@@ -64,8 +64,12 @@ def forked_map(
         raise
     finally:
         os.close(jobs_read)
-    for pid, results_read in children:
-        done.update(_collect(pid, results_read))
+    for collected, (pid, results_read) in enumerate(children):
+        try:
+            done.update(_collect(pid, results_read))
+        except BaseException:  # a signal while waiting: no child may go on encoding after this process ends
+            _stop(children[collected + 1 :])
+            raise
     # the jobs of a child that failed: do them here (raising what they raise)
     return [done[index] if index in done else encode(item) for index, item in enumerate(items)]
 
@@ -110,15 +114,25 @@ def _leave_signals_to_the_parent() -> None:
 
 def _stop(children: list[tuple[int, int]]) -> None:
     for pid, results_read in children:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        _end(pid)
         os.close(results_read)
 
 
+def _end(pid: int) -> None:
+    """Kill a child that is not reaped yet, and reap it."""
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def _collect(pid: int, results_read: int) -> list[tuple[int, bytes]]:
-    with os.fdopen(results_read, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    try:
+        with os.fdopen(results_read, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # interrupted before the child was reaped: it goes too
+        _end(pid)
+        raise
     if os.waitstatus_to_exitcode(status) != 0:
         return []
     results, position = [], 0

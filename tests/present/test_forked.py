@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -83,6 +84,40 @@ def test_a_failing_meanwhile_stops_the_children() -> None:
         forked.forked_map(_pid_and_square, list(range(6)), workers=2, meanwhile=meanwhile)
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # every child was reaped: none is left running or a zombie
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _slow_in_the_child(parent: int) -> Callable[[int], bytes]:
+    def encode(n: int) -> bytes:
+        time.sleep(5.0 if os.getpid() != parent else 0.3)  # this process takes a job and waits for the child
+        return b"x"
+
+    return encode
+
+
+@needs_fork
+def test_a_signal_while_collecting_stops_the_children() -> None:
+    """Interrupted while it waits for a child's results, this process kills and reaps the child
+    rather than leaving it encoding after the process has gone."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    start = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(_Interrupted):
+            forked.forked_map(_slow_in_the_child(os.getpid()), [1, 2], workers=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - start < 4.0  # the child's 5 s job was not waited for
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no child is left running or a zombie
 
 
 def test_meanwhile_first_in_the_plain_loop(monkeypatch: pytest.MonkeyPatch) -> None:
