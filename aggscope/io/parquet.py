@@ -420,7 +420,7 @@ def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, colum
 PLAN_ROWS = 1 << 18  # rows of the step column read per call when planning (many small row groups in one read)
 
 
-def _step_chunks(path: str, parquet: pq.ParquetFile, step_column: str) -> Iterator[tuple[range, pa.Array | None]]:
+def _step_chunks(parquet: pq.ParquetFile, step_column: str) -> Iterator[tuple[range, pa.Array | None]]:
     """``(row groups, their step column)`` for runs of consecutive row groups, in order.
 
     A run holds up to ``PLAN_ROWS`` rows (or one larger group), so a file of many small steps (one
@@ -574,7 +574,7 @@ def _plan_file(
         fixed = frozenset({name_steps[path]})
         return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
     steps: list[frozenset[int]] = []
-    for groups, column in _step_chunks(path, parquet, step_column):
+    for groups, column in _step_chunks(parquet, step_column):
         sizes = [metadata.row_group(g).num_rows for g in groups]
         if column is not None and (quick := _one_step_groups(column, sizes, f"{path}: column {step_column!r}")) is not None:
             steps += quick
