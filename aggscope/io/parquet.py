@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,11 @@ class _FilePlan:
     row_group_starts: tuple[int, ...]
     num_rows: int
     row_group_tokens: tuple[int, ...] | None = None  # entries of the first token list column's leaf
+
+    def group_rows(self, group: int) -> int:
+        """The rows of row group ``group``."""
+        end = self.row_group_starts[group + 1] if group + 1 < len(self.row_group_starts) else self.num_rows
+        return end - self.row_group_starts[group]
 
 
 class _OpenFile:
@@ -148,13 +154,35 @@ class ParquetRollouts(Rollouts):
 
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
+        return self._read(step, None)
+
+    def iter_steps(self) -> Iterator[StepBatch]:
+        """Yield one ``StepBatch`` per step, ascending; the next step, when small, is decoded ahead
+        while this one is worked on (``fastread.ReadAhead``), so at most two small steps are held."""
+        steps = self.steps
+        with fastread.ReadAhead() as ahead:
+            queued = bool(steps) and self._read_ahead(steps[0], ahead)
+            for index, step in enumerate(steps):
+                # The helper thread reads in order: the next step's reads can queue behind this
+                # one's, except when this thread reads this step itself (the file is used by one
+                # thread at a time), where they start once it is read.
+                on_thread, queued = queued, False
+                if on_thread and index + 1 < len(steps):
+                    queued = self._read_ahead(steps[index + 1], ahead)
+                batch = self._read(step, ahead)
+                if not on_thread and index + 1 < len(steps):
+                    queued = self._read_ahead(steps[index + 1], ahead)
+                yield batch
+                del batch
+
+    def _read(self, step: int, ahead: fastread.ReadAhead | None) -> StepBatch:
         if self.format == "long":
-            return self._read_long_step(step)
+            return self._read_long_step(step, ahead)
         tokens = _TokenAccumulator(self.step_tokens(step))
         row_tables: list[pa.Table] = []
         origins: list[np.ndarray] = []
         with fastread.StatsPipeline() as stats:
-            for batch, origin in self._batches(step):
+            for batch, origin in self._batches(step, ahead):
                 where = decode.RowLocator(self._paths, origin)
                 advantages, mask, offsets = decode.decode_wide_tokens(batch, self.columns, where)
                 tokens.add(advantages, mask, offsets)
@@ -203,23 +231,33 @@ class ParquetRollouts(Rollouts):
                 index.setdefault(step, []).append((file_index, plan, groups))
         return index
 
-    def _batches(self, step: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    @cached_property
+    def _needed(self) -> list[str]:
+        """The columns a step's read decodes."""
+        return sorted({*self.columns.values(), *([self._text_column] if self._text_column else [])})
+
+    def _batches(self, step: int, ahead: fastread.ReadAhead | None = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """The step's rows in input order, as tables of about ``READ_BATCH_TOKENS`` tokens.
 
         Decoding a large row group in batches keeps memory at a batch's size (a trainer often
         writes a whole step as one row group) and is faster than one big read, since each batch's
         buffers stay in the CPU caches. Yields ``(table, origin)`` with ``origin`` the
-        ``[n_rows, 2]`` (file index, row in file) of each row.
+        ``[n_rows, 2]`` (file index, row in file) of each row. A row group that ``ahead`` read
+        already (``_read_ahead``) is taken from it.
         """
-        needed = sorted({*self.columns.values(), *([self._text_column] if self._text_column else [])})
+        needed = self._needed
         step_column = self.columns.get("step")
         for file_index, plan, groups in self._groups_of(step):
-            parquet = self._parquet_file(plan.path)
             for group in groups:
                 shared = len(plan.row_group_steps[group]) > 1
                 row = plan.row_group_starts[group]
                 tokens = None if plan.row_group_tokens is None else plan.row_group_tokens[group]
-                for table in _damage_named(plan.path, group, _group_tables(parquet, group, tokens, needed)):
+                ready = None if ahead is None else ahead.take((step, file_index, group))
+                if ready is None:
+                    tables = _group_tables(self._parquet_file(plan.path), group, tokens, needed)
+                else:
+                    tables = _ready_table(ready)
+                for table in _damage_named(plan.path, group, tables):
                     rows = np.arange(row, row + table.num_rows)
                     row += table.num_rows
                     if shared and step_column is not None:  # only rows of this step
@@ -229,6 +267,31 @@ class ParquetRollouts(Rollouts):
                         table, rows = table.filter(pa.array(keep)), rows[keep]
                     if table.num_rows:
                         yield table, np.stack([np.full(rows.size, file_index), rows], axis=1)
+
+    def _read_ahead(self, step: int, ahead: fastread.ReadAhead) -> bool:
+        """Queue the reads of ``step``'s row groups on ``ahead``'s thread when the step is small
+        (every group read in one call, as ``_group_tables`` would, and at most ``READ_AHEAD_TOKENS``
+        tokens in all); whether they were queued."""
+        located = self._groups_of(step)
+        if ahead.plain or not located:
+            return False
+        reads = []
+        total = 0
+        for file_index, plan, groups in located:
+            if plan.row_group_tokens is None:
+                return False
+            for group in groups:
+                tokens = plan.row_group_tokens[group]
+                num_rows = plan.group_rows(group)
+                total += tokens
+                if num_rows > _rows_per_batch(num_rows, tokens) or total > READ_AHEAD_TOKENS:
+                    return False
+                reads.append((file_index, plan.path, group, tokens >= THREADED_GROUP_TOKENS))
+        needed = self._needed
+        for file_index, path, group, threads in reads:
+            parquet = self._parquet_file(path)
+            ahead.submit((step, file_index, group), partial(parquet.read_row_group, group, columns=needed, use_threads=threads))
+        return True
 
     def _parquet_file(self, path: str) -> pq.ParquetFile:
         """The file, kept open from one step to the next: consecutive steps are mostly in the same
@@ -252,11 +315,11 @@ class ParquetRollouts(Rollouts):
             total += sum(counts[g] for g in groups)
         return total
 
-    def _read_long_step(self, step: int) -> StepBatch:
+    def _read_long_step(self, step: int, ahead: fastread.ReadAhead | None) -> StepBatch:
         """The long layout (one row per token) is decoded as one table: its sequences are ordered by
         first appearance over all the step's rows."""
         tables, origins = [], []
-        for table, origin in self._batches(step):
+        for table, origin in self._batches(step, ahead):
             tables.append(table)
             origins.append(origin)
             fastread.tell_listeners(table.num_rows)
@@ -267,6 +330,7 @@ class ParquetRollouts(Rollouts):
 
 THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded without pyarrow's threads
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
+READ_AHEAD_TOKENS = 1 << 20  # a next step of at most this many tokens (in row groups of one batch each) is read ahead
 
 
 def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
@@ -398,6 +462,13 @@ def _check_same_layout(file: str, schema: pa.Schema, detected: Mapping[str, str]
                     f"{file}: column {detected[role]!r} ({role}) holds {'a list' if listed else 'one value'} per row, unlike "
                     f"in {first[0]}; files of one input must store it alike"
                 )
+
+
+def _ready_table(ready: Future[object]) -> Iterator[pa.Table]:
+    """The table a read ahead made (``_read_ahead``); its error, if it failed, raised here."""
+    table = ready.result()
+    assert isinstance(table, pa.Table)
+    yield table
 
 
 def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, columns: list[str]) -> Iterator[pa.Table]:

@@ -21,8 +21,9 @@ Item = TypeVar("Item")
 
 
 # Threads of aggscope's own that wait idle once the steps are read, holding no lock: ``io.fastread``'s
-# reducer, and the command line's signal watcher (``cli.signals``, blocked reading its pipe).
-IDLE_THREAD_PREFIXES = ("aggscope-stats", "aggscope-signals")
+# reducer and reader ahead (``ReadAhead.close`` waits for its reads), and the command line's signal
+# watcher (``cli.signals``, blocked reading its pipe).
+IDLE_THREAD_PREFIXES = ("aggscope-stats", "aggscope-read-ahead", "aggscope-signals")
 
 
 def can_fork() -> bool:

@@ -3,6 +3,7 @@ the same inputs read on the fast path and on the plain path give the same batche
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from conftest import REPO
 import aggscope.io.fastread as fastread
 import aggscope.io.parquet as parquet_module
 from aggscope.core.batch import StepBatch
+from aggscope.errors import AggscopeError
 from aggscope.io.open import open_rollouts
 from aggscope.io.writing import list_array
 
@@ -204,3 +206,104 @@ def test_touch_pages_only_for_large_steps_off_the_plain_path(monkeypatch: pytest
     toucher.stop()
     monkeypatch.setattr(fastread, "PLAIN", True)
     assert fastread.touch_pages(arrays) is None
+
+
+# ---- reading the next small step ahead -------------------------------------------------------------
+def many_small_steps(path: Path, steps: int = 12, rows: int = 20) -> Path:
+    """``steps`` steps of ``rows`` rows, one row group each (a run of many small steps)."""
+    rng = np.random.default_rng(RNG_SEED + 5)
+    table = pa.table(
+        {
+            "step": np.repeat(np.arange(steps), rows),
+            "uid": [f"s{i // 4}" for i in range(steps * rows)],
+            **ragged_columns(rng, steps * rows, 40, 0.2, pa.int8()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=rows, compression="none")
+    return path
+
+
+def counting_read_ahead(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts of the reads ``ReadAhead`` queued and of those the reader took instead of reading."""
+    counts = {"queued": 0, "taken": 0}
+    submit, take = fastread.ReadAhead.submit, fastread.ReadAhead.take
+
+    def counting_submit(self: fastread.ReadAhead, key: object, read: Callable[[], object]) -> None:
+        counts["queued"] += not self.plain
+        submit(self, key, read)
+
+    def counting_take(self: fastread.ReadAhead, key: object) -> object:
+        ready = take(self, key)
+        counts["taken"] += ready is not None
+        return ready
+
+    monkeypatch.setattr(fastread.ReadAhead, "submit", counting_submit)
+    monkeypatch.setattr(fastread.ReadAhead, "take", counting_take)
+    return counts
+
+
+@pytest.mark.parametrize("name", ["many_small_steps", "wide_steps", "split_files", "long_layout"])
+def test_reading_ahead_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    make = many_small_steps if name == "many_small_steps" else INPUTS[name]
+    path = make(tmp_path / f"{name}.parquet")
+    counts = counting_read_ahead(monkeypatch)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        fast, plain, _ = read_both_ways(path, monkeypatch)
+    finally:
+        sys.setswitchinterval(switch)
+    for fast_batch, plain_batch in zip(fast, plain, strict=True):
+        assert batch_bytes(fast_batch) == batch_bytes(plain_batch), (name, fast_batch.step)
+    # Every small step's row groups were read ahead, and every read ahead was used; the long
+    # layout's row groups say nothing of their tokens in the metadata, so it reads for itself.
+    assert counts["queued"] == counts["taken"]
+    assert (counts["queued"] > 0) == (name != "long_layout")
+    if name == "many_small_steps":
+        assert counts["queued"] == 12
+
+
+def test_reading_ahead_skips_a_step_too_large_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = many_small_steps(tmp_path / "r.parquet")
+    counts = counting_read_ahead(monkeypatch)
+    monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", 1)
+    assert len(list(open_rollouts(str(path)).iter_steps())) == 12
+    assert counts == {"queued": 0, "taken": 0}
+
+
+def test_a_damaged_row_group_read_ahead_is_named_at_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = many_small_steps(tmp_path / "r.parquet")
+    metadata = pq.ParquetFile(path).metadata
+    advantages = next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path.startswith("advantages"))
+    chunk = metadata.row_group(7).column(advantages)
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset : chunk.data_page_offset + 12] = b"\xff" * 12  # the data page's thrift header
+    path.write_bytes(bytes(data))
+    counts = counting_read_ahead(monkeypatch)
+    for plain in (False, True):
+        monkeypatch.setattr(fastread, "PLAIN", plain)
+        seen = []
+        with pytest.raises(AggscopeError, match=re.escape(f"{path}: row group 7 cannot be decoded")):
+            for batch in open_rollouts(str(path)).iter_steps():
+                seen.append(batch.step)
+        assert seen == list(range(7))  # the steps before it come out first, as without reading ahead
+    assert counts["queued"] > 0
+
+
+def test_a_loop_left_early_leaves_no_read_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = many_small_steps(tmp_path / "r.parquet")
+    monkeypatch.setattr(fastread, "PLAIN", False)
+    closed: list[int] = []
+    close = fastread.ReadAhead.close
+
+    def recording_close(self: fastread.ReadAhead) -> None:
+        close(self)
+        closed.append(len(self._pending))
+
+    monkeypatch.setattr(fastread.ReadAhead, "close", recording_close)
+    steps = open_rollouts(str(path)).iter_steps()
+    assert next(steps).step == 0
+    steps.close()
+    assert closed == [0]
+    assert fastread._ahead_pool is not None
+    assert fastread._ahead_pool.submit(lambda: 1).result() == 1  # the thread is free for the next loop
