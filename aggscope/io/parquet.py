@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -32,25 +32,9 @@ from aggscope.core.batch import StepBatch, offsets_of
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io import decode, fastread
 from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
-from aggscope.io.limits import check_step
-from aggscope.io.paths import resolve_paths, step_in_name
+from aggscope.io.parquet_plan import FilePlan, damaged, plan_file, steps_from_names
+from aggscope.io.paths import resolve_paths
 from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, reject_options, unrecoverable_from
-
-
-@dataclass(frozen=True)
-class _FilePlan:
-    """Which row groups of one file hold which steps."""
-
-    path: str
-    row_group_steps: tuple[frozenset[int], ...]
-    row_group_starts: tuple[int, ...]
-    num_rows: int
-    row_group_tokens: tuple[int, ...] | None = None  # entries of the first token list column's leaf
-
-    def group_rows(self, group: int) -> int:
-        """The rows of row group ``group``."""
-        end = self.row_group_starts[group + 1] if group + 1 < len(self.row_group_starts) else self.num_rows
-        return end - self.row_group_starts[group]
 
 
 class _OpenFile:
@@ -80,7 +64,7 @@ class ParquetRollouts(Rollouts):
     has_groups: bool
     lengths_estimated: bool
     _filesystem: pafs.FileSystem | None
-    _plans: tuple[_FilePlan, ...]
+    _plans: tuple[FilePlan, ...]
     _token_columns: tuple[str, ...]  # list columns of one value per token
     _text_column: str | None  # prompt texts the batches carry (uid_texts), read with the rows
     _open: _OpenFile = field(default_factory=_OpenFile, repr=False)
@@ -118,7 +102,7 @@ class ParquetRollouts(Rollouts):
             mapping[r] for r in ("advantages", "loss_mask") if r in mapping and decode.is_list(schema.field(mapping[r]).type)
         )
         text_column = _text_column(mapping, schema)
-        name_steps = _name_steps(files, notes) if "step" not in mapping else {}
+        name_steps = steps_from_names(files, notes) if "step" not in mapping else {}
         plans = []
         for file in files:  # each file is opened once, here, and planned while open
             parquet = first if file == files[0] else _open_nonempty(file, filesystem)
@@ -127,7 +111,7 @@ class ParquetRollouts(Rollouts):
                 _check_same_layout(file, parquet.schema_arrow, detected, (files[0], schema))
                 if text_column is not None and _text_column(mapping, parquet.schema_arrow) != text_column:
                     text_column = None  # prompt texts only where every file has them
-            plans.append(_plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None, name_steps))
+            plans.append(plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None, name_steps))
         steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
         recorded = _recorded_metadata(first) if filesystem is None else {}
         for note in recorded.get("notes", []):
@@ -214,14 +198,14 @@ class ParquetRollouts(Rollouts):
     def _step_source(self) -> str:
         return self.files[0] if len(self.files) == 1 else self.source
 
-    def _groups_of(self, step: int) -> list[tuple[int, _FilePlan, list[int]]]:
+    def _groups_of(self, step: int) -> list[tuple[int, FilePlan, list[int]]]:
         """``(file index, plan, row groups)`` of every file holding ``step``, in file order."""
         return self._step_index.get(step, [])
 
     @cached_property
-    def _step_index(self) -> dict[int, list[tuple[int, _FilePlan, list[int]]]]:
+    def _step_index(self) -> dict[int, list[tuple[int, FilePlan, list[int]]]]:
         """Where each step is, built once: a run of thousands of steps looks each one up in O(1)."""
-        index: dict[int, list[tuple[int, _FilePlan, list[int]]]] = {}
+        index: dict[int, list[tuple[int, FilePlan, list[int]]]] = {}
         for file_index, plan in enumerate(self._plans):
             groups_of_step: dict[int, list[int]] = {}
             for group, steps in enumerate(plan.row_group_steps):
@@ -340,12 +324,6 @@ def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
         return 65536
     per_row = max(1.0, tokens / num_rows)
     return max(1, int(READ_BATCH_TOKENS / per_row))
-
-
-def _leaf_index(metadata: pq.FileMetaData, name: str) -> int | None:
-    """The Parquet leaf column of a (list) column of the Arrow schema, or None if not exactly one."""
-    leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] == name]
-    return leaves[0] if len(leaves) == 1 else None
 
 
 class _TokenAccumulator:
@@ -488,48 +466,12 @@ def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, colum
         yield pa.Table.from_batches([record_batch])
 
 
-PLAN_ROWS = 1 << 18  # rows of the step column read per call when planning (many small row groups in one read)
-
-
-def _step_chunks(parquet: pq.ParquetFile, step_column: str) -> Iterator[tuple[range, pa.Array | None]]:
-    """``(row groups, their step column)`` for runs of consecutive row groups, in order.
-
-    A run holds up to ``PLAN_ROWS`` rows (or one larger group), so a file of many small steps (one
-    row group each) is planned in a few reads instead of one per group. The column is None when
-    the run's read failed: its groups are then read one by one, so the error names the damaged one.
-    """
-    metadata = parquet.metadata
-    first = 0
-    while first < metadata.num_row_groups:
-        last, rows = first + 1, metadata.row_group(first).num_rows
-        while last < metadata.num_row_groups and rows + metadata.row_group(last).num_rows <= PLAN_ROWS:
-            rows += metadata.row_group(last).num_rows
-            last += 1
-        try:
-            column = parquet.read_row_groups(list(range(first, last)), columns=[step_column]).column(0).combine_chunks()
-        except (pa.ArrowException, OSError):
-            column = None
-        yield range(first, last), column
-        first = last
-
-
-def _step_column(path: str, parquet: pq.ParquetFile, group: int, step_column: str) -> pa.Array:
-    try:
-        return parquet.read_row_group(group, columns=[step_column]).column(0).combine_chunks()
-    except (pa.ArrowException, OSError) as exc:
-        raise _damaged(path, group, exc) from None
-
-
 def _damage_named(path: str, group: int, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
     """``tables``, a decoding error of the file (a corrupt page, say) named with its file and row group."""
     try:
         yield from tables
     except (pa.ArrowException, OSError) as exc:
-        raise _damaged(path, group, exc) from None
-
-
-def _damaged(path: str, group: int, exc: BaseException) -> AggscopeError:
-    return AggscopeError(f"{path}: row group {group} cannot be decoded ({first_line(exc)}); the file is damaged")
+        raise damaged(path, group, exc) from None
 
 
 def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
@@ -585,74 +527,3 @@ def _check_roles(mapping: dict[str, str], schema: pa.Schema, source: str) -> tup
     else:
         mapping.pop("response_length", None)
     return "wide", notes
-
-
-def _name_steps(files: Sequence[str], notes: list[str]) -> dict[str, int]:
-    """Each file's step without a step column: the number in its name, or (when some name holds none)
-    the file's position, with a note: files that cannot be told apart are never merged into one step."""
-    numbers = [step_in_name(f) for f in files]
-    if len(files) == 1 or all(n is not None for n in numbers):
-        return {f: 0 if n is None else n for f, n in zip(files, numbers, strict=True)}
-    notes.append("no step column, and file names hold no step numbers: steps are numbered by file order (0, 1, ...)")
-    return {f: i for i, f in enumerate(files)}
-
-
-def _group_steps(column: pa.Array, first_row: int, path: str, step_column: str) -> frozenset[int]:
-    """The steps in one row group's step column (its first row ``first_row`` of the file), checked."""
-    where = f"{path}: column {step_column!r}"
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        raise AggscopeError(f"{where} (step) has type {column.type}; expected integers")
-    if column.null_count:
-        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]) + first_row
-        raise AggscopeError(f"{path}: row {first}: column {step_column!r} (step) is null")
-    values = decode.numpy_of(pc.unique(column))
-    if not np.all(values == np.round(values)):
-        raise AggscopeError(f"{where} (step) holds a value that is not a whole number")
-    if not np.isfinite(values).all():
-        raise AggscopeError(f"{where} (step) holds an infinite value")
-    return frozenset(check_step(int(v), where) for v in values)
-
-
-def _one_step_groups(column: pa.Array, sizes: list[int], where: str) -> list[frozenset[int]] | None:
-    """``_group_steps`` of consecutive row groups of ``sizes`` rows when each holds a single step and
-    every value passes its checks (the usual file); None otherwise (the groups are then checked one by one)."""
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or column.null_count:
-        return None
-    values = decode.numpy_of(column)  # [rows]
-    if not (np.all(values == np.round(values)) and np.isfinite(values).all()):
-        return None
-    bounds = offsets_of(sizes)
-    nonempty = bounds[1:] > bounds[:-1]  # [groups]
-    low = np.minimum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
-    high = np.maximum.reduceat(values, bounds[:-1][nonempty]) if values.size else values
-    if not np.array_equal(low, high):
-        return None
-    one_step = iter(low.tolist())
-    return [frozenset({check_step(int(next(one_step)), where)}) if rows else frozenset() for rows in nonempty.tolist()]
-
-
-def _plan_file(
-    path: str, parquet: pq.ParquetFile, step_column: str | None, token_column: str | None, name_steps: Mapping[str, int]
-) -> _FilePlan:
-    """Which steps each row group holds, and (from the footer) how many token entries it has."""
-    metadata = parquet.metadata
-    starts = tuple(int(s) for s in offsets_of([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])[:-1])
-    leaf = None if token_column is None else _leaf_index(metadata, token_column)
-    tokens = (
-        None if leaf is None else tuple(metadata.row_group(g).column(leaf).num_values for g in range(metadata.num_row_groups))
-    )
-    if step_column is None:
-        fixed = frozenset({name_steps[path]})
-        return _FilePlan(path, tuple(fixed for _ in range(metadata.num_row_groups)), starts, metadata.num_rows, tokens)
-    steps: list[frozenset[int]] = []
-    for groups, column in _step_chunks(parquet, step_column):
-        sizes = [metadata.row_group(g).num_rows for g in groups]
-        if column is not None and (quick := _one_step_groups(column, sizes, f"{path}: column {step_column!r}")) is not None:
-            steps += quick
-            continue
-        start = 0
-        for group, size in zip(groups, sizes, strict=True):
-            part = _step_column(path, parquet, group, step_column) if column is None else column.slice(start, size)
-            steps.append(_group_steps(part, starts[group], path, step_column))
-            start += size
-    return _FilePlan(path, tuple(steps), starts, metadata.num_rows, tokens)

@@ -13,7 +13,7 @@ import pytest
 
 from aggscope.core.batch import text_uid
 from aggscope.errors import AggscopeError
-from aggscope.io import parquet as parquet_module
+from aggscope.io import parquet_plan
 from aggscope.io.open import load_steps, open_rollouts
 
 
@@ -336,7 +336,7 @@ def many_groups(tmp_path: Path, steps: list, group_rows: int = 2) -> Path:
 @pytest.mark.parametrize("plan_rows", [1, 3, 4, 1 << 18])
 def test_steps_of_many_row_groups_whatever_the_runs_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan_rows: int) -> None:
     # groups of 2 rows: [0 0] [0 1] [1 1] [2 2] [5 5] [3]: one group holds two steps, step 5 comes before 3
-    monkeypatch.setattr(parquet_module, "PLAN_ROWS", plan_rows)
+    monkeypatch.setattr(parquet_plan, "PLAN_ROWS", plan_rows)
     rollouts = open_rollouts(str(many_groups(tmp_path, [0, 0, 0, 1, 1, 1, 2, 2, 5, 5, 3])))
     assert rollouts.steps == [0, 1, 2, 3, 5]
     assert [b.n_sequences for b in rollouts.iter_steps()] == [3, 3, 2, 1, 2]
@@ -355,7 +355,7 @@ def test_steps_of_many_row_groups_whatever_the_runs_read(tmp_path: Path, monkeyp
 def test_a_bad_step_in_a_later_row_group_is_named_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan_rows: int, steps: list, message: str
 ) -> None:
-    monkeypatch.setattr(parquet_module, "PLAN_ROWS", plan_rows)
+    monkeypatch.setattr(parquet_plan, "PLAN_ROWS", plan_rows)
     with pytest.raises(AggscopeError, match=re.escape(message)):
         open_rollouts(str(many_groups(tmp_path, steps)))
 

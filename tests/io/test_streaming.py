@@ -22,6 +22,7 @@ import aggscope.core.batch as batch_module
 import aggscope.io.export as export_module
 import aggscope.io.fastread as fastread
 import aggscope.io.parquet as loading_module
+import aggscope.io.parquet_plan as parquet_plan
 from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
 from aggscope.core.batch import StepBatch
@@ -250,7 +251,7 @@ def test_results_do_not_depend_on_files_row_groups_or_batches(
     expected = weights_of(reference_file)
     monkeypatch.setattr(loading_module, "READ_BATCH_TOKENS", batch_tokens)
     monkeypatch.setattr(batch_module, "STATS_CHUNK_TOKENS", 97)
-    monkeypatch.setattr(loading_module, "PLAN_ROWS", 23)  # the step column planned in runs of a few row groups
+    monkeypatch.setattr(parquet_plan, "PLAN_ROWS", 23)  # the step column planned in runs of a few row groups
     split = write_split(table, tmp_path / "split", files, row_group_size)
     got = weights_of(split)
     assert got == expected  # exact: same counts, same float bits (NaN aside, there are none here)
