@@ -14,10 +14,10 @@ brought each piece (see the README, "Performance"):
 - One stats thread kept for the whole process, restarted in a forked child (``os.register_at_fork``),
   and a step of one part reduced inline (commit c7b6f3e, with the reader keeping its open file from
   one step to the next): ``check --json`` on 3,000 steps of 12 tokens 36.5 s -> 7.8 s.
-- ``ReadAhead``: the row groups of the next small step are decoded by Parquet on a third thread
-  while the current step is decoded and worked on. In process, 200 steps of 5e4 tokens (the
-  fastest of 7 runs, two A/B rounds): ``weights`` 0.57-0.58 s -> 0.42-0.46 s, ``check``
-  0.72-0.84 s -> 0.48-0.59 s.
+- ``ReadAhead``: the row groups of the next two small steps are decoded by Parquet on a third
+  thread while the current step is decoded and worked on. In process, 200 steps of 5e4 tokens
+  (the fastest of 7 runs, A/B rounds in one script): ``weights`` 0.57-0.58 s -> 0.35-0.40 s
+  (0.42-0.49 s reading one step ahead), ``check`` 0.72-0.84 s -> 0.48-0.57 s.
 
 The plain path (no helper thread: no page touching, no reading ahead, the stats computed from the
 whole step when first asked for, as ``StepBatch.stats`` does for any batch) is chosen with ``AGGSCOPE_PLAIN_READ=1``

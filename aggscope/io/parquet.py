@@ -141,21 +141,30 @@ class ParquetRollouts(Rollouts):
         return self._read(step, None)
 
     def iter_steps(self) -> Iterator[StepBatch]:
-        """Yield one ``StepBatch`` per step, ascending; the next step, when small, is decoded ahead
-        while this one is worked on (``fastread.ReadAhead``), so at most two small steps are held."""
+        """Yield one ``StepBatch`` per step, ascending; the next ``READ_AHEAD_STEPS`` steps, when
+        small, are decoded ahead while this one is worked on (``fastread.ReadAhead``)."""
         steps = self.steps
+        queued = 0  # steps[:queued] are read or queued on the helper thread, which reads in order
+        blocked = False  # steps[queued] is not small: this thread reads it itself, once it gets there
+
+        def queue_after(index: int) -> None:
+            nonlocal queued, blocked
+            while not blocked and queued < min(len(steps), index + 1 + READ_AHEAD_STEPS):
+                if self._read_ahead(steps[queued], ahead):
+                    queued += 1
+                else:
+                    blocked = True
+
         with fastread.ReadAhead() as ahead:
-            queued = bool(steps) and self._read_ahead(steps[0], ahead)
+            queue_after(-1)
             for index, step in enumerate(steps):
-                # The helper thread reads in order: the next step's reads can queue behind this
-                # one's, except when this thread reads this step itself (the file is used by one
-                # thread at a time), where they start once it is read.
-                on_thread, queued = queued, False
-                if on_thread and index + 1 < len(steps):
-                    queued = self._read_ahead(steps[index + 1], ahead)
-                batch = self._read(step, ahead)
-                if not on_thread and index + 1 < len(steps):
-                    queued = self._read_ahead(steps[index + 1], ahead)
+                if index < queued:  # its reads are on the helper thread: queue more behind them
+                    queue_after(index)
+                    batch = self._read(step, ahead)
+                else:  # read here, with nothing in flight (one thread uses a file at a time), then queue
+                    batch = self._read(step, ahead)
+                    queued, blocked = index + 1, False
+                    queue_after(index)
                 yield batch
                 del batch
 
@@ -315,6 +324,7 @@ class ParquetRollouts(Rollouts):
 THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded without pyarrow's threads
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
 READ_AHEAD_TOKENS = 1 << 20  # a next step of at most this many tokens (in row groups of one batch each) is read ahead
+READ_AHEAD_STEPS = 2  # steps read ahead at most
 
 
 def _rows_per_batch(num_rows: int, tokens: int | None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -307,3 +308,48 @@ def test_a_loop_left_early_leaves_no_read_in_flight(tmp_path: Path, monkeypatch:
     assert closed == [0]
     assert fastread._ahead_pool is not None
     assert fastread._ahead_pool.submit(lambda: 1).result() == 1  # the thread is free for the next loop
+
+
+def test_reading_ahead_around_steps_too_large_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small and large steps mixed: a large step is read by the reader itself with nothing in
+    # flight, and reading ahead starts again after it.
+    rng = np.random.default_rng(RNG_SEED + 6)
+    rows = [5, 5, 60, 5, 60, 60, 5, 5, 5, 60, 5]
+    steps = np.repeat(np.arange(len(rows)), rows)
+    path = tmp_path / "mixed.parquet"
+    table = pa.table(
+        {"step": steps, "uid": [f"u{i // 5}" for i in range(steps.size)], **ragged_columns(rng, steps.size, 30, 0.2, pa.int8())}
+    )
+    with pq.ParquetWriter(path, table.schema) as writer:
+        start = 0
+        for count in rows:  # one row group per step
+            writer.write_table(table.slice(start, count))
+            start += count
+    tokens = [open_rollouts(str(path)).step_tokens(step) or 0 for step in range(len(rows))]
+    monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", max(t for t, r in zip(tokens, rows, strict=True) if r == 5))
+    # No two threads ever read the file at once (each read holds it a while, to widen the window).
+    active, overlaps = [0], [0]
+    read_row_group, iter_batches = pq.ParquetFile.read_row_group, pq.ParquetFile.iter_batches
+
+    def exclusive(read: Callable[..., object]) -> Callable[..., object]:
+        def wrapped(*args: object, **kwargs: object) -> object:
+            active[0] += 1
+            overlaps[0] += active[0] > 1
+            time.sleep(0.002)
+            try:
+                result = read(*args, **kwargs)
+                return list(result) if read is iter_batches else result
+            finally:
+                active[0] -= 1
+
+        return wrapped
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", exclusive(read_row_group))
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", exclusive(iter_batches))
+    for depth in (1, 2, 3):
+        monkeypatch.setattr(parquet_module, "READ_AHEAD_STEPS", depth)
+        counts = counting_read_ahead(monkeypatch)
+        fast, plain, _ = read_both_ways(path, monkeypatch)
+        assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
+        assert counts["queued"] == counts["taken"] == rows.count(5)
+    assert overlaps == [0]
