@@ -15,7 +15,7 @@ from aggscope.core.layout import Layout
 from aggscope.io.open import load_steps
 from aggscope.present import figures as figures_module
 from aggscope.present import forked
-from aggscope.present.figures import encode_figures, figure_bytes, make_figures
+from aggscope.present.figures import DRAWING_COST, FIGURES, encode_figures, figure_bytes, make_figures
 
 needs_fork = pytest.mark.skipif(not forked.can_fork(), reason="forking needs POSIX, two cores and no other thread")
 
@@ -57,7 +57,13 @@ def test_encoded_figures_are_the_plain_encoding() -> None:
     breakdown = run_breakdown(load_steps()[:2], [parse_spec(name, Layout()) for name in ("token_mean", "sequence_mean")])
     # A figure encoded twice need not give the same bytes (a layout pass moves things): compare first encodings.
     plain = {name: figure_bytes(figure) for name, figure in make_figures(breakdown).items()}
-    assert encode_figures(make_figures(breakdown)) == plain
+    encoded = encode_figures(make_figures(breakdown))
+    assert encoded == plain
+    assert list(encoded) == list(plain)  # in the figures' order, whatever order they were drawn in
+
+
+def test_every_figure_has_a_drawing_cost() -> None:
+    assert set(DRAWING_COST) == set(FIGURES)
 
 
 @needs_fork
