@@ -99,7 +99,9 @@ def _list_parts(array: pa.Array, name: str, where: RowLocator) -> tuple[pa.Array
         offsets = np.arange(len(array) + 1, dtype=np.int64) * width
         return array.flatten(), offsets
     offsets = numpy_of(array.offsets).astype(np.int64)
-    return array.flatten(), offsets - offsets[0]
+    # With no null list, flatten() is this slice of the values; taken directly, without a compute call.
+    first = int(offsets[0])
+    return array.values.slice(first, int(offsets[-1]) - first), offsets - first
 
 
 def _floats(array: pa.Array) -> np.ndarray:
