@@ -71,18 +71,21 @@ def compare(
     else:
         specs = parse_specs(base, candidates or [], layout)
     check_output_directory(out)
-    from aggscope.present.report import compare as compare_report  # matplotlib: only once the arguments are checked
+    from aggscope.present.figure_set import drawing_standby
+    from aggscope.present.report import compare as compare_report
 
     notes = [*changes, *rollouts.notes, *config_notes(config)]
-    result = compare_report(
-        rollouts,
-        specs,
-        engine=engine,
-        progress=step_progress(rollouts, "compare"),
-        notes=notes,
-        check_options=with_trainer(check_options(None, None), config, rollouts.format),
-    )
-    print_summary(result, result.write(out))
+    with drawing_standby() as standby:  # imports matplotlib on the other core while the steps are read
+        result = compare_report(
+            rollouts,
+            specs,
+            engine=engine,
+            progress=step_progress(rollouts, "compare"),
+            notes=notes,
+            check_options=with_trainer(check_options(None, None), config, rollouts.format),
+        )
+        files = result.write(out, standby=standby)
+    print_summary(result, files)
 
 
 def config_specs(configured: Any, applied: Any, spec_texts: list[str], rollouts: Any) -> tuple[list[Any], list[str]]:

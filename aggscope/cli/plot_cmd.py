@@ -52,7 +52,7 @@ def plot(
         "plot", "draws and compares one weight per sequence, and the dump's per-token weights vary inside a sequence"
     )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
-    from aggscope.present.figures import make_figures, save_figures  # matplotlib: only once the arguments are checked
+    from aggscope.present.figure_set import make_figures, save_figures
 
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     specs = [Spec(m, layout) for m in modes]

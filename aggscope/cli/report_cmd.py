@@ -50,20 +50,23 @@ def report(
     )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     from aggscope.core.weights import select_modes
-    from aggscope.present.report import full_report  # matplotlib: only once the arguments are checked
+    from aggscope.present.figure_set import drawing_standby
+    from aggscope.present.report import full_report
 
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     notes = [*rollouts.notes, *config_notes(config)]
-    result = full_report(
-        rollouts,
-        modes,
-        layout,
-        engine=engine,
-        progress=step_progress(rollouts, "report"),
-        notes=notes,
-        check_options=with_trainer(check_options(None, None), config, rollouts.format),
-    )
-    print_summary(result, result.write(out))
+    with drawing_standby() as standby:  # imports matplotlib on the other core while the steps are read
+        result = full_report(
+            rollouts,
+            modes,
+            layout,
+            engine=engine,
+            progress=step_progress(rollouts, "report"),
+            notes=notes,
+            check_options=with_trainer(check_options(None, None), config, rollouts.format),
+        )
+        files = result.write(out, standby=standby)
+    print_summary(result, files)
 
 
 def step_progress(rollouts: Any, description: str) -> Callable[[Iterable[Any]], Iterable[Any]]:

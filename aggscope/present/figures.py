@@ -4,19 +4,19 @@ Every figure draws each SPEC in its mode's colour (``MODE_COLOURS``, the one mod
 aggscope: reports use it too); SPECs that share a mode differ by line style. Figures are plain
 ``matplotlib.figure.Figure`` objects (no pyplot state), so plotting works headless and in threads.
 
-``FIGURES`` lists the figure builders by file name; ``make_figures`` gives them (each built on first
-use, so in the process that encodes it) and ``save_figures`` writes ``<name>.<png|svg|pdf>`` files
-whole or not at all.
+``FIGURES`` lists the figure builders by file name; ``build_figure`` builds one and ``figure_bytes``
+encodes it. The set of a breakdown's figures (``make_figures``, each built on first use, so in the
+process that encodes it), their encoding on all cores (``encode_figures``) and ``save_figures``
+(``<name>.<png|svg|pdf>`` files whole or not at all) are ``aggscope.present.figure_set``'s, which
+imports this module only once a figure is built.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -31,10 +31,7 @@ from matplotlib.ticker import NullLocator
 from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, Breakdown
 from aggscope.analysis.checks import ZERO_GRAD_CAUSES
 from aggscope.analysis.specs import Spec, describe_layout
-from aggscope.core.modes import MODES
-from aggscope.errors import AggscopeError
-from aggscope.io.writing import atomic_directory
-from aggscope.present.forked import forked_map
+from aggscope.present.colours import MODE_COLOURS, mode_colour
 from aggscope.present.outputs import (
     IMAGE_FORMATS,
     check_figure_names,
@@ -44,21 +41,6 @@ from aggscope.present.outputs import (
     ensure_directory,
 )
 
-# One colour per mode, everywhere (Okabe-Ito, readable by colour-blind readers). A mode added
-# later without an entry here takes the next colour of FALLBACK_COLOURS by registry position.
-MODE_COLOURS: dict[str, str] = {
-    "token_mean": "#0072B2",
-    "token_mean_legacy": "#56B4E9",
-    "token_sum": "#CC79A7",
-    "sequence_mean": "#D55E00",
-    "seq_mean_token_sum": "#E69F00",
-    "seq_mean_token_sum_norm": "#009E73",
-    "prompt_mean": "#6A3D9A",
-    "sequence_mean_nonempty": "#8C564B",
-    "seq_mean_token_sum_norm_padded": "#17BECF",
-    "token_mean_generation": "#BCBD22",
-}
-FALLBACK_COLOURS = ("#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
 LINE_STYLES = ("-", "--", ":", "-.")
 REFERENCE_COLOUR = "#555555"
 # Prompts cut by a boundary (check's levels), coarsest first: mini-batch, rank shard, micro-batch.
@@ -81,14 +63,6 @@ _STYLE: dict[str, Any] = {
     "savefig.dpi": 120,
     "svg.fonttype": "path",
 }
-
-
-def mode_colour(name: str) -> str:
-    """The colour of a mode (canonical name) in every figure and report."""
-    if name in MODE_COLOURS:
-        return MODE_COLOURS[name]
-    position = list(MODES).index(name) if name in MODES else len(MODES)
-    return FALLBACK_COLOURS[position % len(FALLBACK_COLOURS)]
 
 
 @dataclass(frozen=True)
@@ -482,16 +456,6 @@ def steps(breakdown: Breakdown) -> Figure:
 
 
 FigureBuilder = Callable[[Breakdown], Figure]
-# About how long each figure takes to build and encode, relative to the others (measured at 1e7 tokens
-# and at 200 steps; ``steps`` has three panels of a point per step): the order ``encode_figures`` takes them in.
-DRAWING_COST = {
-    "steps": 3.0,
-    "weight_distribution": 1.4,
-    "mass_vs_length": 1.0,
-    "prompt_concentration": 1.0,
-    "split_map": 0.8,
-    "zero_grad_causes": 0.8,
-}
 FIGURES: dict[str, FigureBuilder] = {
     "weight_distribution": weight_distribution,
     "mass_vs_length": mass_vs_length,
@@ -504,60 +468,21 @@ __all__ = [
     "FIGURES",
     "IMAGE_FORMATS",
     "MODE_COLOURS",
-    "Figures",
+    "build_figure",
     "check_figure_names",
     "check_image_format",
     "check_output_directory",
     "earlier_output",
-    "encode_figures",
     "ensure_directory",
     "figure_bytes",
-    "make_figures",
     "mode_colour",
-    "save_figures",
 ]
 
 
-def make_figures(breakdown: Breakdown, names: Sequence[str] | None = None) -> Figures:
-    """The named figures (default: all of ``FIGURES``), in ``FIGURES`` order, each built on first use.
-
-    ``steps`` shows trends over steps, so it is left out of the default for a one-step input
-    (and asking for it by name there is an error, raised here).
-    """
-    check_figure_names(names)
-    several_steps = len(breakdown.steps) > 1
-    if names and "steps" in names and not several_steps:
-        raise AggscopeError("figure 'steps' shows per-step trends; this input has a single step")
-    wanted = list(names) if names else [name for name in FIGURES if several_steps or name != "steps"]
-    return Figures(breakdown, [name for name in FIGURES if name in wanted])
-
-
-class Figures(Mapping[str, Figure]):
-    """Figure name -> matplotlib figure, each built the first time it is asked for (then kept).
-
-    Building a figure costs about as much as drawing it, so a figure is built where it is encoded:
-    ``encode_figures`` asks for each in the forked process that encodes it, and the figures this
-    process never asks for are never built here.
-    """
-
-    def __init__(self, breakdown: Breakdown, names: Sequence[str]) -> None:
-        self._breakdown = breakdown
-        self._names = list(names)
-        self._built: dict[str, Figure] = {}
-
-    def __getitem__(self, name: str) -> Figure:
-        if name not in self._names:
-            raise KeyError(name)
-        if name not in self._built:
-            with _style():
-                self._built[name] = FIGURES[name](self._breakdown)
-        return self._built[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+def build_figure(name: str, breakdown: Breakdown) -> Figure:
+    """Figure ``name`` of ``breakdown``, in aggscope's style."""
+    with _style():
+        return FIGURES[name](breakdown)
 
 
 def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
@@ -573,28 +498,3 @@ def figure_bytes(figure: Figure, image_format: str = "png") -> bytes:
     with _style():
         figure.savefig(buffer, format=image_format, metadata=metadata, **extra)
     return buffer.getvalue()
-
-
-def encode_figures(
-    figures: Mapping[str, Figure], image_format: str = "png", meanwhile: Callable[[], object] | None = None
-) -> dict[str, bytes]:
-    """Every figure's ``figure_bytes``, encoded on all cores at once (``forked_map``; the same bytes).
-
-    ``meanwhile``: other work for this process, done while the forked ones take the first figures.
-    """
-    check_image_format(image_format)
-    # The costliest figures are taken first, so that none is left to start last on its own.
-    names = sorted(figures, key=lambda name: -DRAWING_COST.get(name, 1.0))
-    encoded = forked_map(lambda name: figure_bytes(figures[name], image_format), names, meanwhile=meanwhile)
-    done = dict(zip(names, encoded, strict=True))
-    return {name: done[name] for name in figures}
-
-
-def save_figures(figures: Mapping[str, Figure], out_dir: str | os.PathLike[str], image_format: str = "png") -> dict[str, Path]:
-    """Write each figure to ``out_dir/<name>.<format>``; name -> path. The folder is replaced whole
-    by the new set (``atomic_directory``): a kill never leaves figures of two runs in it."""
-    images = encode_figures(figures, image_format)
-    with atomic_directory(out_dir, earlier_output) as directory:
-        for name, data in images.items():
-            (directory / f"{name}.{image_format}").write_bytes(data)
-    return {name: Path(out_dir) / f"{name}.{image_format}" for name in images}

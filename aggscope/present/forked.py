@@ -5,17 +5,23 @@ forked child has the figures already (nothing is pickled) and sends back only th
 Workers take the next job from a shared pipe of job numbers as they become free, so one large
 figure does not hold up the rest. A child that fails or dies leaves its jobs to this process, which
 then does them itself (and raises what they raise, as the plain loop would).
+
+``Standby`` is a child forked early, before the work its job needs: it imports the modules of the
+job (matplotlib, most of a second) on the other core while this process reads the input, then
+takes the job's data (pickled over a pipe between the two, nothing from any file) and sends back
+its result. Where it fails, the caller does the job itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 Item = TypeVar("Item")
 
@@ -146,3 +152,90 @@ def _collect(pid: int, results_read: int) -> list[tuple[int, bytes]]:
 
 
 _HEADER = struct.Struct("<BQ")  # a result's job number and byte count, before its bytes
+
+
+class Standby:
+    """A child forked now that runs ``prepare()`` at once, then waits for one job (``call``).
+
+    Made where ``can_fork()`` holds (else it forks nothing and ``call`` gives None). Use it as a
+    context manager, or ``close`` it: a child never given a job is killed and reaped there.
+    """
+
+    def __init__(self, prepare: Callable[[], object]) -> None:
+        self._pid: int | None = None
+        if not can_fork():
+            return
+        job_read, self._job_write = os.pipe()
+        self._result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: prepare, take the job, send its pickled result, leave without cleanup
+            code = 1
+            try:
+                _leave_signals_to_the_parent()
+                os.close(self._job_write)
+                os.close(self._result_read)
+                prepare()
+                with os.fdopen(job_read, "rb") as pipe:
+                    data = pipe.read()
+                if data:
+                    work, payload = pickle.loads(data)
+                    result = pickle.dumps(work(payload), protocol=pickle.HIGHEST_PROTOCOL)
+                    with os.fdopen(result_write, "wb") as out:
+                        out.write(result)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(job_read)
+        os.close(result_write)
+        self._pid = pid
+
+    def call(self, work: Callable[[Any], Item], payload: object, meanwhile: Callable[[], object] | None = None) -> Item | None:
+        """``work(payload)`` run in the child (``work`` a module-level function), or None where the
+        child is not there or fails. ``meanwhile`` runs here once, while the child works."""
+        if self._pid is None:
+            if meanwhile is not None:
+                meanwhile()
+            return None
+        pid, self._pid = self._pid, None
+        job = pickle.dumps((work, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        # A thread sends the job, which can be larger than the pipe holds, while this one does meanwhile.
+        sender = threading.Thread(target=_send_all, args=(self._job_write, job), name="aggscope-standby-send")
+        try:
+            sender.start()
+            if meanwhile is not None:
+                meanwhile()
+            sender.join()
+            with os.fdopen(self._result_read, "rb") as pipe:
+                data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+        except BaseException:
+            _end(pid)  # a signal or an error here: the child goes too
+            raise
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            return None
+        result: Item = pickle.loads(data)
+        return result
+
+    def close(self) -> None:
+        """End a child still waiting for its job (kill and reap it); nothing once ``call`` was made."""
+        if self._pid is not None:
+            pid, self._pid = self._pid, None
+            _end(pid)
+            for fd in (self._job_write, self._result_read):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def __enter__(self) -> Standby:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _send_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to the pipe ``fd`` and close it (a child that died makes it a no-op)."""
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(data)
+    except (BrokenPipeError, OSError):
+        pass

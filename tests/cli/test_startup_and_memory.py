@@ -78,6 +78,17 @@ def test_summaries_and_usage_errors_import_no_torch_pandas_or_matplotlib(args: l
     assert loaded == "[]", f"aggscope {' '.join(args)} imported {loaded}"
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not hasattr(os, "fork"), reason="the standby child needs fork and two cores")
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_draws_in_a_child_and_never_imports_matplotlib_itself(tmp_path: Path, command: str) -> None:
+    """``report`` and ``compare`` fork a child that imports matplotlib while the steps are read, and draws."""
+    extra = ["--from", "token_mean", "--to", "sequence_mean"] if command == "compare" else []
+    code, loaded = _exit_and_loaded(SUMMARY_PROBE, [command, *extra, "-o", str(tmp_path / "out")])
+    assert code == 0
+    assert "matplotlib" not in loaded, loaded
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")  # the figures were drawn
+
+
 def _exit_and_loaded(probe: str, args: list[str]) -> tuple[int, str]:
     """Run ``aggscope ARGS`` under ``probe`` in a fresh interpreter: its exit code and the heavy modules it loaded."""
     done = subprocess.run(

@@ -31,14 +31,13 @@ from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES
 from aggscope.io.open import load_steps
 from aggscope.present import figures as figures_module
+from aggscope.present.figure_set import make_figures, save_figures
 from aggscope.present.figures import (
     _STYLE,
     FIGURES,
     MODE_COLOURS,
     figure_bytes,
-    make_figures,
     mode_colour,
-    save_figures,
     spec_styles,
 )
 

@@ -15,7 +15,8 @@ from aggscope.core.layout import Layout
 from aggscope.io.open import load_steps
 from aggscope.present import figures as figures_module
 from aggscope.present import forked
-from aggscope.present.figures import DRAWING_COST, FIGURES, encode_figures, figure_bytes, make_figures
+from aggscope.present.figure_set import DRAWING_COST, drawing_standby, encode_figures, make_figures
+from aggscope.present.figures import FIGURES, figure_bytes
 
 needs_fork = pytest.mark.skipif(not forked.can_fork(), reason="forking needs POSIX, two cores and no other thread")
 
@@ -171,3 +172,66 @@ def test_forks_beside_the_signal_watcher_and_children_leave_signals_to_it() -> N
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # this process keeps its handler
     children = [r.split() for r in results if int(r.split()[0]) != os.getpid()]
     assert children and all(state == b"True" for _, state in children)
+
+
+# ---- a child forked early (Standby) ----------------------------------------------------------------
+def _pid_and_double(n: int) -> tuple[int, int]:
+    return os.getpid(), 2 * n
+
+
+def _fails(n: int) -> int:
+    raise RuntimeError("the job failed")
+
+
+def _prepare_fails() -> None:
+    raise ImportError("no such module")
+
+
+@needs_fork
+def test_a_standby_does_its_job_in_the_child() -> None:
+    ran = []
+    with forked.Standby(lambda: None) as standby:
+        result = standby.call(_pid_and_double, 21, meanwhile=lambda: ran.append(os.getpid()))
+    assert result is not None and result[1] == 42 and result[0] != os.getpid()
+    assert ran == [os.getpid()]
+    # a job bigger than a pipe holds goes there and back whole
+    with forked.Standby(lambda: None) as standby:
+        assert standby.call(bytes.upper, b"x" * (1 << 20)) == b"X" * (1 << 20)
+
+
+@needs_fork
+@pytest.mark.parametrize(("prepare", "work"), [(_prepare_fails, _pid_and_double), (lambda: None, _fails)])
+def test_a_standby_that_fails_gives_none(prepare: Callable[[], None], work: Callable[[int], object]) -> None:
+    ran = []
+    with forked.Standby(prepare) as standby:
+        assert standby.call(work, 1, meanwhile=lambda: ran.append(1)) is None
+    assert ran == [1]  # meanwhile ran all the same, once
+
+
+@needs_fork
+def test_a_standby_never_called_is_ended_and_reaped() -> None:
+    standby = forked.Standby(lambda: time.sleep(30))
+    pid = standby._pid
+    assert pid is not None
+    standby.close()
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left
+        os.waitpid(pid, os.WNOHANG)
+    assert standby.call(_pid_and_double, 1) is None
+
+
+def test_no_standby_where_forking_is_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forked, "can_fork", lambda: False)
+    ran = []
+    with forked.Standby(lambda: None) as standby:
+        assert standby.call(_pid_and_double, 1, meanwhile=lambda: ran.append(1)) is None
+    assert ran == [1]
+
+
+@needs_fork
+def test_figures_drawn_in_the_standby_are_the_same_bytes() -> None:
+    breakdown = run_breakdown(load_steps()[:3], [parse_spec(name, Layout()) for name in ("token_mean", "prompt_mean")])
+    plain = {name: figure_bytes(figure) for name, figure in make_figures(breakdown).items()}
+    with drawing_standby() as standby:
+        assert standby._pid is not None  # the child is there: the figures are drawn in it
+        drawn = encode_figures(make_figures(breakdown), standby=standby)
+    assert drawn == plain and list(drawn) == list(plain)

@@ -18,9 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from aggscope.analysis.breakdown import Breakdown, run_breakdown
 from aggscope.analysis.checks import CheckOptions
@@ -31,13 +29,18 @@ from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, resolve_mode
 from aggscope.io.reader import Rollouts, unrecoverable_of
 from aggscope.io.writing import atomic_directory
-from aggscope.present.figures import earlier_output, encode_figures, make_figures
+from aggscope.present.figure_set import encode_figures, make_figures
+from aggscope.present.forked import Standby
+from aggscope.present.outputs import earlier_output
 from aggscope.present.report.document import ReportDocument, build_document
 from aggscope.present.report.html import render_html
 from aggscope.present.report.markdown import render_markdown
 from aggscope.present.report.sections import Page, Section, page, sections
 from aggscope.present.report.sentences import headline_items, summary_sentences
 from aggscope.present.report.tables import GlanceRow, glance_rows
+
+if TYPE_CHECKING:  # matplotlib is imported only where a figure is built
+    from matplotlib.figure import Figure
 
 __all__ = [
     "GlanceRow",
@@ -82,12 +85,14 @@ class Report:
         """The opening sentences."""
         return list(self.data.summary)
 
-    def write(self, out_dir: str | os.PathLike[str]) -> ReportFiles:
+    def write(self, out_dir: str | os.PathLike[str], standby: Standby | None = None) -> ReportFiles:
         """Write ``report.html``, ``report.md``, ``report.json`` and one PNG per figure into ``out_dir``.
 
         The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
         full disk or another writer never leaves files of two reports, or half of one, in it. The
-        texts are made while forked processes draw the first figures (``encode_figures``).
+        texts are made while forked processes draw the figures (``encode_figures``); with
+        ``standby`` (``figure_set.drawing_standby()``, forked before the input was read) the
+        figures are drawn there.
         """
         assert self.data.figures is not None
         drawn = page(self.data)  # one list of sections, for both renderings
@@ -97,7 +102,7 @@ class Report:
             files["report.json"] = report_json(self.document).encode()
             files["report.md"] = render_markdown(drawn).encode()
 
-        images = encode_figures(self.figures, "png", meanwhile=texts)
+        images = encode_figures(self.figures, "png", meanwhile=texts, standby=standby)
         files.update({self.data.figures[name]: data for name, data in images.items()})
         files["report.html"] = render_html(drawn, images).encode()
         with atomic_directory(out_dir, earlier_output) as temporary:

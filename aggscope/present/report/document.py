@@ -18,7 +18,7 @@ from aggscope import __version__
 from aggscope.analysis.breakdown import Breakdown, Change, Comparison, SpecOutcome, compare_specs
 from aggscope.analysis.breakdown.groups import drilldown
 from aggscope.analysis.specs import Spec, describe_layout
-from aggscope.present.figures import mode_colour
+from aggscope.present.colours import mode_colour
 from aggscope.present.report.headline import SENTENCE_THRESHOLD, HeadlineItem, spec_layout_given
 
 
