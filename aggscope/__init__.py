@@ -46,7 +46,7 @@ _EXPORTS = {
     "load_steps": "aggscope.io.open",
     "parse_spec": "aggscope.analysis.specs",
     "run_breakdown": "aggscope.analysis.breakdown",
-    "make_figures": "aggscope.present.figures",
+    "make_figures": "aggscope.present.figure_set",
     "compare": "aggscope.present.report",
     "full_report": "aggscope.present.report",
     "text_uid": "aggscope.core.batch",

@@ -11,6 +11,7 @@ from conftest import SAMPLE_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import aggscope.analysis.breakdown.step as breakdown_step_module
 from aggscope.analysis.breakdown import HISTOGRAM_LOG10_EDGES, run_breakdown
 from aggscope.analysis.breakdown.model import MIN_ROWS_PER_BUCKET
 from aggscope.analysis.specs import Spec, parse_spec
@@ -375,10 +376,12 @@ def test_bin_index_counts_as_numpy_histogram(values: list[float], on_edge: int) 
     assert ours.tolist() == theirs.tolist()
 
 
+@pytest.mark.parametrize("runs_chunk", [1 << 17, 50], ids=["one_chunk", "chunks_of_50_tokens"])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_histogram_matches_a_plain_per_token_count(per_row: bool) -> None:
+def test_histogram_matches_a_plain_per_token_count(monkeypatch: pytest.MonkeyPatch, per_row: bool, runs_chunk: int) -> None:
     """Per-token (or per-row, as GRPO's: runs of equal advantages) advantages, rows without weight and
-    masked tokens: the counts of a loop over tokens."""
+    masked tokens: the counts of a loop over tokens, whether the runs are found in one chunk or many."""
+    monkeypatch.setattr(breakdown_step_module, "_RUNS_CHUNK", runs_chunk)
     rng = np.random.default_rng(5)
     lengths = rng.integers(1, 40, size=60)
     offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -1,13 +1,16 @@
 """The verdicts on the whole step and the whole run (issue 14): ``no_gradient_share``,
 ``truncated_response``, ``unused_dump_field``; findings per mode and per trainer (issue 12 §5)."""
 
+import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_checks import FAULTY, batch_of  # the same tiny batches: row i has lengths[i] tokens of advantage i
 
+import aggscope.analysis.checks.truncation as truncation_module
 from aggscope.analysis.checks import (
     CheckOptions,
     NoGradThresholds,
@@ -17,6 +20,7 @@ from aggscope.analysis.checks import (
     response_lengths,
     run_checks,
 )
+from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.errors import AggscopeError
 from aggscope.io.open import open_rollouts
@@ -120,6 +124,21 @@ def test_response_lengths_start_at_the_first_loss_token():
     mask = [False, False, True, False, True, False, False, True, True]
     batch = batch_of(None, [5, 2, 2], [1.0, 1.0, 1.0], mask=mask)
     assert response_lengths(batch).tolist() == [3, 0, 2]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 18])
+def test_response_lengths_in_chunks_of_rows_are_a_per_row_loop(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(truncation_module, "LENGTHS_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 25, 300)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    mask = rng.random(int(offsets[-1])) < 0.3
+    batch = StepBatch.from_flat(rng.normal(size=mask.size), mask, offsets)
+    expected = []
+    for start, end in itertools.pairwise(offsets.tolist()):
+        loss = np.flatnonzero(mask[start:end])
+        expected.append(int(end - start - loss[0]) if loss.size else 0)
+    assert response_lengths(batch).tolist() == expected
 
 
 @settings(max_examples=60, deadline=None)

@@ -13,6 +13,7 @@ import numpy as np
 
 from aggscope.analysis.checks.catalogue import CODES, Finding
 from aggscope.core.batch import StepBatch
+from aggscope.core.segments import segment_chunks
 from aggscope.fmt import number, percent, plural
 
 # The rewards of truncated responses "differ" from the rest when the means differ by more than
@@ -21,16 +22,25 @@ REWARD_GAP = 0.05
 
 
 def response_lengths(batch: StepBatch) -> np.ndarray:
-    """``[n_seqs]`` int64 tokens from each row's first loss token to its end (0 without loss tokens)."""
-    loss_positions = np.flatnonzero(batch.loss_mask)  # [n_loss], ascending, so grouped by row
-    # loss tokens per row (a cumulative count read at the row ends): row r's first loss token is
-    # loss_positions[number of loss tokens in the rows before r]; no per-token row search or sort
-    before_end = np.searchsorted(loss_positions, batch.offsets)  # [n_seqs + 1] loss tokens before each offset
-    counts = np.diff(before_end)  # [n_seqs]
-    rows_with = np.flatnonzero(counts)
+    """``[n_seqs]`` int64 tokens from each row's first loss token to its end (0 without loss tokens).
+
+    Found in chunks of whole rows of about ``LENGTHS_CHUNK`` tokens, so the loss positions of a
+    chunk stay in the CPU caches (each row's answer depends on its own tokens only).
+    """
     lengths = np.zeros(batch.n_sequences, dtype=np.int64)
-    lengths[rows_with] = batch.offsets[rows_with + 1] - loss_positions[before_end[rows_with]]
+    for first, last in segment_chunks(batch.offsets, LENGTHS_CHUNK):
+        start = int(batch.offsets[first])
+        offsets = batch.offsets[first : last + 1] - start  # [rows + 1] within the chunk
+        loss_positions = np.flatnonzero(batch.loss_mask[start : int(batch.offsets[last])])  # [n_loss] ascending
+        # loss tokens per row (a cumulative count read at the row ends): row r's first loss token is
+        # loss_positions[number of loss tokens in the rows before r]; no per-token row search or sort
+        before_end = np.searchsorted(loss_positions, offsets)  # [rows + 1] loss tokens before each offset
+        rows_with = np.flatnonzero(np.diff(before_end))
+        lengths[first + rows_with] = offsets[rows_with + 1] - loss_positions[before_end[rows_with]]
     return lengths
+
+
+LENGTHS_CHUNK = 1 << 18  # tokens per chunk of rows in ``response_lengths``
 
 
 def truncated_findings(batch: StepBatch, loss_tokens: np.ndarray, cap: int, cap_source: str) -> list[Finding]:
