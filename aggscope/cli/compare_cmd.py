@@ -16,7 +16,7 @@ from aggscope.cli.options import (
     spec_layout_options,
     with_logged_config,
 )
-from aggscope.cli.report_cmd import print_summary, step_progress
+from aggscope.cli.report_cmd import make_and_write, step_progress
 from aggscope.errors import AggscopeError
 
 SPEC_HELP = (
@@ -71,21 +71,20 @@ def compare(
     else:
         specs = parse_specs(base, candidates or [], layout)
     check_output_directory(out)
-    from aggscope.present.figure_set import drawing_standby
     from aggscope.present.report import compare as compare_report
 
     notes = [*changes, *rollouts.notes, *config_notes(config)]
-    with drawing_standby() as standby:  # imports matplotlib on the other core while the steps are read
-        result = compare_report(
+    make_and_write(
+        lambda: compare_report(
             rollouts,
             specs,
             engine=engine,
             progress=step_progress(rollouts, "compare"),
             notes=notes,
             check_options=with_trainer(check_options(None, None), config, rollouts.format),
-        )
-        files = result.write(out, standby=standby)
-    print_summary(result, files)
+        ),
+        out,
+    )
 
 
 def config_specs(configured: Any, applied: Any, spec_texts: list[str], rollouts: Any) -> tuple[list[Any], list[str]]:

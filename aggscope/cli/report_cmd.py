@@ -50,13 +50,12 @@ def report(
     )
     rollouts, layout, mode, config = open_configured(input_spec, layout, mode)
     from aggscope.core.weights import select_modes
-    from aggscope.present.figure_set import drawing_standby
     from aggscope.present.report import full_report
 
     modes = select_modes(mode, has_groups=rollouts.has_groups, layout=layout, source=rollouts.source)
     notes = [*rollouts.notes, *config_notes(config)]
-    with drawing_standby() as standby:  # imports matplotlib on the other core while the steps are read
-        result = full_report(
+    make_and_write(
+        lambda: full_report(
             rollouts,
             modes,
             layout,
@@ -64,7 +63,18 @@ def report(
             progress=step_progress(rollouts, "report"),
             notes=notes,
             check_options=with_trainer(check_options(None, None), config, rollouts.format),
-        )
+        ),
+        out,
+    )
+
+
+def make_and_write(make: Callable[[], Any], out: Path) -> None:
+    """Make a report (``make()``) and write it into ``out``, its figures drawn by a standby child that
+    imports matplotlib on the other core while the steps are read; then print its summary."""
+    from aggscope.present.figure_set import drawing_standby
+
+    with drawing_standby() as standby:
+        result = make()
         files = result.write(out, standby=standby)
     print_summary(result, files)
 

@@ -105,34 +105,30 @@ def touch_pages(arrays: Sequence[np.ndarray]) -> PageToucher | None:
 
 
 # ---- per-sequence stats on a second thread ---------------------------------------------------------
-_stats_pool: ThreadPoolExecutor | None = None
-_stats_pool_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}  # thread name -> its pool of one thread
+_pools_lock = threading.Lock()
+
+
+def _one_thread(name: str) -> ThreadPoolExecutor:
+    """The pool of the one helper thread ``name``, started on first use and kept for the next steps."""
+    with _pools_lock:
+        if name not in _pools:
+            _pools[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        return _pools[name]
 
 
 def _stats_worker() -> ThreadPoolExecutor:
-    """The one thread that reduces decoded parts, started on first use and kept for the next steps."""
-    global _stats_pool
-    with _stats_pool_lock:
-        if _stats_pool is None:
-            _stats_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggscope-stats")
-        return _stats_pool
-
-
-_ahead_pool: ThreadPoolExecutor | None = None
+    """The one thread that reduces decoded parts."""
+    return _one_thread("aggscope-stats")
 
 
 def _ahead_worker() -> ThreadPoolExecutor:
-    """The one thread that reads ahead (``ReadAhead``), started on first use and kept for the next steps."""
-    global _ahead_pool
-    with _stats_pool_lock:
-        if _ahead_pool is None:
-            _ahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggscope-read-ahead")
-        return _ahead_pool
+    """The one thread that reads ahead (``ReadAhead``)."""
+    return _one_thread("aggscope-read-ahead")
 
 
 def _forget_pools() -> None:
-    global _stats_pool, _ahead_pool
-    _stats_pool = _ahead_pool = None  # a forked child has no threads: it starts its own
+    _pools.clear()  # a forked child has no threads: it starts its own
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

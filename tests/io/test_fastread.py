@@ -306,8 +306,7 @@ def test_a_loop_left_early_leaves_no_read_in_flight(tmp_path: Path, monkeypatch:
     assert next(steps).step == 0
     steps.close()
     assert closed == [0]
-    assert fastread._ahead_pool is not None
-    assert fastread._ahead_pool.submit(lambda: 1).result() == 1  # the thread is free for the next loop
+    assert fastread._ahead_worker().submit(lambda: 1).result() == 1  # the thread is free for the next loop
 
 
 def test_reading_ahead_around_steps_too_large_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
