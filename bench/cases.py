@@ -264,7 +264,8 @@ def main(argv: list[str]) -> None:
     if case == "padded":
         import torch  # noqa: F401
     if case == "report":
-        import aggscope.present.figures  # noqa: F401  (matplotlib: the report imports it when it draws)
+        # matplotlib: the report imports it when it draws
+        import aggscope.present.figures
         import aggscope.present.report  # noqa: F401
     if case == "pandas":
         import pandas  # noqa: F401
