@@ -35,12 +35,16 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 import numpy as np
 
 from aggscope.core.batch import SequenceStats, sequence_stats_numpy
+
+Result = TypeVar("Result")
 
 PLAIN = os.environ.get("AGGSCOPE_PLAIN_READ", "") not in ("", "0")
 TOUCH_PAGES_FROM = 1 << 24  # steps of this many tokens or more get their pages touched ahead of the copy
@@ -104,37 +108,96 @@ def touch_pages(arrays: Sequence[np.ndarray]) -> PageToucher | None:
     return PageToucher(arrays)
 
 
-# ---- per-sequence stats on a second thread ---------------------------------------------------------
-_pools: dict[str, ThreadPoolExecutor] = {}  # thread name -> its pool of one thread
-_pools_lock = threading.Lock()
+# ---- the helper threads -----------------------------------------------------------------------------
+class HelperThread:
+    """One daemon thread that runs the calls submitted to it in order, each giving a ``Future``.
+
+    Not a ``ThreadPoolExecutor``: a signal that stops the main thread while a pool starts its thread
+    (``Thread.start`` waits, and a Python signal handler may raise there) leaves that thread running
+    but unknown to the pool's exit hook, and the interpreter then waits for it at exit for ever. A
+    daemon thread never holds up the exit, and every loop here waits for its own calls before it
+    ends (``StatsPipeline`` and ``ReadAhead`` on the way out). ``busy`` counts the calls submitted
+    whose function has not returned yet: at zero the thread runs none of aggscope's code
+    (``present.forked.can_fork`` forks only then).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.busy = 0
+
+    def submit(self, function: Callable[..., Result], *args: Any) -> Future[Result]:
+        future: Future[Result] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self.busy += 1  # under the lock: the thread cannot count the call finished before it is counted
+            self._calls.put((future, function, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, function, args = self._calls.get()
+            if not future.set_running_or_notify_cancel():  # cancelled before it started
+                self._finished()
+                continue
+            try:
+                result = function(*args)
+            except BaseException as exc:  # handed to whoever takes the result, as a pool does
+                self._finished()
+                future.set_exception(exc)
+            else:
+                self._finished()
+                future.set_result(result)
+            del future, function, args
+
+    def _finished(self) -> None:
+        with self._lock:
+            self.busy -= 1
 
 
-def _one_thread(name: str) -> ThreadPoolExecutor:
-    """The pool of the one helper thread ``name``, started on first use and kept for the next steps."""
-    with _pools_lock:
-        if name not in _pools:
-            _pools[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        return _pools[name]
+_helpers: dict[str, HelperThread] = {}  # thread name -> its helper
+_helpers_lock = threading.Lock()
 
 
-def _stats_worker() -> ThreadPoolExecutor:
+def _one_thread(name: str) -> HelperThread:
+    """The helper thread ``name``, started on first use and kept for the next steps."""
+    with _helpers_lock:
+        if name not in _helpers:
+            _helpers[name] = HelperThread(name)
+        return _helpers[name]
+
+
+def helpers_busy() -> int:
+    """How many calls the helper threads of this process have not finished."""
+    with _helpers_lock:
+        return sum(helper.busy for helper in _helpers.values())
+
+
+def _stats_worker() -> HelperThread:
     """The one thread that reduces decoded parts."""
     return _one_thread("aggscope-stats")
 
 
-def _ahead_worker() -> ThreadPoolExecutor:
+def _ahead_worker() -> HelperThread:
     """The one thread that reads ahead (``ReadAhead``)."""
     return _one_thread("aggscope-read-ahead")
 
 
-def _forget_pools() -> None:
-    _pools.clear()  # a forked child has no threads: it starts its own
+def _forget_helpers() -> None:
+    global _helpers_lock
+    _helpers.clear()  # a forked child has no threads: it starts its own
+    _helpers_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_forget_pools)
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
+# ---- per-sequence stats on a second thread ---------------------------------------------------------
 class StatsPipeline:
     """Reduces each decoded part of a step to its per-sequence stats on a second thread.
 

@@ -280,10 +280,13 @@ class ParquetRollouts(Rollouts):
                 if num_rows > _rows_per_batch(num_rows, tokens) or total > READ_AHEAD_TOKENS:
                     return False
                 reads.append((file_index, plan.path, group, tokens >= THREADED_GROUP_TOKENS))
-        needed = self._needed
-        for file_index, path, group, threads in reads:
-            parquet = self._parquet_file(path)
-            ahead.submit((step, file_index, group), partial(parquet.read_row_group, group, columns=needed, use_threads=threads))
+        try:
+            files = [self._parquet_file(path) for _, path, _, _ in reads]
+        except AggscopeError:  # a file that cannot be opened: the reader names it at its own step
+            return False
+        for (file_index, _, group, threads), parquet in zip(reads, files, strict=True):
+            read = partial(parquet.read_row_group, group, columns=self._needed, use_threads=threads)
+            ahead.submit((step, file_index, group), read)
         return True
 
     def _parquet_file(self, path: str) -> pq.ParquetFile:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -352,3 +353,82 @@ def test_reading_ahead_around_steps_too_large_for_it(tmp_path: Path, monkeypatch
         assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
         assert counts["queued"] == counts["taken"] == rows.count(5)
     assert overlaps == [0]
+
+
+def test_a_file_that_cannot_be_opened_is_named_at_its_own_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One step per file; the file of step 5 is damaged after the loop started (so after planning):
+    # reading ahead meets it two steps early and leaves it to the reader, which names it at step 5.
+    monkeypatch.setattr(fastread, "PLAIN", False)
+    table = pq.read_table(many_small_steps(tmp_path / "all.parquet", steps=8))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for step in range(8):
+        pq.write_table(table.filter(pa.compute.equal(table["step"], step)), folder / f"step{step}.parquet")
+    seen = []
+    with pytest.raises(AggscopeError, match=re.escape(f"{folder / 'step5.parquet'}: not a Parquet file")):
+        for batch in open_rollouts(str(folder)).iter_steps():
+            if batch.step == 0:
+                (folder / "step5.parquet").write_bytes(b"not parquet, not even close" * 40)
+            seen.append(batch.step)
+    assert seen == list(range(5))
+
+
+# ---- the helper threads ---------------------------------------------------------------------------
+def test_a_helper_thread_runs_calls_in_order_and_counts_them() -> None:
+    helper = fastread.HelperThread("aggscope-stats-test")  # idle after the test, as forking tests need
+    gate = threading.Event()
+    order: list[int] = []
+    first = helper.submit(gate.wait)
+    later = [helper.submit(order.append, n) for n in range(5)]
+    failing = helper.submit(int, "not a number")
+    assert helper.busy == 7 and not any(f.done() for f in later)  # the first call holds the thread
+    cancelled = helper.submit(order.append, 99)
+    assert cancelled.cancel()
+    gate.set()
+    assert first.result(timeout=10) is True and [f.result(timeout=10) for f in later] == [None] * 5
+    with pytest.raises(ValueError):
+        failing.result(timeout=10)
+    assert helper.submit(len, "abc").result(timeout=10) == 3
+    assert order == [0, 1, 2, 3, 4] and helper.busy == 0
+    assert helper._thread is not None and helper._thread.daemon
+
+
+def test_no_fork_while_a_helper_thread_is_busy() -> None:
+    from aggscope.present import forked
+
+    if not forked.can_fork():
+        pytest.skip("forking needs POSIX, two cores and no other thread")
+    gate = threading.Event()
+    read = fastread._ahead_worker().submit(gate.wait)  # a read still in flight: its thread is not idle
+    try:
+        assert not forked.can_fork()
+    finally:
+        gate.set()
+    read.result(timeout=10)
+    assert forked.can_fork()
+
+
+INTERRUPTED_START = """
+import threading
+from aggscope.io import fastread
+
+start = threading.Thread.start
+
+def interrupted(self):
+    start(self)
+    if self.name.startswith("aggscope-"):
+        raise KeyboardInterrupt  # as a SIGTERM handler raises in the wait at the end of Thread.start
+
+threading.Thread.start = interrupted
+try:
+    fastread._stats_worker().submit(int)
+except KeyboardInterrupt:
+    pass
+"""
+
+
+def test_a_signal_while_a_helper_thread_starts_does_not_hold_up_the_exit() -> None:
+    """A thread pool's thread whose start was interrupted is unknown to the pool's exit hook, and the
+    interpreter waited for it at exit for ever (``weights --out`` stopped by SIGTERM hung in CI)."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_START], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
