@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,9 +27,9 @@ from typing import Any, TypeVar
 Item = TypeVar("Item")
 
 
-# Threads of aggscope's own that wait idle once the steps are read, holding no lock: ``io.fastread``'s
-# reducer and reader ahead (``ReadAhead.close`` waits for its reads), and the command line's signal
-# watcher (``cli.signals``, blocked reading its pipe).
+# Threads of aggscope's own that may wait idle, holding no lock: ``io.fastread``'s reducer and reader
+# ahead (idle when ``helpers_busy()`` is 0), and the command line's signal watcher (``cli.signals``,
+# blocked reading its pipe).
 IDLE_THREAD_PREFIXES = ("aggscope-stats", "aggscope-read-ahead", "aggscope-signals")
 
 
@@ -38,7 +39,9 @@ def can_fork() -> bool:
     it for ever; a program with threads of its own, such as a trainer, encodes in the plain loop)."""
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
     idle = all(t.name.startswith(IDLE_THREAD_PREFIXES) for t in others)
-    return hasattr(os, "fork") and (os.cpu_count() or 1) > 1 and idle
+    fastread = sys.modules.get("aggscope.io.fastread")  # not imported: none of its threads exists
+    busy = fastread.helpers_busy() if fastread is not None and others else 0
+    return hasattr(os, "fork") and (os.cpu_count() or 1) > 1 and idle and busy == 0
 
 
 def forked_map(
@@ -132,6 +135,30 @@ def _end(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
+def _own_process_group(pid: int = 0) -> None:
+    """Make ``pid`` (0: this process) the leader of a process group of its own, so that
+    ``_end_group`` ends it with the workers it forks. Out of the terminal's foreground group, a
+    child writing to the terminal (a warning on stderr) would be stopped where ``stty tostop`` is
+    set: this process ignores SIGTTOU, so such a write goes through."""
+    with contextlib.suppress(OSError):  # the child has already left (the parent's call), or no such call here
+        os.setpgid(pid, pid)
+    if pid == 0 and hasattr(signal, "SIGTTOU"):
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
+def _end_group(pid: int) -> None:
+    """Kill the child ``pid`` with every process of its group (the workers it forked), and reap it.
+
+    A child that was never made a group leader has no group of that number: only it is killed."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def _collect(pid: int, results_read: int) -> list[tuple[int, bytes]]:
     try:
         with os.fdopen(results_read, "rb") as pipe:
@@ -157,23 +184,33 @@ _HEADER = struct.Struct("<BQ")  # a result's job number and byte count, before i
 class Standby:
     """A child forked now that runs ``prepare()`` at once, then waits for one job (``call``).
 
-    Made where ``can_fork()`` holds (else it forks nothing and ``call`` gives None). Use it as a
-    context manager, or ``close`` it: a child never given a job is killed and reaped there.
+    Made where ``can_fork()`` holds and the fork succeeds (else it forks nothing and ``call`` gives
+    None). Use it as a context manager, or ``close`` it: a child never given a job is killed and
+    reaped there. The child leads a process group of its own, and is ended with it: a signal to this
+    process alone (SIGTERM, SIGHUP) that unwinds it ends the workers the child forked to draw too.
     """
 
     def __init__(self, prepare: Callable[[], object]) -> None:
         self._pid: int | None = None
         if not can_fork():
             return
-        job_read, self._job_write = os.pipe()
-        self._result_read, result_write = os.pipe()
-        pid = os.fork()
+        fds: list[int] = []
+        try:
+            fds.extend(os.pipe())
+            fds.extend(os.pipe())
+            pid = os.fork()
+        except OSError:  # out of processes, memory or descriptors: the caller does the job itself
+            for fd in fds:
+                os.close(fd)
+            return
+        job_read, job_write, result_read, result_write = fds
         if pid == 0:  # the child: prepare, take the job, send its pickled result, leave without cleanup
             code = 1
             try:
+                _own_process_group()
                 _leave_signals_to_the_parent()
-                os.close(self._job_write)
-                os.close(self._result_read)
+                os.close(job_write)
+                os.close(result_read)
                 prepare()
                 with os.fdopen(job_read, "rb") as pipe:
                     data = pipe.read()
@@ -185,8 +222,10 @@ class Standby:
                 code = 0
             finally:
                 os._exit(code)
+        _own_process_group(pid)  # here too: whichever of the two runs first, the group exists
         os.close(job_read)
         os.close(result_write)
+        self._job_write, self._result_read = job_write, result_read
         self._pid = pid
 
     def call(self, work: Callable[[Any], Item], payload: object, meanwhile: Callable[[], object] | None = None) -> Item | None:
@@ -196,20 +235,28 @@ class Standby:
             if meanwhile is not None:
                 meanwhile()
             return None
+        try:
+            job = pickle.dumps((work, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # a payload that cannot be pickled: the caller does the job itself
+            self.close()
+            return self.call(work, payload, meanwhile)
         pid, self._pid = self._pid, None
-        job = pickle.dumps((work, payload), protocol=pickle.HIGHEST_PROTOCOL)
         # A thread sends the job, which can be larger than the pipe holds, while this one does meanwhile.
         sender = threading.Thread(target=_send_all, args=(self._job_write, job), name="aggscope-standby-send")
+        result_read: int | None = self._result_read
         try:
             sender.start()
             if meanwhile is not None:
                 meanwhile()
             sender.join()
             with os.fdopen(self._result_read, "rb") as pipe:
+                result_read = None  # the pipe closes it
                 data = pipe.read()
             _, status = os.waitpid(pid, 0)
         except BaseException:
-            _end(pid)  # a signal or an error here: the child goes too
+            _end_group(pid)  # a signal or an error here: the child and its workers go too
+            if result_read is not None:
+                os.close(result_read)
             raise
         if os.waitstatus_to_exitcode(status) != 0 or not data:
             return None
@@ -220,7 +267,7 @@ class Standby:
         """End a child still waiting for its job (kill and reap it); nothing once ``call`` was made."""
         if self._pid is not None:
             pid, self._pid = self._pid, None
-            _end(pid)
+            _end_group(pid)
             for fd in (self._job_write, self._result_read):
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -231,7 +234,102 @@ def test_no_standby_where_forking_is_unsafe(monkeypatch: pytest.MonkeyPatch) -> 
 def test_figures_drawn_in_the_standby_are_the_same_bytes() -> None:
     breakdown = run_breakdown(load_steps()[:3], [parse_spec(name, Layout()) for name in ("token_mean", "prompt_mean")])
     plain = {name: figure_bytes(figure) for name, figure in make_figures(breakdown).items()}
-    with drawing_standby() as standby:
+    with drawing_standby() as standby, pytest.MonkeyPatch.context() as patch:
         assert standby._pid is not None  # the child is there: the figures are drawn in it
+        patch.setattr(figures_module, "figure_bytes", _not_here)  # in this process only: the child was forked before
         drawn = encode_figures(make_figures(breakdown), standby=standby)
     assert drawn == plain and list(drawn) == list(plain)
+
+
+def _not_here(*args: object) -> bytes:
+    raise AssertionError("drawn in this process, not in the standby")
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("failing", ["pipe", "fork"])
+def test_a_standby_that_cannot_be_forked_leaves_the_job_here(failing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    real_pipe, pipes = os.pipe, []
+
+    def second_pipe_fails() -> tuple[int, int]:
+        pipes.append(1)
+        if len(pipes) == 2:
+            raise OSError(24, "Too many open files")
+        return real_pipe()
+
+    def fork_fails() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    before = _open_descriptors()
+    if failing == "pipe":
+        monkeypatch.setattr(forked.os, "pipe", second_pipe_fails)
+    else:
+        monkeypatch.setattr(forked.os, "fork", fork_fails)
+    ran = []
+    with forked.Standby(lambda: None) as standby:
+        assert standby.call(_pid_and_double, 1, meanwhile=lambda: ran.append(1)) is None
+    assert ran == [1] and _open_descriptors() == before
+
+
+@needs_fork
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_job_that_cannot_be_pickled_is_left_here_and_the_child_reaped() -> None:
+    before = _open_descriptors()
+    ran = []
+    standby = forked.Standby(lambda: None)
+    pid = standby._pid
+    assert pid is not None
+    assert standby.call(_pid_and_double, lambda: 1, meanwhile=lambda: ran.append(1)) is None
+    assert ran == [1] and _open_descriptors() == before
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left
+        os.waitpid(pid, os.WNOHANG)
+
+
+STANDBY_WITH_WORKERS = """
+import os, sys, time
+from aggscope.cli.signals import stop_cleanly_on_signals
+from aggscope.present import forked
+
+def sleep_and_record(n):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(60)
+    return b""
+
+def work(n):
+    return forked.forked_map(sleep_and_record, list(range(n)), workers=n)
+
+with stop_cleanly_on_signals(), forked.Standby(lambda: None) as standby:
+    standby.call(work, 2)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@needs_fork
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states in /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_command_alone_ends_the_standby_and_its_workers(signum: int, tmp_path: Path) -> None:
+    """Only the command is signalled (not its process group, as Ctrl-C would): the standby and the
+    workers it forked to draw must end with it, not run on as orphans."""
+    process = subprocess.Popen([sys.executable, "-c", STANDBY_WITH_WORKERS, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2:  # the standby's worker and the standby itself each took a job
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.stderr else ""
+        time.sleep(0.02)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    process.send_signal(signum)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 5
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [pid for pid in workers if _running(pid)]
