@@ -205,16 +205,17 @@ class StatsPipeline:
     release the GIL), so the reductions cost little beyond the read, and each runs on a part still
     warm in the CPU caches. Each sequence is reduced on its own, so the concatenated stats equal
     those of the whole step bit for bit. At most ``IN_FLIGHT`` parts wait, which bounds the memory
-    they hold when the reductions fall behind. A step of a single part is reduced right here: for
-    small steps handing work to the thread costs more than it saves. On the plain path (``PLAIN``
-    when the pipeline is made) it takes nothing and ``result`` is None.
+    they hold when the reductions fall behind. The last part of a step is reduced right here, by
+    ``result``, while the thread finishes the others (so a step of a single part never uses the
+    thread: for small steps handing work to it costs more than it saves). On the plain path
+    (``PLAIN`` when the pipeline is made) it takes nothing and ``result`` is None.
     """
 
     IN_FLIGHT = 4
 
     def __init__(self) -> None:
         self.plain = PLAIN
-        self._first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._held: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending: deque[Future[SequenceStats]] = deque()
         self._done: list[SequenceStats] = []
 
@@ -230,29 +231,32 @@ class StatsPipeline:
         self._pending.clear()
 
     def submit(self, advantages: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> None:
-        """Reduce one decoded part: ``advantages [n]``, ``mask [n]`` bool, ``offsets [n_seqs + 1]`` from 0."""
+        """Reduce one decoded part: ``advantages [n]``, ``mask [n]`` bool, ``offsets [n_seqs + 1]`` from 0.
+
+        The latest part is held back, and the one before it handed to the thread: so the last part
+        of a step is reduced by ``result`` on the calling thread while the thread finishes the others.
+        """
         if self.plain:
             return
-        if self._first is None and not self._pending and not self._done:
-            self._first = (advantages, mask, offsets)
-            return
-        if self._first is not None:
-            first, self._first = self._first, None
-            self._pending.append(_stats_worker().submit(sequence_stats_numpy, *first))
-        if len(self._pending) >= self.IN_FLIGHT:
-            self._done.append(self._pending.popleft().result())
-        self._pending.append(_stats_worker().submit(sequence_stats_numpy, advantages, mask, offsets))
+        if self._held is not None:
+            if len(self._pending) >= self.IN_FLIGHT:
+                self._done.append(self._pending.popleft().result())
+            self._pending.append(_stats_worker().submit(sequence_stats_numpy, *self._held))
+        self._held = (advantages, mask, offsets)
 
     def result(self) -> SequenceStats | None:
         """The stats of every part submitted, in order (None on the plain path)."""
         if self.plain:
             return None
-        if self._first is not None:
-            first, self._first = self._first, None
-            return sequence_stats_numpy(*first)
+        last = None
+        if self._held is not None:
+            held, self._held = self._held, None
+            last = sequence_stats_numpy(*held)
+        if not self._pending and not self._done and last is not None:
+            return last
         while self._pending:
             self._done.append(self._pending.popleft().result())
-        return SequenceStats.concat(self._done)
+        return SequenceStats.concat(self._done if last is None else [*self._done, last])
 
 
 # ---- reading the next small step ahead -------------------------------------------------------------

@@ -326,6 +326,7 @@ class ParquetRollouts(Rollouts):
 
 THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded without pyarrow's threads
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
+WHOLE_GROUP_TOKENS = 1 << 21  # a row group of at most this many tokens is decoded in one call (``_group_tables``)
 READ_AHEAD_TOKENS = 1 << 20  # a next step of at most this many tokens (in row groups of one batch each) is read ahead
 READ_AHEAD_STEPS = 2  # steps read ahead at most
 
@@ -468,12 +469,20 @@ def _group_tables(parquet: pq.ParquetFile, group: int, tokens: int | None, colum
 
     A group that fits in one batch (a small step) is read with one ``read_row_group``: about
     half the cost of setting up ``iter_batches`` for it, with the same rows and types; a small one
-    on this thread, as handing its few pages to pyarrow's thread pool costs more than it saves.
+    on this thread, as handing its few pages to pyarrow's thread pool costs more than it saves. A
+    group of at most ``WHOLE_GROUP_TOKENS`` tokens is read whole too, on pyarrow's threads, and
+    given as slices of about ``READ_BATCH_TOKENS`` tokens (views of it): the stats of its slices
+    are reduced on two threads as a larger group's batches are.
     """
     num_rows = parquet.metadata.row_group(group).num_rows
     batch_rows = _rows_per_batch(num_rows, tokens)
     if num_rows <= batch_rows:
         yield parquet.read_row_group(group, columns=columns, use_threads=tokens is None or tokens >= THREADED_GROUP_TOKENS)
+        return
+    if tokens is not None and tokens <= WHOLE_GROUP_TOKENS:
+        whole = parquet.read_row_group(group, columns=columns, use_threads=True)
+        for start in range(0, whole.num_rows, batch_rows):
+            yield whole.slice(start, batch_rows)
         return
     for record_batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
         yield pa.Table.from_batches([record_batch])

@@ -3,6 +3,7 @@ the same inputs read on the fast path and on the plain path give the same batche
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -188,6 +189,76 @@ def test_fast_and_plain_reads_are_the_same_bytes(tmp_path: Path, monkeypatch: py
         known = [step for step in rollouts.steps if rollouts.step_tokens(step) is not None]
         assert used["touchers"] == (len(known) if touch else 0)
         assert known or name == "scalar_advantage"  # (no token list column: nothing to preallocate)
+
+
+@pytest.mark.parametrize("name", INPUTS)
+def test_a_group_read_whole_and_sliced_is_the_same_as_its_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A row group of up to ``WHOLE_GROUP_TOKENS`` tokens is read in one call and sliced into batches;
+    the steps are the ones ``iter_batches`` gives, byte for byte, on the fast path and the plain one."""
+    path = INPUTS[name](tmp_path / f"{name}.parquet")
+    monkeypatch.setattr(parquet_module, "READ_BATCH_TOKENS", 700)  # every group of the inputs spans several batches
+    batch_reads = {"batched": 0, "whole": 0}
+    iter_batches = pq.ParquetFile.iter_batches
+    way = "batched"
+
+    def counting_iter_batches(self: pq.ParquetFile, *args: object, **kwargs: object) -> object:
+        batch_reads[way] += 1
+        return iter_batches(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting_iter_batches)
+    for plain in (False, True):
+        monkeypatch.setattr(fastread, "PLAIN", plain)
+        way = "batched"
+        monkeypatch.setattr(parquet_module, "WHOLE_GROUP_TOKENS", 0)  # every group in batches of iter_batches
+        batched = list(open_rollouts(str(path)).iter_steps())
+        way = "whole"
+        monkeypatch.setattr(parquet_module, "WHOLE_GROUP_TOKENS", 1 << 21)
+        whole = list(open_rollouts(str(path)).iter_steps())
+        assert [b.step for b in whole] == [b.step for b in batched] and whole
+        for got, expected in zip(whole, batched, strict=True):
+            assert batch_bytes(got) == batch_bytes(expected), (name, plain, got.step)
+    assert batch_reads["whole"] == 0  # every group was read in one call and sliced
+    assert batch_reads["batched"] > 0 or name in ("long_layout", "scalar_advantage")  # (they have no token list column)
+
+
+def test_the_last_part_is_reduced_by_the_caller_and_the_stats_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every part but the last is reduced on the stats thread, at most ``IN_FLIGHT`` waiting; the last on
+    the thread that asks for the result; the stats are the whole step's, bit for bit."""
+    rng = np.random.default_rng(RNG_SEED + 9)
+    lengths = rng.integers(0, 50, 90)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    adv = rng.standard_normal(int(offsets[-1])).astype(np.float32)
+    adv[rng.random(adv.size) < 0.02] = np.nan
+    mask = rng.random(adv.size) < 0.8
+    expected = fastread.sequence_stats_numpy(adv, mask, offsets)
+    thread_of: dict[int, str] = {}  # id of a part's offsets -> the thread that reduced it
+    reduce = fastread.sequence_stats_numpy
+
+    def recording(*args: np.ndarray) -> object:
+        thread_of[id(args[2])] = threading.current_thread().name
+        return reduce(*args)
+
+    monkeypatch.setattr(fastread, "sequence_stats_numpy", recording)
+    monkeypatch.setattr(fastread, "PLAIN", False)
+    cuts = [0, 7, 20, 21, 40, 41, 66, 90]  # seven parts of whole sequences, one of them empty
+    parts = []  # kept, so that no two parts' offsets share an id
+    with fastread.StatsPipeline() as pipeline:
+        for first, last in itertools.pairwise(cuts):
+            start, stop = int(offsets[first]), int(offsets[last])
+            parts.append(offsets[first : last + 1] - start)
+            pipeline.submit(adv[start:stop], mask[start:stop], parts[-1])
+        got = pipeline.result()
+    assert got is not None
+    for name, value in vars(expected).items():
+        assert getattr(got, name).tobytes() == value.tobytes(), name
+    here = threading.current_thread().name
+    assert [thread_of[id(part)] == here for part in parts] == [False] * 6 + [True]
+    with fastread.StatsPipeline() as pipeline:  # one part: never handed to the thread
+        pipeline.submit(adv, mask, offsets)
+        assert pipeline.result() is not None
+    assert thread_of[id(offsets)] == here
 
 
 def test_the_switch_comes_from_the_environment() -> None:
