@@ -60,6 +60,11 @@ class SequenceStats:
         """Sum of the negative finite advantages over loss tokens (a value <= 0)."""
         return (self.adv_sum - self.adv_abs_sum) / 2
 
+    def rows(self, start: int, stop: int) -> SequenceStats:
+        """The stats of sequences ``start:stop`` (views): each sequence is reduced on its own, so
+        these are the stats of those sequences reduced apart, bit for bit."""
+        return SequenceStats(**{name: getattr(self, name)[start:stop] for name in self.__dataclass_fields__})
+
     @classmethod
     def concat(cls, parts: Sequence[SequenceStats]) -> SequenceStats:
         """The rows of several steps, in order (empty arrays when ``parts`` is empty)."""

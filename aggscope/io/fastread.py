@@ -282,6 +282,11 @@ class ReadAhead:
         if not self.plain:
             self._pending[key] = _ahead_worker().submit(read)
 
+    def wait(self) -> None:
+        """Wait until every read submitted has finished (their results stay, for ``take``)."""
+        for future in list(self._pending.values()):
+            future.exception()
+
     def take(self, key: Hashable) -> Future[object] | None:
         """The read submitted under ``key`` (its ``result()`` waits for it), or None: read it yourself."""
         return self._pending.pop(key, None)

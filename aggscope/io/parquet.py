@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -28,11 +28,20 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggscope.core.batch import StepBatch, offsets_of
+from aggscope.core.batch import StepBatch
 from aggscope.errors import AggscopeError, first_line
 from aggscope.io import decode, fastread
 from aggscope.io.columns import METADATA_KEY, ROLE_CANDIDATES, detect_columns
 from aggscope.io.parquet_plan import FilePlan, damaged, plan_file, steps_from_names
+from aggscope.io.parquet_steps import (
+    StepDecoding,
+    TokenAccumulator,
+    block_batches,
+    block_rows,
+    block_units,
+    decode_block_tokens,
+    step_of_rows,
+)
 from aggscope.io.paths import resolve_paths
 from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, reject_options, unrecoverable_from
 
@@ -141,41 +150,133 @@ class ParquetRollouts(Rollouts):
         return self._read(step, None)
 
     def iter_steps(self) -> Iterator[StepBatch]:
-        """Yield one ``StepBatch`` per step, ascending; the next ``READ_AHEAD_STEPS`` steps, when
-        small, are decoded ahead while this one is worked on (``fastread.ReadAhead``)."""
-        steps = self.steps
-        queued = 0  # steps[:queued] are read or queued on the helper thread, which reads in order
-        blocked = False  # steps[queued] is not small: this thread reads it itself, once it gets there
-
-        def queue_after(index: int) -> None:
-            nonlocal queued, blocked
-            while not blocked and queued < min(len(steps), index + 1 + READ_AHEAD_STEPS):
-                if self._read_ahead(steps[queued], ahead):
-                    queued += 1
-                else:
-                    blocked = True
-
+        """Yield one ``StepBatch`` per step, ascending; the next ``READ_AHEAD_STEPS`` steps (or blocks
+        of small steps), when small, are read ahead while this one is worked on (``fastread.ReadAhead``)."""
         with fastread.ReadAhead() as ahead:
+            units = self._units(blocks=not ahead.plain)
+            queued = 0  # units[:queued] are read or queued on the helper thread, which reads in order
+            blocked = False  # units[queued] is not small: this thread reads it itself, once it gets there
+
+            def queue_after(index: int) -> None:
+                nonlocal queued, blocked
+                while not blocked and queued < min(len(units), index + 1 + READ_AHEAD_STEPS):
+                    unit = units[queued]
+                    if self._read_ahead(unit[0], ahead) if len(unit) == 1 else self._read_block_ahead(unit, ahead):
+                        queued += 1
+                    else:
+                        blocked = True
+
             queue_after(-1)
-            for index, step in enumerate(steps):
+            for index, unit in enumerate(units):
                 if index < queued:  # its reads are on the helper thread: queue more behind them
                     queue_after(index)
+                    if len(unit) > 1:
+                        yield from self._read_block(unit, ahead)
+                        continue
+                    batch = self._read(unit[0], ahead)
+                    yield batch
+                    del batch
+                    continue
+                # read here, with nothing in flight (one thread uses a file at a time), then queue
+                for position, step in enumerate(unit):
                     batch = self._read(step, ahead)
-                else:  # read here, with nothing in flight (one thread uses a file at a time), then queue
-                    batch = self._read(step, ahead)
-                    queued, blocked = index + 1, False
-                    queue_after(index)
-                yield batch
-                del batch
+                    if position == len(unit) - 1:
+                        queued, blocked = index + 1, False
+                        queue_after(index)
+                    yield batch
+                    del batch
+
+    # ---- blocks of small steps ----------------------------------------------------------------------
+    def _units(self, *, blocks: bool) -> list[tuple[int, ...]]:
+        """The steps in order, in units read at once (``parquet_steps.block_units``: runs of small steps
+        of a row group each become blocks); ``blocks=False``: every step on its own."""
+        if not blocks:
+            return [(step,) for step in self.steps]
+        return block_units(self.steps, self._block_group, READ_AHEAD_TOKENS, BLOCK_STEPS)
+
+    def _block_group(self, step: int) -> tuple[int, int, int] | None:
+        """``(file index, row group, tokens)`` of a step of the wide layout that is one row group of
+        its own, small enough to be read in one batch; None for any other step."""
+        located = self._groups_of(step)
+        if self.format != "wide" or len(located) != 1:
+            return None
+        file_index, plan, groups = located[0]
+        if len(groups) != 1 or plan.row_group_tokens is None:
+            return None
+        group = groups[0]
+        tokens, num_rows = plan.row_group_tokens[group], plan.group_rows(group)
+        if len(plan.row_group_steps[group]) != 1 or num_rows > _rows_per_batch(num_rows, tokens) or tokens > READ_AHEAD_TOKENS:
+            return None
+        return file_index, group, tokens
+
+    def _block_groups(self, steps: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
+        """``_block_group`` of each step, or None if one of them is not such a step."""
+        located = [self._block_group(step) for step in steps]
+        return None if any(where is None for where in located) else [where for where in located if where is not None]
+
+    def _read_block_ahead(self, steps: tuple[int, ...], ahead: fastread.ReadAhead) -> bool:
+        """Queue one read of a block's row groups on ``ahead``'s thread; whether it was queued."""
+        located = self._block_groups(steps)
+        if ahead.plain or located is None:
+            return False
+        file_index = located[0][0]
+        groups = [group for _, group, _ in located]
+        tokens = sum(tokens for _, _, tokens in located)
+        try:
+            parquet = self._parquet_file(self._plans[file_index].path)
+        except AggscopeError:  # a file that cannot be opened: the reader names it at its own step
+            return False
+        read = partial(parquet.read_row_groups, groups, columns=self._needed, use_threads=tokens >= THREADED_GROUP_TOKENS)
+        ahead.submit(("block", steps), read)
+        return True
+
+    def _read_block(self, steps: tuple[int, ...], ahead: fastread.ReadAhead) -> Iterator[StepBatch]:
+        """The steps of a block read ahead (``_read_block_ahead``), decoded together (one decoding and
+        one reduction of all their tokens, each step's batch a view of its part) and given one by one.
+
+        The same batches as reading the steps one by one, byte for byte, and the same errors in the
+        same places: where the block's read failed, its steps are read again one by one (once nothing
+        else reads the file), so a damaged row group is named at its own step; where decoding the
+        block's tokens failed, each step's rows are decoded on their own, so the first bad step
+        raises its own error after the steps before it were given.
+        """
+        located = self._block_groups(steps)
+        assert located is not None  # (``_units`` made the block of such steps)
+        ready = ahead.take(("block", steps))
+        table = None
+        if ready is not None:
+            try:
+                result = ready.result()
+                table = result if isinstance(result, pa.Table) else None
+            except Exception:  # read again step by step below, which names the damaged row group
+                table = None
+        bounds, origin = block_rows(self._plans[located[0][0]], located[0][0], [group for _, group, _ in located])
+        if table is None or table.num_rows != bounds[-1]:
+            ahead.wait()  # no other read of the file is in flight
+            for step in steps:
+                yield self._read(step, None)
+            return
+        try:
+            tokens = decode_block_tokens(self._decoding, table, origin)
+        except AggscopeError:  # decoded step by step: the first bad step raises its own error, in its place
+            for step, first, last in zip(steps, bounds[:-1], bounds[1:], strict=True):
+                part = table.slice(int(first), int(last - first))
+                yield self._decode_step(step, [(part, origin[first:last])] if part.num_rows else [])
+            return
+        yield from block_batches(self._decoding, steps, table, origin, bounds, tokens)
 
     def _read(self, step: int, ahead: fastread.ReadAhead | None) -> StepBatch:
         if self.format == "long":
             return self._read_long_step(step, ahead)
-        tokens = _TokenAccumulator(self.step_tokens(step))
+        return self._decode_step(step, self._batches(step, ahead))
+
+    def _decode_step(self, step: int, parts: Iterable[tuple[pa.Table, np.ndarray]]) -> StepBatch:
+        """The step's batch from its rows' tables in input order with their origins (``_batches``)."""
+        tokens = TokenAccumulator(self.step_tokens(step))
         row_tables: list[pa.Table] = []
         origins: list[np.ndarray] = []
         with fastread.StatsPipeline() as stats:
-            for batch, origin in self._batches(step, ahead):
+            for batch, origin in parts:
                 where = decode.RowLocator(self._paths, origin)
                 advantages, mask, offsets = decode.decode_wide_tokens(batch, self.columns, where)
                 tokens.add(advantages, mask, offsets)
@@ -186,17 +287,16 @@ class ParquetRollouts(Rollouts):
             rows = decode.concat_rows(row_tables, self.columns, self._step_source)
             del row_tables
             where = decode.RowLocator(self._paths, np.concatenate(origins))
-            advantages, mask, offsets = tokens.finish()
-            group_ids, labels = decode.uid_groups(rows, self.columns, where)
-            rewards = decode.rewards_of(rows, self.columns, where)
-            texts = None
-            if self._text_column is not None and group_ids is not None and labels is not None:
-                texts = decode.uid_texts_of(decode.column_of(rows, self._text_column), group_ids, len(labels))
+            batch = step_of_rows(self._decoding, step, rows, where, *tokens.finish())
             batch_stats = stats.result()
-        batch = decode.step_batch(
-            step, self._step_source, advantages, mask, offsets, group_ids, labels, rewards, self.lengths_estimated, texts
-        )
         return batch if batch_stats is None else batch.with_stats(batch_stats)
+
+    @cached_property
+    def _decoding(self) -> StepDecoding:
+        """What decoding a step's tables needs of this input (``parquet_steps``)."""
+        return StepDecoding(
+            self.columns, self._paths, self._token_columns, self._text_column, self._step_source, self.lengths_estimated
+        )
 
     # ---- reading internals ---------------------------------------------------------------------
     @property
@@ -328,7 +428,8 @@ THREADED_GROUP_TOKENS = 1 << 16  # a row group of fewer tokens is decoded withou
 READ_BATCH_TOKENS = 1 << 19  # tokens decoded per batch: ~2.5 MB of a float32 and an int8 column (the best of 2^18-2^21 here)
 WHOLE_GROUP_TOKENS = 1 << 21  # a row group of at most this many tokens is decoded in one call (``_group_tables``)
 READ_AHEAD_TOKENS = 1 << 20  # a next step of at most this many tokens (in row groups of one batch each) is read ahead
-READ_AHEAD_STEPS = 2  # steps read ahead at most
+READ_AHEAD_STEPS = 2  # steps (or blocks of small steps) read ahead at most
+BLOCK_STEPS = 64  # small steps read and decoded together at most (``_units``)
 
 
 def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
@@ -338,61 +439,6 @@ def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
         return 65536
     per_row = max(1.0, tokens / num_rows)
     return max(1, int(READ_BATCH_TOKENS / per_row))
-
-
-class _TokenAccumulator:
-    """The flat token arrays of one step, filled batch by batch.
-
-    With a known capacity the values are copied straight into preallocated arrays, so the step
-    never exists twice in memory; a large step's pages are touched ahead of the copy (``fastread.touch_pages``).
-    Without one, batches are kept and joined at the end.
-    """
-
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity
-        self.size = 0
-        self.advantages: np.ndarray | None = None
-        self.mask: np.ndarray | None = None
-        self.toucher: fastread.PageToucher | None = None
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self.lengths: list[np.ndarray] = []
-
-    def add(self, advantages: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> None:
-        n = advantages.size
-        self.lengths.append(np.diff(offsets))
-        if self.capacity is not None and self.advantages is None:
-            self.advantages = np.empty(self.capacity, dtype=advantages.dtype)
-            self.mask = np.empty(self.capacity, dtype=bool)
-            self.toucher = fastread.touch_pages([self.advantages, self.mask])
-        if self.advantages is not None and self.mask is not None:
-            fits = self.size + n <= self.advantages.size and advantages.dtype == self.advantages.dtype
-            if self.toucher is not None:
-                self.toucher.before_write(self.size + n if fits else self.advantages.size)
-            if fits:
-                self.advantages[self.size : self.size + n] = advantages
-                self.mask[self.size : self.size + n] = mask
-                self.size += n
-                return
-            # The bound was wrong: keep what is filled as one part and go on without it.
-            self.parts.append((self.advantages[: self.size], self.mask[: self.size]))
-            self.advantages = self.mask = None
-            self.capacity = None
-        self.parts.append((advantages, mask))
-        self.size += n
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(advantages [n_tokens], mask [n_tokens] bool, offsets [n_seqs + 1] int64)``."""
-        if self.toucher is not None:
-            self.toucher.stop()
-        offsets = offsets_of(np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64))
-        if self.advantages is not None and self.mask is not None:
-            return self.advantages[: self.size], self.mask[: self.size], offsets
-        if len(self.parts) == 1:
-            return self.parts[0][0], self.parts[0][1], offsets
-        dtype = np.result_type(*(p[0].dtype for p in self.parts)) if self.parts else np.float32
-        advantages = np.concatenate([p[0] for p in self.parts]).astype(dtype, copy=False) if self.parts else np.zeros(0, dtype)
-        mask = np.concatenate([p[1] for p in self.parts]) if self.parts else np.zeros(0, dtype=bool)
-        return advantages, mask, offsets
 
 
 def _text_column(mapping: Mapping[str, str], schema: pa.Schema) -> str | None:

@@ -297,12 +297,14 @@ def many_small_steps(path: Path, steps: int = 12, rows: int = 20) -> Path:
 
 
 def counting_read_ahead(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts of the reads ``ReadAhead`` queued and of those the reader took instead of reading."""
-    counts = {"queued": 0, "taken": 0}
+    """Counts of the reads ``ReadAhead`` queued (``blocks`` of them of several steps) and of those the
+    reader took instead of reading."""
+    counts = {"queued": 0, "taken": 0, "blocks": 0}
     submit, take = fastread.ReadAhead.submit, fastread.ReadAhead.take
 
     def counting_submit(self: fastread.ReadAhead, key: object, read: Callable[[], object]) -> None:
         counts["queued"] += not self.plain
+        counts["blocks"] += not self.plain and isinstance(key, tuple) and key[0] == "block"
         submit(self, key, read)
 
     def counting_take(self: fastread.ReadAhead, key: object) -> object:
@@ -332,8 +334,8 @@ def test_reading_ahead_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.
     # layout's row groups say nothing of their tokens in the metadata, so it reads for itself.
     assert counts["queued"] == counts["taken"]
     assert (counts["queued"] > 0) == (name != "long_layout")
-    if name == "many_small_steps":
-        assert counts["queued"] == 12
+    if name == "many_small_steps":  # the twelve steps are one block: one read, one decoding
+        assert counts["queued"] == counts["blocks"] == 1
 
 
 def test_reading_ahead_skips_a_step_too_large_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,7 +343,7 @@ def test_reading_ahead_skips_a_step_too_large_for_it(tmp_path: Path, monkeypatch
     counts = counting_read_ahead(monkeypatch)
     monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", 1)
     assert len(list(open_rollouts(str(path)).iter_steps())) == 12
-    assert counts == {"queued": 0, "taken": 0}
+    assert counts == {"queued": 0, "taken": 0, "blocks": 0}
 
 
 def test_a_damaged_row_group_read_ahead_is_named_at_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -416,14 +418,96 @@ def test_reading_ahead_around_steps_too_large_for_it(tmp_path: Path, monkeypatch
         return wrapped
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", exclusive(read_row_group))
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", exclusive(pq.ParquetFile.read_row_groups))
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", exclusive(iter_batches))
     for depth in (1, 2, 3):
         monkeypatch.setattr(parquet_module, "READ_AHEAD_STEPS", depth)
         counts = counting_read_ahead(monkeypatch)
         fast, plain, _ = read_both_ways(path, monkeypatch)
         assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
-        assert counts["queued"] == counts["taken"] == rows.count(5)
+        assert counts["queued"] == counts["taken"] == rows.count(5) and counts["blocks"] == 0
+    # Room for two small steps a read: the runs of small steps are read in blocks too.
+    monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", 2 * max(t for t, r in zip(tokens, rows, strict=True) if r == 5))
+    for depth in (1, 2, 3):
+        monkeypatch.setattr(parquet_module, "READ_AHEAD_STEPS", depth)
+        counts = counting_read_ahead(monkeypatch)
+        fast, plain, _ = read_both_ways(path, monkeypatch)
+        assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
+        assert counts["queued"] == counts["taken"] and counts["blocks"] >= 2  # steps 0-1 and two of 6-8
     assert overlaps == [0]
+
+
+def test_small_steps_are_read_in_blocks_within_their_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consecutive small steps of one row group each, in one file, make a block of at most
+    ``BLOCK_STEPS`` steps and ``READ_AHEAD_TOKENS`` tokens; a step left alone is a unit of its own."""
+    rollouts = open_rollouts(str(many_small_steps(tmp_path / "r.parquet")))
+    assert rollouts._units(blocks=True) == [tuple(range(12))]
+    assert rollouts._units(blocks=False) == [(step,) for step in range(12)]
+    monkeypatch.setattr(parquet_module, "BLOCK_STEPS", 5)
+    assert rollouts._units(blocks=True) == [tuple(range(5)), tuple(range(5, 10)), (10, 11)]
+    tokens = [rollouts.step_tokens(step) or 0 for step in range(12)]
+    monkeypatch.setattr(parquet_module, "BLOCK_STEPS", 64)
+    monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", max(tokens))  # one step a read: no block
+    assert rollouts._units(blocks=True) == [(step,) for step in range(12)]
+    monkeypatch.setattr(parquet_module, "READ_AHEAD_TOKENS", sum(tokens[:3]))
+    units = rollouts._units(blocks=True)
+    assert [step for unit in units for step in unit] == list(range(12))
+    assert units[0] == (0, 1, 2) and all(sum(tokens[s] for s in unit) <= sum(tokens[:3]) for unit in units)
+
+
+@pytest.mark.parametrize("fault", ["token_lists", "uid"])
+def test_a_bad_step_inside_a_block_raises_its_own_error_in_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A step whose tokens (or uid) cannot be decoded, in the middle of a block: the steps before it
+    come out, then its error, the same as reading the steps one by one."""
+    table = pq.read_table(many_small_steps(tmp_path / "good.parquet"))
+    row = 5 * 20 + 3  # step 5, its fourth row
+    if fault == "token_lists":
+        mask = table["loss_mask"].to_pylist()
+        mask[row] = [*mask[row], 1]  # one value more than its advantages
+        table = table.set_column(table.schema.get_field_index("loss_mask"), "loss_mask", pa.array(mask, pa.list_(pa.int8())))
+    else:
+        uids = table["uid"].to_pylist()
+        uids[row] = None
+        table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
+    path = tmp_path / "bad.parquet"
+    pq.write_table(table, path, row_group_size=20, compression="none")
+    errors = {}
+    for plain in (True, False):
+        monkeypatch.setattr(fastread, "PLAIN", plain)
+        counts = counting_read_ahead(monkeypatch)
+        seen = []
+        with pytest.raises(AggscopeError) as raised:
+            for batch in open_rollouts(str(path)).iter_steps():
+                seen.append(batch.step)
+        assert seen == list(range(5))
+        errors[plain] = str(raised.value)
+        assert counts["blocks"] == (0 if plain else 1)
+    assert errors[False] == errors[True] and f"{path}: row {row}" in errors[True]
+
+
+def test_a_block_that_cannot_be_read_is_read_step_by_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block read that fails for a reason of its own (not a damaged row group) is read again step
+    by step by the reader once nothing else reads the file: the same steps come out."""
+    path = many_small_steps(tmp_path / "r.parquet")
+    monkeypatch.setattr(parquet_module, "BLOCK_STEPS", 4)
+    monkeypatch.setattr(fastread, "PLAIN", True)
+    plain = [batch_bytes(b) for b in open_rollouts(str(path)).iter_steps()]
+    monkeypatch.setattr(fastread, "PLAIN", False)
+    read_row_groups = pq.ParquetFile.read_row_groups
+    failed = []
+
+    def failing_second(self: pq.ParquetFile, groups: list[int], **kwargs: object) -> pa.Table:
+        if groups[0] == 4:
+            failed.append(groups)
+            raise MemoryError("no room for this block")
+        return read_row_groups(self, groups, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", failing_second)
+    counts = counting_read_ahead(monkeypatch)
+    assert [batch_bytes(b) for b in open_rollouts(str(path)).iter_steps()] == plain
+    assert failed == [[4, 5, 6, 7]] and counts["blocks"] == 3
 
 
 def test_a_file_that_cannot_be_opened_is_named_at_its_own_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

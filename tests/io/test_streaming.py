@@ -23,6 +23,7 @@ import aggscope.io.export as export_module
 import aggscope.io.fastread as fastread
 import aggscope.io.parquet as loading_module
 import aggscope.io.parquet_plan as parquet_plan
+import aggscope.io.parquet_steps as parquet_steps
 from aggscope.analysis.weights import run_weights
 from aggscope.cli import app
 from aggscope.core.batch import StepBatch
@@ -347,7 +348,7 @@ def test_lengths_that_differ_in_a_later_row_group_name_the_row(tmp_path: Path, m
 @pytest.mark.parametrize("capacity", [None, 0, 4, 9, 100])
 def test_token_accumulator_joins_batches_whatever_its_capacity(capacity: int | None) -> None:
     """A wrong metadata bound (too small) or none at all still gives the batches joined in order."""
-    accumulator = loading_module._TokenAccumulator(capacity)
+    accumulator = parquet_steps.TokenAccumulator(capacity)
     parts = [
         (np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([1, 0, 1], dtype=bool), np.array([0, 1, 3])),
         (np.array([4.0, 5.0], dtype=np.float32), np.array([1, 1], dtype=bool), np.array([0, 0, 2])),
