@@ -201,13 +201,10 @@ class ParquetRollouts(Rollouts):
         if self.format != "wide" or len(located) != 1:
             return None
         file_index, plan, groups = located[0]
-        if len(groups) != 1 or plan.row_group_tokens is None:
+        if len(groups) != 1 or len(plan.row_group_steps[groups[0]]) != 1:
             return None
-        group = groups[0]
-        tokens, num_rows = plan.row_group_tokens[group], plan.group_rows(group)
-        if len(plan.row_group_steps[group]) != 1 or num_rows > _rows_per_batch(num_rows, tokens) or tokens > READ_AHEAD_TOKENS:
-            return None
-        return file_index, group, tokens
+        tokens = _one_batch_tokens(plan, groups[0])
+        return None if tokens is None or tokens > READ_AHEAD_TOKENS else (file_index, groups[0], tokens)
 
     def _block_groups(self, steps: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
         """``_block_group`` of each step, or None if one of them is not such a step."""
@@ -371,14 +368,11 @@ class ParquetRollouts(Rollouts):
         reads = []
         total = 0
         for file_index, plan, groups in located:
-            if plan.row_group_tokens is None:
-                return False
             for group in groups:
-                tokens = plan.row_group_tokens[group]
-                num_rows = plan.group_rows(group)
-                total += tokens
-                if num_rows > _rows_per_batch(num_rows, tokens) or total > READ_AHEAD_TOKENS:
+                tokens = _one_batch_tokens(plan, group)
+                if tokens is None or total + tokens > READ_AHEAD_TOKENS:
                     return False
+                total += tokens
                 reads.append((file_index, plan.path, group, tokens >= THREADED_GROUP_TOKENS))
         try:
             files = [self._parquet_file(path) for _, path, _, _ in reads]
@@ -430,6 +424,15 @@ WHOLE_GROUP_TOKENS = 1 << 21  # a row group of at most this many tokens is decod
 READ_AHEAD_TOKENS = 1 << 20  # a next step of at most this many tokens (in row groups of one batch each) is read ahead
 READ_AHEAD_STEPS = 2  # steps (or blocks of small steps) read ahead at most
 BLOCK_STEPS = 64  # small steps read and decoded together at most (``_units``)
+
+
+def _one_batch_tokens(plan: FilePlan, group: int) -> int | None:
+    """The tokens of row group ``group`` when the metadata tells them and the group is read in one
+    batch (``_group_tables``), as a read ahead takes it; None otherwise."""
+    if plan.row_group_tokens is None:
+        return None
+    tokens, num_rows = plan.row_group_tokens[group], plan.group_rows(group)
+    return tokens if num_rows <= _rows_per_batch(num_rows, tokens) else None
 
 
 def _rows_per_batch(num_rows: int, tokens: int | None) -> int:
