@@ -455,6 +455,24 @@ def test_run_checks_on_an_opened_input_or_steps_in_memory_gives_one_report():
     assert run_checks(iter(estimated), ALL_MODES, layout, engine=Engine()).lengths_estimated
 
 
+def test_run_checks_without_modes_reads_an_opened_input_once(monkeypatch: pytest.MonkeyPatch):
+    """The modes of modes=None come from the first step; on the local engine that step is not read a second time."""
+    rollouts = open_rollouts(str(FAULTY))
+    layout = faulty_layout()
+    expected = run_checks(list(rollouts.iter_steps()), None, layout).to_dict()
+    reads: list[int] = []
+    plain = type(rollouts).iter_steps
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        for batch in plain(self):
+            reads.append(batch.step)
+            yield batch
+
+    monkeypatch.setattr(type(rollouts), "iter_steps", counted)
+    assert run_checks(rollouts, None, layout).to_dict() == expected
+    assert reads == rollouts.steps
+
+
 def test_faulty_sample_zero_grad_and_cut_prompts():
     steps = list(open_rollouts(str(FAULTY)).iter_steps())
     layout = faulty_layout()

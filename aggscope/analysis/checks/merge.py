@@ -8,9 +8,8 @@ merges the results; ``CheckReport.fails`` compares the findings with a ``--fail-
 from __future__ import annotations
 
 import functools
-import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -241,7 +240,8 @@ def run_checks(
     Args:
         rollouts: the opened input (``aggscope.open_rollouts``), or steps in memory (any iterable).
         modes: the modes the user trains with; default every mode that applies to the first step
-            (an opened input's first step is then read once more to see it).
+            (read once on the local engine: the step read to see it is the first one checked; on
+            Ray the driver reads it once more).
         layout: the trainer configuration (default: one mini-batch).
         engine: where the steps run (``aggscope.analysis.runner.open_engine``); None: this process.
         progress: optional wrapper of the results as they come (a progress bar).
@@ -255,7 +255,7 @@ def run_checks(
     facts = unrecoverable_of(rollouts)
     options = options or CheckOptions()
     if modes is None:
-        rollouts, modes = _first_step_modes(rollouts, layout)
+        rollouts, modes = _first_step_modes(rollouts, layout, local=engine is None or engine.name == "local")
     work = functools.partial(check_step, modes=list(modes), layout=layout, options=options)
     report = run(engine, rollouts, work, CheckAccumulator(layout, options, tuple(unused_fields), tuple(used_fields)), progress)
     return replace(report, unrecoverable=facts)
@@ -283,19 +283,43 @@ def unused_field_findings(fields: Sequence[tuple[str, str]], used: Sequence[tupl
 
 
 def _first_step_modes(
-    rollouts: SteppedRollouts | Iterable[StepBatch], layout: Layout
+    rollouts: SteppedRollouts | Iterable[StepBatch], layout: Layout, *, local: bool = True
 ) -> tuple[SteppedRollouts | Iterable[StepBatch], list[Mode]]:
-    """Every mode that applies to the first step (none without steps), and the steps, none of them used up."""
+    """Every mode that applies to the first step (none without steps), and the steps, none of them used up.
+
+    On the local engine an opened input is read once: its first step, read to see it, is the first
+    step the checks then get (``_FirstThenRest``). Ray reads the steps where its tasks run, so there
+    the first step is read once more here.
+    """
     if isinstance(rollouts, Batches):
         return _first_step_modes(rollouts.batches, layout)
     first: StepBatch | None
     if isinstance(rollouts, (list, tuple)):
         first = rollouts[0] if rollouts else None
-    elif isinstance(rollouts, SteppedRollouts):
+    elif isinstance(rollouts, SteppedRollouts) and not local:
         first = next(iter(rollouts.iter_steps()), None)
     else:
-        steps = iter(rollouts)
+        steps = iter(rollouts.iter_steps() if isinstance(rollouts, SteppedRollouts) else rollouts)
         first = next(steps, None)
-        rollouts = steps if first is None else itertools.chain([first], steps)
+        rollouts = _FirstThenRest([first], steps) if first is not None else Batches([])
     modes = [] if first is None else default_modes(has_groups=first.has_groups, max_seq_len=layout.max_seq_len)
     return rollouts, modes
+
+
+@dataclass
+class _FirstThenRest:
+    """Steps whose first one was taken already: it, then the rest, each once, for an engine that runs
+    locally. The first is let go as soon as it is given out, so it is not kept for the whole run."""
+
+    first: list[StepBatch]
+    rest: Iterator[StepBatch]
+    lengths_estimated = False  # each batch says so itself
+
+    @property
+    def steps(self) -> list[int]:
+        return []
+
+    def iter_steps(self) -> Iterator[StepBatch]:
+        if self.first:
+            yield self.first.pop()
+        yield from self.rest
