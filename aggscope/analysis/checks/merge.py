@@ -288,7 +288,7 @@ def _first_step_modes(
     """Every mode that applies to the first step (none without steps), and the steps, none of them used up.
 
     On the local engine an opened input is read once: its first step, read to see it, is the first
-    step the checks then get (``_FirstThenRest``). Ray reads the steps where its tasks run, so there
+    step the checks then get (``_first_then``). Ray reads the steps where its tasks run, so there
     the first step is read once more here.
     """
     if isinstance(rollouts, Batches):
@@ -301,25 +301,13 @@ def _first_step_modes(
     else:
         steps = iter(rollouts.iter_steps() if isinstance(rollouts, SteppedRollouts) else rollouts)
         first = next(steps, None)
-        rollouts = _FirstThenRest([first], steps) if first is not None else Batches([])
+        rollouts = Batches(_first_then(first, steps) if first is not None else steps)
     modes = [] if first is None else default_modes(has_groups=first.has_groups, max_seq_len=layout.max_seq_len)
     return rollouts, modes
 
 
-@dataclass
-class _FirstThenRest:
-    """Steps whose first one was taken already: it, then the rest, each once, for an engine that runs
-    locally. The first is let go as soon as it is given out, so it is not kept for the whole run."""
-
-    first: list[StepBatch]
-    rest: Iterator[StepBatch]
-    lengths_estimated = False  # each batch says so itself
-
-    @property
-    def steps(self) -> list[int]:
-        return []
-
-    def iter_steps(self) -> Iterator[StepBatch]:
-        if self.first:
-            yield self.first.pop()
-        yield from self.rest
+def _first_then(first: StepBatch, rest: Iterator[StepBatch]) -> Iterator[StepBatch]:
+    """``first``, then ``rest``: the first let go once given out, so it is not kept for the whole run."""
+    yield first
+    del first
+    yield from rest
