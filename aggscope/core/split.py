@@ -111,6 +111,10 @@ def split_step(
 ) -> Split:
     """Assign every row of a step to its mini-batch, rank shard and micro-batch.
 
+    The split of a step is a function of what the layout reads of it (its rows; its uids, step
+    number or lengths only where the layout uses them), so consecutive steps of the same shape
+    share one: the last few splits are kept (``_SPLITS``), their arrays read-only.
+
     Args:
         n_rows: sequences in the step.
         group_ids: ``[n_rows]`` uid codes in input order, or None.
@@ -121,6 +125,54 @@ def split_step(
         pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
             ``rank_shuffle_seed`` makes the passes differ.
     """
+    key = _split_key(n_rows, group_ids, layout, step, seq_lengths, pass_index)
+    split = _SPLITS.get(key)
+    if split is None:
+        split = _split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
+        for array in (
+            split.order,
+            split.position,
+            split.mini_batch,
+            split.rank,
+            split.micro_batch,
+            split.rank_unit,
+            split.micro_unit,
+        ):
+            array.flags.writeable = False
+        if len(_SPLITS) >= _KEPT_SPLITS:
+            del _SPLITS[next(iter(_SPLITS))]  # the oldest
+        _SPLITS[key] = split
+    return split
+
+
+# The last splits made (``split_step``), by everything they depend on: steps of one run mostly share one.
+_SPLITS: dict[tuple[Any, ...], Split] = {}
+_KEPT_SPLITS = 8
+
+
+def _split_key(
+    n_rows: int, group_ids: np.ndarray | None, layout: Layout, step: int, seq_lengths: np.ndarray | None, pass_index: int
+) -> tuple[Any, ...]:
+    """What a split depends on: the rows, and the uids, step or lengths only where the layout reads them."""
+    uses_groups = layout.needs_groups
+    return (
+        layout,
+        n_rows,
+        pass_index,
+        None if group_ids is None else (group_ids.tobytes() if uses_groups else True),
+        step if layout.order == "shuffle" else None,
+        None if seq_lengths is None or not layout.needs_lengths else np.asarray(seq_lengths, dtype=np.int64).tobytes(),
+    )
+
+
+def _split_step(
+    n_rows: int,
+    group_ids: np.ndarray | None,
+    layout: Layout,
+    step: int,
+    seq_lengths: np.ndarray | None,
+    pass_index: int,
+) -> Split:
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
     order = trainer_order(n_rows, group_ids, layout, step, seq_lengths)  # [n] seq_index by position

@@ -285,7 +285,7 @@ def test_weight_sums_per_mini_batch(batch: StepBatch, mini: int | None, micro: i
         per_prompt = torch.zeros(int(groups.max()) + 1, dtype=torch.float64).index_add_(0, groups, tokens)
         if bool((per_prompt[torch.unique(groups)] > 0).all()):
             assert weight_sum("prompt_mean") == pytest.approx(1.0, rel=1e-12)
-        units = torch.from_numpy(split.micro_unit)[rows]
+        units = torch.tensor(split.micro_unit)[rows]
         per_unit = torch.zeros(int(units.max()) + 1, dtype=torch.float64).index_add_(0, units, tokens)
         if bool((per_unit[torch.unique(units)] > 0).all()):
             assert weight_sum("token_mean_legacy") == pytest.approx(1.0, rel=1e-12)
