@@ -41,7 +41,7 @@ _EXPORTS = {
     "analyse_step": "aggscope.core.weights",
     "run_weights": "aggscope.analysis.weights",
     "select_modes": "aggscope.core.weights",
-    "summarize": "aggscope.core.weights",
+    "summarize": "aggscope.core.summaries",
     "open_rollouts": "aggscope.io.open",
     "load_steps": "aggscope.io.open",
     "parse_spec": "aggscope.analysis.specs",

@@ -88,6 +88,7 @@ def run(
     step_fn: Callable[[StepBatch], T],
     merger: Merger[T, R_co],
     progress: Progress | None = None,
+    steps_fn: Callable[[list[StepBatch]], list[T]] | None = None,
 ) -> R_co:
     """Run ``step_fn`` on every step on ``engine`` (None: this process) and merge the results in step order.
 
@@ -97,8 +98,10 @@ def run(
         step_fn: the per-step work; for Ray picklable and returning a small result, never the batch.
         merger: takes every step's result in step order (``add``) and gives the analysis's result.
         progress: optional wrapper of the results as they come (a progress bar).
+        steps_fn: optionally, the same work on several consecutive steps at once (``[step_fn(b) for b
+            in batches]``, the same results), which the local engine runs on runs of small steps.
     """
-    results = (engine or Engine()).map_steps(as_rollouts(rollouts), step_fn)
+    results = (engine or Engine()).map_steps(as_rollouts(rollouts), step_fn, steps_fn)
     for part in progress(results) if progress is not None else results:
         merger.add(part)
     return merger.result()
@@ -119,19 +122,83 @@ class Engine:
     address: str | None = None
     max_in_flight: int | None = None
 
-    def map_steps(self, rollouts: SteppedRollouts, work: Callable[[StepBatch], T]) -> Iterator[T]:
+    def map_steps(
+        self,
+        rollouts: SteppedRollouts,
+        work: Callable[[StepBatch], T],
+        work_on_steps: Callable[[list[StepBatch]], list[T]] | None = None,
+    ) -> Iterator[T]:
         """``work(batch)`` for every step of ``rollouts``, yielded in step order.
 
         ``work`` must be picklable for Ray (a module-level function, or a ``functools.partial``
-        of one) and should return a small result: never the batch itself.
+        of one) and should return a small result: never the batch itself. ``work_on_steps``: the
+        same work on several steps at once, which the local engine runs on runs of consecutive
+        small steps (``in_runs``).
         """
         if self.name == "local":
+            if work_on_steps is not None:
+                yield from in_runs(rollouts.iter_steps(), work, work_on_steps)
+                return
             for batch in rollouts.iter_steps():
                 result = work(batch)
                 del batch  # let the step go before the next one is read
                 yield result
             return
         yield from _ray_map(rollouts, work, self.address, self.max_in_flight)
+
+
+# A run of steps worked on at once (``in_runs``) ends at this many steps or tokens: many small steps
+# share the per-call costs of their work, and the steps held at once stay few and small.
+RUN_STEPS = 64
+RUN_TOKENS = 1 << 21
+
+
+def in_runs(
+    batches: Iterator[StepBatch], work: Callable[[StepBatch], T], work_on_steps: Callable[[list[StepBatch]], list[T]]
+) -> Iterator[T]:
+    """``work(batch)`` of every batch in order, computed by ``work_on_steps`` on runs of consecutive
+    batches (at most ``RUN_STEPS`` steps, and ``RUN_TOKENS`` tokens unless one step holds more).
+
+    Errors come as step by step: a run whose work fails is done again one step at a time, so its
+    earlier steps' results come first and the error raised is the first failing step's; a step that
+    cannot be read ends the run before it, whose results come first.
+    """
+    run: list[StepBatch] = []
+    tokens = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception:
+            yield from _work_on_run(run, work, work_on_steps)
+            raise
+        done = batch is None
+        if batch is not None:
+            run.append(batch)
+            tokens += batch.n_tokens
+        batch = None
+        if run and (done or len(run) >= RUN_STEPS or tokens >= RUN_TOKENS):
+            yield from _work_on_run(run, work, work_on_steps)
+            run, tokens = [], 0  # let the steps go before the next ones are read
+        if done:
+            return
+
+
+def _work_on_run(
+    run: list[StepBatch], work: Callable[[StepBatch], T], work_on_steps: Callable[[list[StepBatch]], list[T]]
+) -> Iterator[T]:
+    if not run:
+        return
+    try:
+        results = work_on_steps(run) if len(run) > 1 else [work(run[0])]
+    except Exception:
+        if len(run) == 1:
+            raise
+        results = None
+    if results is None:  # again step by step: the first failing step's error, after the steps before it
+        for batch in run:
+            yield work(batch)
+        return
+    yield from results
 
 
 def open_engine(name: str = "local", address: str | None = None) -> Engine:

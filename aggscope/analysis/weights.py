@@ -19,7 +19,8 @@ from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import SequenceStats, StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode
-from aggscope.core.weights import StepAnalysis, StepSummary, analyse_step, summarize
+from aggscope.core.summaries import summarize
+from aggscope.core.weights import StepAnalysis, StepSummary, analyse_step, analyse_steps
 from aggscope.errors import AggscopeError
 from aggscope.io.export import WeightsParquetWriter
 from aggscope.io.reader import unrecoverable_of
@@ -74,6 +75,11 @@ class StepResult:
 def weigh_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepResult:
     """The per-step work of ``aggscope weights`` (what an engine runs for each step)."""
     return StepResult.of(analyse_step(batch, modes, layout))
+
+
+def weigh_steps(batches: list[StepBatch], modes: Sequence[Mode], layout: Layout) -> list[StepResult]:
+    """``weigh_step`` of several steps at once (``analyse_steps``): the same results."""
+    return [StepResult.of(analysis) for analysis in analyse_steps(batches, modes, layout)]
 
 
 @dataclass
@@ -141,8 +147,9 @@ def run_weights(
     merger = WeightsAccumulator(layout, list(modes))
     facts = unrecoverable_of(rollouts)
     if out is None:
-        report = run(engine, rollouts, functools.partial(weigh_step, modes=list(modes), layout=layout), merger, progress)
-        return replace(report, unrecoverable=facts)
+        one = functools.partial(weigh_step, modes=list(modes), layout=layout)
+        several = functools.partial(weigh_steps, modes=list(modes), layout=layout)
+        return replace(run(engine, rollouts, one, merger, progress, several), unrecoverable=facts)
     if engine is not None and engine.name != "local":
         raise AggscopeError(f"--out is written by the local engine; drop --engine {engine.name} to write per-token weights")
     with WeightsParquetWriter(out, modes) as writer:

@@ -7,7 +7,9 @@ Every function here is vectorised: no Python loop over segments or tokens.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -199,3 +201,45 @@ def _multi_row_sum(rows: np.ndarray) -> np.ndarray:
     for level in range(1, _LEVELS):
         acc[0] += acc[level]
     return acc[0]
+
+
+# ---- sums of rows of different lengths, in one ``ordered_sums`` ---------------------------------------
+# Every accumulator of the cascade starts at +0.0 and so never holds -0.0: adding +0.0 anywhere in it
+# changes no sum. A row of ``n`` values then has the same ``ordered_sum`` as a longer row holding them
+# at ``padded_positions`` and +0.0 elsewhere, where each value lands in the accumulator, and in the
+# order, that it is added in on its own. Below ``_ROWS_PER_BLOCK`` rows of vectors (about 200 values),
+# where the cascade has no level above its first, that longer row exists for every ``n``.
+_ROWS_PER_BLOCK = 1 << 4  # rows of ``_ILP`` vectors per block of the cascade's first level (its least ``step``)
+
+
+def _chain_rows(n: int) -> int:
+    """Rows of accumulator 0 a row of ``n`` values fills: its ``_ILP``-vector rows, then its leftover vectors."""
+    n_vectors = n // _LANES
+    n_rows = n_vectors // _ILP
+    return n_rows + (n_vectors - n_rows * _ILP)
+
+
+def padded_width(lengths: Sequence[int]) -> int | None:
+    """The width of rows on which each of ``lengths`` values keeps its ``ordered_sum`` (placed at
+    ``padded_positions``, +0.0 elsewhere), or None for rows too long for one (then sum each length on its own)."""
+    rows = max((_chain_rows(int(n)) for n in lengths), default=0)
+    if rows >= _ROWS_PER_BLOCK:
+        return None
+    return rows * _ILP * _LANES + _LANES - 1  # whole rows of vectors, then the longest tail
+
+
+@functools.lru_cache(maxsize=1024)
+def padded_positions(n: int, width: int) -> np.ndarray:
+    """``[n]`` where each of ``n`` values goes in a row of ``width`` (``padded_width``) so that the row's
+    ``ordered_sum`` is theirs; increasing, read-only."""
+    n_vectors = n // _LANES
+    n_rows = n_vectors // _ILP
+    rows = (width - (_LANES - 1)) // (_ILP * _LANES)
+    index = np.arange(n, dtype=np.int64)
+    vector, lane = index // _LANES, index % _LANES
+    leftover = vector - n_rows * _ILP  # >= 0: a vector after the last whole row, added to accumulator 0
+    positions = np.where(leftover >= 0, (n_rows + leftover) * _ILP * _LANES + lane, index)
+    tail = index >= n_vectors * _LANES
+    positions = np.where(tail, rows * _ILP * _LANES + (index - n_vectors * _LANES), positions)
+    positions.setflags(write=False)
+    return positions

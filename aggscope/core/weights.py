@@ -10,18 +10,18 @@ caller asks for per-token output.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from aggscope.core.batch import SequenceStats, StepBatch
+from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
-from aggscope.core.segments import expand_to_tokens, ordered_sums
+from aggscope.core.segments import expand_to_tokens
 from aggscope.core.split import Split, split_step
+from aggscope.core.summaries import ModeSummary, summarize, summarize_steps
 from aggscope.errors import AggscopeError
 
 
@@ -171,160 +171,6 @@ def _mode_inputs(batch: StepBatch, layout: Layout, split: Split) -> ModeInputs:
     )
 
 
-@dataclass(frozen=True)
-class ModeSummary:
-    """What one mode does to a set of sequences (one step, or all steps).
-
-    Attributes:
-        loss_tokens: loss tokens.
-        weight_sum: sum of token weights.
-        grad_abs_sum: sum of ``|w * A|`` over loss tokens whose gradient weight is finite.
-        grad_pos_sum: sum of ``w * A`` over loss tokens with finite positive advantage.
-        grad_neg_sum: the same over negative advantages (a value <= 0).
-        ess_tokens: effective number of tokens ``(sum w)^2 / sum w^2`` over loss tokens.
-        long_short_ratio: mean per-token weight of the longest quarter of sequences (by loss
-            tokens) over that of the shortest quarter.
-        zero_grad_tokens: loss tokens whose gradient weight is exactly 0.
-        nonfinite_grad_tokens: loss tokens whose gradient weight is NaN or infinite.
-        min_token_weight, max_token_weight: extremes of the weight over loss tokens.
-    """
-
-    loss_tokens: int
-    weight_sum: float
-    grad_abs_sum: float
-    grad_pos_sum: float
-    grad_neg_sum: float
-    ess_tokens: float | None
-    long_short_ratio: float | None
-    zero_grad_tokens: int
-    nonfinite_grad_tokens: int
-    min_token_weight: float | None
-    max_token_weight: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: a value that is not finite becomes None (every field is a number or None)."""
-        return {name: _finite_or_none(getattr(self, name)) for name in _SUMMARY_FIELDS}
-
-
-_SUMMARY_FIELDS = tuple(f.name for f in fields(ModeSummary))
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def summarize(stats: SequenceStats, row_weight: np.ndarray) -> ModeSummary:
-    """Summarise a mode from per-sequence quantities alone (``summarize_modes`` of one mode).
-
-    Args:
-        stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
-        row_weight: ``[n_seqs]`` float64 weight ``w_i`` of each row.
-    """
-    (summary,) = summarize_modes(stats, [row_weight])
-    return summary
-
-
-def summarize_modes(stats: SequenceStats, row_weights: Sequence[np.ndarray]) -> list[ModeSummary]:
-    """Summarise several modes of one set of sequences from per-sequence quantities alone.
-
-    Float sums run in ``ordered_sum``'s order (all modes' sums in one ``ordered_sums``), so every
-    summary is the one aggscope gave before, mode by mode.
-
-    A row's token weights are ``w_i * f`` (``f`` the batch's per-token factor, 1.0 without one), so
-    sums over tokens come from the rows' factor sums: ``sum_t w_i f = w_i * factor_sum_i``.
-
-    Args:
-        stats: per-sequence loss-token counts and advantage sums, ``[n_seqs]`` each.
-        row_weights: one ``[n_seqs]`` float64 weight ``w_i`` per row for each of ``n_modes`` modes.
-    """
-    n_modes = len(row_weights)
-    w = np.asarray(row_weights, dtype=np.float64).reshape(n_modes, stats.loss_tokens.size)  # [n_modes, n_seqs]
-    has_tokens = stats.loss_tokens > 0  # [n_seqs]
-    weight_finite = np.isfinite(w)
-    w_finite = np.where(weight_finite, w, 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):  # an infinite weight on a row without loss tokens: nan
-        terms = [
-            w * stats.factor_sum,  # sum_i w_i sum_t f (= sum_i w_i L_i without a factor)
-            w * w * stats.factor_sq_sum,  # sum_i w_i^2 sum_t f^2
-            w_finite * stats.adv_abs_sum,
-            w_finite * stats.adv_pos_sum,
-            w_finite * stats.adv_neg_sum,
-        ]
-    sums = ordered_sums(np.concatenate(terms)).reshape(5, n_modes)  # [5, n_modes]
-    weight_sums, weight_sq_sums, abs_sums, pos_sums, neg_sums = sums.tolist()
-    # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
-    # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
-    zero_grad = np.where(w == 0, stats.loss_tokens - stats.nonfinite_adv_tokens, stats.zero_adv_tokens)
-    zero_grad = np.where(weight_finite, zero_grad, 0).sum(axis=1).tolist()  # [n_modes]
-    nonfinite_grad = np.where(weight_finite, stats.nonfinite_adv_tokens, stats.loss_tokens).sum(axis=1).tolist()
-    # extremes of w_i * f over a row: at its smallest or largest factor (either, by the sign of w_i)
-    with np.errstate(invalid="ignore"):
-        low, high = (w * stats.factor_min)[:, has_tokens], (w * stats.factor_max)[:, has_tokens]
-    any_tokens = bool(has_tokens.any())
-    lowest = np.minimum(low, high).min(axis=1).tolist() if any_tokens else [None] * n_modes
-    highest = np.maximum(low, high).max(axis=1).tolist() if any_tokens else [None] * n_modes
-    ratios = long_short_ratios(stats.loss_tokens, w, stats.factor_sum)
-    loss_tokens = int(stats.loss_tokens.sum())
-    return [
-        ModeSummary(
-            loss_tokens=loss_tokens,
-            weight_sum=weight_sums[m],
-            grad_abs_sum=abs_sums[m],
-            grad_pos_sum=pos_sums[m],
-            grad_neg_sum=neg_sums[m],
-            ess_tokens=weight_sums[m] * weight_sums[m] / weight_sq_sums[m] if weight_sq_sums[m] > 0 else None,
-            long_short_ratio=ratios[m],
-            zero_grad_tokens=int(zero_grad[m]),
-            nonfinite_grad_tokens=int(nonfinite_grad[m]),
-            min_token_weight=lowest[m],
-            max_token_weight=highest[m],
-        )
-        for m in range(n_modes)
-    ]
-
-
-def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray, factor_sum: np.ndarray | None = None) -> float | None:
-    """Mean per-token weight of the longest quarter of sequences over the shortest quarter's.
-
-    Sequences are ranked by loss-token count (ties by position); a quarter is
-    ``max(1, n_seqs // 4)`` sequences. None with fewer than two sequences or when the shortest
-    quarter has no loss token. ``factor_sum``: ``[n_seqs]`` each row's sum of its per-token factors
-    (``SequenceStats.factor_sum``; None: its loss tokens), so a row's weight mass is ``w_i * factor_sum_i``.
-    """
-    return long_short_ratios(loss_tokens, np.asarray(row_weight).reshape(1, -1), factor_sum)[0]
-
-
-def long_short_ratios(
-    loss_tokens: np.ndarray, row_weights: np.ndarray, factor_sum: np.ndarray | None = None
-) -> list[float | None]:
-    """``long_short_ratio`` of each of ``n_modes`` modes: ``row_weights [n_modes, n_seqs]``, every
-    quarter's sums in one ``ordered_sums``."""
-    n_modes, n_seqs = row_weights.shape
-    if n_seqs < 2:
-        return [None] * n_modes
-    quarter = max(1, n_seqs // 4)
-    ranked = np.argsort(loss_tokens, kind="stable")  # [n_seqs] shortest first
-    tokens = loss_tokens.astype(np.float64)
-    mass_per_weight = tokens if factor_sum is None else factor_sum
-    short, long = ranked[:quarter], ranked[-quarter:]
-    with np.errstate(invalid="ignore"):  # 0 * inf is nan: the ratio is then None
-        short_mass, long_mass = row_weights[:, short] * mass_per_weight[short], row_weights[:, long] * mass_per_weight[long]
-    sums = ordered_sums(
-        np.concatenate([tokens[short][None], tokens[long][None], short_mass, long_mass])
-    ).tolist()  # [2 + 2 * n_modes]
-    short_tokens, long_tokens = sums[0], sums[1]
-    ratios: list[float | None] = []
-    for m in range(n_modes):
-        short_mean = sums[2 + m] / short_tokens if short_tokens else math.nan
-        long_mean = sums[2 + n_modes + m] / long_tokens if long_tokens else math.nan
-        ratios.append(
-            long_mean / short_mean if math.isfinite(short_mean) and math.isfinite(long_mean) and short_mean != 0 else None
-        )
-    return ratios
-
-
 # ---- many steps --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepSummary:
@@ -370,17 +216,35 @@ def select_modes(names: Sequence[str] | None, *, has_groups: bool, layout: Layou
 
 def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> StepAnalysis:
     """Weights and summaries of one step under several modes, sharing one split."""
-    split = split_batch(batch, layout)
-    weights = weigh_modes(batch, modes, layout, split)
-    summary = StepSummary(
-        step=batch.step,
-        sequences=batch.n_sequences,
-        prompts=batch.n_groups if batch.has_groups else None,
-        tokens=batch.n_tokens,
-        loss_tokens=int(batch.stats.loss_tokens.sum()),
-        modes=dict(zip(weights, summarize_modes(batch.stats, [result.row_weight for result in weights.values()]), strict=True)),
+    (analysis,) = analyse_steps([batch], modes, layout)
+    return analysis
+
+
+def analyse_steps(batches: Sequence[StepBatch], modes: Sequence[Mode], layout: Layout) -> list[StepAnalysis]:
+    """``analyse_step`` of several steps, the same analyses: each step is split and weighed on its
+    own, and their summaries are made together (``summarize_steps``), so many small steps pay the
+    numpy calls of their summaries once."""
+    splits = [split_batch(batch, layout) for batch in batches]
+    weights = [weigh_modes(batch, modes, layout, split) for batch, split in zip(batches, splits, strict=True)]
+    summaries = summarize_steps(
+        [batch.stats for batch in batches], [[result.row_weight for result in step.values()] for step in weights]
     )
-    return StepAnalysis(batch, split, weights, summary)
+    return [
+        StepAnalysis(
+            batch,
+            split,
+            step_weights,
+            StepSummary(
+                step=batch.step,
+                sequences=batch.n_sequences,
+                prompts=batch.n_groups if batch.has_groups else None,
+                tokens=batch.n_tokens,
+                loss_tokens=int(batch.stats.loss_tokens.sum()),
+                modes=dict(zip(step_weights, step_summaries, strict=True)),
+            ),
+        )
+        for batch, split, step_weights, step_summaries in zip(batches, splits, weights, summaries, strict=True)
+    ]
 
 
 def _host_dtype(dtype: Any) -> Any:

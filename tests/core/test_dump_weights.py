@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from aggscope.core.batch import SequenceStats, StepBatch, sequence_stats_numpy
 from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES
-from aggscope.core.weights import compute_weights, summarize
+from aggscope.core.summaries import summarize
+from aggscope.core.weights import compute_weights
 from aggscope.errors import AggscopeError
 
 # Two sequences, offsets [0, 3, 5]. Row 0: mask 1 1 1, A 2 2 2, f 1 0.5 0 (its last token leaves the

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import aggscope
 from aggscope.core.batch import SequenceStats, StepBatch, factorize_uids, mask_as_bool, offsets_of, uid_codes, widen_half
-from aggscope.core.segments import ordered_sum, ordered_sums, segment_sum
-from aggscope.core.weights import ModeSummary, long_short_ratio, summarize_modes
+from aggscope.core.segments import ordered_sum, ordered_sums, padded_positions, padded_width, segment_sum
+from aggscope.core.summaries import ModeSummary, long_short_ratio, summarize_modes, summarize_steps
 
 
 def test_public_names_are_importable() -> None:
@@ -223,6 +223,66 @@ def test_summarize_modes_equals_each_mode_on_its_own(lengths: list[int], n_modes
     for w, summary in zip(weights, summaries, strict=True):
         with np.errstate(invalid="ignore"):  # inf weights times zero sums: nan, as in the summary
             _check_mode_alone(stats, w, summary)
+
+
+def test_a_row_padded_with_zeros_keeps_its_ordered_sum() -> None:
+    # Every length up to the longest a padded row holds, in every width from its own up: the values at
+    # padded_positions, +0.0 elsewhere, sum to the row's own ordered_sum bit for bit, also with -0.0,
+    # infinities, nan and magnitudes far apart.
+    rng = np.random.default_rng(7)
+    fits = [n for n in range(400) if padded_width([n]) is not None]
+    assert fits[:200] == list(range(200)) and 400 not in fits
+    for n in fits:
+        own = padded_width([n])
+        assert own is not None
+        for width in sorted({own, padded_width([n, fits[-1]]) or own}):
+            values = rng.normal(size=(6, n)) * 10.0 ** rng.integers(-12, 13, size=(6, n))
+            values[1] = -0.0
+            values[2, rng.random(n) < 0.2] = -0.0
+            values[3, rng.random(n) < 0.1] = np.inf
+            values[4, rng.random(n) < 0.1] = -np.inf
+            values[5, rng.random(n) < 0.05] = np.nan
+            padded = np.zeros((6, width))
+            padded[:, padded_positions(n, width)] = values
+            with np.errstate(invalid="ignore"):
+                expected = ordered_sums(values) if n else np.zeros(6)
+                got = ordered_sums(padded)
+            assert got.tobytes() == expected.tobytes() or np.array_equal(got, expected, equal_nan=True), (n, width)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([1, 2, 5, 8, 30, 37, 57, 250]), min_size=1, max_size=8),
+    n_modes=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
+def test_summarize_steps_gives_every_step_its_own_summaries(sizes: list[int], n_modes: int, seed: int) -> None:
+    # Steps summarised together (those of one size stacked) give each step what an independent
+    # computation of that step alone gives, mode by mode, as summarize_modes does for one step.
+    rng = np.random.default_rng(seed)
+    steps, weights = [], []
+    for n_seqs in sizes:
+        lengths = rng.integers(0, 9, n_seqs)
+        n_tokens = int(lengths.sum())
+        advantages = rng.normal(size=n_tokens) * (rng.random(n_tokens) < 0.8)
+        advantages[rng.random(n_tokens) < 0.05] = np.nan
+        batch = StepBatch.from_flat(advantages, rng.random(n_tokens) < 0.85, np.concatenate([[0], np.cumsum(lengths)]))
+        steps.append(batch.with_token_factor(rng.uniform(0.5, 2.0, n_tokens)) if rng.random() < 0.5 else batch)
+        weights.append([rng.random(n_seqs) * (rng.random(n_seqs) < 0.8) for _ in range(n_modes)])
+        if rng.random() < 0.3:
+            weights[-1][-1][0] = np.inf
+    summaries = summarize_steps([batch.stats for batch in steps], weights)
+    assert len(summaries) == len(steps)
+    for batch, step_weights, step_summaries in zip(steps, weights, summaries, strict=True):
+        alone = summarize_modes(batch.stats, step_weights)
+        assert all(
+            _same(getattr(got, f.name), getattr(one, f.name))
+            for got, one in zip(step_summaries, alone, strict=True)
+            for f in fields(ModeSummary)
+        )
+        for w, summary in zip(step_weights, step_summaries, strict=True):
+            with np.errstate(invalid="ignore"):
+                _check_mode_alone(batch.stats, w, summary)
 
 
 def _check_mode_alone(stats: SequenceStats, w: np.ndarray, summary: ModeSummary) -> None:

@@ -14,7 +14,8 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import MODES, default_modes, resolve_mode
 from aggscope.core.split import split_step
-from aggscope.core.weights import analyse_step, compute_weights, summarize
+from aggscope.core.summaries import summarize
+from aggscope.core.weights import analyse_step, compute_weights
 from aggscope.errors import AggscopeError
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES, Breakdown, SpecResult, TokenHistogram
-from aggscope.analysis.breakdown.step import BreakdownStep, LayoutPart, breakdown_step, by_layout
+from aggscope.analysis.breakdown.step import BreakdownStep, LayoutPart, breakdown_step, breakdown_steps, by_layout
 from aggscope.analysis.checks import CheckAccumulator, CheckOptions
 from aggscope.analysis.runner import Engine, Progress, SteppedRollouts, run
 from aggscope.analysis.specs import Spec
@@ -59,7 +59,8 @@ def run_breakdown(
     unused = rollouts.unused_fields if isinstance(rollouts, Rollouts) else ()
     merger = BreakdownMerger(specs, source=source, check_options=options, unused_fields=unused)
     step_fn = functools.partial(breakdown_step, specs=list(specs), check_options=options)
-    return run(engine, rollouts, step_fn, merger, progress)
+    steps_fn = functools.partial(breakdown_steps, specs=list(specs), check_options=options)
+    return run(engine, rollouts, step_fn, merger, progress, steps_fn)
 
 
 def _zero_histogram() -> np.ndarray:

@@ -26,7 +26,8 @@ from aggscope.core.batch import SequenceStats
 from aggscope.core.layout import Layout
 from aggscope.core.segments import group_sum
 from aggscope.core.split import Split
-from aggscope.core.weights import ModeSummary, StepSummary
+from aggscope.core.summaries import ModeSummary
+from aggscope.core.weights import StepSummary
 from aggscope.errors import AggscopeError
 
 DIFFICULTY_BUCKETS = ("hard", "medium", "easy", "unscored")

@@ -31,7 +31,7 @@ from aggscope.analysis.breakdown.model import (
 from aggscope.analysis.check_settings import BOUNDARY_TRAINERS
 from aggscope.analysis.checks import CheckReport
 from aggscope.analysis.specs import Spec
-from aggscope.core.weights import ModeSummary
+from aggscope.core.summaries import ModeSummary
 
 # The zero-gradient cause of the tokens SkyRL trains at weight 0 where aggscope's (canonical) prompt_mean
 # gives them a gradient: rows of a prompt cut by a mini-batch boundary, past the boundary.

@@ -21,7 +21,8 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.segments import segment_chunks
 from aggscope.core.split import Split
-from aggscope.core.weights import ModeSummary, analyse_step
+from aggscope.core.summaries import ModeSummary
+from aggscope.core.weights import analyse_steps
 
 
 @dataclass(frozen=True)
@@ -170,33 +171,48 @@ def by_layout(specs: Sequence[Spec]) -> dict[Layout, list[Spec]]:
 def breakdown_step(batch: StepBatch, specs: Sequence[Spec], check_options: CheckOptions | None = None) -> BreakdownStep:
     """Run the engine and ``check`` on one step under every SPEC (what an engine runs per step);
     ``check_options`` as ``check_step`` takes them."""
-    check_specs(specs, has_groups=batch.has_groups, source=batch.source)
-    tokens = _StepTokens.of(batch)
-    parts = {}
+    (step,) = breakdown_steps([batch], specs, check_options)
+    return step
+
+
+def breakdown_steps(
+    batches: list[StepBatch], specs: Sequence[Spec], check_options: CheckOptions | None = None
+) -> list[BreakdownStep]:
+    """``breakdown_step`` of several steps at once, the same results: their weights are summarised
+    together (``analyse_steps``), the rest step by step."""
+    for batch in batches:
+        check_specs(specs, has_groups=batch.has_groups, source=batch.source)
+    tokens = [_StepTokens.of(batch) for batch in batches]
+    parts: list[dict[Layout, LayoutPart]] = [{} for _ in batches]
     for layout, group in by_layout(specs).items():
         modes = [s.mode for s in group]
-        analysis = analyse_step(batch, modes, layout)
-        histograms = {}
-        for spec in group:
-            row_weight = analysis.weights[spec.mode.name].row_weight
-            histograms[spec.label] = _histogram(tokens, row_weight, analysis.summary.modes[spec.mode.name])
-        row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
-        check = check_step(batch, modes, layout, analysis.split, options=check_options, row_weights=row_weights)
-        parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
-    return BreakdownStep(
-        step=batch.step,
-        source=batch.source,
-        has_groups=batch.has_groups,
-        lengths_estimated=batch.lengths_estimated,
-        n_sequences=batch.n_sequences,
-        n_tokens=batch.n_tokens,
-        n_groups=batch.n_groups if batch.has_groups else 0,
-        group_ids=batch.group_ids,
-        uid_labels=batch.uid_labels,
-        rewards=batch.rewards,
-        layouts=parts,
-        uid_texts=None if batch.uid_texts is None else tuple(text_excerpt(text) for text in batch.uid_texts),
-    )
+        for batch, step_tokens, analysis, step_parts in zip(
+            batches, tokens, analyse_steps(batches, modes, layout), parts, strict=True
+        ):
+            histograms = {}
+            for spec in group:
+                row_weight = analysis.weights[spec.mode.name].row_weight
+                histograms[spec.label] = _histogram(step_tokens, row_weight, analysis.summary.modes[spec.mode.name])
+            row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
+            check = check_step(batch, modes, layout, analysis.split, options=check_options, row_weights=row_weights)
+            step_parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
+    return [
+        BreakdownStep(
+            step=batch.step,
+            source=batch.source,
+            has_groups=batch.has_groups,
+            lengths_estimated=batch.lengths_estimated,
+            n_sequences=batch.n_sequences,
+            n_tokens=batch.n_tokens,
+            n_groups=batch.n_groups if batch.has_groups else 0,
+            group_ids=batch.group_ids,
+            uid_labels=batch.uid_labels,
+            rewards=batch.rewards,
+            layouts=step_parts,
+            uid_texts=None if batch.uid_texts is None else tuple(text_excerpt(text) for text in batch.uid_texts),
+        )
+        for batch, step_parts in zip(batches, parts, strict=True)
+    ]
 
 
 # Of each prompt's text the report's search keeps its start and its end (where a chat template puts
