@@ -181,8 +181,10 @@ def rewards_of(table: pa.Table, columns: Mapping[str, str], where: RowLocator) -
     array = column_of(table, columns["reward"])
     if is_list(array.type):
         values, offsets = _list_parts(array, columns["reward"], where)
-        per_row = np.add.reduceat(_floats(values).astype(np.float64), offsets[:-1]) if len(values) else np.zeros(len(array))
-        per_row[offsets[1:] == offsets[:-1]] = np.nan
+        nonempty = offsets[1:] > offsets[:-1]  # [n_rows]; an empty list is NaN
+        per_row = np.full(len(array), np.nan)
+        if nonempty.any():  # each non-empty row's values run up to the next non-empty row's
+            per_row[nonempty] = np.add.reduceat(_floats(values).astype(np.float64), offsets[:-1][nonempty])
         return per_row
     if not (pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type)):
         raise AggscopeError(f"{where(0)}: column {columns['reward']!r} (reward) has type {array.type}; expected numbers")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from aggscope.core.batch import SequenceStats, StepBatch, offsets_of, sequence_stats_numpy
+from aggscope.core.batch import SequenceStats, StepBatch, factorize, offsets_of, sequence_stats_numpy
+from aggscope.errors import AggscopeError
 from aggscope.io import decode, fastread
 from aggscope.io.parquet_plan import FilePlan
 
@@ -42,10 +43,15 @@ def step_of_rows(
     advantages: np.ndarray,
     mask: np.ndarray,
     offsets: np.ndarray,
+    decoded: RowColumns | None = None,
 ) -> StepBatch:
-    """The batch of a step from its tokens and its rows' other columns (uids, rewards, prompt texts)."""
-    group_ids, labels = decode.uid_groups(rows, decoding.columns, where)
-    rewards = decode.rewards_of(rows, decoding.columns, where)
+    """The batch of a step from its tokens and its rows' other columns (uids, rewards, prompt texts);
+    ``decoded``: its uids and rewards decoded already (``BlockColumns.of_rows``)."""
+    if decoded is None:
+        group_ids, labels = decode.uid_groups(rows, decoding.columns, where)
+        rewards = decode.rewards_of(rows, decoding.columns, where)
+    else:
+        group_ids, labels, rewards = decoded
     texts = None
     if decoding.text_column is not None and group_ids is not None and labels is not None:
         texts = decode.uid_texts_of(decode.column_of(rows, decoding.text_column), group_ids, len(labels))
@@ -128,6 +134,7 @@ def block_batches(
     columns (a null uid, say) is raised in its place, after the steps before it."""
     rows = table.drop_columns([name for name in decoding.token_columns if name in table.column_names])
     offsets = tokens.offsets
+    columns = BlockColumns.of(decoding, rows, origin)
     for step, first, last in zip(steps, bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         start, stop = int(offsets[first]), int(offsets[last])
         batch = step_of_rows(
@@ -138,10 +145,47 @@ def block_batches(
             tokens.advantages[start:stop],
             tokens.mask[start:stop],
             offsets[first : last + 1] - start,
+            None if columns is None else columns.of_rows(first, last),
         ).with_stats(tokens.stats.rows(first, last))
         fastread.tell_listeners(stop - start)
         yield batch
         del batch
+
+
+RowColumns = tuple[np.ndarray | None, tuple[str, ...] | None, np.ndarray | None]
+"""A step's ``(group codes, uid of each code, rewards)``, as ``decode.uid_groups`` and ``decode.rewards_of`` give them."""
+
+
+@dataclass(frozen=True)
+class BlockColumns:
+    """The uids and rewards of a block's rows, decoded once for all its steps (``of_rows`` gives a
+    step's, numbered as decoding the step's rows alone numbers them)."""
+
+    codes: np.ndarray | None  # [n_rows] uid codes by first appearance in the block
+    labels: tuple[str, ...] | None  # the uid of each block code
+    rewards: np.ndarray | None  # [n_rows] float64
+
+    @classmethod
+    def of(cls, decoding: StepDecoding, rows: pa.Table, origin: np.ndarray) -> BlockColumns | None:
+        """The block's columns; None where a row's uid or reward does not decode, or rewards are lists
+        (each step then decodes its own, so an error comes in its step's place)."""
+        reward = decoding.columns.get("reward")
+        if reward is not None and decode.is_list(rows.schema.field(reward).type):
+            return None
+        where = decode.RowLocator(decoding.paths, origin)
+        try:
+            codes, labels = decode.uid_groups(rows, decoding.columns, where)
+            rewards = decode.rewards_of(rows, decoding.columns, where)
+        except AggscopeError:
+            return None
+        return cls(codes, labels, rewards)
+
+    def of_rows(self, first: int, last: int) -> RowColumns:
+        rewards = None if self.rewards is None else self.rewards[first:last]
+        if self.codes is None or self.labels is None:
+            return None, None, rewards
+        codes, block_codes = factorize(self.codes[first:last])
+        return codes, tuple(self.labels[code] for code in block_codes.tolist()), rewards
 
 
 # ---- one step, part by part -----------------------------------------------------------------------------

@@ -455,6 +455,47 @@ def test_small_steps_are_read_in_blocks_within_their_bounds(tmp_path: Path, monk
     assert units[0] == (0, 1, 2) and all(sum(tokens[s] for s in unit) <= sum(tokens[:3]) for unit in units)
 
 
+@pytest.mark.parametrize("uid_type", ["text", "int", "prompt_text"])
+@pytest.mark.parametrize("reward_type", ["float", "bool", "list", "none"])
+def test_a_block_decodes_uids_and_rewards_as_each_step_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uid_type: str, reward_type: str
+) -> None:
+    """A block's uids and rewards are decoded once for all its steps: each step's codes are numbered
+    by first appearance in the step and its rewards are its own, as when the step is read alone,
+    also where steps share uids in other orders."""
+    rng = np.random.default_rng(RNG_SEED + 9)
+    steps, rows = 6, 12
+    uids = np.concatenate([rng.permutation(np.repeat(np.arange(4), 3)) for _ in range(steps)])  # shared, reordered
+    columns: dict[str, object] = {
+        "step": np.repeat(np.arange(steps), rows),
+        **ragged_columns(rng, steps * rows, 30, 0.2, pa.int8()),
+    }
+    if uid_type == "text":
+        columns["uid"] = [f"u{u}" for u in uids]
+    elif uid_type == "int":
+        columns["uid"] = uids * 7
+    else:
+        columns["prompt"] = [f"question {u}?" for u in uids]
+    rewards = rng.random(steps * rows)
+    if reward_type == "float":
+        columns["reward"] = rewards
+    elif reward_type == "bool":
+        columns["reward"] = rewards > 0.5
+    elif reward_type == "list":
+        columns["reward"] = pa.array([[float(r), 1.0] if r > 0.2 else [] for r in rewards], pa.list_(pa.float64()))
+    path = tmp_path / "shared.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=rows, compression="none")
+    counts = counting_read_ahead(monkeypatch)
+    fast, plain, _ = read_both_ways(path, monkeypatch)
+    assert counts["blocks"] >= 1
+    assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
+    assert all(b.uid_labels is not None and len(b.uid_labels) == 4 for b in fast)
+    if reward_type == "list":  # a list is summed, an empty one (also a step's last row's) is NaN
+        expected = np.where(rewards > 0.2, rewards + 1.0, np.nan)
+        got = np.concatenate([b.rewards for b in fast if b.rewards is not None])
+        assert np.array_equal(got, expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("fault", ["token_lists", "uid"])
 def test_a_bad_step_inside_a_block_raises_its_own_error_in_its_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
