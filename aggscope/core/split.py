@@ -113,7 +113,7 @@ def split_step(
 
     The split of a step is a function of what the layout reads of it (its rows; its uids, step
     number or lengths only where the layout uses them), so consecutive steps of the same shape
-    share one: the last few splits are kept (``_SPLITS``), their arrays read-only.
+    share one: the last few splits of small steps are kept (``_SPLITS``), their arrays read-only.
 
     Args:
         n_rows: sequences in the step.
@@ -125,6 +125,8 @@ def split_step(
         pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
             ``rank_shuffle_seed`` makes the passes differ.
     """
+    if n_rows > _KEPT_SPLIT_ROWS:  # a large step's split costs little beside its other work
+        return _split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
     key = _split_key(n_rows, group_ids, layout, step, seq_lengths, pass_index)
     split = _SPLITS.get(key)
     if split is None:
@@ -145,9 +147,11 @@ def split_step(
     return split
 
 
-# The last splits made (``split_step``), by everything they depend on: steps of one run mostly share one.
+# The last splits of small steps made (``split_step``), by everything they depend on: steps of one run
+# mostly share one. At most ``_KEPT_SPLITS`` of at most ``_KEPT_SPLIT_ROWS`` rows: a few MiB in all.
 _SPLITS: dict[tuple[Any, ...], Split] = {}
 _KEPT_SPLITS = 8
+_KEPT_SPLIT_ROWS = 1 << 16
 
 
 def _split_key(

@@ -49,6 +49,9 @@ def test_steps_of_one_shape_share_one_read_only_split() -> None:
     assert split_step(12, groups, grouped, 0) is not split_step(12, groups[::-1].copy(), grouped, 0)
     shuffled = Layout(order="shuffle")
     assert split_step(12, groups, shuffled, 0).order.tolist() != split_step(12, groups, shuffled, 1).order.tolist()
+    # a large step's split is not kept (nor its arrays made read-only): the kept ones stay small
+    large = split_module._KEPT_SPLIT_ROWS + 1
+    assert split_step(large, None, Layout(), 0) is not split_step(large, None, Layout(), 0)
 
 
 @settings(max_examples=300, deadline=None)
