@@ -33,6 +33,7 @@ every pass (verl ``utils/tensordict_utils.py`` ``make_iterator``); ``pass_index`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,7 @@ def trainer_order(
     return np.random.default_rng([layout.seed, step]).permutation(n_rows).astype(np.int64)
 
 
-def split_step(
+def shared_split_step(
     n_rows: int,
     group_ids: np.ndarray | None,
     layout: Layout,
@@ -109,28 +110,16 @@ def split_step(
     seq_lengths: np.ndarray | None = None,
     pass_index: int = 0,
 ) -> Split:
-    """Assign every row of a step to its mini-batch, rank shard and micro-batch.
-
-    The split of a step is a function of what the layout reads of it (its rows; its uids, step
-    number or lengths only where the layout uses them), so consecutive steps of the same shape
-    share one: the last few splits of small steps are kept (``_SPLITS``), their arrays read-only.
-
-    Args:
-        n_rows: sequences in the step.
-        group_ids: ``[n_rows]`` uid codes in input order, or None.
-        layout: the trainer configuration.
-        step: the step number (seeds ``shuffle``).
-        seq_lengths: ``[n_rows]`` sequence lengths (prompt + response tokens) in input order; needed
-            when ``layout.needs_lengths``.
-        pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
-            ``rank_shuffle_seed`` makes the passes differ.
-    """
+    """``split_step``, shared between steps: a step's split is a function of what the layout reads
+    of it (its rows; its uids, step number or lengths only where the layout uses them), so
+    consecutive steps of the same shape share one. The last few splits of small steps are kept
+    (``_SPLITS``), their arrays read-only (``aggscope.core.weights.split_batch`` uses it)."""
     if n_rows > _KEPT_SPLIT_ROWS:  # a large step's split costs little beside its other work
-        return _split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
+        return split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
     key = _split_key(n_rows, group_ids, layout, step, seq_lengths, pass_index)
     split = _SPLITS.get(key)
     if split is None:
-        split = _split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
+        split = split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
         for array in (
             split.order,
             split.position,
@@ -142,16 +131,19 @@ def split_step(
         ):
             array.flags.writeable = False
         if len(_SPLITS) >= _KEPT_SPLITS:
-            del _SPLITS[next(iter(_SPLITS))]  # the oldest
+            # the oldest; callers in other threads may evict at once (each dict call is atomic)
+            with contextlib.suppress(RuntimeError, StopIteration):
+                _SPLITS.pop(next(iter(_SPLITS)), None)
         _SPLITS[key] = split
     return split
 
 
-# The last splits of small steps made (``split_step``), by everything they depend on: steps of one run
-# mostly share one. At most ``_KEPT_SPLITS`` of at most ``_KEPT_SPLIT_ROWS`` rows: a few MiB in all.
+# The last splits of small steps made (``shared_split_step``), by everything they depend on: steps of one
+# run mostly share one. At most ``_KEPT_SPLITS`` of at most ``_KEPT_SPLIT_ROWS`` rows (seven int64
+# arrays, and the uids or lengths of a key where the layout reads them): at most about 8 MiB in all.
 _SPLITS: dict[tuple[Any, ...], Split] = {}
 _KEPT_SPLITS = 8
-_KEPT_SPLIT_ROWS = 1 << 16
+_KEPT_SPLIT_ROWS = 1 << 14
 
 
 def _split_key(
@@ -169,14 +161,26 @@ def _split_key(
     )
 
 
-def _split_step(
+def split_step(
     n_rows: int,
     group_ids: np.ndarray | None,
     layout: Layout,
     step: int,
-    seq_lengths: np.ndarray | None,
-    pass_index: int,
+    seq_lengths: np.ndarray | None = None,
+    pass_index: int = 0,
 ) -> Split:
+    """Assign every row of a step to its mini-batch, rank shard and micro-batch.
+
+    Args:
+        n_rows: sequences in the step.
+        group_ids: ``[n_rows]`` uid codes in input order, or None.
+        layout: the trainer configuration.
+        step: the step number (seeds ``shuffle``).
+        seq_lengths: ``[n_rows]`` sequence lengths (prompt + response tokens) in input order; needed
+            when ``layout.needs_lengths``.
+        pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
+            ``rank_shuffle_seed`` makes the passes differ.
+    """
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
     order = trainer_order(n_rows, group_ids, layout, step, seq_lengths)  # [n] seq_index by position

@@ -99,7 +99,7 @@ def summarize_steps(stats: Sequence[SequenceStats], row_weights: Sequence[Sequen
     summaries: list[list[ModeSummary]] = [[] for _ in stats]
     sizes = [step.loss_tokens.size for step in stats]
     for indices, width in _stacks(sizes, [len(weights) for weights in row_weights]):
-        if not row_weights[indices[0]]:
+        if len(row_weights[indices[0]]) == 0:
             continue  # no mode: nothing to summarise
         stack = _Stack.of([stats[i] for i in indices], [row_weights[i] for i in indices], width)
         for index, step_summaries in zip(indices, _summarize_stack(stack), strict=True):
@@ -198,11 +198,8 @@ def _summarize_stack(stack: _Stack) -> list[list[ModeSummary]]:
             w_finite * ((stack.adv_abs_sum + stack.adv_sum) / 2),  # the positive advantages (``adv_pos_sum``)
             w_finite * ((stack.adv_sum - stack.adv_abs_sum) / 2),  # the negative ones (``adv_neg_sum``)
         ]
-        # extremes of w_i * f over a row: at its smallest or largest factor (either, by the sign of w_i)
-        low, high = w * stack.factor_min, w * stack.factor_max
-        lowest = np.where(has_tokens, np.minimum(low, high), np.inf).min(axis=2).tolist()  # [n_steps][n_modes]
-        highest = np.where(has_tokens, np.maximum(low, high), -np.inf).max(axis=2).tolist()
-    sums = ordered_sums(np.stack(terms, axis=1).reshape(-1, width)).reshape(n_steps, 5, n_modes).tolist()
+        lowest, highest = _extremes(stack, has_tokens)
+    sums = ordered_sums(np.stack(terms, axis=1).reshape(n_steps * 5 * n_modes, width)).reshape(n_steps, 5, n_modes).tolist()
     # g = w * A: zero where A == 0 (w > 0) or, on a zero-weight row, wherever A is finite;
     # not finite where A is not finite (0 * inf and 0 * nan are nan too) or w itself is not.
     zero_grad = np.where(w == 0, stack.loss_tokens - stack.nonfinite_adv_tokens, stack.zero_adv_tokens)
@@ -230,6 +227,30 @@ def _summarize_stack(stack: _Stack) -> list[list[ModeSummary]]:
         ]
         for s in range(n_steps)
     ]
+
+
+def _extremes(stack: _Stack, has_tokens: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
+    """The least and greatest token weight ``[n_steps][n_modes]`` of each step's rows with loss tokens
+    (meaningless for a step without any): ``w_i * f`` is extreme at a row's smallest or largest factor.
+
+    A zero extreme is taken again over that step's rows with tokens alone, as one step reduces them:
+    where +0.0 and -0.0 (zero weights times factors of both signs) are both extreme, numpy's min and
+    max give either by where they stand, so only the same reduction gives the same sign."""
+    w = stack.w
+    n_steps, n_modes, width = w.shape
+    if width == 0:
+        return [[math.nan] * n_modes for _ in range(n_steps)], [[math.nan] * n_modes for _ in range(n_steps)]
+    low, high = w * stack.factor_min, w * stack.factor_max
+    least, greatest = np.minimum(low, high), np.maximum(low, high)
+    lowest = np.where(has_tokens, least, np.inf).min(axis=2).tolist()
+    highest = np.where(has_tokens, greatest, -np.inf).max(axis=2).tolist()
+    for s in range(n_steps):
+        if 0.0 in lowest[s] or 0.0 in highest[s]:
+            rows = has_tokens[s, 0]
+            if rows.any():
+                lowest[s] = least[s][:, rows].min(axis=1).tolist()
+                highest[s] = greatest[s][:, rows].max(axis=1).tolist()
+    return lowest, highest
 
 
 def long_short_ratio(loss_tokens: np.ndarray, row_weight: np.ndarray, factor_sum: np.ndarray | None = None) -> float | None:

@@ -128,7 +128,11 @@ def arrow_codes(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
 
     The Arrow twin of ``aggscope.core.batch.factorize`` (the same numbering): a hash table, linear
     in the rows, for columns as long as a step's tokens (the long layout's ids) or the text read.
+    A dictionary-typed column (a pandas categorical, say) is numbered by its values too: its own
+    indices follow the whole dictionary's order and count values these rows never hold.
     """
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
     encoded = array.dictionary_encode()
     return numpy_of(encoded.indices).astype(np.int64), encoded.dictionary
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import aggscope
 from aggscope.core.batch import SequenceStats, StepBatch, factorize_uids, mask_as_bool, offsets_of, uid_codes, widen_half
 from aggscope.core.segments import ordered_sum, ordered_sums, padded_positions, padded_width, segment_sum
-from aggscope.core.summaries import ModeSummary, long_short_ratio, summarize_modes, summarize_steps
+from aggscope.core.summaries import ModeSummary, long_short_ratio, summarize, summarize_modes, summarize_steps
 
 
 def test_public_names_are_importable() -> None:
@@ -283,6 +283,39 @@ def test_summarize_steps_gives_every_step_its_own_summaries(sizes: list[int], n_
         for w, summary in zip(step_weights, step_summaries, strict=True):
             with np.errstate(invalid="ignore"):
                 _check_mode_alone(batch.stats, w, summary)
+
+
+def test_zero_extremes_keep_their_sign_and_empty_steps_have_none() -> None:
+    # Zero weights times per-token factors of both signs make +0.0 and -0.0 both extreme: the sign is
+    # the one a reduction over the step's rows with tokens gives, alone or stacked with other steps.
+    has = np.array([1, 1, 0, 1, 1, 1, 1, 1, 1, 0])
+    factor = np.where(np.array([1, 0, 1, 1, 1, 0, 0, 1, 0, 1]) == 1, -1.0, 1.0)
+    n = has.size
+    stats = SequenceStats(
+        lengths=has,
+        loss_tokens=has,
+        adv_abs_sum=np.zeros(n),
+        adv_sum=np.zeros(n),
+        zero_adv_tokens=has,
+        nonfinite_adv_tokens=np.zeros(n, np.int64),
+        masked_nonzero_adv_tokens=np.zeros(n, np.int64),
+        factor_sum=factor * has,
+        factor_sq_sum=has * 1.0,
+        factor_min=factor,
+        factor_max=factor,
+    )
+    w = np.zeros(n)
+    rows = has > 0
+    expected_low = float(np.minimum(w * factor, w * factor)[rows].min())
+    expected_high = float(np.maximum(w * factor, w * factor)[rows].max())
+    other = StepBatch.from_flat(np.ones(7), np.ones(7, dtype=bool), np.array([0, 3, 7])).stats
+    for summary in (summarize(stats, w), summarize_steps([other, stats], [[np.ones(2)], [w]])[1][0]):
+        assert _same(summary.min_token_weight, expected_low) and _same(summary.max_token_weight, expected_high)
+    empty = StepBatch.from_flat(np.zeros(0), np.zeros(0, dtype=bool), np.array([0])).stats
+    for summary in (summarize(empty, np.zeros(0)), *summarize_steps([empty, empty], [[np.zeros(0)], [np.zeros(0)]])[0]):
+        assert summary.loss_tokens == 0 and summary.min_token_weight is None and summary.max_token_weight is None
+    # the modes' weights as one [n_modes, n_seqs] array, as before
+    assert summarize_modes(other, np.ones((2, 2))) == summarize_modes(other, [np.ones(2), np.ones(2)])
 
 
 def _check_mode_alone(stats: SequenceStats, w: np.ndarray, summary: ModeSummary) -> None:

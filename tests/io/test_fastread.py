@@ -496,6 +496,31 @@ def test_a_block_decodes_uids_and_rewards_as_each_step_alone(
         assert np.array_equal(got, expected, equal_nan=True)
 
 
+def test_a_dictionary_uid_column_reads_as_its_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dictionary-typed uid column (a pandas categorical; one dictionary for the whole file) gives
+    every step the batches the same uids stored as text give: codes by first appearance in the step,
+    only the uids it holds, whether the step is read in a block or alone."""
+    rng = np.random.default_rng(RNG_SEED + 11)
+    steps, rows = 6, 8
+    pool = [f"p{i}" for i in range(10)]
+    index = np.array([(step * 3 + i // 2) % 10 for step in range(steps) for i in range(rows)], dtype=np.int32)
+    columns = {"step": np.repeat(np.arange(steps), rows), **ragged_columns(rng, steps * rows, 20, 0.2, pa.int8())}
+    as_text = pa.table({**columns, "uid": [pool[i] for i in index]})
+    as_dictionary = pa.table({**columns, "uid": pa.DictionaryArray.from_arrays(pa.array(index), pa.array(pool))})
+    assert pa.types.is_dictionary(as_dictionary.schema.field("uid").type)
+    batches = {}
+    for name, table in (("text", as_text), ("dictionary", as_dictionary)):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table, path, row_group_size=rows, compression="none")
+        fast, plain, _ = read_both_ways(path, monkeypatch)
+        assert [batch_bytes(b) for b in fast] == [batch_bytes(b) for b in plain]
+        batches[name] = [batch_bytes(b) for b in fast]
+        for batch in fast:
+            assert batch.uid_labels is not None and len(batch.uid_labels) == 4
+    for text, dictionary in zip(batches["text"], batches["dictionary"], strict=True):
+        assert {k: v for k, v in text.items() if k != "source"} == {k: v for k, v in dictionary.items() if k != "source"}
+
+
 @pytest.mark.parametrize("fault", ["token_lists", "uid"])
 def test_a_bad_step_inside_a_block_raises_its_own_error_in_its_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
