@@ -102,43 +102,26 @@ def trainer_order(
     return np.random.default_rng([layout.seed, step]).permutation(n_rows).astype(np.int64)
 
 
-def shared_split_step(
-    n_rows: int,
-    group_ids: np.ndarray | None,
-    layout: Layout,
-    step: int,
-    seq_lengths: np.ndarray | None = None,
-    pass_index: int = 0,
-) -> Split:
-    """``split_step``, shared between steps: a step's split is a function of what the layout reads
-    of it (its rows; its uids, step number or lengths only where the layout uses them), so
-    consecutive steps of the same shape share one. The last few splits of small steps are kept
-    (``_SPLITS``), their arrays read-only (``aggscope.core.weights.split_batch`` uses it)."""
-    if n_rows > _KEPT_SPLIT_ROWS:  # a large step's split costs little beside its other work
-        return split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
-    key = _split_key(n_rows, group_ids, layout, step, seq_lengths, pass_index)
-    split = _SPLITS.get(key)
-    if split is None:
-        split = split_step(n_rows, group_ids, layout, step, seq_lengths, pass_index)
-        for array in (
-            split.order,
-            split.position,
-            split.mini_batch,
-            split.rank,
-            split.micro_batch,
-            split.rank_unit,
-            split.micro_unit,
-        ):
-            array.flags.writeable = False
-        if len(_SPLITS) >= _KEPT_SPLITS:
-            # the oldest; callers in other threads may evict at once (each dict call is atomic)
-            with contextlib.suppress(RuntimeError, StopIteration):
-                _SPLITS.pop(next(iter(_SPLITS)), None)
-        _SPLITS[key] = split
-    return split
+def _keep(key: tuple[Any, ...], split: Split) -> None:
+    """Keep ``split`` under ``key`` (its arrays made read-only), letting go of the oldest beyond ``_KEPT_SPLITS``."""
+    for array in (
+        split.order,
+        split.position,
+        split.mini_batch,
+        split.rank,
+        split.micro_batch,
+        split.rank_unit,
+        split.micro_unit,
+    ):
+        array.flags.writeable = False
+    if len(_SPLITS) >= _KEPT_SPLITS:
+        # the oldest; callers in other threads may evict at once (each dict call is atomic)
+        with contextlib.suppress(RuntimeError, StopIteration):
+            _SPLITS.pop(next(iter(_SPLITS)), None)
+    _SPLITS[key] = split
 
 
-# The last splits of small steps made (``shared_split_step``), by everything they depend on: steps of one
+# The last splits of small steps made (``split_step(..., shared=True)``), by everything they depend on: steps of one
 # run mostly share one. At most ``_KEPT_SPLITS`` of at most ``_KEPT_SPLIT_ROWS`` rows (seven int64
 # arrays, and the uids or lengths of a key where the layout reads them): at most about 8 MiB in all.
 _SPLITS: dict[tuple[Any, ...], Split] = {}
@@ -168,6 +151,8 @@ def split_step(
     step: int,
     seq_lengths: np.ndarray | None = None,
     pass_index: int = 0,
+    *,
+    shared: bool = False,
 ) -> Split:
     """Assign every row of a step to its mini-batch, rank shard and micro-batch.
 
@@ -180,7 +165,16 @@ def split_step(
             when ``layout.needs_lengths``.
         pass_index: the pass (epoch) whose split to give, ``0 <= pass_index < layout.passes``; only
             ``rank_shuffle_seed`` makes the passes differ.
+        shared: share the split with the steps of the same shape (``aggscope.core.weights.split_batch``
+            does): a step's split is a function of what the layout reads of it (its rows; its uids,
+            step number or lengths only where the layout uses them), so the last few splits of small
+            steps are kept (``_SPLITS``) and given again, their arrays read-only. Without it, every
+            call makes a split of its own, its arrays the caller's.
     """
+    key = _split_key(n_rows, group_ids, layout, step, seq_lengths, pass_index) if shared and n_rows <= _KEPT_SPLIT_ROWS else None
+    kept = None if key is None else _SPLITS.get(key)
+    if kept is not None:
+        return kept
     if layout.mini_batch_prompts is not None and group_ids is None:
         raise AggscopeError("layout: --mini-batch-prompts needs a uid column to count prompts")
     order = trainer_order(n_rows, group_ids, layout, step, seq_lengths)  # [n] seq_index by position
@@ -217,7 +211,7 @@ def split_step(
         out[order] = at_position
         return out
 
-    return Split(
+    split = Split(
         order=order,
         position=by_row(positions),
         mini_batch=by_row(mini_batch_at),
@@ -227,6 +221,9 @@ def split_step(
         micro_unit=by_row(micro_unit_at),
         n_mini_batches=n_mini_batches,
     )
+    if key is not None:
+        _keep(key, split)
+    return split
 
 
 def _rank_shuffled_positions(n_rows: int, layout: Layout, pass_index: int) -> np.ndarray:

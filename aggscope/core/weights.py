@@ -20,7 +20,7 @@ from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens
-from aggscope.core.split import Split, shared_split_step
+from aggscope.core.split import Split, split_step
 from aggscope.core.summaries import ModeSummary, summarize, summarize_steps
 from aggscope.errors import AggscopeError
 
@@ -105,10 +105,10 @@ def split_batch(batch: StepBatch, layout: Layout, pass_index: int = 0) -> Split:
     tokens in the input plus ``layout.prompt_tokens``: dumps hold the response, seldom the prompt.
     """
     if not layout.needs_lengths:
-        return shared_split_step(batch.n_sequences, batch.group_ids, layout, batch.step, pass_index=pass_index)
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, pass_index=pass_index, shared=True)
     try:
         lengths = batch.stats.lengths + layout.prompt_tokens
-        return shared_split_step(batch.n_sequences, batch.group_ids, layout, batch.step, lengths, pass_index)
+        return split_step(batch.n_sequences, batch.group_ids, layout, batch.step, lengths, pass_index, shared=True)
     except AggscopeError as exc:  # a split by lengths fails on one step's data: say which
         raise AggscopeError(f"{batch.source} step {batch.step}: {exc.message}") from None
 

@@ -1,4 +1,4 @@
-"""The splits ``shared_split_step`` keeps: steps of the same shape share one, and a kept split is always the
+"""The splits ``split_step(..., shared=True)`` keeps: steps of the same shape share one, and a kept split is always the
 one the step's own inputs give (checked against a split made afresh for every call)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aggscope.core import split as split_module
 from aggscope.core.layout import Layout
-from aggscope.core.split import Split, shared_split_step, split_step
+from aggscope.core.split import Split, split_step
 
 LAYOUTS = [
     Layout(),
@@ -39,19 +39,22 @@ def _fields(split: Split) -> list[object]:
 
 def test_steps_of_one_shape_share_one_read_only_split() -> None:
     groups = np.repeat(np.arange(3), 4)
-    first = shared_split_step(12, groups, Layout(mini_batch_size=4), 0)
-    again = shared_split_step(12, groups.copy(), Layout(mini_batch_size=4), 7)
+    first = split_step(12, groups, Layout(mini_batch_size=4), 0, shared=True)
+    again = split_step(12, groups.copy(), Layout(mini_batch_size=4), 7, shared=True)
     assert again is first
     with pytest.raises(ValueError):
         first.mini_batch[0] = 5
     # a layout that reads the uids, the step or the lengths does not share across them
     grouped = Layout(order="grouped")
-    assert shared_split_step(12, groups, grouped, 0) is not shared_split_step(12, groups[::-1].copy(), grouped, 0)
+    assert split_step(12, groups, grouped, 0, shared=True) is not split_step(12, groups[::-1].copy(), grouped, 0, shared=True)
     shuffled = Layout(order="shuffle")
-    assert shared_split_step(12, groups, shuffled, 0).order.tolist() != shared_split_step(12, groups, shuffled, 1).order.tolist()
+    assert (
+        split_step(12, groups, shuffled, 0, shared=True).order.tolist()
+        != split_step(12, groups, shuffled, 1, shared=True).order.tolist()
+    )
     # a large step's split is not kept (nor its arrays made read-only): the kept ones stay small
     large = split_module._KEPT_SPLIT_ROWS + 1
-    assert shared_split_step(large, None, Layout(), 0) is not shared_split_step(large, None, Layout(), 0)
+    assert split_step(large, None, Layout(), 0, shared=True) is not split_step(large, None, Layout(), 0, shared=True)
     # the public split_step makes a split of its own every time, its arrays the caller's
     mine = split_step(12, groups, Layout(mini_batch_size=4), 0)
     assert mine is not first and mine.mini_batch.flags.writeable
@@ -79,6 +82,6 @@ def test_a_kept_split_is_the_one_its_inputs_give(calls: list[tuple[int, list[int
         codes = np.argsort(np.argsort(first))[codes]  # numbered by first appearance, as readers number them
         seq_lengths = np.array(lengths, dtype=np.int64)
         pass_index = pass_index if pass_index < layout.passes else 0
-        got = shared_split_step(8, codes, layout, step, seq_lengths, pass_index)
+        got = split_step(8, codes, layout, step, seq_lengths, pass_index, shared=True)
         fresh = split_step(8, codes, layout, step, seq_lengths, pass_index)
         assert _fields(got) == _fields(fresh)
