@@ -110,10 +110,13 @@ def case_check(path: str, out_dir: str) -> dict[str, Any]:
     except ImportError:
         return {"skipped": "aggscope.analysis.checks is not in this version of the package"}
     from aggscope.core.layout import Layout
+    from aggscope.core.weights import select_modes
     from aggscope.io.open import open_rollouts
 
     start = time.perf_counter()
-    result = checks.run_checks(open_rollouts(path).iter_steps(), None, Layout())
+    rollouts = open_rollouts(path)  # as ``aggscope check`` does: the opened input, the modes that apply to it
+    modes = select_modes(None, has_groups=rollouts.has_groups, layout=Layout())
+    result = checks.run_checks(rollouts, modes, Layout())
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "findings": len(getattr(result, "findings", []))}
 

@@ -129,16 +129,28 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
         names = (text_field, uid_field if has_uid else None, reward_field)
         settings = VerlSettings(lengths, estimator, fields, names, step_from_field, v1_keys, tool_mask)
+        # The first file is read once: here, for the tool responses it holds, and again by no step (``load``).
+        first_table = read_jsonl(files[0], fields)
         rollouts = cls(
-            path, plan, settings=settings, columns=columns, notes=notes, has_groups=True, lengths_estimated=lengths.estimated
+            path,
+            plan,
+            settings=settings,
+            columns=columns,
+            notes=notes,
+            has_groups=True,
+            lengths_estimated=lengths.estimated,
+            loaded=(files[0], first_table),
         )
         rollouts.unrecoverable = verl_unrecoverable(v1_keys=v1_keys, has_uid=has_uid)
-        rollouts.used_fields, rollouts.unused_fields = _tool_fields(files[0], fields, tool_mask)
+        rollouts.used_fields, rollouts.unused_fields = _tool_fields(first_table, tool_mask)
         return rollouts
+
+    def _read_file(self, file: str) -> JsonlTable:
+        return read_jsonl(file, self.settings.fields)
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         text_field, uid_field, reward_field = self.settings.names
-        parts = [read_jsonl(file, self.settings.fields) for file in files]
+        parts = [self.load(file, self._read_file) for file in files]
         for part in parts:
             part.require([name for name in (text_field, "output", reward_field, uid_field) if name is not None])
             if self.settings.step_from_field:
@@ -222,13 +234,11 @@ def _tool_note(tool_mask: bool) -> str:
     )
 
 
-def _tool_fields(
-    file: str, fields: dict[str, pa.DataType], tool_mask: bool
-) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+def _tool_fields(first: JsonlTable, tool_mask: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     """``(used_fields, unused_fields)`` for the tool responses the first file's outputs hold (none: both empty).
 
-    The file is read with the step's own ``fields``, so a bad line is told as the step's read tells it."""
-    outputs = read_jsonl(file, fields).column("output")
+    ``first`` is the first file read with the steps' own fields, so a bad line is told as a step's read tells it."""
+    outputs = first.column("output")
     rows = np.flatnonzero(marker_rows(outputs))
     if not rows.size:
         return (), ()

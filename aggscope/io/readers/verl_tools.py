@@ -110,7 +110,6 @@ def tool_masked(outputs: pa.Array, lengths: TextLengths) -> ToolMasked:
     """Count ``[n]`` output texts with their ChatML tool spans as not-trained tokens (module docstring)."""
     outputs = outputs.cast(pa.string())
     has_marker = marker_rows(outputs)
-    row_lengths = lengths.count(outputs).astype(np.int64)
     split: dict[int, list[Span]] = {}
     pieces: list[str] = []
     for row in np.flatnonzero(has_marker).tolist():  # a loop over the rows holding tool responses
@@ -121,8 +120,15 @@ def tool_masked(outputs: pa.Array, lengths: TextLengths) -> ToolMasked:
             pieces.extend(_pieces(text, spans))
     if split:
         check_chatml_tokenizer(lengths)
-    counts = lengths.count(pa.array(pieces, type=pa.string())).tolist() if pieces else []
-    segments = _segments(counts, split)
+    # One count of every text: the rows without tool spans whole, then the pieces of those with them
+    # (each text is counted on its own, so a row is never counted both whole and in pieces).
+    whole = np.ones(len(outputs), dtype=bool)
+    whole[list(split)] = False
+    texts = outputs.filter(pa.array(whole)) if split else outputs
+    counts = lengths.count(pa.concat_arrays([texts, pa.array(pieces, type=pa.string())]) if pieces else texts).astype(np.int64)
+    row_lengths = np.zeros(len(outputs), dtype=np.int64)
+    row_lengths[whole] = counts[: len(texts)]
+    segments = _segments(counts[len(texts) :].tolist(), split)
     for row, row_segments in segments.items():
         row_lengths[row] = sum(n for n, _ in row_segments)
     offsets = offsets_of(row_lengths)

@@ -9,6 +9,7 @@ import pytest
 from dumps import VERL_ROWS, cli_error, per_row, read_all, runner, write_jsonl
 from test_advantages import loop_advantages
 
+import aggscope.io.readers.verl as verl_module
 from aggscope.cli import app
 from aggscope.core.batch import text_uid
 from aggscope.io.open import open_rollouts
@@ -29,6 +30,17 @@ def test_verl_groups_out_of_order_and_rebuilt_advantages(tmp_path: Path, estimat
         assert all(mask)
         assert adv == pytest.approx([want] * len(adv), rel=1e-12)
     assert batch.n_groups == 3 and batch.rewards is not None and batch.rewards.tolist() == rewards
+
+
+def test_verl_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first file, read at open for the tool responses it holds, is not read again for its step."""
+    paths = [write_jsonl(tmp_path / f"{step}.jsonl", [{**row, "step": step} for row in VERL_ROWS]) for step in (5, 6)]
+    read = verl_module.read_jsonl
+    seen: list[str] = []
+    monkeypatch.setattr(verl_module, "read_jsonl", lambda path, fields: seen.append(Path(path).name) or read(path, fields))
+    batches = list(open_rollouts(str(tmp_path)).iter_steps())
+    assert [b.step for b in batches] == [5, 6] and seen == ["5.jsonl", "6.jsonl"]
+    assert batches[0].stats.loss_tokens.tolist() == read_all(paths[0])[0].stats.loss_tokens.tolist()
 
 
 def test_verl_default_is_grpo_and_reward_col_picks_an_extra(tmp_path: Path) -> None:

@@ -86,6 +86,24 @@ def test_two_tool_turns_with_a_tokenizer(tmp_path: Path, stand_in: str) -> None:
     assert any("step 3: 2 tool spans (17 tokens) in 1 of 2 outputs counted as not trained" in n for n in rollouts.notes)
 
 
+def test_each_text_is_tokenized_once(tmp_path: Path, stand_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row with tool turns is counted in pieces only (not also whole), a row without them whole."""
+    seen: list[str] = []
+    count = ChatMLWords.__call__
+
+    def recording(self: ChatMLWords, texts: list[str], add_special_tokens: bool = True) -> dict[str, Any]:
+        seen.extend(texts)
+        return count(self, texts, add_special_tokens)
+
+    monkeypatch.setattr(ChatMLWords, "__call__", recording)
+    path = write_jsonl(tmp_path / "3.jsonl", ROWS)
+    (_, first, _), (_, second, _) = per_row(next(open_rollouts(str(path), tokenizer=stand_in).iter_steps()))
+    assert first == TOKENIZED and second == [True, True]
+    pieces = [text for text in seen if text not in ("<|im_start|>", "<|im_end|>")]  # the specials, checked once
+    assert TWO_TURNS not in pieces and pieces.count("no tools") == 1
+    assert len(pieces) == 1 + 2 * 5 + 1  # the plain row; five pieces per tool turn; the text after the last
+
+
 def test_two_tool_turns_estimated(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "3.jsonl", ROWS)
     rollouts = open_rollouts(str(path))
