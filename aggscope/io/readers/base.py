@@ -81,6 +81,19 @@ class DumpRollouts(Rollouts, Generic[S]):
         result: T = self._loaded[1]
         return result
 
+    def load_once(self, file: str, loader: Callable[[str], T]) -> T:
+        """``loader(file)``; what ``open`` loaded of ``file`` already is given the first time and then
+        let go (for a reader whose steps have files of their own: keeping the last would only hold memory)."""
+        if self._loaded is not None and self._loaded[0] == file:
+            result: T = self._loaded[1]
+            self._loaded = None
+            return result
+        return loader(file)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for Ray tasks) without the file loaded last, which each process loads for itself."""
+        return {**self.__dict__, "_loaded": None}
+
 
 # ---- steps ---------------------------------------------------------------------------------------
 def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]:

@@ -129,7 +129,7 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
             fields[uid_field] = sniffed_type(first[uid_field], uid_field, files[0], numeric=False)
         names = (text_field, uid_field if has_uid else None, reward_field)
         settings = VerlSettings(lengths, estimator, fields, names, step_from_field, v1_keys, tool_mask)
-        # The first file is read once: here, for the tool responses it holds, and again by no step (``load``).
+        # The first file is read once: here, for the tool responses it holds, then given to its step (``load_once``).
         first_table = read_jsonl(files[0], fields)
         rollouts = cls(
             path,
@@ -150,7 +150,7 @@ class VerlRollouts(TextDumpRollouts[VerlSettings]):
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:
         text_field, uid_field, reward_field = self.settings.names
-        parts = [self.load(file, self._read_file) for file in files]
+        parts = [self.load_once(file, self._read_file) for file in files]
         for part in parts:
             part.require([name for name in (text_field, "output", reward_field, uid_field) if name is not None])
             if self.settings.step_from_field:

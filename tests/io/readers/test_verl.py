@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,17 @@ def test_verl_groups_out_of_order_and_rebuilt_advantages(tmp_path: Path, estimat
 def test_verl_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first file, read at open for the tool responses it holds, is not read again for its step."""
     paths = [write_jsonl(tmp_path / f"{step}.jsonl", [{**row, "step": step} for row in VERL_ROWS]) for step in (5, 6)]
+    expected = read_all(paths[0])[0].stats.loss_tokens.tolist()
     read = verl_module.read_jsonl
     seen: list[str] = []
     monkeypatch.setattr(verl_module, "read_jsonl", lambda path, fields: seen.append(Path(path).name) or read(path, fields))
-    batches = list(open_rollouts(str(tmp_path)).iter_steps())
+    rollouts = open_rollouts(str(tmp_path))
+    shipped = pickle.loads(pickle.dumps(rollouts))  # as for a Ray task: without the file open read
+    batches = list(rollouts.iter_steps())
     assert [b.step for b in batches] == [5, 6] and seen == ["5.jsonl", "6.jsonl"]
-    assert batches[0].stats.loss_tokens.tolist() == read_all(paths[0])[0].stats.loss_tokens.tolist()
+    assert batches[0].stats.loss_tokens.tolist() == expected
+    assert shipped.read_step(5).stats.loss_tokens.tolist() == expected
+    assert seen[2:] == ["5.jsonl"]  # the copy read it for itself
 
 
 def test_verl_default_is_grpo_and_reward_col_picks_an_extra(tmp_path: Path) -> None:
