@@ -22,6 +22,8 @@ from aggscope.core.modes import resolve_mode
 from aggscope.core.weights import compute_weights
 from aggscope.io.open import load_steps
 from aggscope.present.figures import MODE_COLOURS
+from aggscope.present.report import full_report, page
+from aggscope.present.report.html import render_html, render_html_before_figures
 
 runner = CliRunner()
 LAYOUT_ARGS = ["--mini-batch-size", "100", "--micro-batch-size", "8", "--dp-size", "2", "--max-seq-len", "1024"]
@@ -606,3 +608,17 @@ def test_library_report_takes_an_engine_and_a_progress(report_run: tuple[Any, Pa
     assert compared.document["input"]["source"] == "mine" and compared.document["input"]["notes"] == []
     for key in ("total", "steps", "length_quartiles", "advantage_sign", "prompt_concentration", "zero_grad"):
         assert compared.document["results"]["sequence_mean"][key] == document["results"]["sequence_mean"][key], key
+
+
+def test_the_page_rendered_before_its_figures_is_the_page_rendered_with_them(tmp_path: Path) -> None:
+    """``report.html`` is rendered while the figures are drawn, with a slot for each: filled, it is
+    the text ``render_html`` gives with the figures at hand, byte for byte."""
+    report = full_report(load_steps(), ["token_mean", "prompt_mean"], LAYOUT)
+    drawn = page(report.data)
+    images = {name: f"the png of {name}".encode() * 40 for name in report.data.figures}  # any bytes
+    fill = render_html_before_figures(drawn)
+    assert fill(images) == render_html(drawn, images)
+    assert "aggscope-figure-" not in fill(images)
+    files = report.write(tmp_path / "out")
+    written = {name: path.read_bytes() for name, path in files.figures.items()}
+    assert files.html.read_text() == render_html(drawn, written)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +33,7 @@ from aggscope.present.figure_set import encode_figures, make_figures
 from aggscope.present.forked import Standby
 from aggscope.present.outputs import earlier_output
 from aggscope.present.report.document import ReportDocument, build_document
-from aggscope.present.report.html import render_html
+from aggscope.present.report.html import render_html, render_html_before_figures
 from aggscope.present.report.markdown import render_markdown
 from aggscope.present.report.sections import Page, Section, page, sections
 from aggscope.present.report.sentences import headline_items, summary_sentences
@@ -90,21 +90,25 @@ class Report:
 
         The set appears whole or not at all, replacing the folder (``atomic_directory``): a kill, a
         full disk or another writer never leaves files of two reports, or half of one, in it. The
-        texts are made while forked processes draw the figures (``encode_figures``); with
-        ``standby`` (``figure_set.drawing_standby()``, forked before the input was read) the
-        figures are drawn there.
+        texts (the page with a slot for each figure) are made while forked processes draw the
+        figures (``encode_figures``); with ``standby`` (``figure_set.drawing_standby()``, forked
+        before the input was read) the figures are drawn there.
         """
         assert self.data.figures is not None
         drawn = page(self.data)  # one list of sections, for both renderings
         files: dict[str, bytes] = {}
 
+        html: list[Callable[[Mapping[str, bytes]], str]] = []
+
         def texts() -> None:
             files["report.json"] = report_json(self.document).encode()
             files["report.md"] = render_markdown(drawn).encode()
+            html.append(render_html_before_figures(drawn))
 
         images = encode_figures(self.figures, "png", meanwhile=texts, standby=standby)
         files.update({self.data.figures[name]: data for name, data in images.items()})
-        files["report.html"] = render_html(drawn, images).encode()
+        fill = html[0] if html else render_html_before_figures(drawn)  # a guard: encode_figures calls it once
+        files["report.html"] = fill(images).encode()
         with atomic_directory(out_dir, earlier_output) as temporary:
             for name, data in files.items():
                 (temporary / name).write_bytes(data)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from html import escape as e
 from urllib.parse import quote
 
@@ -37,6 +38,44 @@ from aggscope.present.report.tables import Table
 
 def render_html(page: Page, images: Mapping[str, bytes]) -> str:
     """The page, with each figure's PNG (``images``: figure name -> PNG bytes) embedded."""
+    return _render(page, {name: _data_uri(png) for name, png in images.items()})
+
+
+def render_html_before_figures(page: Page) -> Callable[[Mapping[str, bytes]], str]:
+    """``render_html`` in two halves, so the page can be rendered while its figures are drawn: the
+    page is rendered now, with a slot for each figure; the function returned fills the slots with
+    the figures' PNGs and gives the text ``render_html(page, images)`` gives.
+
+    A slot holds a number made afresh for every page (no input can write it), so only slots are filled.
+    """
+    slots = _Slots(secrets.token_hex(16))
+    text = _render(page, slots)
+
+    def fill(images: Mapping[str, bytes]) -> str:
+        sources = [_data_uri(images[name]) for name in slots]  # in slot order
+        return re.sub(f"{slots.prefix}(\\d+)", lambda match: sources[int(match.group(1))], text)
+
+    return fill
+
+
+class _Slots(dict[str, str]):
+    """Figure name -> the slot its source takes in the page, made when the page first asks for it."""
+
+    def __init__(self, nonce: str) -> None:
+        super().__init__()
+        self.prefix = f"aggscope-figure-{nonce}-"
+
+    def __missing__(self, name: str) -> str:
+        slot = self[name] = f"{self.prefix}{len(self)}"
+        return slot
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _render(page: Page, images: Mapping[str, str]) -> str:
+    """The page's text, each figure's ``<img>`` taking its source from ``images`` (figure name -> URI or slot)."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -58,13 +97,13 @@ def render_html(page: Page, images: Mapping[str, bytes]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _section(section: Section, images: Mapping[str, bytes]) -> list[str]:
+def _section(section: Section, images: Mapping[str, str]) -> list[str]:
     anchor = "" if section.anchor is None else f' id="{e(section.anchor)}"'
     heading = f"<h{section.level}{anchor}>{e(section.title)}</h{section.level}>"
     return [heading, *(_block(block, images) for block in section.blocks)]
 
 
-def _block(block: Block, images: Mapping[str, bytes]) -> str:
+def _block(block: Block, images: Mapping[str, str]) -> str:
     if isinstance(block, TableBlock):
         return _table(block.table)
     if isinstance(block, Paragraph):
@@ -84,11 +123,10 @@ def _block(block: Block, images: Mapping[str, bytes]) -> str:
     return _figure(block, images[block.name])
 
 
-def _figure(figure: FigureBlock, png: bytes) -> str:
-    encoded = base64.b64encode(png).decode("ascii")
+def _figure(figure: FigureBlock, source: str) -> str:
     return (
         f'<figure id="fig-{e(figure.name)}" title="click to open large"><img alt="{e(figure.title)}" '
-        f'src="data:image/png;base64,{encoded}">'
+        f'src="{source}">'
         f"<figcaption><b>{e(figure.title)}.</b> {e(figure.caption)}</figcaption></figure>"
     )
 
