@@ -122,7 +122,7 @@ class ParquetRollouts(Rollouts):
                     text_column = None  # prompt texts only where every file has them
             plans.append(plan_file(file, parquet, mapping.get("step"), token_columns[0] if token_columns else None, name_steps))
         steps = sorted(set().union(*(s for plan in plans for s in plan.row_group_steps)))
-        recorded = _recorded_metadata(first) if filesystem is None else {}
+        recorded = _recorded_metadata(first, files[0], notes) if filesystem is None else {}
         for note in recorded.get("notes", []):
             if note not in notes:
                 notes.append(f"{recorded.get('format', 'source')}: {note}")
@@ -456,13 +456,32 @@ def _text_column(mapping: Mapping[str, str], schema: pa.Schema) -> str | None:
     return name if name is not None and decode.is_text(schema.field(name).type) else None
 
 
-def _recorded_metadata(parquet: pq.ParquetFile) -> dict[str, Any]:
-    """What ``convert`` recorded in the file's schema metadata (``aggscope.io.canonical``), or {}."""
-    try:
-        raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY)
-        return dict(json.loads(raw)) if raw else {}
-    except (ValueError, TypeError):
+# What ``convert`` records (``aggscope.io.canonical``): each entry's type, for the entries read back.
+_RECORDED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "notes": list,
+    "format": str,
+    "lengths_estimated": bool,
+    "unrecoverable": list,
+}
+
+
+def _recorded_metadata(parquet: pq.ParquetFile, file: str, notes: list[str]) -> dict[str, Any]:
+    """What ``convert`` recorded in the file's schema metadata (``aggscope.io.canonical``), or {}:
+    a record that is not what ``convert`` writes is left out whole, with a note in ``notes`` saying so."""
+    raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY)
+    if not raw:
         return {}
+    try:
+        recorded = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than any record convert writes
+        recorded = None
+    well_formed = isinstance(recorded, dict) and all(
+        isinstance(recorded[key], kind) for key, kind in _RECORDED_TYPES.items() if key in recorded
+    )
+    if not well_formed or not all(isinstance(note, str) for note in recorded.get("notes", [])):
+        notes.append(f"{file}: its {METADATA_KEY.decode()!r} schema metadata is not what convert records; it was not used")
+        return {}
+    return dict(recorded)
 
 
 def _open_nonempty(file: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFile:
@@ -550,6 +569,10 @@ def _open_parquet(path: str, filesystem: pafs.FileSystem | None) -> pq.ParquetFi
         if filesystem is not None:
             return pq.ParquetFile(filesystem.open_input_file(path))
         return pq.ParquetFile(path)
+    except UnicodeDecodeError:
+        raise AggscopeError(
+            f"{path}: not a Parquet file aggscope can read (a column name in its footer is not UTF-8 text)"
+        ) from None
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and not os.path.exists(path):
             raise AggscopeError(f"{path}: no such file") from None

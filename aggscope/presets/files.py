@@ -167,7 +167,12 @@ def _compose(file: Path, config: ConfigFiles, omegaconf: Any, depth: int) -> Any
     if "defaults" not in loaded:
         return loaded
     entries = loaded.pop("defaults")
-    entries = [entries] if isinstance(entries, str) else list(entries)
+    if isinstance(entries, str):
+        entries = [entries]
+    elif isinstance(entries, omegaconf.ListConfig):
+        entries = list(entries)
+    else:  # Hydra's defaults is a list of file names (or a single one)
+        raise AggscopeError(f"{file}: defaults: must be a list of config files, not {type(entries).__name__} {entries!r}")
     before: list[Any] = []
     after: list[Any] = []
     self_seen = False
@@ -221,6 +226,10 @@ def _toml_load(file: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise AggscopeError(f"{file}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AggscopeError(f"{file}: not valid TOML (the byte at offset {exc.start} is not UTF-8 text)") from None
+    except RecursionError:
+        raise AggscopeError(f"{file}: not valid TOML for aggscope (arrays or tables nested too deep to read)") from None
 
 
 # ---- command lines -----------------------------------------------------------------------------

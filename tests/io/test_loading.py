@@ -237,6 +237,27 @@ def test_not_parquet(tmp_path: Path) -> None:
     assert error_of(str(tmp_path / "t.parquet")).startswith(f"{tmp_path / 't.parquet'}: not a Parquet file")
 
 
+def test_a_column_name_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.parquet", {**WIDE, "zzzz": [0, 0, 0]})
+    path.write_bytes(path.read_bytes().replace(b"zzzz", b"\xec\xec\xec\xec"))  # the names in the footer
+    assert error_of(str(path)) == f"{path}: not a Parquet file aggscope can read (a column name in its footer is not UTF-8 text)"
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [b'{"notes": null}', b'{"notes": 5}', b'{"notes": [1]}', b'{"format": []}', b"[" * 100_000 + b"]" * 100_000, b"[1]", b"{"],
+    ids=["null-notes", "number-notes", "number-note", "list-format", "nested-100000", "list", "not-json"],
+)
+def test_a_record_convert_did_not_write_is_left_out_with_a_note(tmp_path: Path, recorded: bytes) -> None:
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.table(WIDE).replace_schema_metadata({b"aggscope": recorded}), path)
+    rollouts = open_rollouts(str(path))
+    assert f"{path}: its 'aggscope' schema metadata is not what convert records; it was not used" in rollouts.notes
+    assert not rollouts.lengths_estimated and not rollouts.unrecoverable
+    (batch,) = list(rollouts.iter_steps())
+    assert batch.stats.loss_tokens.tolist() == [1, 3, 1]
+
+
 def test_missing_advantage_column(tmp_path: Path) -> None:
     message = error_of(str(write(tmp_path / "r.parquet", {"uid": ["a"], "loss_mask": [[1]]})))
     assert "no advantage column" in message and "--col advantages=NAME" in message

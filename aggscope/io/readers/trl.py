@@ -320,6 +320,10 @@ def _schema(file: str) -> pa.Schema:
         return pq.read_schema(file)
     except (OSError, pa.ArrowException) as exc:
         raise AggscopeError(f"{file}: not a Parquet file ({first_line(exc)})") from None
+    except UnicodeDecodeError:
+        raise AggscopeError(
+            f"{file}: not a Parquet file aggscope can read (a column name in its footer is not UTF-8 text)"
+        ) from None
 
 
 def _plan(files: list[str]) -> tuple[dict[int, list[str]], list[str]]:
