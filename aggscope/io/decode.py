@@ -222,7 +222,11 @@ def decode_wide_tokens(
         length_array = column_of(table, length_name)
         if length_array.null_count or not pa.types.is_integer(length_array.type):
             raise AggscopeError(f"{where(0)}: column {length_name!r} (response_length) must hold integers, without nulls")
-        loss_lengths = numpy_of(length_array).astype(np.int64)
+        raw_lengths = numpy_of(length_array)
+        if raw_lengths.dtype == np.uint64 and (raw_lengths > np.iinfo(np.int64).max).any():  # they would turn negative
+            row = int(np.flatnonzero(raw_lengths > np.iinfo(np.int64).max)[0])
+            raise AggscopeError(f"{where(row)}: column {length_name!r} is {raw_lengths[row]}, more tokens than any row holds")
+        loss_lengths = raw_lengths.astype(np.int64)
         if (loss_lengths < 0).any():
             row = int(np.flatnonzero(loss_lengths < 0)[0])
             raise AggscopeError(f"{where(row)}: column {length_name!r} is negative")
@@ -288,6 +292,14 @@ def decode_long(
             raise AggscopeError(f"{where(int(token_order[token]))}: the uid changes within one sequence")
         group_ids = sequence_uid.copy()
     rewards = rewards_of(per_sequence, columns, first_where)
+    if rewards is not None:  # every token row repeats its sequence's reward
+        by_token = rewards_of(table, columns, where)
+        assert by_token is not None  # (the reward column is there)
+        token_rewards, repeated = by_token[token_order], np.repeat(rewards, lengths)  # [n_tokens] in sequence order
+        differs = ~((token_rewards == repeated) | (np.isnan(token_rewards) & np.isnan(repeated)))
+        if differs.any():
+            token = int(np.flatnonzero(differs)[0])
+            raise AggscopeError(f"{where(int(token_order[token]))}: the reward changes within one sequence")
     texts = None
     if text_column is not None and group_ids is not None and labels is not None:
         texts = uid_texts_of(column_of(per_sequence, text_column), group_ids, len(labels))

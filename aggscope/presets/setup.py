@@ -193,6 +193,8 @@ class ConfigReader:
     def value(self, key: str, default: Any = _MISSING) -> Any:
         if key in self.config.values:
             value = self.config.values[key]
+        elif any(name.startswith(key + ".") for name in self.config.values):  # keys under it: a mapping
+            raise self.error(key, "is a mapping of keys where one value belongs")
         elif default is _MISSING:
             raise self.error(key, "is missing; set it in the config or with --set")
         else:

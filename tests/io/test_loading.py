@@ -258,6 +258,19 @@ def test_a_record_convert_did_not_write_is_left_out_with_a_note(tmp_path: Path, 
     assert batch.stats.loss_tokens.tolist() == [1, 3, 1]
 
 
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        (pa.array([2**64 - 1, 3], type=pa.uint64()), "row 0: column 'response_length' is 18446744073709551615, more tokens"),
+        (pa.array([3, -2], type=pa.int32()), "row 1: column 'response_length' is negative"),
+    ],
+    ids=["uint64-max", "negative"],
+)
+def test_response_lengths_out_of_range_are_named(tmp_path: Path, lengths: pa.Array, expected: str) -> None:
+    path = write(tmp_path / "r.parquet", {"uid": ["a", "a"], "advantages": [1.0, -1.0], "response_length": lengths})
+    assert error_of(str(path)).startswith(f"{path}: {expected}")
+
+
 def test_missing_advantage_column(tmp_path: Path) -> None:
     message = error_of(str(write(tmp_path / "r.parquet", {"uid": ["a"], "loss_mask": [[1]]})))
     assert "no advantage column" in message and "--col advantages=NAME" in message
@@ -337,6 +350,15 @@ def test_uid_must_be_constant_within_a_sequence(tmp_path: Path) -> None:
     long = {"seq_id": [1, 1], "uid": ["a", "b"], "advantages": [1.0, 1.0], "loss_mask": [1, 1]}
     path = write(tmp_path / "r.parquet", long)
     assert error_of(str(path)) == f"{path}: row 1: the uid changes within one sequence"
+
+
+def test_reward_must_be_constant_within_a_sequence(tmp_path: Path) -> None:
+    long = {"seq_id": [1, 2, 1, 2], "uid": ["a"] * 4, "advantages": [1.0] * 4, "loss_mask": [1] * 4}
+    same = write(tmp_path / "same.parquet", {**long, "reward": [0.5, float("nan"), 0.5, float("nan")]})
+    (batch,) = load_steps(str(same))  # NaN repeated is the same reward
+    assert batch.rewards is not None and batch.rewards[0] == 0.5 and np.isnan(batch.rewards[1])
+    path = write(tmp_path / "r.parquet", {**long, "reward": [0.5, 1.0, 0.5, 0.0]})
+    assert error_of(str(path)) == f"{path}: row 3: the reward changes within one sequence"
 
 
 def test_float_mask_and_bool_mask_are_accepted(tmp_path: Path) -> None:

@@ -113,6 +113,10 @@ BAD = [
     (["--config", "{tmp}/not_utf8.toml"], ["not_utf8.toml: not valid TOML (the byte at offset 40 is not UTF-8 text)"]),
     (["--config", "{tmp}/deep.toml"], ["deep.toml: not valid TOML for aggscope (arrays or tables nested too deep"]),
     (["--config", "{tmp}/scalar_defaults.yaml"], ["scalar_defaults.yaml: defaults: must be a list of config files, not int 5"]),
+    (
+        ["--config", "{tmp}/verl_agg_map.yaml"],
+        ["actor_rollout_ref.actor.loss_agg_mode is a mapping of keys where one value belongs"],
+    ),
     (["--config", VERL, "--set", "noequals"], ["--set 'noequals': write KEY=VALUE"]),
     (["--set", "a=1"], ["--set needs a config"]),
     (["--config", "{tmp}/unknown.yaml"], ["cannot tell which trainer", "--trainer"]),
@@ -275,6 +279,9 @@ def _bad_files(tmp: Path) -> None:
     (tmp / "not_utf8.toml").write_bytes(b'[orchestrator]\nbatch_size = 256\nname = "\xff\xfe"\n')
     (tmp / "deep.toml").write_text("a = " + "[" * 3000 + "]" * 3000 + "\n[orchestrator]\nbatch_size = 256\n")
     (tmp / "scalar_defaults.yaml").write_text("defaults: 5\ndata:\n  train_batch_size: 32\n")
+    agg = "loss_agg_mode: token-mean"
+    assert agg in Path(VERL).read_text()
+    (tmp / "verl_agg_map.yaml").write_text(Path(VERL).read_text().replace(agg, "loss_agg_mode:\n      mode: token-mean"))
     (tmp / "unknown.yaml").write_text("something: 1\n")
     (tmp / "verl_bad.yaml").write_text(
         Path(VERL).read_text().replace("ppo_micro_batch_size_per_gpu: 8", "ppo_micro_batch_size_per_gpu: 5")
