@@ -333,6 +333,8 @@ def _as_floats(values: Any) -> np.ndarray:
     them) become float32, float arrays keep their precision."""
     if isinstance(values, np.ndarray) or is_tensor(values):
         array = np.asarray(host_array(values))
+        if array.dtype.kind not in "fiub":  # complex (the imaginary part would be dropped), text, objects
+            raise AggscopeError(f"advantages must be real numbers, got an array of {array.dtype}")
         return array if array.dtype.kind == "f" else array.astype(np.float32)
     return np.asarray(values, dtype=np.float32)
 

@@ -80,6 +80,12 @@ def rollouts_metadata(rollouts: Rollouts) -> dict[str, Any]:
         "lengths_estimated": rollouts.lengths_estimated,
         "notes": list(rollouts.notes),
         "unrecoverable": unrecoverable_of(rollouts),  # still lacking in the converted file
+        # the layout the dump records (SkyRL's mini-batches), used on reading the file as on reading the dump
+        **(
+            {"recorded_layout": dict(rollouts.recorded_layout), "recorded_layout_source": rollouts.recorded_layout_source}
+            if rollouts.recorded_layout
+            else {}
+        ),
     }
 
 

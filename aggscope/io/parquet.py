@@ -43,7 +43,7 @@ from aggscope.io.parquet_steps import (
     step_of_rows,
 )
 from aggscope.io.paths import resolve_paths
-from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, reject_options, unrecoverable_from
+from aggscope.io.reader import ReadOptions, Rollouts, Unrecoverable, no_such_step, reject_options, unrecoverable_from
 
 
 class _OpenFile:
@@ -78,6 +78,8 @@ class ParquetRollouts(Rollouts):
     _text_column: str | None  # prompt texts the batches carry (uid_texts), read with the rows
     _open: _OpenFile = field(default_factory=_OpenFile, repr=False)
     unrecoverable: tuple[Unrecoverable, ...] = ()  # what the dump ``convert`` read lacked
+    recorded_layout: dict[str, int] | None = None  # what the dump ``convert`` read recorded of the layout
+    recorded_layout_source: str = ""
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for Ray tasks) without the open file, which each process opens for itself."""
@@ -143,11 +145,19 @@ class ParquetRollouts(Rollouts):
             text_column,
             _OpenFile(files[0], first),  # the first steps are read from the file just planned, without a second footer parse
             unrecoverable=unrecoverable_from(recorded.get("unrecoverable")),
+            recorded_layout=recorded.get("recorded_layout") or None,
+            recorded_layout_source=f"{recorded.get('recorded_layout_source', 'the dump')}, as convert kept it",
         )
 
     def read_step(self, step: int) -> StepBatch:
         """Read one step: its row groups only, the needed columns only, in batches of rows."""
+        if step not in self._step_set:
+            raise no_such_step(self.source, step, self.steps)
         return self._read(step, None)
+
+    @cached_property
+    def _step_set(self) -> frozenset[int]:
+        return frozenset(self.steps)
 
     def iter_steps(self) -> Iterator[StepBatch]:
         """Yield one ``StepBatch`` per step, ascending; the next ``READ_AHEAD_STEPS`` steps (or blocks
@@ -462,7 +472,10 @@ _RECORDED_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "lengths_estimated": bool,
     "unrecoverable": list,
+    "recorded_layout": dict,
+    "recorded_layout_source": str,
 }
+_RECORDED_LAYOUT_FIELDS = ("mini_batch_prompts", "mini_batch_size")  # what a dump may record (``Rollouts.recorded_layout``)
 
 
 def _recorded_metadata(parquet: pq.ParquetFile, file: str, notes: list[str]) -> dict[str, Any]:
@@ -478,7 +491,12 @@ def _recorded_metadata(parquet: pq.ParquetFile, file: str, notes: list[str]) -> 
     well_formed = isinstance(recorded, dict) and all(
         isinstance(recorded[key], kind) for key, kind in _RECORDED_TYPES.items() if key in recorded
     )
-    if not well_formed or not all(isinstance(note, str) for note in recorded.get("notes", [])):
+    layout = recorded.get("recorded_layout", {}) if well_formed else {}
+    layout_ok = all(
+        name in _RECORDED_LAYOUT_FIELDS and isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        for name, value in layout.items()
+    )
+    if not well_formed or not layout_ok or not all(isinstance(note, str) for note in recorded.get("notes", [])):
         notes.append(f"{file}: its {METADATA_KEY.decode()!r} schema metadata is not what convert records; it was not used")
         return {}
     return dict(recorded)

@@ -120,8 +120,12 @@ def resolve_paths(path: str) -> tuple[list[str], pafs.FileSystem | None]:
 
     try:
         filesystem, root, info = _within(CONNECT_SECONDS, contact, path)
+    except AggscopeError:
+        raise
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise AggscopeError(f"{path}: cannot open this location ({first_line(exc)})") from None
+    except Exception as exc:  # a storage's own client (Hugging Face's over fsspec) raises errors of its own kinds
+        raise AggscopeError(f"{path}: cannot open this location ({type(exc).__name__}: {first_line(exc)})") from None
     if info.type == pafs.FileType.NotFound:
         raise AggscopeError(f"{path}: no such file or directory")
     if info.type != pafs.FileType.Directory:

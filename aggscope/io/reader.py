@@ -75,6 +75,16 @@ class Unrecoverable:
         return {"fact": self.fact, "affects": self.affects, "modes": list(self.modes)}
 
 
+def no_such_step(source: str, step: int, steps: Sequence[int]) -> AggscopeError:
+    """The error for a step the input does not hold, naming the steps it does (the first and last few of many)."""
+    shown = (
+        ", ".join(map(str, steps))
+        if len(steps) <= 12
+        else f"{', '.join(map(str, steps[:5]))}, …, {', '.join(map(str, steps[-5:]))}"
+    )
+    return AggscopeError(f"{source}: no step {step}; steps: {shown or 'none'}")
+
+
 def unrecoverable_from(records: object) -> tuple[Unrecoverable, ...]:
     """The list a converted file recorded (``unrecoverable_of``'s), skipping entries of another shape."""
     if not isinstance(records, list):

@@ -27,6 +27,7 @@ import functools
 import io
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -136,7 +137,9 @@ def _torch_bytes(data: Any) -> Any:
     import torch
 
     try:
-        return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # as in ``_torch_load``
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         name = _refused_name(exc)
         if name is None:
@@ -268,7 +271,9 @@ def load_torch_file(file: str, *, trust: bool = False, what: str = "a slime .pt 
 
 def _torch_load(file: str, what: str, load: Callable[[], Any]) -> Any:
     try:
-        return load()
+        with warnings.catch_warnings():  # torch's remarks on a file (its pickle protocol) are not the user's to read
+            warnings.simplefilter("ignore")
+            return load()
     except pickle.UnpicklingError as exc:
         name = _refused_name(exc, file)
         if name is None:  # not a refusal: bytes that are no pickle torch can read

@@ -58,6 +58,9 @@ def test_bad_tensor_shapes_raise_one_line_errors() -> None:
         aggscope.StepBatch.from_padded(torch.zeros(1, 2), torch.tensor([[1, 2]]))
     with pytest.raises(aggscope.AggscopeError, match=r"3 uids for 2 sequences"):
         aggscope.StepBatch.from_padded(torch.zeros(2, 2), torch.ones(2, 2), uids=["a", "b", "c"])
+    # complex advantages: numpy would drop the imaginary part with a warning only
+    with pytest.raises(aggscope.AggscopeError, match=r"advantages must be real numbers, got an array of complex128"):
+        aggscope.StepBatch.from_padded(np.array([[1 + 5j, 1j]]), np.ones((1, 2)))
 
 
 def test_tensor_uids_are_numbered_by_first_appearance() -> None:

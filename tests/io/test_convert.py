@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from aggscope.cli import app
 from aggscope.core.batch import text_uid
+from aggscope.io.open import open_rollouts
 
 runner = CliRunner()
 LAYOUT = ["--mini-batch-size", "4", "--micro-batch-size", "2", "--dp-size", "2", "--max-seq-len", "16"]
@@ -40,6 +41,20 @@ def test_convert_verl_then_weights_gives_identical_numbers(tmp_path: Path) -> No
     assert described["lengths_estimated"] is True and any("estimated from text" in n for n in described["notes"])
     text = invoke("inspect", str(out), "--uid", text_uid("Q2"), "--json")
     assert text["text"] == "Q2" and [o["rows"] for o in text["occurrences"]] == [[1, 3], [1, 3]]
+
+
+def test_convert_keeps_the_mini_batches_a_dump_records(tmp_path: Path) -> None:
+    """A SkyRL trainer dump records its mini-batches: the converted file is weighed with them too."""
+    dump = tmp_path / "global_step_3_training_input.pkl"
+    dump.write_bytes((Path(__file__).parent / "skyrl_dumps" / "skyrl-0.4.0-trainer-step3.pkl").read_bytes())
+    out = tmp_path / "skyrl.parquet"
+    invoke("convert", str(dump), "-o", str(out), "--json")
+    modes = ["-m", "token_mean", "-m", "prompt_mean", "-m", "seq_mean_token_sum"]
+    original, converted = (invoke("weights", str(path), *modes, "--json") for path in (dump, out))
+    assert converted["total"] == original["total"] and converted["layout"] == original["layout"]
+    assert original["layout"]["mini_batch_prompts"] is not None  # the dump's own mini-batches, not one
+    kept, recorded = open_rollouts(str(out)), open_rollouts(str(dump))
+    assert kept.recorded_layout == recorded.recorded_layout and kept.recorded_layout_source.endswith("as convert kept it")
 
 
 def test_convert_keeps_the_prompt_texts_the_batches_carry(tmp_path: Path) -> None:

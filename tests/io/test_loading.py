@@ -416,3 +416,25 @@ def test_a_damaged_step_column_names_its_row_group(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(AggscopeError, match=re.escape(f"{path}: row group 7 cannot be decoded")):
         open_rollouts(str(path))
+
+
+def test_a_storage_client_error_of_its_own_kind_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hugging Face's client (hf:// through fsspec) raises its own errors, not OSError: one line too."""
+    from aggscope.io import paths
+
+    class ConnectError(Exception):
+        pass
+
+    def refuse(seconds: float, call: object, path: str) -> None:  # what contacting the storage raised
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(paths, "_within", refuse)
+    message = error_of("hf://datasets/x/y")
+    assert message == "hf://datasets/x/y: cannot open this location (ConnectError: [Errno -2] Name or service not known)"
+
+
+def test_a_step_the_input_does_not_hold_is_named_with_those_it_does(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.parquet", {**WIDE, "step": [3, 3, 5]})
+    with pytest.raises(AggscopeError) as info:
+        open_rollouts(str(path)).read_step(4)
+    assert info.value.message == f"{path}: no step 4; steps: 3, 5"

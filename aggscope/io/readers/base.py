@@ -18,7 +18,7 @@ from aggscope.core.batch import StepBatch, offsets_of, uid_codes
 from aggscope.errors import AggscopeError
 from aggscope.io.decode import uid_texts_of
 from aggscope.io.paths import step_in_name
-from aggscope.io.reader import Rollouts
+from aggscope.io.reader import Rollouts, no_such_step
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class DumpRollouts(Rollouts, Generic[S]):
 
     def read_step(self, step: int) -> StepBatch:
         if step not in self._step_files:
-            raise AggscopeError(f"{self.source}: no step {step}; steps: {', '.join(map(str, self.steps))}")
+            raise no_such_step(self.source, step, self.steps)
         return self._read_step(step, self._step_files[step])
 
     def _read_step(self, step: int, files: list[str]) -> StepBatch:

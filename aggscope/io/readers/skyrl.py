@@ -194,10 +194,14 @@ def _uids(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
 def _uids_of(metadata: dict[str, Any], n_rows: int, file: str) -> np.ndarray:
     if "uids" in metadata:
         uids = list(metadata["uids"])
-        if len(uids) > n_rows + pad_size(metadata):
+        if not n_rows <= len(uids) <= n_rows + pad_size(metadata):  # one per row (its padding rows' may follow)
             raise AggscopeError(f"{file}: metadata has {len(uids)} uids for {n_rows} rows")
-        uncovered = [f"row:{row}" for row in range(len(uids), n_rows)]
-        return np.asarray([str(u) for u in uids[:n_rows]] + uncovered, dtype=object)
+        odd = next(
+            (row for row, uid in enumerate(uids[:n_rows]) if isinstance(uid, bool) or not isinstance(uid, (str, int))), None
+        )
+        if odd is not None:
+            raise AggscopeError(f"{file}: metadata['uids'][{odd}] is {uids[odd]!r}; a uid is text (or a whole number)")
+        return np.asarray([str(u) for u in uids[:n_rows]], dtype=object)
     boundaries = np.asarray(metadata["policy_prompt_boundaries"], dtype=np.int64).reshape(-1, 2)  # [n_prompts, 2]
     starts, ends = boundaries[:, 0], boundaries[:, 1]
     covered = int(ends[-1]) if len(ends) else 0

@@ -142,6 +142,9 @@ def _loss_mask(sample: dict[str, Any], where: str) -> np.ndarray:
     length = sample.get("response_length")
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise AggscopeError(f"{where}: response_length is {length!r}; expected a whole number >= 0")
+    tokens = sample.get("tokens")  # the prompt's and the response's: the response is their last response_length
+    if isinstance(tokens, (list, tuple)) and len(tokens) < length:
+        raise AggscopeError(f"{where}: response_length is {length} but the sample holds {len(tokens)} tokens")
     mask = sample.get("loss_mask")
     if mask is None:
         values = np.ones(length, dtype=bool)

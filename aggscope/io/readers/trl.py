@@ -154,7 +154,12 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
             uid_values = generation_groups(np.asarray(prompt_uids) if prompt_uids is not None else hashed_uids(prompts))
         row_advantages = None
         if settings.estimator is None:
-            row_advantages = table.column("advantage").cast(pa.float64()).to_numpy(zero_copy_only=False)
+            advantage = table.column("advantage")
+            if not (
+                pa.types.is_floating(advantage.type) or pa.types.is_integer(advantage.type) or pa.types.is_null(advantage.type)
+            ):
+                raise AggscopeError(f"{source}: column 'advantage' has type {advantage.type}; expected numbers")
+            row_advantages = advantage.cast(pa.float64()).to_numpy(zero_copy_only=False)
         else:
             assert rewards is not None
             row_advantages = _rebuilt_advantages(rewards, uid_values, prompts, settings.estimator)
@@ -178,7 +183,7 @@ class TrlRollouts(TextDumpRollouts[TrlSettings]):
             names = _schema(file).names
             missing = [c for c in wanted if c not in names and c not in ("step", "advantage")]
             if missing:
-                raise AggscopeError(f"{file}: no {missing[0]!r} column, which {files[0]} has")
+                raise AggscopeError(f"{file}: no {missing[0]!r} column, which {self.files[0]} has")
             table = pq.read_table(file, columns=[c for c in wanted if c in names])
             if settings.has_step:
                 table = table.filter(pc.equal(table.column("step"), step))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from dumps import per_row, read_all, skyrl_dump
 
+from aggscope.errors import AggscopeError
 from aggscope.io.open import open_rollouts
 
 
@@ -43,3 +44,22 @@ def test_skyrl_reads_the_same_without_skyrl_installed(
     monkeypatch.delitem(sys.modules, "skyrl_train")
     (again,) = read_all(path)  # the safe loader decodes the batch itself: SkyRL is never imported
     assert again.row_uids() == batch.row_uids() and np.array_equal(again.advantages, batch.advantages)
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [
+        (["a", "b"], "metadata has 2 uids for 4 rows"),
+        (["a", 1, None, 2.5], "metadata['uids'][2] is None; a uid is text (or a whole number)"),
+        (["a", "a", True, "b"], "metadata['uids'][2] is True; a uid is text (or a whole number)"),
+    ],
+    ids=["too-few", "none", "bool"],
+)
+def test_skyrl_uids_that_do_not_name_each_row_are_refused(
+    tmp_path: Path, stand_in_skyrl: type, uids: list, expected: str
+) -> None:
+    """Before, rows without a uid became prompts of their own, and None a uid 'None': groups silently wrong."""
+    path = skyrl_dump(tmp_path / "global_step_1_training_input.pkl", stand_in_skyrl, {"uids": uids})
+    with pytest.raises(AggscopeError) as info:
+        read_all(path)
+    assert info.value.message == f"{path}: {expected}"

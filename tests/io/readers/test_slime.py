@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,19 @@ def test_slime_reward_dict_needs_a_key(tmp_path: Path) -> None:
     assert "the reward is a dict (acc, len); choose a key with --reward-col" in cli_error("inspect", str(tmp_path / "1.pt"))
     (batch,) = read_all(tmp_path / "1.pt", reward_col="len")
     assert batch.rewards is not None and batch.rewards.tolist() == [0.2]
+
+
+def test_slime_response_longer_than_the_sample_is_refused(tmp_path: Path) -> None:
+    """A response_length beyond the sample's tokens was read as that many loss tokens."""
+    samples = [slime_sample(0, 2, 1.0), {**slime_sample(0, 30, 0.0), "tokens": [1, 2]}]
+    torch.save({"rollout_id": 7, "samples": samples}, tmp_path / "7.pt")
+    message = f"{tmp_path / '7.pt'}: sample 1: response_length is 30 but the sample holds 2 tokens"
+    assert cli_error("inspect", str(tmp_path / "7.pt")) == f"aggscope: error: {message}"
+
+
+def test_a_plain_pickle_read_as_slime_is_one_line_without_torchs_warning(tmp_path: Path) -> None:
+    """torch.load warns about the pickle protocol of such a file: that warning is not printed."""
+    (tmp_path / "7.pt").write_bytes(pickle.dumps({"rollout_id": 7, "samples": [1]}, protocol=4))
+    done = subprocess.run([sys.executable, "-m", "aggscope", "inspect", str(tmp_path / "7.pt")], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"aggscope: error: {tmp_path / '7.pt'}: cannot load with torch.load")

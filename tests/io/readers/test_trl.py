@@ -79,6 +79,22 @@ def test_trl_unknown_list_type_is_one_line(tmp_path: Path) -> None:
     assert "column 'prompt' has type list<element: int64>; expected text or chat messages (role, content)" in message
 
 
+def test_trl_advantage_column_of_text_is_one_line(tmp_path: Path) -> None:
+    table = trl_table(1).drop_columns(["advantage"]).append_column("advantage", pa.array(["a", "b", "c", "d"]))
+    pq.write_table(table, tmp_path / "completions_00001.parquet")
+    message = cli_error("weights", str(tmp_path), "--format", "trl")
+    assert message.endswith("completions_00001.parquet: column 'advantage' has type string; expected numbers")
+
+
+def test_trl_files_that_disagree_name_the_file_that_has_the_column(tmp_path: Path) -> None:
+    pq.write_table(trl_table(1), tmp_path / "completions_00001.parquet")
+    pq.write_table(trl_table(2).drop_columns(["format_reward"]), tmp_path / "completions_00002.parquet")
+    message = cli_error("weights", str(tmp_path), "--format", "trl")
+    assert message.endswith(
+        f"completions_00002.parquet: no 'format_reward' column, which {tmp_path / 'completions_00001.parquet'} has"
+    )
+
+
 def test_trl_nan_rewards_stay_missing_and_get_trl_advantages(tmp_path: Path) -> None:
     nan = float("nan")
     table = pa.table(
