@@ -6,6 +6,7 @@ command reads; its files are found by ``aggscope.io.paths``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
@@ -103,7 +104,15 @@ def plan_by_name(files: Sequence[str]) -> tuple[dict[int, list[str]], list[str]]
     if all(n is not None for n in numbers):
         for file, number in zip(files, numbers, strict=True):
             plan.setdefault(int(number), []).append(file)  # type: ignore[arg-type]
-        return plan, []
+        shared = [(step, names) for step, names in plan.items() if len(names) > 1]
+        notes = [
+            f"step {step} is read from {len(names)} files whose names give that step ({', '.join(os.path.basename(n) for n in names[:3])}"
+            f"{', …' if len(names) > 3 else ''}): their rows are one step"
+            for step, names in shared[:3]
+        ]
+        if len(shared) > 3:
+            notes.append(f"{len(shared) - 3} more steps are read from several files each")
+        return plan, notes
     if len(files) == 1:
         return {0: list(files)}, []
     return {i: [f] for i, f in enumerate(files)}, ["file names hold no step numbers: steps are numbered by file order"]

@@ -55,3 +55,11 @@ def test_a_plain_pickle_read_as_slime_is_one_line_without_torchs_warning(tmp_pat
     done = subprocess.run([sys.executable, "-m", "aggscope", "inspect", str(tmp_path / "7.pt")], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"aggscope: error: {tmp_path / '7.pt'}: cannot load with torch.load")
+
+
+def test_two_files_naming_one_step_are_read_as_one_step_and_said(tmp_path: Path) -> None:
+    for name in ("7.pt", "007.pt"):
+        torch.save({"rollout_id": 7, "samples": [slime_sample(0, 2, 1.0)]}, tmp_path / name)
+    rollouts = open_rollouts(str(tmp_path))
+    assert rollouts.steps == [7] and next(rollouts.iter_steps()).n_sequences == 2
+    assert "step 7 is read from 2 files whose names give that step (007.pt, 7.pt): their rows are one step" in rollouts.notes
