@@ -299,7 +299,10 @@ def decode_long(
         differs = ~((token_rewards == repeated) | (np.isnan(token_rewards) & np.isnan(repeated)))
         if differs.any():
             token = int(np.flatnonzero(differs)[0])
-            raise AggscopeError(f"{where(int(token_order[token]))}: the reward changes within one sequence")
+            raise AggscopeError(
+                f"{where(int(token_order[token]))}: the reward changes within one sequence (one reward per sequence, on "
+                "each of its rows: a per-token reward cannot be read)"
+            )
     texts = None
     if text_column is not None and group_ids is not None and labels is not None:
         texts = uid_texts_of(column_of(per_sequence, text_column), group_ids, len(labels))
