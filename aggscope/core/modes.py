@@ -76,6 +76,7 @@ class Mode:
     needs_groups: bool = False
     needs_horizon: bool = False
     in_defaults: bool = True
+    stacks: bool = False
 
 
 MODES: dict[str, Mode] = {}
@@ -90,11 +91,17 @@ def register(
     needs_groups: bool = False,
     needs_horizon: bool = False,
     in_defaults: bool = True,
+    stacks: bool = False,
 ) -> Callable[[WeightFn], WeightFn]:
-    """Register a mode's weight function under its canonical name and the frameworks' names."""
+    """Register a mode's weight function under its canonical name and the frameworks' names.
+
+    ``stacks``: a row's weight depends only on the rows of its own mini-batch (their tokens,
+    micro-batches and prompts), never on the step as a whole, so the weights of several steps
+    stacked with run-wide ids (``aggscope.core.stack``) are each step's own, bit for bit.
+    """
 
     def decorate(weight: WeightFn) -> WeightFn:
-        mode = Mode(name, weight, formula, tuple(aliases), needs_groups, needs_horizon, in_defaults)
+        mode = Mode(name, weight, formula, tuple(aliases), needs_groups, needs_horizon, in_defaults, stacks)
         MODES[name] = mode
         for alias in (name, *mode.aliases):
             _ALIASES[_normalise(alias)] = name
@@ -107,7 +114,7 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-@register("token_mean", "1 / T_b", aliases=("dapo", "cispo", "token_level"))
+@register("token_mean", "1 / T_b", aliases=("dapo", "cispo", "token_level"), stacks=True)
 def token_mean(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
@@ -115,7 +122,7 @@ def token_mean(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / np.maximum(tokens_in_mini_batch, 1)
 
 
-@register("token_mean_legacy", "1 / (K_b * T_k)", aliases=("bnpo",))
+@register("token_mean_legacy", "1 / (K_b * T_k)", aliases=("bnpo",), stacks=True)
 def token_mean_legacy(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
@@ -133,32 +140,32 @@ def token_mean_legacy(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / (k_b * np.maximum(tokens_in_unit, 1))
 
 
-@register("token_sum", "1")
+@register("token_sum", "1", stacks=True)
 def token_sum(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
     return np.ones_like(inputs.loss_tokens)
 
 
-@register("sequence_mean", "1 / (N_b * L_i)", aliases=("seq_mean_token_mean", "grpo", "sapo", "gspo", "sample"))
+@register("sequence_mean", "1 / (N_b * L_i)", aliases=("seq_mean_token_mean", "grpo", "sapo", "gspo", "sample"), stacks=True)
 def sequence_mean(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
     return 1.0 / (inputs.rows_per_mini_batch() * np.maximum(inputs.loss_tokens, 1))
 
 
-@register("seq_mean_token_sum", "1 / N_b")
+@register("seq_mean_token_sum", "1 / N_b", stacks=True)
 def seq_mean_token_sum(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / inputs.rows_per_mini_batch()
 
 
-@register("seq_mean_token_sum_norm", "1 / (N_b * H)", aliases=("dr_grpo",), needs_horizon=True)
+@register("seq_mean_token_sum_norm", "1 / (N_b * H)", aliases=("dr_grpo",), needs_horizon=True, stacks=True)
 def seq_mean_token_sum_norm(inputs: ModeInputs) -> np.ndarray:
     assert inputs.max_seq_len is not None
     return 1.0 / (inputs.rows_per_mini_batch() * float(inputs.max_seq_len))
 
 
-@register("prompt_mean", "1 / (P_b * T_{p,b})", aliases=("prompt_average",), needs_groups=True)
+@register("prompt_mean", "1 / (P_b * T_{p,b})", aliases=("prompt_average",), needs_groups=True, stacks=True)
 def prompt_mean(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
@@ -178,7 +185,7 @@ def prompt_mean(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / (p_b * np.maximum(tokens_of_prompt, 1))
 
 
-@register("sequence_mean_nonempty", "1 / (N+_b * L_i)", in_defaults=False)
+@register("sequence_mean_nonempty", "1 / (N+_b * L_i)", in_defaults=False, stacks=True)
 def sequence_mean_nonempty(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 
@@ -189,7 +196,7 @@ def sequence_mean_nonempty(inputs: ModeInputs) -> np.ndarray:
     return 1.0 / (np.maximum(nonempty_rows, 1) * np.maximum(inputs.loss_tokens, 1))
 
 
-@register("seq_mean_token_sum_norm_padded", "1 / (N_b * W_k)", in_defaults=False)
+@register("seq_mean_token_sum_norm_padded", "1 / (N_b * W_k)", in_defaults=False, stacks=True)
 def seq_mean_token_sum_norm_padded(inputs: ModeInputs) -> np.ndarray:
     import numpy as np
 

@@ -21,6 +21,7 @@ from aggscope.core.layout import Layout
 from aggscope.core.modes import Mode, ModeInputs, check_applicable, default_modes, resolve_mode_option, resolve_modes
 from aggscope.core.segments import expand_to_tokens
 from aggscope.core.split import Split, split_step
+from aggscope.core.stack import Stack
 from aggscope.core.summaries import ModeSummary, summarize, summarize_steps
 from aggscope.errors import AggscopeError
 
@@ -157,6 +158,54 @@ def weigh_modes(batch: StepBatch, modes: Sequence[Mode], layout: Layout, split: 
     return weights
 
 
+def weigh_steps(
+    batches: Sequence[StepBatch], modes: Sequence[Mode], layout: Layout, splits: Sequence[Split], stack: Stack | None = None
+) -> list[dict[str, StepWeights]]:
+    """``weigh_modes`` of each step (``splits``: each step's ``split_batch``), the same weights: the modes
+    that stack (``Mode.stacks``) weigh every step at once on the steps stacked (``stack``, built here
+    if None); the others, and a layout whose passes draw splits of their own, weigh step by step."""
+    if len(batches) < 2 or (layout.rank_shuffle_seed is not None and layout.passes > 1):
+        return [weigh_modes(batch, modes, layout, split) for batch, split in zip(batches, splits, strict=True)]
+    for batch in batches:
+        for mode in modes:
+            check_applicable(mode, has_groups=batch.has_groups, max_seq_len=layout.max_seq_len, source=batch.source)
+    stacked = [mode for mode in modes if mode.stacks]
+    rows: dict[str, np.ndarray] = {}
+    if stacked:
+        stack = stack or Stack.of(batches, splits)
+        inputs = _stack_inputs(stack, layout)
+        for mode in stacked:
+            row_weight = mode.weight(inputs)
+            rows[mode.name] = row_weight * float(layout.passes) if layout.passes != 1 else row_weight
+    out = []
+    for index, (batch, split) in enumerate(zip(batches, splits, strict=True)):
+        inputs_of_step = None
+        weights = {}
+        for mode in modes:
+            if mode.stacks:
+                assert stack is not None
+                weights[mode.name] = StepWeights(batch, mode, layout, split, rows[mode.name][stack.rows(index)])
+            else:
+                inputs_of_step = inputs_of_step or _mode_inputs(batch, layout, split)
+                weights[mode.name] = _weigh(batch, mode, layout, split, inputs_of_step)
+        out.append(weights)
+    return out
+
+
+def _stack_inputs(stack: Stack, layout: Layout) -> ModeInputs:
+    """``_mode_inputs`` of stacked steps: run-wide ids, so each step's weights are its own."""
+    loss_tokens, lengths = stack.stats.loss_tokens.astype(np.float64), stack.stats.lengths.astype(np.float64)
+    loss_tokens.flags.writeable = lengths.flags.writeable = False
+    return ModeInputs(
+        loss_tokens=loss_tokens,
+        split=stack.split,
+        group_ids=stack.group_ids,
+        n_groups=stack.n_groups,
+        max_seq_len=layout.max_seq_len,
+        lengths=lengths,
+    )
+
+
 def _mode_inputs(batch: StepBatch, layout: Layout, split: Split) -> ModeInputs:
     """What the modes read; its arrays are read-only, so the modes of a step can share them."""
     loss_tokens, lengths = batch.stats.loss_tokens.astype(np.float64), batch.stats.lengths.astype(np.float64)
@@ -221,11 +270,11 @@ def analyse_step(batch: StepBatch, modes: Sequence[Mode], layout: Layout) -> Ste
 
 
 def analyse_steps(batches: Sequence[StepBatch], modes: Sequence[Mode], layout: Layout) -> list[StepAnalysis]:
-    """``analyse_step`` of several steps, the same analyses: each step is split and weighed on its
-    own, and their summaries are made together (``summarize_steps``), so many small steps pay the
-    numpy calls of their summaries once."""
+    """``analyse_step`` of several steps, the same analyses: each step is split on its own, then the
+    steps are weighed and summarised together (``weigh_steps``, ``summarize_steps``), so many small
+    steps pay the numpy calls of their weights and summaries once."""
     splits = [split_batch(batch, layout) for batch in batches]
-    weights = [weigh_modes(batch, modes, layout, split) for batch, split in zip(batches, splits, strict=True)]
+    weights = weigh_steps(batches, modes, layout, splits)
     summaries = summarize_steps(
         [batch.stats for batch in batches], [[result.row_weight for result in step.values()] for step in weights]
     )
