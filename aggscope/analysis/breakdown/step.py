@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggscope.analysis.breakdown.model import HISTOGRAM_LOG10_EDGES
-from aggscope.analysis.checks import CheckOptions, StepCheck, check_step
+from aggscope.analysis.checks import CheckOptions, StepCheck, check_steps
 from aggscope.analysis.specs import Spec, check_specs
 from aggscope.analysis.weights import StepResult
 from aggscope.core.batch import StepBatch
@@ -186,15 +186,20 @@ def breakdown_steps(
     parts: list[dict[Layout, LayoutPart]] = [{} for _ in batches]
     for layout, group in by_layout(specs).items():
         modes = [s.mode for s in group]
-        for batch, step_tokens, analysis, step_parts in zip(
-            batches, tokens, analyse_steps(batches, modes, layout), parts, strict=True
-        ):
+        analyses = analyse_steps(batches, modes, layout)
+        checks = check_steps(
+            batches,
+            modes,
+            layout,
+            [analysis.split for analysis in analyses],
+            check_options,
+            [{name: result.row_weight for name, result in analysis.weights.items()} for analysis in analyses],
+        )
+        for step_tokens, analysis, check, step_parts in zip(tokens, analyses, checks, parts, strict=True):
             histograms = {}
             for spec in group:
                 row_weight = analysis.weights[spec.mode.name].row_weight
                 histograms[spec.label] = _histogram(step_tokens, row_weight, analysis.summary.modes[spec.mode.name])
-            row_weights = {name: result.row_weight for name, result in analysis.weights.items()}
-            check = check_step(batch, modes, layout, analysis.split, options=check_options, row_weights=row_weights)
             step_parts[layout] = LayoutPart(StepResult.of(analysis), analysis.split, check, histograms)
     return [
         BreakdownStep(

@@ -7,7 +7,9 @@ into a ``CheckReport``; ``run_checks`` does both over an opened input or steps i
 engine. All per-step work is vectorised over rows; Python loops run only over findings.
 
 Modules, one idea each: ``catalogue`` (the codes, severities and ``Finding``), ``quantities``
-(per-row and per-group views of a step), ``step`` (``check_step``), ``boundary`` (SkyRL's
+(per-row and per-group views of a step, and of steps stacked), ``step`` (one step's findings,
+``StepCheck``), ``stacked`` (``check_steps``: the per-row work of many steps at once, then ``step``'s
+findings per step; ``check_step`` of one), ``boundary`` (SkyRL's
 boundary-based prompt_mean and its findings), ``safe_sizes`` (mini-batch sizes that cut no
 prompt), ``messages`` (the English of the messages), ``merge`` (``CheckAccumulator``,
 ``CheckReport``, ``run_checks``). Import the public names from this package.
@@ -78,7 +80,8 @@ from aggscope.analysis.checks.merge import (
 from aggscope.analysis.checks.messages import layout_flags
 from aggscope.analysis.checks.quantities import REWARD_MEAN_RTOL
 from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
-from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step, zero_grad_causes
+from aggscope.analysis.checks.stacked import check_step, check_steps
+from aggscope.analysis.checks.step import StepCheck, StepLanes, zero_grad_causes
 from aggscope.analysis.checks.truncation import response_lengths
 
 __all__ = [
@@ -101,6 +104,7 @@ __all__ = [
     "StepZeroGrad",
     "boundary_prompt_mean",
     "check_step",
+    "check_steps",
     "count_severities",
     "layout_flags",
     "parse_fail_on",

@@ -74,15 +74,19 @@ def boundary_zeroed_tokens(rows: Rows, silent: np.ndarray, canonical: np.ndarray
 
 
 def boundary_prompt_mean_findings(
-    batch: StepBatch, rows: Rows, groups: Groups, split: Split, canonical: np.ndarray
+    batch: StepBatch, rows: Rows, groups: Groups, split: Split, canonical: np.ndarray, rebased: np.ndarray | None = None
 ) -> tuple[list[Finding], np.ndarray]:
-    """``silent_zero_advantage`` and ``rebased_prompt_mean_misweight`` of one step with contiguous uids."""
+    """``silent_zero_advantage`` and ``rebased_prompt_mean_misweight`` of one step with contiguous uids
+    (``rebased``: its ``boundary_prompt_mean`` weights, if known)."""
     assert batch.group_ids is not None
-    rebased = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split)  # [n]
+    if rebased is None:
+        rebased = boundary_prompt_mean(batch.stats.loss_tokens, batch.group_ids, split)  # [n]
     can = canonical  # [n]
     has_nonzero_adv = rows.loss - rows.zero_adv > 0  # NaN counts as non-zero
     silent = (rebased == 0) & has_nonzero_adv
     misweight = (rows.loss > 0) & ~silent & (np.abs(rebased - can) > MISWEIGHT_RTOL * np.abs(can))
+    if not (silent.any() or misweight.any()):
+        return [], silent
     mass = can * rows.adv_abs  # [n] sum over the row's finite loss tokens of |A| * w
     mass_of_mini_batch = np.bincount(rows.mini_batch, weights=mass, minlength=rows.n_mini_batches)
     run_start = np.ones(rows.n, dtype=bool)

@@ -26,7 +26,8 @@ from aggscope.analysis.checks.catalogue import (
 )
 from aggscope.analysis.checks.no_gradient import no_gradient_findings
 from aggscope.analysis.checks.safe_sizes import SafeSizes, mini_batch_advice
-from aggscope.analysis.checks.step import StepCheck, StepLanes, check_step
+from aggscope.analysis.checks.stacked import check_step, check_steps
+from aggscope.analysis.checks.step import StepCheck, StepLanes
 from aggscope.analysis.runner import Batches, Engine, Progress, SteppedRollouts, run
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
@@ -257,7 +258,10 @@ def run_checks(
     if modes is None:
         rollouts, modes = _first_step_modes(rollouts, layout, local=engine is None or engine.name == "local")
     work = functools.partial(check_step, modes=list(modes), layout=layout, options=options)
-    report = run(engine, rollouts, work, CheckAccumulator(layout, options, tuple(unused_fields), tuple(used_fields)), progress)
+    # runs of small steps are checked together (``check_steps``), the same results
+    work_on_steps = functools.partial(check_steps, modes=list(modes), layout=layout, options=options)
+    merger = CheckAccumulator(layout, options, tuple(unused_fields), tuple(used_fields))
+    report = run(engine, rollouts, work, merger, progress, work_on_steps)
     return replace(report, unrecoverable=facts)
 
 

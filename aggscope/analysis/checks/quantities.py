@@ -2,10 +2,12 @@
 
 ``Rows`` holds the per-row token counts and where each row lands in the split; ``Groups`` the
 per-prompt quantities (sizes, runs in trainer order, zero-variance groups, reward means).
+``RunQuantities`` computes both for a run of steps at once, stacked, and hands them out per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,7 @@ import numpy as np
 from aggscope.core.batch import StepBatch
 from aggscope.core.segments import run_ids
 from aggscope.core.split import Split
+from aggscope.core.stack import Stack
 
 REWARD_MEAN_RTOL = 1e-9
 
@@ -35,27 +38,6 @@ class Rows:
     rank_unit: np.ndarray
     micro_unit: np.ndarray
     n_mini_batches: int
-
-    @classmethod
-    def of(cls, batch: StepBatch, split: Split) -> Rows:
-        stats = batch.stats
-
-        return cls(
-            batch=batch,
-            loss=stats.loss_tokens.astype(np.int64),
-            zero_adv=stats.zero_adv_tokens.astype(np.int64),
-            nonfinite_adv=stats.nonfinite_adv_tokens.astype(np.int64),
-            masked_nonzero=stats.masked_nonzero_adv_tokens.astype(np.int64),
-            adv_abs=stats.adv_abs_sum.astype(np.float64),
-            order=split.order,
-            position=split.position,
-            mini_batch=split.mini_batch,
-            rank=split.rank,
-            micro_batch=split.micro_batch,
-            rank_unit=split.rank_unit,
-            micro_unit=split.micro_unit,
-            n_mini_batches=split.n_mini_batches,
-        )
 
     @property
     def n(self) -> int:
@@ -83,64 +65,180 @@ class Groups:
     def rows(self, group: int) -> np.ndarray:
         return self.rows_sorted[self.starts[group] : self.starts[group + 1]]
 
-    @classmethod
-    def of(cls, batch: StepBatch, rows: Rows) -> Groups:
-        assert batch.group_ids is not None and batch.uid_labels is not None
-        code = batch.group_ids.astype(np.int64)
-        n_groups = len(batch.uid_labels)
-        size = np.bincount(code, minlength=n_groups)
-        rows_sorted = np.argsort(code, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(size)])
-        first_position = np.full(n_groups, rows.n, dtype=np.int64)
-        np.minimum.at(first_position, code, rows.position)
-        last_position = np.full(n_groups, -1, dtype=np.int64)
-        np.maximum.at(last_position, code, rows.position)
-        code_by_position = code[rows.order]
-        run_of_position = run_ids(code_by_position)
-        run_starts = np.ones(rows.n, dtype=bool)
-        run_starts[1:] = run_of_position[1:] != run_of_position[:-1]
-        runs = np.bincount(code_by_position[run_starts], minlength=n_groups)
 
-        nonzero_adv_tokens = np.bincount(code, weights=rows.loss - rows.zero_adv, minlength=n_groups)  # NaN counts as non-zero
-        all_adv_zero = nonzero_adv_tokens == 0
-        reward_mean = np.full(n_groups, np.nan)
-        at_mean = np.zeros(rows.n, dtype=bool)
-        equal_rewards = all_adv_zero
-        if batch.rewards is not None:
-            rewards = batch.rewards.astype(np.float64)
-            finite = np.isfinite(rewards)
-            n_finite = np.bincount(code, weights=finite, minlength=n_groups)
-            total = np.bincount(code, weights=np.where(finite, rewards, 0.0), minlength=n_groups)
-            has_finite = n_finite > 0
-            reward_mean = np.where(has_finite, total / np.maximum(n_finite, 1), np.nan)
-            low = np.full(n_groups, np.inf)
-            np.minimum.at(low, code[finite], rewards[finite])
-            high = np.full(n_groups, -np.inf)
-            np.maximum.at(high, code[finite], rewards[finite])
-            # Finite rewards all exactly equal; a group without a finite reward falls back on its advantages.
-            equal_rewards = np.where(has_finite, low == high, all_adv_zero)
-            mean_of_row = reward_mean[code]
-            with np.errstate(invalid="ignore"):
-                at_mean = finite & (np.abs(rewards - mean_of_row) <= REWARD_MEAN_RTOL * np.maximum(1.0, np.abs(mean_of_row)))
-        zero_variance = (size >= 2) & equal_rewards
-        present = size[size > 0]
-        counts = np.bincount(present)
-        common_size = int(np.flatnonzero(counts == counts.max())[-1]) if present.size else 0
+@dataclass(frozen=True, eq=False)
+class RunQuantities:
+    """The per-row and per-group quantities of a run of consecutive steps, computed on the steps
+    stacked (``aggscope.core.stack``) and handed out step by step (``rows``, ``groups``): each
+    step's are those of the step alone, bit for bit, since no quantity here crosses a step.
+
+    Attributes:
+        stack: the steps stacked.
+        loss, zero_adv, nonfinite_adv, masked_nonzero: ``[R]`` int64 token counts of each row.
+        adv_abs: ``[R]`` float64 sum of ``|A|`` over each row's finite loss tokens.
+        groups: the run-wide groups (codes ``stack.group_ids``), or None without uids.
+        size_counts: ``[S, max size + 1]`` prompts of each group size in each step (None without uids).
+    """
+
+    stack: Stack
+    loss: np.ndarray
+    zero_adv: np.ndarray
+    nonfinite_adv: np.ndarray
+    masked_nonzero: np.ndarray
+    adv_abs: np.ndarray
+    groups: Groups | None
+    size_counts: np.ndarray | None
+
+    @classmethod
+    def of(cls, batches: Sequence[StepBatch], stack: Stack) -> RunQuantities:
+        """The run's quantities; every step must have uids or none, rewards or none (``uniform``)."""
+        stats = stack.stats
+        loss = stats.loss_tokens.astype(np.int64)
+        zero_adv = stats.zero_adv_tokens.astype(np.int64)
+        groups = size_counts = None
+        if stack.group_ids is not None:
+            groups, size_counts = _run_groups(batches, stack, loss, zero_adv)
         return cls(
-            code=code,
-            labels=batch.uid_labels,
-            size=size,
-            rows_sorted=rows_sorted,
-            starts=starts,
-            first_position=first_position,
-            last_position=last_position,
-            runs=runs,
-            run_of_position=run_of_position,
-            zero_variance=zero_variance,
-            reward_mean=reward_mean,
-            at_mean=at_mean,
-            common_size=common_size,
+            stack=stack,
+            loss=loss,
+            zero_adv=zero_adv,
+            nonfinite_adv=stats.nonfinite_adv_tokens.astype(np.int64),
+            masked_nonzero=stats.masked_nonzero_adv_tokens.astype(np.int64),
+            adv_abs=stats.adv_abs_sum.astype(np.float64),
+            groups=groups,
+            size_counts=size_counts,
         )
+
+    @staticmethod
+    def uniform(batches: Sequence[StepBatch]) -> bool:
+        """Whether the steps can be stacked here: all with uids or none, all with rewards or none."""
+        return len({(batch.group_ids is None, batch.rewards is None) for batch in batches}) <= 1
+
+    def rows(self, index: int, batch: StepBatch, split: Split) -> Rows:
+        """Step ``index``'s (0-based in the run) rows, ``batch`` split as ``split``."""
+        sl = self.stack.rows(index)
+        return Rows(
+            batch=batch,
+            loss=self.loss[sl],
+            zero_adv=self.zero_adv[sl],
+            nonfinite_adv=self.nonfinite_adv[sl],
+            masked_nonzero=self.masked_nonzero[sl],
+            adv_abs=self.adv_abs[sl],
+            order=split.order,
+            position=split.position,
+            mini_batch=split.mini_batch,
+            rank=split.rank,
+            micro_batch=split.micro_batch,
+            rank_unit=split.rank_unit,
+            micro_unit=split.micro_unit,
+            n_mini_batches=split.n_mini_batches,
+        )
+
+    def group_sizes(self, index: int) -> dict[int, int]:
+        """``{group size: prompts}`` of step ``index`` (its groups with rows)."""
+        assert self.size_counts is not None
+        row = self.size_counts[index]
+        return {int(size): int(row[size]) for size in np.flatnonzero(row).tolist()}
+
+    def step_groups(self, index: int, batch: StepBatch) -> Groups | None:
+        """Step ``index``'s groups, numbered as its own uid codes (None without uids)."""
+        run = self.groups
+        if run is None or batch.uid_labels is None:
+            return None
+        stack = self.stack
+        rows, groups = stack.rows(index), stack.groups(index)
+        row_offset, group_offset = rows.start, groups.start
+        assert self.size_counts is not None
+        first_run = int(run.run_of_position[row_offset]) if rows.stop > rows.start else 0
+        return Groups(
+            code=run.code[rows] - group_offset,
+            labels=batch.uid_labels,
+            size=run.size[groups],
+            rows_sorted=run.rows_sorted[rows] - row_offset,
+            starts=run.starts[groups.start : groups.stop + 1] - row_offset,
+            first_position=run.first_position[groups] - row_offset,
+            last_position=run.last_position[groups] - row_offset,
+            runs=run.runs[groups],
+            run_of_position=run.run_of_position[rows] - first_run,
+            zero_variance=run.zero_variance[groups],
+            reward_mean=run.reward_mean[groups],
+            at_mean=run.at_mean[rows],
+            common_size=_common_size(self.size_counts[index]),
+        )
+
+
+def _common_size(counts: np.ndarray) -> int:
+    """The group size most prompts of a step have (the largest such size on a tie; 0 without prompts)."""
+    if not counts.any():
+        return 0
+    return int(np.flatnonzero(counts == counts.max())[-1])
+
+
+def _run_groups(batches: Sequence[StepBatch], stack: Stack, loss: np.ndarray, zero_adv: np.ndarray) -> tuple[Groups, np.ndarray]:
+    """The run-wide ``Groups`` (its ``common_size`` unused: 0) and ``[S, max size + 1]`` size counts."""
+    assert stack.group_ids is not None and stack.group_bounds is not None
+    code = stack.group_ids
+    n_rows, n_groups = int(code.size), stack.n_groups
+    order, position = stack.split.order, stack.split.position
+    step_of_group = np.repeat(np.arange(stack.n_steps, dtype=np.int64), np.diff(stack.group_bounds))
+    size = np.bincount(code, minlength=n_groups)
+    rows_sorted = np.argsort(code, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(size)])
+    # a group without rows: first position past its step's rows, last one before them (as for the step alone)
+    first_position = stack.row_bounds[1:][step_of_group].copy()
+    np.minimum.at(first_position, code, position)
+    last_position = stack.row_bounds[:-1][step_of_group] - 1
+    np.maximum.at(last_position, code, position)
+    code_by_position = code[order]
+    run_of_position = run_ids(code_by_position)  # a step's first row starts a run: codes of two steps differ
+    run_starts = np.ones(n_rows, dtype=bool)
+    run_starts[1:] = run_of_position[1:] != run_of_position[:-1]
+    runs = np.bincount(code_by_position[run_starts], minlength=n_groups)
+
+    nonzero_adv_tokens = np.bincount(code, weights=loss - zero_adv, minlength=n_groups)  # NaN counts as non-zero
+    all_adv_zero = nonzero_adv_tokens == 0
+    reward_mean = np.full(n_groups, np.nan)
+    at_mean = np.zeros(n_rows, dtype=bool)
+    equal_rewards = all_adv_zero
+    if batches and batches[0].rewards is not None:
+        rewards = np.concatenate([batch.rewards.astype(np.float64) for batch in batches if batch.rewards is not None])
+        finite = np.isfinite(rewards)
+        n_finite = np.bincount(code, weights=finite, minlength=n_groups)
+        total = np.bincount(code, weights=np.where(finite, rewards, 0.0), minlength=n_groups)
+        has_finite = n_finite > 0
+        reward_mean = np.where(has_finite, total / np.maximum(n_finite, 1), np.nan)
+        low = np.full(n_groups, np.inf)
+        np.minimum.at(low, code[finite], rewards[finite])
+        high = np.full(n_groups, -np.inf)
+        np.maximum.at(high, code[finite], rewards[finite])
+        # Finite rewards all exactly equal; a group without a finite reward falls back on its advantages.
+        equal_rewards = np.where(has_finite, low == high, all_adv_zero)
+        mean_of_row = reward_mean[code]
+        with np.errstate(invalid="ignore"):
+            at_mean = finite & (np.abs(rewards - mean_of_row) <= REWARD_MEAN_RTOL * np.maximum(1.0, np.abs(mean_of_row)))
+    zero_variance = (size >= 2) & equal_rewards
+    # prompts of each size in each step: the sizes of the groups with rows, counted step by step
+    widest = int(size.max()) + 1 if size.size else 1
+    present = size > 0
+    size_counts = np.bincount(step_of_group[present] * widest + size[present], minlength=stack.n_steps * widest).reshape(
+        stack.n_steps, widest
+    )
+    groups = Groups(
+        code=code,
+        labels=(),
+        size=size,
+        rows_sorted=rows_sorted,
+        starts=starts,
+        first_position=first_position,
+        last_position=last_position,
+        runs=runs,
+        run_of_position=run_of_position,
+        zero_variance=zero_variance,
+        reward_mean=reward_mean,
+        at_mean=at_mean,
+        common_size=0,
+    )
+    return groups, size_counts
 
 
 def host_float64(values: np.ndarray | None) -> np.ndarray | None:

@@ -1,4 +1,5 @@
-"""The checks of one step: ``check_step`` gives a ``StepCheck`` (findings, cut prompts, zero-gradient causes).
+"""The findings of one step: ``check_one`` makes a ``StepCheck`` (findings, cut prompts, zero-gradient
+causes) from the slices ``stacked.check_steps`` computed for the step.
 
 Row-level findings (``_RowFindings``), group-level findings, non-contiguous uids and cut prompts
 are found here; the boundary-based prompt_mean findings come from ``boundary`` and the safe
@@ -8,7 +9,7 @@ over findings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,9 +24,7 @@ from aggscope.analysis.checks.safe_sizes import SafeSizes, safe_chunk_sizes
 from aggscope.analysis.checks.truncation import cap_hint, truncated_findings
 from aggscope.core.batch import StepBatch
 from aggscope.core.layout import Layout
-from aggscope.core.modes import Mode, default_modes, resolve_modes
 from aggscope.core.split import Split
-from aggscope.core.weights import split_batch, weigh_modes
 from aggscope.fmt import plural, row_ranges
 
 _NO_UID_NOTE = (
@@ -147,42 +146,29 @@ def _weight_causes(finite_nonzero: np.ndarray, row_weight: np.ndarray) -> dict[s
     }
 
 
-def check_step(
-    batch: StepBatch,
-    modes: Sequence[Mode | str] | None = None,
-    layout: Layout | None = None,
-    split: Split | None = None,
-    options: CheckOptions | None = None,
-    row_weights: Mapping[str, np.ndarray] | None = None,
-) -> StepCheck:
-    """Check one step: findings, cut prompts and zero-gradient causes.
+@dataclass(frozen=True, eq=False)
+class StepShared:
+    """What ``check_steps`` computed for one step on the stacked steps."""
 
-    Args:
-        batch: the step.
-        modes: the modes the user trains with (names or ``Mode``); default every mode that applies.
-            They decide the zero-gradient table, whether the boundary-based prompt_mean is checked
-            (only with ``prompt_mean``) and the micro-batch cut severity (``token_mean_legacy``).
-        layout: the trainer configuration (default: one mini-batch).
-        split: the split of this batch under ``layout``, if already computed.
-        options: thresholds, the response cap and the trainer in use (default ``CheckOptions()``).
-        row_weights: ``{mode name: [n_seqs] row weight}`` of the modes under ``split``, if already
-            computed (``analyse_step``'s); the modes it lacks are computed here.
-    """
-    layout = layout or Layout()
-    options = options or CheckOptions()
-    if modes is None:
-        resolved = default_modes(has_groups=batch.has_groups, max_seq_len=layout.max_seq_len)
-    else:
-        resolved = resolve_modes(m if isinstance(m, str) else m.name for m in modes)
-    if split is None:
-        split = split_batch(batch, layout)
-    known = row_weights or {}
-    missing = [mode for mode in resolved if mode.name not in known]
-    computed = {name: result.row_weight for name, result in weigh_modes(batch, missing, layout, split).items()}
-    weights = {mode.name: known[mode.name] if mode.name in known else computed[mode.name] for mode in resolved}
-    rows = Rows.of(batch, split)
-    groups = Groups.of(batch, rows) if batch.has_groups else None
-    zero_grad = _zero_grad(rows, groups, weights)
+    zero_grad: dict[str, dict[str, int]]
+    response_lengths: np.ndarray
+    cuts: dict[str, np.ndarray] | None  # {level: [G] bool} prompts cut at that level (None without uids)
+    group_sizes: dict[int, int]
+    rebased: np.ndarray | None  # [n] boundary-based prompt_mean weights, where that check may run
+
+
+def check_one(
+    batch: StepBatch,
+    layout: Layout,
+    split: Split,
+    options: CheckOptions,
+    weights: dict[str, np.ndarray],
+    rows: Rows,
+    groups: Groups | None,
+    shared: StepShared,
+) -> StepCheck:
+    """The findings of one step of ``check_steps``."""
+    zero_grad = shared.zero_grad
     row_level = _RowFindings(batch.step, groups)
     findings: list[Finding] = []
     findings += row_level.nonfinite_advantage(rows)
@@ -198,14 +184,14 @@ def check_step(
     )
     notes: tuple[str, ...] = ()
     if options.response_cap is not None:
-        findings += truncated_findings(batch, rows.loss, options.response_cap, options.cap_source)
+        findings += truncated_findings(batch, rows.loss, options.response_cap, options.cap_source, shared.response_lengths)
     else:
-        hint = cap_hint(batch)
+        hint = cap_hint(batch, shared.response_lengths)
         notes = (hint,) if hint else ()
-    if groups is None:
+    if groups is None or shared.cuts is None:
         prompts = _PromptChecks(notes=(_NO_UID_NOTE,))
     else:
-        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights, options)
+        prompts = _prompt_checks(batch, rows, groups, row_level, layout, split, weights, options, shared)
     findings += prompts.findings
     findings.sort(key=lambda f: f.sort_key)
     return StepCheck(
@@ -235,16 +221,6 @@ class _PromptChecks:
     group_sizes: dict[int, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     boundary_zeroed: int = 0
-
-
-def _zero_grad(rows: Rows, groups: Groups | None, weights: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """``{mode: {cause: loss tokens}}`` of one step."""
-    zero_variance_row = groups.zero_variance[groups.code] if groups is not None else np.zeros(rows.n, dtype=bool)
-    at_mean_row = groups.at_mean if groups is not None else np.zeros(rows.n, dtype=bool)
-    # the advantages' causes once for the step; each mode adds only those of its weights
-    shared = _advantage_causes(rows.zero_adv, rows.nonfinite_adv, zero_variance_row, at_mean_row)
-    finite_nonzero = rows.loss - rows.zero_adv - rows.nonfinite_adv  # [n]
-    return {name: {**shared, **_weight_causes(finite_nonzero, w)} for name, w in weights.items()}
 
 
 def _no_grad_rows(
@@ -286,12 +262,13 @@ def _prompt_checks(
     split: Split,
     weights: dict[str, np.ndarray],
     options: CheckOptions,
+    shared: StepShared,
 ) -> _PromptChecks:
     """The checks that need uids: group findings, non-contiguous uids, cuts, the boundary prompt_mean."""
+    assert shared.cuts is not None
     mode_names = set(weights)
     notes: list[str] = []
-    present = groups.size[groups.size > 0]
-    group_sizes = {int(s): int(c) for s, c in enumerate(np.bincount(present)) if c}
+    group_sizes = shared.group_sizes
     findings = row_level.zero_advantage(rows, groups, host_float64(batch.rewards))
     findings += _group_findings(batch, rows, groups)
     contiguous = bool((groups.runs <= 1).all())
@@ -303,12 +280,12 @@ def _prompt_checks(
     if in_play:
         findings += _noncontiguous(batch, rows, groups, layout)
     boundary = in_play and "prompt_mean" in mode_names and contiguous
-    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, boundary)
+    cut_findings, cut_prompts, cut_by_mini_batch = _cuts(batch.step, rows, groups, mode_names, boundary, shared.cuts)
     findings += cut_findings
     no_gradient = np.zeros(rows.n, dtype=bool)
     boundary_zeroed = 0
     if boundary:
-        found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"])
+        found, no_gradient = boundary_prompt_mean_findings(batch, rows, groups, split, weights["prompt_mean"], shared.rebased)
         findings += [replace(f, modes=("prompt_mean",)) for f in found]
         boundary_zeroed = boundary_zeroed_tokens(rows, no_gradient, weights["prompt_mean"])
     safe = None
@@ -518,20 +495,9 @@ def _noncontiguous(batch: StepBatch, rows: Rows, groups: Groups, layout: Layout)
 
 
 def _cuts(
-    step: int, rows: Rows, groups: Groups, mode_names: set[str], boundary: bool
+    step: int, rows: Rows, groups: Groups, mode_names: set[str], boundary: bool, cut: dict[str, np.ndarray]
 ) -> tuple[list[Finding], dict[str, tuple[str, ...]], np.ndarray]:
-    """Prompts whose rows span more than one unit of each level; findings at the coarsest level."""
-    units = {"mini_batch": rows.mini_batch, "rank": rows.rank_unit, "micro_batch": rows.micro_unit}
-    used = groups.size > 0
-    cut: dict[str, np.ndarray] = {}
-    for level, unit in units.items():
-        # A prompt spans several units iff its rows' lowest and highest unit differ (under the
-        # ranks_first composition a mini-batch is not one run of trainer positions).
-        lowest = np.full(groups.size.size, np.iinfo(np.int64).max, dtype=np.int64)
-        highest = np.full(groups.size.size, -1, dtype=np.int64)
-        np.minimum.at(lowest, groups.code, unit)
-        np.maximum.at(highest, groups.code, unit)
-        cut[level] = used & (lowest != highest)
+    """Findings at the coarsest level each cut prompt (``cut``: ``_run_cuts``' of this step) is cut at."""
     legacy = "token_mean_legacy" in mode_names
     severity = {
         "mini_batch": "warning",

@@ -9,6 +9,9 @@ rows gets a note suggesting that length as the cap.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import numpy as np
 
 from aggscope.analysis.checks.catalogue import CODES, Finding
@@ -22,16 +25,41 @@ REWARD_GAP = 0.05
 
 
 def response_lengths(batch: StepBatch) -> np.ndarray:
-    """``[n_seqs]`` int64 tokens from each row's first loss token to its end (0 without loss tokens).
+    """``[n_seqs]`` int64 tokens from each row's first loss token to its end (0 without loss tokens)."""
+    return _response_lengths(batch.offsets, batch.loss_mask)
+
+
+def response_lengths_of_steps(batches: Sequence[StepBatch]) -> list[np.ndarray]:
+    """``response_lengths`` of each step, found on the steps' tokens put back to back (a row's answer
+    depends on its own tokens only, so each step's are its own)."""
+    if len(batches) < 2:
+        return [response_lengths(batch) for batch in batches]
+    token_bounds = np.cumsum([0, *(batch.n_tokens for batch in batches)])
+    offsets = np.concatenate(
+        [
+            [0],
+            *(
+                batch.offsets[1:].astype(np.int64) + start
+                for batch, start in zip(batches, token_bounds[:-1].tolist(), strict=True)
+            ),
+        ]
+    )
+    lengths = _response_lengths(offsets, np.concatenate([batch.loss_mask for batch in batches]))
+    row_bounds = np.cumsum([0, *(batch.n_sequences for batch in batches)]).tolist()
+    return [lengths[first:last] for first, last in itertools.pairwise(row_bounds)]
+
+
+def _response_lengths(row_offsets: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
+    """``response_lengths`` of rows ``row_offsets`` (``[n + 1]``) over the tokens of ``loss_mask``.
 
     Found in chunks of whole rows of about ``LENGTHS_CHUNK`` tokens, so the loss positions of a
     chunk stay in the CPU caches (each row's answer depends on its own tokens only).
     """
-    lengths = np.zeros(batch.n_sequences, dtype=np.int64)
-    for first, last in segment_chunks(batch.offsets, LENGTHS_CHUNK):
-        start = int(batch.offsets[first])
-        offsets = batch.offsets[first : last + 1] - start  # [rows + 1] within the chunk
-        loss_positions = np.flatnonzero(batch.loss_mask[start : int(batch.offsets[last])])  # [n_loss] ascending
+    lengths = np.zeros(row_offsets.size - 1, dtype=np.int64)
+    for first, last in segment_chunks(row_offsets, LENGTHS_CHUNK):
+        start = int(row_offsets[first])
+        offsets = row_offsets[first : last + 1] - start  # [rows + 1] within the chunk
+        loss_positions = np.flatnonzero(loss_mask[start : int(row_offsets[last])])  # [n_loss] ascending
         # loss tokens per row (a cumulative count read at the row ends): row r's first loss token is
         # loss_positions[number of loss tokens in the rows before r]; no per-token row search or sort
         before_end = np.searchsorted(loss_positions, offsets)  # [rows + 1] loss tokens before each offset
@@ -43,9 +71,12 @@ def response_lengths(batch: StepBatch) -> np.ndarray:
 LENGTHS_CHUNK = 1 << 18  # tokens per chunk of rows in ``response_lengths``
 
 
-def truncated_findings(batch: StepBatch, loss_tokens: np.ndarray, cap: int, cap_source: str) -> list[Finding]:
-    """The ``truncated_response`` finding of one step (none when no response reaches ``cap``)."""
-    lengths = response_lengths(batch)
+def truncated_findings(
+    batch: StepBatch, loss_tokens: np.ndarray, cap: int, cap_source: str, lengths: np.ndarray | None = None
+) -> list[Finding]:
+    """The ``truncated_response`` finding of one step (none when no response reaches ``cap``);
+    ``lengths``: its ``response_lengths``, if known."""
+    lengths = response_lengths(batch) if lengths is None else lengths
     truncated = (lengths >= cap) & (loss_tokens > 0)
     if not truncated.any():
         return []
@@ -92,9 +123,10 @@ def _reward_contrast(rewards: np.ndarray | None, truncated: np.ndarray, answered
     return differ, text + ("." if differ else ": no real difference.")
 
 
-def cap_hint(batch: StepBatch) -> str | None:
-    """A note when several rows share the step's longest response length (it looks like a cap)."""
-    lengths = response_lengths(batch)
+def cap_hint(batch: StepBatch, lengths: np.ndarray | None = None) -> str | None:
+    """A note when several rows share the step's longest response length (it looks like a cap);
+    ``lengths``: its ``response_lengths``, if known."""
+    lengths = response_lengths(batch) if lengths is None else lengths
     if lengths.size == 0 or int(lengths.max()) == 0:
         return None
     longest = int(lengths.max())
